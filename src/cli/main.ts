@@ -1,0 +1,83 @@
+// vit-dist's command line: coordinator, worker, launch (a local cluster), recipes, models and the
+// ring benchmark. Every failure ends with one clear line on stderr and a non-zero exit code.
+import { Command, Option } from 'commander';
+import { runCoordinatorCommand, runLaunchCommand } from './run.ts';
+import { runWorkerCommand } from './worker-command.ts';
+import { addRunOptions, nonNegativeInt, port, positiveInt, DEFAULT_COORDINATOR_PORT, TOKEN_ENV } from './options.ts';
+import { listRecipes, loadRecipe } from '../train/recipe.ts';
+import { listModels } from '../model/registry.ts';
+import { benchAllreduce } from '../comm/bench-allreduce.ts';
+
+const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'];
+
+const program = new Command('vit-dist')
+  .description('Distributed data-parallel Vision Transformer training over a WebSocket ring')
+  .showHelpAfterError();
+
+addRunOptions(
+  program
+    .command('coordinator')
+    .description('start the coordinator, wait for --workers workers, then train')
+    .requiredOption('--workers <n>', 'number of workers to wait for', positiveInt)
+    .option('--host <address>', 'address to bind', '0.0.0.0')
+    .option('--port <port>', 'port to listen on', port, DEFAULT_COORDINATOR_PORT),
+).action(runCoordinatorCommand);
+
+program
+  .command('worker')
+  .description('join a coordinator as one worker (one per GPU)')
+  .requiredOption('--coordinator <url>', 'the coordinator, e.g. ws://host:29500')
+  .option('--gpu <k>', 'GPU index: sets CUDA_VISIBLE_DEVICES=K before TensorFlow.js loads', nonNegativeInt)
+  .addOption(new Option('--backend <name>', 'compute backend').choices(BACKENDS).default('auto'))
+  .option('--token <token>', `shared secret (default: $${TOKEN_ENV})`)
+  .option('--ring-host <address>', 'address the ring server binds to', '127.0.0.1')
+  .option('--advertise <host>', 'host name or address ring neighbours use to reach this worker (default: --ring-host)')
+  .option('--data <dir>', "dataset directory on this host (overrides the recipe's data.path)")
+  .option('--log-dir <dir>', 'write JSON logs to DIR/NAME.log instead of stderr')
+  .option('--log-name <name>', 'log file name', 'worker')
+  .option('--log-level <level>', 'debug, info, warn or error', 'info')
+  .action(runWorkerCommand);
+
+addRunOptions(
+  program
+    .command('launch')
+    .description('run a local cluster: the coordinator and --workers worker processes')
+    .requiredOption('--workers <n>', 'number of local worker processes', positiveInt)
+    .addOption(new Option('--backend <name>', 'compute backend of the workers').choices(BACKENDS).default('auto')),
+).action(runLaunchCommand);
+
+program
+  .command('recipes')
+  .description('list the recipes')
+  .action(() => {
+    for (const name of listRecipes()) console.log(`${name.padEnd(28)} ${loadRecipe(name).description}`);
+  });
+
+program
+  .command('models')
+  .description('list the model variants with parameter counts and FLOPs per image')
+  .action(() => {
+    for (const m of listModels()) console.log(`${m.name.padEnd(28)} ${(m.numParams / 1e6).toFixed(2).padStart(8)}M params ${(m.flops / 1e9).toFixed(3).padStart(9)} GFLOPs`);
+  });
+
+program
+  .command('bench')
+  .description('benchmarks')
+  .command('allreduce')
+  .description('time the ring all-reduce alone over loopback, N worker processes')
+  .option('--workers <n>', 'ring size', positiveInt, 2)
+  .option('--floats <s>', 'float32 elements per all-reduce', positiveInt, 5_000_000)
+  .option('--iterations <k>', 'timed all-reduces', positiveInt, 10)
+  .option('--json', 'print one JSON line')
+  .action(async (opts: { workers: number; floats: number; iterations: number; json?: boolean }) => {
+    const result = await benchAllreduce({ workers: opts.workers, floats: opts.floats, iterations: opts.iterations });
+    if (opts.json) console.log(JSON.stringify(result));
+    else console.log(`workers ${result.workers}, ${result.floats} floats: ${result.msPerAllreduce.toFixed(1)} ms per all-reduce (median), bus ${result.busGBps.toFixed(3)} GB/s`);
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  console.error(`vit-dist: error: ${(err as Error).message}`);
+  process.exit(1);
+}

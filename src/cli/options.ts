@@ -1,0 +1,129 @@
+// Flag parsers and the options shared by `coordinator` and `launch`. A bad value is refused by
+// commander with a message naming the flag.
+import { randomBytes } from 'node:crypto';
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { InvalidArgumentError, type Command } from 'commander';
+import { latestCheckpoint } from '../coordinator/checkpoint.ts';
+import { applyOverrides, loadRecipe, type Recipe } from '../train/recipe.ts';
+
+/** torchrun's default rendezvous port. */
+export const DEFAULT_COORDINATOR_PORT = 29500;
+export const DEFAULT_RECIPE = 'fmnist-vit-tiny';
+export const DEFAULT_JOIN_TIMEOUT_S = 300;
+export const DEFAULT_STEP_TIMEOUT_S = 600;
+export const TOKEN_ENV = 'VIT_DIST_TOKEN';
+
+export function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`expected a positive integer, got "${value}"`);
+  return n;
+}
+
+export function nonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`expected a non-negative integer, got "${value}"`);
+  return n;
+}
+
+export function positiveNumber(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected a positive number, got "${value}"`);
+  return n;
+}
+
+export function port(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError(`expected a port number 0-65535, got "${value}"`);
+  return n;
+}
+
+function keyValue(value: string, previous: Record<string, string>): Record<string, string> {
+  const at = value.indexOf('=');
+  if (at <= 0) throw new InvalidArgumentError(`expected key=value, got "${value}"`);
+  return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };
+}
+
+/** The options of a training run, shared by `coordinator` and `launch`. */
+export function addRunOptions(command: Command): Command {
+  return command
+    .option('--recipe <name>', 'recipe name (see `vit-dist recipes`) or path to a recipe JSON file', DEFAULT_RECIPE)
+    .option('--data <dir>', "dataset directory (overrides the recipe's data.path)")
+    .option('--out <dir>', 'run directory for metrics, logs and checkpoints (default: runs/RECIPE-TIMESTAMP)')
+    .option('--steps <n>', 'train for this many optimizer steps (overrides --epochs)', positiveInt)
+    .option('--epochs <e>', 'train for this many epochs', positiveNumber)
+    .option('--global-batch <b>', 'images per optimizer step over all workers', positiveInt)
+    .option('--micro-batch <m>', 'images per forward/backward pass on a worker (gradient accumulation)', positiveInt)
+    .option('--seed <s>', 'run seed (initialization and sampling)', nonNegativeInt)
+    .option('--checkpoint-every <k>', 'write a checkpoint every K steps (and at the end)', positiveInt)
+    .option('--set <key=value>', 'override any recipe value by its dotted key (repeatable), e.g. --set optimizer.lr=0.002', keyValue, {})
+    .option('--resume <dir>', 'continue from the newest checkpoint in this run directory (or from this checkpoint file)')
+    .option('--token <token>', `shared secret every worker and ring peer must prove (default: $${TOKEN_ENV})`)
+    .option('--join-timeout <seconds>', 'how long to wait for all workers to join', positiveNumber, DEFAULT_JOIN_TIMEOUT_S)
+    .option('--step-timeout <seconds>', 'how long to wait for every worker to finish a step', positiveNumber, DEFAULT_STEP_TIMEOUT_S)
+    .option('--log-level <level>', 'debug, info, warn or error', 'info');
+}
+
+export interface RunFlags {
+  recipe: string;
+  data?: string;
+  out?: string;
+  steps?: number;
+  epochs?: number;
+  globalBatch?: number;
+  microBatch?: number;
+  seed?: number;
+  checkpointEvery?: number;
+  set: Record<string, string>;
+  resume?: string;
+  token?: string;
+  joinTimeout: number;
+  stepTimeout: number;
+  logLevel: 'debug' | 'info' | 'warn' | 'error';
+}
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+/** The recipe after the named flags and --set overrides; on resume, the checkpoint's recipe is the base. */
+export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null): Recipe {
+  const base = resumeRecipe ?? loadRecipe(flags.recipe);
+  const overrides: Record<string, string | number | null> = { ...flags.set };
+  if (flags.data !== undefined) overrides['data.path'] = flags.data;
+  if (flags.steps !== undefined) overrides.steps = flags.steps;
+  if (flags.epochs !== undefined) {
+    overrides.epochs = flags.epochs;
+    if (flags.steps === undefined) overrides.steps = null;
+  }
+  if (flags.globalBatch !== undefined) overrides.globalBatch = flags.globalBatch;
+  if (flags.microBatch !== undefined) overrides.microBatch = flags.microBatch;
+  if (flags.seed !== undefined) overrides.seed = flags.seed;
+  if (flags.checkpointEvery !== undefined) overrides.checkpointEvery = flags.checkpointEvery;
+  return applyOverrides(base, overrides);
+}
+
+/** The checkpoint file that --resume names: a checkpoint file, or the newest one in a run directory. */
+export function resolveResume(path: string): string {
+  if (!existsSync(path)) throw new UsageError(`--resume ${path}: no such file or directory`);
+  if (statSync(path).isFile()) return path;
+  const latest = latestCheckpoint(path);
+  if (!latest) throw new UsageError(`--resume ${path}: no checkpoint found in ${path} or ${join(path, 'checkpoints')}`);
+  return latest;
+}
+
+export function defaultOutDir(recipe: string): string {
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19);
+  return join('runs', `${recipe.replace(/[^\w.-]/g, '_')}-${stamp}`);
+}
+
+/** The shared token from --token or the environment; `launch` makes one when neither is set. */
+export function resolveToken(flag: string | undefined, generateIfMissing: boolean): string {
+  const token = flag ?? process.env[TOKEN_ENV];
+  if (token) return token;
+  if (generateIfMissing) return randomBytes(24).toString('base64url');
+  throw new UsageError(`a shared token is required: pass --token or set ${TOKEN_ENV}`);
+}

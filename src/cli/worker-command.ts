@@ -1,0 +1,38 @@
+// `vit-dist worker`: one process per GPU, joining a coordinator.
+import { createLogger, type LogLevel } from './logging.ts';
+import { resolveToken } from './options.ts';
+import type { BackendChoice } from '../model/backend.ts';
+
+export interface WorkerFlags {
+  coordinator: string;
+  gpu?: number;
+  backend: BackendChoice;
+  token?: string;
+  ringHost: string;
+  advertise?: string;
+  data?: string;
+  logDir?: string;
+  logName: string;
+  logLevel: LogLevel;
+}
+
+export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
+  // Must happen before TensorFlow.js binds a device: tfjs-node-gpu reads it when it loads.
+  if (flags.gpu !== undefined) process.env.CUDA_VISIBLE_DEVICES = String(flags.gpu);
+  if (!/^wss?:\/\//.test(flags.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got "${flags.coordinator}"`);
+  const token = resolveToken(flags.token, false);
+  const logger = createLogger(flags.logName, flags.logDir ?? null, flags.logLevel);
+  // Loaded only now, so CUDA_VISIBLE_DEVICES is set before any TensorFlow.js module is evaluated.
+  const { runWorker } = await import('../worker/worker.ts');
+  await runWorker({
+    coordinatorUrl: flags.coordinator,
+    token,
+    backend: flags.backend,
+    gpu: flags.gpu ?? null,
+    ringHost: flags.ringHost,
+    advertiseHost: flags.advertise ?? flags.ringHost,
+    dataPath: flags.data ?? null,
+    logger,
+  });
+  logger.info('worker finished');
+}

@@ -1,0 +1,114 @@
+// The control protocol between the coordinator and its workers: small msgpack messages over one
+// WebSocket per worker. Gradients never travel here (they go around the ring, src/comm/ring.ts);
+// only orders, per-step reports, and the model state at start-up and checkpoints.
+import { Packr } from 'msgpackr';
+import { authContext } from './auth.ts';
+
+/** Bumped whenever a message changes shape; both sides refuse a peer that speaks another version. */
+export const CONTROL_PROTOCOL_VERSION = 1;
+/** Largest control message accepted; snapshots of large models are the biggest (params + 2 moments of a shard). */
+export const MAX_CONTROL_MESSAGE_BYTES = 2 ** 30;
+/** WebSocket close codes in the private range (4000-4999), so a peer can tell why it was dropped. */
+export const CLOSE_CODES = {
+  badToken: 4001,
+  badProtocol: 4002,
+  badMessage: 4003,
+  runFailed: 4004,
+  runComplete: 4005,
+  runFull: 4006,
+} as const;
+
+export interface Address {
+  host: string;
+  port: number;
+}
+
+/** State a worker starts from: absent for a fresh run (every worker initializes from the seed). */
+export interface ResumeState {
+  /** The full parameter vector. */
+  params: Float32Array;
+  /** This rank's shard of the optimizer moments. */
+  m: Float32Array;
+  v: Float32Array;
+  optimizerStep: number;
+}
+
+export type CoordinatorMessage =
+  | { type: 'challenge'; protocol: number; runId: string; nonce: Uint8Array }
+  | { type: 'welcome'; workerId: number; waitingFor: number }
+  | {
+      type: 'assign';
+      rank: number;
+      worldSize: number;
+      generation: number;
+      peers: Address[];
+      recipe: unknown;
+      startStep: number;
+      resume: ResumeState | null;
+    }
+  | { type: 'step'; step: number; lr: number; indices: Uint32Array }
+  | { type: 'eval'; step: number; start: number; end: number }
+  | { type: 'snapshot'; step: number }
+  | { type: 'stop'; reason: string };
+
+export type WorkerMessage =
+  | { type: 'hello'; protocol: number; proof: Uint8Array; ring: Address; backend: string; host: string; pid: number }
+  | { type: 'ready'; rank: number; paramDigest: string; numParams: number; trainSize: number; testSize: number }
+  | {
+      type: 'stepDone';
+      step: number;
+      lossSum: number;
+      correct: number;
+      count: number;
+      gradNorm: number;
+      paramDigest: string;
+      computeMs: number;
+      commMs: number;
+    }
+  | { type: 'evalDone'; step: number; lossSum: number; correct: number; count: number }
+  | { type: 'snapshotData'; step: number; rank: number; start: number; end: number; params: Float32Array; m: Float32Array; v: Float32Array; optimizerStep: number }
+  | { type: 'failed'; message: string };
+
+const COORDINATOR_TYPES = new Set(['challenge', 'welcome', 'assign', 'step', 'eval', 'snapshot', 'stop']);
+const WORKER_TYPES = new Set(['hello', 'ready', 'stepDone', 'evalDone', 'snapshotData', 'failed']);
+
+// One Packr per process: typed arrays round-trip as their own types (msgpackr's extension).
+const packr = new Packr({ useRecords: false, moreTypes: true });
+
+export function encodeMessage(message: CoordinatorMessage | WorkerMessage): Buffer {
+  return packr.pack(message);
+}
+
+export class ProtocolError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ProtocolError';
+  }
+}
+
+function decode(data: Buffer, known: Set<string>, from: string): { type: string } {
+  let value: unknown;
+  try {
+    value = packr.unpack(data);
+  } catch (err) {
+    throw new ProtocolError(`malformed message from ${from}: ${(err as Error).message}`);
+  }
+  const type = (value as { type?: unknown } | null)?.type;
+  if (typeof type !== 'string' || !known.has(type)) {
+    throw new ProtocolError(`unknown message type ${JSON.stringify(type)} from ${from}`);
+  }
+  return value as { type: string };
+}
+
+export function decodeWorkerMessage(data: Buffer, from: string): WorkerMessage {
+  return decode(data, WORKER_TYPES, from) as WorkerMessage;
+}
+
+export function decodeCoordinatorMessage(data: Buffer, from: string): CoordinatorMessage {
+  return decode(data, COORDINATOR_TYPES, from) as CoordinatorMessage;
+}
+
+/** The context a worker's token proof is bound to, so a proof for one run cannot be replayed on another. */
+export function controlProofContext(runId: string): string {
+  return authContext('vit-dist control', { protocol: CONTROL_PROTOCOL_VERSION, run: runId });
+}

@@ -1,0 +1,56 @@
+// The run's record: OUT/metrics.jsonl, one JSON object per line, per step and per evaluation.
+// Lines are appended synchronously so that a crash loses nothing that was reported.
+import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+
+export interface StepRecord {
+  kind: 'step';
+  step: number;
+  epoch: number;
+  loss: number;
+  accuracy: number;
+  lr: number;
+  gradNorm: number;
+  paramDigest: string;
+  workers: number;
+  imagesPerSec: number;
+  computeMs: number;
+  commMs: number;
+  time: string;
+}
+
+export interface EvalRecord {
+  kind: 'eval';
+  step: number;
+  epoch: number;
+  testAccuracy: number;
+  testLoss: number;
+  samples: number;
+  time: string;
+}
+
+export type MetricsRecord = StepRecord | EvalRecord;
+
+export class MetricsLog {
+  constructor(readonly path: string) {}
+
+  append(record: MetricsRecord): void {
+    appendFileSync(this.path, `${JSON.stringify(record)}\n`);
+  }
+
+  read(): MetricsRecord[] {
+    if (!existsSync(this.path)) return [];
+    return readFileSync(this.path, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as MetricsRecord);
+  }
+
+  /**
+   * On resume, drops the records of steps after the checkpoint (they will be run again), so the file
+   * tells one consistent history. Both kinds of record carry the number of steps completed.
+   */
+  truncateAfter(completedSteps: number): void {
+    if (!existsSync(this.path)) return;
+    const kept = this.read().filter((r) => r.step <= completedSteps);
+    const temp = `${this.path}.tmp`;
+    writeFileSync(temp, kept.map((r) => `${JSON.stringify(r)}\n`).join(''));
+    renameSync(temp, this.path);
+  }
+}

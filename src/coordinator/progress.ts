@@ -1,0 +1,37 @@
+// Readable progress for people on stdout: step, loss, learning rate, throughput and ETA, at most
+// one line every PRINT_INTERVAL_MS, plus every evaluation.
+import type { StepRecord } from './metrics.ts';
+
+const PRINT_INTERVAL_MS = 2000;
+
+function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds)) return '?';
+  const s = Math.max(0, Math.round(seconds));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  return h > 0 ? `${h}h${String(m).padStart(2, '0')}m` : `${m}m${String(s % 60).padStart(2, '0')}s`;
+}
+
+export class ProgressPrinter {
+  private lastPrint = 0;
+  private readonly startedAt = performance.now();
+
+  constructor(private readonly enabled: boolean, private readonly totalSteps: number, private readonly startStep: number) {}
+
+  step(record: StepRecord): void {
+    const now = performance.now();
+    if (!this.enabled || (now - this.lastPrint < PRINT_INTERVAL_MS && record.step !== this.totalSteps)) return;
+    this.lastPrint = now;
+    const done = record.step - this.startStep;
+    const eta = ((now - this.startedAt) / 1000 / done) * (this.totalSteps - record.step);
+    const width = String(this.totalSteps).length;
+    console.log(
+      `step ${String(record.step).padStart(width)}/${this.totalSteps} | epoch ${record.epoch} | loss ${record.loss.toFixed(4)} | ` +
+        `acc ${(record.accuracy * 100).toFixed(1)}% | lr ${record.lr.toExponential(2)} | ${Math.round(record.imagesPerSec)} img/s | ETA ${formatDuration(eta)}`,
+    );
+  }
+
+  evaluation(step: number, epoch: number, testAccuracy: number, testLoss: number): void {
+    if (this.enabled) console.log(`eval after step ${step} (epoch ${epoch}): test accuracy ${(testAccuracy * 100).toFixed(2)}%, test loss ${testLoss.toFixed(4)}`);
+  }
+}
