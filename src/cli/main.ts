@@ -6,7 +6,6 @@ import { runWorkerCommand } from './worker-command.ts';
 import { addRunOptions, nonNegativeInt, port, positiveInt, DEFAULT_COORDINATOR_PORT, TOKEN_ENV } from './options.ts';
 import { listRecipes, loadRecipe } from '../train/recipe.ts';
 import { listModels } from '../model/registry.ts';
-import { benchAllreduce } from '../comm/bench-allreduce.ts';
 
 const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'];
 
@@ -57,7 +56,7 @@ program
   .command('models')
   .description('list the model variants with parameter counts and FLOPs per image')
   .action(() => {
-    for (const m of listModels()) console.log(`${m.name.padEnd(28)} ${(m.numParams / 1e6).toFixed(2).padStart(8)}M params ${(m.flops / 1e9).toFixed(3).padStart(9)} GFLOPs`);
+    for (const m of listModels()) console.log(`${m.name.padEnd(28)} ${(m.numParams / 1e6).toFixed(2).padStart(8)}M params ${(m.flopsPerImage / 1e9).toFixed(3).padStart(9)} GFLOPs`);
   });
 
 program
@@ -70,6 +69,7 @@ program
   .option('--iterations <k>', 'timed all-reduces', positiveInt, 10)
   .option('--json', 'print one JSON line')
   .action(async (opts: { workers: number; floats: number; iterations: number; json?: boolean }) => {
+    const { benchAllreduce } = await import('../comm/bench-allreduce.ts');
     const result = await benchAllreduce({ workers: opts.workers, floats: opts.floats, iterations: opts.iterations });
     if (opts.json) console.log(JSON.stringify(result));
     else console.log(`workers ${result.workers}, ${result.floats} floats: ${result.msPerAllreduce.toFixed(1)} ms per all-reduce (median), bus ${result.busGBps.toFixed(3)} GB/s`);

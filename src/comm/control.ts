@@ -36,23 +36,16 @@ export interface ResumeState {
 export type CoordinatorMessage =
   | { type: 'challenge'; protocol: number; runId: string; nonce: Uint8Array }
   | { type: 'welcome'; workerId: number; waitingFor: number }
-  | {
-      type: 'assign';
-      rank: number;
-      worldSize: number;
-      generation: number;
-      peers: Address[];
-      recipe: unknown;
-      startStep: number;
-      resume: ResumeState | null;
-    }
+  | { type: 'assign'; rank: number; worldSize: number; generation: number; recipe: unknown; startStep: number; resume: ResumeState | null }
+  | { type: 'ringPeers'; generation: number; peers: Address[] }
   | { type: 'step'; step: number; lr: number; indices: Uint32Array }
   | { type: 'eval'; step: number; start: number; end: number }
   | { type: 'snapshot'; step: number }
   | { type: 'stop'; reason: string };
 
 export type WorkerMessage =
-  | { type: 'hello'; protocol: number; proof: Uint8Array; ring: Address; backend: string; host: string; pid: number }
+  | { type: 'hello'; protocol: number; proof: Uint8Array; backend: string; host: string; pid: number }
+  | { type: 'ringListening'; rank: number; generation: number; ring: Address }
   | { type: 'ready'; rank: number; paramDigest: string; numParams: number; trainSize: number; testSize: number }
   | {
       type: 'stepDone';
@@ -69,8 +62,8 @@ export type WorkerMessage =
   | { type: 'snapshotData'; step: number; rank: number; start: number; end: number; params: Float32Array; m: Float32Array; v: Float32Array; optimizerStep: number }
   | { type: 'failed'; message: string };
 
-const COORDINATOR_TYPES = new Set(['challenge', 'welcome', 'assign', 'step', 'eval', 'snapshot', 'stop']);
-const WORKER_TYPES = new Set(['hello', 'ready', 'stepDone', 'evalDone', 'snapshotData', 'failed']);
+const COORDINATOR_TYPES = new Set(['challenge', 'welcome', 'assign', 'ringPeers', 'step', 'eval', 'snapshot', 'stop']);
+const WORKER_TYPES = new Set(['hello', 'ringListening', 'ready', 'stepDone', 'evalDone', 'snapshotData', 'failed']);
 
 // One Packr per process: typed arrays round-trip as their own types (msgpackr's extension).
 const packr = new Packr({ useRecords: false, moreTypes: true });

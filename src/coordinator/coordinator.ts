@@ -132,7 +132,7 @@ export class Coordinator {
         return refuse(CLOSE_CODES.badToken, 'wrong token', who);
       }
       if (this.links.length >= workers) return refuse(CLOSE_CODES.runFull, `the run already has its ${workers} workers`, who);
-      const link = new WorkerLink(socket, this.nextWorkerId++, { host: hello.host, pid: hello.pid, backend: hello.backend, ring: hello.ring });
+      const link = new WorkerLink(socket, this.nextWorkerId++, { host: hello.host, pid: hello.pid, backend: hello.backend });
       this.links.push(link);
       link.onClose = () => {
         // Before ranks are assigned a worker may leave and another take its place.
@@ -206,11 +206,15 @@ export class Coordinator {
     const startStep = resume?.meta.step ?? 0;
 
     await this.waitForWorkers();
-    this.links.forEach((link, rank) => (link.rank = rank));
-    const peers = this.links.map((l) => l.info.ring);
+    // Ranks follow join order. Each worker opens its ring server only once it knows its rank and
+    // the generation, then the coordinator hands everyone the ring's addresses.
+    const generation = 0;
     this.links.forEach((link, rank) => {
-      link.send({ type: 'assign', rank, worldSize, generation: 0, peers, recipe, startStep, resume: resume ? this.resumeShard(resume.state, resume.meta, rank) : null });
+      link.rank = rank;
+      link.send({ type: 'assign', rank, worldSize, generation, recipe, startStep, resume: resume ? this.resumeShard(resume.state, resume.meta, rank) : null });
     });
+    const peers = (await this.gather('ringListening', READY_TIMEOUT_MS)).map((r) => r.ring);
+    for (const link of this.links) link.send({ type: 'ringPeers', generation, peers });
 
     const ready = await this.gather('ready', READY_TIMEOUT_MS);
     const first = ready[0]!;

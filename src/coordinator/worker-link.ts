@@ -2,7 +2,7 @@
 // worker's replies in order. A reply of an unexpected type, a 'failed' report, a close or a
 // timeout rejects whatever the coordinator is waiting for with an error that names the worker.
 import type { WebSocket } from 'ws';
-import { CLOSE_CODES, ProtocolError, decodeWorkerMessage, encodeMessage, type Address, type CoordinatorMessage, type WorkerMessage } from '../comm/control.ts';
+import { CLOSE_CODES, ProtocolError, decodeWorkerMessage, encodeMessage, type CoordinatorMessage, type WorkerMessage } from '../comm/control.ts';
 
 type Waiter = { resolve: (m: WorkerMessage) => void; reject: (e: Error) => void };
 
@@ -25,7 +25,7 @@ export class WorkerLink {
   constructor(
     private readonly socket: WebSocket,
     readonly workerId: number,
-    readonly info: { host: string; pid: number; backend: string; ring: Address },
+    readonly info: { host: string; pid: number; backend: string },
   ) {
     socket.on('message', (data: Buffer, isBinary: boolean) => {
       if (!isBinary) return this.fail(new ProtocolError(`${this.name}: sent a text frame; the control protocol is binary msgpack`), CLOSE_CODES.badMessage);

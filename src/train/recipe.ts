@@ -12,6 +12,8 @@ export interface Recipe {
   description: string;
   /** A model name from the registry (src/model/registry.ts). */
   model: string;
+  /** Changes to the named model's architecture, as timm.create_model(name, **kwargs) takes them. */
+  modelArgs: Partial<Record<(typeof MODEL_ARG_KEYS)[number], number>>;
   data: { dataset: 'fashion-mnist'; path: string };
   /** Images per optimizer step over all workers together; independent of the worker count. */
   globalBatch: number;
@@ -38,9 +40,12 @@ export class RecipeError extends Error {
   }
 }
 
+/** The architecture fields a recipe may change (src/model/vit.ts VitConfig). */
+export const MODEL_ARG_KEYS = ['imageSize', 'patchSize', 'inChannels', 'numClasses', 'embedDim', 'depth', 'numHeads', 'mlpRatio'] as const;
+
 type FieldType =
   | { kind: 'string'; oneOf?: readonly string[] }
-  | { kind: 'number'; min?: number; max?: number; integer?: boolean; nullable?: boolean }
+  | { kind: 'number'; min?: number; max?: number; integer?: boolean; nullable?: boolean; optional?: boolean }
   | { kind: 'object'; fields: Schema }
   | { kind: 'stringMap' };
 type Schema = Record<string, FieldType>;
@@ -51,6 +56,7 @@ export const RECIPE_SCHEMA: Schema = {
   name: { kind: 'string' },
   description: { kind: 'string' },
   model: { kind: 'string' },
+  modelArgs: { kind: 'object', fields: Object.fromEntries(MODEL_ARG_KEYS.map((k) => [k, { kind: 'number', min: 1, optional: true }])) },
   data: { kind: 'object', fields: { dataset: { kind: 'string', oneOf: ['fashion-mnist'] }, path: { kind: 'string' } } },
   globalBatch: positiveInteger,
   microBatch: positiveInteger,
@@ -88,7 +94,10 @@ function validateObject(value: unknown, schema: Schema, path: string, where: str
   }
   for (const [key, type] of Object.entries(schema)) {
     const name = `${path}${key}`;
-    if (!(key in record)) throw new RecipeError(`${where}: missing key "${name}"`);
+    if (!(key in record)) {
+      if (type.kind === 'number' && type.optional) continue;
+      throw new RecipeError(`${where}: missing key "${name}"`);
+    }
     validateField(record[key], type, name, where);
   }
 }
@@ -159,8 +168,8 @@ export function applyOverrides(recipe: Recipe, overrides: Record<string, string 
       if (typeof next !== 'object' || next === null) throw new RecipeError(`override "${key}": "${part}" is not a section of the recipe`);
       target = next as Record<string, unknown>;
     }
+    // An unknown last key is caught by the validation below, which names it.
     const last = parts[parts.length - 1]!;
-    if (!(last in target)) throw new RecipeError(`override "${key}": unknown recipe key`);
     target[last] = typeof raw === 'string' ? parseOverrideValue(raw) : raw;
   }
   return validateRecipe(copy, 'overrides');

@@ -5,7 +5,7 @@ import { WebSocket } from 'ws';
 import { proveToken } from '../comm/auth.ts';
 import {
   CLOSE_CODES, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_MESSAGE_BYTES, controlProofContext, decodeCoordinatorMessage,
-  encodeMessage, type CoordinatorMessage, type WorkerMessage,
+  encodeMessage, type CoordinatorMessage, type ResumeState, type WorkerMessage,
 } from '../comm/control.ts';
 import { RingPeer } from '../comm/ring.ts';
 import { loadDataset } from '../data/datasets.ts';
@@ -14,7 +14,7 @@ import { selectBackend, type BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { VisionTransformer } from '../model/vit.ts';
 import type { Logger } from '../cli/logging.ts';
-import { validateRecipe } from '../train/recipe.ts';
+import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { ShardedTrainer } from './trainer.ts';
 
 export interface WorkerOptions {
@@ -41,13 +41,12 @@ export class WorkerError extends Error {
 export async function runWorker(options: WorkerOptions): Promise<void> {
   const { logger } = options;
   const backend = await selectBackend({ requested: options.backend, gpu: options.gpu ?? undefined, logger });
-  const ring = await RingPeer.listen({ host: options.ringHost, port: 0, token: options.token, logger });
   const socket = new WebSocket(options.coordinatorUrl, { maxPayload: MAX_CONTROL_MESSAGE_BYTES, perMessageDeflate: false });
-  const session = new WorkerSession(options, socket, ring, backend.name);
+  const session = new WorkerSession(options, socket, backend.name);
   try {
     await session.finished;
   } finally {
-    await ring.close();
+    await session.close();
     if (socket.readyState <= WebSocket.OPEN) socket.close();
   }
 }
@@ -59,6 +58,9 @@ class WorkerSession {
   /** Orders are handled strictly one after another, in arrival order. */
   private queue: Promise<void> = Promise.resolve();
   private trainer: ShardedTrainer | null = null;
+  private ring: RingPeer | null = null;
+  /** What `assign` prepared, waiting for the ring's addresses. */
+  private pending: { model: VisionTransformer; train: ImageDataset; recipe: Recipe; resume: ResumeState | null; worldSize: number } | null = null;
   private rank = -1;
   private testSet: ImageDataset | null = null;
   private stopping = false;
@@ -66,7 +68,6 @@ class WorkerSession {
   constructor(
     private readonly options: WorkerOptions,
     private readonly socket: WebSocket,
-    private readonly ring: RingPeer,
     private readonly backend: string,
   ) {
     this.finished = new Promise((resolve, reject) => {
@@ -90,6 +91,10 @@ class WorkerSession {
     socket.on('error', (err: Error) => this.rejectFinished(new WorkerError(`cannot reach the coordinator at ${options.coordinatorUrl}: ${err.message}`)));
   }
 
+  async close(): Promise<void> {
+    await this.ring?.close();
+  }
+
   private send(message: WorkerMessage): void {
     this.socket.send(encodeMessage(message));
   }
@@ -110,7 +115,7 @@ class WorkerSession {
           throw new WorkerError(`the coordinator speaks protocol version ${message.protocol}, this worker speaks ${CONTROL_PROTOCOL_VERSION}`);
         }
         const proof = proveToken(this.options.token, message.nonce, controlProofContext(message.runId));
-        this.send({ type: 'hello', protocol: CONTROL_PROTOCOL_VERSION, proof, ring: { host: this.options.advertiseHost, port: this.ring.address.port }, backend: this.backend, host: hostname(), pid: process.pid });
+        this.send({ type: 'hello', protocol: CONTROL_PROTOCOL_VERSION, proof, backend: this.backend, host: hostname(), pid: process.pid });
         return;
       }
       case 'welcome':
@@ -122,7 +127,7 @@ class WorkerSession {
         this.rank = message.rank;
         logger.info({ rank: message.rank, worldSize: message.worldSize, startStep: message.startStep }, 'assigned');
         const train = loadDataset(recipe.data, 'train');
-        const model = new VisionTransformer(createModelConfig(recipe.model));
+        const model = new VisionTransformer(createModelConfig(recipe.model, recipe.modelArgs));
         if (train.height !== model.config.imageSize || train.width !== model.config.imageSize || train.channels !== model.config.inChannels) {
           throw new WorkerError(`model ${recipe.model} takes ${model.config.imageSize}x${model.config.imageSize}x${model.config.inChannels} images, the data has ${train.height}x${train.width}x${train.channels}`);
         }
@@ -130,14 +135,23 @@ class WorkerSession {
         if (message.resume && message.resume.params.length !== model.numParams) {
           throw new WorkerError(`the checkpoint holds ${message.resume.params.length} parameters, model ${recipe.model} has ${model.numParams}`);
         }
-        await this.ring.connect({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, peers: message.peers });
-        const initial = message.resume ? message.resume.params : model.initParams(recipe.seed);
-        this.trainer = new ShardedTrainer(model, this.ring, train, {
-          rank: message.rank, worldSize: message.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch,
-          clipNorm: recipe.clipNorm, optimizer: recipe.optimizer,
-        }, initial, message.resume);
         this.testSet = loadDataset(recipe.data, 'test');
-        this.send({ type: 'ready', rank: message.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: this.testSet.size });
+        this.ring = await RingPeer.listen({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, token: this.options.token, host: this.options.ringHost, logger });
+        this.pending = { model, train, recipe, resume: message.resume, worldSize: message.worldSize };
+        this.send({ type: 'ringListening', rank: this.rank, generation: message.generation, ring: { host: this.options.advertiseHost, port: this.ring.address.port } });
+        return;
+      }
+      case 'ringPeers': {
+        if (!this.pending || !this.ring) throw new WorkerError("the coordinator sent the ring's addresses before assigning a rank");
+        const { model, train, recipe, resume, worldSize } = this.pending;
+        this.pending = null;
+        await this.ring.connect(message.peers);
+        logger.info({ rank: this.rank, worldSize }, 'ring connected');
+        const initial = resume ? resume.params : model.initParams(recipe.seed);
+        this.trainer = new ShardedTrainer(model, this.ring, train, {
+          rank: this.rank, worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: recipe.optimizer,
+        }, initial, resume);
+        this.send({ type: 'ready', rank: this.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: this.testSet!.size });
         return;
       }
       case 'step': {

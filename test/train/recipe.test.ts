@@ -33,7 +33,9 @@ test('overrides parse values and are validated again', () => {
   assert.equal(recipe.optimizer.lr, 0.01);
   assert.equal(recipe.steps, 7);
   assert.equal(recipe.data.path, '/x');
-  assert.throws(() => applyOverrides(loadRecipe('fmnist-vit-tiny'), { 'optimizer.lrr': '1' }), /unknown recipe key/);
+  assert.throws(() => applyOverrides(loadRecipe('fmnist-vit-tiny'), { 'optimizer.lrr': '1' }), /unknown key "optimizer.lrr"/);
+  assert.equal(applyOverrides(loadRecipe('fmnist-vit-tiny'), { 'modelArgs.depth': '1' }).modelArgs.depth, 1);
+  assert.throws(() => applyOverrides(loadRecipe('fmnist-vit-tiny'), { 'modelArgs.width': '1' }), /unknown key "modelArgs.width"/);
   assert.throws(() => applyOverrides(loadRecipe('fmnist-vit-tiny'), { 'optimizer.lr': 'fast' }), /"optimizer.lr" must be a finite number/);
 });
 
