@@ -33,6 +33,34 @@ export interface ResumeState {
   optimizerStep: number;
 }
 
+/** A rank's report of one training step. */
+export interface StepReport {
+  lossSum: number;
+  correct: number;
+  count: number;
+  gradNorm: number;
+  paramDigest: string;
+  computeMs: number;
+  commMs: number;
+}
+
+/** Loss sum and correct predictions over `count` samples. */
+export interface EvalCounts {
+  lossSum: number;
+  correct: number;
+  count: number;
+}
+
+/** A rank's shard of the parameters and optimizer state, for a checkpoint. */
+export interface ShardSnapshot {
+  start: number;
+  end: number;
+  params: Float32Array;
+  m: Float32Array;
+  v: Float32Array;
+  optimizerStep: number;
+}
+
 export type CoordinatorMessage =
   | { type: 'challenge'; protocol: number; runId: string; nonce: Uint8Array }
   | { type: 'welcome'; workerId: number; waitingFor: number }
@@ -47,19 +75,9 @@ export type WorkerMessage =
   | { type: 'hello'; protocol: number; proof: Uint8Array; backend: string; host: string; pid: number }
   | { type: 'ringListening'; rank: number; generation: number; ring: Address }
   | { type: 'ready'; rank: number; paramDigest: string; numParams: number; trainSize: number; testSize: number }
-  | {
-      type: 'stepDone';
-      step: number;
-      lossSum: number;
-      correct: number;
-      count: number;
-      gradNorm: number;
-      paramDigest: string;
-      computeMs: number;
-      commMs: number;
-    }
-  | { type: 'evalDone'; step: number; lossSum: number; correct: number; count: number }
-  | { type: 'snapshotData'; step: number; rank: number; start: number; end: number; params: Float32Array; m: Float32Array; v: Float32Array; optimizerStep: number }
+  | ({ type: 'stepDone'; step: number } & StepReport)
+  | ({ type: 'evalDone'; step: number } & EvalCounts)
+  | ({ type: 'snapshotData'; step: number; rank: number } & ShardSnapshot)
   | { type: 'failed'; message: string };
 
 const COORDINATOR_TYPES = new Set(['challenge', 'welcome', 'assign', 'ringPeers', 'step', 'eval', 'snapshot', 'stop']);

@@ -3,7 +3,7 @@
 //   mean and global-norm clip -> AdamW on this rank's shard -> ring all-gather -> weights.
 // Every rank ends a step holding the same parameter bits, which `paramDigest` lets the
 // coordinator check.
-import type { ResumeState } from '../comm/control.ts';
+import type { EvalCounts, ResumeState, ShardSnapshot, StepReport } from '../comm/control.ts';
 import type { RingPeer } from '../comm/ring.ts';
 import { shardRange, type ElementRange } from '../comm/shard.ts';
 import type { ImageDataset } from '../data/fashion-mnist.ts';
@@ -20,16 +20,6 @@ export interface TrainerOptions {
   microBatch: number;
   clipNorm: number;
   optimizer: AdamWConfig;
-}
-
-export interface StepResult {
-  lossSum: number;
-  correct: number;
-  count: number;
-  gradNorm: number;
-  paramDigest: string;
-  computeMs: number;
-  commMs: number;
 }
 
 export class ShardedTrainer {
@@ -79,7 +69,7 @@ export class ShardedTrainer {
   }
 
   /** Runs one optimizer step on this rank's slice of the global batch. */
-  async step(step: number, indices: Uint32Array, lr: number): Promise<StepResult> {
+  async step(step: number, indices: Uint32Array, lr: number): Promise<StepReport> {
     const { microBatch, globalBatch, clipNorm, optimizer } = this.options;
     const computeStart = performance.now();
     this.grad.fill(0);
@@ -117,7 +107,7 @@ export class ShardedTrainer {
   }
 
   /** Loss and correct count over samples [start, end) of `data`, in micro-batches. */
-  evaluate(data: ImageDataset, start: number, end: number): { lossSum: number; correct: number; count: number } {
+  evaluate(data: ImageDataset, start: number, end: number): EvalCounts {
     const { microBatch } = this.options;
     const indices = new Uint32Array(end - start).map((_, i) => start + i);
     let lossSum = 0;
@@ -133,7 +123,7 @@ export class ShardedTrainer {
   }
 
   /** Copies of this rank's shard of the parameters and optimizer state, for a checkpoint. */
-  snapshot(): { start: number; end: number; params: Float32Array; m: Float32Array; v: Float32Array; optimizerStep: number } {
+  snapshot(): ShardSnapshot {
     const { start, end } = this.shard;
     return { start, end, params: this.params.slice(start, end), m: this.optimizerState.m.slice(), v: this.optimizerState.v.slice(), optimizerStep: this.optimizerState.step };
   }
