@@ -3,7 +3,9 @@
 import { Command, Option } from 'commander';
 import { runCoordinatorCommand, runLaunchCommand } from './run.ts';
 import { runWorkerCommand } from './worker-command.ts';
-import { addRunOptions, nonNegativeInt, port, positiveInt, DEFAULT_COORDINATOR_PORT, TOKEN_ENV } from './options.ts';
+import {
+  addRunOptions, nonNegativeInt, port, positiveInt, positiveNumber, DEFAULT_COORDINATOR_PORT, DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_RECONNECT_TIMEOUT_S, TOKEN_ENV,
+} from './options.ts';
 import { listRecipes, loadRecipe } from '../train/recipe.ts';
 import { listModels } from '../model/registry.ts';
 
@@ -32,6 +34,9 @@ program
   .option('--ring-host <address>', 'address the ring server binds to', '127.0.0.1')
   .option('--advertise <host>', 'host name or address ring neighbours use to reach this worker (default: --ring-host)')
   .option('--data <dir>', "dataset directory on this host (overrides the recipe's data.path)")
+  .option('--reconnect-timeout <seconds>', 'how long to keep trying to reach a lost coordinator', positiveNumber, DEFAULT_RECONNECT_TIMEOUT_S)
+  .option('--heartbeat-timeout <seconds>', 'without a ping from the coordinator for this long, reconnect', positiveNumber, DEFAULT_HEARTBEAT_TIMEOUT_S)
+  .option('--health-port <port>', 'serve GET /healthz on this port (200 while connected to the coordinator)', port)
   .option('--log-dir <dir>', 'write JSON logs to DIR/NAME.log instead of stderr')
   .option('--log-name <name>', 'log file name', 'worker')
   .option('--log-level <level>', 'debug, info, warn or error', 'info')

@@ -12,6 +12,11 @@ export const DEFAULT_COORDINATOR_PORT = 29500;
 export const DEFAULT_RECIPE = 'fmnist-vit-tiny';
 export const DEFAULT_JOIN_TIMEOUT_S = 300;
 export const DEFAULT_STEP_TIMEOUT_S = 600;
+export const DEFAULT_REJOIN_TIMEOUT_S = 60;
+/** Must exceed the longest stretch a process spends without yielding (one micro-batch's compute). */
+export const DEFAULT_HEARTBEAT_TIMEOUT_S = 30;
+export const DEFAULT_MAX_RESTARTS = 3;
+export const DEFAULT_RECONNECT_TIMEOUT_S = 120;
 export const TOKEN_ENV = 'VIT_DIST_TOKEN';
 
 export function positiveInt(value: string): number {
@@ -61,6 +66,10 @@ export function addRunOptions(command: Command): Command {
     .option('--token <token>', `shared secret every worker and ring peer must prove (default: $${TOKEN_ENV})`)
     .option('--join-timeout <seconds>', 'how long to wait for all workers to join', positiveNumber, DEFAULT_JOIN_TIMEOUT_S)
     .option('--step-timeout <seconds>', 'how long to wait for every worker to finish a step', positiveNumber, DEFAULT_STEP_TIMEOUT_S)
+    .option('--min-workers <m>', 'after a failure, carry on with at least this many workers (default: --workers); the global batch stays the same', positiveInt)
+    .option('--rejoin-timeout <seconds>', 'after a failure, how long to wait for replacement workers', positiveNumber, DEFAULT_REJOIN_TIMEOUT_S)
+    .option('--heartbeat-timeout <seconds>', 'a worker silent for this long counts as lost', positiveNumber, DEFAULT_HEARTBEAT_TIMEOUT_S)
+    .option('--max-restarts <n>', 'worker failures to recover from before giving up', nonNegativeInt, DEFAULT_MAX_RESTARTS)
     .option('--log-level <level>', 'debug, info, warn or error', 'info');
 }
 
@@ -79,6 +88,10 @@ export interface RunFlags {
   token?: string;
   joinTimeout: number;
   stepTimeout: number;
+  minWorkers?: number;
+  rejoinTimeout: number;
+  heartbeatTimeout: number;
+  maxRestarts: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
 }
 

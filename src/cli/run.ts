@@ -1,11 +1,13 @@
 // `vit-dist coordinator` and `vit-dist launch`: resolve the recipe and the run directory, start the
-// coordinator, and for launch also the local worker processes.
+// coordinator, and for launch also the local worker processes, restarting any that die (as
+// torchrun does) while the coordinator takes the replacement into the ring.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readCheckpoint, type LoadedCheckpoint } from '../coordinator/checkpoint.ts';
-import { Coordinator, type RunSummary } from '../coordinator/coordinator.ts';
+import { latestCheckpoint, readCheckpoint, type LoadedCheckpoint } from '../coordinator/checkpoint.ts';
+import { Coordinator } from '../coordinator/coordinator.ts';
+import type { RunSummary } from '../coordinator/generation.ts';
 import { validateRecipe } from '../train/recipe.ts';
 import { createLogger } from './logging.ts';
 import { defaultOutDir, resolveRecipe, resolveResume, resolveToken, TOKEN_ENV, type RunFlags } from './options.ts';
@@ -25,23 +27,51 @@ interface LaunchFlags extends RunFlags {
   backend: string;
 }
 
+/** The checkpoint to continue from: --resume, or the newest one already in --out (a restarted coordinator). */
+function findResume(flags: RunFlags): string | null {
+  if (flags.resume) return resolveResume(flags.resume);
+  return flags.out ? latestCheckpoint(flags.out) : null;
+}
+
 function prepareRun(flags: RunFlags & { workers: number }, host: string, port: number, generateToken: boolean): Coordinator {
-  const resumePath = flags.resume ? resolveResume(flags.resume) : null;
+  const resumePath = findResume(flags);
   const resume: LoadedCheckpoint | null = resumePath ? readCheckpoint(resumePath) : null;
   const recipe = resolveRecipe(flags, resume ? validateRecipe(resume.meta.recipe, `the recipe in ${resumePath}`) : null);
   // Resuming a run directory continues writing into it.
   const outDir = flags.out ?? (flags.resume && existsSync(flags.resume) && statSync(flags.resume).isDirectory() ? flags.resume : defaultOutDir(recipe.name));
+  if (resume) console.log(`resuming from ${resumePath} (step ${resume.meta.step})`);
   const logger = createLogger('coordinator', join(outDir, 'logs'), flags.logLevel);
   logger.info({ recipe, outDir, resume: resumePath }, 'run configured');
-  return new Coordinator({
-    workers: flags.workers, recipe, outDir: resolve(outDir), token: resolveToken(flags.token, generateToken), host, port,
-    joinTimeoutMs: flags.joinTimeout * 1000, stepTimeoutMs: flags.stepTimeout * 1000, resume, logger, progress: true,
+  const coordinator = new Coordinator({
+    workers: flags.workers,
+    minWorkers: Math.min(flags.minWorkers ?? flags.workers, flags.workers),
+    recipe,
+    outDir: resolve(outDir),
+    token: resolveToken(flags.token, generateToken),
+    host,
+    port,
+    joinTimeoutMs: flags.joinTimeout * 1000,
+    rejoinTimeoutMs: flags.rejoinTimeout * 1000,
+    stepTimeoutMs: flags.stepTimeout * 1000,
+    heartbeatTimeoutMs: flags.heartbeatTimeout * 1000,
+    maxRestarts: flags.maxRestarts,
+    resume,
+    logger,
+    progress: true,
   });
+  // SIGTERM (docker stop, a Kubernetes pod deletion): checkpoint at the next step, then exit 0.
+  process.once('SIGTERM', () => {
+    console.log('SIGTERM: stopping after the next step and a checkpoint');
+    coordinator.requestStop();
+  });
+  return coordinator;
 }
 
 function printSummary(summary: RunSummary, outDir: string): void {
   const accuracy = summary.testAccuracy === null ? 'not evaluated' : `${(summary.testAccuracy * 100).toFixed(2)}%`;
-  console.log(`done: ${summary.steps} steps, final test accuracy ${accuracy}, parameter digest ${summary.paramDigest}`);
+  const restarts = summary.restarts > 0 ? `, ${summary.restarts} restart${summary.restarts === 1 ? '' : 's'}` : '';
+  if (summary.stopped) console.log(`stopped at step ${summary.steps} of ${summary.totalSteps}${restarts}; continue with --resume ${outDir}`);
+  else console.log(`done: ${summary.steps} steps${restarts}, final test accuracy ${accuracy}, parameter digest ${summary.paramDigest}`);
   console.log(`run directory: ${outDir} (metrics.jsonl, checkpoints/, logs/)`);
 }
 
@@ -56,30 +86,43 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   const coordinator = prepareRun(flags, '127.0.0.1', 0, true);
   const address = await coordinator.listen();
   const url = `ws://127.0.0.1:${address.port}`;
+  const logDir = join(coordinator.outDir, 'logs');
   console.log(`launching ${flags.workers} local workers against ${url} (run dir ${coordinator.outDir})`);
-  const children: ChildProcess[] = [];
+  const children = new Map<number, ChildProcess>();
   let finished = false;
-  const workerDied = new Promise<never>((_, reject) => {
-    for (let i = 0; i < flags.workers; i++) {
-      const child = spawn(process.execPath, [BIN, 'worker', '--coordinator', url, '--backend', flags.backend, '--log-dir', join(coordinator.outDir, 'logs'), '--log-name', `worker-${i}`, '--log-level', flags.logLevel], {
-        // The token goes through the environment, not argv, so `ps` does not show it.
-        env: { ...process.env, [TOKEN_ENV]: coordinator.token },
-        stdio: ['ignore', 'inherit', 'inherit'],
-      });
-      child.on('exit', (code, signal) => {
-        if (!finished && (code !== 0 || signal)) reject(new Error(`local worker ${i} (pid ${child.pid}) exited with ${signal ?? `code ${code}`} before the run finished; see ${join(coordinator.outDir, 'logs', `worker-${i}.log`)}`));
-      });
-      children.push(child);
-    }
-  });
+  let respawns = 0;
+  let giveUp: (err: Error) => void = () => undefined;
+  const gaveUp = new Promise<never>((_, reject) => (giveUp = reject));
+
+  const spawnWorker = (slot: number): void => {
+    const child = spawn(process.execPath, [BIN, 'worker', '--coordinator', url, '--backend', flags.backend, '--heartbeat-timeout', String(flags.heartbeatTimeout), '--log-dir', logDir, '--log-name', `worker-${slot}`, '--log-level', flags.logLevel], {
+      // The token goes through the environment, not argv, so `ps` does not show it.
+      env: { ...process.env, [TOKEN_ENV]: coordinator.token },
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
+    children.set(slot, child);
+    child.on('exit', (code, signal) => {
+      if (finished || (code === 0 && !signal)) return;
+      const how = signal ?? `code ${code}`;
+      if (respawns >= flags.maxRestarts) {
+        giveUp(new Error(`local worker ${slot} (pid ${child.pid}) exited with ${how}, and --max-restarts ${flags.maxRestarts} restarts are used up; see ${join(logDir, `worker-${slot}.log`)}`));
+        return;
+      }
+      respawns += 1;
+      console.log(`local worker ${slot} (pid ${child.pid}) exited with ${how}; starting a replacement (${respawns}/${flags.maxRestarts})`);
+      spawnWorker(slot);
+    });
+  };
+  for (let slot = 0; slot < flags.workers; slot++) spawnWorker(slot);
+
   try {
-    const summary = await Promise.race([coordinator.run(), workerDied]);
+    const summary = await Promise.race([coordinator.run(), gaveUp]);
     finished = true;
-    await Promise.all(children.map((c) => waitForExit(c, WORKER_EXIT_GRACE_MS)));
+    await Promise.all([...children.values()].map((c) => waitForExit(c, WORKER_EXIT_GRACE_MS)));
     printSummary(summary, coordinator.outDir);
   } finally {
     finished = true;
-    for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    for (const child of children.values()) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await coordinator.close();
   }
 }

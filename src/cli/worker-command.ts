@@ -11,6 +11,9 @@ export interface WorkerFlags {
   ringHost: string;
   advertise?: string;
   data?: string;
+  reconnectTimeout: number;
+  heartbeatTimeout: number;
+  healthPort?: number;
   logDir?: string;
   logName: string;
   logLevel: LogLevel;
@@ -24,6 +27,12 @@ export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
   const logger = createLogger(flags.logName, flags.logDir ?? null, flags.logLevel);
   // Loaded only now, so CUDA_VISIBLE_DEVICES is set before any TensorFlow.js module is evaluated.
   const { runWorker } = await import('../worker/worker.ts');
+  // SIGTERM (docker stop, a pod deletion): leave at once. The coordinator sees the worker go and
+  // restarts the ring from its last checkpoint with whoever is left or replaces it.
+  process.once('SIGTERM', () => {
+    logger.info('SIGTERM: leaving the run');
+    process.exit(0);
+  });
   await runWorker({
     coordinatorUrl: flags.coordinator,
     token,
@@ -32,6 +41,9 @@ export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
     ringHost: flags.ringHost,
     advertiseHost: flags.advertise ?? flags.ringHost,
     dataPath: flags.data ?? null,
+    reconnectTimeoutMs: flags.reconnectTimeout * 1000,
+    heartbeatTimeoutMs: flags.heartbeatTimeout * 1000,
+    healthPort: flags.healthPort ?? null,
     logger,
   });
   logger.info('worker finished');

@@ -61,26 +61,34 @@ export interface ShardSnapshot {
   optimizerStep: number;
 }
 
+// Every order and reply after `assign` carries the ring generation it belongs to: after a failure
+// the coordinator starts a new generation, and replies of an older one are dropped.
 export type CoordinatorMessage =
   | { type: 'challenge'; protocol: number; runId: string; nonce: Uint8Array }
   | { type: 'welcome'; workerId: number; waitingFor: number }
   | { type: 'assign'; rank: number; worldSize: number; generation: number; recipe: unknown; startStep: number; resume: ResumeState | null }
   | { type: 'ringPeers'; generation: number; peers: Address[] }
-  | { type: 'step'; step: number; lr: number; indices: Uint32Array }
-  | { type: 'eval'; step: number; start: number; end: number }
-  | { type: 'snapshot'; step: number }
+  | { type: 'step'; generation: number; step: number; lr: number; indices: Uint32Array }
+  | { type: 'eval'; generation: number; step: number; start: number; end: number }
+  | { type: 'snapshot'; generation: number; step: number }
+  /** Abandon the generation: drop the step in flight and the ring, wait for a new `assign`. */
+  | { type: 'abort'; generation: number; reason: string }
   | { type: 'stop'; reason: string };
 
 export type WorkerMessage =
   | { type: 'hello'; protocol: number; proof: Uint8Array; backend: string; host: string; pid: number }
-  | { type: 'ringListening'; rank: number; generation: number; ring: Address }
-  | { type: 'ready'; rank: number; paramDigest: string; numParams: number; trainSize: number; testSize: number }
-  | ({ type: 'stepDone'; step: number } & StepReport)
-  | ({ type: 'evalDone'; step: number } & EvalCounts)
-  | ({ type: 'snapshotData'; step: number; rank: number } & ShardSnapshot)
-  | { type: 'failed'; message: string };
+  | { type: 'ringListening'; generation: number; rank: number; ring: Address }
+  | { type: 'ready'; generation: number; rank: number; paramDigest: string; numParams: number; trainSize: number; testSize: number }
+  | ({ type: 'stepDone'; generation: number; step: number } & StepReport)
+  | ({ type: 'evalDone'; generation: number; step: number } & EvalCounts)
+  | ({ type: 'snapshotData'; generation: number; step: number; rank: number } & ShardSnapshot)
+  /**
+   * The worker could not carry out an order of `generation`; it stays connected for the next one.
+   * `fatal` marks problems no restart can fix (a missing data set, a model that does not fit it).
+   */
+  | { type: 'failed'; generation: number; message: string; fatal: boolean };
 
-const COORDINATOR_TYPES = new Set(['challenge', 'welcome', 'assign', 'ringPeers', 'step', 'eval', 'snapshot', 'stop']);
+const COORDINATOR_TYPES = new Set(['challenge', 'welcome', 'assign', 'ringPeers', 'step', 'eval', 'snapshot', 'abort', 'stop']);
 const WORKER_TYPES = new Set(['hello', 'ringListening', 'ready', 'stepDone', 'evalDone', 'snapshotData', 'failed']);
 
 // One Packr per process: typed arrays round-trip as their own types (msgpackr's extension).

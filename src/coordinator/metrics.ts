@@ -28,7 +28,19 @@ export interface EvalRecord {
   time: string;
 }
 
-export type MetricsRecord = StepRecord | EvalRecord;
+/** The ring was restarted from the checkpoint at `step` (after a failure, or to take in new workers). */
+export interface RestartRecord {
+  kind: 'restart';
+  step: number;
+  generation: number;
+  /** Failures recovered from so far. */
+  restarts: number;
+  cause: string;
+  workers: number;
+  time: string;
+}
+
+export type MetricsRecord = StepRecord | EvalRecord | RestartRecord;
 
 export class MetricsLog {
   constructor(readonly path: string) {}
@@ -44,7 +56,7 @@ export class MetricsLog {
 
   /**
    * On resume, drops the records of steps after the checkpoint (they will be run again), so the file
-   * tells one consistent history. Both kinds of record carry the number of steps completed.
+   * tells one consistent history. Every kind of record carries the number of steps completed.
    */
   truncateAfter(completedSteps: number): void {
     if (!existsSync(this.path)) return;

@@ -14,9 +14,22 @@ function formatDuration(seconds: number): string {
 
 export class ProgressPrinter {
   private lastPrint = 0;
-  private readonly startedAt = performance.now();
+  private startedAt = performance.now();
+  private totalSteps = 0;
+  private startStep = 0;
 
-  constructor(private readonly enabled: boolean, private readonly totalSteps: number, private readonly startStep: number) {}
+  constructor(private readonly enabled: boolean) {}
+
+  /** Starts (or, after a restart, restarts) the ETA's clock at `startStep` of `totalSteps`. */
+  begin(totalSteps: number, startStep: number): void {
+    this.totalSteps = totalSteps;
+    this.startStep = startStep;
+    this.startedAt = performance.now();
+  }
+
+  note(text: string): void {
+    if (this.enabled) console.log(text);
+  }
 
   step(record: StepRecord): void {
     const now = performance.now();

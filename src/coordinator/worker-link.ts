@@ -1,11 +1,15 @@
-// The coordinator's end of one worker's control connection: sends orders and hands out the
-// worker's replies in order. A reply of an unexpected type, a 'failed' report, a close or a
-// timeout rejects whatever the coordinator is waiting for with an error that names the worker.
+// The coordinator's end of one worker's control connection. It sends orders, hands out the
+// worker's replies of the current generation in order (replies of an older generation, still in
+// flight when a generation was abandoned, are dropped), and watches the connection's heartbeat.
+// A reply of an unexpected type, a 'failed' report, a close, a missed heartbeat or a timeout
+// rejects whatever the coordinator is waiting for with an error that names the worker.
 import type { WebSocket } from 'ws';
 import { CLOSE_CODES, ProtocolError, decodeWorkerMessage, encodeMessage, type CoordinatorMessage, type WorkerMessage } from '../comm/control.ts';
 
 type Waiter = { resolve: (m: WorkerMessage) => void; reject: (e: Error) => void };
+type Reply<T extends WorkerMessage['type']> = Extract<WorkerMessage, { type: T }>;
 
+/** A worker that died, was cut off, timed out or reported a failure: the run can recover from it. */
 export class WorkerFailure extends Error {
   constructor(message: string) {
     super(message);
@@ -13,94 +17,154 @@ export class WorkerFailure extends Error {
   }
 }
 
+/** A worker cannot take part with this recipe, data or checkpoint: restarting would not help. */
+export class WorkerSetupError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WorkerSetupError';
+  }
+}
+
+export interface WorkerInfo {
+  host: string;
+  pid: number;
+  backend: string;
+}
+
 export class WorkerLink {
-  /** Set once ranks are assigned; before that the worker is named by its join order. */
+  /** Set when the worker is given a rank; -1 while it waits to be taken into a ring. */
   rank = -1;
+  /** The generation of the ring this worker belongs to; replies of older ones are dropped. */
+  generation = -1;
   private readonly queue: WorkerMessage[] = [];
   private waiter: Waiter | null = null;
-  private failure: Error | null = null;
-  /** Called when the connection closes, for whoever holds the link in a list. */
+  /** Set when the connection is gone for good (closed, cut off, or misbehaved). */
+  private closedWith: Error | null = null;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private lastPong = Date.now();
+  /** Called once when the connection ends, for whoever holds the link in a list. */
   onClose: (() => void) | null = null;
 
   constructor(
     private readonly socket: WebSocket,
     readonly workerId: number,
-    readonly info: { host: string; pid: number; backend: string },
+    readonly info: WorkerInfo,
+    heartbeatTimeoutMs: number,
   ) {
-    socket.on('message', (data: Buffer, isBinary: boolean) => {
-      if (!isBinary) return this.fail(new ProtocolError(`${this.name}: sent a text frame; the control protocol is binary msgpack`), CLOSE_CODES.badMessage);
-      let message: WorkerMessage;
-      try {
-        message = decodeWorkerMessage(data, this.name);
-      } catch (err) {
-        return this.fail(err as Error, CLOSE_CODES.badMessage);
-      }
-      if (message.type === 'failed') return this.fail(new WorkerFailure(`${this.name} failed: ${message.message}`));
-      if (this.waiter) {
-        const { resolve } = this.waiter;
-        this.waiter = null;
-        resolve(message);
-      } else {
-        this.queue.push(message);
-      }
-    });
+    socket.on('message', (data: Buffer, isBinary: boolean) => this.receive(data, isBinary));
     socket.on('close', (code: number, reason: Buffer) => {
-      this.onClose?.();
-      this.fail(new WorkerFailure(`${this.name} disconnected (code ${code}${reason.length ? `, ${reason.toString()}` : ''})`));
+      this.end(new WorkerFailure(`${this.name} disconnected (code ${code}${reason.length ? `: ${reason.toString()}` : ''})`));
     });
-    socket.on('error', (err: Error) => this.fail(new WorkerFailure(`${this.name} connection error: ${err.message}`)));
+    socket.on('error', (err: Error) => this.end(new WorkerFailure(`${this.name} connection error: ${err.message}`)));
+    // A cut link sends no close: without pongs for heartbeatTimeoutMs the worker counts as gone.
+    socket.on('pong', () => (this.lastPong = Date.now()));
+    this.heartbeatTimer = setInterval(() => {
+      if (Date.now() - this.lastPong > heartbeatTimeoutMs) {
+        this.end(new WorkerFailure(`${this.name} missed its heartbeat for ${Math.round(heartbeatTimeoutMs / 1000)} s (--heartbeat-timeout)`));
+        socket.terminate();
+      } else if (socket.readyState === socket.OPEN) {
+        socket.ping();
+      }
+    }, Math.max(50, heartbeatTimeoutMs / 4));
   }
 
   get name(): string {
-    return this.rank >= 0 ? `rank ${this.rank} (${this.info.host} pid ${this.info.pid})` : `worker ${this.workerId} (${this.info.host} pid ${this.info.pid})`;
+    const who = `${this.info.host} pid ${this.info.pid}`;
+    return this.rank >= 0 ? `rank ${this.rank} (${who})` : `worker ${this.workerId} (${who})`;
   }
 
-  get failed(): Error | null {
-    return this.failure;
+  get alive(): boolean {
+    return this.closedWith === null;
+  }
+
+  private receive(data: Buffer, isBinary: boolean): void {
+    let message: WorkerMessage;
+    try {
+      if (!isBinary) throw new ProtocolError(`${this.name} sent a text frame; the control protocol is binary msgpack`);
+      message = decodeWorkerMessage(data, this.name);
+    } catch (err) {
+      return this.refuse(err as Error);
+    }
+    if ('generation' in message && message.generation !== this.generation) return; // from an abandoned generation
+    if (message.type === 'failed') {
+      const text = `${this.name} failed: ${message.message}`;
+      return this.rejectWaiter(message.fatal ? new WorkerSetupError(text) : new WorkerFailure(text));
+    }
+    if (this.waiter) {
+      const { resolve } = this.waiter;
+      this.waiter = null;
+      resolve(message);
+    } else {
+      this.queue.push(message);
+    }
   }
 
   send(message: CoordinatorMessage): void {
-    if (this.failure) throw this.failure;
+    if (this.closedWith) throw this.closedWith;
     this.socket.send(encodeMessage(message));
   }
 
-  /** The next reply, which must be of type `type`; rejects after `timeoutMs`. */
-  async expect<T extends WorkerMessage['type']>(type: T, timeoutMs: number): Promise<Extract<WorkerMessage, { type: T }>> {
+  /** The next reply of the current generation, which must be of type `type`; rejects after `timeoutMs`. */
+  async expect<T extends WorkerMessage['type']>(type: T, timeoutMs: number): Promise<Reply<T>> {
     const message = await this.next(timeoutMs, type);
     if (message.type !== type) {
       const error = new ProtocolError(`${this.name}: expected a '${type}' message, got '${message.type}'`);
-      this.fail(error, CLOSE_CODES.badMessage);
+      this.refuse(error);
       throw error;
     }
-    return message as Extract<WorkerMessage, { type: T }>;
+    return message as Reply<T>;
   }
 
   private next(timeoutMs: number, what: string): Promise<WorkerMessage> {
-    if (this.failure) return Promise.reject(this.failure);
+    if (this.closedWith) return Promise.reject(this.closedWith);
     const queued = this.queue.shift();
     if (queued) return Promise.resolve(queued);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiter = null;
-        reject(new WorkerFailure(`${this.name} sent no '${what}' within ${(timeoutMs / 1000).toFixed(0)} s`));
-      }, timeoutMs);
-      this.waiter = {
+      const waiter: Waiter = {
         resolve: (m) => { clearTimeout(timer); resolve(m); },
         reject: (e) => { clearTimeout(timer); reject(e); },
       };
+      const timer = setTimeout(() => {
+        if (this.waiter === waiter) this.waiter = null;
+        reject(new WorkerFailure(`${this.name} sent no '${what}' within ${Math.round(timeoutMs / 1000)} s (--step-timeout)`));
+      }, timeoutMs);
+      this.waiter = waiter;
     });
   }
 
-  /** Records the first failure, rejects the pending wait and closes the connection. */
-  fail(error: Error, closeCode: number = CLOSE_CODES.runFailed): void {
-    if (this.failure) return;
-    this.failure = error;
-    this.waiter?.reject(error);
+  private rejectWaiter(error: Error): void {
+    const waiter = this.waiter;
     this.waiter = null;
-    this.close(closeCode, error.message);
+    waiter?.reject(error);
+  }
+
+  /**
+   * Moves the worker into `generation`: replies queued from the previous one are discarded and a
+   * wait still pending on it is rejected.
+   */
+  enterGeneration(generation: number, rank: number): void {
+    this.generation = generation;
+    this.rank = rank;
+    this.queue.length = 0;
+    this.rejectWaiter(new WorkerFailure(`${this.name}: generation abandoned`));
+  }
+
+  /** Closes the connection of a worker that broke the protocol; the run recovers as from a failure. */
+  private refuse(error: Error): void {
+    this.end(error);
+    this.close(CLOSE_CODES.badMessage, error.message);
+  }
+
+  private end(error: Error): void {
+    if (this.closedWith) return;
+    this.closedWith = error;
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.rejectWaiter(error);
+    this.onClose?.();
   }
 
   close(code: number, reason: string): void {
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     // Close reasons are limited to 123 bytes by RFC 6455.
     if (this.socket.readyState <= 1) this.socket.close(code, Buffer.from(reason).subarray(0, 123).toString());
   }

@@ -22,6 +22,10 @@ export interface TrainerOptions {
   optimizer: AdamWConfig;
 }
 
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 export class ShardedTrainer {
   /** The full parameter vector, identical on every rank between steps. */
   readonly params: Float32Array;
@@ -81,6 +85,8 @@ export class ShardedTrainer {
       const result = this.model.lossAndGrad(this.images.subarray(0, batch.length * this.imageSize), this.labels.subarray(0, batch.length), batch.length, this.grad);
       lossSum += result.lossSum;
       correct += result.correct;
+      // Let heartbeats and aborts through between micro-batches: a backward pass blocks the loop.
+      await yieldToEventLoop();
     }
     const computeMs = performance.now() - computeStart;
 

@@ -1,5 +1,9 @@
-// A worker process: joins the coordinator, takes a rank, joins the ring, then carries out the
-// coordinator's orders one at a time (step, eval, snapshot, stop) until the run ends.
+// A worker process: joins the coordinator, and for each ring generation it is assigned takes a
+// rank, opens its ring server, connects the ring, then carries out the coordinator's orders one at
+// a time (step, eval, snapshot) until the run ends. When the coordinator abandons a generation
+// (a peer failed), the worker drops its ring and waits for the next assignment. When the
+// coordinator itself goes away, the worker reconnects with backoff and jitter.
+import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { WebSocket } from 'ws';
 import { proveToken } from '../comm/auth.ts';
@@ -17,16 +21,28 @@ import type { Logger } from '../cli/logging.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { ShardedTrainer } from './trainer.ts';
 
+/** First reconnect delay; doubled per attempt up to RECONNECT_MAX_DELAY_MS, with ±50% jitter. */
+const RECONNECT_BASE_DELAY_MS = 250;
+const RECONNECT_MAX_DELAY_MS = 5_000;
+/** Close codes after which reconnecting is pointless: the coordinator will refuse again. */
+const FATAL_CLOSE_CODES = new Set<number>([CLOSE_CODES.badToken, CLOSE_CODES.badProtocol, CLOSE_CODES.runFailed, CLOSE_CODES.runComplete]);
+
 export interface WorkerOptions {
   coordinatorUrl: string;
   token: string;
   backend: BackendChoice;
   gpu: number | null;
-  /** Address the ring server binds to, and the one advertised to the ring neighbour. */
+  /** Address the ring server binds to, and the host name advertised to the ring neighbour. */
   ringHost: string;
   advertiseHost: string;
   /** Overrides the recipe's data path on this host. */
   dataPath: string | null;
+  /** How long to keep trying to (re)connect to the coordinator. */
+  reconnectTimeoutMs: number;
+  /** Without a ping from the coordinator for this long, the connection counts as cut. */
+  heartbeatTimeoutMs: number;
+  /** Serves GET /healthz (200 while connected to a coordinator) when set. */
+  healthPort: number | null;
   logger: Logger;
 }
 
@@ -37,74 +53,164 @@ export class WorkerError extends Error {
   }
 }
 
-/** Runs a worker until the coordinator ends the run; rejects with a clear error on any failure. */
-export async function runWorker(options: WorkerOptions): Promise<void> {
-  const { logger } = options;
-  const backend = await selectBackend({ requested: options.backend, gpu: options.gpu ?? undefined, logger });
-  const socket = new WebSocket(options.coordinatorUrl, { maxPayload: MAX_CONTROL_MESSAGE_BYTES, perMessageDeflate: false });
-  const session = new WorkerSession(options, socket, backend.name);
-  try {
-    await session.finished;
-  } finally {
-    await session.close();
-    if (socket.readyState <= WebSocket.OPEN) socket.close();
+/** A problem with the recipe, the data or the checkpoint on this worker: no restart can fix it. */
+export class SetupError extends WorkerError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SetupError';
   }
 }
 
+/** Why a session with the coordinator ended. */
+type SessionEnd = { kind: 'stopped' } | { kind: 'lost'; reason: string } | { kind: 'fatal'; error: Error };
+
+/** Data and model survive generations and reconnects: they depend only on the recipe. */
+interface Workbench {
+  key: string;
+  recipe: Recipe;
+  model: VisionTransformer;
+  train: ImageDataset;
+  test: ImageDataset;
+}
+
+/** Runs a worker until the run ends; rejects with a clear error when it cannot go on. */
+export async function runWorker(options: WorkerOptions): Promise<void> {
+  const { logger } = options;
+  const backend = await selectBackend({ requested: options.backend, gpu: options.gpu ?? undefined, logger });
+  const state = { connected: false, workbench: null as Workbench | null };
+  const health = options.healthPort === null ? null : await serveHealth(options.healthPort, () => state.connected);
+  try {
+    let deadline = Date.now() + options.reconnectTimeoutMs;
+    for (let attempt = 0; ; attempt++) {
+      const session = new WorkerSession(options, backend.name, state);
+      const end = await session.finished;
+      await session.close();
+      if (end.kind === 'stopped') return;
+      if (end.kind === 'fatal') throw end.error;
+      if (session.wasAdmitted) {
+        // A session that got in resets the budget: this is a new outage, not the same one.
+        deadline = Date.now() + options.reconnectTimeoutMs;
+        attempt = 0;
+      }
+      if (Date.now() >= deadline) throw new WorkerError(`${end.reason}; gave up reconnecting after ${Math.round(options.reconnectTimeoutMs / 1000)} s (--reconnect-timeout)`);
+      const delay = Math.min(RECONNECT_MAX_DELAY_MS, RECONNECT_BASE_DELAY_MS * 2 ** attempt) * (0.5 + Math.random());
+      logger.warn({ reason: end.reason, retryInMs: Math.round(delay) }, 'lost the coordinator; reconnecting');
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  } finally {
+    health?.close();
+  }
+}
+
+function serveHealth(port: number, connected: () => boolean): Promise<Server> {
+  const server = createServer((req, res) => {
+    const healthy = connected();
+    res.writeHead(req.url === '/healthz' ? (healthy ? 200 : 503) : 404, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ status: healthy ? 'ok' : 'disconnected' }));
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, () => resolve(server));
+  });
+}
+
+/** One connection to the coordinator. */
 class WorkerSession {
-  readonly finished: Promise<void>;
-  private resolveFinished!: () => void;
-  private rejectFinished!: (err: Error) => void;
+  readonly finished: Promise<SessionEnd>;
+  private settle!: (end: SessionEnd) => void;
+  private readonly socket: WebSocket;
   /** Orders are handled strictly one after another, in arrival order. */
   private queue: Promise<void> = Promise.resolve();
-  private trainer: ShardedTrainer | null = null;
-  private ring: RingPeer | null = null;
-  /** What `assign` prepared, waiting for the ring's addresses. */
-  private pending: { model: VisionTransformer; train: ImageDataset; recipe: Recipe; resume: ResumeState | null; worldSize: number } | null = null;
+  private generation = -1;
   private rank = -1;
-  private testSet: ImageDataset | null = null;
-  private stopping = false;
+  private ring: RingPeer | null = null;
+  private trainer: ShardedTrainer | null = null;
+  private worldSize = 0;
+  /** The checkpoint state of an `assign`, used once the ring is connected. */
+  private pendingResume: ResumeState | null = null;
+  private heartbeat: NodeJS.Timeout | null = null;
+  private lastPing = Date.now();
+  wasAdmitted = false;
 
   constructor(
     private readonly options: WorkerOptions,
-    private readonly socket: WebSocket,
     private readonly backend: string,
+    private readonly state: { connected: boolean; workbench: Workbench | null },
   ) {
-    this.finished = new Promise((resolve, reject) => {
-      this.resolveFinished = resolve;
-      this.rejectFinished = reject;
+    let settled = false;
+    this.finished = new Promise((resolve) => {
+      this.settle = (end) => {
+        if (settled) return;
+        settled = true;
+        state.connected = false;
+        resolve(end);
+      };
     });
-    socket.on('message', (data: Buffer) => {
-      let message: CoordinatorMessage;
-      try {
-        message = decodeCoordinatorMessage(data, 'the coordinator');
-      } catch (err) {
-        return this.fail(err as Error);
-      }
-      this.queue = this.queue.then(() => this.handle(message)).catch((err: Error) => this.fail(err));
+    const socket = new WebSocket(options.coordinatorUrl, { maxPayload: MAX_CONTROL_MESSAGE_BYTES, perMessageDeflate: false });
+    this.socket = socket;
+    socket.on('open', () => {
+      // The coordinator pings every heartbeat period; silence means the link was cut.
+      this.lastPing = Date.now();
+      this.heartbeat = setInterval(() => {
+        if (Date.now() - this.lastPing > options.heartbeatTimeoutMs) {
+          socket.terminate();
+          this.settle({ kind: 'lost', reason: `no heartbeat from the coordinator for ${Math.round(options.heartbeatTimeoutMs / 1000)} s` });
+        }
+      }, Math.max(50, options.heartbeatTimeoutMs / 4));
     });
+    socket.on('ping', () => (this.lastPing = Date.now()));
+    socket.on('message', (data: Buffer) => this.receive(data));
     socket.on('close', (code: number, reason: Buffer) => {
-      if (this.stopping || code === CLOSE_CODES.runComplete) return this.resolveFinished();
       const text = reason.toString() || 'no reason given';
-      this.rejectFinished(new WorkerError(`the coordinator closed the connection (code ${code}: ${text})`));
+      if (code === CLOSE_CODES.runComplete) return this.settle({ kind: 'stopped' });
+      if (FATAL_CLOSE_CODES.has(code)) return this.settle({ kind: 'fatal', error: new WorkerError(`the coordinator closed the connection (code ${code}: ${text})`) });
+      this.settle({ kind: 'lost', reason: `the coordinator closed the connection (code ${code}: ${text})` });
     });
-    socket.on('error', (err: Error) => this.rejectFinished(new WorkerError(`cannot reach the coordinator at ${options.coordinatorUrl}: ${err.message}`)));
+    socket.on('error', (err: Error) => this.settle({ kind: 'lost', reason: `cannot reach the coordinator at ${options.coordinatorUrl}: ${err.message}` }));
   }
 
   async close(): Promise<void> {
-    await this.ring?.close();
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    await this.dropGeneration();
+    if (this.socket.readyState <= WebSocket.OPEN) this.socket.terminate();
   }
 
   private send(message: WorkerMessage): void {
-    this.socket.send(encodeMessage(message));
+    if (this.socket.readyState === WebSocket.OPEN) this.socket.send(encodeMessage(message));
   }
 
-  private fail(err: Error): void {
-    this.options.logger.error({ err: err.message }, 'worker failed');
-    if (this.socket.readyState === WebSocket.OPEN) this.send({ type: 'failed', message: err.message });
-    this.stopping = true;
-    this.socket.close(CLOSE_CODES.runFailed, err.message.slice(0, 120));
-    this.rejectFinished(err);
+  private receive(data: Buffer): void {
+    let message: CoordinatorMessage;
+    try {
+      message = decodeCoordinatorMessage(data, 'the coordinator');
+    } catch (err) {
+      return this.settle({ kind: 'fatal', error: err as Error });
+    }
+    // An abort must not wait behind the step it abandons: closing the ring makes that step fail fast.
+    if (message.type === 'abort') {
+      if (message.generation === this.generation) {
+        this.options.logger.warn({ generation: message.generation, reason: message.reason }, 'generation abandoned');
+        this.generation = -1;
+        void this.dropGeneration();
+      }
+      return;
+    }
+    const generation = 'generation' in message ? message.generation : this.generation;
+    this.queue = this.queue
+      .then(() => this.handle(message))
+      .catch((err: Error) => {
+        // Errors of an abandoned generation (the ring closed under a step) are expected.
+        if (generation !== this.generation) return this.options.logger.debug({ err: err.message, generation }, 'order of an abandoned generation failed');
+        this.options.logger.error({ err: err.message, generation }, 'order failed');
+        this.send({ type: 'failed', generation, message: err.message, fatal: err instanceof SetupError });
+      });
+  }
+
+  private async dropGeneration(): Promise<void> {
+    this.trainer = null;
+    const ring = this.ring;
+    this.ring = null;
+    await ring?.close();
   }
 
   private async handle(message: CoordinatorMessage): Promise<void> {
@@ -112,73 +218,98 @@ class WorkerSession {
     switch (message.type) {
       case 'challenge': {
         if (message.protocol !== CONTROL_PROTOCOL_VERSION) {
-          throw new WorkerError(`the coordinator speaks protocol version ${message.protocol}, this worker speaks ${CONTROL_PROTOCOL_VERSION}`);
+          return this.settle({ kind: 'fatal', error: new WorkerError(`the coordinator speaks protocol version ${message.protocol}, this worker speaks ${CONTROL_PROTOCOL_VERSION}`) });
         }
         const proof = proveToken(this.options.token, message.nonce, controlProofContext(message.runId));
         this.send({ type: 'hello', protocol: CONTROL_PROTOCOL_VERSION, proof, backend: this.backend, host: hostname(), pid: process.pid });
         return;
       }
       case 'welcome':
+        this.wasAdmitted = true;
+        this.state.connected = true;
         logger.info({ workerId: message.workerId, waitingFor: message.waitingFor }, 'joined the coordinator');
         return;
       case 'assign': {
-        const recipe = validateRecipe(message.recipe, 'the recipe sent by the coordinator');
-        if (this.options.dataPath) recipe.data.path = this.options.dataPath;
+        await this.dropGeneration();
+        this.generation = message.generation;
         this.rank = message.rank;
-        logger.info({ rank: message.rank, worldSize: message.worldSize, startStep: message.startStep }, 'assigned');
-        const train = loadDataset(recipe.data, 'train');
-        const model = new VisionTransformer(createModelConfig(recipe.model, recipe.modelArgs));
-        if (train.height !== model.config.imageSize || train.width !== model.config.imageSize || train.channels !== model.config.inChannels) {
-          throw new WorkerError(`model ${recipe.model} takes ${model.config.imageSize}x${model.config.imageSize}x${model.config.inChannels} images, the data has ${train.height}x${train.width}x${train.channels}`);
+        this.worldSize = message.worldSize;
+        let bench: Workbench;
+        try {
+          bench = this.workbench(validateRecipe(message.recipe, 'the recipe sent by the coordinator'));
+        } catch (err) {
+          throw new SetupError((err as Error).message);
         }
-        if (train.numClasses !== model.config.numClasses) throw new WorkerError(`model ${recipe.model} has ${model.config.numClasses} classes, the data has ${train.numClasses}`);
-        if (message.resume && message.resume.params.length !== model.numParams) {
-          throw new WorkerError(`the checkpoint holds ${message.resume.params.length} parameters, model ${recipe.model} has ${model.numParams}`);
+        if (message.resume && message.resume.params.length !== bench.model.numParams) {
+          throw new SetupError(`the checkpoint holds ${message.resume.params.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`);
         }
-        this.testSet = loadDataset(recipe.data, 'test');
+        logger.info({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, startStep: message.startStep }, 'assigned');
         this.ring = await RingPeer.listen({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, token: this.options.token, host: this.options.ringHost, logger });
-        this.pending = { model, train, recipe, resume: message.resume, worldSize: message.worldSize };
-        this.send({ type: 'ringListening', rank: this.rank, generation: message.generation, ring: { host: this.options.advertiseHost, port: this.ring.address.port } });
+        this.pendingResume = message.resume;
+        this.send({ type: 'ringListening', generation: message.generation, rank: message.rank, ring: { host: this.options.advertiseHost, port: this.ring.address.port } });
         return;
       }
       case 'ringPeers': {
-        if (!this.pending || !this.ring) throw new WorkerError("the coordinator sent the ring's addresses before assigning a rank");
-        const { model, train, recipe, resume, worldSize } = this.pending;
-        this.pending = null;
-        await this.ring.connect(message.peers);
-        logger.info({ rank: this.rank, worldSize }, 'ring connected');
-        const initial = resume ? resume.params : model.initParams(recipe.seed);
-        this.trainer = new ShardedTrainer(model, this.ring, train, {
-          rank: this.rank, worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: recipe.optimizer,
-        }, initial, resume);
-        this.send({ type: 'ready', rank: this.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: this.testSet!.size });
+        const ring = this.requireRing();
+        const bench = this.state.workbench!;
+        await ring.connect(message.peers);
+        logger.info({ rank: this.rank, worldSize: this.worldSize, generation: this.generation }, 'ring connected');
+        const resume = this.pendingResume;
+        this.pendingResume = null;
+        const { recipe, model, train, test } = bench;
+        this.trainer = new ShardedTrainer(model, ring, train, {
+          rank: this.rank, worldSize: this.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: recipe.optimizer,
+        }, resume ? resume.params : model.initParams(recipe.seed), resume);
+        this.send({ type: 'ready', generation: this.generation, rank: this.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: test.size });
         return;
       }
       case 'step': {
         const result = await this.requireTrainer().step(message.step, message.indices, message.lr);
-        this.send({ type: 'stepDone', step: message.step, ...result });
+        this.send({ type: 'stepDone', generation: message.generation, step: message.step, ...result });
         return;
       }
       case 'eval': {
-        const result = this.requireTrainer().evaluate(this.testSet!, message.start, message.end);
-        this.send({ type: 'evalDone', step: message.step, ...result });
+        const result = this.requireTrainer().evaluate(this.state.workbench!.test, message.start, message.end);
+        this.send({ type: 'evalDone', generation: message.generation, step: message.step, ...result });
         return;
       }
-      case 'snapshot': {
-        const trainer = this.requireTrainer();
-        this.send({ type: 'snapshotData', step: message.step, rank: this.rank, ...trainer.snapshot() });
+      case 'snapshot':
+        this.send({ type: 'snapshotData', generation: message.generation, step: message.step, rank: this.rank, ...this.requireTrainer().snapshot() });
         return;
-      }
       case 'stop':
         logger.info({ reason: message.reason }, 'stopping');
-        this.stopping = true;
-        this.resolveFinished();
+        this.settle({ kind: 'stopped' });
         return;
+      case 'abort':
+        return; // handled on arrival, in receive()
     }
   }
 
+  /** The data and model for `recipe`, built once and kept while the recipe stays the same. */
+  private workbench(recipe: Recipe): Workbench {
+    if (this.options.dataPath) recipe.data.path = this.options.dataPath;
+    const key = JSON.stringify(recipe);
+    const cached = this.state.workbench;
+    if (cached && cached.key === key) return cached;
+    const train = loadDataset(recipe.data, 'train');
+    const model = new VisionTransformer(createModelConfig(recipe.model, recipe.modelArgs));
+    const { imageSize, inChannels, numClasses } = model.config;
+    if (train.height !== imageSize || train.width !== imageSize || train.channels !== inChannels) {
+      throw new SetupError(`model ${recipe.model} takes ${imageSize}x${imageSize}x${inChannels} images, the data has ${train.height}x${train.width}x${train.channels}`);
+    }
+    if (train.numClasses !== numClasses) throw new SetupError(`model ${recipe.model} has ${numClasses} classes, the data has ${train.numClasses}`);
+    const bench = { key, recipe, model, train, test: loadDataset(recipe.data, 'test') };
+    this.state.workbench = bench;
+    return bench;
+  }
+
+  private requireRing(): RingPeer {
+    if (!this.ring) throw new WorkerError("the coordinator sent the ring's addresses before assigning a rank");
+    return this.ring;
+  }
+
   private requireTrainer(): ShardedTrainer {
-    if (!this.trainer) throw new WorkerError('the coordinator sent an order before assigning a rank');
+    if (!this.trainer) throw new WorkerError('the coordinator sent an order before the ring was formed');
     return this.trainer;
   }
 }

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DesyncError } from '../../src/coordinator/coordinator.ts';
+import { DesyncError } from '../../src/coordinator/generation.ts';
 
 test('a desync error names the ranks that hold each digest', () => {
   const error = new DesyncError(12, ['aaaa', 'aaaa', 'bbbb', 'aaaa']);

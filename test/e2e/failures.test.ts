@@ -81,9 +81,9 @@ test('a missing data set fails the run with an error naming the path', { skip: n
   assert.match(result.stderr, /\/nonexistent\/fmnist\/train-images-idx3-ubyte.gz: file not found/);
 });
 
-test('a worker killed mid-run stops the run with an error naming its rank; the last checkpoint is intact', { skip: needsData, timeout: 180_000 }, async () => {
+test('with --max-restarts 0, a worker killed mid-run stops the run with an error naming its rank; the last checkpoint is intact', { skip: needsData, timeout: 180_000 }, async () => {
   const out = tempRunDir('killed');
-  const { coordinator, url } = await startCoordinator(['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', '1000', '--checkpoint-every', '5', '--out', out], 170_000);
+  const { coordinator, url } = await startCoordinator(['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', '1000', '--checkpoint-every', '5', '--max-restarts', '0', '--out', out], 170_000);
   const env = { VIT_DIST_TOKEN: TOKEN };
   const workers = [0, 1].map(() => start(['worker', '--coordinator', url, '--backend', 'wasm'], { timeoutMs: 170_000, env }));
   try {
@@ -91,7 +91,7 @@ test('a worker killed mid-run stops the run with an error naming its rank; the l
     workers[1]!.child.kill('SIGKILL');
     const result = await coordinator.finished;
     assert.equal(result.code, 1);
-    assert.match(result.stderr, /vit-dist: error: rank \d \(.* pid \d+\) disconnected/);
+    assert.match(result.stderr, /vit-dist: error: giving up after 0 restarts \(--max-restarts 0\): rank \d \(.* pid \d+\) (disconnected|failed: )/);
     const survivor = await workers[0]!.finished;
     assert.equal(survivor.code, 1, 'the surviving worker exits with an error too');
     const latest = latestCheckpoint(out);

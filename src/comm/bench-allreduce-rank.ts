@@ -1,0 +1,81 @@
+/**
+ * One rank of `benchAllreduce`, run as its own OS process (forked with an IPC channel).
+ *
+ * Parent -> child: {type:'start', ...RankJob}, then {type:'peers', peers}.
+ * Child -> parent: {type:'address', address}, then {type:'result', millis} or {type:'error', message}.
+ */
+import { RingPeer, type PeerAddress } from './ring.ts';
+
+export interface RankJob {
+  rank: number;
+  workers: number;
+  floats: number;
+  iterations: number;
+  warmup: number;
+  chunkBytes: number;
+  token: string;
+  generation: number;
+}
+
+export type ParentMessage = ({ type: 'start' } & RankJob) | { type: 'peers'; peers: PeerAddress[] };
+export type ChildMessage = { type: 'address'; address: PeerAddress } | { type: 'result'; millis: number[] } | { type: 'error'; message: string };
+
+/** Integer-valued test data: every partial sum is exact in float32, so the check is exact. */
+export function benchValue(rank: number, index: number): number {
+  return ((index * 7 + rank * 13) % 1001) - 500;
+}
+
+function send(message: ChildMessage): void {
+  process.send!(message);
+}
+
+function nextMessage<T extends ParentMessage['type']>(type: T): Promise<Extract<ParentMessage, { type: T }>> {
+  return new Promise((resolve) => {
+    const listener = (message: ParentMessage) => {
+      if (message.type !== type) return;
+      process.off('message', listener);
+      resolve(message as Extract<ParentMessage, { type: T }>);
+    };
+    process.on('message', listener);
+  });
+}
+
+function verify(result: Float32Array, job: RankJob): void {
+  for (let i = 0; i < result.length; i++) {
+    let expected = 0;
+    for (let rank = 0; rank < job.workers; rank++) expected += benchValue(rank, i);
+    if (result[i] !== expected) throw new Error(`rank ${job.rank}: element ${i} is ${result[i]}, expected ${expected}`);
+  }
+}
+
+async function runRank(job: RankJob): Promise<number[]> {
+  const peer = await RingPeer.listen({ rank: job.rank, worldSize: job.workers, token: job.token, generation: job.generation, chunkBytes: job.chunkBytes });
+  try {
+    const peersMessage = nextMessage('peers');
+    send({ type: 'address', address: peer.address });
+    await peer.connect((await peersMessage).peers);
+    const original = Float32Array.from({ length: job.floats }, (_, i) => benchValue(job.rank, i));
+    const buffer = new Float32Array(job.floats);
+    const millis: number[] = [];
+    for (let iteration = 0; iteration < job.warmup + job.iterations; iteration++) {
+      buffer.set(original);
+      await peer.allReduceScalars(new Float64Array(1), iteration); // barrier: start timing together
+      const started = process.hrtime.bigint();
+      await peer.allReduce(buffer, iteration);
+      const elapsed = Number(process.hrtime.bigint() - started) / 1e6;
+      if (iteration === 0) verify(buffer, job);
+      if (iteration >= job.warmup) millis.push(elapsed);
+    }
+    return millis;
+  } finally {
+    await peer.close();
+  }
+}
+
+const start = await nextMessage('start');
+try {
+  send({ type: 'result', millis: await runRank(start) });
+} catch (err) {
+  send({ type: 'error', message: (err as Error).message });
+}
+process.disconnect();

@@ -1,0 +1,147 @@
+/**
+ * Lands incoming data frames in place: each frame must be exactly the next one the current
+ * collective expects, and its payload is copied (all-gather, scalars) or added (reduce-scatter)
+ * straight from the socket's read buffer into the destination array.
+ */
+import { decodeFrameHeader, expectFrame, FRAME_HEADER_BYTES, FrameError, type FrameHeader } from './frame.ts';
+import { addBytesInto } from './simd-add.ts';
+import type { BinarySink } from './websocket.ts';
+
+/** Below this many payload bytes left, a read goes to the shared buffer (no tiny reads). */
+const MIN_DIRECT_READ_BYTES = 64 * 1024;
+/** WebSocket header of a frame of 64 KiB or more, plus the data frame header. */
+const LARGE_FRAME_HEADERS_BYTES = 10 + FRAME_HEADER_BYTES;
+
+/** A BinarySink that also chooses where the next socket read lands. */
+export interface DataSink extends BinarySink {
+  nextReadBuffer(shared: Uint8Array): Uint8Array;
+}
+
+export interface ReceivePlan {
+  /** The frames expected, in arrival order. */
+  frames: FrameHeader[];
+  /** Destination bytes; a frame's payload lands at offset × element size. */
+  target: Uint8Array;
+  /** When set, float32 payloads are added into this view of `target` instead of copied. */
+  accumulate: Float32Array | null;
+  /** Bytes per element of the payload. */
+  elementBytes: number;
+  /** Frame `index` of `frames` has fully landed. */
+  onFrame(index: number): void;
+}
+
+export class DataReceiver implements DataSink {
+  private plan: ReceivePlan | null = null;
+  private next = 0;
+  private readonly header = new Uint8Array(FRAME_HEADER_BYTES);
+  private headerHave = 0;
+  private payloadBytes = 0;
+  /** Inside a frame whose header has been validated, until binaryEnd. */
+  private inPayload = false;
+  /** Byte position in `plan.target` just past the current frame's payload. */
+  private payloadEnd = 0;
+  /** Byte position in `plan.target` where the next payload byte goes. */
+  private writeAt = 0;
+  /** A float split across two reads: its first bytes wait here. */
+  private readonly carry = new Uint8Array(4);
+  private readonly carryFloat = new Float32Array(this.carry.buffer);
+  private carryHave = 0;
+
+  start(plan: ReceivePlan): void {
+    this.plan = plan;
+    this.next = 0;
+  }
+
+  stop(): void {
+    this.plan = null;
+    this.inPayload = false;
+  }
+
+  readyForBinary(): boolean {
+    return this.plan !== null && this.next < this.plan.frames.length;
+  }
+
+  binaryStart(payloadLength: number): void {
+    if (payloadLength < FRAME_HEADER_BYTES) {
+      throw new FrameError(`data frame of ${payloadLength} bytes is shorter than the ${FRAME_HEADER_BYTES}-byte header`);
+    }
+    this.headerHave = 0;
+    this.inPayload = false;
+    this.payloadBytes = payloadLength - FRAME_HEADER_BYTES;
+    this.carryHave = 0;
+  }
+
+  binaryBytes(source: Uint8Array, start: number, end: number): void {
+    const plan = this.plan!;
+    let pos = start;
+    if (this.headerHave < FRAME_HEADER_BYTES) {
+      const take = Math.min(FRAME_HEADER_BYTES - this.headerHave, end - pos);
+      this.header.set(source.subarray(pos, pos + take), this.headerHave);
+      this.headerHave += take;
+      pos += take;
+      if (this.headerHave < FRAME_HEADER_BYTES) return;
+      const actual = decodeFrameHeader(this.header, 0, this.payloadBytes);
+      expectFrame(actual, plan.frames[this.next]!);
+      this.writeAt = actual.offset * plan.elementBytes;
+      this.payloadEnd = this.writeAt + this.payloadBytes;
+      this.inPayload = true;
+    }
+    if (pos === end) return;
+    if (plan.accumulate) this.addPayload(plan.accumulate, source, pos, end);
+    else {
+      // After a direct read (see nextReadBuffer) the bytes are already in place.
+      const inPlace = source.buffer === plan.target.buffer && source.byteOffset + pos === plan.target.byteOffset + this.writeAt;
+      if (!inPlace) plan.target.set(source.subarray(pos, end), this.writeAt);
+      this.writeAt += end - pos;
+    }
+  }
+
+  /**
+   * Copied payloads (all-gather, scalars) are read by the kernel straight into their destination,
+   * saving a copy: between such frames only the headers are read (into `shared`), then the rest
+   * of the payload lands in place. That region never extends past the payload, so a read into it
+   * holds nothing else. Everything else (headers, small frames, reduce-scatter payloads, which
+   * are added rather than copied) is read into `shared`.
+   */
+  nextReadBuffer(shared: Uint8Array): Uint8Array {
+    const plan = this.plan;
+    if (!plan || plan.accumulate || this.next >= plan.frames.length) return shared;
+    if (this.inPayload) {
+      return this.payloadEnd - this.writeAt >= MIN_DIRECT_READ_BYTES ? plan.target.subarray(this.writeAt, this.payloadEnd) : shared;
+    }
+    const upcoming = plan.frames[this.next]!;
+    return upcoming.count * plan.elementBytes >= MIN_DIRECT_READ_BYTES ? shared.subarray(0, LARGE_FRAME_HEADERS_BYTES) : shared;
+  }
+
+  /** Adds source[start..end) as float32 into `dst` at writeAt, handling floats split across reads. */
+  private addPayload(dst: Float32Array, source: Uint8Array, start: number, end: number): void {
+    let pos = start;
+    let element = this.writeAt >> 2;
+    if (this.carryHave > 0) {
+      const take = Math.min(4 - this.carryHave, end - pos);
+      this.carry.set(source.subarray(pos, pos + take), this.carryHave);
+      this.carryHave += take;
+      pos += take;
+      if (this.carryHave < 4) return;
+      dst[element]! += this.carryFloat[0]!;
+      element++;
+      this.carryHave = 0;
+    }
+    const whole = (end - pos) >> 2;
+    if (whole > 0) {
+      addBytesInto(dst.subarray(element, element + whole), source, pos);
+      element += whole;
+      pos += whole * 4;
+    }
+    this.carry.set(source.subarray(pos, end));
+    this.carryHave = end - pos;
+    this.writeAt = element * 4 + this.carryHave;
+  }
+
+  binaryEnd(): void {
+    if (this.headerHave < FRAME_HEADER_BYTES) throw new FrameError('data frame ended inside its header');
+    this.inPayload = false;
+    const index = this.next++;
+    this.plan!.onFrame(index);
+  }
+}

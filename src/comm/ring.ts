@@ -1,0 +1,444 @@
+/**
+ * Bandwidth-optimal ring all-reduce over authenticated WebSocket links.
+ *
+ * Public API:
+ *   RingPeer.listen(opts: RingOptions): Promise<RingPeer>   start the server; publish `address`
+ *   peer.address: { host: string; port: number }
+ *   peer.connect(peers: { host: string; port: number }[]): Promise<void>
+ *       peers[i] is the address of rank i. Connects to the predecessor's server and waits until
+ *       the successor has connected and authenticated.
+ *   peer.reduceScatter(buf: Float32Array, step: number): Promise<void>
+ *       afterwards buf[shardRange(buf.length, N, rank)] holds the element-wise sum over all ranks;
+ *       the rest of buf is scratch.
+ *   peer.allGather(buf: Float32Array, step: number): Promise<void>
+ *       each rank's own shard is authoritative before; afterwards every rank holds every shard,
+ *       bit for bit equal to its owner's.
+ *   peer.allReduce(buf: Float32Array, step: number): Promise<void>   reduceScatter + allGather
+ *   peer.allReduceScalars(values: Float64Array, step: number): Promise<Float64Array>
+ *       sum of a small vector, added in rank order 0..N-1 so every rank gets the same bits.
+ *   peer.close(): Promise<void>
+ *       closes links and server; a pending collective rejects. Every rank should call it once
+ *       the run is over: a neighbour's orderly close is not an error.
+ *   events: 'error' (err: Error) when the ring breaks (emitted only if someone listens: the
+ *       pending collective rejects with the same error either way); 'close' () once closed, by
+ *       close() or by a neighbour's orderly close.
+ *
+ * One collective at a time; every rank must call the same collectives, in the same order, with
+ * buffers of the same length and the same `step`. The buffer must not be touched until the
+ * promise settles (its memory is sent without copying). A peer that disconnects or sends a bad
+ * frame breaks the ring: the pending operation rejects with an Error naming the peer rank and
+ * the cause, this peer closes its links so the failure travels around the ring, and every later
+ * operation rejects at once. A broken ring is not repaired: build a new one with a new
+ * generation.
+ *
+ * Wire layout (see link.ts): rank r listens; r+1 connects to it. r sends to r+1 over the socket
+ * accepted on its server (unmasked server frames) and receives from r-1 over the socket it
+ * opened. Each shard travels in chunks of `chunkBytes`, one binary frame each (frame.ts). Chunks
+ * are pipelined: a chunk is forwarded as soon as it has been added, so all hops overlap.
+ *
+ * Reduce-scatter, rank r, hop h = 0..N-2: receives shard (r-h-2) mod N and adds it in, forwards
+ * it at hop h+1 if h < N-2; at hop 0 it sends shard (r-1). After the last hop shard r holds the
+ * sum. All-gather: sends shard r at hop 0, receives shard (r-h-1) at hop h, copies and forwards.
+ * On each link frames travel in (hop, chunk) order, so the receiver knows exactly which frame
+ * comes next and refuses anything else.
+ *
+ * worldSize 1 opens no socket: collectives return at once.
+ */
+import { EventEmitter } from 'node:events';
+import http from 'node:http';
+import type net from 'node:net';
+import { elementBytes, FRAME_HEADER_BYTES, type FrameHeader, MAX_CHUNK_BYTES, MAX_U32, Phase } from './frame.ts';
+import { LinkError, type LinkConfig, predecessorOf, RecvLink, SendLink, successorOf } from './link.ts';
+import { DataReceiver } from './receiver.ts';
+import { chunkRanges, type ElementRange, shardRange } from './shard.ts';
+import { CloseCode } from './websocket.ts';
+
+export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
+/** Smallest chunk: below this per-frame overhead dominates (64 KiB was measured too small). */
+export const MIN_CHUNK_BYTES = 4 * 1024;
+export const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
+export const DEFAULT_HOST = '127.0.0.1';
+
+/** A pino-compatible logger (pino's Logger fits). */
+export interface RingLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+  debug(obj: object, msg: string): void;
+}
+
+export interface RingOptions {
+  rank: number;
+  worldSize: number;
+  /** Shared secret; never sent, only proven (auth.ts). */
+  token: string;
+  /** Run generation: links of another generation are refused. u32. */
+  generation: number;
+  /** Listen host, default 127.0.0.1. */
+  host?: string;
+  /** Listen port, default 0 (ephemeral; fixed ports above 32768 may collide with outgoing ones). */
+  port?: number;
+  /** Payload bytes per data frame, default 1 MiB; must be equal on all ranks, multiple of 8. */
+  chunkBytes?: number;
+  /** How long connect() waits for both links, default 30 s. */
+  connectTimeoutMs?: number;
+  logger?: RingLogger;
+}
+
+export interface PeerAddress {
+  host: string;
+  port: number;
+}
+
+const silentLogger: RingLogger = { info() {}, warn() {}, error() {}, debug() {} };
+
+interface Collective {
+  resolve(): void;
+  reject(err: Error): void;
+  /** Frames expected from the predecessor, in order. */
+  frames: FrameHeader[];
+  /** frames[i] is forwarded to the successor once received (all hops but the last). */
+  forward: boolean[];
+  received: number;
+  writesPending: number;
+  /** The successor closed normally: it has everything it needs, nothing more is sent. */
+  successorFinished: boolean;
+  /** Source bytes of a frame: where its payload is read from when sent. */
+  payloadOf(frame: FrameHeader): Uint8Array;
+}
+
+export class RingPeer extends EventEmitter {
+  readonly rank: number;
+  readonly worldSize: number;
+  readonly chunkBytes: number;
+  private readonly config: LinkConfig;
+  private readonly log: RingLogger;
+  private readonly connectTimeoutMs: number;
+  private server: http.Server | null = null;
+  private listenAddress: PeerAddress;
+  private sendLink: SendLink | null = null;
+  private recvLink: RecvLink | null = null;
+  private successorArrived: (() => void) | null = null;
+  private stopWaitingForSuccessor: ((err: Error) => void) | null = null;
+  private readonly receiver = new DataReceiver();
+  private op: Collective | null = null;
+  private failure: Error | null = null;
+  private closedByPeer: Error | null = null;
+  private closed = false;
+
+  private constructor(opts: RingOptions) {
+    super();
+    const { rank, worldSize, generation } = opts;
+    if (!Number.isInteger(worldSize) || worldSize < 1) throw new RangeError(`worldSize must be a positive integer, got ${worldSize}`);
+    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw new RangeError(`rank must be in [0, ${worldSize}), got ${rank}`);
+    if (!Number.isInteger(generation) || generation < 0 || generation > MAX_U32) throw new RangeError(`generation must be a u32, got ${generation}`);
+    if (!opts.token) throw new Error('ring token is empty');
+    const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+    if (!Number.isInteger(chunkBytes) || chunkBytes < MIN_CHUNK_BYTES || chunkBytes > MAX_CHUNK_BYTES || chunkBytes % 8 !== 0) {
+      throw new RangeError(`chunkBytes must be a multiple of 8 in [${MIN_CHUNK_BYTES}, ${MAX_CHUNK_BYTES}], got ${chunkBytes}`);
+    }
+    this.rank = rank;
+    this.worldSize = worldSize;
+    this.chunkBytes = chunkBytes;
+    this.config = { rank, worldSize, token: opts.token, generation, chunkBytes };
+    this.log = opts.logger ?? silentLogger;
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    this.listenAddress = { host: opts.host ?? DEFAULT_HOST, port: opts.port ?? 0 };
+  }
+
+  /** Creates a peer and starts its server (none for worldSize 1). */
+  static async listen(opts: RingOptions): Promise<RingPeer> {
+    const peer = new RingPeer(opts);
+    if (peer.worldSize > 1) await peer.startServer();
+    return peer;
+  }
+
+  /** Where the successor must connect: publish this to the other ranks. */
+  get address(): PeerAddress {
+    return { ...this.listenAddress };
+  }
+
+  private startServer(): Promise<void> {
+    const server = http.createServer((_request, response) => {
+      response.writeHead(426, { 'content-type': 'text/plain', connection: 'close' });
+      response.end('vit-dist ring endpoint: WebSocket upgrade required\n');
+    });
+    server.on('upgrade', (request, socket, head) => this.onUpgrade(request, socket as net.Socket, head));
+    this.server = server;
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.listenAddress.port, this.listenAddress.host, () => {
+        server.off('error', reject);
+        server.on('error', (err) => this.fail(new Error(`rank ${this.rank}: ring server error: ${err.message}`)));
+        const bound = server.address() as net.AddressInfo;
+        this.listenAddress = { host: this.listenAddress.host, port: bound.port };
+        resolve();
+      });
+    });
+  }
+
+  private onUpgrade(request: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
+    const from = `${socket.remoteAddress}:${socket.remotePort}`;
+    SendLink.accept(request, socket, head, this.config, this.connectTimeoutMs).then(
+      (link) => {
+        if (this.sendLink || this.closed || this.failure) {
+          const reason = this.sendLink ? 'successor already connected' : 'ring is closed';
+          this.log.warn({ rank: this.rank, from }, `refused ring connection: ${reason}`);
+          link.close(CloseCode.PolicyViolation, reason);
+          return;
+        }
+        this.sendLink = link;
+        const successor = link.peerRank;
+        link.attach((err) => this.linkBroken(err, 'send', `connection to successor rank ${successor}`));
+        this.log.info({ rank: this.rank, successor, from }, 'successor connected');
+        this.successorArrived?.();
+      },
+      (err: Error) => this.log.warn({ rank: this.rank, from, err: err.message }, `refused ring connection: ${err.message}`),
+    );
+  }
+
+  /**
+   * Connects to the predecessor (peers[rank-1]) and waits for the successor to connect. Rejects
+   * when either does not happen within connectTimeoutMs or the predecessor refuses this peer.
+   */
+  async connect(peers: PeerAddress[]): Promise<void> {
+    if (this.worldSize === 1) return;
+    if (peers.length !== this.worldSize) throw new RangeError(`expected ${this.worldSize} peer addresses, got ${peers.length}`);
+    this.checkUsable();
+    const predecessor = predecessorOf(this.rank, this.worldSize);
+    const address = peers[predecessor]!;
+    const maxFrameBytes = FRAME_HEADER_BYTES + this.chunkBytes;
+    const dial = RecvLink.dial(address, this.config, this.receiver, this.connectTimeoutMs, maxFrameBytes).then(
+      (link) => {
+        if (this.closed || this.failure) {
+          link.close(CloseCode.Normal, 'ring is closed');
+          throw this.failure ?? new Error(`rank ${this.rank}: ring closed`);
+        }
+        this.recvLink = link;
+        link.attach((err) => this.linkBroken(err, 'receive', `connection from predecessor rank ${predecessor}`));
+        this.log.info({ rank: this.rank, predecessor }, 'connected to predecessor');
+      },
+      (err: Error) => {
+        throw new Error(`rank ${this.rank}: could not connect to predecessor rank ${predecessor} at ${address.host}:${address.port}: ${err.message}`);
+      },
+    );
+    await Promise.all([dial, this.waitForSuccessor()]);
+  }
+
+  private waitForSuccessor(): Promise<void> {
+    if (this.sendLink) return Promise.resolve();
+    const successor = successorOf(this.rank, this.worldSize);
+    return new Promise((resolve, reject) => {
+      const settle = (err?: Error) => {
+        clearTimeout(timer);
+        this.successorArrived = null;
+        this.stopWaitingForSuccessor = null;
+        if (err) reject(err);
+        else resolve();
+      };
+      const timer = setTimeout(
+        () => settle(new Error(`rank ${this.rank}: timed out after ${this.connectTimeoutMs} ms waiting for successor rank ${successor} to connect`)),
+        this.connectTimeoutMs,
+      );
+      this.successorArrived = () => settle();
+      this.stopWaitingForSuccessor = settle;
+    });
+  }
+
+  async reduceScatter(buf: Float32Array, step: number): Promise<void> {
+    if (this.worldSize === 1) return;
+    const { rank, worldSize } = this;
+    await this.runGradientPhase(Phase.ReduceScatter, buf, step, (rank + worldSize - 1) % worldSize, (hop) => (rank - hop - 2 + 2 * worldSize) % worldSize);
+  }
+
+  async allGather(buf: Float32Array, step: number): Promise<void> {
+    if (this.worldSize === 1) return;
+    const { rank, worldSize } = this;
+    await this.runGradientPhase(Phase.AllGather, buf, step, rank, (hop) => (rank - hop - 1 + worldSize) % worldSize);
+  }
+
+  async allReduce(buf: Float32Array, step: number): Promise<void> {
+    await this.reduceScatter(buf, step);
+    await this.allGather(buf, step);
+  }
+
+  /**
+   * Element-wise sum of `values` over all ranks. Every rank gathers every rank's vector and adds
+   * them in rank order, so all ranks get bitwise identical sums.
+   */
+  async allReduceScalars(values: Float64Array, step: number): Promise<Float64Array> {
+    const { rank, worldSize } = this;
+    const length = values.length;
+    if (worldSize === 1) return Float64Array.from(values);
+    if (length * 8 > this.chunkBytes) {
+      throw new RangeError(`allReduceScalars takes at most ${this.chunkBytes / 8} values (chunkBytes / 8), got ${length}`);
+    }
+    const gathered = new Float64Array(worldSize * length);
+    gathered.set(values, rank * length);
+    if (length > 0) {
+      const frameOf = (origin: number): FrameHeader => ({ phase: Phase.ScalarAllReduce, generation: this.config.generation, step, chunk: 0, offset: origin * length, count: length });
+      const frames: FrameHeader[] = [];
+      const forward: boolean[] = [];
+      for (let hop = 0; hop < worldSize - 1; hop++) {
+        frames.push(frameOf((rank - hop - 1 + worldSize) % worldSize));
+        forward.push(hop < worldSize - 2);
+      }
+      const target = new Uint8Array(gathered.buffer);
+      const payloadOf = (frame: FrameHeader) => target.subarray(frame.offset * 8, (frame.offset + frame.count) * 8);
+      await this.run(step, { frames, forward, target, accumulate: null, elementBytes: 8, payloadOf }, [frameOf(rank)]);
+    }
+    const sum = new Float64Array(length);
+    for (let origin = 0; origin < worldSize; origin++) {
+      for (let i = 0; i < length; i++) sum[i]! += gathered[origin * length + i]!;
+    }
+    return sum;
+  }
+
+  private runGradientPhase(phase: Phase, buf: Float32Array, step: number, firstShard: number, shardAtHop: (hop: number) => number): Promise<void> {
+    if (buf.length > MAX_U32) throw new RangeError(`buffer of ${buf.length} elements exceeds the u32 offsets of the wire format`);
+    const { worldSize } = this;
+    const chunkElements = this.chunkBytes / elementBytes(phase);
+    const framesOfShard = (shard: number): FrameHeader[] =>
+      chunkRanges(shardRange(buf.length, worldSize, shard), chunkElements).map((range: ElementRange, chunk) => ({
+        phase,
+        generation: this.config.generation,
+        step,
+        chunk,
+        offset: range.start,
+        count: range.end - range.start,
+      }));
+    const frames: FrameHeader[] = [];
+    const forward: boolean[] = [];
+    for (let hop = 0; hop < worldSize - 1; hop++) {
+      for (const frame of framesOfShard(shardAtHop(hop))) {
+        frames.push(frame);
+        forward.push(hop < worldSize - 2);
+      }
+    }
+    const target = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+    const payloadOf = (frame: FrameHeader) => target.subarray(frame.offset * 4, (frame.offset + frame.count) * 4);
+    const accumulate = phase === Phase.ReduceScatter ? buf : null;
+    return this.run(step, { frames, forward, target, accumulate, elementBytes: 4, payloadOf }, framesOfShard(firstShard));
+  }
+
+  /** Runs one collective: sends `initial`, then lands and forwards the expected frames. */
+  private run(
+    step: number,
+    plan: Pick<Collective, 'frames' | 'forward' | 'payloadOf'> & { target: Uint8Array; accumulate: Float32Array | null; elementBytes: number },
+    initial: FrameHeader[],
+  ): Promise<void> {
+    if (!Number.isInteger(step) || step < 0 || step > MAX_U32) return Promise.reject(new RangeError(`step must be a u32, got ${step}`));
+    try {
+      this.checkUsable();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (this.op) return Promise.reject(new Error(`rank ${this.rank}: a collective is already in progress`));
+    if (!this.sendLink || !this.recvLink) return Promise.reject(new Error(`rank ${this.rank}: connect() has not completed`));
+    return new Promise<void>((resolve, reject) => {
+      const op: Collective = { resolve, reject, frames: plan.frames, forward: plan.forward, received: 0, writesPending: 0, successorFinished: false, payloadOf: plan.payloadOf };
+      this.op = op;
+      // Sends are queued before any receive is processed: on every link the hop-0 frames precede
+      // all forwarded ones, which is the order the successor expects.
+      for (const frame of initial) this.send(op, frame);
+      this.receiver.start({
+        frames: plan.frames,
+        target: plan.target,
+        accumulate: plan.accumulate,
+        elementBytes: plan.elementBytes,
+        onFrame: (index) => {
+          op.received++;
+          if (op.forward[index]) this.send(op, op.frames[index]!);
+          this.finishIfDone(op);
+        },
+      });
+      this.recvLink!.resumeReading();
+      this.finishIfDone(op);
+    });
+  }
+
+  private send(op: Collective, frame: FrameHeader): void {
+    if (op.successorFinished) return;
+    op.writesPending++;
+    this.sendLink!.sendData(frame, op.payloadOf(frame), (err) => {
+      op.writesPending--;
+      if (err && !op.successorFinished) this.fail(new Error(`rank ${this.rank}: sending to successor rank ${successorOf(this.rank, this.worldSize)} failed: ${err.message}`));
+      else this.finishIfDone(op);
+    });
+  }
+
+  private finishIfDone(op: Collective): void {
+    if (this.op !== op || op.received < op.frames.length || (op.writesPending > 0 && !op.successorFinished)) return;
+    this.op = null;
+    this.receiver.stop();
+    op.resolve();
+    if (this.closedByPeer) this.endByPeer(this.closedByPeer);
+  }
+
+  private checkUsable(): void {
+    if (this.failure) throw this.failure;
+    if (this.closed) throw new Error(`rank ${this.rank}: ring is closed`);
+  }
+
+  /**
+   * A neighbour that closes normally has finished its last collective. That collective may still
+   * be finishing here: its successor has all it needs, and its predecessor sent everything before
+   * the close frame. Only if frames are still missing is the close an error.
+   */
+  private linkBroken(err: Error, side: 'send' | 'receive', which: string): void {
+    const closedNormally = err instanceof LinkError && err.closeCode === CloseCode.Normal;
+    const op = this.op;
+    if (!closedNormally || (op && side === 'receive' && op.received < op.frames.length)) {
+      this.fail(new Error(`rank ${this.rank}: ${which} failed: ${err.message}`));
+      return;
+    }
+    this.log.info({ rank: this.rank }, `${which} closed by the peer`);
+    this.closedByPeer = new Error(`rank ${this.rank}: ring closed: ${which} closed by the peer`);
+    if (!op) {
+      this.endByPeer(this.closedByPeer);
+      return;
+    }
+    if (side === 'send') op.successorFinished = true;
+    this.finishIfDone(op);
+  }
+
+  /** Orderly end started by a neighbour: not an error, later collectives are refused. */
+  private endByPeer(reason: Error): void {
+    if (this.failure || this.closed) return;
+    this.shutDown(reason);
+    this.emit('close');
+  }
+
+  /** Breaks the ring: rejects the pending collective and closes both links with the reason. */
+  private fail(error: Error): void {
+    if (this.failure || this.closed) return;
+    this.log.error({ rank: this.rank, err: error.message }, 'ring failed');
+    const op = this.shutDown(error, CloseCode.InternalError);
+    op?.reject(error);
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+  }
+
+  private shutDown(reason: Error, closeCode: number = CloseCode.Normal): Collective | null {
+    this.failure = reason;
+    this.stopWaitingForSuccessor?.(reason);
+    const op = this.op;
+    this.op = null;
+    this.receiver.stop();
+    this.sendLink?.close(closeCode, reason.message);
+    this.recvLink?.close(closeCode, reason.message);
+    return op;
+  }
+
+  /** Closes both links and the server. A pending collective rejects. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    const error = new Error(`rank ${this.rank}: ring closed`);
+    // Closing mid-collective is abnormal for the neighbours (they lose frames): say so.
+    const op = this.failure ? null : this.shutDown(error, this.op ? CloseCode.GoingAway : CloseCode.Normal);
+    this.closed = true;
+    op?.reject(error);
+    const server = this.server;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    this.emit('close');
+  }
+}

@@ -1,0 +1,48 @@
+/**
+ * How a flat buffer is cut up for the ring: N contiguous shards (one per rank), each cut into
+ * chunks that travel as one data frame each.
+ */
+
+export interface ElementRange {
+  /** First element, inclusive. */
+  start: number;
+  /** One past the last element. */
+  end: number;
+}
+
+function assertCount(name: string, value: number, min: number): void {
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new RangeError(`${name} must be an integer >= ${min}, got ${value}`);
+  }
+}
+
+/**
+ * The element range of shard `rank` when `length` elements are split over `worldSize` ranks:
+ * contiguous and balanced, the first `length % worldSize` shards get one extra element.
+ * Shards may be empty when length < worldSize.
+ */
+export function shardRange(length: number, worldSize: number, rank: number): ElementRange {
+  assertCount('length', length, 0);
+  assertCount('worldSize', worldSize, 1);
+  if (!Number.isSafeInteger(rank) || rank < 0 || rank >= worldSize) {
+    throw new RangeError(`rank must be an integer in [0, ${worldSize}), got ${rank}`);
+  }
+  const base = Math.floor(length / worldSize);
+  const extra = length % worldSize;
+  const start = rank * base + Math.min(rank, extra);
+  const end = start + base + (rank < extra ? 1 : 0);
+  return { start, end };
+}
+
+/**
+ * Cuts [range.start, range.end) into consecutive chunks of at most `chunkElements` elements.
+ * An empty range has no chunks (nothing is sent for it).
+ */
+export function chunkRanges(range: ElementRange, chunkElements: number): ElementRange[] {
+  assertCount('chunkElements', chunkElements, 1);
+  const chunks: ElementRange[] = [];
+  for (let start = range.start; start < range.end; start += chunkElements) {
+    chunks.push({ start, end: Math.min(start + chunkElements, range.end) });
+  }
+  return chunks;
+}

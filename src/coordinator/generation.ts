@@ -1,0 +1,252 @@
+// One generation of the ring: a fixed set of workers trained in lockstep from a start state until
+// the run ends, a worker fails (the caller starts the next generation from the last checkpoint),
+// or new workers wait to join at a checkpoint boundary.
+//
+// Each step the coordinator sends every rank its slice of the global batch and the learning rate,
+// waits for every report, checks that all ranks hold the same parameter digest, records metrics,
+// evaluates at epoch ends and checkpoints. It never sees a gradient: those travel around the ring.
+import { shardRange } from '../comm/shard.ts';
+import type { ResumeState, WorkerMessage } from '../comm/control.ts';
+import { EpochSampler } from '../data/sampler.ts';
+import { paramDigest } from '../train/digest.ts';
+import { totalSteps, type Recipe } from '../train/recipe.ts';
+import { learningRate } from '../train/schedule.ts';
+import type { Logger } from '../cli/logging.ts';
+import { writeCheckpoint, type CheckpointMeta, type CheckpointState } from './checkpoint.ts';
+import type { MetricsLog } from './metrics.ts';
+import type { ProgressPrinter } from './progress.ts';
+import type { WorkerLink } from './worker-link.ts';
+
+/** How long workers get to load data, build the model and connect the ring. */
+export const SETUP_TIMEOUT_MS = 600_000;
+
+type Reply<T extends WorkerMessage['type']> = Extract<WorkerMessage, { type: T }>;
+
+/** Where a generation starts: step 0 from the seed, or a checkpoint. */
+export interface StartState {
+  step: number;
+  checkpoint: { meta: CheckpointMeta; state: CheckpointState } | null;
+}
+
+export interface RunSummary {
+  runId: string;
+  /** Steps completed. */
+  steps: number;
+  totalSteps: number;
+  testAccuracy: number | null;
+  paramDigest: string;
+  checkpoint: string | null;
+  restarts: number;
+  /** True when the run was asked to stop (SIGTERM) before its last step. */
+  stopped: boolean;
+}
+
+export class DesyncError extends Error {
+  constructor(step: number, digests: string[]) {
+    const groups = new Map<string, number[]>();
+    digests.forEach((d, rank) => groups.set(d, [...(groups.get(d) ?? []), rank]));
+    const detail = [...groups].map(([d, ranks]) => `rank${ranks.length > 1 ? 's' : ''} ${ranks.join(',')}: ${d}`).join('; ');
+    super(`desync after step ${step}: workers hold different parameters (${detail})`);
+    this.name = 'DesyncError';
+  }
+}
+
+/** A configuration problem that no restart can fix. */
+export class RunError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RunError';
+  }
+}
+
+/** Thrown at a checkpoint boundary when workers wait to join a smaller-than-asked ring. */
+export class MembershipChange extends Error {
+  constructor(readonly step: number) {
+    super(`new workers join at the checkpoint after step ${step}`);
+    this.name = 'MembershipChange';
+  }
+}
+
+/** What a generation shares with the coordinator that runs it. */
+export interface RunContext {
+  runId: string;
+  recipe: Recipe;
+  /** The worker count asked for; a generation may run with fewer (--min-workers). */
+  workers: number;
+  stepTimeoutMs: number;
+  checkpointDir: string;
+  logger: Logger;
+  metrics: MetricsLog;
+  progress: ProgressPrinter;
+  restarts: number;
+  /** The newest checkpoint written in this process, kept in memory for restarts. */
+  lastCheckpoint: { meta: CheckpointMeta; state: CheckpointState; path: string } | null;
+  stopRequested(): boolean;
+  waitingJoiners(): number;
+}
+
+export class Generation {
+  constructor(
+    private readonly context: RunContext,
+    private readonly members: WorkerLink[],
+    readonly generation: number,
+    private readonly start: StartState,
+  ) {}
+
+  private get worldSize(): number {
+    return this.members.length;
+  }
+
+  /** One reply of `type` from every rank, failing fast on the first worker that fails. */
+  private gather<T extends WorkerMessage['type']>(type: T, timeoutMs: number): Promise<Reply<T>[]> {
+    return Promise.all(this.members.map((link) => link.expect(type, timeoutMs)));
+  }
+
+  async run(): Promise<RunSummary> {
+    const { recipe, logger, stepTimeoutMs, progress } = this.context;
+    const { generation, worldSize } = this;
+    const ready = await this.formRing();
+    const { numParams, trainSize, testSize } = ready;
+    let digest = ready.paramDigest;
+
+    const sampler = new EpochSampler(trainSize, recipe.globalBatch, recipe.seed);
+    const steps = totalSteps(recipe, sampler.stepsPerEpoch);
+    if (this.start.step >= steps) throw new RunError(`the checkpoint is at step ${this.start.step}, the run has only ${steps} steps: nothing to do`);
+    const schedule = { baseLr: recipe.optimizer.lr, minLr: recipe.schedule.minLr, warmupSteps: recipe.schedule.warmupSteps, totalSteps: steps };
+    progress.begin(steps, this.start.step);
+    let testAccuracy: number | null = null;
+    let optimizerStep = this.start.checkpoint?.meta.optimizerStep ?? 0;
+
+    for (let step = this.start.step; step < steps; step++) {
+      const started = performance.now();
+      const lr = learningRate(schedule, step);
+      this.members.forEach((link, rank) => link.send({ type: 'step', generation, step, lr, indices: sampler.slice(step, rank, worldSize) }));
+      const reports = await this.gather('stepDone', stepTimeoutMs);
+      const completed = step + 1;
+      digest = checkDigests(reports.map((r) => r.paramDigest), completed);
+      optimizerStep += 1;
+      const count = reports.reduce((a, r) => a + r.count, 0);
+      if (count !== recipe.globalBatch) throw new RunError(`step ${completed}: workers processed ${count} samples, the global batch is ${recipe.globalBatch}`);
+      const record = {
+        kind: 'step' as const,
+        step: completed,
+        epoch: sampler.epochOf(step),
+        loss: reports.reduce((a, r) => a + r.lossSum, 0) / count,
+        accuracy: reports.reduce((a, r) => a + r.correct, 0) / count,
+        lr,
+        gradNorm: reports[0]!.gradNorm,
+        paramDigest: digest,
+        workers: worldSize,
+        imagesPerSec: count / ((performance.now() - started) / 1000),
+        computeMs: Math.max(...reports.map((r) => r.computeMs)),
+        commMs: Math.max(...reports.map((r) => r.commMs)),
+        time: new Date().toISOString(),
+      };
+      this.context.metrics.append(record);
+      logger.debug(record, 'step');
+      progress.step(record);
+
+      const last = completed === steps;
+      const stopping = this.context.stopRequested();
+      if (completed % sampler.stepsPerEpoch === 0 || last) {
+        testAccuracy = await this.evaluate(completed, sampler.epochOf(step), testSize);
+      }
+      if (completed % recipe.checkpointEvery === 0 || last || stopping) {
+        await this.saveCheckpoint(completed, numParams, optimizerStep, digest);
+        if (stopping && !last) {
+          logger.info({ step: completed }, 'stopping on request after a checkpoint');
+          return this.summary(completed, steps, testAccuracy, digest, true);
+        }
+        if (!last && this.worldSize < this.context.workers && this.context.waitingJoiners() > 0) throw new MembershipChange(completed);
+      }
+    }
+    return this.summary(steps, steps, testAccuracy, digest, false);
+  }
+
+  private summary(steps: number, total: number, testAccuracy: number | null, digest: string, stopped: boolean): RunSummary {
+    const { runId, lastCheckpoint, restarts } = this.context;
+    return { runId, steps, totalSteps: total, testAccuracy, paramDigest: digest, checkpoint: lastCheckpoint?.path ?? null, restarts, stopped };
+  }
+
+  /**
+   * Assigns ranks (in member order) and the generation; each worker opens its ring server and
+   * reports its address; everyone gets the addresses, connects, and reports ready with the
+   * digest of the parameters it starts from, which must agree (and match the checkpoint's).
+   */
+  private async formRing(): Promise<Reply<'ready'>> {
+    const { recipe, logger } = this.context;
+    const { generation, worldSize, start } = this;
+    this.members.forEach((link, rank) => {
+      link.enterGeneration(generation, rank);
+      link.send({ type: 'assign', rank, worldSize, generation, recipe, startStep: start.step, resume: start.checkpoint ? resumeShard(start.checkpoint, worldSize, rank) : null });
+    });
+    const peers = (await this.gather('ringListening', SETUP_TIMEOUT_MS)).map((r) => r.ring);
+    for (const link of this.members) link.send({ type: 'ringPeers', generation, peers });
+    const ready = await this.gather('ready', SETUP_TIMEOUT_MS);
+    const first = ready[0]!;
+    for (const r of ready) {
+      if (r.numParams !== first.numParams || r.trainSize !== first.trainSize || r.testSize !== first.testSize) {
+        throw new RunError(`workers disagree on the setup: rank 0 has ${first.numParams} parameters and ${first.trainSize}/${first.testSize} train/test samples, rank ${r.rank} has ${r.numParams} and ${r.trainSize}/${r.testSize}`);
+      }
+    }
+    const digest = checkDigests(ready.map((r) => r.paramDigest), start.step);
+    if (start.checkpoint) {
+      if (first.numParams !== start.checkpoint.meta.numParams) throw new RunError(`the checkpoint holds ${start.checkpoint.meta.numParams} parameters but the recipe's model has ${first.numParams}`);
+      if (digest !== start.checkpoint.meta.paramDigest) throw new RunError(`workers loaded the checkpoint but hold digest ${digest}, the checkpoint recorded ${start.checkpoint.meta.paramDigest}`);
+    }
+    logger.info({ generation, workers: worldSize, startStep: start.step, numParams: first.numParams, backends: this.members.map((l) => l.info.backend), digest }, 'ring formed, all workers ready');
+    return first;
+  }
+
+  /** Data-parallel evaluation on the test split: each rank a contiguous slice, counts summed. */
+  private async evaluate(completed: number, epoch: number, testSize: number): Promise<number> {
+    const { generation, worldSize } = this;
+    this.members.forEach((link, rank) => link.send({ type: 'eval', generation, step: completed, ...shardRange(testSize, worldSize, rank) }));
+    const results = await this.gather('evalDone', this.context.stepTimeoutMs);
+    const samples = results.reduce((a, r) => a + r.count, 0);
+    if (samples !== testSize) throw new RunError(`evaluation covered ${samples} samples, the test split has ${testSize}`);
+    const testAccuracy = results.reduce((a, r) => a + r.correct, 0) / samples;
+    const testLoss = results.reduce((a, r) => a + r.lossSum, 0) / samples;
+    this.context.metrics.append({ kind: 'eval', step: completed, epoch, testAccuracy, testLoss, samples, time: new Date().toISOString() });
+    this.context.logger.info({ step: completed, epoch, testAccuracy, testLoss }, 'evaluation');
+    this.context.progress.evaluation(completed, epoch, testAccuracy, testLoss);
+    return testAccuracy;
+  }
+
+  /** Collects every rank's shard of parameters and optimizer state and writes one checkpoint. */
+  private async saveCheckpoint(completed: number, numParams: number, optimizerStep: number, digest: string): Promise<void> {
+    const { generation, worldSize } = this;
+    for (const link of this.members) link.send({ type: 'snapshot', generation, step: completed });
+    const shards = await this.gather('snapshotData', this.context.stepTimeoutMs);
+    const state: CheckpointState = { params: new Float32Array(numParams), m: new Float32Array(numParams), v: new Float32Array(numParams) };
+    shards.forEach((shard, rank) => {
+      const { start, end } = shardRange(numParams, worldSize, rank);
+      if (shard.start !== start || shard.end !== end || shard.params.length !== end - start || shard.m.length !== end - start || shard.v.length !== end - start) {
+        throw new RunError(`rank ${rank} sent a snapshot of [${shard.start}, ${shard.end}), expected [${start}, ${end})`);
+      }
+      state.params.set(shard.params, start);
+      state.m.set(shard.m, start);
+      state.v.set(shard.v, start);
+    });
+    const assembled = paramDigest(state.params);
+    if (assembled !== digest) throw new RunError(`the snapshot shards assemble to digest ${assembled}, but every rank reported ${digest}`);
+    const { recipe, runId } = this.context;
+    const meta: CheckpointMeta = { runId, step: completed, recipe, numParams, worldSize, optimizerStep, sampler: { seed: recipe.seed, step: completed }, paramDigest: digest };
+    const path = writeCheckpoint(this.context.checkpointDir, meta, state);
+    this.context.lastCheckpoint = { meta, state, path };
+    this.context.logger.info({ step: completed, path }, 'checkpoint written');
+  }
+}
+
+/** All ranks must report the same digest; otherwise the run stops with an error naming the ranks. */
+function checkDigests(digests: string[], step: number): string {
+  if (digests.some((d) => d !== digests[0])) throw new DesyncError(step, digests);
+  return digests[0]!;
+}
+
+/** What rank `rank` of `worldSize` needs from a checkpoint: all parameters, its shard of the moments. */
+function resumeShard(checkpoint: { meta: CheckpointMeta; state: CheckpointState }, worldSize: number, rank: number): ResumeState {
+  const { start, end } = shardRange(checkpoint.meta.numParams, worldSize, rank);
+  const { state, meta } = checkpoint;
+  return { params: state.params, m: state.m.slice(start, end), v: state.v.slice(start, end), optimizerStep: meta.optimizerStep };
+}

@@ -1,0 +1,181 @@
+// Clusters that survive (issue #5): a worker killed mid-step, a control link cut silently, a slow
+// link, a coordinator restart, and fewer workers with --min-workers. Every interrupted run that
+// keeps its worker count ends with the same parameters as an uninterrupted run: the steps
+// replayed from the last checkpoint are exact.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { readCheckpoint, latestCheckpoint } from '../../src/coordinator/checkpoint.ts';
+import type { RestartRecord } from '../../src/coordinator/metrics.ts';
+import { MICRO_RECIPE, TOKEN, killGroup, needsData, readMetrics, run, start, stepRecords, tempRunDir, waitUntil, type Running } from './cluster.ts';
+import { FaultProxy } from './proxy.ts';
+
+const STEPS = 40;
+const RUN = ['--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--checkpoint-every', '10'];
+const FAST_FAILURE = ['--heartbeat-timeout', '3', '--rejoin-timeout', '30'];
+const TIMEOUT_MS = 240_000;
+
+let straightDigest: string | null = null;
+/** The digest an uninterrupted 2-worker run ends with (computed once). */
+async function uninterruptedDigest(): Promise<string> {
+  if (straightDigest) return straightDigest;
+  const out = tempRunDir('straight');
+  const result = await run(['launch', '--workers', '2', '--backend', 'wasm', ...RUN, '--out', out], { timeoutMs: TIMEOUT_MS });
+  assert.equal(result.code, 0, result.stdout + result.stderr);
+  straightDigest = stepRecords(out).at(-1)!.paramDigest;
+  return straightDigest;
+}
+
+function checkpointAt(out: string, step: number): () => boolean {
+  return () => existsSync(join(out, 'checkpoints', `step-${String(step).padStart(9, '0')}.ckpt`));
+}
+
+function restarts(out: string): RestartRecord[] {
+  return readMetrics(out).filter((r): r is RestartRecord => r.kind === 'restart');
+}
+
+/** Each step recorded exactly once, the last one with `digest`, and nothing corrupt in checkpoints/. */
+function assertCompleteRun(out: string, digest: string): void {
+  const steps = stepRecords(out);
+  assert.deepEqual(steps.map((s) => s.step), Array.from({ length: STEPS }, (_, i) => i + 1), 'each step recorded once');
+  assert.equal(steps.at(-1)!.paramDigest, digest);
+  const latest = latestCheckpoint(out);
+  assert.ok(latest);
+  assert.equal(readCheckpoint(latest).meta.paramDigest, digest);
+}
+
+/** A free port below the kernel's ephemeral range, so a restarted coordinator can take it again. */
+function pickPort(): number {
+  return 20000 + Math.floor(Math.random() * 10000);
+}
+
+async function stopAll(processes: Running[]): Promise<void> {
+  for (const p of processes) p.child.kill('SIGKILL');
+  await Promise.all(processes.map((p) => p.finished));
+}
+
+test('launch replaces a worker killed with -9 mid-run; the run ends as if nothing happened', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
+  const expected = await uninterruptedDigest();
+  const out = tempRunDir('respawn');
+  const launch = start(['launch', '--workers', '2', '--backend', 'wasm', ...RUN, ...FAST_FAILURE, '--out', out], { timeoutMs: TIMEOUT_MS, detached: true });
+  try {
+    await waitUntil(checkpointAt(out, 10), TIMEOUT_MS, 'the checkpoint at step 10');
+    const workers = execFileSync('pgrep', ['-P', String(launch.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+    assert.equal(workers.length, 2, 'launch runs two worker processes');
+    process.kill(workers[1]!, 'SIGKILL');
+    const result = await launch.finished;
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    assert.match(result.stdout, /local worker \d \(pid \d+\) exited with SIGKILL; starting a replacement \(1\/3\)/);
+    assert.match(result.stdout, /done: 40 steps, 1 restart/);
+    assert.equal(restarts(out).length, 1);
+    assertCompleteRun(out, expected);
+  } finally {
+    killGroup(launch.child);
+  }
+});
+
+test('a control link cut silently is detected by heartbeat; the worker reconnects and the run ends exactly', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
+  const expected = await uninterruptedDigest();
+  const out = tempRunDir('cut');
+  const port = pickPort();
+  const coordinator = start(['coordinator', '--workers', '2', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, ...RUN, ...FAST_FAILURE, '--out', out], { timeoutMs: TIMEOUT_MS });
+  await coordinator.waitFor(/listening on/, 30_000);
+  const proxy = await FaultProxy.start(port);
+  const env = { VIT_DIST_TOKEN: TOKEN };
+  const direct = start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', '--heartbeat-timeout', '3'], { timeoutMs: TIMEOUT_MS, env });
+  const proxied = start(['worker', '--coordinator', `ws://127.0.0.1:${proxy.port}`, '--backend', 'wasm', '--heartbeat-timeout', '3'], { timeoutMs: TIMEOUT_MS, env });
+  try {
+    await waitUntil(checkpointAt(out, 10), TIMEOUT_MS, 'the checkpoint at step 10');
+    assert.equal(proxy.freezeOpenConnections(), 1, 'one control connection goes through the proxy');
+    const result = await coordinator.finished;
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    const [restart] = restarts(out);
+    assert.ok(restart, 'the run restarted once');
+    assert.match(restart.cause, /missed its heartbeat|failed: /);
+    assertCompleteRun(out, expected);
+    assert.equal((await direct.finished).code, 0);
+    assert.equal((await proxied.finished).code, 0);
+  } finally {
+    await stopAll([coordinator, direct, proxied]);
+    await proxy.close();
+  }
+});
+
+test('a slow control link (every chunk delayed) changes nothing in the result', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
+  const expected = await uninterruptedDigest();
+  const out = tempRunDir('slow');
+  const port = pickPort();
+  const coordinator = start(['coordinator', '--workers', '2', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, ...RUN, '--out', out], { timeoutMs: TIMEOUT_MS });
+  await coordinator.waitFor(/listening on/, 30_000);
+  const proxy = await FaultProxy.start(port);
+  proxy.delayMs = 40;
+  const env = { VIT_DIST_TOKEN: TOKEN };
+  const workers = [port, proxy.port].map((p) => start(['worker', '--coordinator', `ws://127.0.0.1:${p}`, '--backend', 'wasm'], { timeoutMs: TIMEOUT_MS, env }));
+  try {
+    const result = await coordinator.finished;
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    assert.equal(restarts(out).length, 0);
+    assertCompleteRun(out, expected);
+  } finally {
+    await stopAll([coordinator, ...workers]);
+    await proxy.close();
+  }
+});
+
+test('a coordinator killed with -9 and started again resumes from the run directory; workers reconnect', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
+  const expected = await uninterruptedDigest();
+  const out = tempRunDir('coordinator-restart');
+  const port = pickPort();
+  const args = ['coordinator', '--workers', '2', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, ...RUN, ...FAST_FAILURE, '--out', out];
+  const first = start(args, { timeoutMs: TIMEOUT_MS });
+  await first.waitFor(/listening on/, 30_000);
+  const env = { VIT_DIST_TOKEN: TOKEN };
+  const workers = [0, 1].map(() => start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', '--heartbeat-timeout', '3', '--reconnect-timeout', '60'], { timeoutMs: TIMEOUT_MS, env }));
+  let second: Running | null = null;
+  try {
+    await waitUntil(checkpointAt(out, 20), TIMEOUT_MS, 'the checkpoint at step 20');
+    first.child.kill('SIGKILL');
+    await first.finished;
+    second = start(args, { timeoutMs: TIMEOUT_MS });
+    const result = await second.finished;
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    assert.match(result.stdout, /resuming from .*step-0000000[234]0\.ckpt/);
+    assertCompleteRun(out, expected);
+    for (const w of workers) assert.equal((await w.finished).code, 0);
+  } finally {
+    await stopAll([first, ...workers, ...(second ? [second] : [])]);
+  }
+});
+
+test('--min-workers: the run carries on with fewer workers, then takes a late replacement in at a checkpoint', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
+  const out = tempRunDir('min-workers');
+  const port = pickPort();
+  const coordinator = start(['coordinator', '--workers', '2', '--min-workers', '1', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN,
+    '--recipe', MICRO_RECIPE, '--steps', '60', '--checkpoint-every', '10', '--heartbeat-timeout', '3', '--rejoin-timeout', '1', '--out', out], { timeoutMs: TIMEOUT_MS });
+  await coordinator.waitFor(/listening on/, 30_000);
+  const env = { VIT_DIST_TOKEN: TOKEN };
+  const worker = (): Running => start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', '--heartbeat-timeout', '3'], { timeoutMs: TIMEOUT_MS, env });
+  const survivor = worker();
+  const victim = worker();
+  let late: Running | null = null;
+  try {
+    await waitUntil(checkpointAt(out, 10), TIMEOUT_MS, 'the checkpoint at step 10');
+    victim.child.kill('SIGKILL');
+    await waitUntil(() => stepRecords(out).some((s) => s.workers === 1), TIMEOUT_MS, 'a step with one worker');
+    late = worker();
+    const result = await coordinator.finished;
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    const steps = stepRecords(out);
+    assert.deepEqual(steps.map((s) => s.step), Array.from({ length: 60 }, (_, i) => i + 1));
+    assert.equal(steps[0]!.workers, 2);
+    assert.ok(steps.some((s) => s.workers === 1), 'some steps ran on one worker');
+    assert.equal(steps.at(-1)!.workers, 2, 'the late worker was taken in');
+    const causes = restarts(out).map((r) => r.cause);
+    assert.ok(causes.some((c) => /new workers join at the checkpoint/.test(c)), causes.join('\n'));
+    assert.ok(steps.every((s) => s.paramDigest.length === 16));
+  } finally {
+    await stopAll([coordinator, survivor, victim, ...(late ? [late] : [])]);
+  }
+});
