@@ -21,7 +21,9 @@ addRunOptions(
     .description('start the coordinator, wait for --workers workers, then train')
     .requiredOption('--workers <n>', 'number of workers to wait for', positiveInt)
     .option('--host <address>', 'address to bind', '0.0.0.0')
-    .option('--port <port>', 'port to listen on', port, DEFAULT_COORDINATOR_PORT),
+    .option('--port <port>', 'port to listen on', port, DEFAULT_COORDINATOR_PORT)
+    .option('--tls-cert <file>', 'PEM certificate: serve wss:// (with --tls-key)')
+    .option('--tls-key <file>', 'PEM private key for --tls-cert'),
 ).action(runCoordinatorCommand);
 
 program
@@ -31,6 +33,7 @@ program
   .option('--gpu <k>', 'GPU index: sets CUDA_VISIBLE_DEVICES=K before TensorFlow.js loads', nonNegativeInt)
   .addOption(new Option('--backend <name>', 'compute backend').choices(BACKENDS).default('auto'))
   .option('--token <token>', `shared secret (default: $${TOKEN_ENV})`)
+  .option('--ca <file>', 'PEM certificate authority to trust for a wss:// coordinator (e.g. its self-signed certificate)')
   .option('--ring-host <address>', 'address the ring server binds to', '127.0.0.1')
   .option('--advertise <host>', 'host name or address ring neighbours use to reach this worker (default: --ring-host)')
   .option('--data <dir>', "dataset directory on this host (overrides the recipe's data.path)")

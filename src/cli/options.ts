@@ -73,6 +73,14 @@ export function addRunOptions(command: Command): Command {
     .option('--log-level <level>', 'debug, info, warn or error', 'info');
 }
 
+/** TLS for the coordinator: both files or neither. */
+export function tlsFiles(flags: { tlsCert?: string; tlsKey?: string }): { certFile: string; keyFile: string } | null {
+  if (!flags.tlsCert && !flags.tlsKey) return null;
+  if (!flags.tlsCert || !flags.tlsKey) throw new UsageError('--tls-cert and --tls-key go together');
+  for (const file of [flags.tlsCert, flags.tlsKey]) if (!existsSync(file)) throw new UsageError(`TLS file not found: ${file}`);
+  return { certFile: flags.tlsCert, keyFile: flags.tlsKey };
+}
+
 export interface RunFlags {
   recipe: string;
   data?: string;

@@ -10,7 +10,7 @@ import { Coordinator } from '../coordinator/coordinator.ts';
 import type { RunSummary } from '../coordinator/generation.ts';
 import { validateRecipe } from '../train/recipe.ts';
 import { createLogger } from './logging.ts';
-import { defaultOutDir, resolveRecipe, resolveResume, resolveToken, TOKEN_ENV, type RunFlags } from './options.ts';
+import { defaultOutDir, resolveRecipe, resolveResume, resolveToken, tlsFiles, TOKEN_ENV, type RunFlags } from './options.ts';
 
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'vit-dist.js');
 /** How long `launch` gives its workers to exit on their own after the run before killing them. */
@@ -20,6 +20,8 @@ interface CoordinatorFlags extends RunFlags {
   workers: number;
   host: string;
   port: number;
+  tlsCert?: string;
+  tlsKey?: string;
 }
 
 interface LaunchFlags extends RunFlags {
@@ -33,7 +35,7 @@ function findResume(flags: RunFlags): string | null {
   return flags.out ? latestCheckpoint(flags.out) : null;
 }
 
-function prepareRun(flags: RunFlags & { workers: number }, host: string, port: number, generateToken: boolean): Coordinator {
+function prepareRun(flags: RunFlags & { workers: number }, host: string, port: number, generateToken: boolean, tls: Coordinator['tls'] = null): Coordinator {
   const resumePath = findResume(flags);
   const resume: LoadedCheckpoint | null = resumePath ? readCheckpoint(resumePath) : null;
   const recipe = resolveRecipe(flags, resume ? validateRecipe(resume.meta.recipe, `the recipe in ${resumePath}`) : null);
@@ -56,6 +58,7 @@ function prepareRun(flags: RunFlags & { workers: number }, host: string, port: n
     heartbeatTimeoutMs: flags.heartbeatTimeout * 1000,
     maxRestarts: flags.maxRestarts,
     resume,
+    tls,
     logger,
     progress: true,
   });
@@ -76,9 +79,9 @@ function printSummary(summary: RunSummary, outDir: string): void {
 }
 
 export async function runCoordinatorCommand(flags: CoordinatorFlags): Promise<void> {
-  const coordinator = prepareRun(flags, flags.host, flags.port, false);
+  const coordinator = prepareRun(flags, flags.host, flags.port, false, tlsFiles(flags));
   const address = await coordinator.listen();
-  console.log(`coordinator listening on ws://${address.address}:${address.port}, waiting for ${flags.workers} workers (run dir ${coordinator.outDir})`);
+  console.log(`coordinator listening on ${coordinator.tls ? 'wss' : 'ws'}://${address.address}:${address.port}, waiting for ${flags.workers} workers (run dir ${coordinator.outDir})`);
   printSummary(await coordinator.run(), coordinator.outDir);
 }
 

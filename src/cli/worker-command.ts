@@ -1,4 +1,5 @@
 // `vit-dist worker`: one process per GPU, joining a coordinator.
+import { readFileSync } from 'node:fs';
 import { createLogger, type LogLevel } from './logging.ts';
 import { resolveToken } from './options.ts';
 import type { BackendChoice } from '../model/backend.ts';
@@ -8,6 +9,7 @@ export interface WorkerFlags {
   gpu?: number;
   backend: BackendChoice;
   token?: string;
+  ca?: string;
   ringHost: string;
   advertise?: string;
   data?: string;
@@ -36,6 +38,7 @@ export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
   await runWorker({
     coordinatorUrl: flags.coordinator,
     token,
+    ca: flags.ca ? readFileSync(flags.ca) : null,
     backend: flags.backend,
     gpu: flags.gpu ?? null,
     ringHost: flags.ringHost,

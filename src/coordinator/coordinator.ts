@@ -4,8 +4,9 @@
 // --min-workers), and a new generation restarts from the last checkpoint: the replayed steps are
 // exact, so the run ends with the parameters it would have had without the failure.
 import { randomUUID } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
-import { mkdirSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
+import { mkdirSync, readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
@@ -45,6 +46,8 @@ export interface CoordinatorOptions {
   maxRestarts: number;
   /** The checkpoint to continue from, already read and verified. */
   resume: LoadedCheckpoint | null;
+  /** PEM certificate and key files: serve wss:// (and https health checks) instead of ws://. */
+  tls: { certFile: string; keyFile: string } | null;
   logger: Logger;
   /** Prints human-readable progress to stdout. */
   progress: boolean;
@@ -56,6 +59,7 @@ export class Coordinator {
   readonly runId = randomUUID();
   readonly outDir: string;
   readonly token: string;
+  readonly tls: CoordinatorOptions['tls'];
   private http: Server | null = null;
   private wss: WebSocketServer | null = null;
   /** Every connected, admitted worker: in the ring or waiting to join it. */
@@ -69,6 +73,7 @@ export class Coordinator {
   constructor(private readonly options: CoordinatorOptions) {
     this.outDir = options.outDir;
     this.token = options.token;
+    this.tls = options.tls;
     mkdirSync(options.outDir, { recursive: true });
     this.context = {
       runId: this.runId,
@@ -89,11 +94,13 @@ export class Coordinator {
   /** Starts listening (WebSocket for workers, GET /healthz for probes); resolves with the bound address. */
   async listen(): Promise<AddressInfo> {
     const { host, port, workers, logger } = this.options;
-    const http = createServer((req, res) => {
+    const respond = (req: IncomingMessage, res: ServerResponse): void => {
       const ok = req.method === 'GET' && req.url === HEALTH_PATH && this.phase !== 'failed';
       res.writeHead(ok ? 200 : req.url === HEALTH_PATH ? 503 : 404, { 'content-type': 'application/json' });
       res.end(JSON.stringify(this.health()));
-    });
+    };
+    const { tls } = this.options;
+    const http = tls ? createTlsServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) }, respond) : createServer(respond);
     this.http = http;
     this.wss = new WebSocketServer({ server: http, maxPayload: MAX_CONTROL_MESSAGE_BYTES, perMessageDeflate: false });
     this.wss.on('connection', (socket) => this.admit(socket));
@@ -102,7 +109,7 @@ export class Coordinator {
       http.listen(port, host, () => resolve());
     });
     const address = http.address() as AddressInfo;
-    logger.info({ host: address.address, port: address.port, workers, runId: this.runId }, 'coordinator listening');
+    logger.info({ host: address.address, port: address.port, tls: tls !== null, workers, runId: this.runId }, 'coordinator listening');
     return address;
   }
 

@@ -30,6 +30,8 @@ const FATAL_CLOSE_CODES = new Set<number>([CLOSE_CODES.badToken, CLOSE_CODES.bad
 export interface WorkerOptions {
   coordinatorUrl: string;
   token: string;
+  /** Certificate authority to trust for a wss:// coordinator; the system's when null. */
+  ca: Buffer | null;
   backend: BackendChoice;
   gpu: number | null;
   /** Address the ring server binds to, and the host name advertised to the ring neighbour. */
@@ -146,7 +148,7 @@ class WorkerSession {
         resolve(end);
       };
     });
-    const socket = new WebSocket(options.coordinatorUrl, { maxPayload: MAX_CONTROL_MESSAGE_BYTES, perMessageDeflate: false });
+    const socket = new WebSocket(options.coordinatorUrl, { maxPayload: MAX_CONTROL_MESSAGE_BYTES, perMessageDeflate: false, ...(options.ca ? { ca: options.ca } : {}) });
     this.socket = socket;
     socket.on('open', () => {
       // The coordinator pings every heartbeat period; silence means the link was cut.

@@ -1,0 +1,154 @@
+// Picks the TF.js backend the model runs on.
+//
+// Preference for 'auto': native TensorFlow with CUDA (@tensorflow/tfjs-node-gpu) when a GPU was
+// asked for, then native TensorFlow on the CPU (@tensorflow/tfjs-node), then WebAssembly (XNNPACK,
+// SIMD), then the plain-JS cpu backend. The two native packages are optional: their install step
+// downloads libtensorflow, which is not always possible, so they are loaded with a dynamic import()
+// of a module name held in a variable — that keeps them out of the typecheck and out of the static
+// module graph, and a missing package becomes a fallback instead of a crash.
+
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import '@tensorflow/tfjs-backend-wasm';
+
+export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+
+export interface BackendLogger {
+  info(obj: object, msg?: string): void;
+}
+
+export interface SelectBackendOptions {
+  requested: BackendChoice;
+  /** GPU index asked for on the command line; the CLI has already set CUDA_VISIBLE_DEVICES. */
+  gpu?: number;
+  logger?: BackendLogger;
+}
+
+export interface SelectedBackend {
+  /** tf.getBackend() after selection: 'tensorflow', 'wasm' or 'cpu'. */
+  name: string;
+  reason: string;
+}
+
+const TFJS_NODE = '@tensorflow/tfjs-node';
+const TFJS_NODE_GPU = '@tensorflow/tfjs-node-gpu';
+
+/** Outcome of trying to load one of the optional native packages. */
+type NativeLoad = { ok: true } | { ok: false; why: string };
+
+async function loadNative(pkg: string): Promise<NativeLoad> {
+  try {
+    // The variable module name is deliberate: see the header comment.
+    const moduleName: string = pkg;
+    await import(moduleName);
+  } catch (err) {
+    const e = err as { code?: string; message?: string };
+    const message = e.message ?? String(err);
+    // Only "this very package is absent" counts as not installed; a missing transitive dependency
+    // or a libtensorflow that fails to load is a broken install and is reported as such.
+    if (e.code === 'ERR_MODULE_NOT_FOUND' && message.includes(`'${pkg}'`)) {
+      return { ok: false, why: `${pkg} is not installed (npm install ${pkg}; its install step downloads libtensorflow)` };
+    }
+    return { ok: false, why: `${pkg} is installed but failed to load: ${message}` };
+  }
+  // tfjs-node registers its 'tensorflow' backend into the copy of tfjs-core it imports. If npm did
+  // not dedupe that copy with ours, the backend exists but not in the engine the model uses.
+  if (tf.findBackendFactory('tensorflow') === null) {
+    return { ok: false, why: `${pkg} loaded, but registered its backend in another copy of @tensorflow/tfjs-core (versions differ from ${tf.version_core}?)` };
+  }
+  return { ok: true };
+}
+
+async function activate(name: string): Promise<boolean> {
+  const ok = await tf.setBackend(name);
+  await tf.ready();
+  return ok && tf.getBackend() === name;
+}
+
+/** Tries tfjs-node-gpu (only if a GPU was asked for) and then tfjs-node. */
+async function tryTensorflow(gpu: number | undefined): Promise<{ reason: string } | { failures: string[] }> {
+  const failures: string[] = [];
+  const candidates = gpu === undefined ? [TFJS_NODE] : [TFJS_NODE_GPU, TFJS_NODE];
+  for (const pkg of candidates) {
+    const loaded = await loadNative(pkg);
+    if (!loaded.ok) {
+      failures.push(loaded.why);
+      continue;
+    }
+    if (!(await activate('tensorflow'))) {
+      failures.push(`${pkg} loaded but the 'tensorflow' backend failed to initialize`);
+      continue;
+    }
+    const device = pkg === TFJS_NODE_GPU ? `GPU ${gpu} (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? 'unset'})` : 'CPU';
+    const note = gpu !== undefined && pkg === TFJS_NODE ? ` (GPU ${gpu} was asked for but ${failures[0]})` : '';
+    return { reason: `native TensorFlow via ${pkg} on ${device}${note}` };
+  }
+  return { failures };
+}
+
+async function activateWasm(): Promise<boolean> {
+  // In Node the wasm backend is always single-threaded (WASM_HAS_MULTITHREAD_SUPPORT is false
+  // there), which suits data parallelism with one worker process per core. Where threads do exist
+  // (browsers with cross-origin isolation) we still use one, for the same reason; the count must be
+  // set before the backend initializes.
+  if (await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT')) {
+    const wasm = await import('@tensorflow/tfjs-backend-wasm');
+    wasm.setThreadsCount(1);
+  }
+  return activate('wasm');
+}
+
+async function wasmReason(): Promise<string> {
+  const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
+  return `WebAssembly (XNNPACK, ${simd ? 'SIMD' : 'no SIMD'}, 1 thread)`;
+}
+
+/**
+ * Activates a backend and returns its name and a human-readable reason for the choice, which is
+ * also logged. 'tensorflow' fails loudly when neither native package can be used; 'auto' falls
+ * back down the preference list.
+ */
+export async function selectBackend(opts: SelectBackendOptions): Promise<SelectedBackend> {
+  const { requested, gpu, logger } = opts;
+  let reason: string;
+
+  switch (requested) {
+    case 'tensorflow': {
+      const native = await tryTensorflow(gpu);
+      if ('failures' in native) {
+        throw new Error(`backend 'tensorflow' requested but unavailable: ${native.failures.join('; ')}`);
+      }
+      reason = `requested: ${native.reason}`;
+      break;
+    }
+    case 'wasm':
+      if (!(await activateWasm())) throw new Error(`backend 'wasm' requested but failed to initialize`);
+      reason = `requested: ${await wasmReason()}`;
+      break;
+    case 'cpu':
+      if (!(await activate('cpu'))) throw new Error(`backend 'cpu' failed to initialize`);
+      reason = 'requested: plain-JS cpu backend';
+      break;
+    case 'auto': {
+      const native = await tryTensorflow(gpu);
+      if ('reason' in native) {
+        reason = `auto: ${native.reason}`;
+      } else if (await activateWasm()) {
+        reason = `auto: ${await wasmReason()}, because ${native.failures.join('; ')}`;
+      } else if (await activate('cpu')) {
+        reason = `auto: plain-JS cpu backend (slowest), because ${native.failures.join('; ')}; and wasm failed to initialize`;
+      } else {
+        throw new Error('no TF.js backend could be initialized (tried tensorflow, wasm, cpu)');
+      }
+      break;
+    }
+    default: {
+      const never: never = requested;
+      throw new Error(`unknown backend '${String(never)}' (expected auto, tensorflow, wasm or cpu)`);
+    }
+  }
+
+  const name = tf.getBackend();
+  logger?.info({ backend: name, requested, gpu, reason }, `model backend: ${name}`);
+  return { name, reason };
+}
