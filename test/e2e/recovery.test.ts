@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { readCheckpoint, latestCheckpoint } from '../../src/coordinator/checkpoint.ts';
 import type { RestartRecord } from '../../src/coordinator/metrics.ts';
-import { MICRO_RECIPE, TOKEN, killGroup, needsData, readMetrics, run, start, stepRecords, tempRunDir, waitUntil, type Running } from './cluster.ts';
+import { MICRO_RECIPE, TOKEN, killGroup, needsData, readMetrics, start, stepRecords, tempRunDir, uninterruptedDigest, waitUntil, type Running } from './cluster.ts';
 import { FaultProxy } from './proxy.ts';
 
 const STEPS = 40;
@@ -17,16 +17,7 @@ const RUN = ['--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--checkpoint-e
 const FAST_FAILURE = ['--heartbeat-timeout', '3', '--rejoin-timeout', '30'];
 const TIMEOUT_MS = 240_000;
 
-let straightDigest: string | null = null;
-/** The digest an uninterrupted 2-worker run ends with (computed once). */
-async function uninterruptedDigest(): Promise<string> {
-  if (straightDigest) return straightDigest;
-  const out = tempRunDir('straight');
-  const result = await run(['launch', '--workers', '2', '--backend', 'wasm', ...RUN, '--out', out], { timeoutMs: TIMEOUT_MS });
-  assert.equal(result.code, 0, result.stdout + result.stderr);
-  straightDigest = stepRecords(out).at(-1)!.paramDigest;
-  return straightDigest;
-}
+const expectedDigest = (): Promise<string> => uninterruptedDigest(['--workers', '2', '--backend', 'wasm', ...RUN], TIMEOUT_MS);
 
 function checkpointAt(out: string, step: number): () => boolean {
   return () => existsSync(join(out, 'checkpoints', `step-${String(step).padStart(9, '0')}.ckpt`));
@@ -57,7 +48,7 @@ async function stopAll(processes: Running[]): Promise<void> {
 }
 
 test('launch replaces a worker killed with -9 mid-run; the run ends as if nothing happened', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
-  const expected = await uninterruptedDigest();
+  const expected = await expectedDigest();
   const out = tempRunDir('respawn');
   const launch = start(['launch', '--workers', '2', '--backend', 'wasm', ...RUN, ...FAST_FAILURE, '--out', out], { timeoutMs: TIMEOUT_MS, detached: true });
   try {
@@ -77,7 +68,7 @@ test('launch replaces a worker killed with -9 mid-run; the run ends as if nothin
 });
 
 test('a control link cut silently is detected by heartbeat; the worker reconnects and the run ends exactly', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
-  const expected = await uninterruptedDigest();
+  const expected = await expectedDigest();
   const out = tempRunDir('cut');
   const port = pickPort();
   const coordinator = start(['coordinator', '--workers', '2', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, ...RUN, ...FAST_FAILURE, '--out', out], { timeoutMs: TIMEOUT_MS });
@@ -104,7 +95,7 @@ test('a control link cut silently is detected by heartbeat; the worker reconnect
 });
 
 test('a slow control link (every chunk delayed) changes nothing in the result', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
-  const expected = await uninterruptedDigest();
+  const expected = await expectedDigest();
   const out = tempRunDir('slow');
   const port = pickPort();
   const coordinator = start(['coordinator', '--workers', '2', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, ...RUN, '--out', out], { timeoutMs: TIMEOUT_MS });
@@ -125,7 +116,7 @@ test('a slow control link (every chunk delayed) changes nothing in the result', 
 });
 
 test('a coordinator killed with -9 and started again resumes from the run directory; workers reconnect', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
-  const expected = await uninterruptedDigest();
+  const expected = await expectedDigest();
   const out = tempRunDir('coordinator-restart');
   const port = pickPort();
   const args = ['coordinator', '--workers', '2', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, ...RUN, ...FAST_FAILURE, '--out', out];

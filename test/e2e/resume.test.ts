@@ -4,16 +4,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MICRO_RECIPE, killGroup, needsData, run, start, stepRecords, tempRunDir, waitUntil } from './cluster.ts';
+import { MICRO_RECIPE, killGroup, needsData, run, start, stepRecords, tempRunDir, uninterruptedDigest, waitUntil } from './cluster.ts';
 
 const STEPS = 40;
 const common = ['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--checkpoint-every', '10', '--backend', 'wasm'];
 
 test('kill -9 after a checkpoint and resume: the same final digest as a straight run', { skip: needsData, timeout: 400_000 }, async () => {
-  const straight = tempRunDir('straight');
-  const a = await run(['launch', ...common, '--out', straight], { timeoutMs: 180_000 });
-  assert.equal(a.code, 0, a.stdout + a.stderr);
-  const expected = stepRecords(straight).at(-1)!.paramDigest;
+  const expected = await uninterruptedDigest(common, 180_000);
 
   const crashed = tempRunDir('crashed');
   const b = start(['launch', ...common, '--out', crashed], { timeoutMs: 180_000, detached: true });
@@ -39,4 +36,22 @@ test('a corrupt checkpoint is refused with a clear error', { skip: needsData, ti
   const result = await run(['launch', '--workers', '1', '--resume', dir], { timeoutMs: 30_000 });
   assert.equal(result.code, 1);
   assert.match(result.stderr, /vit-dist: error: checkpoint .*step-000000001.ckpt: not a vit-dist checkpoint/);
+});
+
+test('SIGTERM stops the coordinator after a checkpoint (exit 0); --resume finishes with the straight run digest', { skip: needsData, timeout: 400_000 }, async () => {
+  const expected = await uninterruptedDigest(common, 180_000);
+
+  const out = tempRunDir('sigterm');
+  const b = start(['launch', ...common, '--out', out], { timeoutMs: 180_000 });
+  await waitUntil(() => existsSync(join(out, 'checkpoints', 'step-000000010.ckpt')), 170_000, 'the checkpoint at step 10');
+  b.child.kill('SIGTERM');
+  const stopped = await b.finished;
+  assert.equal(stopped.code, 0, stopped.stdout + stopped.stderr);
+  const match = /stopped at step (\d+) of 40/.exec(stopped.stdout);
+  assert.ok(match, stopped.stdout);
+  assert.ok(existsSync(join(out, 'checkpoints', `step-${match[1]!.padStart(9, '0')}.ckpt`)), 'a checkpoint at the step it stopped');
+
+  const resumed = await run(['launch', '--workers', '2', '--backend', 'wasm', '--resume', out], { timeoutMs: 180_000 });
+  assert.equal(resumed.code, 0, resumed.stdout + resumed.stderr);
+  assert.equal(stepRecords(out).at(-1)!.paramDigest, expected);
 });
