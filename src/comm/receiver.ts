@@ -1,7 +1,8 @@
 /**
  * Lands incoming data frames in place: each frame must be exactly the next one the current
- * collective expects, and its payload is copied (all-gather, scalars) or added (reduce-scatter)
- * straight from the socket's read buffer into the destination array.
+ * collective expects. Reduce-scatter payloads are added into the destination straight from the
+ * socket's read buffer (which lives in WebAssembly memory for the SIMD add); all-gather and
+ * scalar payloads are read by the kernel directly into the destination (nextReadBuffer).
  */
 import { decodeFrameHeader, expectFrame, FRAME_HEADER_BYTES, FrameError, type FrameHeader } from './frame.ts';
 import { addBytesInto } from './simd-add.ts';
