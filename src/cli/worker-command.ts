@@ -11,6 +11,7 @@ export interface WorkerFlags {
   token?: string;
   ca?: string;
   ringHost: string;
+  ringPort: number;
   advertise?: string;
   data?: string;
   reconnectTimeout: number;
@@ -19,6 +20,15 @@ export interface WorkerFlags {
   logDir?: string;
   logName: string;
   logLevel: LogLevel;
+}
+
+/** `host`, `host:port` or `[v6]:port` into the advertised host and optional port. */
+function parseAdvertise(value: string): { advertiseHost: string; advertisePort: number | null } {
+  const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(value);
+  if (!match) return { advertiseHost: value, advertisePort: null };
+  const advertisePort = Number(match[2]);
+  if (advertisePort < 1 || advertisePort > 65535) throw new Error(`--advertise ${value}: port out of range`);
+  return { advertiseHost: match[1]!.replace(/^\[|\]$/g, ''), advertisePort };
 }
 
 export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
@@ -42,7 +52,8 @@ export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
     backend: flags.backend,
     gpu: flags.gpu ?? null,
     ringHost: flags.ringHost,
-    advertiseHost: flags.advertise ?? flags.ringHost,
+    ringPort: flags.ringPort,
+    ...parseAdvertise(flags.advertise ?? flags.ringHost),
     dataPath: flags.data ?? null,
     reconnectTimeoutMs: flags.reconnectTimeout * 1000,
     heartbeatTimeoutMs: flags.heartbeatTimeout * 1000,

@@ -34,9 +34,12 @@ export interface WorkerOptions {
   ca: Buffer | null;
   backend: BackendChoice;
   gpu: number | null;
-  /** Address the ring server binds to, and the host name advertised to the ring neighbour. */
+  /** Address and port (0: any free one) the ring server binds to. */
   ringHost: string;
+  ringPort: number;
+  /** What the ring neighbour is told to connect to; the bound port when advertisePort is null. */
   advertiseHost: string;
+  advertisePort: number | null;
   /** Overrides the recipe's data path on this host. */
   dataPath: string | null;
   /** How long to keep trying to (re)connect to the coordinator. */
@@ -246,9 +249,9 @@ class WorkerSession {
           throw new SetupError(`the checkpoint holds ${message.resume.params.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`);
         }
         logger.info({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, startStep: message.startStep }, 'assigned');
-        this.ring = await RingPeer.listen({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, token: this.options.token, host: this.options.ringHost, logger });
+        this.ring = await RingPeer.listen({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, token: this.options.token, host: this.options.ringHost, port: this.options.ringPort, logger });
         this.pendingResume = message.resume;
-        this.send({ type: 'ringListening', generation: message.generation, rank: message.rank, ring: { host: this.options.advertiseHost, port: this.ring.address.port } });
+        this.send({ type: 'ringListening', generation: message.generation, rank: message.rank, ring: { host: this.options.advertiseHost, port: this.options.advertisePort ?? this.ring.address.port } });
         return;
       }
       case 'ringPeers': {
