@@ -5,8 +5,8 @@ import { Packr } from 'msgpackr';
 import { authContext } from './auth.ts';
 
 /** Bumped whenever a message changes shape; both sides refuse a peer that speaks another version. */
-export const CONTROL_PROTOCOL_VERSION = 1;
-/** Largest control message accepted; snapshots of large models are the biggest (params + 2 moments of a shard). */
+export const CONTROL_PROTOCOL_VERSION = 2;
+/** Largest control message accepted; snapshots of large models are the biggest (a shard's params, optimizer state and EMA). */
 export const MAX_CONTROL_MESSAGE_BYTES = 2 ** 30;
 /** WebSocket close codes in the private range (4000-4999), so a peer can tell why it was dropped. */
 export const CLOSE_CODES = {
@@ -27,9 +27,10 @@ export interface Address {
 export interface ResumeState {
   /** The full parameter vector. */
   params: Float32Array;
-  /** This rank's shard of the optimizer moments. */
-  m: Float32Array;
-  v: Float32Array;
+  /** This rank's shard of each named optimizer state tensor (e.g. m and v for Adam). */
+  optimizerState: Record<string, Float32Array>;
+  /** This rank's shard of the weights' moving average, when the checkpoint has one. */
+  ema: Float32Array | null;
   optimizerStep: number;
 }
 
@@ -56,8 +57,9 @@ export interface ShardSnapshot {
   start: number;
   end: number;
   params: Float32Array;
-  m: Float32Array;
-  v: Float32Array;
+  optimizerState: Record<string, Float32Array>;
+  /** The shard of the weights' moving average; null when the recipe keeps none. */
+  ema: Float32Array | null;
   optimizerStep: number;
 }
 

@@ -15,6 +15,11 @@
  * so each side proves it holds the token without sending it. The server refuses, with a close
  * frame whose reason says why: another protocol version, another generation, a rank that is not
  * its successor, a different world size or chunk size, or a bad proof.
+ *
+ * Liveness: once authenticated, each side pings the other (RFC 6455 5.5.2) several times per
+ * heartbeat timeout, whether or not data is flowing, and the other side answers with a pong. A
+ * link that hears nothing at all (no data, ping or pong) for the timeout fails: a cut that sends
+ * no FIN or RST (a frozen proxy, a partition) would otherwise leave a collective waiting forever.
  */
 import net from 'node:net';
 import type { IncomingMessage } from 'node:http';
@@ -51,6 +56,12 @@ const DIAL_RETRY_MS = 50;
 const CLOSE_GRACE_MS = 1000;
 /** Longest WebSocket + data frame header prepended to a payload. */
 const MAX_DATA_PREFIX_BYTES = 10 + FRAME_HEADER_BYTES;
+/**
+ * Pings sent per heartbeat timeout. A peer whose event loop is blocked (a backward pass) sends
+ * nothing meanwhile, so a link tolerates a blocked peer for the timeout minus one ping interval.
+ */
+const HEARTBEAT_PINGS_PER_TIMEOUT = 5;
+const EMPTY = Buffer.alloc(0);
 
 /** What both ends of a link must agree on. */
 export interface LinkConfig {
@@ -121,6 +132,62 @@ function closeDescription(close: { code: number; reason: string } | undefined): 
   return close ? `close code ${close.code}${close.reason ? `: ${close.reason}` : ''}` : 'without a close frame';
 }
 
+/**
+ * Liveness of one link: pings the peer every timeoutMs / HEARTBEAT_PINGS_PER_TIMEOUT and calls
+ * `onSilence` once nothing has been heard from it for `timeoutMs`.
+ */
+class Heartbeat {
+  private timer: NodeJS.Timeout | null = null;
+  private lastHeard = 0;
+
+  constructor(
+    private readonly timeoutMs: number,
+    private readonly ping: () => void,
+    private readonly onSilence: () => void,
+    /** True while this side itself stopped reading: the silence is then ours, not the peer's. */
+    private readonly notReading: () => boolean = () => false,
+  ) {}
+
+  start(): void {
+    this.lastHeard = Date.now();
+    this.timer = setInterval(() => this.tick(), this.timeoutMs / HEARTBEAT_PINGS_PER_TIMEOUT);
+    // The link's socket keeps the process alive; the heartbeat alone must not.
+    this.timer.unref();
+  }
+
+  heard(): void {
+    this.lastHeard = Date.now();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  private tick(): void {
+    this.ping();
+    if (this.notReading()) this.heard();
+    if (!this.silentTooLong()) return;
+    // After our own event loop was blocked, timers run before the sockets are read: let this
+    // loop iteration's poll phase read what already arrived before calling the peer silent.
+    setImmediate(() => {
+      if (this.timer && this.silentTooLong()) {
+        this.stop();
+        this.onSilence();
+      }
+    });
+  }
+
+  private silentTooLong(): boolean {
+    return Date.now() - this.lastHeard > this.timeoutMs;
+  }
+}
+
+/** "3 s", "0.25 s": how error messages state a timeout. */
+function seconds(ms: number): string {
+  return `${ms / 1000} s`;
+}
+
 interface QueuedWrite {
   head: Buffer;
   payload: Uint8Array;
@@ -144,20 +211,29 @@ export class SendLink implements FrameSink {
   private closing = false;
   private blocked = false;
   private readonly queue: QueuedWrite[] = [];
+  private readonly heartbeat: Heartbeat;
 
   private constructor(
     private readonly socket: net.Socket,
     private readonly config: LinkConfig,
+    heartbeatTimeoutMs: number,
   ) {
     this.parser = new FrameParser({ expectMasked: true, maxTextBytes: MAX_AUTH_MESSAGE_BYTES, maxBinaryBytes: 0 }, this);
+    this.heartbeat = new Heartbeat(
+      heartbeatTimeoutMs,
+      // Written past any queued data frames: it goes between whole frames either way.
+      () => this.socket.write(encodeFrame(Opcode.Ping, EMPTY, false)),
+      () => this.refuse(new LinkError(`no heartbeat from successor rank ${this.peerRank} for ${seconds(heartbeatTimeoutMs)}`, CloseCode.GoingAway)),
+    );
   }
 
   /**
    * Completes the WebSocket upgrade of `request` and authenticates the client as this rank's
    * successor. Resolves once authenticated; rejects (after closing the socket with the reason)
-   * when the client is refused or the handshake does not finish within `timeoutMs`.
+   * when the client is refused or the handshake does not finish within `timeoutMs`. Afterwards
+   * the link fails when the successor stays silent for `heartbeatTimeoutMs`.
    */
-  static accept(request: IncomingMessage, socket: net.Socket, head: Buffer, config: LinkConfig, timeoutMs: number): Promise<SendLink> {
+  static accept(request: IncomingMessage, socket: net.Socket, head: Buffer, config: LinkConfig, timeoutMs: number, heartbeatTimeoutMs: number): Promise<SendLink> {
     const key = request.headers['sec-websocket-key'];
     const valid =
       request.method === 'GET' &&
@@ -171,7 +247,7 @@ export class SendLink implements FrameSink {
     }
     socket.setNoDelay(true);
     socket.write(serverHandshakeResponse(key));
-    const link = new SendLink(socket, config);
+    const link = new SendLink(socket, config, heartbeatTimeoutMs);
     return link.authenticate(head, timeoutMs);
   }
 
@@ -199,6 +275,7 @@ export class SendLink implements FrameSink {
   }
 
   private receive(data: Buffer): void {
+    this.heartbeat.heard();
     try {
       this.parser.feed(data, 0, data.length);
     } catch (err) {
@@ -222,6 +299,7 @@ export class SendLink implements FrameSink {
   }
 
   private report(err: Error): void {
+    this.heartbeat.stop();
     if (this.settleAuth) {
       this.settleAuth(err);
     } else if (this.onBroken) {
@@ -288,6 +366,7 @@ export class SendLink implements FrameSink {
     this.socket.write(encodeFrame(Opcode.Text, Buffer.from(JSON.stringify({ type: 'welcome', proof: welcomeProof.toString('hex') })), false));
     this.authenticated = true;
     this.peerRank = successor;
+    this.heartbeat.start();
     this.settleAuth?.();
   }
 
@@ -320,6 +399,7 @@ export class SendLink implements FrameSink {
 
   close(code: number, reason: string): void {
     this.onBroken = undefined;
+    this.heartbeat.stop();
     this.queue.length = 0;
     if (!this.closing) {
       this.closing = true;
@@ -346,28 +426,47 @@ export class RecvLink implements FrameSink {
   private closing = false;
   /** Bytes read while `dataSink` was not ready; fed again by `resumeReading`. */
   private stash: Uint8Array | null = null;
+  private readonly heartbeat: Heartbeat;
 
   private constructor(
     private readonly config: LinkConfig,
     private readonly dataSink: DataSink,
     maxDataFrameBytes: number,
+    heartbeatTimeoutMs: number,
   ) {
     this.parser = new FrameParser({ expectMasked: false, maxTextBytes: MAX_AUTH_MESSAGE_BYTES, maxBinaryBytes: maxDataFrameBytes }, this);
+    const predecessor = predecessorOf(config.rank, config.worldSize);
+    this.heartbeat = new Heartbeat(
+      heartbeatTimeoutMs,
+      () => this.socket.write(encodeFrame(Opcode.Ping, EMPTY, true)),
+      () => this.fail(new LinkError(`no heartbeat from predecessor rank ${predecessor} for ${seconds(heartbeatTimeoutMs)}`, CloseCode.GoingAway)),
+      // Paused with data waiting (the collective has not started here): the predecessor is ahead
+      // of us, not gone, and its pings wait behind that data.
+      () => this.stash !== null,
+    );
   }
 
   /**
    * Connects to the predecessor at `address` (retrying while it refuses connections) and
    * authenticates. Rejects with the predecessor's close reason when it refuses this peer, or after
-   * `timeoutMs`.
+   * `timeoutMs`. Afterwards the link fails when the predecessor stays silent for
+   * `heartbeatTimeoutMs`.
    */
-  static async dial(address: { host: string; port: number }, config: LinkConfig, dataSink: DataSink, timeoutMs: number, maxDataFrameBytes: number): Promise<RecvLink> {
+  static async dial(
+    address: { host: string; port: number },
+    config: LinkConfig,
+    dataSink: DataSink,
+    timeoutMs: number,
+    maxDataFrameBytes: number,
+    heartbeatTimeoutMs: number,
+  ): Promise<RecvLink> {
     const deadline = Date.now() + timeoutMs;
     // Reads land in WebAssembly memory when SIMD is on, so reduce-scatter adds skip a copy. All
     // links of a process may share that region: each read is fully consumed (or copied to the
     // stash) inside its onread callback, before any other socket is read.
     const receiveBuffer = wasmInput() ?? Buffer.allocUnsafe(RECV_BUFFER_BYTES);
     for (;;) {
-      const link = new RecvLink(config, dataSink, maxDataFrameBytes);
+      const link = new RecvLink(config, dataSink, maxDataFrameBytes, heartbeatTimeoutMs);
       try {
         return await link.open(address, receiveBuffer, deadline);
       } catch (err) {
@@ -418,6 +517,7 @@ export class RecvLink implements FrameSink {
   /** onread callback: returns false to pause reading when the data sink is not ready. */
   private onRead(buffer: Uint8Array, bytes: number): boolean {
     if (this.closing) return true;
+    this.heartbeat.heard();
     try {
       let start = 0;
       if (this.handshakeBytes) {
@@ -523,6 +623,7 @@ export class RecvLink implements FrameSink {
         throw new LinkError(`predecessor rank ${predecessor} failed authentication (wrong token)`, CloseCode.AuthFailed);
       }
       this.authenticated = true;
+      this.heartbeat.start();
       this.settleAuth?.();
     } else {
       throw new LinkError(`unexpected authentication message ${String(message.type)}`);
@@ -530,6 +631,7 @@ export class RecvLink implements FrameSink {
   }
 
   private fail(err: LinkError): void {
+    this.heartbeat.stop();
     this.stopReading();
     if (!this.closing) {
       this.closing = true;
@@ -551,6 +653,7 @@ export class RecvLink implements FrameSink {
 
   close(code: number, reason: string): void {
     this.onBroken = undefined;
+    this.heartbeat.stop();
     this.stopReading();
     if (!this.closing) {
       this.closing = true;

@@ -29,7 +29,8 @@
  * frame breaks the ring: the pending operation rejects with an Error naming the peer rank and
  * the cause, this peer closes its links so the failure travels around the ring, and every later
  * operation rejects at once. A broken ring is not repaired: build a new one with a new
- * generation.
+ * generation. A link cut silently (no FIN, no RST) breaks the ring the same way once its
+ * neighbour has been silent for `heartbeatTimeoutMs` (each side pings the other, link.ts).
  *
  * Wire layout (see link.ts): rank r listens; r+1 connects to it. r sends to r+1 over the socket
  * accepted on its server (unmasked server frames) and receives from r-1 over the socket it
@@ -60,6 +61,11 @@ export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
  */
 export const MIN_CHUNK_BYTES = 4 * 1024;
 export const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
+/**
+ * A neighbour silent for this long counts as gone. It must exceed the longest time a rank's event
+ * loop is blocked (one micro-batch's forward and backward pass) plus one ping interval.
+ */
+export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 30_000;
 export const DEFAULT_HOST = '127.0.0.1';
 
 /** A pino-compatible logger (pino's Logger fits). */
@@ -85,6 +91,8 @@ export interface RingOptions {
   chunkBytes?: number;
   /** How long connect() waits for both links, default 30 s. */
   connectTimeoutMs?: number;
+  /** A connected link that hears nothing (data, ping or pong) for this long fails; default 30 s. */
+  heartbeatTimeoutMs?: number;
   logger?: RingLogger;
 }
 
@@ -117,6 +125,7 @@ export class RingPeer extends EventEmitter {
   private readonly config: LinkConfig;
   private readonly log: RingLogger;
   private readonly connectTimeoutMs: number;
+  private readonly heartbeatTimeoutMs: number;
   private server: http.Server | null = null;
   private listenAddress: PeerAddress;
   private sendLink: SendLink | null = null;
@@ -146,6 +155,10 @@ export class RingPeer extends EventEmitter {
     this.config = { rank, worldSize, token: opts.token, generation, chunkBytes };
     this.log = opts.logger ?? silentLogger;
     this.connectTimeoutMs = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    this.heartbeatTimeoutMs = opts.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS;
+    if (!Number.isFinite(this.heartbeatTimeoutMs) || this.heartbeatTimeoutMs <= 0) {
+      throw new RangeError(`heartbeatTimeoutMs must be a positive number, got ${this.heartbeatTimeoutMs}`);
+    }
     this.listenAddress = { host: opts.host ?? DEFAULT_HOST, port: opts.port ?? 0 };
   }
 
@@ -182,7 +195,7 @@ export class RingPeer extends EventEmitter {
 
   private onUpgrade(request: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
     const from = `${socket.remoteAddress}:${socket.remotePort}`;
-    SendLink.accept(request, socket, head, this.config, this.connectTimeoutMs).then(
+    SendLink.accept(request, socket, head, this.config, this.connectTimeoutMs, this.heartbeatTimeoutMs).then(
       (link) => {
         if (this.sendLink || this.closed || this.failure) {
           const reason = this.sendLink ? 'successor already connected' : 'ring is closed';
@@ -211,7 +224,7 @@ export class RingPeer extends EventEmitter {
     const predecessor = predecessorOf(this.rank, this.worldSize);
     const address = peers[predecessor]!;
     const maxFrameBytes = FRAME_HEADER_BYTES + this.chunkBytes;
-    const dial = RecvLink.dial(address, this.config, this.receiver, this.connectTimeoutMs, maxFrameBytes).then(
+    const dial = RecvLink.dial(address, this.config, this.receiver, this.connectTimeoutMs, maxFrameBytes, this.heartbeatTimeoutMs).then(
       (link) => {
         if (this.closed || this.failure) {
           link.close(CloseCode.Normal, 'ring is closed');

@@ -4,13 +4,18 @@
 //
 // Layout: MAGIC (8 bytes) | format version u32 LE | header length u32 LE | header JSON | payload.
 // The payload is the float32 tensors named in the header; its SHA-256 is in the header, so a
-// truncated or altered file is refused on load.
+// truncated or altered file is refused on load. Tensors are named `params`, `optimizer.NAME` for
+// each optimizer state tensor (Adam's m and v, SGD's momentum) and `ema` when the run keeps a
+// moving average of the weights; every one is as long as the parameter vector.
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 
 const MAGIC = Buffer.from('VITDCKPT', 'ascii');
-export const CHECKPOINT_FORMAT_VERSION = 1;
+/** Version 2: named optimizer state tensors and an optional EMA (version 1 held only Adam's m and v). */
+export const CHECKPOINT_FORMAT_VERSION = 2;
+const OPTIMIZER_PREFIX = 'optimizer.';
+const EMA_TENSOR = 'ema';
 const PREAMBLE_BYTES = MAGIC.length + 8;
 /** Checkpoint files are named step-<zero-padded step>.ckpt, so names sort by step. */
 const FILE_PATTERN = /^step-(\d{9})\.ckpt$/;
@@ -35,14 +40,15 @@ export interface CheckpointMeta {
 
 export interface CheckpointState {
   params: Float32Array;
-  /** AdamW first and second moments, gathered from every rank's shard. */
-  m: Float32Array;
-  v: Float32Array;
+  /** The optimizer's named state tensors (e.g. Adam's m and v), gathered from every rank's shard. */
+  optimizerState: Record<string, Float32Array>;
+  /** The moving average of the weights, or null when the run keeps none. */
+  ema: Float32Array | null;
 }
 
 interface Header extends CheckpointMeta {
   format: number;
-  tensors: { name: keyof CheckpointState; offset: number; length: number }[];
+  tensors: { name: string; offset: number; length: number }[];
   payloadBytes: number;
   payloadSha256: string;
 }
@@ -62,17 +68,25 @@ function asBytes(array: Float32Array): Buffer {
   return Buffer.from(array.buffer, array.byteOffset, array.byteLength);
 }
 
+/** The state's tensors under their file names, in the order they are written. */
+function namedTensors(state: CheckpointState): [string, Float32Array][] {
+  const named: [string, Float32Array][] = [['params', state.params]];
+  for (const name of Object.keys(state.optimizerState).sort()) named.push([`${OPTIMIZER_PREFIX}${name}`, state.optimizerState[name]!]);
+  if (state.ema) named.push([EMA_TENSOR, state.ema]);
+  return named;
+}
+
 /** Writes a checkpoint into `dir` atomically and prunes old ones; returns the file's path. */
 export function writeCheckpoint(dir: string, meta: CheckpointMeta, state: CheckpointState, keep = DEFAULT_KEEP_CHECKPOINTS): string {
   mkdirSync(dir, { recursive: true });
-  const order: (keyof CheckpointState)[] = ['params', 'm', 'v'];
+  const named = namedTensors(state);
   const hash = createHash('sha256');
   const tensors: Header['tensors'] = [];
   let offset = 0;
-  for (const name of order) {
-    tensors.push({ name, offset, length: state[name].length });
-    hash.update(asBytes(state[name]));
-    offset += state[name].byteLength;
+  for (const [name, tensor] of named) {
+    tensors.push({ name, offset, length: tensor.length });
+    hash.update(asBytes(tensor));
+    offset += tensor.byteLength;
   }
   const header: Header = { format: CHECKPOINT_FORMAT_VERSION, ...meta, tensors, payloadBytes: offset, payloadSha256: hash.digest('hex') };
   const headerBytes = Buffer.from(JSON.stringify(header), 'utf8');
@@ -85,7 +99,7 @@ export function writeCheckpoint(dir: string, meta: CheckpointMeta, state: Checkp
   const tempPath = join(dir, `.${checkpointFileName(meta.step)}.${process.pid}.tmp`);
   const fd = openSync(tempPath, 'w');
   try {
-    for (const chunk of [preamble, headerBytes, ...order.map((n) => asBytes(state[n]))]) {
+    for (const chunk of [preamble, headerBytes, ...named.map(([, tensor]) => asBytes(tensor))]) {
       let written = 0;
       while (written < chunk.length) written += writeSync(fd, chunk, written, chunk.length - written);
     }
@@ -155,13 +169,19 @@ export function readCheckpoint(path: string): LoadedCheckpoint {
   }
   // Copy into fresh, aligned buffers: the payload's byte offset in the file need not be a multiple of 4.
   const aligned = new Uint8Array(payload).buffer;
-  const tensor = (name: keyof CheckpointState): Float32Array => {
-    const entry = header.tensors.find((t) => t.name === name);
-    if (!entry) throw new CheckpointError(path, `missing tensor "${name}"`);
-    return new Float32Array(aligned, entry.offset, entry.length);
-  };
+  const state: CheckpointState = { params: new Float32Array(0), optimizerState: {}, ema: null };
+  let hasParams = false;
+  for (const entry of header.tensors) {
+    if (entry.length !== header.numParams) throw new CheckpointError(path, `tensor "${entry.name}" has ${entry.length} elements, the model ${header.numParams}`);
+    const tensor = new Float32Array(aligned, entry.offset, entry.length);
+    if (entry.name === 'params') [state.params, hasParams] = [tensor, true];
+    else if (entry.name === EMA_TENSOR) state.ema = tensor;
+    else if (entry.name.startsWith(OPTIMIZER_PREFIX)) state.optimizerState[entry.name.slice(OPTIMIZER_PREFIX.length)] = tensor;
+    else throw new CheckpointError(path, `unknown tensor "${entry.name}"`);
+  }
+  if (!hasParams) throw new CheckpointError(path, 'missing tensor "params"');
   const { format: _format, tensors: _tensors, payloadBytes: _payloadBytes, payloadSha256: _sha, ...meta } = header;
-  return { path, meta, state: { params: tensor('params'), m: tensor('m'), v: tensor('v') } };
+  return { path, meta, state };
 }
 
 /** The newest checkpoint under a run directory (OUT or OUT/checkpoints), or null when there is none. */

@@ -10,7 +10,7 @@ import type { ResumeState, WorkerMessage } from '../comm/control.ts';
 import { EpochSampler } from '../data/sampler.ts';
 import { paramDigest } from '../train/digest.ts';
 import { totalSteps, type Recipe } from '../train/recipe.ts';
-import { learningRate } from '../train/schedule.ts';
+import { learningRate, recipeSchedule } from '../train/schedule.ts';
 import type { Logger } from '../cli/logging.ts';
 import { writeCheckpoint, type CheckpointMeta, type CheckpointState } from './checkpoint.ts';
 import type { MetricsLog } from './metrics.ts';
@@ -112,7 +112,8 @@ export class Generation {
     const sampler = new EpochSampler(trainSize, recipe.globalBatch, recipe.seed);
     const steps = totalSteps(recipe, sampler.stepsPerEpoch);
     if (this.start.step >= steps) throw new RunError(`the checkpoint is at step ${this.start.step}, the run has only ${steps} steps: nothing to do`);
-    const schedule = { baseLr: recipe.optimizer.lr, minLr: recipe.schedule.minLr, warmupSteps: recipe.schedule.warmupSteps, totalSteps: steps };
+    // The recipe's lr scaled for its global batch; warmup epochs resolved to steps.
+    const schedule = recipeSchedule(recipe, sampler.stepsPerEpoch, steps);
     progress.begin(steps, this.start.step);
     let testAccuracy: number | null = null;
     let optimizerStep = this.start.checkpoint?.meta.optimizerStep ?? 0;
@@ -218,15 +219,26 @@ export class Generation {
     const { generation, worldSize } = this;
     for (const link of this.members) link.send({ type: 'snapshot', generation, step: completed });
     const shards = await this.gather('snapshotData', this.context.stepTimeoutMs);
-    const state: CheckpointState = { params: new Float32Array(numParams), m: new Float32Array(numParams), v: new Float32Array(numParams) };
+    // Every rank keeps the same optimizer, so rank 0's state names and EMA are what all must send.
+    const names = Object.keys(shards[0]!.optimizerState).sort();
+    const hasEma = shards[0]!.ema !== null;
+    const state: CheckpointState = {
+      params: new Float32Array(numParams),
+      optimizerState: Object.fromEntries(names.map((name) => [name, new Float32Array(numParams)])),
+      ema: hasEma ? new Float32Array(numParams) : null,
+    };
     shards.forEach((shard, rank) => {
       const { start, end } = shardRange(numParams, worldSize, rank);
-      if (shard.start !== start || shard.end !== end || shard.params.length !== end - start || shard.m.length !== end - start || shard.v.length !== end - start) {
+      const tensors = [shard.params, ...Object.values(shard.optimizerState), ...(shard.ema ? [shard.ema] : [])];
+      if (shard.start !== start || shard.end !== end || tensors.some((t) => t.length !== end - start)) {
         throw new RunError(`rank ${rank} sent a snapshot of [${shard.start}, ${shard.end}), expected [${start}, ${end})`);
       }
+      if (Object.keys(shard.optimizerState).sort().join() !== names.join() || (shard.ema !== null) !== hasEma) {
+        throw new RunError(`rank ${rank} sent optimizer state [${Object.keys(shard.optimizerState).join(', ')}]${shard.ema ? ' and an EMA' : ''}, rank 0 [${names.join(', ')}]${hasEma ? ' and an EMA' : ''}`);
+      }
       state.params.set(shard.params, start);
-      state.m.set(shard.m, start);
-      state.v.set(shard.v, start);
+      for (const name of names) state.optimizerState[name]!.set(shard.optimizerState[name]!, start);
+      if (shard.ema) state.ema!.set(shard.ema, start);
     });
     const assembled = paramDigest(state.params);
     if (assembled !== digest) throw new RunError(`the snapshot shards assemble to digest ${assembled}, but every rank reported ${digest}`);
@@ -244,9 +256,10 @@ function checkDigests(digests: string[], step: number): string {
   return digests[0]!;
 }
 
-/** What rank `rank` of `worldSize` needs from a checkpoint: all parameters, its shard of the moments. */
+/** What rank `rank` of `worldSize` needs from a checkpoint: all parameters, its shard of the optimizer state and EMA. */
 function resumeShard(checkpoint: { meta: CheckpointMeta; state: CheckpointState }, worldSize: number, rank: number): ResumeState {
   const { start, end } = shardRange(checkpoint.meta.numParams, worldSize, rank);
   const { state, meta } = checkpoint;
-  return { params: state.params, m: state.m.slice(start, end), v: state.v.slice(start, end), optimizerStep: meta.optimizerStep };
+  const optimizerState = Object.fromEntries(Object.entries(state.optimizerState).map(([name, tensor]) => [name, tensor.slice(start, end)]));
+  return { params: state.params, optimizerState, ema: state.ema?.slice(start, end) ?? null, optimizerStep: meta.optimizerStep };
 }

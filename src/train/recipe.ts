@@ -4,17 +4,20 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { DecayConvention, OptimizerName } from './optimizer.ts';
+import type { LrScalingRule } from './schedule.ts';
 
 export const RECIPES_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'recipes');
 
 export interface Recipe {
   name: string;
   description: string;
-  /** A model name from the registry (src/model/registry.ts). */
+  /** A model name from the registry (src/model/registry.ts), timm's names. */
   model: string;
   /** Changes to the named model's architecture, as timm.create_model(name, **kwargs) takes them. */
   modelArgs: Partial<Record<(typeof MODEL_ARG_KEYS)[number], number>>;
-  data: { dataset: 'fashion-mnist'; path: string };
+  /** 'imagefolder': torchvision's ImageFolder layout (PATH/train/CLASS/*.JPEG, PATH/val/...), as DeiT reads ImageNet. */
+  data: { dataset: 'fashion-mnist'; path: string } | { dataset: 'imagefolder'; path: string };
   /** Images per optimizer step over all workers together; independent of the worker count. */
   globalBatch: number;
   /** Images per forward/backward pass on a worker; a worker accumulates gradients over its slice. */
@@ -22,10 +25,29 @@ export interface Recipe {
   epochs: number;
   /** When set, the run length in steps (overrides epochs). */
   steps: number | null;
-  optimizer: { name: 'adamw'; lr: number; beta1: number; beta2: number; eps: number; weightDecay: number };
-  schedule: { warmupSteps: number; minLr: number };
+  /** Adam and AdamW take beta1, beta2, eps and decayConvention; SGD takes momentum (src/train/optimizer.ts). */
+  optimizer: {
+    name: OptimizerName;
+    /** Base learning rate at lrScaling.referenceBatch; the schedule's peak is this scaled for globalBatch. */
+    lr: number;
+    beta1?: number;
+    beta2?: number;
+    eps?: number;
+    momentum?: number;
+    weightDecay: number;
+    decayConvention?: DecayConvention;
+  };
+  lrScaling: { rule: LrScalingRule; referenceBatch: number };
+  /** Exactly one of warmupSteps and warmupEpochs is set. */
+  schedule: { warmupSteps: number | null; warmupEpochs: number | null; minLr: number };
   /** Global-norm clipping threshold; 0 disables clipping. */
   clipNorm: number;
+  /** An exponential moving average of the weights, saved in checkpoints beside them; null: off. */
+  ema: { decay: number } | null;
+  /** Rates for the model's regularizers (dropout after attention/MLP, attention dropout, stochastic depth) and the loss's label smoothing. */
+  regularization: { dropout: number; attnDropout?: number; dropPath: number; labelSmoothing: number };
+  /** DeiT's distillation: the teacher (a model name or checkpoint path) and the loss mix. */
+  distillation: { mode: 'none' | 'soft' | 'hard'; alpha: number; tau: number; teacher: string | null };
   seed: number;
   /** Write a checkpoint every this many steps (and always at the end). */
   checkpointEvery: number;
@@ -43,21 +65,28 @@ export class RecipeError extends Error {
 /** The architecture fields a recipe may change (src/model/vit.ts VitConfig). */
 export const MODEL_ARG_KEYS = ['imageSize', 'patchSize', 'inChannels', 'numClasses', 'embedDim', 'depth', 'numHeads', 'mlpRatio'] as const;
 
-type FieldType =
+type FieldType = (
   | { kind: 'string'; oneOf?: readonly string[] }
-  | { kind: 'number'; min?: number; max?: number; integer?: boolean; nullable?: boolean; optional?: boolean }
+  | { kind: 'number'; min?: number; max?: number; integer?: boolean }
   | { kind: 'object'; fields: Schema }
-  | { kind: 'stringMap' };
+  | { kind: 'stringMap' }
+) & {
+  /** null is a valid value. */
+  nullable?: boolean;
+  /** The key may be left out. */
+  optional?: boolean;
+};
 type Schema = Record<string, FieldType>;
 
 const positiveInteger: FieldType = { kind: 'number', integer: true, min: 1 };
+const rate: FieldType = { kind: 'number', min: 0, max: 1 };
 
 export const RECIPE_SCHEMA: Schema = {
   name: { kind: 'string' },
   description: { kind: 'string' },
   model: { kind: 'string' },
   modelArgs: { kind: 'object', fields: Object.fromEntries(MODEL_ARG_KEYS.map((k) => [k, { kind: 'number', min: 1, optional: true }])) },
-  data: { kind: 'object', fields: { dataset: { kind: 'string', oneOf: ['fashion-mnist'] }, path: { kind: 'string' } } },
+  data: { kind: 'object', fields: { dataset: { kind: 'string', oneOf: ['fashion-mnist', 'imagefolder'] }, path: { kind: 'string' } } },
   globalBatch: positiveInteger,
   microBatch: positiveInteger,
   epochs: { kind: 'number', min: 0 },
@@ -65,20 +94,49 @@ export const RECIPE_SCHEMA: Schema = {
   optimizer: {
     kind: 'object',
     fields: {
-      name: { kind: 'string', oneOf: ['adamw'] },
+      name: { kind: 'string', oneOf: ['adam', 'adamw', 'sgd'] },
       lr: { kind: 'number', min: 0 },
-      beta1: { kind: 'number', min: 0, max: 1 },
-      beta2: { kind: 'number', min: 0, max: 1 },
-      eps: { kind: 'number', min: 0 },
+      beta1: { ...rate, optional: true },
+      beta2: { ...rate, optional: true },
+      eps: { kind: 'number', min: 0, optional: true },
+      momentum: { ...rate, optional: true },
       weightDecay: { kind: 'number', min: 0 },
+      decayConvention: { kind: 'string', oneOf: ['lr-scaled', 'absolute'], optional: true },
     },
   },
-  schedule: { kind: 'object', fields: { warmupSteps: { kind: 'number', integer: true, min: 0 }, minLr: { kind: 'number', min: 0 } } },
+  lrScaling: { kind: 'object', fields: { rule: { kind: 'string', oneOf: ['none', 'linear', 'sqrt'] }, referenceBatch: positiveInteger } },
+  schedule: {
+    kind: 'object',
+    fields: {
+      warmupSteps: { kind: 'number', integer: true, min: 0, nullable: true },
+      warmupEpochs: { kind: 'number', min: 0, nullable: true },
+      minLr: { kind: 'number', min: 0 },
+    },
+  },
   clipNorm: { kind: 'number', min: 0 },
+  ema: { kind: 'object', nullable: true, fields: { decay: rate } },
+  regularization: { kind: 'object', fields: { dropout: rate, attnDropout: { ...rate, optional: true }, dropPath: rate, labelSmoothing: rate } },
+  distillation: {
+    kind: 'object',
+    fields: {
+      mode: { kind: 'string', oneOf: ['none', 'soft', 'hard'] },
+      alpha: rate,
+      tau: { kind: 'number', min: 0 },
+      teacher: { kind: 'string', nullable: true },
+    },
+  },
   seed: { kind: 'number', integer: true, min: 0 },
   checkpointEvery: positiveInteger,
   sources: { kind: 'stringMap' },
 };
+
+/** The optimizer fields each optimizer takes beyond name, lr and weightDecay; any other is an error. */
+const OPTIMIZER_FIELDS: Record<OptimizerName, readonly string[]> = {
+  adam: ['beta1', 'beta2', 'eps', 'decayConvention'],
+  adamw: ['beta1', 'beta2', 'eps', 'decayConvention'],
+  sgd: ['momentum'],
+};
+const OPTIONAL_OPTIMIZER_FIELDS = new Set(Object.values(OPTIMIZER_FIELDS).flat());
 
 function describe(value: unknown): string {
   return value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value;
@@ -95,7 +153,7 @@ function validateObject(value: unknown, schema: Schema, path: string, where: str
   for (const [key, type] of Object.entries(schema)) {
     const name = `${path}${key}`;
     if (!(key in record)) {
-      if (type.kind === 'number' && type.optional) continue;
+      if (type.optional) continue;
       throw new RecipeError(`${where}: missing key "${name}"`);
     }
     validateField(record[key], type, name, where);
@@ -103,19 +161,21 @@ function validateObject(value: unknown, schema: Schema, path: string, where: str
 }
 
 function validateField(value: unknown, type: FieldType, name: string, where: string): void {
+  if (value === null && type.nullable) return;
+  const orNull = type.nullable ? ' or null' : '';
   switch (type.kind) {
     case 'string':
-      if (typeof value !== 'string') throw new RecipeError(`${where}: "${name}" must be a string, got ${describe(value)}`);
+      if (typeof value !== 'string') throw new RecipeError(`${where}: "${name}" must be a string${orNull}, got ${describe(value)}`);
       if (type.oneOf && !type.oneOf.includes(value)) throw new RecipeError(`${where}: "${name}" must be one of ${type.oneOf.join(', ')}, got "${value}"`);
       return;
     case 'number':
-      if (value === null && type.nullable) return;
-      if (typeof value !== 'number' || !Number.isFinite(value)) throw new RecipeError(`${where}: "${name}" must be a finite number${type.nullable ? ' or null' : ''}, got ${describe(value)}`);
+      if (typeof value !== 'number' || !Number.isFinite(value)) throw new RecipeError(`${where}: "${name}" must be a finite number${orNull}, got ${describe(value)}`);
       if (type.integer && !Number.isInteger(value)) throw new RecipeError(`${where}: "${name}" must be an integer, got ${value}`);
       if (type.min !== undefined && value < type.min) throw new RecipeError(`${where}: "${name}" must be at least ${type.min}, got ${value}`);
       if (type.max !== undefined && value > type.max) throw new RecipeError(`${where}: "${name}" must be at most ${type.max}, got ${value}`);
       return;
     case 'object':
+      if (type.nullable && (typeof value !== 'object' || Array.isArray(value))) throw new RecipeError(`${where}: "${name}" must be an object or null, got ${describe(value)}`);
       validateObject(value, type.fields, `${name}.`, where);
       return;
     case 'stringMap':
@@ -132,7 +192,26 @@ export function validateRecipe(value: unknown, where: string): Recipe {
   const recipe = value as Recipe;
   if (recipe.microBatch > recipe.globalBatch) throw new RecipeError(`${where}: "microBatch" (${recipe.microBatch}) is larger than "globalBatch" (${recipe.globalBatch})`);
   if (recipe.steps === null && recipe.epochs <= 0) throw new RecipeError(`${where}: set "epochs" above 0 or "steps"`);
+  validateOptimizerFields(recipe.optimizer, where);
+  const { warmupSteps, warmupEpochs } = recipe.schedule;
+  if ((warmupSteps === null) === (warmupEpochs === null)) {
+    throw new RecipeError(`${where}: set exactly one of "schedule.warmupSteps" and "schedule.warmupEpochs" (the other null), got ${warmupSteps} and ${warmupEpochs}`);
+  }
+  const { mode, teacher } = recipe.distillation;
+  if ((mode === 'none') !== (teacher === null)) {
+    throw new RecipeError(`${where}: "distillation.teacher" must be null when "distillation.mode" is none and a teacher otherwise, got mode ${mode} and teacher ${JSON.stringify(teacher)}`);
+  }
   return recipe;
+}
+
+/** Each optimizer takes exactly its own fields: a missing one or one of another optimizer is an error naming it. */
+function validateOptimizerFields(optimizer: Recipe['optimizer'], where: string): void {
+  const wanted = new Set(OPTIMIZER_FIELDS[optimizer.name]);
+  for (const field of OPTIONAL_OPTIMIZER_FIELDS) {
+    const present = field in optimizer;
+    if (wanted.has(field) && !present) throw new RecipeError(`${where}: missing key "optimizer.${field}" (${optimizer.name} needs ${[...wanted].join(', ')})`);
+    if (!wanted.has(field) && present) throw new RecipeError(`${where}: "optimizer.${field}" does not apply to ${optimizer.name} (it takes ${[...wanted].join(', ')})`);
+  }
 }
 
 /** Loads a recipe by name (recipes/NAME.json) or by path to a JSON file. */

@@ -1,6 +1,7 @@
 // One rank's share of a training step, in data-path order:
 //   data -> model (forward/backward per micro-batch, gradients summed) -> ring reduce-scatter ->
-//   mean and global-norm clip -> AdamW on this rank's shard -> ring all-gather -> weights.
+//   mean and global-norm clip -> the optimizer (and the weights' EMA) on this rank's shard ->
+//   ring all-gather -> weights.
 // Every rank ends a step holding the same parameter bits, which `paramDigest` lets the
 // coordinator check.
 import type { EvalCounts, ResumeState, ShardSnapshot, StepReport } from '../comm/control.ts';
@@ -8,9 +9,10 @@ import type { RingPeer } from '../comm/ring.ts';
 import { shardRange, type ElementRange } from '../comm/shard.ts';
 import type { ImageDataset } from '../data/fashion-mnist.ts';
 import type { VisionTransformer } from '../model/vit.ts';
-import { adamwStep, createAdamWState, type AdamWConfig, type AdamWState } from '../train/adamw.ts';
 import { clipFactor, sumOfSquares } from '../train/clip.ts';
 import { paramDigest } from '../train/digest.ts';
+import { ShardEma } from '../train/ema.ts';
+import { createShardOptimizer, type OptimizerConfig, type ShardOptimizer } from '../train/optimizer.ts';
 import { decayMask } from '../train/weight-decay.ts';
 
 export interface TrainerOptions {
@@ -19,7 +21,9 @@ export interface TrainerOptions {
   globalBatch: number;
   microBatch: number;
   clipNorm: number;
-  optimizer: AdamWConfig;
+  optimizer: OptimizerConfig;
+  /** The weights' moving average, or null for none. */
+  ema: { decay: number } | null;
 }
 
 function yieldToEventLoop(): Promise<void> {
@@ -33,7 +37,9 @@ export class ShardedTrainer {
   private readonly grad: Float32Array;
   /** This rank's slice of the flat parameter vector: the part whose optimizer state it owns. */
   readonly shard: ElementRange;
-  private readonly optimizerState: AdamWState;
+  private readonly optimizer: ShardOptimizer;
+  /** The moving average of this rank's shard of the weights, when the recipe keeps one. */
+  private readonly ema: ShardEma | null;
   private readonly shardDecayMask: Uint8Array;
   private readonly images: Float32Array;
   private readonly labels: Int32Array;
@@ -52,20 +58,22 @@ export class ShardedTrainer {
     this.grad = new Float32Array(model.numParams);
     this.shard = shardRange(model.numParams, options.worldSize, options.rank);
     const shardLength = this.shard.end - this.shard.start;
-    this.optimizerState = createAdamWState(shardLength);
-    if (resume) {
-      if (resume.m.length !== shardLength || resume.v.length !== shardLength) {
-        throw new Error(`resume state for rank ${options.rank} has ${resume.m.length} moments, its shard has ${shardLength}`);
-      }
-      this.optimizerState.m.set(resume.m);
-      this.optimizerState.v.set(resume.v);
-      this.optimizerState.step = resume.optimizerStep;
-    }
+    this.optimizer = createShardOptimizer(options.optimizer, shardLength);
+    if (resume) this.optimizer.restore(resume.optimizerState, resume.optimizerStep);
+    this.ema = options.ema ? new ShardEma(options.ema.decay, this.emaStart(resume)) : null;
     this.shardDecayMask = decayMask(model.params, model.numParams).subarray(this.shard.start, this.shard.end);
     this.imageSize = train.height * train.width * train.channels;
     this.images = new Float32Array(options.microBatch * this.imageSize);
     this.labels = new Int32Array(options.microBatch);
     model.setParams(this.params);
+  }
+
+  /** Where the average starts: the checkpoint's, or (fresh run, or EMA switched on at resume) the weights. */
+  private emaStart(resume: ResumeState | null): Float32Array {
+    const { start, end } = this.shard;
+    if (!resume?.ema) return this.params.subarray(start, end);
+    if (resume.ema.length !== end - start) throw new Error(`resume state for rank ${this.options.rank} has an EMA of ${resume.ema.length} elements, its shard has ${end - start}`);
+    return resume.ema;
   }
 
   digest(): string {
@@ -74,7 +82,7 @@ export class ShardedTrainer {
 
   /** Runs one optimizer step on this rank's slice of the global batch. */
   async step(step: number, indices: Uint32Array, lr: number): Promise<StepReport> {
-    const { microBatch, globalBatch, clipNorm, optimizer } = this.options;
+    const { microBatch, globalBatch, clipNorm } = this.options;
     const computeStart = performance.now();
     this.grad.fill(0);
     let lossSum = 0;
@@ -98,13 +106,9 @@ export class ShardedTrainer {
     for (let i = 0; i < grad.length; i++) grad[i]! *= inverseBatch;
     const [sumSquares] = await this.ring.allReduceScalars(Float64Array.of(sumOfSquares(grad)), step);
     const gradNorm = Math.sqrt(sumSquares!);
-    adamwStep(optimizer, this.optimizerState, {
-      params: this.params.subarray(this.shard.start, this.shard.end),
-      grad,
-      decayMask: this.shardDecayMask,
-      gradScale: clipFactor(gradNorm, clipNorm),
-      lr,
-    });
+    const shardParams = this.params.subarray(this.shard.start, this.shard.end);
+    this.optimizer.step(shardParams, grad, this.shardDecayMask, clipFactor(gradNorm, clipNorm), lr);
+    this.ema?.update(shardParams);
     await this.ring.allGather(this.params, step);
     const commMs = performance.now() - commStart;
 
@@ -113,7 +117,7 @@ export class ShardedTrainer {
   }
 
   /** Loss and correct count over samples [start, end) of `data`, in micro-batches. */
-  evaluate(data: ImageDataset, start: number, end: number): EvalCounts {
+  async evaluate(data: ImageDataset, start: number, end: number): Promise<EvalCounts> {
     const { microBatch } = this.options;
     const indices = new Uint32Array(end - start).map((_, i) => start + i);
     let lossSum = 0;
@@ -124,13 +128,15 @@ export class ShardedTrainer {
       const result = this.model.evaluate(this.images.subarray(0, batch.length * this.imageSize), this.labels.subarray(0, batch.length), batch.length);
       lossSum += result.lossSum;
       correct += result.correct;
+      await yieldToEventLoop();
     }
     return { lossSum, correct, count: indices.length };
   }
 
-  /** Copies of this rank's shard of the parameters and optimizer state, for a checkpoint. */
+  /** Copies of this rank's shard of the parameters, optimizer state and EMA, for a checkpoint. */
   snapshot(): ShardSnapshot {
     const { start, end } = this.shard;
-    return { start, end, params: this.params.slice(start, end), m: this.optimizerState.m.slice(), v: this.optimizerState.v.slice(), optimizerStep: this.optimizerState.step };
+    const optimizerState = Object.fromEntries(Object.entries(this.optimizer.state()).map(([name, tensor]) => [name, tensor.slice()]));
+    return { start, end, params: this.params.slice(start, end), optimizerState, ema: this.ema?.values.slice() ?? null, optimizerStep: this.optimizer.steps };
   }
 }

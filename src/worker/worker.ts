@@ -18,6 +18,7 @@ import { selectBackend, type BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { VisionTransformer } from '../model/vit.ts';
 import type { Logger } from '../cli/logging.ts';
+import { optimizerConfigOf } from '../train/optimizer.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { ShardedTrainer } from './trainer.ts';
 
@@ -249,7 +250,7 @@ class WorkerSession {
           throw new SetupError(`the checkpoint holds ${message.resume.params.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`);
         }
         logger.info({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, startStep: message.startStep }, 'assigned');
-        this.ring = await RingPeer.listen({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, token: this.options.token, host: this.options.ringHost, port: this.options.ringPort, logger });
+        this.ring = await RingPeer.listen({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, token: this.options.token, host: this.options.ringHost, port: this.options.ringPort, heartbeatTimeoutMs: this.options.heartbeatTimeoutMs, logger });
         this.pendingResume = message.resume;
         this.send({ type: 'ringListening', generation: message.generation, rank: message.rank, ring: { host: this.options.advertiseHost, port: this.options.advertisePort ?? this.ring.address.port } });
         return;
@@ -263,7 +264,7 @@ class WorkerSession {
         this.pendingResume = null;
         const { recipe, model, train, test } = bench;
         this.trainer = new ShardedTrainer(model, ring, train, {
-          rank: this.rank, worldSize: this.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: recipe.optimizer,
+          rank: this.rank, worldSize: this.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: optimizerConfigOf(recipe), ema: recipe.ema,
         }, resume ? resume.params : model.initParams(recipe.seed), resume);
         this.send({ type: 'ready', generation: this.generation, rank: this.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: test.size });
         return;
@@ -274,7 +275,7 @@ class WorkerSession {
         return;
       }
       case 'eval': {
-        const result = this.requireTrainer().evaluate(this.state.workbench!.test, message.start, message.end);
+        const result = await this.requireTrainer().evaluate(this.state.workbench!.test, message.start, message.end);
         this.send({ type: 'evalDone', generation: message.generation, step: message.step, ...result });
         return;
       }
@@ -296,6 +297,8 @@ class WorkerSession {
     const key = JSON.stringify(recipe);
     const cached = this.state.workbench;
     if (cached && cached.key === key) return cached;
+    // The recipe schema admits ImageNet-style folders ahead of their loader.
+    if (recipe.data.dataset !== 'fashion-mnist') throw new SetupError(`recipe ${recipe.name}: data set "${recipe.data.dataset}" cannot be loaded by this worker yet (it reads fashion-mnist)`);
     const train = loadDataset(recipe.data, 'train');
     const model = new VisionTransformer(createModelConfig(recipe.model, recipe.modelArgs));
     const { imageSize, inChannels, numClasses } = model.config;

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { proveToken } from '../../src/comm/auth.ts';
-import { CLOSE_CODES, controlProofContext, decodeCoordinatorMessage, encodeMessage } from '../../src/comm/control.ts';
+import { CLOSE_CODES, CONTROL_PROTOCOL_VERSION, controlProofContext, decodeCoordinatorMessage, encodeMessage } from '../../src/comm/control.ts';
 import { latestCheckpoint, readCheckpoint } from '../../src/coordinator/checkpoint.ts';
 import { MICRO_RECIPE, TOKEN, needsData, run, start, startCoordinator, tempRunDir, waitUntil } from './cluster.ts';
 
@@ -27,7 +27,7 @@ async function rawHello(url: string, hello: (challenge: { runId: string; nonce: 
   });
 }
 
-const validHello = (c: { runId: string; nonce: Uint8Array }, protocol = 1, token = TOKEN) => ({
+const validHello = (c: { runId: string; nonce: Uint8Array }, protocol = CONTROL_PROTOCOL_VERSION, token = TOKEN) => ({
   type: 'hello', protocol, proof: proveToken(token, c.nonce, controlProofContext(c.runId)), ring: { host: '127.0.0.1', port: 1 }, backend: 'none', host: 'test', pid: 1,
 });
 
@@ -38,7 +38,7 @@ test('the coordinator refuses a wrong token, a wrong protocol version and malfor
     assert.deepEqual(wrongToken, { code: CLOSE_CODES.badToken, reason: 'wrong token' });
     const wrongVersion = await rawHello(url, (c) => validHello(c, 999));
     assert.equal(wrongVersion.code, CLOSE_CODES.badProtocol);
-    assert.match(wrongVersion.reason, /protocol version 999 is not supported; the coordinator speaks version 1/);
+    assert.match(wrongVersion.reason, new RegExp(`protocol version 999 is not supported; the coordinator speaks version ${CONTROL_PROTOCOL_VERSION}`));
     const junkHello = await rawHello(url, () => ({ type: 'launch-missiles' }));
     assert.equal(junkHello.code, CLOSE_CODES.badMessage);
     assert.match(junkHello.reason, /unknown message type "launch-missiles"/);

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WebSocket } from 'ws';
 import { proveToken } from '../../src/comm/auth.ts';
-import { controlProofContext, decodeCoordinatorMessage, encodeMessage } from '../../src/comm/control.ts';
+import { CONTROL_PROTOCOL_VERSION, controlProofContext, decodeCoordinatorMessage, encodeMessage } from '../../src/comm/control.ts';
 import { Mulberry32 } from '../../src/data/random.ts';
 import { MICRO_RECIPE, TOKEN, needsData, start, startCoordinator, stepRecords, tempRunDir } from './cluster.ts';
 
@@ -38,7 +38,7 @@ function fuzzOnce(url: string, strategy: Strategy, rng: Mulberry32): Promise<num
     ws.once('message', (data: Buffer) => {
       const challenge = decodeCoordinatorMessage(data, 'coordinator');
       if (challenge.type !== 'challenge') return ws.terminate();
-      const hello = encodeMessage({ type: 'hello', protocol: 1, proof: proveToken(TOKEN, challenge.nonce, controlProofContext(challenge.runId)), backend: 'fuzz', host: 'fuzz', pid: 1 });
+      const hello = encodeMessage({ type: 'hello', protocol: CONTROL_PROTOCOL_VERSION, proof: proveToken(TOKEN, challenge.nonce, controlProofContext(challenge.runId)), backend: 'fuzz', host: 'fuzz', pid: 1 });
       if (strategy === 'random-bytes') return ws.send(randomBytes(rng, 300));
       if (strategy === 'mutated-hello') return ws.send(mutate(hello, rng));
       ws.send(hello);

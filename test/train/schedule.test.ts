@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { learningRate } from '../../src/train/schedule.ts';
+import { learningRate, peakLearningRate, recipeSchedule, scaleLearningRate, warmupStepsOf } from '../../src/train/schedule.ts';
+import { loadRecipe } from '../../src/train/recipe.ts';
 
 const config = { baseLr: 1e-3, minLr: 1e-5, warmupSteps: 10, totalSteps: 110 };
 
@@ -23,4 +24,27 @@ test('no warmup starts at the base rate; out-of-range steps are refused', () => 
   assert.equal(learningRate({ ...config, warmupSteps: 0 }, 0), 1e-3);
   assert.throws(() => learningRate(config, 110), /outside/);
   assert.throws(() => learningRate(config, -1), /outside/);
+});
+
+test('lr scaling rules: none, linear (DeiT: x batch / 512), square root', () => {
+  assert.equal(scaleLearningRate(5e-4, 'none', 1024, 512), 5e-4);
+  assert.equal(scaleLearningRate(5e-4, 'linear', 1024, 512), 1e-3);
+  assert.equal(scaleLearningRate(5e-4, 'linear', 256, 512), 2.5e-4);
+  assert.equal(scaleLearningRate(1e-3, 'sqrt', 1024, 4096), 5e-4);
+  assert.equal(scaleLearningRate(1e-3, 'sqrt', 4096, 4096), 1e-3);
+});
+
+test('warmup in epochs resolves to whole steps; warmup in steps is taken as is', () => {
+  assert.equal(warmupStepsOf({ warmupSteps: null, warmupEpochs: 5, minLr: 0 }, 1251), 6255);
+  assert.equal(warmupStepsOf({ warmupSteps: null, warmupEpochs: 0.5, minLr: 0 }, 117), 59);
+  assert.equal(warmupStepsOf({ warmupSteps: 50, warmupEpochs: null, minLr: 0 }, 117), 50);
+});
+
+test("a recipe's schedule: scaled peak, resolved warmup, its floor and length", () => {
+  const deit = loadRecipe('deit-tiny');
+  const stepsPerEpoch = Math.floor(1_281_167 / deit.globalBatch);
+  assert.deepEqual(recipeSchedule(deit, stepsPerEpoch, 300 * stepsPerEpoch), { baseLr: 1e-3, minLr: 1e-5, warmupSteps: 5 * stepsPerEpoch, totalSteps: 300 * stepsPerEpoch });
+  const fmnist = loadRecipe('fmnist-vit-tiny');
+  assert.deepEqual(recipeSchedule(fmnist, 117, 351), { baseLr: 0.002, minLr: 1e-5, warmupSteps: 50, totalSteps: 351 }, 'the main job\'s schedule is unchanged');
+  assert.equal(peakLearningRate({ ...fmnist, globalBatch: 2048, lrScaling: { rule: 'sqrt', referenceBatch: 512 } }), 0.004);
 });
