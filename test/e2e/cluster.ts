@@ -5,7 +5,9 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { MetricsRecord, StepRecord, EvalRecord } from '../../src/coordinator/metrics.ts';
+import assert from 'node:assert/strict';
+import { latestCheckpoint, readCheckpoint } from '../../src/coordinator/checkpoint.ts';
+import type { MetricsRecord, StepRecord, EvalRecord, RestartRecord } from '../../src/coordinator/metrics.ts';
 import { DEFAULT_FASHION_MNIST_DIR } from '../../src/data/fashion-mnist.ts';
 
 export const BIN = fileURLToPath(new URL('../../bin/vit-dist.js', import.meta.url));
@@ -128,4 +130,28 @@ export async function uninterruptedDigest(args: string[], timeoutMs: number): Pr
   const digest = stepRecords(out).at(-1)!.paramDigest;
   finalDigests.set(key, digest);
   return digest;
+}
+
+export function restartRecords(runDir: string): RestartRecord[] {
+  return readMetrics(runDir).filter((r): r is RestartRecord => r.kind === 'restart');
+}
+
+/** A predicate for waitUntil: the checkpoint of `step` exists in `runDir`. */
+export function checkpointAt(runDir: string, step: number): () => boolean {
+  return () => existsSync(join(runDir, 'checkpoints', `step-${String(step).padStart(9, '0')}.ckpt`));
+}
+
+/** Steps 1..steps recorded exactly once, the last one with `digest`, and the newest checkpoint agrees. */
+export function assertCompleteRun(runDir: string, steps: number, digest: string): void {
+  const records = stepRecords(runDir);
+  assert.deepEqual(records.map((s) => s.step), Array.from({ length: steps }, (_, i) => i + 1), 'each step recorded once');
+  assert.equal(records.at(-1)!.paramDigest, digest);
+  const latest = latestCheckpoint(runDir);
+  assert.ok(latest, 'a checkpoint exists');
+  assert.equal(readCheckpoint(latest).meta.paramDigest, digest);
+}
+
+/** A port below the kernel's ephemeral range (which starts at 32768 here), so it can be bound again later. */
+export function pickPort(): number {
+  return 20000 + Math.floor(Math.random() * 10000);
 }

@@ -34,7 +34,7 @@ const validHello = (c: { runId: string; nonce: Uint8Array }, protocol = CONTROL_
 test('the coordinator refuses a wrong token, a wrong protocol version and malformed messages', { timeout: 60_000 }, async () => {
   const { coordinator, url } = await startCoordinator(['--workers', '2', '--recipe', MICRO_RECIPE, '--out', tempRunDir('refuse'), '--join-timeout', '40'], 60_000);
   try {
-    const wrongToken = await rawHello(url, (c) => validHello(c, 1, 'wrong'));
+    const wrongToken = await rawHello(url, (c) => validHello(c, CONTROL_PROTOCOL_VERSION, 'wrong'));
     assert.deepEqual(wrongToken, { code: CLOSE_CODES.badToken, reason: 'wrong token' });
     const wrongVersion = await rawHello(url, (c) => validHello(c, 999));
     assert.equal(wrongVersion.code, CLOSE_CODES.badProtocol);

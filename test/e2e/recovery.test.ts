@@ -5,11 +5,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { readCheckpoint, latestCheckpoint } from '../../src/coordinator/checkpoint.ts';
-import type { RestartRecord } from '../../src/coordinator/metrics.ts';
-import { MICRO_RECIPE, TOKEN, killGroup, needsData, readMetrics, start, stepRecords, tempRunDir, uninterruptedDigest, waitUntil, type Running } from './cluster.ts';
+import {
+  MICRO_RECIPE, TOKEN, assertCompleteRun, checkpointAt, killGroup, needsData, pickPort, restartRecords, start, stepRecords, tempRunDir, uninterruptedDigest, waitUntil, type Running,
+} from './cluster.ts';
 import { FaultProxy } from './proxy.ts';
 
 const STEPS = 40;
@@ -18,29 +16,6 @@ const FAST_FAILURE = ['--heartbeat-timeout', '3', '--rejoin-timeout', '30'];
 const TIMEOUT_MS = 240_000;
 
 const expectedDigest = (): Promise<string> => uninterruptedDigest(['--workers', '2', '--backend', 'wasm', ...RUN], TIMEOUT_MS);
-
-function checkpointAt(out: string, step: number): () => boolean {
-  return () => existsSync(join(out, 'checkpoints', `step-${String(step).padStart(9, '0')}.ckpt`));
-}
-
-function restarts(out: string): RestartRecord[] {
-  return readMetrics(out).filter((r): r is RestartRecord => r.kind === 'restart');
-}
-
-/** Each step recorded exactly once, the last one with `digest`, and nothing corrupt in checkpoints/. */
-function assertCompleteRun(out: string, digest: string): void {
-  const steps = stepRecords(out);
-  assert.deepEqual(steps.map((s) => s.step), Array.from({ length: STEPS }, (_, i) => i + 1), 'each step recorded once');
-  assert.equal(steps.at(-1)!.paramDigest, digest);
-  const latest = latestCheckpoint(out);
-  assert.ok(latest);
-  assert.equal(readCheckpoint(latest).meta.paramDigest, digest);
-}
-
-/** A free port below the kernel's ephemeral range, so a restarted coordinator can take it again. */
-function pickPort(): number {
-  return 20000 + Math.floor(Math.random() * 10000);
-}
 
 async function stopAll(processes: Running[]): Promise<void> {
   for (const p of processes) p.child.kill('SIGKILL');
@@ -60,8 +35,8 @@ test('launch replaces a worker killed with -9 mid-run; the run ends as if nothin
     assert.equal(result.code, 0, result.stdout + result.stderr);
     assert.match(result.stdout, /local worker \d \(pid \d+\) exited with SIGKILL; starting a replacement \(1\/3\)/);
     assert.match(result.stdout, /done: 40 steps, 1 restart/);
-    assert.equal(restarts(out).length, 1);
-    assertCompleteRun(out, expected);
+    assert.equal(restartRecords(out).length, 1);
+    assertCompleteRun(out, STEPS, expected);
   } finally {
     killGroup(launch.child);
   }
@@ -82,10 +57,10 @@ test('a control link cut silently is detected by heartbeat; the worker reconnect
     assert.equal(proxy.freezeOpenConnections(), 1, 'one control connection goes through the proxy');
     const result = await coordinator.finished;
     assert.equal(result.code, 0, result.stdout + result.stderr);
-    const [restart] = restarts(out);
+    const [restart] = restartRecords(out);
     assert.ok(restart, 'the run restarted once');
     assert.match(restart.cause, /missed its heartbeat|failed: /);
-    assertCompleteRun(out, expected);
+    assertCompleteRun(out, STEPS, expected);
     assert.equal((await direct.finished).code, 0);
     assert.equal((await proxied.finished).code, 0);
   } finally {
@@ -107,8 +82,8 @@ test('a slow control link (every chunk delayed) changes nothing in the result', 
   try {
     const result = await coordinator.finished;
     assert.equal(result.code, 0, result.stdout + result.stderr);
-    assert.equal(restarts(out).length, 0);
-    assertCompleteRun(out, expected);
+    assert.equal(restartRecords(out).length, 0);
+    assertCompleteRun(out, STEPS, expected);
   } finally {
     await stopAll([coordinator, ...workers]);
     await proxy.close();
@@ -133,7 +108,7 @@ test('a coordinator killed with -9 and started again resumes from the run direct
     const result = await second.finished;
     assert.equal(result.code, 0, result.stdout + result.stderr);
     assert.match(result.stdout, /resuming from .*step-0000000[234]0\.ckpt/);
-    assertCompleteRun(out, expected);
+    assertCompleteRun(out, STEPS, expected);
     for (const w of workers) assert.equal((await w.finished).code, 0);
   } finally {
     await stopAll([first, ...workers, ...(second ? [second] : [])]);
@@ -141,10 +116,12 @@ test('a coordinator killed with -9 and started again resumes from the run direct
 });
 
 test('--min-workers: the run carries on with fewer workers, then takes a late replacement in at a checkpoint', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
+  // Long enough that one worker is still training when the late one has started up (seconds).
+  const steps = 400;
   const out = tempRunDir('min-workers');
   const port = pickPort();
   const coordinator = start(['coordinator', '--workers', '2', '--min-workers', '1', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN,
-    '--recipe', MICRO_RECIPE, '--steps', '60', '--checkpoint-every', '10', '--heartbeat-timeout', '3', '--rejoin-timeout', '1', '--out', out], { timeoutMs: TIMEOUT_MS });
+    '--recipe', MICRO_RECIPE, '--steps', String(steps), '--checkpoint-every', '10', '--heartbeat-timeout', '3', '--rejoin-timeout', '1', '--out', out], { timeoutMs: TIMEOUT_MS });
   await coordinator.waitFor(/listening on/, 30_000);
   const env = { VIT_DIST_TOKEN: TOKEN };
   const worker = (): Running => start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', '--heartbeat-timeout', '3'], { timeoutMs: TIMEOUT_MS, env });
@@ -158,14 +135,14 @@ test('--min-workers: the run carries on with fewer workers, then takes a late re
     late = worker();
     const result = await coordinator.finished;
     assert.equal(result.code, 0, result.stdout + result.stderr);
-    const steps = stepRecords(out);
-    assert.deepEqual(steps.map((s) => s.step), Array.from({ length: 60 }, (_, i) => i + 1));
-    assert.equal(steps[0]!.workers, 2);
-    assert.ok(steps.some((s) => s.workers === 1), 'some steps ran on one worker');
-    assert.equal(steps.at(-1)!.workers, 2, 'the late worker was taken in');
-    const causes = restarts(out).map((r) => r.cause);
+    const records = stepRecords(out);
+    assert.deepEqual(records.map((s) => s.step), Array.from({ length: steps }, (_, i) => i + 1));
+    assert.equal(records[0]!.workers, 2);
+    assert.ok(records.some((s) => s.workers === 1), 'some steps ran on one worker');
+    assert.equal(records.at(-1)!.workers, 2, 'the late worker was taken in');
+    const causes = restartRecords(out).map((r) => r.cause);
     assert.ok(causes.some((c) => /new workers join at the checkpoint/.test(c)), causes.join('\n'));
-    assert.ok(steps.every((s) => s.paramDigest.length === 16));
+    assert.ok(records.every((s) => s.paramDigest.length === 16));
   } finally {
     await stopAll([coordinator, survivor, victim, ...(late ? [late] : [])]);
   }

@@ -5,11 +5,9 @@
 // test), and a slow or narrow link must change nothing in the result.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { readCheckpoint, latestCheckpoint } from '../../src/coordinator/checkpoint.ts';
-import type { RestartRecord } from '../../src/coordinator/metrics.ts';
-import { MICRO_RECIPE, TOKEN, needsData, readMetrics, start, startCoordinator, stepRecords, tempRunDir, uninterruptedDigest, waitUntil, type Running } from './cluster.ts';
+import {
+  MICRO_RECIPE, TOKEN, assertCompleteRun, checkpointAt, needsData, pickPort, restartRecords, start, startCoordinator, tempRunDir, uninterruptedDigest, waitUntil, type Running,
+} from './cluster.ts';
 import { FaultProxy } from './proxy.ts';
 
 const STEPS = 40;
@@ -20,25 +18,6 @@ const TIMEOUT_MS = 240_000;
 const THROTTLE_BYTES_PER_SECOND = 100_000;
 
 const expectedDigest = (): Promise<string> => uninterruptedDigest(['--workers', '2', '--backend', 'wasm', ...RUN], TIMEOUT_MS);
-
-/** A free port below the kernel's ephemeral range (which starts at 32768), for --ring-port. */
-function pickPort(): number {
-  return 20000 + Math.floor(Math.random() * 10000);
-}
-
-function restarts(out: string): RestartRecord[] {
-  return readMetrics(out).filter((r): r is RestartRecord => r.kind === 'restart');
-}
-
-/** Each step recorded exactly once, the last one with `digest`, and the final checkpoint agrees. */
-function assertCompleteRun(out: string, digest: string): void {
-  const steps = stepRecords(out);
-  assert.deepEqual(steps.map((s) => s.step), Array.from({ length: STEPS }, (_, i) => i + 1), 'each step recorded once');
-  assert.equal(steps.at(-1)!.paramDigest, digest);
-  const latest = latestCheckpoint(out);
-  assert.ok(latest);
-  assert.equal(readCheckpoint(latest).meta.paramDigest, digest);
-}
 
 interface Cluster {
   coordinator: Running;
@@ -76,17 +55,17 @@ test('a ring link cut silently is caught by the ring heartbeat; the ring restart
   const out = tempRunDir('ring-cut');
   const cluster = await startCluster(out, () => undefined);
   try {
-    await waitUntil(() => existsSync(join(out, 'checkpoints', 'step-000000010.ckpt')), TIMEOUT_MS, 'the checkpoint at step 10');
+    await waitUntil(checkpointAt(out, 10), TIMEOUT_MS, 'the checkpoint at step 10');
     assert.equal(cluster.proxy.freezeOpenConnections(), 1, 'one ring link goes through the proxy');
     const result = await cluster.coordinator.finished;
     assert.equal(result.code, 0, result.stdout + result.stderr);
-    const records = restarts(out);
+    const records = restartRecords(out);
     assert.equal(records.length, 1, 'the run restarted once');
     // Whichever worker reports first: the one that timed out, or its neighbour, whose ring the
     // first one closed with that reason.
     assert.match(records[0]!.cause, /failed: .*no heartbeat from (predecessor|successor) rank [01] for 3 s/);
     assert.equal(records[0]!.step, 10, 'resumed from the checkpoint at step 10');
-    assertCompleteRun(out, expected);
+    assertCompleteRun(out, STEPS, expected);
     for (const worker of cluster.workers) assert.equal((await worker.finished).code, 0);
   } finally {
     await stopCluster(cluster);
@@ -101,8 +80,8 @@ test('a ring link delaying every chunk by 30 ms changes nothing in the result', 
     const result = await cluster.coordinator.finished;
     assert.equal(result.code, 0, result.stdout + result.stderr);
     assert.ok(cluster.proxy.bytesForwarded > 0, 'the ring link ran through the proxy');
-    assert.equal(restarts(out).length, 0);
-    assertCompleteRun(out, expected);
+    assert.equal(restartRecords(out).length, 0);
+    assertCompleteRun(out, STEPS, expected);
   } finally {
     await stopCluster(cluster);
   }
@@ -119,8 +98,8 @@ test('a throttled ring link changes nothing in the result', { skip: needsData, t
     // Each direction carries at most THROTTLE_BYTES_PER_SECOND: the run cannot have been faster.
     const minimumMs = (cluster.proxy.bytesForwarded / (2 * THROTTLE_BYTES_PER_SECOND)) * 1000;
     assert.ok(cluster.proxy.bytesForwarded > 0 && elapsedMs >= minimumMs, `${cluster.proxy.bytesForwarded} bytes through the proxy in ${elapsedMs} ms`);
-    assert.equal(restarts(out).length, 0);
-    assertCompleteRun(out, expected);
+    assert.equal(restartRecords(out).length, 0);
+    assertCompleteRun(out, STEPS, expected);
   } finally {
     await stopCluster(cluster);
   }

