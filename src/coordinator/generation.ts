@@ -195,7 +195,9 @@ export class Generation {
       if (first.numParams !== start.checkpoint.meta.numParams) throw new RunError(`the checkpoint holds ${start.checkpoint.meta.numParams} parameters but the recipe's model has ${first.numParams}`);
       if (digest !== start.checkpoint.meta.paramDigest) throw new RunError(`workers loaded the checkpoint but hold digest ${digest}, the checkpoint recorded ${start.checkpoint.meta.paramDigest}`);
     }
-    logger.info({ generation, workers: worldSize, startStep: start.step, numParams: first.numParams, backends: this.members.map((l) => l.info.backend), digest }, 'ring formed, all workers ready');
+    const backends = this.members.map((l) => l.info.backend);
+    logger.info({ generation, workers: worldSize, startStep: start.step, numParams: first.numParams, backends, digest }, 'ring formed, all workers ready');
+    this.context.progress.note(`ring of ${worldSize} worker${worldSize === 1 ? '' : 's'} formed (backends: ${backends.join(', ')}), ${first.numParams.toLocaleString('en-US')} parameters, starting at step ${start.step}`);
     return first;
   }
 
