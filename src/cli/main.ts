@@ -3,6 +3,7 @@
 import { Command, Option } from 'commander';
 import { runCoordinatorCommand, runLaunchCommand } from './run.ts';
 import { runWorkerCommand } from './worker-command.ts';
+import { DEFAULT_PREDICT_BATCH, runExportCommand, runPredictCommand } from './weights-commands.ts';
 import {
   addRunOptions, nonNegativeInt, port, positiveInt, positiveNumber, DEFAULT_COORDINATOR_PORT, DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_RECONNECT_TIMEOUT_S, TOKEN_ENV,
 } from './options.ts';
@@ -53,6 +54,25 @@ addRunOptions(
     .requiredOption('--workers <n>', 'number of local worker processes', positiveInt)
     .addOption(new Option('--backend <name>', 'compute backend of the workers').choices(BACKENDS).default('auto')),
 ).action(runLaunchCommand);
+
+program
+  .command('export')
+  .description("write a checkpoint's weights as safetensors with timm's tensor names and layouts")
+  .requiredOption('--checkpoint <path>', 'a checkpoint file, or a run directory (its newest checkpoint)')
+  .requiredOption('--out <file>', 'the .safetensors file to write')
+  .option('--use-ema', "export the checkpoint's moving average of the weights instead of the weights")
+  .action(runExportCommand);
+
+program
+  .command('predict')
+  .description('run a model on images and write its logits as a float32 .npy array [n, classes]')
+  .requiredOption('--model <name>', 'model name (see `vit-dist models`)')
+  .requiredOption('--weights <file>', 'a .safetensors file with timm tensor names (e.g. from `vit-dist export`)')
+  .requiredOption('--input <file>', 'an idx file (normalized as in Fashion-MNIST training) or a .npy float32 array [n, height, width, channels] used as it is')
+  .requiredOption('--out <file>', 'the .npy file to write')
+  .addOption(new Option('--backend <name>', 'compute backend').choices(BACKENDS).default('auto'))
+  .option('--batch <n>', 'images per forward pass', positiveInt, DEFAULT_PREDICT_BATCH)
+  .action(runPredictCommand);
 
 program
   .command('recipes')

@@ -63,6 +63,7 @@ export function addRunOptions(command: Command): Command {
     .option('--checkpoint-every <k>', 'write a checkpoint every K steps (and at the end)', positiveInt)
     .option('--set <key=value>', 'override any recipe value by its dotted key (repeatable), e.g. --set optimizer.lr=0.002', keyValue, {})
     .option('--resume <dir>', 'continue from the newest checkpoint in this run directory (or from this checkpoint file)')
+    .option('--init <file>', 'start from these weights (.safetensors with timm names, e.g. from `vit-dist export` or timm/DeiT) at step 0 with a fresh optimizer; a head of another class count is freshly initialized (fine-tuning); a checkpoint to resume from takes precedence')
     .option('--token <token>', `shared secret every worker and ring peer must prove (default: $${TOKEN_ENV})`)
     .option('--join-timeout <seconds>', 'how long to wait for all workers to join', positiveNumber, DEFAULT_JOIN_TIMEOUT_S)
     .option('--step-timeout <seconds>', 'how long to wait for every worker to finish a step', positiveNumber, DEFAULT_STEP_TIMEOUT_S)
@@ -93,6 +94,7 @@ export interface RunFlags {
   checkpointEvery?: number;
   set: Record<string, string>;
   resume?: string;
+  init?: string;
   token?: string;
   joinTimeout: number;
   stepTimeout: number;

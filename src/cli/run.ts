@@ -8,7 +8,11 @@ import { fileURLToPath } from 'node:url';
 import { latestCheckpoint, readCheckpoint, type LoadedCheckpoint } from '../coordinator/checkpoint.ts';
 import { Coordinator } from '../coordinator/coordinator.ts';
 import type { RunSummary } from '../coordinator/generation.ts';
-import { validateRecipe } from '../train/recipe.ts';
+import { createModelConfig } from '../model/registry.ts';
+import { readSafetensors } from '../model/safetensors.ts';
+import { VisionTransformer } from '../model/vit.ts';
+import { importTimmState } from '../model/weights.ts';
+import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { createLogger } from './logging.ts';
 import { defaultOutDir, resolveRecipe, resolveResume, resolveToken, tlsFiles, TOKEN_ENV, type RunFlags } from './options.ts';
 
@@ -35,15 +39,33 @@ function findResume(flags: RunFlags): string | null {
   return flags.out ? latestCheckpoint(flags.out) : null;
 }
 
+/**
+ * --init: the recipe's model with the file's weights, read once here and sent to every worker. A
+ * head of another class count (fine-tuning) keeps the fresh initialization a run from the recipe's
+ * seed would have.
+ */
+function readInitialParams(path: string, recipe: Recipe): Float32Array {
+  const model = new VisionTransformer(createModelConfig(recipe.model, recipe.modelArgs));
+  try {
+    const { params, replaced } = importTimmState(model.params, readSafetensors(path).tensors, { allowHeadMismatch: true, init: model.initParams(recipe.seed) });
+    for (const r of replaced) console.log(`--init: ${r.name} is [${r.fileShape.join(', ')}] in ${path}, the model's is [${r.modelShape.join(', ')}]: freshly initialized`);
+    return params;
+  } catch (err) {
+    throw new Error(`--init ${path}: ${(err as Error).message}`);
+  }
+}
+
 function prepareRun(flags: RunFlags & { workers: number }, host: string, port: number, generateToken: boolean, tls: Coordinator['tls'] = null): Coordinator {
   const resumePath = findResume(flags);
   const resume: LoadedCheckpoint | null = resumePath ? readCheckpoint(resumePath) : null;
   const recipe = resolveRecipe(flags, resume ? validateRecipe(resume.meta.recipe, `the recipe in ${resumePath}`) : null);
   // Resuming a run directory continues writing into it.
   const outDir = flags.out ?? (flags.resume && existsSync(flags.resume) && statSync(flags.resume).isDirectory() ? flags.resume : defaultOutDir(recipe.name));
-  if (resume) console.log(`resuming from ${resumePath} (step ${resume.meta.step})`);
+  if (resume) console.log(`resuming from ${resumePath} (step ${resume.meta.step})${flags.init ? `; --init ${flags.init} is ignored` : ''}`);
+  const initialParams = flags.init && !resume ? readInitialParams(flags.init, recipe) : null;
+  if (initialParams) console.log(`starting from the weights in ${flags.init}`);
   const logger = createLogger('coordinator', join(outDir, 'logs'), flags.logLevel);
-  logger.info({ recipe, outDir, resume: resumePath }, 'run configured');
+  logger.info({ recipe, outDir, resume: resumePath, init: initialParams ? flags.init : null }, 'run configured');
   const coordinator = new Coordinator({
     workers: flags.workers,
     minWorkers: Math.min(flags.minWorkers ?? flags.workers, flags.workers),
@@ -58,6 +80,7 @@ function prepareRun(flags: RunFlags & { workers: number }, host: string, port: n
     heartbeatTimeoutMs: flags.heartbeatTimeout * 1000,
     maxRestarts: flags.maxRestarts,
     resume,
+    initialParams,
     tls,
     logger,
     progress: true,

@@ -68,7 +68,8 @@ export interface ShardSnapshot {
 export type CoordinatorMessage =
   | { type: 'challenge'; protocol: number; runId: string; nonce: Uint8Array }
   | { type: 'welcome'; workerId: number; waitingFor: number }
-  | { type: 'assign'; rank: number; worldSize: number; generation: number; recipe: unknown; startStep: number; resume: ResumeState | null }
+  /** `init`: the parameters to start from at step 0 instead of the seed's (--init); null when resuming or starting fresh. */
+  | { type: 'assign'; rank: number; worldSize: number; generation: number; recipe: unknown; startStep: number; resume: ResumeState | null; init: Float32Array | null }
   | { type: 'ringPeers'; generation: number; peers: Address[] }
   | { type: 'step'; generation: number; step: number; lr: number; indices: Uint32Array }
   | { type: 'eval'; generation: number; step: number; start: number; end: number }

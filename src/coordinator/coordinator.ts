@@ -46,6 +46,8 @@ export interface CoordinatorOptions {
   maxRestarts: number;
   /** The checkpoint to continue from, already read and verified. */
   resume: LoadedCheckpoint | null;
+  /** Without a checkpoint: the parameters step 0 starts from (--init) instead of the seed's initialization. */
+  initialParams: Float32Array | null;
   /** PEM certificate and key files: serve wss:// (and https health checks) instead of ws://. */
   tls: { certFile: string; keyFile: string } | null;
   logger: Logger;
@@ -247,7 +249,8 @@ export class Coordinator {
 
   private startFromLastCheckpoint(): StartState {
     const last = this.context.lastCheckpoint;
-    return last ? { step: last.meta.step, checkpoint: last } : { step: 0, checkpoint: null };
+    // Until the first checkpoint, every (re)start begins at step 0 from the same initial weights.
+    return last ? { step: last.meta.step, checkpoint: last, initialParams: null } : { step: 0, checkpoint: null, initialParams: this.options.initialParams };
   }
 
   async close(): Promise<void> {

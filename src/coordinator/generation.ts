@@ -22,10 +22,12 @@ export const SETUP_TIMEOUT_MS = 600_000;
 
 type Reply<T extends WorkerMessage['type']> = Extract<WorkerMessage, { type: T }>;
 
-/** Where a generation starts: step 0 from the seed, or a checkpoint. */
+/** Where a generation starts: step 0 from the seed or from initial weights (--init), or a checkpoint. */
 export interface StartState {
   step: number;
   checkpoint: { meta: CheckpointMeta; state: CheckpointState } | null;
+  /** Parameters for step 0 with a fresh optimizer; null: the seed's initialization. Only without a checkpoint. */
+  initialParams: Float32Array | null;
 }
 
 export interface RunSummary {
@@ -179,7 +181,7 @@ export class Generation {
     const { generation, worldSize, start } = this;
     this.members.forEach((link, rank) => {
       link.enterGeneration(generation, rank);
-      link.send({ type: 'assign', rank, worldSize, generation, recipe, startStep: start.step, resume: start.checkpoint ? resumeShard(start.checkpoint, worldSize, rank) : null });
+      link.send({ type: 'assign', rank, worldSize, generation, recipe, startStep: start.step, resume: start.checkpoint ? resumeShard(start.checkpoint, worldSize, rank) : null, init: start.initialParams });
     });
     const peers = (await this.gather('ringListening', SETUP_TIMEOUT_MS)).map((r) => r.ring);
     for (const link of this.members) link.send({ type: 'ringPeers', generation, peers });
@@ -194,6 +196,9 @@ export class Generation {
     if (start.checkpoint) {
       if (first.numParams !== start.checkpoint.meta.numParams) throw new RunError(`the checkpoint holds ${start.checkpoint.meta.numParams} parameters but the recipe's model has ${first.numParams}`);
       if (digest !== start.checkpoint.meta.paramDigest) throw new RunError(`workers loaded the checkpoint but hold digest ${digest}, the checkpoint recorded ${start.checkpoint.meta.paramDigest}`);
+    }
+    if (start.initialParams && digest !== paramDigest(start.initialParams)) {
+      throw new RunError(`workers loaded the initial weights but hold digest ${digest}, the weights have ${paramDigest(start.initialParams)}`);
     }
     const backends = this.members.map((l) => l.info.backend);
     logger.info({ generation, workers: worldSize, startStep: start.step, numParams: first.numParams, backends, digest }, 'ring formed, all workers ready');

@@ -134,6 +134,8 @@ class WorkerSession {
   private worldSize = 0;
   /** The checkpoint state of an `assign`, used once the ring is connected. */
   private pendingResume: ResumeState | null = null;
+  /** The initial parameters of an `assign` (--init), used once the ring is connected. */
+  private pendingInit: Float32Array | null = null;
   private heartbeat: NodeJS.Timeout | null = null;
   private lastPing = Date.now();
   wasAdmitted = false;
@@ -249,9 +251,13 @@ class WorkerSession {
         if (message.resume && message.resume.params.length !== bench.model.numParams) {
           throw new SetupError(`the checkpoint holds ${message.resume.params.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`);
         }
+        if (message.init && message.init.length !== bench.model.numParams) {
+          throw new SetupError(`the initial weights hold ${message.init.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`);
+        }
         logger.info({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, startStep: message.startStep }, 'assigned');
         this.ring = await RingPeer.listen({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, token: this.options.token, host: this.options.ringHost, port: this.options.ringPort, heartbeatTimeoutMs: this.options.heartbeatTimeoutMs, logger });
         this.pendingResume = message.resume;
+        this.pendingInit = message.init;
         this.send({ type: 'ringListening', generation: message.generation, rank: message.rank, ring: { host: this.options.advertiseHost, port: this.options.advertisePort ?? this.ring.address.port } });
         return;
       }
@@ -261,11 +267,13 @@ class WorkerSession {
         await ring.connect(message.peers);
         logger.info({ rank: this.rank, worldSize: this.worldSize, generation: this.generation }, 'ring connected');
         const resume = this.pendingResume;
+        const init = this.pendingInit;
         this.pendingResume = null;
+        this.pendingInit = null;
         const { recipe, model, train, test } = bench;
         this.trainer = new ShardedTrainer(model, ring, train, {
           rank: this.rank, worldSize: this.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: optimizerConfigOf(recipe), ema: recipe.ema,
-        }, resume ? resume.params : model.initParams(recipe.seed), resume);
+        }, resume ? resume.params : init ?? model.initParams(recipe.seed), resume);
         this.send({ type: 'ready', generation: this.generation, rank: this.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: test.size });
         return;
       }

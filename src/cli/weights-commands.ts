@@ -1,0 +1,185 @@
+// `vit-dist export` (a checkpoint's weights as timm-compatible safetensors) and `vit-dist predict`
+// (logits of a model on an idx file or a .npy array, written as .npy), plus the .npy format they use.
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { latestCheckpoint, readCheckpoint } from '../coordinator/checkpoint.ts';
+import { readIdx } from '../data/idx.ts';
+import { FASHION_MNIST_MEAN, FASHION_MNIST_STD } from '../data/fashion-mnist.ts';
+import type { BackendChoice } from '../model/backend.ts';
+import { createModelConfig } from '../model/registry.ts';
+import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
+import { paramSpecs, VisionTransformer, type VitConfig } from '../model/vit.ts';
+import { exportTimmState, importTimmState } from '../model/weights.ts';
+import { validateRecipe } from '../train/recipe.ts';
+import { UsageError } from './options.ts';
+
+/** Metadata keys export writes: `model` and `model_args` let predict rebuild a recipe's modified architecture. */
+const META_MODEL = 'model';
+const META_MODEL_ARGS = 'model_args';
+/** Images per forward pass in predict: bounds the activations' memory. */
+export const DEFAULT_PREDICT_BATCH = 256;
+const MAX_PIXEL = 255;
+
+// ---------------------------------------------------------------------------------------------
+// .npy (https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html): magic, version,
+// header length (u16 in version 1, u32 in 2 and 3), a Python dict literal padded with spaces to a
+// multiple of 64 bytes, then the raw values. Only little-endian float32 in C order is used here.
+
+const NPY_MAGIC = Buffer.from('\x93NUMPY', 'latin1');
+const NPY_ALIGNMENT = 64;
+const NPY_FLOAT32 = '<f4';
+
+export interface NpyArray {
+  shape: number[];
+  data: Float32Array;
+}
+
+export function readNpyFloat32(path: string): NpyArray {
+  const bytes = readFileSync(path);
+  const fail = (problem: string): never => {
+    throw new Error(`${path}: ${problem}`);
+  };
+  if (bytes.length < NPY_MAGIC.length + 4 || !bytes.subarray(0, NPY_MAGIC.length).equals(NPY_MAGIC)) fail('not a .npy file (bad magic bytes)');
+  const major = bytes[NPY_MAGIC.length]!;
+  const lengthAt = NPY_MAGIC.length + 2;
+  const [headerLength, headerStart] = major === 1 ? [bytes.readUInt16LE(lengthAt), lengthAt + 2] : [bytes.readUInt32LE(lengthAt), lengthAt + 4];
+  if (headerStart + headerLength > bytes.length) fail('truncated .npy header');
+  const header = bytes.subarray(headerStart, headerStart + headerLength).toString('latin1');
+  const descr = /'descr':\s*'([^']*)'/.exec(header)?.[1];
+  const fortran = /'fortran_order':\s*(True|False)/.exec(header)?.[1];
+  const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header)?.[1];
+  if (descr === undefined || fortran === undefined || shapeText === undefined) fail(`unreadable .npy header ${JSON.stringify(header.trim())}`);
+  if (descr !== NPY_FLOAT32) fail(`dtype '${descr}' is not supported: expected little-endian float32 ('${NPY_FLOAT32}')`);
+  if (fortran === 'True') fail('Fortran-ordered arrays are not supported (save a C-contiguous array)');
+  const shape = shapeText!.split(',').map((s) => s.trim()).filter((s) => s !== '').map(Number);
+  const count = shape.reduce((a, b) => a * b, 1);
+  const dataStart = headerStart + headerLength;
+  if (bytes.length - dataStart !== 4 * count) fail(`shape (${shape.join(', ')}) needs ${4 * count} bytes of data, the file holds ${bytes.length - dataStart}`);
+  const data = new Float32Array(count);
+  for (let i = 0; i < count; i++) data[i] = bytes.readFloatLE(dataStart + 4 * i);
+  return { shape, data };
+}
+
+export function writeNpyFloat32(path: string, shape: number[], data: Float32Array): void {
+  const dims = shape.length === 1 ? `${shape[0]},` : shape.join(', ');
+  let header = `{'descr': '${NPY_FLOAT32}', 'fortran_order': False, 'shape': (${dims}), }`;
+  const prefix = NPY_MAGIC.length + 4; // magic, version, u16 header length
+  header += ' '.repeat((NPY_ALIGNMENT - ((prefix + header.length + 1) % NPY_ALIGNMENT)) % NPY_ALIGNMENT) + '\n'; // the newline ends the padded header
+  const out = Buffer.alloc(prefix + header.length + 4 * data.length);
+  NPY_MAGIC.copy(out, 0);
+  out[NPY_MAGIC.length] = 1; // version 1.0
+  out[NPY_MAGIC.length + 1] = 0;
+  out.writeUInt16LE(header.length, NPY_MAGIC.length + 2);
+  out.write(header, prefix, 'latin1');
+  for (let i = 0; i < data.length; i++) out.writeFloatLE(data[i]!, prefix + header.length + 4 * i);
+  writeFileSync(path, out);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface ExportFlags {
+  checkpoint: string;
+  out: string;
+  useEma?: boolean;
+}
+
+/** A checkpoint file, or the newest checkpoint in a run directory. */
+function resolveCheckpoint(path: string): string {
+  if (!existsSync(path)) throw new UsageError(`--checkpoint ${path}: no such file or directory`);
+  if (statSync(path).isFile()) return path;
+  const latest = latestCheckpoint(path);
+  if (!latest) throw new UsageError(`--checkpoint ${path}: no checkpoint found in ${path} or its checkpoints/ folder`);
+  return latest;
+}
+
+export function runExportCommand(flags: ExportFlags): void {
+  const path = resolveCheckpoint(flags.checkpoint);
+  const { meta, state } = readCheckpoint(path);
+  const recipe = validateRecipe(meta.recipe, `the recipe in ${path}`);
+  if (flags.useEma && !state.ema) throw new UsageError(`--use-ema: checkpoint ${path} holds no EMA of the weights (its recipe keeps none)`);
+  const params = flags.useEma ? state.ema! : state.params;
+  const specs = paramSpecs(createModelConfig(recipe.model, recipe.modelArgs));
+  writeSafetensors(flags.out, exportTimmState(specs, params), {
+    format: 'pt', // as timm's and transformers' files: the tensors are a PyTorch state_dict
+    [META_MODEL]: recipe.model,
+    [META_MODEL_ARGS]: JSON.stringify(recipe.modelArgs),
+    step: String(meta.step),
+  });
+  console.log(`exported ${flags.useEma ? 'the EMA weights' : 'the weights'} of ${recipe.model} at step ${meta.step} (${path}) to ${flags.out}`);
+}
+
+export interface PredictFlags {
+  model: string;
+  weights: string;
+  input: string;
+  out: string;
+  backend: BackendChoice;
+  batch: number;
+}
+
+/**
+ * The architecture: the named model, with the recipe's changes that export recorded when the file
+ * was exported from that same model (a file from timm records none and gets the registry's config).
+ */
+function predictConfig(model: string, metadata: Record<string, string>, weightsPath: string): VitConfig {
+  if (metadata[META_MODEL] !== model || metadata[META_MODEL_ARGS] === undefined) return createModelConfig(model);
+  let args: unknown;
+  try {
+    args = JSON.parse(metadata[META_MODEL_ARGS]);
+  } catch (err) {
+    throw new Error(`${weightsPath}: metadata ${META_MODEL_ARGS} is not JSON (${(err as Error).message})`);
+  }
+  // Architecture arguments are numbers and flags; VisionTransformer validates their values.
+  if (typeof args !== 'object' || args === null || Object.values(args).some((v) => typeof v !== 'number' && typeof v !== 'boolean')) {
+    throw new Error(`${weightsPath}: metadata ${META_MODEL_ARGS} is not an object of numbers and booleans`);
+  }
+  return createModelConfig(model, args as Partial<VitConfig>);
+}
+
+/** NHWC float32 images for the model: a .npy array as it is, an idx file normalized as in training. */
+function readImages(path: string, config: VitConfig): { images: Float32Array; n: number } {
+  if (!existsSync(path)) throw new UsageError(`--input ${path}: no such file or directory`);
+  if (statSync(path).isDirectory()) {
+    throw new UsageError(`--input ${path} is a folder: folders of images are not supported yet; pass an idx file or a .npy float32 array [n, height, width, channels]`);
+  }
+  const { imageSize, inChannels } = config;
+  let shape: number[];
+  let images: Float32Array;
+  if (path.endsWith('.npy')) {
+    ({ shape, data: images } = readNpyFloat32(path));
+  } else {
+    const idx = readIdx(path);
+    // Rank 3 is [n, height, width] of one channel, as MNIST and Fashion-MNIST are stored.
+    shape = idx.shape.length === 3 ? [...idx.shape, 1] : idx.shape;
+    // The same arithmetic as the training data loader (src/data/fashion-mnist.ts), so the values are bit-identical.
+    const scale = 1 / (MAX_PIXEL * FASHION_MNIST_STD);
+    const shift = FASHION_MNIST_MEAN / FASHION_MNIST_STD;
+    images = new Float32Array(idx.data.length);
+    for (let i = 0; i < images.length; i++) images[i] = idx.data[i]! * scale - shift;
+  }
+  const expected = [imageSize, imageSize, inChannels];
+  if (shape.length !== 4 || shape.slice(1).some((d, i) => d !== expected[i])) {
+    throw new Error(`--input ${path} has shape [${shape.join(', ')}], the model takes [n, ${expected.join(', ')}]`);
+  }
+  return { images, n: shape[0]! };
+}
+
+export async function runPredictCommand(flags: PredictFlags): Promise<void> {
+  const { tensors, metadata } = readSafetensors(flags.weights);
+  const model = new VisionTransformer(predictConfig(flags.model, metadata, flags.weights));
+  const { params } = importTimmState(model.params, tensors, { allowHeadMismatch: false });
+  const { images, n } = readImages(flags.input, model.config);
+  // Loaded only now: the backends (wasm, native TensorFlow) are heavy, and other commands do not need them.
+  const { selectBackend } = await import('../model/backend.ts');
+  await selectBackend({ requested: flags.backend });
+  model.setParams(params);
+  const { imageSize, inChannels, numClasses } = model.config;
+  const imageValues = imageSize * imageSize * inChannels;
+  const logits = new Float32Array(n * numClasses);
+  for (let start = 0; start < n; start += flags.batch) {
+    const count = Math.min(flags.batch, n - start);
+    logits.set(model.logits(images.subarray(start * imageValues), count), start * numClasses);
+  }
+  model.disposeParams();
+  writeNpyFloat32(flags.out, [n, numClasses], logits);
+  console.log(`wrote logits [${n}, ${numClasses}] of ${flags.model} on ${flags.input} to ${flags.out}`);
+}

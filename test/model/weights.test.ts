@@ -1,0 +1,107 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createModelConfig } from '../../src/model/registry.ts';
+import { paramSpecs, type ParamSpec } from '../../src/model/vit.ts';
+import { exportTimmState, importTimmState } from '../../src/model/weights.ts';
+
+// Three input channels so the conv layout's channel axis is exercised; D=8, p=7, hidden=16.
+const CONFIG = createModelConfig('vit_fmnist_tiny', { imageSize: 14, inChannels: 3, embedDim: 8, depth: 1, numHeads: 2, mlpRatio: 2 });
+const SPECS = paramSpecs(CONFIG);
+const NUM_PARAMS = SPECS.at(-1)!.offset + SPECS.at(-1)!.size;
+const [D, C, P, CLASSES] = [8, 3, 7, 10];
+
+/** Distinct values, so any misplaced element shows. */
+function distinct(n: number, from = 0): Float32Array {
+  return Float32Array.from({ length: n }, (_, i) => from + i);
+}
+
+function spec(name: string): ParamSpec {
+  return SPECS.find((s) => s.name === name)!;
+}
+
+test("exported tensors carry timm's shapes", () => {
+  const state = exportTimmState(SPECS, distinct(NUM_PARAMS));
+  const shapes = Object.fromEntries([...state].map(([name, t]) => [name, t.shape]));
+  assert.deepEqual(shapes['patch_embed.proj.weight'], [D, C, P, P]);
+  assert.deepEqual(shapes['blocks.0.attn.qkv.weight'], [3 * D, D]);
+  assert.deepEqual(shapes['blocks.0.mlp.fc1.weight'], [2 * D, D]);
+  assert.deepEqual(shapes['head.weight'], [CLASSES, D]);
+  assert.deepEqual(shapes['pos_embed'], [1, (14 / P) ** 2 + 1, D]);
+  assert.deepEqual([...state.keys()], SPECS.map((s) => s.name), "timm's state_dict order");
+});
+
+test('Linear weights are transposed to [out, in] and the conv kernel to [D, C, p, p]', () => {
+  const flat = distinct(NUM_PARAMS);
+  const state = exportTimmState(SPECS, flat);
+  const qkv = spec('blocks.0.attn.qkv.weight'); // internal [in=D, out=3D]
+  const timmQkv = state.get(qkv.name)!.data;
+  for (let o = 0; o < 3 * D; o++) for (let i = 0; i < D; i++) assert.equal(timmQkv[o * D + i], flat[qkv.offset + i * 3 * D + o]);
+  const conv = spec('patch_embed.proj.weight'); // internal [p, p, C, D]
+  const timmConv = state.get(conv.name)!.data;
+  for (let d = 0; d < D; d++) for (let c = 0; c < C; c++) for (let r = 0; r < P; r++) for (let s = 0; s < P; s++) {
+    assert.equal(timmConv[((d * C + c) * P + r) * P + s], flat[conv.offset + ((r * P + s) * C + c) * D + d]);
+  }
+  const bias = spec('blocks.0.attn.qkv.bias');
+  assert.deepEqual(state.get(bias.name)!.data, flat.slice(bias.offset, bias.offset + bias.size), 'same layout: copied as is');
+});
+
+test('import inverts export bit for bit', () => {
+  const flat = Float32Array.from({ length: NUM_PARAMS }, (_, i) => Math.sin(i) * 1e-3);
+  const { params, replaced } = importTimmState(SPECS, exportTimmState(SPECS, flat), { allowHeadMismatch: false });
+  assert.deepEqual(new Uint32Array(params.buffer), new Uint32Array(flat.buffer));
+  assert.deepEqual(replaced, []);
+});
+
+test('a missing tensor is an error naming it and the expected shape', () => {
+  const state = exportTimmState(SPECS, distinct(NUM_PARAMS));
+  state.delete('blocks.0.mlp.fc2.weight');
+  assert.throws(() => importTimmState(SPECS, state, { allowHeadMismatch: false }), /tensor "blocks\.0\.mlp\.fc2\.weight" is missing \(the model expects shape \[8, 16\]\)/);
+});
+
+test('a shape mismatch is an error naming the tensor and both shapes, also when heads may differ', () => {
+  const state = exportTimmState(SPECS, distinct(NUM_PARAMS));
+  state.set('pos_embed', { shape: [1, 17, D], data: new Float32Array(17 * D) });
+  for (const options of [{ allowHeadMismatch: false as const }, { allowHeadMismatch: true as const, init: new Float32Array(NUM_PARAMS) }]) {
+    assert.throws(() => importTimmState(SPECS, state, options), /tensor "pos_embed" has shape \[1, 17, 8\] in the file, the model expects \[1, 5, 8\]/);
+  }
+});
+
+test('a tensor the model does not have is an error naming it', () => {
+  const state = exportTimmState(SPECS, distinct(NUM_PARAMS));
+  state.set('fc_norm.weight', { shape: [D], data: new Float32Array(D) });
+  assert.throws(() => importTimmState(SPECS, state, { allowHeadMismatch: false }), /the file holds tensors the model does not have: fc_norm\.weight/);
+});
+
+test('fine-tuning: a head of another class count keeps its fresh init, everything else is loaded', () => {
+  const pretrained = createModelConfig('vit_fmnist_tiny', { ...CONFIG, numClasses: 1000 });
+  const pretrainedSpecs = paramSpecs(pretrained);
+  const pretrainedFlat = distinct(pretrainedSpecs.at(-1)!.offset + pretrainedSpecs.at(-1)!.size);
+  const file = exportTimmState(pretrainedSpecs, pretrainedFlat);
+  assert.throws(() => importTimmState(SPECS, file, { allowHeadMismatch: false }), /tensor "head\.weight" has shape \[1000, 8\] in the file, the model expects \[10, 8\]/);
+
+  const init = Float32Array.from({ length: NUM_PARAMS }, () => -1);
+  const { params, replaced } = importTimmState(SPECS, file, { allowHeadMismatch: true, init });
+  assert.deepEqual(replaced, [
+    { name: 'head.weight', fileShape: [1000, D], modelShape: [CLASSES, D] },
+    { name: 'head.bias', fileShape: [1000], modelShape: [CLASSES] },
+  ]);
+  for (const s of SPECS) {
+    const values = params.subarray(s.offset, s.offset + s.size);
+    if (s.name.startsWith('head.')) assert.ok(values.every((v) => v === -1), `${s.name} keeps the init`);
+    else assert.deepEqual(values, pretrainedFlat.subarray(s.offset, s.offset + s.size), `${s.name} is loaded`);
+  }
+});
+
+test('generic over the spec table: a distillation token and head_dist convert and are replaced like head', () => {
+  // A DeiT-style table written by hand, the shape of what the model would declare.
+  const table = (classes: number): ParamSpec[] => [
+    { name: 'dist_token', shape: [1, 1, 4], offset: 0, size: 4, init: 'trunc_normal', timmShape: [1, 1, 4], timmPerm: null },
+    { name: 'head_dist.weight', shape: [4, classes], offset: 4, size: 4 * classes, init: 'trunc_normal', timmShape: [classes, 4], timmPerm: [1, 0] },
+    { name: 'head_dist.bias', shape: [classes], offset: 4 + 4 * classes, size: classes, init: 'zeros', timmShape: [classes], timmPerm: null },
+  ];
+  const file = exportTimmState(table(3), distinct(4 + 5 * 3));
+  assert.deepEqual(file.get('head_dist.weight')!.data, Float32Array.from([4, 7, 10, 13, 5, 8, 11, 14, 6, 9, 12, 15]));
+  const { params, replaced } = importTimmState(table(2), file, { allowHeadMismatch: true, init: new Float32Array(4 + 5 * 2).fill(-1) });
+  assert.deepEqual(replaced.map((r) => r.name), ['head_dist.weight', 'head_dist.bias']);
+  assert.deepEqual(Array.from(params), [0, 1, 2, 3, ...new Array(10).fill(-1)]);
+});
