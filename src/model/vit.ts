@@ -4,9 +4,13 @@
 // forward_features / forward_head split. What differs is bookkeeping for data parallelism: every
 // parameter lives in ONE flat Float32Array with a fixed layout (see ParamSpec), so a worker can
 // all-reduce and optimize a single buffer, and the initialization is computed in plain JS from a
-// seed so that every worker starts from bit-identical weights on any machine.
+// seed so that every worker starts from bit-identical weights on any machine. Likewise every
+// random mask of training (dropout, stochastic depth) is drawn in plain JS per SAMPLE, from the
+// run's seed, the step and the sample's index in the data set, so a step computes the same loss
+// whatever the number of workers and however the batch is cut into micro-batches.
 
 import * as tf from '@tensorflow/tfjs-core';
+import { Mulberry32, mixSeed } from '../data/random.ts';
 
 export interface VitConfig {
   imageSize: number; // square input, H = W
@@ -17,6 +21,7 @@ export interface VitConfig {
   depth: number; // number of transformer blocks
   numHeads: number;
   mlpRatio: number; // MLP hidden width = embedDim * mlpRatio
+  distilled: boolean; // DeiT's distillation token after the class token, with its own head
 }
 
 /**
@@ -66,6 +71,9 @@ export function paramSpecs(config: VitConfig): ParamSpec[] {
 
   add('cls_token', [1, 1, D], 'trunc_normal');
   add('pos_embed', [1, T, D], 'trunc_normal');
+  // timm's VisionTransformerDistilled registers dist_token after the parent's parameters and
+  // head_dist after all submodules: that is its state_dict order.
+  if (config.distilled) add('dist_token', [1, 1, D], 'trunc_normal');
   // Conv2d(C, D, kernel=p, stride=p).weight is [D, C, p, p] in timm; here [p, p, C, D].
   add('patch_embed.proj.weight', [p, p, C, D], 'trunc_normal', [3, 2, 0, 1]);
   add('patch_embed.proj.bias', [D], 'zeros');
@@ -79,6 +87,7 @@ export function paramSpecs(config: VitConfig): ParamSpec[] {
   }
   layerNorm('norm');
   linear('head', D, numClasses);
+  if (config.distilled) linear('head_dist', D, numClasses);
   return specs;
 }
 
@@ -86,9 +95,14 @@ function numPatches(config: VitConfig): number {
   return (config.imageSize / config.patchSize) ** 2;
 }
 
-/** Patches plus the class token. */
+/** The class token, and the distillation token in a distilled model: timm's num_prefix_tokens. */
+function numPrefixTokens(config: VitConfig): number {
+  return config.distilled ? 2 : 1;
+}
+
+/** Prefix tokens plus patches. */
 function numTokens(config: VitConfig): number {
-  return numPatches(config) + 1;
+  return numPrefixTokens(config) + numPatches(config);
 }
 
 /** int(dim * mlp_ratio) as in timm. */
@@ -109,7 +123,7 @@ export function countFlops(config: VitConfig): number {
   const patchEmbed = 2 * N * p * p * C * D;
   const attention = 2 * T * D * 3 * D + 2 * 2 * T * T * D + 2 * T * D * D;
   const mlp = 2 * 2 * T * D * hidden;
-  const head = 2 * D * numClasses;
+  const head = 2 * D * numClasses * (config.distilled ? 2 : 1);
   return patchEmbed + depth * (attention + mlp) + head;
 }
 
@@ -118,6 +132,7 @@ function validateConfig(config: VitConfig): void {
   for (const key of ['imageSize', 'patchSize', 'inChannels', 'numClasses', 'embedDim', 'depth', 'numHeads']) {
     if (!Number.isInteger(c[key]) || c[key]! <= 0) throw new Error(`VitConfig.${key} must be a positive integer, got ${c[key]}`);
   }
+  if (typeof config.distilled !== 'boolean') throw new Error(`VitConfig.distilled must be a boolean, got ${config.distilled}`);
   if (!(mlpHidden(config) >= 1)) throw new Error(`VitConfig.mlpRatio must be positive, got ${config.mlpRatio}`);
   if (config.imageSize % config.patchSize !== 0) {
     throw new Error(`imageSize ${config.imageSize} is not a multiple of patchSize ${config.patchSize}`);
@@ -275,9 +290,71 @@ function geluBackward(dy: tf.Tensor2D, x: tf.Tensor2D, cdf: tf.Tensor2D): tf.Ten
   return tf.mul(dy, tf.add(cdf, tf.mul(x, pdf)));
 }
 
-/** Sum over the batch of -log softmax(logits)[label]; labels given one-hot. */
-function crossEntropySum(logits: tf.Tensor2D, oneHot: tf.Tensor2D): tf.Scalar {
-  return tf.neg(tf.sum(tf.mul(oneHot, tf.logSoftmax(logits))));
+/** x * mask, or x itself without a mask: a rate of 0 computes exactly what the model did before regularization. */
+function masked<T extends tf.Tensor>(x: T, mask: T | null | undefined): T {
+  return mask ? tf.mul(x, mask) : x;
+}
+
+/** Sum over the batch of -sum_k target[k] log softmax(logits)[k]; one-hot or smoothed targets. */
+function crossEntropySum(logits: tf.Tensor2D, target: tf.Tensor2D): tf.Scalar {
+  return tf.neg(tf.sum(tf.mul(target, tf.logSoftmax(logits))));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regularization masks, drawn in plain JS per sample.
+
+/** The recipe's rates (src/train/recipe.ts `regularization`). */
+export interface Regularization {
+  dropout: number; // after attn.proj, after the MLP's GELU and after fc2 (timm's proj_drop, drop1, drop2)
+  attnDropout?: number; // on the attention probabilities (timm's attn_drop)
+  dropPath: number; // stochastic depth of the last block; rises linearly from 0 at the first
+  labelSmoothing: number;
+}
+
+/** What a training step tells the model beyond its images and labels. */
+export interface TrainContext {
+  step: number;
+  seed: number; // the run's seed
+  sampleIndices: Uint32Array; // each image's index in the data set: its masks depend on it alone
+  regularization?: Regularization; // none when absent
+  distillationAlpha?: number; // a distilled model's weight of the distillation head's loss; 0.5 when absent
+}
+
+/**
+ * Mask sites, part of each mask's seed: a stored run's masks depend on these numbers, so they
+ * never change. Drop path has its own sites so that it does not depend on the dropout rate.
+ */
+const SITE = { attn: 0, proj: 1, act: 2, fc2: 3, dropPathAttn: 4, dropPathMlp: 5 } as const;
+
+/** Masks of one block; null where the rate is 0, so the block computes exactly what it does without. */
+interface BlockMasks {
+  attn: tf.Tensor3D | null; // [B*H, T, T] on the attention probabilities
+  proj: tf.Tensor2D | null; // [B*T, D] dropout on attn.proj's output times the branch's drop path
+  act: tf.Tensor2D | null; // [B*T, hidden] dropout on gelu(fc1)
+  fc2: tf.Tensor2D | null; // [B*T, D] dropout on fc2's output times the branch's drop path
+}
+
+/**
+ * An inverted-dropout mask (0, or 1/keep) for n samples of `perSample` elements each, multiplied
+ * by a per-sample drop-path factor (0, or 1/keep of the path). Sample b's part comes from
+ * generators seeded by (seed, step, sampleIndices[b], block, site) only, so it does not depend
+ * on which micro-batch, worker or batch position the sample lands in.
+ */
+function sampleMasks(ctx: TrainContext, n: number, perSample: number, block: number, drop: { rate: number; site: number }, path: { rate: number; site: number }): Float32Array {
+  const out = new Float32Array(n * perSample);
+  const dropScale = 1 / (1 - drop.rate);
+  for (let b = 0; b < n; b++) {
+    const draw = (site: number) => new Mulberry32(mixSeed(ctx.seed, ctx.step, ctx.sampleIndices[b]!, block, site));
+    const factor = path.rate > 0 && draw(path.site).next() < path.rate ? 0 : 1 / (1 - path.rate);
+    const row = out.subarray(b * perSample, (b + 1) * perSample);
+    if (drop.rate > 0 && factor !== 0) {
+      const rng = draw(drop.site);
+      for (let i = 0; i < row.length; i++) row[i] = rng.next() < drop.rate ? 0 : factor * dropScale;
+    } else {
+      row.fill(factor);
+    }
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,10 +366,13 @@ interface BlockActs {
   k: tf.Tensor3D;
   v: tf.Tensor3D;
   att: tf.Tensor3D; // softmax(q k^T) [B*H, T, T]
+  attDropped: tf.Tensor3D; // att after attention dropout (att itself without)
   merged: tf.Tensor2D; // attention output before proj, heads merged [B*T, D]
   norm2: { y: tf.Tensor2D; xHat: tf.Tensor2D; rstd: tf.Tensor };
   fc1: tf.Tensor2D; // pre-activation [B*T, hidden]
   act: { y: tf.Tensor2D; cdf: tf.Tensor2D }; // gelu(fc1)
+  hidden: tf.Tensor2D; // fc2's input: act.y after dropout (act.y itself without)
+  masks: BlockMasks | null;
 }
 
 /** Everything the backward pass needs from a forward pass. */
@@ -301,12 +381,21 @@ interface ForwardActs {
   blocks: BlockActs[];
   norm: { y: tf.Tensor2D; xHat: tf.Tensor2D; rstd: tf.Tensor };
   pooled: tf.Tensor2D; // normed class token [B, D]
-  logits: tf.Tensor2D;
+  pooledDist: tf.Tensor2D | null; // normed distillation token [B, D] of a distilled model
+  heads: HeadLogits;
+}
+
+/** Each head's logits [B, numClasses]: the class head, and the distillation head of a distilled model. */
+export interface HeadLogits {
+  cls: tf.Tensor2D;
+  dist: tf.Tensor2D | null;
 }
 
 export interface LossResult {
-  lossSum: number; // sum (not mean) of per-sample cross-entropy
-  correct: number; // count of samples whose argmax logit is the label
+  lossSum: number; // sum (not mean) of per-sample losses
+  correct: number; // count of samples whose argmax logit is the label (the joint classifier's, if distilled)
+  correctClassHead?: number; // distilled models: the class head alone
+  correctDistHead?: number; // distilled models: the distillation head alone
 }
 
 export class VisionTransformer {
@@ -333,7 +422,7 @@ export class VisionTransformer {
 
   /**
    * Fresh weights from a seed, deterministic and identical on every machine: truncated normal
-   * (std 0.02, cut at 2 std) for every weight matrix, cls_token and pos_embed (the DeiT recipe;
+   * (std 0.02, cut at 2 std) for every weight matrix, cls_token, dist_token and pos_embed (the DeiT recipe;
    * timm draws cls_token with std 1e-6), zero biases, LayerNorm weight 1 and bias 0.
    */
   initParams(seed: number): Float32Array {
@@ -399,8 +488,11 @@ export class VisionTransformer {
     return tf.reshape(tf.transpose(tf.reshape(x, [B, H, T, hd]), [0, 2, 1, 3]), [B * T, D]);
   }
 
-  /** Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x)). Returns the output and activations. */
-  private block(x: tf.Tensor2D, i: number, B: number): [tf.Tensor2D, BlockActs] {
+  /**
+   * Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x)). Returns the output and activations.
+   * With masks, dropout and drop path multiply in where timm's Block applies them.
+   */
+  private block(x: tf.Tensor2D, i: number, B: number, masks: BlockMasks | null): [tf.Tensor2D, BlockActs] {
     const name = `blocks.${i}`;
     const norm1 = layerNorm(x, this.w(`${name}.norm1`), this.b(`${name}.norm1`));
     // qkv output features are ordered (q|k|v, head, headDim) as in timm. Splitting the small weight
@@ -409,14 +501,17 @@ export class VisionTransformer {
     const bqkv = tf.split<tf.Tensor1D>(this.b(`${name}.attn.qkv`), 3);
     const [q, k, v] = [0, 1, 2].map((j) => this.splitHeads(linear(norm1.y, wqkv[j]!, bqkv[j]!), B)) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
     const att: tf.Tensor3D = tf.softmax(tf.mul(batchMatMul(q, k, false, true), this.headDim ** -0.5)); // [B*H, T, T]
-    const merged = this.mergeHeads(batchMatMul(att, v), B);
-    const x1: tf.Tensor2D = tf.add(x, linear(merged, this.w(`${name}.attn.proj`), this.b(`${name}.attn.proj`)));
+    const attDropped = masked(att, masks?.attn);
+    const merged = this.mergeHeads(batchMatMul(attDropped, v), B);
+    const attnOut = masked(linear(merged, this.w(`${name}.attn.proj`), this.b(`${name}.attn.proj`)), masks?.proj);
+    const x1: tf.Tensor2D = tf.add(x, attnOut);
 
     const norm2 = layerNorm(x1, this.w(`${name}.norm2`), this.b(`${name}.norm2`));
     const fc1 = linear(norm2.y, this.w(`${name}.mlp.fc1`), this.b(`${name}.mlp.fc1`));
     const act = gelu(fc1);
-    const out: tf.Tensor2D = tf.add(x1, linear(act.y, this.w(`${name}.mlp.fc2`), this.b(`${name}.mlp.fc2`)));
-    return [out, { norm1, q, k, v, att, merged, norm2, fc1, act }];
+    const hidden = masked(act.y, masks?.act);
+    const out: tf.Tensor2D = tf.add(x1, masked(linear(hidden, this.w(`${name}.mlp.fc2`), this.b(`${name}.mlp.fc2`)), masks?.fc2));
+    return [out, { norm1, q, k, v, att, attDropped, merged, norm2, fc1, act, hidden, masks }];
   }
 
   /** Backward through one block: takes d(out), records parameter gradients, returns d(x). */
@@ -427,21 +522,21 @@ export class VisionTransformer {
       grads.set(`${name}.${layer}.bias`, g.db);
     };
 
-    // MLP branch: out = x1 + fc2(gelu(fc1(norm2(x1)))).
-    const fc2 = linearBackward(dOut, a.act.y, this.w(`${name}.mlp.fc2`));
+    // MLP branch: out = x1 + fc2(gelu(fc1(norm2(x1)))), each mask applied where the forward applied it.
+    const fc2 = linearBackward(masked(dOut, a.masks?.fc2), a.hidden, this.w(`${name}.mlp.fc2`));
     record('mlp.fc2', fc2);
-    const fc1 = linearBackward(geluBackward(fc2.dx, a.fc1, a.act.cdf), a.norm2.y, this.w(`${name}.mlp.fc1`));
+    const fc1 = linearBackward(geluBackward(masked(fc2.dx, a.masks?.act), a.fc1, a.act.cdf), a.norm2.y, this.w(`${name}.mlp.fc1`));
     record('mlp.fc1', fc1);
     const norm2 = layerNormBackward(fc1.dx, a.norm2.xHat, a.norm2.rstd, this.w(`${name}.norm2`));
     record('norm2', { dw: norm2.dWeight, db: norm2.dBias });
     const dx1: tf.Tensor2D = tf.add(dOut, norm2.dx);
 
     // Attention branch: x1 = x + proj(attention(qkv(norm1(x)))).
-    const proj = linearBackward(dx1, a.merged, this.w(`${name}.attn.proj`));
+    const proj = linearBackward(masked(dx1, a.masks?.proj), a.merged, this.w(`${name}.attn.proj`));
     record('attn.proj', proj);
-    const dHeads = this.splitHeads(proj.dx, B); // d(att @ v)
-    const dAtt = batchMatMul(dHeads, a.v, false, true);
-    const dv = batchMatMul(a.att, dHeads, true, false);
+    const dHeads = this.splitHeads(proj.dx, B); // d(attDropped @ v)
+    const dAtt = masked(batchMatMul(dHeads, a.v, false, true), a.masks?.attn);
+    const dv = batchMatMul(a.attDropped, dHeads, true, false);
     // Softmax backward, row-wise: dS = att * (dAtt - sum(dAtt * att)); then the hd^-0.5 scale.
     const dScores: tf.Tensor3D = tf.mul(tf.mul(a.att, tf.sub(dAtt, tf.sum(tf.mul(dAtt, a.att), -1, true))), this.headDim ** -0.5);
     const dq = batchMatMul(dScores, a.k);
@@ -454,55 +549,101 @@ export class VisionTransformer {
     return tf.add(dx1, norm1.dx);
   }
 
+  /** This step's masks for n samples, one entry per block; null when every rate is 0. */
+  private blockMasks(ctx: TrainContext, n: number): (BlockMasks | null)[] | null {
+    const { depth, numHeads: H, embedDim: D } = this.config;
+    const reg = ctx.regularization;
+    if (!reg || (reg.dropout === 0 && !reg.attnDropout && reg.dropPath === 0)) return null;
+    const T = this.numTokens;
+    const hidden = mlpHidden(this.config);
+    const dropout = (site: number) => ({ rate: reg.dropout, site });
+    const none = { rate: 0, site: 0 };
+    const masks: (BlockMasks | null)[] = [];
+    for (let i = 0; i < depth; i++) {
+      // timm: dpr = torch.linspace(0, drop_path_rate, depth), block i drops with rate dpr[i].
+      const pathRate = depth > 1 ? (reg.dropPath * i) / (depth - 1) : 0;
+      const mask = <R extends tf.Rank>(perSample: number, drop: { rate: number; site: number }, path: { rate: number; site: number }, shape: number[]) =>
+        drop.rate > 0 || path.rate > 0 ? (tf.tensor<tf.Rank>(sampleMasks(ctx, n, perSample, i, drop, path), shape, 'float32') as tf.Tensor<R>) : null;
+      masks.push({
+        attn: mask<tf.Rank.R3>(H * T * T, { rate: reg.attnDropout ?? 0, site: SITE.attn }, none, [n * H, T, T]),
+        proj: mask<tf.Rank.R2>(T * D, dropout(SITE.proj), { rate: pathRate, site: SITE.dropPathAttn }, [n * T, D]),
+        act: mask<tf.Rank.R2>(T * hidden, dropout(SITE.act), none, [n * T, hidden]),
+        fc2: mask<tf.Rank.R2>(T * D, dropout(SITE.fc2), { rate: pathRate, site: SITE.dropPathMlp }, [n * T, D]),
+      });
+    }
+    return masks;
+  }
+
   /** The whole forward pass, keeping the activations the backward pass needs. */
-  private forwardActs(x: tf.Tensor4D): ForwardActs {
-    const { embedDim: D, patchSize: p, inChannels: C, depth } = this.config;
+  private forwardActs(x: tf.Tensor4D, masks: (BlockMasks | null)[] | null = null): ForwardActs {
+    const { embedDim: D, patchSize: p, inChannels: C, depth, distilled } = this.config;
     const B = x.shape[0];
     const [N, T] = [this.numPatches, this.numTokens];
     // Patch embedding: a stride-p conv is a matMul on flattened patches.
     const patches = this.patchify(x);
     const embedded = linear(patches, tf.reshape(this.w('patch_embed.proj'), [p * p * C, D]), this.b('patch_embed.proj'));
-    const cls = tf.tile(this.p<tf.Tensor3D>('cls_token'), [B, 1, 1]);
-    const tokens = tf.add(tf.concat([cls, tf.reshape(embedded, [B, N, D])], 1), this.p<tf.Tensor3D>('pos_embed'));
+    // Tokens: class token, distillation token (distilled models), patches, as timm's _pos_embed.
+    const prefix = [tf.tile(this.p<tf.Tensor3D>('cls_token'), [B, 1, 1])];
+    if (distilled) prefix.push(tf.tile(this.p<tf.Tensor3D>('dist_token'), [B, 1, 1]));
+    const tokens = tf.add(tf.concat([...prefix, tf.reshape(embedded, [B, N, D])], 1), this.p<tf.Tensor3D>('pos_embed'));
     let h = tf.reshape(tokens, [B * T, D]) as tf.Tensor2D;
     const blocks: BlockActs[] = [];
     for (let i = 0; i < depth; i++) {
-      const [out, acts] = this.block(h, i, B);
+      const [out, acts] = this.block(h, i, B, masks?.[i] ?? null);
       blocks.push(acts);
       h = out;
     }
     const norm = layerNorm(h, this.w('norm'), this.b('norm'));
-    const pooled = this.poolClassToken(tf.reshape(norm.y, [B, T, D]));
-    return { patches, blocks, norm, pooled, logits: linear(pooled, this.w('head'), this.b('head')) };
+    const features = tf.reshape(norm.y, [B, T, D]) as tf.Tensor3D;
+    const pooled = this.poolToken(features, 0);
+    const pooledDist = distilled ? this.poolToken(features, 1) : null;
+    const heads = { cls: linear(pooled, this.w('head'), this.b('head')), dist: pooledDist && linear(pooledDist, this.w('head_dist'), this.b('head_dist')) };
+    return { patches, blocks, norm, pooled, pooledDist, heads };
   }
 
-  /** timm's global_pool='token': the class token of each image, [B, T, D] -> [B, D]. */
-  private poolClassToken(features: tf.Tensor3D): tf.Tensor2D {
+  /** Token `index` of each image, [B, T, D] -> [B, D]: timm's global_pool='token' for the class token (0). */
+  private poolToken(features: tf.Tensor3D, index: number): tf.Tensor2D {
     const [B, , D] = features.shape;
-    return tf.reshape(tf.slice(features, [0, 0, 0], [B, 1, D]), [B, D]);
+    return tf.reshape(tf.slice(features, [0, index, 0], [B, 1, D]), [B, D]);
   }
 
-  /** [B, H, W, C] normalized images -> [B, 1 + numPatches, D] final-normed tokens, class token first. */
+  /** [B, H, W, C] normalized images -> [B, T, D] final-normed tokens: class token, distillation token if any, patches. */
   forwardFeatures(x: tf.Tensor4D): tf.Tensor3D {
     const { embedDim: D } = this.config;
     return tf.reshape(this.forwardActs(x).norm.y, [x.shape[0], this.numTokens, D]);
   }
 
-  /** Class-token pooling and the linear classifier: [B, T, D] -> [B, numClasses] logits. */
-  forwardHead(features: tf.Tensor3D): tf.Tensor2D {
-    return linear(this.poolClassToken(features), this.w('head'), this.b('head'));
+  /** Token pooling and the linear classifiers: [B, T, D] -> each head's [B, numClasses] logits. */
+  forwardHead(features: tf.Tensor3D): HeadLogits {
+    const cls = linear(this.poolToken(features, 0), this.w('head'), this.b('head'));
+    if (!this.config.distilled) return { cls, dist: null };
+    return { cls, dist: linear(this.poolToken(features, 1), this.w('head_dist'), this.b('head_dist')) };
+  }
+
+  /**
+   * The logits of the classifier used at inference: the class head, or for a distilled model the
+   * mean of both heads (DeiT's joint classifier, timm's VisionTransformerDistilled in eval mode).
+   */
+  private jointLogits(heads: HeadLogits): tf.Tensor2D {
+    return heads.dist ? tf.mul(tf.add(heads.cls, heads.dist), 0.5) : heads.cls;
   }
 
   /** Gradient of the loss sum w.r.t. every parameter, concatenated in the flat layout. */
-  private backward(acts: ForwardActs, dLogits: tf.Tensor2D, B: number): tf.Tensor1D {
+  private backward(acts: ForwardActs, dLogits: HeadLogits, B: number): tf.Tensor1D {
     const { embedDim: D, patchSize: p, inChannels: C, depth } = this.config;
     const [N, T] = [this.numPatches, this.numTokens];
     const grads = new Map<string, tf.Tensor>();
 
-    const head = linearBackward(dLogits, acts.pooled, this.w('head'));
+    const head = linearBackward(dLogits.cls, acts.pooled, this.w('head'));
     grads.set('head.weight', head.dw).set('head.bias', head.db);
-    // Only the class token reaches the head; the other rows of d(features) are zero.
-    const dFeatures: tf.Tensor3D = tf.concat([tf.reshape(head.dx, [B, 1, D]), tf.zeros([B, N, D])], 1);
+    const dPrefix = [tf.reshape(head.dx, [B, 1, D])];
+    if (dLogits.dist && acts.pooledDist) {
+      const headDist = linearBackward(dLogits.dist, acts.pooledDist, this.w('head_dist'));
+      grads.set('head_dist.weight', headDist.dw).set('head_dist.bias', headDist.db);
+      dPrefix.push(tf.reshape(headDist.dx, [B, 1, D]));
+    }
+    // Only the prefix tokens reach the heads; the patch rows of d(features) are zero.
+    const dFeatures = tf.concat([...dPrefix, tf.zeros([B, N, D])], 1);
     const norm = layerNormBackward(tf.reshape(dFeatures, [B * T, D]), acts.norm.xHat, acts.norm.rstd, this.w('norm'));
     grads.set('norm.weight', norm.dWeight).set('norm.bias', norm.dBias);
 
@@ -511,10 +652,12 @@ export class VisionTransformer {
 
     const dTokens = tf.reshape(dh, [B, T, D]);
     grads.set('pos_embed', tf.sum(dTokens, 0, true));
-    const [dCls, dEmbedded] = tf.split(dTokens, [1, N], 1);
+    const [dCls, ...rest] = tf.split<tf.Tensor3D>(dTokens, dPrefix.length === 2 ? [1, 1, N] : [1, N], 1);
     grads.set('cls_token', tf.sum(dCls!, 0, true));
+    if (rest.length === 2) grads.set('dist_token', tf.sum(rest[0]!, 0, true));
+    const dEmbedded = rest[rest.length - 1]!;
     const projW = tf.reshape(this.w('patch_embed.proj'), [p * p * C, D]) as tf.Tensor2D;
-    const patchEmbed = linearBackward(tf.reshape(dEmbedded!, [B * N, D]), acts.patches, projW);
+    const patchEmbed = linearBackward(tf.reshape(dEmbedded, [B * N, D]), acts.patches, projW);
     grads.set('patch_embed.proj.weight', patchEmbed.dw).set('patch_embed.proj.bias', patchEmbed.db);
 
     return tf.concat(this.params.map((spec) => tf.reshape(grads.get(spec.name)!, [spec.size])));
@@ -542,45 +685,75 @@ export class VisionTransformer {
    * Forward and backward on n images. Returns the summed loss and the number of correct
    * predictions, and ADDS d(lossSum)/d(params) into gradAccum (same flat layout as the params),
    * so micro-batches accumulate; the caller divides by the global batch size.
+   *
+   * Without a context (or with all its rates 0) no mask is drawn and the loss is the plain cross
+   * entropy: the same bits as a model without regularization. With one, dropout and drop path
+   * masks come from (ctx.seed, ctx.step, ctx.sampleIndices[b]) and the class head's targets are
+   * label-smoothed.
+   *
+   * A distilled model's loss is (1 - alpha) CE(class head, labels) + alpha CE(distillation head,
+   * teacher labels), DeiT's hard distillation. There is no teacher yet, so the distillation head
+   * learns the true labels (unsmoothed, as DeiT's teacher argmax is): both heads then train on the
+   * same targets and the distillation token is a second class token.
    */
-  lossAndGrad(images: Float32Array, labels: Int32Array, n: number, gradAccum: Float32Array): LossResult {
+  lossAndGrad(images: Float32Array, labels: Int32Array, n: number, gradAccum: Float32Array, ctx?: TrainContext): LossResult {
     if (gradAccum.length !== this.numParams) throw new Error(`gradAccum has length ${gradAccum.length}, expected ${this.numParams}`);
+    const alpha = ctx?.distillationAlpha ?? 0.5;
+    if (!(alpha >= 0 && alpha <= 1)) throw new Error(`distillationAlpha must be in [0, 1], got ${alpha}`);
+    if (ctx && ctx.sampleIndices.length < n) throw new Error(`sampleIndices holds ${ctx.sampleIndices.length} values, expected ${n}`);
+    const smoothing = ctx?.regularization?.labelSmoothing ?? 0;
     const x = this.imagesTensor(images, n);
     const y = this.labelsOneHot(labels, n);
-    const [logits, loss, grad] = tf.tidy(() => {
-      const acts = this.forwardActs(x);
-      // d(sum of cross-entropies)/d(logits) = softmax(logits) - onehot(label), per sample.
-      const dLogits: tf.Tensor2D = tf.sub(tf.softmax(acts.logits), y);
-      return [acts.logits, crossEntropySum(acts.logits, y), this.backward(acts, dLogits, n)] as const;
+    const [joint, loss, grad] = tf.tidy(() => {
+      const acts = this.forwardActs(x, ctx ? this.blockMasks(ctx, n) : null);
+      // timm's LabelSmoothingCrossEntropy: targets (1 - eps) onehot + eps / K.
+      const target: tf.Tensor2D = smoothing > 0 ? tf.add(tf.mul(y, 1 - smoothing), smoothing / this.config.numClasses) : y;
+      // d(sum of cross-entropies)/d(logits) = softmax(logits) - target, per sample.
+      const { cls, dist } = acts.heads;
+      if (!dist) {
+        const dLogits: HeadLogits = { cls: tf.sub(tf.softmax(cls), target), dist: null };
+        return [cls, crossEntropySum(cls, target), this.backward(acts, dLogits, n)] as const;
+      }
+      const dLogits: HeadLogits = { cls: tf.mul(tf.sub(tf.softmax(cls), target), 1 - alpha), dist: tf.mul(tf.sub(tf.softmax(dist), y), alpha) };
+      const lossSum = tf.add(tf.mul(crossEntropySum(cls, target), 1 - alpha), tf.mul(crossEntropySum(dist, y), alpha));
+      return [this.jointLogits(acts.heads), lossSum, this.backward(acts, dLogits, n)] as const;
     });
     try {
       const flat = grad.dataSync(); // one download for all gradients
       for (let i = 0; i < flat.length; i++) gradAccum[i]! += flat[i]!;
-      return { lossSum: loss.dataSync()[0]!, correct: countCorrect(logits, labels, n) };
+      return { lossSum: loss.dataSync()[0]!, correct: countCorrect(joint, labels, n) };
     } finally {
-      tf.dispose([x, y, logits, loss, grad]);
+      tf.dispose([x, y, joint, loss, grad]);
     }
   }
 
-  /** Forward only: summed loss and correct count on n images. */
+  /** Forward only: summed cross entropy of the joint classifier and correct counts on n images. */
   evaluate(images: Float32Array, labels: Int32Array, n: number): LossResult {
     const x = this.imagesTensor(images, n);
     const y = this.labelsOneHot(labels, n);
-    const [logits, loss] = tf.tidy(() => {
-      const out = this.forwardHead(this.forwardFeatures(x));
-      return [out, crossEntropySum(out, y)] as const;
-    });
+    // The joint logits and the loss, then each head's logits for a distilled model.
+    const [joint, loss, cls, dist] = tf.tidy(() => {
+      const heads = this.forwardHead(this.forwardFeatures(x));
+      const logits = this.jointLogits(heads);
+      const out = [logits, crossEntropySum(logits, y)];
+      return heads.dist ? [...out, heads.cls, heads.dist] : out;
+    }) as [tf.Tensor2D, tf.Scalar, tf.Tensor2D?, tf.Tensor2D?];
     try {
-      return { lossSum: loss.dataSync()[0]!, correct: countCorrect(logits, labels, n) };
+      const result: LossResult = { lossSum: loss.dataSync()[0]!, correct: countCorrect(joint, labels, n) };
+      if (cls && dist) {
+        result.correctClassHead = countCorrect(cls, labels, n);
+        result.correctDistHead = countCorrect(dist, labels, n);
+      }
+      return result;
     } finally {
-      tf.dispose([x, y, logits, loss]);
+      tf.dispose([x, y, joint, loss, cls ?? [], dist ?? []]);
     }
   }
 
-  /** Logits for n images, [n, numClasses] row-major. */
+  /** Logits of the joint classifier for n images, [n, numClasses] row-major. */
   logits(images: Float32Array, n: number): Float32Array {
     const x = this.imagesTensor(images, n);
-    const out = tf.tidy(() => this.forwardHead(this.forwardFeatures(x)));
+    const out = tf.tidy(() => this.jointLogits(this.forwardHead(this.forwardFeatures(x))));
     try {
       return out.dataSync() as Float32Array;
     } finally {

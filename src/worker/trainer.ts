@@ -8,7 +8,7 @@ import type { EvalCounts, ResumeState, ShardSnapshot, StepReport } from '../comm
 import type { RingPeer } from '../comm/ring.ts';
 import { shardRange, type ElementRange } from '../comm/shard.ts';
 import type { ImageDataset } from '../data/fashion-mnist.ts';
-import type { VisionTransformer } from '../model/vit.ts';
+import type { Regularization, TrainContext, VisionTransformer } from '../model/vit.ts';
 import { clipFactor, sumOfSquares } from '../train/clip.ts';
 import { paramDigest } from '../train/digest.ts';
 import { ShardEma } from '../train/ema.ts';
@@ -24,6 +24,11 @@ export interface TrainerOptions {
   optimizer: OptimizerConfig;
   /** The weights' moving average, or null for none. */
   ema: { decay: number } | null;
+  /**
+   * The recipe's seed, `regularization` and `distillation.alpha`, for the model's per-sample masks
+   * and loss. Absent, the model trains without regularization (and a distilled one with alpha 0.5).
+   */
+  training?: { seed: number; regularization: Regularization; distillationAlpha: number };
 }
 
 function yieldToEventLoop(): Promise<void> {
@@ -90,7 +95,9 @@ export class ShardedTrainer {
     for (let from = 0; from < indices.length; from += microBatch) {
       const batch = indices.subarray(from, Math.min(from + microBatch, indices.length));
       this.train.gather(batch, this.images, this.labels);
-      const result = this.model.lossAndGrad(this.images.subarray(0, batch.length * this.imageSize), this.labels.subarray(0, batch.length), batch.length, this.grad);
+      // Masks follow (seed, step, data-set index): the same on any number of workers.
+      const context: TrainContext | undefined = this.options.training && { ...this.options.training, step, sampleIndices: batch };
+      const result = this.model.lossAndGrad(this.images.subarray(0, batch.length * this.imageSize), this.labels.subarray(0, batch.length), batch.length, this.grad, context);
       lossSum += result.lossSum;
       correct += result.correct;
       // Let heartbeats and aborts through between micro-batches: a backward pass blocks the loop.

@@ -273,6 +273,7 @@ class WorkerSession {
         const { recipe, model, train, test } = bench;
         this.trainer = new ShardedTrainer(model, ring, train, {
           rank: this.rank, worldSize: this.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: optimizerConfigOf(recipe), ema: recipe.ema,
+          training: { seed: recipe.seed, regularization: recipe.regularization, distillationAlpha: recipe.distillation.alpha },
         }, resume ? resume.params : init ?? model.initParams(recipe.seed), resume);
         this.send({ type: 'ready', generation: this.generation, rank: this.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: test.size });
         return;
@@ -305,6 +306,8 @@ class WorkerSession {
     const key = JSON.stringify(recipe);
     const cached = this.state.workbench;
     if (cached && cached.key === key) return cached;
+    // Teachers are not built yet: a distilled model's second head learns from the labels (src/model/vit.ts).
+    if (recipe.distillation.mode !== 'none') throw new SetupError(`recipe ${recipe.name}: distillation mode "${recipe.distillation.mode}" needs a teacher, and teachers are not supported yet; pass --set distillation.mode=none --set distillation.teacher=null to train the distillation head on the labels`);
     // The recipe schema admits ImageNet-style folders ahead of their loader.
     if (recipe.data.dataset !== 'fashion-mnist') throw new SetupError(`recipe ${recipe.name}: data set "${recipe.data.dataset}" cannot be loaded by this worker yet (it reads fashion-mnist)`);
     const train = loadDataset(recipe.data, 'train');

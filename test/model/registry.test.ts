@@ -10,15 +10,48 @@ test('standard variants have timm parameter counts (computed from the spec, noth
   assert.equal(counts['vit_small_patch16_224'], 22_050_664);
   assert.equal(counts['vit_base_patch16_224'], 86_567_656);
   assert.equal(counts['vit_large_patch16_224'], 304_326_632);
+  assert.equal(counts['vit_base_patch32_224'], 88_224_232);
+  assert.equal(counts['vit_base_patch16_384'], 86_859_496);
+  assert.equal(counts['vit_large_patch16_384'], 304_715_752);
+  assert.equal(counts['deit_base_patch16_224'], 86_567_656);
+  assert.equal(counts['deit_tiny_distilled_patch16_224'], 5_910_800);
+  assert.equal(counts['deit_small_distilled_patch16_224'], 22_436_432);
+  assert.equal(counts['deit_base_distilled_patch16_224'], 87_338_192);
   assert.ok(counts['vit_fmnist_tiny']! > 0);
+});
+
+test('distilled variants are their base model plus a distillation token, its position and a second head', () => {
+  const models = Object.fromEntries(listModels().map((m) => [m.name, m]));
+  const pairs = [
+    ['deit_fmnist_tiny_distilled', 'vit_fmnist_tiny'],
+    ['deit_tiny_distilled_patch16_224', 'deit_tiny_patch16_224'],
+    ['deit_small_distilled_patch16_224', 'deit_small_patch16_224'],
+    ['deit_base_distilled_patch16_224', 'deit_base_patch16_224'],
+    ['deit_base_distilled_patch16_384', 'deit_base_patch16_384'],
+  ];
+  for (const [distilled, base] of pairs) {
+    const d = models[distilled!]!;
+    const b = models[base!]!;
+    assert.deepEqual(d.config, { ...b.config, distilled: true }, distilled);
+    const { embedDim: D, numClasses: K } = b.config;
+    assert.equal(d.numParams - b.numParams, 2 * D + D * K + K, distilled);
+  }
+  for (const m of listModels()) assert.equal(m.config.distilled, m.name.includes('distilled'), m.name);
+});
+
+test('patch size and resolution variants change only the patch embedding and the token count', () => {
+  const cfg = (name: string) => createModelConfig(name);
+  assert.deepEqual(cfg('vit_small_patch8_224'), { ...cfg('vit_small_patch16_224'), patchSize: 8 });
+  assert.deepEqual(cfg('vit_large_patch32_224'), { ...cfg('vit_large_patch16_224'), patchSize: 32 });
+  assert.deepEqual(cfg('vit_base_patch32_384'), { ...cfg('vit_base_patch16_224'), patchSize: 32, imageSize: 384 });
+  assert.deepEqual(cfg('deit_base_patch16_384'), cfg('vit_base_patch16_384'));
 });
 
 test('listModels reports config, params and FLOPs for every variant', () => {
   const models = listModels();
-  assert.deepEqual(
-    models.map((m) => m.name),
-    ['vit_fmnist_tiny', 'vit_tiny_patch16_224', 'vit_small_patch16_224', 'vit_base_patch16_224', 'vit_large_patch16_224'],
-  );
+  const names = models.map((m) => m.name);
+  assert.equal(new Set(names).size, names.length);
+  for (const size of ['tiny', 'small', 'base', 'large']) assert.ok(names.includes(`vit_${size}_patch16_224`), size);
   for (const m of models) {
     assert.equal(m.flopsPerImage, countFlops(m.config));
     assert.equal(m.numParams, paramSpecs(m.config).reduce((n, p) => n + p.size, 0));
@@ -27,7 +60,7 @@ test('listModels reports config, params and FLOPs for every variant', () => {
   // ViT-B/16 is commonly quoted at 17.6 GMACs per 224x224 image.
   assert.ok(Math.abs(base.flopsPerImage / 2 / 17.56e9 - 1) < 0.01, `${base.flopsPerImage}`);
   assert.deepEqual(base.config, {
-    imageSize: 224, patchSize: 16, inChannels: 3, numClasses: 1000, embedDim: 768, depth: 12, numHeads: 12, mlpRatio: 4,
+    imageSize: 224, patchSize: 16, inChannels: 3, numClasses: 1000, embedDim: 768, depth: 12, numHeads: 12, mlpRatio: 4, distilled: false,
   });
 });
 

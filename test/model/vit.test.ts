@@ -2,11 +2,12 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../src/model/backend.ts';
-import { VisionTransformer, countFlops, type VitConfig } from '../../src/model/vit.ts';
+import { VisionTransformer, countFlops, type TrainContext, type VitConfig } from '../../src/model/vit.ts';
 
 // Small enough for finite differences, big enough to have several patches, heads, blocks and classes.
-const TINY: VitConfig = { imageSize: 8, patchSize: 4, inChannels: 2, numClasses: 3, embedDim: 8, depth: 2, numHeads: 2, mlpRatio: 2 };
-const FMNIST_LIKE: VitConfig = { imageSize: 28, patchSize: 7, inChannels: 1, numClasses: 10, embedDim: 64, depth: 4, numHeads: 4, mlpRatio: 2 };
+const TINY: VitConfig = { imageSize: 8, patchSize: 4, inChannels: 2, numClasses: 3, embedDim: 8, depth: 2, numHeads: 2, mlpRatio: 2, distilled: false };
+const TINY_DISTILLED: VitConfig = { ...TINY, distilled: true };
+const FMNIST_LIKE: VitConfig = { imageSize: 28, patchSize: 7, inChannels: 1, numClasses: 10, embedDim: 64, depth: 4, numHeads: 4, mlpRatio: 2, distilled: false };
 
 await selectBackend({ requested: 'cpu' });
 
@@ -39,11 +40,53 @@ function scrambledParams(model: VisionTransformer, seed: number): Float32Array {
   return flat;
 }
 
-function lossAndGrad(model: VisionTransformer, images: Float32Array, labels: Int32Array, n: number) {
+function lossAndGrad(model: VisionTransformer, images: Float32Array, labels: Int32Array, n: number, ctx?: TrainContext) {
   const grad = new Float32Array(model.numParams);
-  const result = model.lossAndGrad(images, labels, n, grad);
+  const result = model.lossAndGrad(images, labels, n, grad, ctx);
   return { ...result, grad };
 }
+
+/**
+ * Checks lossAndGrad's gradient against central finite differences of its own lossSum (so of the
+ * training loss: both heads of a distilled model, the context's masks and label smoothing), at 3
+ * random entries of every parameter tensor.
+ */
+function checkGradients(config: VitConfig, seed: number, ctx?: TrainContext): void {
+  const model = new VisionTransformer(config);
+  const params = scrambledParams(model, seed);
+  const n = 3;
+  const { images, labels } = randomBatch(config, n, seed + 1);
+  model.setParams(params);
+  const { grad } = lossAndGrad(model, images, labels, n, ctx);
+
+  const rand = lcg(seed + 2);
+  const h = 1e-2;
+  const loss = (flat: Float32Array) => {
+    model.setParams(flat);
+    return lossAndGrad(model, images, labels, n, ctx).lossSum;
+  };
+  for (const p of model.params) {
+    for (let s = 0; s < 3; s++) {
+      const i = p.offset + Math.floor(rand() * p.size);
+      // Richardson extrapolation of two central differences cancels the h^2 error term, so the
+      // comparison is limited by float32 rounding in the loss, not by the step size.
+      const central = (step: number) => {
+        const plus = params.slice();
+        const minus = params.slice();
+        plus[i]! += step;
+        minus[i]! -= step;
+        return (loss(plus) - loss(minus)) / (plus[i]! - minus[i]!);
+      };
+      const numeric = (4 * central(h / 2) - central(h)) / 3;
+      const error = Math.abs(grad[i]! - numeric) / Math.max(1, Math.abs(numeric));
+      assert.ok(error < 1e-3, `${p.name}[${i - p.offset}]: analytic ${grad[i]} numeric ${numeric}`);
+    }
+  }
+  model.disposeParams();
+}
+
+/** Rates high enough that a 3-image batch of TINY sees dropped elements and dropped paths. */
+const HEAVY = { dropout: 0.2, attnDropout: 0.2, dropPath: 0.5, labelSmoothing: 0.1 };
 
 test('parameters have timm names, shapes and a contiguous flat layout', () => {
   const model = new VisionTransformer(TINY);
@@ -150,39 +193,18 @@ test('patch embedding is the stride-p convolution whose kernel timm stores as [D
 });
 
 test('analytic gradients match central finite differences for every parameter tensor', () => {
-  const model = new VisionTransformer(TINY);
-  const params = scrambledParams(model, 11);
-  const { images, labels } = randomBatch(TINY, 3, 12);
-  model.setParams(params);
-  const { grad } = lossAndGrad(model, images, labels, 3);
+  checkGradients(TINY, 11);
+});
 
-  const rand = lcg(13);
-  const h = 1e-2;
-  const loss = (flat: Float32Array) => {
-    model.setParams(flat);
-    return model.evaluate(images, labels, 3).lossSum;
-  };
-  let worst = 0;
-  for (const p of model.params) {
-    for (let s = 0; s < 3; s++) {
-      const i = p.offset + Math.floor(rand() * p.size);
-      // Richardson extrapolation of two central differences cancels the h^2 error term, so the
-      // comparison is limited by float32 rounding in the loss, not by the step size.
-      const central = (step: number) => {
-        const plus = params.slice();
-        const minus = params.slice();
-        plus[i]! += step;
-        minus[i]! -= step;
-        return (loss(plus) - loss(minus)) / (plus[i]! - minus[i]!);
-      };
-      const numeric = (4 * central(h / 2) - central(h)) / 3;
-      const error = Math.abs(grad[i]! - numeric) / Math.max(1, Math.abs(numeric));
-      worst = Math.max(worst, error);
-      assert.ok(error < 1e-3, `${p.name}[${i - p.offset}]: analytic ${grad[i]} numeric ${numeric}`);
-    }
-  }
-  assert.ok(worst < 1e-3);
-  model.disposeParams();
+test('gradients of a distilled model (both heads, alpha 0.3) match finite differences', () => {
+  checkGradients(TINY_DISTILLED, 14, { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1, 2), distillationAlpha: 0.3 });
+});
+
+test('gradients with dropout, attention dropout, drop path and label smoothing match finite differences', () => {
+  // The masks are a function of the context, so every loss evaluation sees the same ones.
+  const ctx: TrainContext = { step: 5, seed: 9, sampleIndices: Uint32Array.of(100, 7, 42), regularization: HEAVY, distillationAlpha: 0.3 };
+  checkGradients(TINY_DISTILLED, 17, ctx);
+  checkGradients(TINY, 18, ctx);
 });
 
 test('cpu and wasm backends agree on loss and gradients', async () => {
@@ -255,24 +277,28 @@ test('lossSum is the sum of per-sample losses and correct counts argmax hits', (
 });
 
 test('no tensors leak across calls', async () => {
+  const ctx: TrainContext = { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1, 2, 3), regularization: HEAVY };
   for (const backend of ['cpu', 'wasm'] as const) {
     await selectBackend({ requested: backend });
-    const model = new VisionTransformer(TINY);
-    const { images, labels } = randomBatch(TINY, 4, 51);
-    const grad = new Float32Array(model.numParams);
-    const before = tf.memory().numTensors;
-    model.setParams(model.initParams(1));
-    const withParams = tf.memory().numTensors;
-    assert.equal(withParams - before, model.params.length);
-    for (let i = 0; i < 3; i++) {
-      model.lossAndGrad(images, labels, 4, grad);
-      model.evaluate(images, labels, 4);
-      model.logits(images, 4);
-      model.setParams(model.initParams(i));
-      assert.equal(tf.memory().numTensors, withParams, backend);
+    for (const config of [TINY, TINY_DISTILLED]) {
+      const model = new VisionTransformer(config);
+      const { images, labels } = randomBatch(config, 4, 51);
+      const grad = new Float32Array(model.numParams);
+      const before = tf.memory().numTensors;
+      model.setParams(model.initParams(1));
+      const withParams = tf.memory().numTensors;
+      assert.equal(withParams - before, model.params.length);
+      for (let i = 0; i < 3; i++) {
+        model.lossAndGrad(images, labels, 4, grad);
+        model.lossAndGrad(images, labels, 4, grad, ctx);
+        model.evaluate(images, labels, 4);
+        model.logits(images, 4);
+        model.setParams(model.initParams(i));
+        assert.equal(tf.memory().numTensors, withParams, backend);
+      }
+      model.disposeParams();
+      assert.equal(tf.memory().numTensors, before, backend);
     }
-    model.disposeParams();
-    assert.equal(tf.memory().numTensors, before, backend);
   }
   await selectBackend({ requested: 'cpu' });
 });
@@ -286,6 +312,9 @@ test('misuse fails loudly', () => {
   assert.throws(() => model.evaluate(images, Int32Array.from([0, 3]), 2), /label 3 at 1 is out of range/);
   assert.throws(() => model.evaluate(images, labels, 3), /images holds/);
   assert.throws(() => model.lossAndGrad(images, labels, 2, new Float32Array(1)), /gradAccum has length/);
+  const grad = new Float32Array(model.numParams);
+  assert.throws(() => model.lossAndGrad(images, labels, 2, grad, { step: 0, seed: 0, sampleIndices: Uint32Array.of(0), regularization: HEAVY }), /sampleIndices holds 1 values, expected 2/);
+  assert.throws(() => model.lossAndGrad(images, labels, 2, grad, { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1), distillationAlpha: 2 }), /distillationAlpha must be in \[0, 1\]/);
   model.disposeParams();
 });
 
@@ -306,6 +335,134 @@ test('a tiny model overfits a tiny batch with plain SGD', () => {
   const final = model.evaluate(images, labels, n);
   assert.ok(final.lossSum / n < 0.25 * losses[0]!, `loss ${losses[0]} -> ${final.lossSum / n}`);
   assert.equal(final.correct, n);
+  model.disposeParams();
+});
+
+test('a distilled model has dist_token after pos_embed, a position for it and a second head', () => {
+  const model = new VisionTransformer(TINY_DISTILLED);
+  const names = model.params.map((p) => p.name);
+  assert.deepEqual(names.slice(0, 4), ['cls_token', 'pos_embed', 'dist_token', 'patch_embed.proj.weight']);
+  assert.deepEqual(names.slice(-4), ['head.weight', 'head.bias', 'head_dist.weight', 'head_dist.bias']);
+  const spec = Object.fromEntries(model.params.map((p) => [p.name, p]));
+  assert.deepEqual(spec['pos_embed']!.shape, [1, 6, 8]);
+  assert.deepEqual(spec['dist_token']!.shape, [1, 1, 8]);
+  assert.equal(spec['dist_token']!.init, 'trunc_normal');
+  assert.deepEqual(spec['head_dist.weight']!.timmShape, [3, 8]);
+  const plain = new VisionTransformer(TINY);
+  assert.equal(model.numParams - plain.numParams, 8 + 8 + 8 * 3 + 3);
+  // 6 tokens; two heads.
+  const perBlock = 2 * 6 * 8 * 24 + 2 * 2 * 6 * 6 * 8 + 2 * 6 * 8 * 8 + 2 * 2 * 6 * 8 * 16;
+  assert.equal(countFlops(TINY_DISTILLED), 2 * 4 * 32 * 8 + 2 * perBlock + 2 * 2 * 8 * 3);
+});
+
+test('distilled inference averages the two heads; evaluate reports each head and the joint classifier', () => {
+  const model = new VisionTransformer(TINY_DISTILLED);
+  model.setParams(scrambledParams(model, 81));
+  const n = 6;
+  const { images, labels } = randomBatch(TINY_DISTILLED, n, 82);
+  const [cls, dist] = tf.tidy(() => {
+    const heads = model.forwardHead(model.forwardFeatures(tf.tensor4d(images, [n, 8, 8, 2])));
+    return [heads.cls, heads.dist!];
+  });
+  const [c, d] = [cls.dataSync(), dist.dataSync()];
+  tf.dispose([cls, dist]);
+  assertClose(model.logits(images, n), Array.from(c, (v, i) => (v + d[i]!) / 2), 1e-6);
+  const hits = (values: ArrayLike<number>) =>
+    labels.filter((label, i) => {
+      const row = Array.from({ length: 3 }, (_, k) => values[i * 3 + k]!);
+      return row.indexOf(Math.max(...row)) === label;
+    }).length;
+  const result = model.evaluate(images, labels, n);
+  assert.equal(result.correctClassHead, hits(c));
+  assert.equal(result.correctDistHead, hits(d));
+  assert.equal(result.correct, hits(model.logits(images, n)));
+  assert.notDeepEqual(Array.from(c), Array.from(d), 'the heads differ, so the averaging is exercised');
+  model.disposeParams();
+});
+
+test('regularization masks follow the sample index, not the micro-batch or the position in it', () => {
+  const model = new VisionTransformer(TINY);
+  model.setParams(scrambledParams(model, 91));
+  const n = 4;
+  const { images, labels } = randomBatch(TINY, n, 92);
+  const perImage = images.length / n;
+  const indices = Uint32Array.of(1000, 3, 77, 5);
+  const ctx = (sampleIndices: Uint32Array): TrainContext => ({ step: 12, seed: 3, sampleIndices, regularization: HEAVY });
+  const whole = lossAndGrad(model, images, labels, n, ctx(indices));
+
+  // The same samples in two micro-batches, reordered: samples 3, 0 then 2, 1.
+  const pick = (order: number[]) => {
+    const imgs = new Float32Array(order.length * perImage);
+    order.forEach((s, j) => imgs.set(images.subarray(s * perImage, (s + 1) * perImage), j * perImage));
+    return { imgs, lbls: Int32Array.from(order, (s) => labels[s]!), idx: Uint32Array.from(order, (s) => indices[s]!) };
+  };
+  const grad = new Float32Array(model.numParams);
+  let lossSum = 0;
+  for (const order of [[3, 0], [2, 1]]) {
+    const { imgs, lbls, idx } = pick(order);
+    lossSum += model.lossAndGrad(imgs, lbls, order.length, grad, ctx(idx)).lossSum;
+  }
+  assert.ok(Math.abs(lossSum - whole.lossSum) < 1e-5 * whole.lossSum, `${lossSum} vs ${whole.lossSum}`);
+  assertClose(grad, whole.grad, 1e-5 * Math.max(...whole.grad.map(Math.abs)));
+
+  // The masks do change with the sample index, the step and the seed, and they change the loss.
+  const plain = lossAndGrad(model, images, labels, n).lossSum;
+  const others = [
+    lossAndGrad(model, images, labels, n, ctx(Uint32Array.of(5, 77, 3, 1000))).lossSum,
+    lossAndGrad(model, images, labels, n, { ...ctx(indices), step: 13 }).lossSum,
+    lossAndGrad(model, images, labels, n, { ...ctx(indices), seed: 4 }).lossSum,
+  ];
+  for (const other of [plain, ...others]) assert.ok(Math.abs(other - whole.lossSum) > 1e-4, `${other} vs ${whole.lossSum}`);
+  model.disposeParams();
+});
+
+test('a context with every rate 0 computes the same bits as no context', () => {
+  const zero = { dropout: 0, attnDropout: 0, dropPath: 0, labelSmoothing: 0 };
+  for (const config of [TINY, TINY_DISTILLED]) {
+    const model = new VisionTransformer(config);
+    model.setParams(scrambledParams(model, 101));
+    const { images, labels } = randomBatch(config, 3, 102);
+    const plain = lossAndGrad(model, images, labels, 3);
+    const ctx = { step: 1, seed: 2, sampleIndices: Uint32Array.of(4, 5, 6), regularization: zero };
+    const withCtx = lossAndGrad(model, images, labels, 3, ctx);
+    assert.equal(withCtx.lossSum, plain.lossSum);
+    assert.deepEqual(withCtx.grad, plain.grad);
+    model.disposeParams();
+  }
+});
+
+test('stochastic depth rises linearly from 0: a one-block model never drops its path', () => {
+  const config = { ...TINY, depth: 1 };
+  const model = new VisionTransformer(config);
+  model.setParams(scrambledParams(model, 111));
+  const { images, labels } = randomBatch(config, 4, 112);
+  const ctx = { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1, 2, 3), regularization: { dropout: 0, dropPath: 0.9, labelSmoothing: 0 } };
+  assert.deepEqual(lossAndGrad(model, images, labels, 4, ctx).grad, lossAndGrad(model, images, labels, 4).grad);
+  // With two blocks the last one drops at the full rate 0.9.
+  const deeper = new VisionTransformer(TINY);
+  deeper.setParams(scrambledParams(deeper, 113));
+  assert.notDeepEqual(lossAndGrad(deeper, images, labels, 4, ctx).grad, lossAndGrad(deeper, images, labels, 4).grad);
+  model.disposeParams();
+  deeper.disposeParams();
+});
+
+test('label smoothing: the loss is cross entropy against (1 - eps) onehot + eps / K', () => {
+  const model = new VisionTransformer(TINY);
+  model.setParams(scrambledParams(model, 121));
+  const n = 3;
+  const { images, labels } = randomBatch(TINY, n, 122);
+  const eps = 0.1;
+  const ctx = { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1, 2), regularization: { dropout: 0, dropPath: 0, labelSmoothing: eps } };
+  const logits = model.logits(images, n);
+  let want = 0;
+  for (let i = 0; i < n; i++) {
+    const row = Array.from(logits.subarray(i * 3, i * 3 + 3));
+    const max = Math.max(...row);
+    const logZ = max + Math.log(row.reduce((s, v) => s + Math.exp(v - max), 0));
+    row.forEach((v, k) => (want -= ((k === labels[i] ? 1 - eps : 0) + eps / 3) * (v - logZ)));
+  }
+  const got = lossAndGrad(model, images, labels, n, ctx).lossSum;
+  assert.ok(Math.abs(got - want) < 1e-5 * want, `${got} vs ${want}`);
   model.disposeParams();
 });
 
