@@ -42,13 +42,17 @@ function findResume(flags: RunFlags): string | null {
 /**
  * --init: the recipe's model with the file's weights, read once here and sent to every worker. A
  * head of another class count (fine-tuning) keeps the fresh initialization a run from the recipe's
- * seed would have.
+ * seed would have; a position embedding of another patch grid is resampled to the model's.
  */
 function readInitialParams(path: string, recipe: Recipe): Float32Array {
   const model = new VisionTransformer(createModelConfig(recipe.model, recipe.modelArgs));
   try {
-    const { params, replaced } = importTimmState(model.params, readSafetensors(path).tensors, { allowHeadMismatch: true, init: model.initParams(recipe.seed) });
+    const { params, replaced, posEmbedResampled: resampled } = importTimmState(model.params, readSafetensors(path).tensors, { allowHeadMismatch: true, init: model.initParams(recipe.seed) });
     for (const r of replaced) console.log(`--init: ${r.name} is [${r.fileShape.join(', ')}] in ${path}, the model's is [${r.modelShape.join(', ')}]: freshly initialized`);
+    if (resampled) {
+      const { fileShape, modelShape, fromGrid, toGrid } = resampled;
+      console.log(`--init: pos_embed is [${fileShape.join(', ')}] in ${path}, the model's is [${modelShape.join(', ')}]: its ${fromGrid.join('x')} patch grid resampled bicubically to ${toGrid.join('x')}, the prefix tokens kept`);
+    }
     return params;
   } catch (err) {
     throw new Error(`--init ${path}: ${(err as Error).message}`);

@@ -2,6 +2,7 @@
 // tensor in timm's layout (PyTorch Linear weights [out, in], the patch conv [D, C, p, p]), so a
 // model trained here loads into timm and a timm/DeiT checkpoint loads here. Generic over the
 // ParamSpec table: any parameter a model declares converts through its timmPerm.
+import { resamplePosEmbed } from './pos-embed.ts';
 import type { ParamSpec } from './vit.ts';
 import type { Tensor } from './safetensors.ts';
 
@@ -69,7 +70,10 @@ export function exportTimmState(specs: ParamSpec[], flat: Float32Array): Map<str
 
 /**
  * Strict by default. For fine-tuning, allowHeadMismatch lets a head (head.*, head_dist.*) of another
- * class count keep its value from `init`, the model's fresh initialization.
+ * class count keep its value from `init`, the model's fresh initialization, and resamples a
+ * pos_embed of another grid (another resolution or patch size), as timm does when it creates a
+ * pretrained model at another size. A strict load (predict, a teacher) keeps refusing both: there
+ * the file is meant to be the model.
  */
 export type ImportOptions = { allowHeadMismatch: false } | { allowHeadMismatch: true; init: Float32Array };
 
@@ -77,12 +81,29 @@ export interface ImportResult {
   params: Float32Array;
   /** Head tensors left at their fresh initialization because the file's class count differs. */
   replaced: { name: string; fileShape: number[]; modelShape: number[] }[];
+  /** pos_embed's patch tokens resized bicubically from the file's grid to the model's, the prefix tokens kept. */
+  posEmbedResampled: { fileShape: number[]; modelShape: number[]; fromGrid: [number, number]; toGrid: [number, number] } | null;
+}
+
+/**
+ * The square grids of a file's and a model's position embeddings [1, prefix + g*g, D] of the same
+ * D, or null when either token count is not the prefix tokens plus a square.
+ */
+function posEmbedGrids(fileShape: number[], modelShape: number[], numPrefixTokens: number): { from: number; to: number } | null {
+  const side = (shape: number[]): number | null => {
+    if (shape.length !== 3 || shape[0] !== 1) return null;
+    const g = Math.round(Math.sqrt(shape[1]! - numPrefixTokens));
+    return g > 0 && g * g === shape[1]! - numPrefixTokens ? g : null;
+  };
+  const from = side(fileShape);
+  const to = side(modelShape);
+  return from !== null && to !== null && fileShape[2] === modelShape[2] ? { from, to } : null;
 }
 
 /**
  * The flat vector from timm-named tensors. Like PyTorch's strict load_state_dict, every parameter
- * must be present with its exact shape and the file may hold nothing else: a missing or leftover
- * tensor means the file belongs to another architecture.
+ * must be present with its exact shape (but for what ImportOptions lets fine-tuning adapt) and the
+ * file may hold nothing else: a missing or leftover tensor means the file belongs to another architecture.
  */
 export function importTimmState(specs: ParamSpec[], tensors: Map<string, Tensor>, options: ImportOptions): ImportResult {
   let params: Float32Array;
@@ -93,12 +114,23 @@ export function importTimmState(specs: ParamSpec[], tensors: Map<string, Tensor>
     params = new Float32Array(numParamsOf(specs)); // every value is loaded from the file
   }
   const replaced: ImportResult['replaced'] = [];
+  let posEmbedResampled: ImportResult['posEmbedResampled'] = null;
+  // The class token, and DeiT's distillation token after it: timm's num_prefix_tokens.
+  const numPrefixTokens: 1 | 2 = specs.some((s) => s.name === 'dist_token') ? 2 : 1;
   for (const spec of specs) {
     const tensor = tensors.get(spec.name);
     if (!tensor) throw new Error(`tensor "${spec.name}" is missing (the model expects shape ${showShape(spec.timmShape)})`);
     if (!sameShape(tensor.shape, spec.timmShape)) {
       if (options.allowHeadMismatch && HEAD_PATTERN.test(spec.name)) {
         replaced.push({ name: spec.name, fileShape: tensor.shape, modelShape: spec.timmShape });
+        continue;
+      }
+      const grids = options.allowHeadMismatch && spec.name === 'pos_embed' ? posEmbedGrids(tensor.shape, spec.timmShape, numPrefixTokens) : null;
+      if (grids) {
+        // pos_embed has timm's layout internally (no timmPerm): the resampled tensor goes in as is.
+        const { from, to } = grids;
+        params.set(resamplePosEmbed(tensor.data, [from, from], [to, to], numPrefixTokens, spec.timmShape[2]!), spec.offset);
+        posEmbedResampled = { fileShape: tensor.shape, modelShape: spec.timmShape, fromGrid: [from, from], toGrid: [to, to] };
         continue;
       }
       throw new Error(`tensor "${spec.name}" has shape ${showShape(tensor.shape)} in the file, the model expects ${showShape(spec.timmShape)}`);
@@ -108,5 +140,5 @@ export function importTimmState(specs: ParamSpec[], tensors: Map<string, Tensor>
   const known = new Set(specs.map((s) => s.name));
   const unexpected = [...tensors.keys()].filter((name) => !known.has(name));
   if (unexpected.length > 0) throw new Error(`the file holds tensors the model does not have: ${unexpected.join(', ')}`);
-  return { params, replaced };
+  return { params, replaced, posEmbedResampled };
 }

@@ -1,10 +1,12 @@
 // Weights in and out (issue #3), end to end through the CLI: train a micro model, export it as
 // safetensors, predict on a .npy and on the Fashion-MNIST test split, cross-check the logits against
-// a PyTorch reference ViT with timm's names, and start a run from the exported weights (--init).
+// a PyTorch reference ViT with timm's names (also a distilled DeiT), and start a run from the
+// exported weights (--init, also from another patch grid).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { latestCheckpoint, readCheckpoint } from '../../src/coordinator/checkpoint.ts';
@@ -12,8 +14,8 @@ import { readIdx } from '../../src/data/idx.ts';
 import { DEFAULT_FASHION_MNIST_DIR } from '../../src/data/fashion-mnist.ts';
 import { createModelConfig } from '../../src/model/registry.ts';
 import { readSafetensors, writeSafetensors } from '../../src/model/safetensors.ts';
-import { VisionTransformer } from '../../src/model/vit.ts';
-import { importTimmState } from '../../src/model/weights.ts';
+import { paramSpecs, VisionTransformer, type VitConfig } from '../../src/model/vit.ts';
+import { exportTimmState, importTimmState } from '../../src/model/weights.ts';
 import { paramDigest } from '../../src/train/digest.ts';
 import { validateRecipe } from '../../src/train/recipe.ts';
 import { readNpyFloat32, writeNpyFloat32 } from '../../src/cli/weights-commands.ts';
@@ -47,6 +49,24 @@ function maxAbsDifference(a: Float32Array, b: Float32Array): number {
   return a.reduce((max, v, i) => Math.max(max, Math.abs(v - b[i]!)), 0);
 }
 
+/** Random NHWC images for `config`, given to the model as they are (no normalization). */
+function writeImages(path: string, config: VitConfig): void {
+  const pixels = config.imageSize * config.imageSize * config.inChannels;
+  writeNpyFloat32(path, [NPY_IMAGES, config.imageSize, config.imageSize, config.inChannels], Float32Array.from({ length: NPY_IMAGES * pixels }, (_, i) => Math.sin(i * 0.37) * 1.5));
+}
+
+/** The reference's logits for the same weights and images, which must equal vit-dist's `logits`. */
+function assertReferenceAgrees(weights: string, config: VitConfig, images: string, logits: { shape: number[]; data: Float32Array }): void {
+  const referencePath = join(dirname(images), 'reference.npy');
+  const ref = spawnSync(PYTHON, [REFERENCE, weights, JSON.stringify(config), images, referencePath], { encoding: 'utf8', timeout: TIMEOUT_MS });
+  assert.equal(ref.status, 0, ref.stderr);
+  const reference = readNpyFloat32(referencePath);
+  assert.deepEqual(reference.shape, logits.shape);
+  const difference = maxAbsDifference(logits.data, reference.data);
+  assert.ok(difference < LOGIT_TOLERANCE, `max |vit-dist - torch| = ${difference}`);
+  assert.ok(Math.max(...reference.data.map(Math.abs)) > 10 * LOGIT_TOLERANCE, 'the logits are not all near zero');
+}
+
 test('export, predict, the PyTorch cross-check and --init', { skip: needsData, timeout: 600_000 }, async (t) => {
   const trained = tempRunDir('weights');
   const dir = dirname(trained);
@@ -68,24 +88,15 @@ test('export, predict, the PyTorch cross-check and --init', { skip: needsData, t
     assert.match(result.stderr, /--use-ema: checkpoint .*step-000000003\.ckpt holds no EMA/);
   });
 
-  // Random NHWC images go to the model as they are (no normalization).
   const images = join(dir, 'images.npy');
-  const pixels = config.imageSize * config.imageSize * config.inChannels;
-  writeNpyFloat32(images, [NPY_IMAGES, config.imageSize, config.imageSize, config.inChannels], Float32Array.from({ length: NPY_IMAGES * pixels }, (_, i) => Math.sin(i * 0.37) * 1.5));
+  writeImages(images, config);
   const logitsPath = join(dir, 'logits.npy');
   await cli(['predict', '--model', recipe.model, '--weights', weights, '--input', images, '--out', logitsPath, '--backend', 'wasm']);
   const logits = readNpyFloat32(logitsPath);
   assert.deepEqual(logits.shape, [NPY_IMAGES, config.numClasses]);
 
   await t.test('a PyTorch ViT with timm names loads the export and gives the same logits', { skip: torchMissing }, () => {
-    const referencePath = join(dir, 'reference.npy');
-    const ref = spawnSync(PYTHON, [REFERENCE, weights, JSON.stringify(config), images, referencePath], { encoding: 'utf8', timeout: TIMEOUT_MS });
-    assert.equal(ref.status, 0, ref.stderr);
-    const reference = readNpyFloat32(referencePath);
-    assert.deepEqual(reference.shape, logits.shape);
-    const difference = maxAbsDifference(logits.data, reference.data);
-    assert.ok(difference < LOGIT_TOLERANCE, `max |vit-dist - torch| = ${difference}`);
-    assert.ok(Math.max(...reference.data.map(Math.abs)) > 10 * LOGIT_TOLERANCE, 'the logits are not all near zero');
+    assertReferenceAgrees(weights, config, images, logits);
   });
 
   await t.test('predict on the Fashion-MNIST test idx normalizes as training: the accuracy equals the run\'s evaluation', async () => {
@@ -138,9 +149,45 @@ test('export, predict, the PyTorch cross-check and --init', { skip: needsData, t
     assert.equal(stepRecords(out).at(-1)!.paramDigest, paramDigest(expected));
   });
 
+  await t.test('--init from another patch grid resamples pos_embed and says so', async () => {
+    const { tensors } = readSafetensors(weights);
+    // An 8x8 grid (56 px at patch 7) for the model's 4x4 one.
+    const tokens = 1 + 8 * 8;
+    tensors.set('pos_embed', { shape: [1, tokens, config.embedDim], data: Float32Array.from({ length: tokens * config.embedDim }, (_, i) => Math.cos(i)) });
+    const otherGrid = join(dir, 'other-grid.safetensors');
+    writeSafetensors(otherGrid, tensors);
+    const model = new VisionTransformer(config);
+    const expected = importTimmState(model.params, tensors, { allowHeadMismatch: true, init: fresh }).params;
+    const out = tempRunDir('resample');
+    const stdout = await cli([...launch, ...frozen, '--init', otherGrid, '--out', out]);
+    const D = config.embedDim;
+    assert.ok(stdout.includes(`--init: pos_embed is [1, ${tokens}, ${D}] in ${otherGrid}, the model's is [1, 17, ${D}]: its 8x8 patch grid resampled bicubically to 4x4, the prefix tokens kept`), stdout);
+    assert.equal(stepRecords(out).at(-1)!.paramDigest, paramDigest(expected));
+  });
+
   await t.test('a checkpoint to resume from takes precedence over --init', async () => {
     writeFileSync(join(dir, 'not-weights.safetensors'), 'garbage: never read when resuming');
     const stdout = await cli(['launch', '--workers', '1', '--backend', 'wasm', '--resume', trained, '--steps', String(TRAIN_STEPS + 1), '--init', join(dir, 'not-weights.safetensors')]);
     assert.match(stdout, /resuming from .*step-000000003\.ckpt \(step 3\); --init .* is ignored/);
   });
+});
+
+test('a distilled DeiT: predict and the PyTorch reference (VisionTransformerDistilled, eval) give the same logits', { skip: torchMissing, timeout: 300_000 }, async () => {
+  const model = 'deit_fmnist_tiny_distilled';
+  const modelArgs = { embedDim: 16, depth: 1, numHeads: 2 };
+  const distilled = createModelConfig(model, modelArgs);
+  // Every value perturbed, so that no zero bias or unit LayerNorm weight hides a misplaced tensor
+  // (head and head_dist, cls_token and dist_token must each land where the reference reads them).
+  const params = new VisionTransformer(distilled).initParams(1).map((v, i) => v + 0.05 * Math.sin(i * 0.7));
+  const dir = mkdtempSync(join(tmpdir(), 'vit-dist-distilled-'));
+  const weights = join(dir, 'deit.safetensors');
+  // The metadata export writes, so that predict rebuilds the shrunken architecture.
+  writeSafetensors(weights, exportTimmState(paramSpecs(distilled), params), { format: 'pt', model, model_args: JSON.stringify(modelArgs) });
+  const images = join(dir, 'images.npy');
+  writeImages(images, distilled);
+  const logitsPath = join(dir, 'logits.npy');
+  await cli(['predict', '--model', model, '--weights', weights, '--input', images, '--out', logitsPath, '--backend', 'wasm']);
+  const logits = readNpyFloat32(logitsPath);
+  assert.deepEqual(logits.shape, [NPY_IMAGES, distilled.numClasses]);
+  assertReferenceAgrees(weights, distilled, images, logits);
 });

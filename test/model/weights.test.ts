@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { resamplePosEmbed } from '../../src/model/pos-embed.ts';
 import { createModelConfig } from '../../src/model/registry.ts';
-import { paramSpecs, type ParamSpec } from '../../src/model/vit.ts';
+import { paramSpecs, type ParamSpec, type VitConfig } from '../../src/model/vit.ts';
 import { exportTimmState, importTimmState } from '../../src/model/weights.ts';
 
 // Three input channels so the conv layout's channel axis is exercised; D=8, p=7, hidden=16.
@@ -47,9 +48,10 @@ test('Linear weights are transposed to [out, in] and the conv kernel to [D, C, p
 
 test('import inverts export bit for bit', () => {
   const flat = Float32Array.from({ length: NUM_PARAMS }, (_, i) => Math.sin(i) * 1e-3);
-  const { params, replaced } = importTimmState(SPECS, exportTimmState(SPECS, flat), { allowHeadMismatch: false });
+  const { params, replaced, posEmbedResampled } = importTimmState(SPECS, exportTimmState(SPECS, flat), { allowHeadMismatch: false });
   assert.deepEqual(new Uint32Array(params.buffer), new Uint32Array(flat.buffer));
   assert.deepEqual(replaced, []);
+  assert.equal(posEmbedResampled, null);
 });
 
 test('a missing tensor is an error naming it and the expected shape', () => {
@@ -59,10 +61,38 @@ test('a missing tensor is an error naming it and the expected shape', () => {
 });
 
 test('a shape mismatch is an error naming the tensor and both shapes, also when heads may differ', () => {
-  const state = exportTimmState(SPECS, distinct(NUM_PARAMS));
-  state.set('pos_embed', { shape: [1, 17, D], data: new Float32Array(17 * D) });
-  for (const options of [{ allowHeadMismatch: false as const }, { allowHeadMismatch: true as const, init: new Float32Array(NUM_PARAMS) }]) {
-    assert.throws(() => importTimmState(SPECS, state, options), /tensor "pos_embed" has shape \[1, 17, 8\] in the file, the model expects \[1, 5, 8\]/);
+  // 17 patch tokens are no square grid; 16 are, but of another width: neither can be resampled.
+  for (const shape of [[1, 18, D], [1, 17, 2 * D]]) {
+    const state = exportTimmState(SPECS, distinct(NUM_PARAMS));
+    state.set('pos_embed', { shape, data: new Float32Array(shape[1]! * shape[2]!) });
+    for (const options of [{ allowHeadMismatch: false as const }, { allowHeadMismatch: true as const, init: new Float32Array(NUM_PARAMS) }]) {
+      assert.throws(() => importTimmState(SPECS, state, options), new RegExp(`tensor "pos_embed" has shape \\[1, ${shape[1]}, ${shape[2]}\\] in the file, the model expects \\[1, 5, 8\\]`));
+    }
+  }
+});
+
+test('fine-tuning at another grid: pos_embed is resampled from 14x14 to 7x7, the prefix tokens kept', () => {
+  for (const [model, prefix] of [['vit_fmnist_tiny', 1], ['deit_fmnist_tiny_distilled', 2]] as const) {
+    // Patch 7: 98 px is a 14x14 grid, 49 px a 7x7 one; nothing else changes shape.
+    const config = (imageSize: number): VitConfig => createModelConfig(model, { ...CONFIG, imageSize, distilled: prefix === 2 });
+    const [fileSpecs, modelSpecs] = [paramSpecs(config(98)), paramSpecs(config(49))];
+    const fileFlat = Float32Array.from({ length: fileSpecs.at(-1)!.offset + fileSpecs.at(-1)!.size }, (_, i) => Math.sin(i * 0.1));
+    const file = exportTimmState(fileSpecs, fileFlat);
+    const numParams = modelSpecs.at(-1)!.offset + modelSpecs.at(-1)!.size;
+    assert.throws(() => importTimmState(modelSpecs, file, { allowHeadMismatch: false }), new RegExp(`tensor "pos_embed" has shape \\[1, ${prefix + 196}, 8\\] in the file, the model expects \\[1, ${prefix + 49}, 8\\]`), 'a strict load does not resample');
+
+    const { params, replaced, posEmbedResampled } = importTimmState(modelSpecs, file, { allowHeadMismatch: true, init: new Float32Array(numParams).fill(-1) });
+    assert.deepEqual(replaced, []);
+    assert.deepEqual(posEmbedResampled, { fileShape: [1, prefix + 196, D], modelShape: [1, prefix + 49, D], fromGrid: [14, 14], toGrid: [7, 7] });
+    const posEmbed = modelSpecs.find((s) => s.name === 'pos_embed')!;
+    const loaded = params.subarray(posEmbed.offset, posEmbed.offset + posEmbed.size);
+    const filePosEmbed = file.get('pos_embed')!.data;
+    assert.deepEqual(loaded, resamplePosEmbed(filePosEmbed, [14, 14], [7, 7], prefix, D));
+    assert.deepEqual(loaded.subarray(0, prefix * D), filePosEmbed.subarray(0, prefix * D), `${model}: the ${prefix} prefix token(s) are kept`);
+    for (const s of modelSpecs.filter((s) => s.name !== 'pos_embed')) {
+      const from = fileSpecs.find((f) => f.name === s.name)!;
+      assert.deepEqual(params.subarray(s.offset, s.offset + s.size), fileFlat.subarray(from.offset, from.offset + from.size), `${s.name} is loaded`);
+    }
   }
 });
 

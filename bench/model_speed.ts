@@ -1,0 +1,59 @@
+// Forward-plus-backward speed of one model replica, as a worker runs it: the wasm backend on one
+// thread, VisionTransformer.lossAndGrad on a micro-batch. bench/model-vs-torch.sh runs it beside
+// bench/torch_model_speed.py, which times PyTorch on the same shapes with the same rule.
+//
+//   node --import tsx bench/model_speed.ts --model vit_fmnist_tiny --batch 128 [--seconds 25] [--backend wasm]
+//
+// Prints a human-readable line, then one JSON line (the last) for scripts.
+import { parseArgs } from 'node:util';
+import { selectBackend, type BackendChoice } from '../src/model/backend.ts';
+import { createModelConfig } from '../src/model/registry.ts';
+import { VisionTransformer } from '../src/model/vit.ts';
+
+/** Untimed passes first: the first calls compile kernels and grow the wasm heap. */
+const WARMUP_ITERATIONS = 2;
+/** The median needs a few samples even when one pass takes longer than the time budget. */
+const MIN_TIMED_ITERATIONS = 3;
+const SEED = 0;
+
+const { values } = parseArgs({
+  options: {
+    model: { type: 'string', default: 'vit_fmnist_tiny' },
+    batch: { type: 'string', default: '128' },
+    seconds: { type: 'string', default: '25' },
+    backend: { type: 'string', default: 'wasm' },
+  },
+});
+const batch = Number(values.batch);
+const seconds = Number(values.seconds);
+if (!Number.isInteger(batch) || batch <= 0) throw new Error(`--batch must be a positive integer, got ${values.batch}`);
+if (!(seconds > 0)) throw new Error(`--seconds must be positive, got ${values.seconds}`);
+
+const { reason } = await selectBackend({ requested: values.backend as BackendChoice });
+const config = createModelConfig(values.model!);
+const model = new VisionTransformer(config);
+model.setParams(model.initParams(SEED));
+
+// Random inputs: the speed does not depend on the values.
+const pixels = config.imageSize * config.imageSize * config.inChannels;
+const images = Float32Array.from({ length: batch * pixels }, (_, i) => Math.sin(i * 0.37));
+const labels = Int32Array.from({ length: batch }, (_, i) => i % config.numClasses);
+const grad = new Float32Array(model.numParams);
+
+const step = (): void => {
+  grad.fill(0); // as a worker starts each step's accumulation
+  model.lossAndGrad(images, labels, batch, grad);
+};
+for (let i = 0; i < WARMUP_ITERATIONS; i++) step();
+const times: number[] = [];
+const start = performance.now();
+while (times.length < MIN_TIMED_ITERATIONS || performance.now() - start < seconds * 1000) {
+  const t0 = performance.now();
+  step();
+  times.push(performance.now() - t0);
+}
+times.sort((a, b) => a - b);
+const msPerStep = times[Math.floor(times.length / 2)]!;
+const imagesPerSec = (batch * 1000) / msPerStep;
+console.log(`vit-dist ${values.model} batch ${batch}: ${imagesPerSec.toFixed(1)} images/s (median of ${times.length} passes, ${msPerStep.toFixed(1)} ms each; ${reason})`);
+console.log(JSON.stringify({ model: values.model, batch, iterations: times.length, msPerStep, imagesPerSec, backend: reason, config }));
