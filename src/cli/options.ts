@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { InvalidArgumentError, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import { latestCheckpoint } from '../coordinator/checkpoint.ts';
 import { applyOverrides, loadRecipe, type Recipe } from '../train/recipe.ts';
 
@@ -61,6 +61,8 @@ export function addRunOptions(command: Command): Command {
     .option('--micro-batch <m>', 'images per forward/backward pass on a worker (gradient accumulation)', positiveInt)
     .option('--seed <s>', 'run seed (initialization and sampling)', nonNegativeInt)
     .option('--checkpoint-every <k>', 'write a checkpoint every K steps (and at the end)', positiveInt)
+    .addOption(new Option('--distillation <mode>', "DeiT distillation of a distilled model's second head from --teacher (sets distillation.mode; none trains it on the labels)").choices(['none', 'soft', 'hard']))
+    .option('--teacher <path>', 'the distillation teacher: a run directory or checkpoint file of vit-dist, or a .safetensors file from `vit-dist export` (sets distillation.teacher)')
     .option('--set <key=value>', 'override any recipe value by its dotted key (repeatable), e.g. --set optimizer.lr=0.002', keyValue, {})
     .option('--resume <dir>', 'continue from the newest checkpoint in this run directory (or from this checkpoint file)')
     .option('--init <file>', 'start from these weights (.safetensors with timm names, e.g. from `vit-dist export` or timm/DeiT) at step 0 with a fresh optimizer; a head of another class count is freshly initialized (fine-tuning); a checkpoint to resume from takes precedence')
@@ -92,6 +94,8 @@ export interface RunFlags {
   microBatch?: number;
   seed?: number;
   checkpointEvery?: number;
+  distillation?: Recipe['distillation']['mode'];
+  teacher?: string;
   set: Record<string, string>;
   resume?: string;
   init?: string;
@@ -126,6 +130,13 @@ export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null): Rec
   if (flags.microBatch !== undefined) overrides.microBatch = flags.microBatch;
   if (flags.seed !== undefined) overrides.seed = flags.seed;
   if (flags.checkpointEvery !== undefined) overrides.checkpointEvery = flags.checkpointEvery;
+  if (flags.distillation !== undefined) {
+    overrides['distillation.mode'] = flags.distillation;
+    // A recipe names a teacher exactly when it distils: switching distillation off drops the teacher.
+    if (flags.distillation === 'none' && flags.teacher === undefined) overrides['distillation.teacher'] = null;
+  }
+  // JSON-quoted: an override string is parsed as JSON first, and a path like "1" must stay a string.
+  if (flags.teacher !== undefined) overrides['distillation.teacher'] = JSON.stringify(flags.teacher);
   return applyOverrides(base, overrides);
 }
 

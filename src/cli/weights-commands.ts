@@ -8,13 +8,10 @@ import type { BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
 import { paramSpecs, VisionTransformer, type VitConfig } from '../model/vit.ts';
-import { exportTimmState, importTimmState } from '../model/weights.ts';
+import { META_MODEL, META_MODEL_ARGS, exportTimmState, importTimmState, modelArgsFromMetadata } from '../model/weights.ts';
 import { validateRecipe } from '../train/recipe.ts';
 import { UsageError } from './options.ts';
 
-/** Metadata keys export writes: `model` and `model_args` let predict rebuild a recipe's modified architecture. */
-const META_MODEL = 'model';
-const META_MODEL_ARGS = 'model_args';
 /** Images per forward pass in predict: bounds the activations' memory. */
 export const DEFAULT_PREDICT_BATCH = 256;
 const MAX_PIXEL = 255;
@@ -121,18 +118,9 @@ export interface PredictFlags {
  * was exported from that same model (a file from timm records none and gets the registry's config).
  */
 function predictConfig(model: string, metadata: Record<string, string>, weightsPath: string): VitConfig {
-  if (metadata[META_MODEL] !== model || metadata[META_MODEL_ARGS] === undefined) return createModelConfig(model);
-  let args: unknown;
-  try {
-    args = JSON.parse(metadata[META_MODEL_ARGS]);
-  } catch (err) {
-    throw new Error(`${weightsPath}: metadata ${META_MODEL_ARGS} is not JSON (${(err as Error).message})`);
-  }
-  // Architecture arguments are numbers and flags; VisionTransformer validates their values.
-  if (typeof args !== 'object' || args === null || Object.values(args).some((v) => typeof v !== 'number' && typeof v !== 'boolean')) {
-    throw new Error(`${weightsPath}: metadata ${META_MODEL_ARGS} is not an object of numbers and booleans`);
-  }
-  return createModelConfig(model, args as Partial<VitConfig>);
+  // `model_args` describe the exported model; they apply only when --model names that model.
+  if (metadata[META_MODEL] !== model) return createModelConfig(model);
+  return createModelConfig(model, modelArgsFromMetadata(metadata, weightsPath));
 }
 
 /** NHWC float32 images for the model: a .npy array as it is, an idx file normalized as in training. */

@@ -5,7 +5,7 @@ import { Packr } from 'msgpackr';
 import { authContext } from './auth.ts';
 
 /** Bumped whenever a message changes shape; both sides refuse a peer that speaks another version. */
-export const CONTROL_PROTOCOL_VERSION = 2;
+export const CONTROL_PROTOCOL_VERSION = 3;
 /** Largest control message accepted; snapshots of large models are the biggest (a shard's params, optimizer state and EMA). */
 export const MAX_CONTROL_MESSAGE_BYTES = 2 ** 30;
 /** WebSocket close codes in the private range (4000-4999), so a peer can tell why it was dropped. */
@@ -43,13 +43,18 @@ export interface StepReport {
   paramDigest: string;
   computeMs: number;
   commMs: number;
+  /** Distilled models only: the sum over this rank's samples of the distillation head's loss term (before alpha). */
+  distillationLossSum?: number;
 }
 
-/** Loss sum and correct predictions over `count` samples. */
+/** Loss sum and correct predictions (of the joint classifier, for a distilled model) over `count` samples. */
 export interface EvalCounts {
   lossSum: number;
   correct: number;
   count: number;
+  /** Distilled models only: correct predictions of the class head and of the distillation head alone. */
+  correctClassHead?: number;
+  correctDistHead?: number;
 }
 
 /** A rank's shard of the parameters and optimizer state, for a checkpoint. */

@@ -13,7 +13,7 @@ import { totalSteps, type Recipe } from '../train/recipe.ts';
 import { learningRate, recipeSchedule } from '../train/schedule.ts';
 import type { Logger } from '../cli/logging.ts';
 import { writeCheckpoint, type CheckpointMeta, type CheckpointState } from './checkpoint.ts';
-import type { MetricsLog } from './metrics.ts';
+import type { EvalRecord, MetricsLog, StepRecord } from './metrics.ts';
 import type { ProgressPrinter } from './progress.ts';
 import type { WorkerLink } from './worker-link.ts';
 
@@ -130,11 +130,13 @@ export class Generation {
       optimizerStep += 1;
       const count = reports.reduce((a, r) => a + r.count, 0);
       if (count !== recipe.globalBatch) throw new RunError(`step ${completed}: workers processed ${count} samples, the global batch is ${recipe.globalBatch}`);
-      const record = {
-        kind: 'step' as const,
+      const distilled = reports[0]!.distillationLossSum !== undefined;
+      const record: StepRecord = {
+        kind: 'step',
         step: completed,
         epoch: sampler.epochOf(step),
         loss: reports.reduce((a, r) => a + r.lossSum, 0) / count,
+        ...(distilled ? { distillationLoss: reports.reduce((a, r) => a + r.distillationLossSum!, 0) / count } : {}),
         accuracy: reports.reduce((a, r) => a + r.correct, 0) / count,
         lr,
         gradNorm: reports[0]!.gradNorm,
@@ -213,12 +215,24 @@ export class Generation {
     const results = await this.gather('evalDone', this.context.stepTimeoutMs);
     const samples = results.reduce((a, r) => a + r.count, 0);
     if (samples !== testSize) throw new RunError(`evaluation covered ${samples} samples, the test split has ${testSize}`);
-    const testAccuracy = results.reduce((a, r) => a + r.correct, 0) / samples;
-    const testLoss = results.reduce((a, r) => a + r.lossSum, 0) / samples;
-    this.context.metrics.append({ kind: 'eval', step: completed, epoch, testAccuracy, testLoss, samples, time: new Date().toISOString() });
-    this.context.logger.info({ step: completed, epoch, testAccuracy, testLoss }, 'evaluation');
-    this.context.progress.evaluation(completed, epoch, testAccuracy, testLoss);
-    return testAccuracy;
+    const accuracy = (correct: (r: Reply<'evalDone'>) => number) => results.reduce((a, r) => a + correct(r), 0) / samples;
+    // A distilled model's ranks also count each head's hits; testAccuracy is then the joint classifier's.
+    const distilled = results[0]!.correctClassHead !== undefined;
+    const record: EvalRecord = {
+      kind: 'eval',
+      step: completed,
+      epoch,
+      testAccuracy: accuracy((r) => r.correct),
+      ...(distilled ? { testAccuracyClassHead: accuracy((r) => r.correctClassHead!), testAccuracyDistHead: accuracy((r) => r.correctDistHead!) } : {}),
+      testLoss: results.reduce((a, r) => a + r.lossSum, 0) / samples,
+      samples,
+      time: new Date().toISOString(),
+    };
+    this.context.metrics.append(record);
+    const { kind: _kind, time: _time, ...summary } = record;
+    this.context.logger.info(summary, 'evaluation');
+    this.context.progress.evaluation(record);
+    return record.testAccuracy;
   }
 
   /** Collects every rank's shard of parameters and optimizer state and writes one checkpoint. */

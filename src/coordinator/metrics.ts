@@ -7,6 +7,8 @@ export interface StepRecord {
   step: number;
   epoch: number;
   loss: number;
+  /** Distilled models only: the mean over the global batch of the distillation head's loss term, before the alpha weighting. */
+  distillationLoss?: number;
   accuracy: number;
   lr: number;
   gradNorm: number;
@@ -22,7 +24,11 @@ export interface EvalRecord {
   kind: 'eval';
   step: number;
   epoch: number;
+  /** Of the joint classifier for a distilled model (the mean of both heads' logits). */
   testAccuracy: number;
+  /** Distilled models only: the class head and the distillation head alone. */
+  testAccuracyClassHead?: number;
+  testAccuracyDistHead?: number;
   testLoss: number;
   samples: number;
   time: string;

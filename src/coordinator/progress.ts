@@ -1,6 +1,6 @@
 // Readable progress for people on stdout: step, loss, learning rate, throughput and ETA, at most
 // one line every PRINT_INTERVAL_MS, plus every evaluation.
-import type { StepRecord } from './metrics.ts';
+import type { EvalRecord, StepRecord } from './metrics.ts';
 
 const PRINT_INTERVAL_MS = 2000;
 
@@ -40,11 +40,19 @@ export class ProgressPrinter {
     const width = String(this.totalSteps).length;
     console.log(
       `step ${String(record.step).padStart(width)}/${this.totalSteps} | epoch ${record.epoch} | loss ${record.loss.toFixed(4)} | ` +
+        (record.distillationLoss === undefined ? '' : `distillation loss ${record.distillationLoss.toFixed(4)} | `) +
         `acc ${(record.accuracy * 100).toFixed(1)}% | lr ${record.lr.toExponential(2)} | ${Math.round(record.imagesPerSec)} img/s | ETA ${formatDuration(eta)}`,
     );
   }
 
-  evaluation(step: number, epoch: number, testAccuracy: number, testLoss: number): void {
-    if (this.enabled) console.log(`eval after step ${step} (epoch ${epoch}): test accuracy ${(testAccuracy * 100).toFixed(2)}%, test loss ${testLoss.toFixed(4)}`);
+  evaluation(record: EvalRecord): void {
+    if (!this.enabled) return;
+    const percent = (accuracy: number) => `${(accuracy * 100).toFixed(2)}%`;
+    const { testAccuracyClassHead: cls, testAccuracyDistHead: dist } = record;
+    // A distilled model's testAccuracy is the joint classifier's; each head's follows.
+    const accuracy = cls === undefined || dist === undefined
+      ? percent(record.testAccuracy)
+      : `joint ${percent(record.testAccuracy)}, class head ${percent(cls)}, distillation head ${percent(dist)}`;
+    console.log(`eval after step ${record.step} (epoch ${record.epoch}): test accuracy ${accuracy}, test loss ${record.testLoss.toFixed(4)}`);
   }
 }

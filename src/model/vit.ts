@@ -318,6 +318,14 @@ export interface TrainContext {
   sampleIndices: Uint32Array; // each image's index in the data set: its masks depend on it alone
   regularization?: Regularization; // none when absent
   distillationAlpha?: number; // a distilled model's weight of the distillation head's loss; 0.5 when absent
+  distillation?: TeacherGuidance; // a distilled model's teacher; without one the distillation head learns the labels
+}
+
+/** What a teacher tells a distilled student about a micro-batch (DeiT's soft or hard distillation). */
+export interface TeacherGuidance {
+  mode: 'soft' | 'hard';
+  tau: number; // softmax temperature of soft distillation; hard distillation ignores it
+  teacherLogits: Float32Array; // the teacher's logits for each of the n images, [n, numClasses] row-major
 }
 
 /**
@@ -396,6 +404,7 @@ export interface LossResult {
   correct: number; // count of samples whose argmax logit is the label (the joint classifier's, if distilled)
   correctClassHead?: number; // distilled models: the class head alone
   correctDistHead?: number; // distilled models: the distillation head alone
+  distillationLossSum?: number; // distilled models, training: sum of the distillation head's loss term, before the alpha weighting
 }
 
 export class VisionTransformer {
@@ -691,10 +700,14 @@ export class VisionTransformer {
    * masks come from (ctx.seed, ctx.step, ctx.sampleIndices[b]) and the class head's targets are
    * label-smoothed.
    *
-   * A distilled model's loss is (1 - alpha) CE(class head, labels) + alpha CE(distillation head,
-   * teacher labels), DeiT's hard distillation. There is no teacher yet, so the distillation head
-   * learns the true labels (unsmoothed, as DeiT's teacher argmax is): both heads then train on the
-   * same targets and the distillation token is a second class token.
+   * A distilled model's loss is (1 - alpha) CE(class head, labels) + alpha D, DeiT's distillation,
+   * with the distillation head's term D (also returned alone, as distillationLossSum):
+   * - hard (ctx.distillation.mode): CE(distillation head, argmax of the teacher's logits);
+   * - soft: tau^2 KL(softmax(teacher / tau) || softmax(distillation head / tau)), the tau^2 keeping
+   *   the gradient's scale independent of tau (Hinton et al. 2015);
+   * - no teacher in the context: CE(distillation head, labels), the labels unsmoothed as a
+   *   teacher's argmax is; both heads then learn the labels and the distillation token is a second
+   *   class token.
    */
   lossAndGrad(images: Float32Array, labels: Int32Array, n: number, gradAccum: Float32Array, ctx?: TrainContext): LossResult {
     if (gradAccum.length !== this.numParams) throw new Error(`gradAccum has length ${gradAccum.length}, expected ${this.numParams}`);
@@ -704,7 +717,7 @@ export class VisionTransformer {
     const smoothing = ctx?.regularization?.labelSmoothing ?? 0;
     const x = this.imagesTensor(images, n);
     const y = this.labelsOneHot(labels, n);
-    const [joint, loss, grad] = tf.tidy(() => {
+    const [joint, loss, grad, distLoss] = tf.tidy(() => {
       const acts = this.forwardActs(x, ctx ? this.blockMasks(ctx, n) : null);
       // timm's LabelSmoothingCrossEntropy: targets (1 - eps) onehot + eps / K.
       const target: tf.Tensor2D = smoothing > 0 ? tf.add(tf.mul(y, 1 - smoothing), smoothing / this.config.numClasses) : y;
@@ -714,17 +727,41 @@ export class VisionTransformer {
         const dLogits: HeadLogits = { cls: tf.sub(tf.softmax(cls), target), dist: null };
         return [cls, crossEntropySum(cls, target), this.backward(acts, dLogits, n)] as const;
       }
-      const dLogits: HeadLogits = { cls: tf.mul(tf.sub(tf.softmax(cls), target), 1 - alpha), dist: tf.mul(tf.sub(tf.softmax(dist), y), alpha) };
-      const lossSum = tf.add(tf.mul(crossEntropySum(cls, target), 1 - alpha), tf.mul(crossEntropySum(dist, y), alpha));
-      return [this.jointLogits(acts.heads), lossSum, this.backward(acts, dLogits, n)] as const;
+      const distTerm = this.distillationTerm(dist, y, n, ctx?.distillation);
+      const dLogits: HeadLogits = { cls: tf.mul(tf.sub(tf.softmax(cls), target), 1 - alpha), dist: tf.mul(distTerm.dLogits, alpha) };
+      const lossSum = tf.add(tf.mul(crossEntropySum(cls, target), 1 - alpha), tf.mul(distTerm.lossSum, alpha));
+      return [this.jointLogits(acts.heads), lossSum, this.backward(acts, dLogits, n), distTerm.lossSum] as const;
     });
     try {
       const flat = grad.dataSync(); // one download for all gradients
       for (let i = 0; i < flat.length; i++) gradAccum[i]! += flat[i]!;
-      return { lossSum: loss.dataSync()[0]!, correct: countCorrect(joint, labels, n) };
+      const result: LossResult = { lossSum: loss.dataSync()[0]!, correct: countCorrect(joint, labels, n) };
+      if (distLoss) result.distillationLossSum = distLoss.dataSync()[0]!;
+      return result;
     } finally {
-      tf.dispose([x, y, joint, loss, grad]);
+      tf.dispose([x, y, joint, loss, grad, distLoss ?? []]);
     }
+  }
+
+  /** The distillation head's loss term summed over the n images, and its gradient w.r.t. that head's logits. */
+  private distillationTerm(dist: tf.Tensor2D, labels: tf.Tensor2D, n: number, guidance: TeacherGuidance | undefined): { lossSum: tf.Scalar; dLogits: tf.Tensor2D } {
+    if (!guidance) return { lossSum: crossEntropySum(dist, labels), dLogits: tf.sub(tf.softmax(dist), labels) };
+    const K = this.config.numClasses;
+    if (guidance.teacherLogits.length < n * K) throw new Error(`teacherLogits holds ${guidance.teacherLogits.length} values, ${n} images of ${K} classes need ${n * K}`);
+    const teacher = guidance.teacherLogits.subarray(0, n * K);
+    if (guidance.mode === 'hard') {
+      const target = this.labelsOneHot(argmaxRows(teacher, n, K), n);
+      return { lossSum: crossEntropySum(dist, target), dLogits: tf.sub(tf.softmax(dist), target) };
+    }
+    const { tau } = guidance;
+    if (!(tau > 0)) throw new Error(`distillation tau must be positive, got ${tau}`);
+    const teacherScaled = tf.div(tf.tensor2d(teacher, [n, K]), tau);
+    const studentScaled = tf.div(dist, tau);
+    const pTeacher = tf.softmax(teacherScaled);
+    // KL(p_t || p_s) = sum_k p_t (log p_t - log p_s), both logs from logSoftmax so a tiny p_t stays finite.
+    const kl = tf.sum(tf.mul(pTeacher, tf.sub(tf.logSoftmax(teacherScaled), tf.logSoftmax(studentScaled))));
+    // d(tau^2 KL)/d(logits) = tau^2 (1 / tau) (softmax(logits / tau) - p_t).
+    return { lossSum: tf.mul(kl, tau * tau), dLogits: tf.mul(tf.sub(tf.softmax(studentScaled), pTeacher), tau) };
   }
 
   /** Forward only: summed cross entropy of the joint classifier and correct counts on n images. */
@@ -762,14 +799,18 @@ export class VisionTransformer {
   }
 }
 
-function countCorrect(logits: tf.Tensor2D, labels: Int32Array, n: number): number {
-  const values = logits.dataSync();
-  const k = logits.shape[1];
-  let correct = 0;
+/** The index of each row's largest value (the first on ties) of n rows of k row-major values. */
+function argmaxRows(values: ArrayLike<number>, n: number, k: number): Int32Array {
+  const best = new Int32Array(n);
   for (let i = 0; i < n; i++) {
-    let best = 0;
-    for (let j = 1; j < k; j++) if (values[i * k + j]! > values[i * k + best]!) best = j;
-    if (best === labels[i]) correct++;
+    for (let j = 1; j < k; j++) if (values[i * k + j]! > values[i * k + best[i]!]!) best[i] = j;
   }
+  return best;
+}
+
+function countCorrect(logits: tf.Tensor2D, labels: Int32Array, n: number): number {
+  const predicted = argmaxRows(logits.dataSync(), n, logits.shape[1]);
+  let correct = 0;
+  for (let i = 0; i < n; i++) if (predicted[i] === labels[i]) correct++;
   return correct;
 }

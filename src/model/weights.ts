@@ -3,7 +3,7 @@
 // model trained here loads into timm and a timm/DeiT checkpoint loads here. Generic over the
 // ParamSpec table: any parameter a model declares converts through its timmPerm.
 import { resamplePosEmbed } from './pos-embed.ts';
-import type { ParamSpec } from './vit.ts';
+import type { ParamSpec, VitConfig } from './vit.ts';
 import type { Tensor } from './safetensors.ts';
 
 /** Classifier heads, whose shape depends on the class count: replaced rather than loaded when fine-tuning. */
@@ -141,4 +141,28 @@ export function importTimmState(specs: ParamSpec[], tensors: Map<string, Tensor>
   const unexpected = [...tensors.keys()].filter((name) => !known.has(name));
   if (unexpected.length > 0) throw new Error(`the file holds tensors the model does not have: ${unexpected.join(', ')}`);
   return { params, replaced, posEmbedResampled };
+}
+
+/** Metadata keys `vit-dist export` writes, so a file names the architecture its tensors belong to. */
+export const META_MODEL = 'model';
+export const META_MODEL_ARGS = 'model_args';
+
+/**
+ * The architecture arguments stored under `model_args` (a recipe's modelArgs), or {} when the file
+ * has none (a timm file). `where` names the file in errors.
+ */
+export function modelArgsFromMetadata(metadata: Record<string, string>, where: string): Partial<VitConfig> {
+  const raw = metadata[META_MODEL_ARGS];
+  if (raw === undefined) return {};
+  let args: unknown;
+  try {
+    args = JSON.parse(raw);
+  } catch (err) {
+    throw new Error(`${where}: metadata ${META_MODEL_ARGS} is not JSON (${(err as Error).message})`);
+  }
+  // Architecture arguments are numbers and flags; VisionTransformer validates their values.
+  if (typeof args !== 'object' || args === null || Object.values(args).some((v) => typeof v !== 'number' && typeof v !== 'boolean')) {
+    throw new Error(`${where}: metadata ${META_MODEL_ARGS} is not an object of numbers and booleans`);
+  }
+  return args as Partial<VitConfig>;
 }

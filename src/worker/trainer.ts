@@ -9,6 +9,7 @@ import type { RingPeer } from '../comm/ring.ts';
 import { shardRange, type ElementRange } from '../comm/shard.ts';
 import type { ImageDataset } from '../data/fashion-mnist.ts';
 import type { Regularization, TrainContext, VisionTransformer } from '../model/vit.ts';
+import type { Recipe } from '../train/recipe.ts';
 import { clipFactor, sumOfSquares } from '../train/clip.ts';
 import { paramDigest } from '../train/digest.ts';
 import { ShardEma } from '../train/ema.ts';
@@ -25,10 +26,18 @@ export interface TrainerOptions {
   /** The weights' moving average, or null for none. */
   ema: { decay: number } | null;
   /**
-   * The recipe's seed, `regularization` and `distillation.alpha`, for the model's per-sample masks
-   * and loss. Absent, the model trains without regularization (and a distilled one with alpha 0.5).
+   * The recipe's seed, `regularization` and `distillation` (alpha, and the teacher: null when the
+   * distillation head learns the labels), for the model's per-sample masks and loss. Absent, the
+   * model trains without regularization (and a distilled one with alpha 0.5 on the labels).
    */
-  training?: { seed: number; regularization: Regularization; distillationAlpha: number };
+  training?: { seed: number; regularization: Regularization; distillationAlpha: number; teacher: Teacher | null };
+}
+
+/** A distilled model's teacher, run forward on each micro-batch, and how the student learns from it. */
+export interface Teacher {
+  model: VisionTransformer;
+  mode: Exclude<Recipe['distillation']['mode'], 'none'>;
+  tau: number;
 }
 
 function yieldToEventLoop(): Promise<void> {
@@ -92,14 +101,15 @@ export class ShardedTrainer {
     this.grad.fill(0);
     let lossSum = 0;
     let correct = 0;
+    let distillationLossSum = 0;
     for (let from = 0; from < indices.length; from += microBatch) {
       const batch = indices.subarray(from, Math.min(from + microBatch, indices.length));
       this.train.gather(batch, this.images, this.labels);
-      // Masks follow (seed, step, data-set index): the same on any number of workers.
-      const context: TrainContext | undefined = this.options.training && { ...this.options.training, step, sampleIndices: batch };
-      const result = this.model.lossAndGrad(this.images.subarray(0, batch.length * this.imageSize), this.labels.subarray(0, batch.length), batch.length, this.grad, context);
+      const images = this.images.subarray(0, batch.length * this.imageSize);
+      const result = this.model.lossAndGrad(images, this.labels.subarray(0, batch.length), batch.length, this.grad, this.trainContext(step, batch, images));
       lossSum += result.lossSum;
       correct += result.correct;
+      distillationLossSum += result.distillationLossSum ?? 0;
       // Let heartbeats and aborts through between micro-batches: a backward pass blocks the loop.
       await yieldToEventLoop();
     }
@@ -120,7 +130,20 @@ export class ShardedTrainer {
     const commMs = performance.now() - commStart;
 
     this.model.setParams(this.params);
-    return { lossSum, correct, count: indices.length, gradNorm, paramDigest: this.digest(), computeMs, commMs };
+    const report: StepReport = { lossSum, correct, count: indices.length, gradNorm, paramDigest: this.digest(), computeMs, commMs };
+    if (this.model.config.distilled) report.distillationLossSum = distillationLossSum;
+    return report;
+  }
+
+  /** What the model needs beyond images and labels to train on `batch`: masks' seeds, loss weights, the teacher's logits. */
+  private trainContext(step: number, batch: Uint32Array, images: Float32Array): TrainContext | undefined {
+    if (!this.options.training) return undefined;
+    const { teacher, ...training } = this.options.training;
+    // Masks follow (seed, step, data-set index): the same on any number of workers.
+    const context: TrainContext = { ...training, step, sampleIndices: batch };
+    // The teacher's output for an image does not depend on the batch it comes in, so neither does the loss.
+    if (teacher) context.distillation = { mode: teacher.mode, tau: teacher.tau, teacherLogits: teacher.model.logits(images, batch.length) };
+    return context;
   }
 
   /** Loss and correct count over samples [start, end) of `data`, in micro-batches. */
@@ -129,15 +152,21 @@ export class ShardedTrainer {
     const indices = new Uint32Array(end - start).map((_, i) => start + i);
     let lossSum = 0;
     let correct = 0;
+    let correctClassHead = 0;
+    let correctDistHead = 0;
     for (let from = 0; from < indices.length; from += microBatch) {
       const batch = indices.subarray(from, Math.min(from + microBatch, indices.length));
       data.gather(batch, this.images, this.labels);
       const result = this.model.evaluate(this.images.subarray(0, batch.length * this.imageSize), this.labels.subarray(0, batch.length), batch.length);
       lossSum += result.lossSum;
       correct += result.correct;
+      correctClassHead += result.correctClassHead ?? 0;
+      correctDistHead += result.correctDistHead ?? 0;
       await yieldToEventLoop();
     }
-    return { lossSum, correct, count: indices.length };
+    const counts: EvalCounts = { lossSum, correct, count: indices.length };
+    if (this.model.config.distilled) Object.assign(counts, { correctClassHead, correctDistHead });
+    return counts;
   }
 
   /** Copies of this rank's shard of the parameters, optimizer state and EMA, for a checkpoint. */

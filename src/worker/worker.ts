@@ -16,11 +16,12 @@ import { loadDataset } from '../data/datasets.ts';
 import type { ImageDataset } from '../data/fashion-mnist.ts';
 import { selectBackend, type BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
+import { loadTeacher } from '../model/teacher.ts';
 import { VisionTransformer } from '../model/vit.ts';
 import type { Logger } from '../cli/logging.ts';
 import { optimizerConfigOf } from '../train/optimizer.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
-import { ShardedTrainer } from './trainer.ts';
+import { ShardedTrainer, type Teacher } from './trainer.ts';
 
 /** First reconnect delay; doubled per attempt up to RECONNECT_MAX_DELAY_MS, with ±50% jitter. */
 const RECONNECT_BASE_DELAY_MS = 250;
@@ -75,6 +76,8 @@ interface Workbench {
   key: string;
   recipe: Recipe;
   model: VisionTransformer;
+  /** The distillation teacher; null when the recipe's distillation mode is none. */
+  teacher: Teacher | null;
   train: ImageDataset;
   test: ImageDataset;
 }
@@ -270,10 +273,10 @@ class WorkerSession {
         const init = this.pendingInit;
         this.pendingResume = null;
         this.pendingInit = null;
-        const { recipe, model, train, test } = bench;
+        const { recipe, model, teacher, train, test } = bench;
         this.trainer = new ShardedTrainer(model, ring, train, {
           rank: this.rank, worldSize: this.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: optimizerConfigOf(recipe), ema: recipe.ema,
-          training: { seed: recipe.seed, regularization: recipe.regularization, distillationAlpha: recipe.distillation.alpha },
+          training: { seed: recipe.seed, regularization: recipe.regularization, distillationAlpha: recipe.distillation.alpha, teacher },
         }, resume ? resume.params : init ?? model.initParams(recipe.seed), resume);
         this.send({ type: 'ready', generation: this.generation, rank: this.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: test.size });
         return;
@@ -306,8 +309,6 @@ class WorkerSession {
     const key = JSON.stringify(recipe);
     const cached = this.state.workbench;
     if (cached && cached.key === key) return cached;
-    // Teachers are not built yet: a distilled model's second head learns from the labels (src/model/vit.ts).
-    if (recipe.distillation.mode !== 'none') throw new SetupError(`recipe ${recipe.name}: distillation mode "${recipe.distillation.mode}" needs a teacher, and teachers are not supported yet; pass --set distillation.mode=none --set distillation.teacher=null to train the distillation head on the labels`);
     // The recipe schema admits ImageNet-style folders ahead of their loader.
     if (recipe.data.dataset !== 'fashion-mnist') throw new SetupError(`recipe ${recipe.name}: data set "${recipe.data.dataset}" cannot be loaded by this worker yet (it reads fashion-mnist)`);
     const train = loadDataset(recipe.data, 'train');
@@ -317,9 +318,30 @@ class WorkerSession {
       throw new SetupError(`model ${recipe.model} takes ${imageSize}x${imageSize}x${inChannels} images, the data has ${train.height}x${train.width}x${train.channels}`);
     }
     if (train.numClasses !== numClasses) throw new SetupError(`model ${recipe.model} has ${numClasses} classes, the data has ${train.numClasses}`);
-    const bench = { key, recipe, model, train, test: loadDataset(recipe.data, 'test') };
+    const bench = { key, recipe, model, teacher: this.teacher(recipe, model), train, test: loadDataset(recipe.data, 'test') };
     this.state.workbench = bench;
     return bench;
+  }
+
+  /** The recipe's distillation teacher, checked to take the student's images and predict its classes. */
+  private teacher(recipe: Recipe, student: VisionTransformer): Teacher | null {
+    const { mode, tau, teacher: path } = recipe.distillation;
+    if (mode === 'none') return null;
+    // DeiT distils through the distillation token's own head; a model without one has nothing to distil into.
+    if (!student.config.distilled) throw new SetupError(`recipe ${recipe.name}: distillation mode "${mode}" needs a distilled model (with a distillation token, e.g. deit_fmnist_tiny_distilled), ${recipe.model} has none`);
+    let model: VisionTransformer;
+    try {
+      model = loadTeacher(path!); // validateRecipe: a teacher is set whenever the mode is not none
+    } catch (err) {
+      throw new SetupError(`recipe ${recipe.name}: cannot load the distillation teacher: ${(err as Error).message}`);
+    }
+    const [t, s] = [model.config, student.config];
+    if (t.imageSize !== s.imageSize || t.inChannels !== s.inChannels || t.numClasses !== s.numClasses) {
+      model.disposeParams();
+      throw new SetupError(`teacher ${path} takes ${t.imageSize}x${t.imageSize}x${t.inChannels} images into ${t.numClasses} classes, the student ${recipe.model} ${s.imageSize}x${s.imageSize}x${s.inChannels} into ${s.numClasses}`);
+    }
+    this.options.logger.info({ teacher: path, mode, tau, alpha: recipe.distillation.alpha, numParams: model.numParams }, 'distillation teacher loaded');
+    return { model, mode, tau };
   }
 
   private requireRing(): RingPeer {

@@ -474,3 +474,135 @@ function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: numbe
 }
 
 const GOLDEN_SEED0 = [0.0032693122047930956, 0.005082613788545132, 0.0007856404408812523, 0.02644318714737892];
+
+// ---------------------------------------------------------------------------------------------
+// Distillation from a teacher (DeiT): the distillation head's loss term against teacher logits.
+
+/** Each head's logits of a distilled model, [n, numClasses] row-major. */
+function headLogits(model: VisionTransformer, images: Float32Array, n: number): { cls: Float32Array; dist: Float32Array } {
+  const { imageSize: S, inChannels: C } = model.config;
+  const [cls, dist] = tf.tidy(() => {
+    const heads = model.forwardHead(model.forwardFeatures(tf.tensor4d(images, [n, S, S, C])));
+    return [heads.cls, heads.dist!];
+  });
+  try {
+    return { cls: cls.dataSync() as Float32Array, dist: dist.dataSync() as Float32Array };
+  } finally {
+    tf.dispose([cls, dist]);
+  }
+}
+
+/** log softmax of row i of [n, k] values divided by tau, in float64. */
+function logSoftmaxRow(values: ArrayLike<number>, i: number, k: number, tau = 1): number[] {
+  const row = Array.from({ length: k }, (_, j) => values[i * k + j]! / tau);
+  const max = Math.max(...row);
+  const logSum = max + Math.log(row.reduce((a, v) => a + Math.exp(v - max), 0));
+  return row.map((v) => v - logSum);
+}
+
+/** Sum over the n rows of -log softmax(logits)[target]. */
+function crossEntropy(logits: ArrayLike<number>, targets: ArrayLike<number>, n: number, k: number): number {
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum -= logSoftmaxRow(logits, i, k)[targets[i]!]!;
+  return sum;
+}
+
+/** Sum over the n rows of tau^2 KL(softmax(teacher / tau) || softmax(student / tau)). */
+function softDistillation(teacher: ArrayLike<number>, student: ArrayLike<number>, n: number, k: number, tau: number): number {
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    const [logT, logS] = [logSoftmaxRow(teacher, i, k, tau), logSoftmaxRow(student, i, k, tau)];
+    sum += logT.reduce((a, lt, j) => a + Math.exp(lt) * (lt - logS[j]!), 0);
+  }
+  return tau * tau * sum;
+}
+
+function distillationContext(n: number, distillation: TrainContext['distillation'], alpha = 0.3): TrainContext {
+  return { step: 0, seed: 0, sampleIndices: Uint32Array.from({ length: n }, (_, i) => i), distillationAlpha: alpha, distillation };
+}
+
+/** Teacher logits of n images: values spread enough that soft targets are far from one-hot and from uniform. */
+function teacherLogits(n: number, k: number, seed: number): Float32Array {
+  const rand = lcg(seed);
+  return new Float32Array(n * k).map(() => 4 * rand() - 2);
+}
+
+test('gradients of soft and hard distillation from a teacher match finite differences', () => {
+  const n = 3; // checkGradients' batch
+  const teacher = teacherLogits(n, TINY_DISTILLED.numClasses, 90);
+  checkGradients(TINY_DISTILLED, 91, distillationContext(n, { mode: 'soft', tau: 2, teacherLogits: teacher }));
+  checkGradients(TINY_DISTILLED, 92, distillationContext(n, { mode: 'soft', tau: 0.5, teacherLogits: teacher }));
+  checkGradients(TINY_DISTILLED, 93, distillationContext(n, { mode: 'hard', tau: 1, teacherLogits: teacher }));
+});
+
+test('hard distillation is cross entropy of the distillation head on the teacher argmax', () => {
+  const model = new VisionTransformer(TINY_DISTILLED);
+  model.setParams(scrambledParams(model, 94));
+  const n = 6;
+  const K = TINY_DISTILLED.numClasses;
+  const { images, labels } = randomBatch(TINY_DISTILLED, n, 95);
+  const teacher = teacherLogits(n, K, 96);
+  const teacherLabels = Int32Array.from({ length: n }, (_, i) => {
+    const row = Array.from(teacher.subarray(i * K, (i + 1) * K));
+    return row.indexOf(Math.max(...row));
+  });
+  assert.notDeepEqual(Array.from(teacherLabels), Array.from(labels), 'the teacher disagrees with the labels somewhere');
+  const hard = lossAndGrad(model, images, labels, n, distillationContext(n, { mode: 'hard', tau: 1, teacherLogits: teacher }));
+  const { cls, dist } = headLogits(model, images, n);
+  const distLoss = crossEntropy(dist, teacherLabels, n, K);
+  assert.ok(Math.abs(hard.distillationLossSum! - distLoss) < 1e-5 * distLoss, `${hard.distillationLossSum} vs ${distLoss}`);
+  // The base head learns the labels whatever the teacher says.
+  const expected = 0.7 * crossEntropy(cls, labels, n, K) + 0.3 * distLoss;
+  assert.ok(Math.abs(hard.lossSum - expected) < 1e-5 * expected, `${hard.lossSum} vs ${expected}`);
+  // Only the argmax matters: a teacher that is sure of the same classes gives the same bits.
+  const sharper = teacher.map((v) => 10 * v + 3);
+  const sharp = lossAndGrad(model, images, labels, n, distillationContext(n, { mode: 'hard', tau: 5, teacherLogits: sharper }));
+  assert.equal(sharp.lossSum, hard.lossSum);
+  assert.deepEqual(sharp.grad, hard.grad);
+  // A teacher whose argmax is the label is what training without a teacher does.
+  const agreeing = new Float32Array(n * K).map((_, i) => (i % K === labels[Math.floor(i / K)] ? 1 : 0));
+  const withTeacher = lossAndGrad(model, images, labels, n, distillationContext(n, { mode: 'hard', tau: 1, teacherLogits: agreeing }));
+  const withoutTeacher = lossAndGrad(model, images, labels, n, distillationContext(n, undefined));
+  assert.equal(withTeacher.lossSum, withoutTeacher.lossSum);
+  assert.deepEqual(withTeacher.grad, withoutTeacher.grad);
+  model.disposeParams();
+});
+
+test('soft distillation is tau^2 KL(teacher || distillation head) at temperature tau', () => {
+  const model = new VisionTransformer(TINY_DISTILLED);
+  model.setParams(scrambledParams(model, 97));
+  const n = 5;
+  const K = TINY_DISTILLED.numClasses;
+  const { images, labels } = randomBatch(TINY_DISTILLED, n, 98);
+  const teacher = teacherLogits(n, K, 99);
+  const { cls, dist } = headLogits(model, images, n);
+  const soft = (tau: number, logits = teacher) => lossAndGrad(model, images, labels, n, distillationContext(n, { mode: 'soft', tau, teacherLogits: logits }, 0.5));
+  const losses = [1, 3].map((tau) => {
+    const result = soft(tau);
+    const expected = softDistillation(teacher, dist, n, K, tau);
+    assert.ok(Math.abs(result.distillationLossSum! - expected) < 1e-4 * expected, `tau ${tau}: ${result.distillationLossSum} vs ${expected}`);
+    const total = 0.5 * crossEntropy(cls, labels, n, K) + 0.5 * expected;
+    assert.ok(Math.abs(result.lossSum - total) < 1e-5 * total, `tau ${tau}: lossSum ${result.lossSum} vs ${total}`);
+    return result.distillationLossSum!;
+  });
+  assert.ok(Math.abs(losses[0]! - losses[1]!) > 1e-3 * losses[0]!, 'the temperature changes the loss');
+  // A teacher that says exactly what the distillation head says leaves that head nothing to learn.
+  const echo = soft(2, dist);
+  assert.ok(Math.abs(echo.distillationLossSum!) < 1e-5, `KL of a distribution with itself: ${echo.distillationLossSum}`);
+  const headDist = model.params.filter((p) => p.name.startsWith('head_dist.'));
+  for (const p of headDist) assert.ok(echo.grad.subarray(p.offset, p.offset + p.size).every((g) => Math.abs(g) < 1e-6), `${p.name} has no gradient`);
+  model.disposeParams();
+});
+
+test('distillation misuse fails loudly', () => {
+  const model = new VisionTransformer(TINY_DISTILLED);
+  model.setParams(model.initParams(0));
+  const n = 2;
+  const { images, labels } = randomBatch(TINY_DISTILLED, n, 100);
+  const grad = new Float32Array(model.numParams);
+  const short = new Float32Array(n * TINY_DISTILLED.numClasses - 1);
+  assert.throws(() => model.lossAndGrad(images, labels, n, grad, distillationContext(n, { mode: 'hard', tau: 1, teacherLogits: short })), /teacherLogits holds 5 values, 2 images of 3 classes need 6/);
+  const teacher = teacherLogits(n, TINY_DISTILLED.numClasses, 101);
+  assert.throws(() => model.lossAndGrad(images, labels, n, grad, distillationContext(n, { mode: 'soft', tau: 0, teacherLogits: teacher })), /tau must be positive, got 0/);
+  model.disposeParams();
+});
