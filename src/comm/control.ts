@@ -5,7 +5,7 @@ import { Packr } from 'msgpackr';
 import { authContext } from './auth.ts';
 
 /** Bumped whenever a message changes shape; both sides refuse a peer that speaks another version. */
-export const CONTROL_PROTOCOL_VERSION = 3;
+export const CONTROL_PROTOCOL_VERSION = 4;
 /** Largest control message accepted; snapshots of large models are the biggest (a shard's params, optimizer state and EMA). */
 export const MAX_CONTROL_MESSAGE_BYTES = 2 ** 30;
 /** WebSocket close codes in the private range (4000-4999), so a peer can tell why it was dropped. */
@@ -85,6 +85,8 @@ export type CoordinatorMessage =
 
 export type WorkerMessage =
   | { type: 'hello'; protocol: number; proof: Uint8Array; backend: string; host: string; pid: number }
+  /** The worker dropped the abandoned generation's ring and waits for a new `assign`. */
+  | { type: 'aborted'; generation: number }
   | { type: 'ringListening'; generation: number; rank: number; ring: Address }
   | { type: 'ready'; generation: number; rank: number; paramDigest: string; numParams: number; trainSize: number; testSize: number }
   | ({ type: 'stepDone'; generation: number; step: number } & StepReport)
@@ -97,7 +99,7 @@ export type WorkerMessage =
   | { type: 'failed'; generation: number; message: string; fatal: boolean };
 
 const COORDINATOR_TYPES = new Set(['challenge', 'welcome', 'assign', 'ringPeers', 'step', 'eval', 'snapshot', 'abort', 'stop']);
-const WORKER_TYPES = new Set(['hello', 'ringListening', 'ready', 'stepDone', 'evalDone', 'snapshotData', 'failed']);
+const WORKER_TYPES = new Set(['hello', 'aborted', 'ringListening', 'ready', 'stepDone', 'evalDone', 'snapshotData', 'failed']);
 
 // One Packr per process: typed arrays round-trip as their own types (msgpackr's extension).
 const packr = new Packr({ useRecords: false, moreTypes: true });

@@ -232,8 +232,7 @@ export class Coordinator {
           context.restarts += 1;
         }
         const cause = (err as Error).message;
-        // Abandon the generation everywhere: survivors drop the step in flight and their ring.
-        for (const link of members) if (link.alive) link.send({ type: 'abort', generation, reason: cause });
+        await this.abandon(members, generation, cause);
         generation += 1;
         start = this.startFromLastCheckpoint();
         context.metrics.truncateAfter(start.step);
@@ -245,6 +244,24 @@ export class Coordinator {
         this.phase = 'training';
       }
     }
+  }
+
+  /**
+   * Abandons a generation everywhere: survivors drop the step in flight and their ring, and
+   * acknowledge. Waiting for the acknowledgements keeps a worker that died in this failure (its
+   * close may still be on its way) out of the next generation, so one failure costs one restart.
+   */
+  private async abandon(members: WorkerLink[], generation: number, cause: string): Promise<void> {
+    const ackTimeoutMs = Math.min(this.options.heartbeatTimeoutMs, this.options.stepTimeoutMs);
+    await Promise.all(members.filter((link) => link.alive).map(async (link) => {
+      try {
+        link.send({ type: 'abort', generation, reason: cause });
+        await link.awaitAbortAck(ackTimeoutMs);
+      } catch (err) {
+        this.options.logger.warn({ worker: link.name, err: (err as Error).message }, 'a worker did not acknowledge the abort; dropping it');
+        link.drop('no abort acknowledgement');
+      }
+    }));
   }
 
   private startFromLastCheckpoint(): StartState {

@@ -115,10 +115,25 @@ export class WorkerLink {
     return message as Reply<T>;
   }
 
+  /**
+   * Waits for the worker's acknowledgement that it left the current generation, discarding the
+   * generation's other replies still on their way. A dead worker cannot acknowledge: its link
+   * closes, misses its heartbeat or times out, which rejects.
+   */
+  async awaitAbortAck(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const message = await this.next(Math.max(1, deadline - Date.now()), 'aborted');
+      if (message.type === 'aborted') return;
+    }
+  }
+
   private next(timeoutMs: number, what: string): Promise<WorkerMessage> {
     if (this.closedWith) return Promise.reject(this.closedWith);
     const queued = this.queue.shift();
     if (queued) return Promise.resolve(queued);
+    // A wait still pending from an abandoned generation is over: its timer must not outlive it.
+    this.rejectWaiter(new WorkerFailure(`${this.name}: superseded wait`));
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
         resolve: (m) => { clearTimeout(timer); resolve(m); },
@@ -147,6 +162,12 @@ export class WorkerLink {
     this.rank = rank;
     this.queue.length = 0;
     this.rejectWaiter(new WorkerFailure(`${this.name}: generation abandoned`));
+  }
+
+  /** Drops a worker that stopped answering: it leaves the lists now, and may reconnect as a new worker. */
+  drop(reason: string): void {
+    this.end(new WorkerFailure(`${this.name}: ${reason}`));
+    this.close(CLOSE_CODES.badMessage, reason);
   }
 
   /** Closes the connection of a worker that broke the protocol; the run recovers as from a failure. */

@@ -199,11 +199,13 @@ class WorkerSession {
     }
     // An abort must not wait behind the step it abandons: closing the ring makes that step fail fast.
     if (message.type === 'abort') {
-      if (message.generation === this.generation) {
-        this.options.logger.warn({ generation: message.generation, reason: message.reason }, 'generation abandoned');
+      const { generation } = message;
+      if (generation === this.generation) {
+        this.options.logger.warn({ generation, reason: message.reason }, 'generation abandoned');
         this.generation = -1;
-        void this.dropGeneration();
       }
+      // The acknowledgement tells the coordinator this worker is alive and out of the old ring.
+      void this.dropGeneration().then(() => this.send({ type: 'aborted', generation }));
       return;
     }
     const generation = 'generation' in message ? message.generation : this.generation;
