@@ -135,10 +135,8 @@ class WorkerSession {
   private ring: RingPeer | null = null;
   private trainer: ShardedTrainer | null = null;
   private worldSize = 0;
-  /** The checkpoint state of an `assign`, used once the ring is connected. */
-  private pendingResume: ResumeState | null = null;
-  /** The initial parameters of an `assign` (--init), used once the ring is connected. */
-  private pendingInit: Float32Array | null = null;
+  /** Where an `assign` starts (a checkpoint's state or --init weights), used once the ring is connected. */
+  private pendingStart: { resume: ResumeState | null; init: Float32Array | null } | null = null;
   private heartbeat: NodeJS.Timeout | null = null;
   private lastPing = Date.now();
   wasAdmitted = false;
@@ -261,8 +259,7 @@ class WorkerSession {
         }
         logger.info({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, startStep: message.startStep }, 'assigned');
         this.ring = await RingPeer.listen({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, token: this.options.token, host: this.options.ringHost, port: this.options.ringPort, heartbeatTimeoutMs: this.options.heartbeatTimeoutMs, logger });
-        this.pendingResume = message.resume;
-        this.pendingInit = message.init;
+        this.pendingStart = { resume: message.resume, init: message.init };
         this.send({ type: 'ringListening', generation: message.generation, rank: message.rank, ring: { host: this.options.advertiseHost, port: this.options.advertisePort ?? this.ring.address.port } });
         return;
       }
@@ -271,10 +268,8 @@ class WorkerSession {
         const bench = this.state.workbench!;
         await ring.connect(message.peers);
         logger.info({ rank: this.rank, worldSize: this.worldSize, generation: this.generation }, 'ring connected');
-        const resume = this.pendingResume;
-        const init = this.pendingInit;
-        this.pendingResume = null;
-        this.pendingInit = null;
+        const { resume, init } = this.pendingStart ?? { resume: null, init: null };
+        this.pendingStart = null;
         const { recipe, model, teacher, train, test } = bench;
         this.trainer = new ShardedTrainer(model, ring, train, {
           rank: this.rank, worldSize: this.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: optimizerConfigOf(recipe), ema: recipe.ema,

@@ -3,13 +3,11 @@
 // and a non-zero exit, and the last checkpoint stays intact.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { proveToken } from '../../src/comm/auth.ts';
 import { CLOSE_CODES, CONTROL_PROTOCOL_VERSION, controlProofContext, decodeCoordinatorMessage, encodeMessage } from '../../src/comm/control.ts';
 import { latestCheckpoint, readCheckpoint } from '../../src/coordinator/checkpoint.ts';
-import { MICRO_RECIPE, TOKEN, needsData, run, start, startCoordinator, tempRunDir, waitUntil } from './cluster.ts';
+import { MICRO_RECIPE, TOKEN, checkpointAt, needsData, run, start, startCoordinator, tempRunDir, waitUntil } from './cluster.ts';
 
 /** Connects a hand-driven client, answers the challenge with `hello` fields of our choosing, and reports how the coordinator closed. */
 async function rawHello(url: string, hello: (challenge: { runId: string; nonce: Uint8Array }) => object, after?: (ws: WebSocket) => void): Promise<{ code: number; reason: string }> {
@@ -87,7 +85,7 @@ test('with --max-restarts 0, a worker killed mid-run stops the run with an error
   const env = { VIT_DIST_TOKEN: TOKEN };
   const workers = [0, 1].map(() => start(['worker', '--coordinator', url, '--backend', 'wasm'], { timeoutMs: 170_000, env }));
   try {
-    await waitUntil(() => existsSync(join(out, 'checkpoints', 'step-000000010.ckpt')), 150_000, 'two checkpoints');
+    await waitUntil(checkpointAt(out, 10), 150_000, 'two checkpoints');
     workers[1]!.child.kill('SIGKILL');
     const result = await coordinator.finished;
     assert.equal(result.code, 1);

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MICRO_RECIPE, killGroup, needsData, run, start, stepRecords, tempRunDir, uninterruptedDigest, waitUntil } from './cluster.ts';
+import { MICRO_RECIPE, checkpointAt, killGroup, needsData, run, start, stepRecords, tempRunDir, uninterruptedDigest, waitUntil } from './cluster.ts';
 
 const STEPS = 40;
 const common = ['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--checkpoint-every', '10', '--backend', 'wasm'];
@@ -14,7 +14,7 @@ test('kill -9 after a checkpoint and resume: the same final digest as a straight
 
   const crashed = tempRunDir('crashed');
   const b = start(['launch', ...common, '--out', crashed], { timeoutMs: 180_000, detached: true });
-  await waitUntil(() => existsSync(join(crashed, 'checkpoints', 'step-000000020.ckpt')), 170_000, 'the checkpoint at step 20');
+  await waitUntil(checkpointAt(crashed, 20), 170_000, 'the checkpoint at step 20');
   killGroup(b.child);
   await b.finished;
   assert.ok(stepRecords(crashed).at(-1)!.step < STEPS, 'the run was killed before its end');
@@ -43,7 +43,7 @@ test('SIGTERM stops the coordinator after a checkpoint (exit 0); --resume finish
 
   const out = tempRunDir('sigterm');
   const b = start(['launch', ...common, '--out', out], { timeoutMs: 180_000 });
-  await waitUntil(() => existsSync(join(out, 'checkpoints', 'step-000000010.ckpt')), 170_000, 'the checkpoint at step 10');
+  await waitUntil(checkpointAt(out, 10), 170_000, 'the checkpoint at step 10');
   b.child.kill('SIGTERM');
   const stopped = await b.finished;
   assert.equal(stopped.code, 0, stopped.stdout + stopped.stderr);
