@@ -1,5 +1,5 @@
 // Forward-plus-backward speed of one model replica, as a worker runs it: the wasm backend on one
-// thread, VisionTransformer.lossAndGrad on a micro-batch. bench/model-vs-torch.sh runs it beside
+// thread, the model's lossAndGrad on a micro-batch. bench/model-vs-torch.sh runs it beside
 // bench/torch_model_speed.py, which times PyTorch on the same shapes with the same rule.
 //
 //   node --import tsx bench/model_speed.ts --model vit_fmnist_tiny --batch 128 [--seconds 25] [--backend wasm]
@@ -8,7 +8,7 @@
 import { parseArgs } from 'node:util';
 import { selectBackend, type BackendChoice } from '../src/model/backend.ts';
 import { createModelConfig } from '../src/model/registry.ts';
-import { VisionTransformer } from '../src/model/vit.ts';
+import { createModel } from '../src/model/model.ts';
 
 /** Untimed passes first: the first calls compile kernels and grow the wasm heap. */
 const WARMUP_ITERATIONS = 2;
@@ -31,7 +31,7 @@ if (!(seconds > 0)) throw new Error(`--seconds must be positive, got ${values.se
 
 const { reason } = await selectBackend({ requested: values.backend as BackendChoice });
 const config = createModelConfig(values.model!);
-const model = new VisionTransformer(config);
+const model = createModel(config);
 model.setParams(model.initParams(SEED));
 
 // Random inputs: the speed does not depend on the values.

@@ -3,14 +3,17 @@
 import { Command, Option } from 'commander';
 import { runCoordinatorCommand, runLaunchCommand } from './run.ts';
 import { runWorkerCommand } from './worker-command.ts';
+import { registerDataBenchCommand } from './data-bench.ts';
+import { registerDataCommands } from './data-commands.ts';
+import { registerSoupCommands } from './soup-commands.ts';
+import { registerSweepCommand } from './sweep.ts';
 import { DEFAULT_PREDICT_BATCH, runExportCommand, runPredictCommand } from './weights-commands.ts';
 import {
-  addRunOptions, nonNegativeInt, port, positiveInt, positiveNumber, DEFAULT_COORDINATOR_PORT, DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_RECONNECT_TIMEOUT_S, TOKEN_ENV,
+  addRunOptions, nonNegativeInt, port, positiveInt, positiveNumber, DEFAULT_COORDINATOR_PORT, BACKENDS, DEFAULT_DATA_THREADS, DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_RECONNECT_TIMEOUT_S, TOKEN_ENV,
 } from './options.ts';
 import { listRecipes, loadRecipe } from '../train/recipe.ts';
 import { listModels } from '../model/registry.ts';
 
-const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'];
 
 const program = new Command('vit-dist')
   .description('Distributed data-parallel Vision Transformer training over a WebSocket ring')
@@ -39,6 +42,7 @@ program
   .option('--ring-port <port>', 'port the ring server binds to (default: a free one)', port, 0)
   .option('--advertise <host[:port]>', 'address ring neighbours use to reach this worker (default: --ring-host and the bound port); a port here is for NAT or a proxy in front of --ring-port')
   .option('--data <dir>', "dataset directory on this host (overrides the recipe's data.path)")
+  .option('--data-threads <n>', 'threads that decode and augment images ahead of the model (0: on the main thread)', nonNegativeInt, DEFAULT_DATA_THREADS)
   .option('--reconnect-timeout <seconds>', 'how long to keep trying to reach a lost coordinator', positiveNumber, DEFAULT_RECONNECT_TIMEOUT_S)
   .option('--heartbeat-timeout <seconds>', 'without a ping from the coordinator for this long, reconnect', positiveNumber, DEFAULT_HEARTBEAT_TIMEOUT_S)
   .option('--health-port <port>', 'serve GET /healthz on this port (200 while connected to the coordinator)', port)
@@ -52,6 +56,7 @@ addRunOptions(
     .command('launch')
     .description('run a local cluster: the coordinator and --workers worker processes')
     .requiredOption('--workers <n>', 'number of local worker processes', positiveInt)
+    .option('--data-threads <n>', "each worker's threads that decode and augment images (0: on its main thread)", nonNegativeInt, DEFAULT_DATA_THREADS)
     .addOption(new Option('--backend <name>', 'compute backend of the workers').choices(BACKENDS).default('auto')),
 ).action(runLaunchCommand);
 
@@ -103,6 +108,11 @@ program
     if (opts.json) console.log(JSON.stringify(result));
     else console.log(`workers ${result.workers}, ${result.floats} floats: ${result.msPerAllreduce.toFixed(1)} ms per all-reduce (median), bus ${result.busGBps.toFixed(3)} GB/s`);
   });
+
+registerDataCommands(program);
+registerSoupCommands(program);
+registerSweepCommand(program);
+registerDataBenchCommand(program);
 
 try {
   await program.parseAsync(process.argv);

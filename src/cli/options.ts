@@ -15,6 +15,10 @@ export const DEFAULT_STEP_TIMEOUT_S = 600;
 export const DEFAULT_REJOIN_TIMEOUT_S = 60;
 /** Must exceed the longest stretch a process spends without yielding (one micro-batch's compute). */
 export const DEFAULT_HEARTBEAT_TIMEOUT_S = 30;
+/** The compute backends a worker may be asked for (src/model/backend.ts). */
+export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+/** One loader thread per worker: it makes the next micro-batch while the model computes this one. */
+export const DEFAULT_DATA_THREADS = 1;
 export const DEFAULT_MAX_RESTARTS = 3;
 export const DEFAULT_RECONNECT_TIMEOUT_S = 120;
 export const TOKEN_ENV = 'VIT_DIST_TOKEN';
@@ -43,6 +47,13 @@ export function port(value: string): number {
   return n;
 }
 
+/** A fraction in [0, 1), written as 0.01 or 1%. */
+export function fraction(value: string): number {
+  const n = value.endsWith('%') ? Number(value.slice(0, -1)) / 100 : Number(value);
+  if (!(n >= 0 && n < 1)) throw new InvalidArgumentError(`expected a fraction in [0, 1) such as 0.01 or 1%, got "${value}"`);
+  return n;
+}
+
 function keyValue(value: string, previous: Record<string, string>): Record<string, string> {
   const at = value.indexOf('=');
   if (at <= 0) throw new InvalidArgumentError(`expected key=value, got "${value}"`);
@@ -54,6 +65,8 @@ export function addRunOptions(command: Command): Command {
   return command
     .option('--recipe <name>', 'recipe name (see `vit-dist recipes`) or path to a recipe JSON file', DEFAULT_RECIPE)
     .option('--data <dir>', "dataset directory (overrides the recipe's data.path)")
+    .option('--holdout <fraction>', 'hold this fraction of the training set out (never trained on), e.g. 0.01 or 1% (sets data.holdout)', fraction)
+    .option('--skip-corrupt', 'skip (log and count) corrupt images instead of failing (sets data.skipCorrupt)')
     .option('--out <dir>', 'run directory for metrics, logs and checkpoints (default: runs/RECIPE-TIMESTAMP)')
     .option('--steps <n>', 'train for this many optimizer steps (overrides --epochs)', positiveInt)
     .option('--epochs <e>', 'train for this many epochs', positiveNumber)
@@ -87,6 +100,8 @@ export function tlsFiles(flags: { tlsCert?: string; tlsKey?: string }): { certFi
 export interface RunFlags {
   recipe: string;
   data?: string;
+  holdout?: number;
+  skipCorrupt?: boolean;
   out?: string;
   steps?: number;
   epochs?: number;
@@ -120,7 +135,10 @@ export class UsageError extends Error {
 export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null): Recipe {
   const base = resumeRecipe ?? loadRecipe(flags.recipe);
   const overrides: Record<string, string | number | null> = { ...flags.set };
-  if (flags.data !== undefined) overrides['data.path'] = flags.data;
+  // JSON-quoted: an override string is parsed as JSON first, and a path like "1" must stay a string.
+  if (flags.data !== undefined) overrides['data.path'] = JSON.stringify(flags.data);
+  if (flags.holdout !== undefined) overrides['data.holdout'] = flags.holdout;
+  if (flags.skipCorrupt) overrides['data.skipCorrupt'] = 'true';
   if (flags.steps !== undefined) overrides.steps = flags.steps;
   if (flags.epochs !== undefined) {
     overrides.epochs = flags.epochs;
@@ -135,7 +153,6 @@ export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null): Rec
     // A recipe names a teacher exactly when it distils: switching distillation off drops the teacher.
     if (flags.distillation === 'none' && flags.teacher === undefined) overrides['distillation.teacher'] = null;
   }
-  // JSON-quoted: an override string is parsed as JSON first, and a path like "1" must stay a string.
   if (flags.teacher !== undefined) overrides['distillation.teacher'] = JSON.stringify(flags.teacher);
   return applyOverrides(base, overrides);
 }

@@ -10,7 +10,7 @@ import { Coordinator } from '../coordinator/coordinator.ts';
 import type { RunSummary } from '../coordinator/generation.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { readSafetensors } from '../model/safetensors.ts';
-import { VisionTransformer } from '../model/vit.ts';
+import { createModel } from '../model/model.ts';
 import { importTimmState } from '../model/weights.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { createLogger } from './logging.ts';
@@ -31,6 +31,7 @@ interface CoordinatorFlags extends RunFlags {
 interface LaunchFlags extends RunFlags {
   workers: number;
   backend: string;
+  dataThreads: number;
 }
 
 /** The checkpoint to continue from: --resume, or the newest one already in --out (a restarted coordinator). */
@@ -45,7 +46,7 @@ function findResume(flags: RunFlags): string | null {
  * seed would have; a position embedding of another patch grid is resampled to the model's.
  */
 function readInitialParams(path: string, recipe: Recipe): Float32Array {
-  const model = new VisionTransformer(createModelConfig(recipe.model, recipe.modelArgs));
+  const model = createModel(createModelConfig(recipe.model, recipe.modelArgs));
   try {
     const { params, replaced, posEmbedResampled: resampled } = importTimmState(model.params, readSafetensors(path).tensors, { allowHeadMismatch: true, init: model.initParams(recipe.seed) });
     for (const r of replaced) console.log(`--init: ${r.name} is [${r.fileShape.join(', ')}] in ${path}, the model's is [${r.modelShape.join(', ')}]: freshly initialized`);
@@ -59,7 +60,8 @@ function readInitialParams(path: string, recipe: Recipe): Float32Array {
   }
 }
 
-function prepareRun(flags: RunFlags & { workers: number }, host: string, port: number, generateToken: boolean, tls: Coordinator['tls'] = null): Coordinator {
+/** A configured coordinator, and `release` to drop its SIGTERM handler once the run is over (a sweep runs many in one process). */
+function prepareRun(flags: RunFlags & { workers: number }, host: string, port: number, generateToken: boolean, tls: Coordinator['tls'] = null): { coordinator: Coordinator; release: () => void } {
   const resumePath = findResume(flags);
   const resume: LoadedCheckpoint | null = resumePath ? readCheckpoint(resumePath) : null;
   const recipe = resolveRecipe(flags, resume ? validateRecipe(resume.meta.recipe, `the recipe in ${resumePath}`) : null);
@@ -90,11 +92,12 @@ function prepareRun(flags: RunFlags & { workers: number }, host: string, port: n
     progress: true,
   });
   // SIGTERM (docker stop, a Kubernetes pod deletion): checkpoint at the next step, then exit 0.
-  process.once('SIGTERM', () => {
+  const onSigterm = (): void => {
     console.log('SIGTERM: stopping after the next step and a checkpoint');
     coordinator.requestStop();
-  });
-  return coordinator;
+  };
+  process.once('SIGTERM', onSigterm);
+  return { coordinator, release: () => process.off('SIGTERM', onSigterm) };
 }
 
 function printSummary(summary: RunSummary, outDir: string): void {
@@ -106,14 +109,18 @@ function printSummary(summary: RunSummary, outDir: string): void {
 }
 
 export async function runCoordinatorCommand(flags: CoordinatorFlags): Promise<void> {
-  const coordinator = prepareRun(flags, flags.host, flags.port, false, tlsFiles(flags));
-  const address = await coordinator.listen();
-  console.log(`coordinator listening on ${coordinator.tls ? 'wss' : 'ws'}://${address.address}:${address.port}, waiting for ${flags.workers} workers (run dir ${coordinator.outDir})`);
-  printSummary(await coordinator.run(), coordinator.outDir);
+  const { coordinator, release } = prepareRun(flags, flags.host, flags.port, false, tlsFiles(flags));
+  try {
+    const address = await coordinator.listen();
+    console.log(`coordinator listening on ${coordinator.tls ? 'wss' : 'ws'}://${address.address}:${address.port}, waiting for ${flags.workers} workers (run dir ${coordinator.outDir})`);
+    printSummary(await coordinator.run(), coordinator.outDir);
+  } finally {
+    release();
+  }
 }
 
 export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
-  const coordinator = prepareRun(flags, '127.0.0.1', 0, true);
+  const { coordinator, release } = prepareRun(flags, '127.0.0.1', 0, true);
   const address = await coordinator.listen();
   const url = `ws://127.0.0.1:${address.port}`;
   const logDir = join(coordinator.outDir, 'logs');
@@ -125,7 +132,7 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   const gaveUp = new Promise<never>((_, reject) => (giveUp = reject));
 
   const spawnWorker = (slot: number): void => {
-    const child = spawn(process.execPath, [BIN, 'worker', '--coordinator', url, '--backend', flags.backend, '--heartbeat-timeout', String(flags.heartbeatTimeout), '--log-dir', logDir, '--log-name', `worker-${slot}`, '--log-level', flags.logLevel], {
+    const child = spawn(process.execPath, [BIN, 'worker', '--coordinator', url, '--backend', flags.backend, '--heartbeat-timeout', String(flags.heartbeatTimeout), '--data-threads', String(flags.dataThreads), '--log-dir', logDir, '--log-name', `worker-${slot}`, '--log-level', flags.logLevel], {
       // The token goes through the environment, not argv, so `ps` does not show it.
       env: { ...process.env, [TOKEN_ENV]: coordinator.token },
       stdio: ['ignore', 'inherit', 'inherit'],
@@ -154,6 +161,7 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
     finished = true;
     for (const child of children.values()) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await coordinator.close();
+    release();
   }
 }
 

@@ -7,7 +7,7 @@ import { FASHION_MNIST_MEAN, FASHION_MNIST_STD } from '../data/fashion-mnist.ts'
 import type { BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
-import { paramSpecs, VisionTransformer, type VitConfig } from '../model/vit.ts';
+import { createModel, modelParamSpecs, type ModelConfig } from '../model/model.ts';
 import { META_MODEL, META_MODEL_ARGS, exportTimmState, importTimmState, modelArgsFromMetadata } from '../model/weights.ts';
 import { validateRecipe } from '../train/recipe.ts';
 import { UsageError } from './options.ts';
@@ -94,7 +94,7 @@ export function runExportCommand(flags: ExportFlags): void {
   const recipe = validateRecipe(meta.recipe, `the recipe in ${path}`);
   if (flags.useEma && !state.ema) throw new UsageError(`--use-ema: checkpoint ${path} holds no EMA of the weights (its recipe keeps none)`);
   const params = flags.useEma ? state.ema! : state.params;
-  const specs = paramSpecs(createModelConfig(recipe.model, recipe.modelArgs));
+  const specs = modelParamSpecs(createModelConfig(recipe.model, recipe.modelArgs));
   writeSafetensors(flags.out, exportTimmState(specs, params), {
     format: 'pt', // as timm's and transformers' files: the tensors are a PyTorch state_dict
     [META_MODEL]: recipe.model,
@@ -117,14 +117,14 @@ export interface PredictFlags {
  * The architecture: the named model, with the recipe's changes that export recorded when the file
  * was exported from that same model (a file from timm records none and gets the registry's config).
  */
-function predictConfig(model: string, metadata: Record<string, string>, weightsPath: string): VitConfig {
+function predictConfig(model: string, metadata: Record<string, string>, weightsPath: string): ModelConfig {
   // `model_args` describe the exported model; they apply only when --model names that model.
   if (metadata[META_MODEL] !== model) return createModelConfig(model);
   return createModelConfig(model, modelArgsFromMetadata(metadata, weightsPath));
 }
 
 /** NHWC float32 images for the model: a .npy array as it is, an idx file normalized as in training. */
-function readImages(path: string, config: VitConfig): { images: Float32Array; n: number } {
+function readImages(path: string, config: ModelConfig): { images: Float32Array; n: number } {
   if (!existsSync(path)) throw new UsageError(`--input ${path}: no such file or directory`);
   if (statSync(path).isDirectory()) {
     throw new UsageError(`--input ${path} is a folder: folders of images are not supported yet; pass an idx file or a .npy float32 array [n, height, width, channels]`);
@@ -153,7 +153,7 @@ function readImages(path: string, config: VitConfig): { images: Float32Array; n:
 
 export async function runPredictCommand(flags: PredictFlags): Promise<void> {
   const { tensors, metadata } = readSafetensors(flags.weights);
-  const model = new VisionTransformer(predictConfig(flags.model, metadata, flags.weights));
+  const model = createModel(predictConfig(flags.model, metadata, flags.weights));
   const { params } = importTimmState(model.params, tensors, { allowHeadMismatch: false });
   const { images, n } = readImages(flags.input, model.config);
   // Loaded only now: the backends (wasm, native TensorFlow) are heavy, and other commands do not need them.

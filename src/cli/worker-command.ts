@@ -14,6 +14,7 @@ export interface WorkerFlags {
   ringPort: number;
   advertise?: string;
   data?: string;
+  dataThreads: number;
   reconnectTimeout: number;
   heartbeatTimeout: number;
   healthPort?: number;
@@ -55,6 +56,7 @@ export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
     ringPort: flags.ringPort,
     ...parseAdvertise(flags.advertise ?? flags.ringHost),
     dataPath: flags.data ?? null,
+    dataThreads: flags.dataThreads,
     reconnectTimeoutMs: flags.reconnectTimeout * 1000,
     heartbeatTimeoutMs: flags.heartbeatTimeout * 1000,
     healthPort: flags.healthPort ?? null,

@@ -5,7 +5,7 @@ import { Packr } from 'msgpackr';
 import { authContext } from './auth.ts';
 
 /** Bumped whenever a message changes shape; both sides refuse a peer that speaks another version. */
-export const CONTROL_PROTOCOL_VERSION = 4;
+export const CONTROL_PROTOCOL_VERSION = 5;
 /** Largest control message accepted; snapshots of large models are the biggest (a shard's params, optimizer state and EMA). */
 export const MAX_CONTROL_MESSAGE_BYTES = 2 ** 30;
 /** WebSocket close codes in the private range (4000-4999), so a peer can tell why it was dropped. */
@@ -45,6 +45,8 @@ export interface StepReport {
   commMs: number;
   /** Distilled models only: the sum over this rank's samples of the distillation head's loss term (before alpha). */
   distillationLossSum?: number;
+  /** Corrupt images replaced by their successors in this step (data.skipCorrupt), by name. */
+  skipped: string[];
 }
 
 /** Loss sum and correct predictions (of the joint classifier, for a distilled model) over `count` samples. */
@@ -76,7 +78,8 @@ export type CoordinatorMessage =
   /** `init`: the parameters to start from at step 0 instead of the seed's (--init); null when resuming or starting fresh. */
   | { type: 'assign'; rank: number; worldSize: number; generation: number; recipe: unknown; startStep: number; resume: ResumeState | null; init: Float32Array | null }
   | { type: 'ringPeers'; generation: number; peers: Address[] }
-  | { type: 'step'; generation: number; step: number; lr: number; indices: Uint32Array }
+  /** The rank's samples: data-set indices, their repeat numbers (null: none), the slice's offset in the global batch, and the epoch. */
+  | { type: 'step'; generation: number; step: number; lr: number; indices: Uint32Array; repeats: Uint8Array | null; offset: number; epoch: number }
   | { type: 'eval'; generation: number; step: number; start: number; end: number }
   | { type: 'snapshot'; generation: number; step: number }
   /** Abandon the generation: drop the step in flight and the ring, wait for a new `assign`. */

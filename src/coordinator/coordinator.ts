@@ -216,7 +216,8 @@ export class Coordinator {
     const { logger, maxRestarts, joinTimeoutMs, rejoinTimeoutMs } = this.options;
     const context = this.context;
     let start = this.startFromLastCheckpoint();
-    if (context.lastCheckpoint) context.metrics.truncateAfter(start.step);
+    // A restart drops what was logged after its starting point: a step logged twice would count twice.
+    context.metrics.truncateAfter(start.step);
     let generation = 0;
     let members = await this.waitForWorkers(joinTimeoutMs, '--join-timeout');
     for (;;) {

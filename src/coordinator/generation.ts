@@ -111,7 +111,7 @@ export class Generation {
     const { numParams, trainSize, testSize } = ready;
     let digest = ready.paramDigest;
 
-    const sampler = new EpochSampler(trainSize, recipe.globalBatch, recipe.seed);
+    const sampler = new EpochSampler(trainSize, recipe.globalBatch, recipe.seed, recipe.data.repeats);
     const steps = totalSteps(recipe, sampler.stepsPerEpoch);
     if (this.start.step >= steps) throw new RunError(`the checkpoint is at step ${this.start.step}, the run has only ${steps} steps: nothing to do`);
     // The recipe's lr scaled for its global batch; warmup epochs resolved to steps.
@@ -123,7 +123,12 @@ export class Generation {
     for (let step = this.start.step; step < steps; step++) {
       const started = performance.now();
       const lr = learningRate(schedule, step);
-      this.members.forEach((link, rank) => link.send({ type: 'step', generation, step, lr, indices: sampler.slice(step, rank, worldSize) }));
+      const epoch = sampler.epochOf(step);
+      this.members.forEach((link, rank) => {
+        const { indices, repeats, offset } = sampler.slice(step, rank, worldSize);
+        // Without repeated augmentation every repeat number is 0: not worth sending.
+        link.send({ type: 'step', generation, step, lr, indices, repeats: recipe.data.repeats > 1 ? repeats : null, offset, epoch });
+      });
       const reports = await this.gather('stepDone', stepTimeoutMs);
       const completed = step + 1;
       digest = checkDigests(reports.map((r) => r.paramDigest), completed);
@@ -131,12 +136,14 @@ export class Generation {
       const count = reports.reduce((a, r) => a + r.count, 0);
       if (count !== recipe.globalBatch) throw new RunError(`step ${completed}: workers processed ${count} samples, the global batch is ${recipe.globalBatch}`);
       const distilled = reports[0]!.distillationLossSum !== undefined;
+      const skippedImages = reports.reduce((a, r) => a + r.skipped.length, 0);
       const record: StepRecord = {
         kind: 'step',
         step: completed,
-        epoch: sampler.epochOf(step),
+        epoch,
         loss: reports.reduce((a, r) => a + r.lossSum, 0) / count,
         ...(distilled ? { distillationLoss: reports.reduce((a, r) => a + r.distillationLossSum!, 0) / count } : {}),
+        ...(skippedImages > 0 ? { skippedImages } : {}),
         accuracy: reports.reduce((a, r) => a + r.correct, 0) / count,
         lr,
         gradNorm: reports[0]!.gradNorm,

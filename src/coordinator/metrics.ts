@@ -9,6 +9,8 @@ export interface StepRecord {
   loss: number;
   /** Distilled models only: the mean over the global batch of the distillation head's loss term, before the alpha weighting. */
   distillationLoss?: number;
+  /** Corrupt images replaced by their successors in this step (data.skipCorrupt); absent when none. */
+  skippedImages?: number;
   accuracy: number;
   lr: number;
   gradNorm: number;

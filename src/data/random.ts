@@ -32,3 +32,10 @@ export class Mulberry32 {
     return this.nextUint32() / 4294967296;
   }
 }
+
+/** A standard normal draw from two uniforms of `rng` (Box-Muller; 1 - u keeps the log finite). */
+export function gaussian(rng: Mulberry32): number {
+  const u = 1 - rng.next();
+  const v = rng.next();
+  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+}

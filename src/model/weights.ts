@@ -1,12 +1,13 @@
 // Conversion between the flat parameter vector and timm's state_dict: the same names, and each
 // tensor in timm's layout (PyTorch Linear weights [out, in], the patch conv [D, C, p, p]), so a
 // model trained here loads into timm and a timm/DeiT checkpoint loads here. Generic over the
-// ParamSpec table: any parameter a model declares converts through its timmPerm.
+// ParamSpec table: any parameter a model declares converts through its timmPerm, so the convnet's
+// state_dict (its PyTorch module's names, convolutions [out, in, kh, kw]) moves the same way.
+import type { ModelArgs, ParamSpec } from './model.ts';
 import { resamplePosEmbed } from './pos-embed.ts';
-import type { ParamSpec, VitConfig } from './vit.ts';
 import type { Tensor } from './safetensors.ts';
 
-/** Classifier heads, whose shape depends on the class count: replaced rather than loaded when fine-tuning. */
+/** Classifier heads (the ViT's head and head_dist, the convnet's head.fc), whose shape depends on the class count: replaced rather than loaded when fine-tuning. */
 const HEAD_PATTERN = /^head(_dist)?\./;
 
 /** `data` of row-major `shape` with its axes reordered: result axis k is input axis perm[k]. */
@@ -151,7 +152,7 @@ export const META_MODEL_ARGS = 'model_args';
  * The architecture arguments stored under `model_args` (a recipe's modelArgs), or {} when the file
  * has none (a timm file). `where` names the file in errors.
  */
-export function modelArgsFromMetadata(metadata: Record<string, string>, where: string): Partial<VitConfig> {
+export function modelArgsFromMetadata(metadata: Record<string, string>, where: string): ModelArgs {
   const raw = metadata[META_MODEL_ARGS];
   if (raw === undefined) return {};
   let args: unknown;
@@ -160,9 +161,9 @@ export function modelArgsFromMetadata(metadata: Record<string, string>, where: s
   } catch (err) {
     throw new Error(`${where}: metadata ${META_MODEL_ARGS} is not JSON (${(err as Error).message})`);
   }
-  // Architecture arguments are numbers and flags; VisionTransformer validates their values.
+  // Architecture arguments are numbers and flags; createModelConfig checks their names, the model's constructor their values.
   if (typeof args !== 'object' || args === null || Object.values(args).some((v) => typeof v !== 'number' && typeof v !== 'boolean')) {
     throw new Error(`${where}: metadata ${META_MODEL_ARGS} is not an object of numbers and booleans`);
   }
-  return args as Partial<VitConfig>;
+  return args as ModelArgs;
 }

@@ -4,6 +4,7 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DATA_FORMATS, type DataFormat } from '../data/source.ts';
 import type { DecayConvention, OptimizerName } from './optimizer.ts';
 import type { LrScalingRule } from './schedule.ts';
 
@@ -16,8 +17,8 @@ export interface Recipe {
   model: string;
   /** Changes to the named model's architecture, as timm.create_model(name, **kwargs) takes them. */
   modelArgs: Partial<Record<(typeof MODEL_ARG_KEYS)[number], number>>;
-  /** 'imagefolder': torchvision's ImageFolder layout (PATH/train/CLASS/*.JPEG, PATH/val/...), as DeiT reads ImageNet. */
-  data: { dataset: 'fashion-mnist'; path: string } | { dataset: 'imagefolder'; path: string };
+  /** Where the images come from and how they are augmented (src/data). */
+  data: RecipeData;
   /** Images per optimizer step over all workers together; independent of the worker count. */
   globalBatch: number;
   /** Images per forward/backward pass on a worker; a worker accumulates gradients over its slice. */
@@ -55,6 +56,31 @@ export interface Recipe {
   sources: Record<string, string>;
 }
 
+export interface RecipeData {
+  /** The file layout at `path` (src/data/open.ts); 'imagefolder' is torchvision's ImageFolder layout, as DeiT reads ImageNet. */
+  format: DataFormat;
+  path: string;
+  /** The fraction of the training files held out (never trained on), big_vision's minival and model soups' held-out set. */
+  holdout: number;
+  /** Picks the held-out images; separate from `seed` so that every run of a sweep holds out the same ones. */
+  holdoutSeed: number;
+  /** Per-sample transforms for training and for evaluation, as big_vision's `op(args)|op` strings (src/data/transforms/pipeline.ts). */
+  trainPipeline: string;
+  evalPipeline: string;
+  /** DeiT's repeated augmentation: each image appears this many times per global batch, augmented differently (1: off). */
+  repeats: number;
+  /** Batch-level mixing within each micro-batch (src/data/mixup.ts); null: off. */
+  mixup: MixupSettings | null;
+  /** A corrupt image is skipped (and counted) instead of failing the run. */
+  skipCorrupt: boolean;
+}
+
+
+/** timm's Mixup/CutMix (DeiT) or big_vision's mixup (AugReg); label smoothing comes from `regularization`. */
+export type MixupSettings =
+  | { kind: 'timm'; mixupAlpha: number; cutmixAlpha: number; prob: number; switchProb: number }
+  | { kind: 'big_vision'; p: number };
+
 export class RecipeError extends Error {
   constructor(message: string) {
     super(message);
@@ -67,6 +93,7 @@ export const MODEL_ARG_KEYS = ['imageSize', 'patchSize', 'inChannels', 'numClass
 
 type FieldType = (
   | { kind: 'string'; oneOf?: readonly string[] }
+  | { kind: 'boolean' }
   | { kind: 'number'; min?: number; max?: number; integer?: boolean }
   | { kind: 'object'; fields: Schema }
   | { kind: 'stringMap' }
@@ -78,6 +105,8 @@ type FieldType = (
 };
 type Schema = Record<string, FieldType>;
 
+/** A held-out fraction above this leaves too little to train on to be anything but a mistake. */
+const MAX_HOLDOUT = 0.5;
 const positiveInteger: FieldType = { kind: 'number', integer: true, min: 1 };
 const rate: FieldType = { kind: 'number', min: 0, max: 1 };
 
@@ -86,7 +115,31 @@ export const RECIPE_SCHEMA: Schema = {
   description: { kind: 'string' },
   model: { kind: 'string' },
   modelArgs: { kind: 'object', fields: Object.fromEntries(MODEL_ARG_KEYS.map((k) => [k, { kind: 'number', min: 1, optional: true }])) },
-  data: { kind: 'object', fields: { dataset: { kind: 'string', oneOf: ['fashion-mnist', 'imagefolder'] }, path: { kind: 'string' } } },
+  data: {
+    kind: 'object',
+    fields: {
+      format: { kind: 'string', oneOf: DATA_FORMATS },
+      path: { kind: 'string' },
+      holdout: { kind: 'number', min: 0, max: MAX_HOLDOUT },
+      holdoutSeed: { kind: 'number', integer: true, min: 0 },
+      trainPipeline: { kind: 'string' },
+      evalPipeline: { kind: 'string' },
+      repeats: positiveInteger,
+      mixup: {
+        kind: 'object',
+        nullable: true,
+        fields: {
+          kind: { kind: 'string', oneOf: ['timm', 'big_vision'] },
+          mixupAlpha: { kind: 'number', min: 0, optional: true },
+          cutmixAlpha: { kind: 'number', min: 0, optional: true },
+          prob: { ...rate, optional: true },
+          switchProb: { ...rate, optional: true },
+          p: { kind: 'number', min: 0, optional: true },
+        },
+      },
+      skipCorrupt: { kind: 'boolean' },
+    },
+  },
   globalBatch: positiveInteger,
   microBatch: positiveInteger,
   epochs: { kind: 'number', min: 0 },
@@ -168,6 +221,9 @@ function validateField(value: unknown, type: FieldType, name: string, where: str
       if (typeof value !== 'string') throw new RecipeError(`${where}: "${name}" must be a string${orNull}, got ${describe(value)}`);
       if (type.oneOf && !type.oneOf.includes(value)) throw new RecipeError(`${where}: "${name}" must be one of ${type.oneOf.join(', ')}, got "${value}"`);
       return;
+    case 'boolean':
+      if (typeof value !== 'boolean') throw new RecipeError(`${where}: "${name}" must be true or false${orNull}, got ${describe(value)}`);
+      return;
     case 'number':
       if (typeof value !== 'number' || !Number.isFinite(value)) throw new RecipeError(`${where}: "${name}" must be a finite number${orNull}, got ${describe(value)}`);
       if (type.integer && !Number.isInteger(value)) throw new RecipeError(`${where}: "${name}" must be an integer, got ${value}`);
@@ -193,6 +249,8 @@ export function validateRecipe(value: unknown, where: string): Recipe {
   if (recipe.microBatch > recipe.globalBatch) throw new RecipeError(`${where}: "microBatch" (${recipe.microBatch}) is larger than "globalBatch" (${recipe.globalBatch})`);
   if (recipe.steps === null && recipe.epochs <= 0) throw new RecipeError(`${where}: set "epochs" above 0 or "steps"`);
   validateOptimizerFields(recipe.optimizer, where);
+  if (recipe.data.mixup) validateMixupFields(recipe.data.mixup, where);
+  if (recipe.data.repeats > recipe.globalBatch) throw new RecipeError(`${where}: "data.repeats" (${recipe.data.repeats}) is larger than "globalBatch" (${recipe.globalBatch}): each image's repeats share one global batch`);
   const { warmupSteps, warmupEpochs } = recipe.schedule;
   if ((warmupSteps === null) === (warmupEpochs === null)) {
     throw new RecipeError(`${where}: set exactly one of "schedule.warmupSteps" and "schedule.warmupEpochs" (the other null), got ${warmupSteps} and ${warmupEpochs}`);
@@ -211,6 +269,21 @@ function validateOptimizerFields(optimizer: Recipe['optimizer'], where: string):
     const present = field in optimizer;
     if (wanted.has(field) && !present) throw new RecipeError(`${where}: missing key "optimizer.${field}" (${optimizer.name} needs ${[...wanted].join(', ')})`);
     if (!wanted.has(field) && present) throw new RecipeError(`${where}: "optimizer.${field}" does not apply to ${optimizer.name} (it takes ${[...wanted].join(', ')})`);
+  }
+}
+
+/** The mixing fields each kind takes, all required; any other is an error. */
+const MIXUP_FIELDS: Record<MixupSettings['kind'], readonly string[]> = {
+  timm: ['mixupAlpha', 'cutmixAlpha', 'prob', 'switchProb'],
+  big_vision: ['p'],
+};
+
+function validateMixupFields(mixup: MixupSettings, where: string): void {
+  const wanted = MIXUP_FIELDS[mixup.kind];
+  for (const field of Object.values(MIXUP_FIELDS).flat()) {
+    const present = field in mixup;
+    if (wanted.includes(field) && !present) throw new RecipeError(`${where}: missing key "data.mixup.${field}" (${mixup.kind} mixing needs ${wanted.join(', ')})`);
+    if (!wanted.includes(field) && present) throw new RecipeError(`${where}: "data.mixup.${field}" does not apply to ${mixup.kind} mixing (it takes ${wanted.join(', ')})`);
   }
 }
 

@@ -1,5 +1,5 @@
 // One rank's share of a training step, in data-path order:
-//   data -> model (forward/backward per micro-batch, gradients summed) -> ring reduce-scatter ->
+//   data (loader, batch mixing) -> model (forward/backward per micro-batch, gradients summed) -> ring reduce-scatter ->
 //   mean and global-norm clip -> the optimizer (and the weights' EMA) on this rank's shard ->
 //   ring all-gather -> weights.
 // Every rank ends a step holding the same parameter bits, which `paramDigest` lets the
@@ -7,8 +7,9 @@
 import type { EvalCounts, ResumeState, ShardSnapshot, StepReport } from '../comm/control.ts';
 import type { RingPeer } from '../comm/ring.ts';
 import { shardRange, type ElementRange } from '../comm/shard.ts';
-import type { ImageDataset } from '../data/fashion-mnist.ts';
-import type { Regularization, TrainContext, VisionTransformer } from '../model/vit.ts';
+import type { BatchLoader } from '../data/loader.ts';
+import { mixBatch, mixRng, type MixConfig } from '../data/mixup.ts';
+import type { ImageClassifier, Regularization, TrainContext } from '../model/model.ts';
 import type { Recipe } from '../train/recipe.ts';
 import { clipFactor, sumOfSquares } from '../train/clip.ts';
 import { paramDigest } from '../train/digest.ts';
@@ -31,11 +32,28 @@ export interface TrainerOptions {
    * model trains without regularization (and a distilled one with alpha 0.5 on the labels).
    */
   training?: { seed: number; regularization: Regularization; distillationAlpha: number; teacher: Teacher | null };
+  /** Batch-level mixing of each micro-batch (label smoothing folded into its soft targets), or null. */
+  mixup: MixConfig | null;
+}
+
+/** Rank's part of a global batch: data-set indices, their repeat numbers, where the part starts in the global batch, and the epoch. */
+export interface StepSamples {
+  indices: Uint32Array;
+  repeats: Uint8Array | null;
+  offset: number;
+  epoch: number;
+}
+
+/** One micro-batch, made by the loader while the model computes the one before it. */
+interface MicroBatch {
+  images: Float32Array;
+  labels: Int32Array;
+  skipped: string[];
 }
 
 /** A distilled model's teacher, run forward on each micro-batch, and how the student learns from it. */
 export interface Teacher {
-  model: VisionTransformer;
+  model: ImageClassifier;
   mode: Exclude<Recipe['distillation']['mode'], 'none'>;
   tau: number;
 }
@@ -55,14 +73,14 @@ export class ShardedTrainer {
   /** The moving average of this rank's shard of the weights, when the recipe keeps one. */
   private readonly ema: ShardEma | null;
   private readonly shardDecayMask: Uint8Array;
-  private readonly images: Float32Array;
-  private readonly labels: Int32Array;
+  /** Two micro-batch buffers: the loader fills one while the model reads the other. */
+  private readonly buffers: [MicroBatch, MicroBatch];
   private readonly imageSize: number;
 
   constructor(
-    private readonly model: VisionTransformer,
+    private readonly model: ImageClassifier,
     private readonly ring: RingPeer,
-    private readonly train: ImageDataset,
+    private readonly train: BatchLoader,
     private readonly options: TrainerOptions,
     initialParams: Float32Array,
     resume: ResumeState | null,
@@ -76,9 +94,9 @@ export class ShardedTrainer {
     if (resume) this.optimizer.restore(resume.optimizerState, resume.optimizerStep);
     this.ema = options.ema ? new ShardEma(options.ema.decay, this.emaStart(resume)) : null;
     this.shardDecayMask = decayMask(model.params, model.numParams).subarray(this.shard.start, this.shard.end);
-    this.imageSize = train.height * train.width * train.channels;
-    this.images = new Float32Array(options.microBatch * this.imageSize);
-    this.labels = new Int32Array(options.microBatch);
+    this.imageSize = train.sampleSize;
+    const buffer = (): MicroBatch => ({ images: new Float32Array(options.microBatch * this.imageSize), labels: new Int32Array(options.microBatch), skipped: [] });
+    this.buffers = [buffer(), buffer()];
     model.setParams(this.params);
   }
 
@@ -95,21 +113,39 @@ export class ShardedTrainer {
   }
 
   /** Runs one optimizer step on this rank's slice of the global batch. */
-  async step(step: number, indices: Uint32Array, lr: number): Promise<StepReport> {
+  async step(step: number, samples: StepSamples, lr: number): Promise<StepReport> {
     const { microBatch, globalBatch, clipNorm } = this.options;
+    const { indices } = samples;
     const computeStart = performance.now();
     this.grad.fill(0);
     let lossSum = 0;
     let correct = 0;
     let distillationLossSum = 0;
-    for (let from = 0; from < indices.length; from += microBatch) {
-      const batch = indices.subarray(from, Math.min(from + microBatch, indices.length));
-      this.train.gather(batch, this.images, this.labels);
-      const images = this.images.subarray(0, batch.length * this.imageSize);
-      const result = this.model.lossAndGrad(images, this.labels.subarray(0, batch.length), batch.length, this.grad, this.trainContext(step, batch, images));
+    const skipped: string[] = [];
+    const count = Math.ceil(indices.length / microBatch);
+    let next = this.loadMicroBatch(samples, 0);
+    for (let m = 0; m < count; m++) {
+      const loaded = await next;
+      // Start on the next micro-batch now: loader threads make it while the model computes this one.
+      if (m + 1 < count) next = this.loadMicroBatch(samples, m + 1);
+      const from = m * microBatch;
+      const n = Math.min(microBatch, indices.length - from);
+      const images = loaded.images.subarray(0, n * this.imageSize);
+      const labels = loaded.labels.subarray(0, n);
+      const context = this.trainContext(step, indices.subarray(from, from + n), images);
+      if (this.options.mixup) {
+        // Micro-batches are numbered within the global batch, so 1, 2 or 4 workers mix alike. big_vision
+        // (fold_in=None, AugReg's setting) draws one ratio per step: every micro-batch shares draw 0.
+        const microBatchIndex = this.options.mixup.kind === 'big_vision' ? 0 : Math.floor((samples.offset + from) / microBatch);
+        const rng = mixRng(this.options.training?.seed ?? 0, step, microBatchIndex);
+        const mixed = mixBatch(images, labels, n, this.train.shape, this.model.config.numClasses, this.options.mixup, rng);
+        if (context) context.softTargets = mixed.targets;
+      }
+      const result = this.model.lossAndGrad(images, labels, n, this.grad, context);
       lossSum += result.lossSum;
       correct += result.correct;
       distillationLossSum += result.distillationLossSum ?? 0;
+      skipped.push(...loaded.skipped);
       // Let heartbeats and aborts through between micro-batches: a backward pass blocks the loop.
       await yieldToEventLoop();
     }
@@ -130,9 +166,20 @@ export class ShardedTrainer {
     const commMs = performance.now() - commStart;
 
     this.model.setParams(this.params);
-    const report: StepReport = { lossSum, correct, count: indices.length, gradNorm, paramDigest: this.digest(), computeMs, commMs };
+    const report: StepReport = { lossSum, correct, count: indices.length, gradNorm, paramDigest: this.digest(), computeMs, commMs, skipped };
     if (this.model.config.distilled) report.distillationLossSum = distillationLossSum;
     return report;
+  }
+
+  /** Micro-batch `m` of `samples` into the buffer the model is not reading. */
+  private async loadMicroBatch(samples: StepSamples, m: number): Promise<MicroBatch> {
+    const { microBatch } = this.options;
+    const from = m * microBatch;
+    const to = Math.min(from + microBatch, samples.indices.length);
+    const buffer = this.buffers[m % 2]!;
+    const request = { indices: samples.indices.subarray(from, to), repeats: samples.repeats?.subarray(from, to) ?? null, epoch: samples.epoch };
+    buffer.skipped = (await this.train.load(request, buffer.images, buffer.labels)).skipped;
+    return buffer;
   }
 
   /** What the model needs beyond images and labels to train on `batch`: masks' seeds, loss weights, the teacher's logits. */
@@ -147,24 +194,24 @@ export class ShardedTrainer {
   }
 
   /** Loss and correct count over samples [start, end) of `data`, in micro-batches. */
-  async evaluate(data: ImageDataset, start: number, end: number): Promise<EvalCounts> {
+  async evaluate(data: BatchLoader, start: number, end: number): Promise<EvalCounts> {
     const { microBatch } = this.options;
-    const indices = new Uint32Array(end - start).map((_, i) => start + i);
+    const { images, labels } = this.buffers[0];
     let lossSum = 0;
     let correct = 0;
     let correctClassHead = 0;
     let correctDistHead = 0;
-    for (let from = 0; from < indices.length; from += microBatch) {
-      const batch = indices.subarray(from, Math.min(from + microBatch, indices.length));
-      data.gather(batch, this.images, this.labels);
-      const result = this.model.evaluate(this.images.subarray(0, batch.length * this.imageSize), this.labels.subarray(0, batch.length), batch.length);
+    for (let from = start; from < end; from += microBatch) {
+      const n = Math.min(microBatch, end - from);
+      await data.load({ indices: Uint32Array.from({ length: n }, (_, i) => from + i), repeats: null, epoch: 0 }, images, labels);
+      const result = this.model.evaluate(images.subarray(0, n * this.imageSize), labels.subarray(0, n), n);
       lossSum += result.lossSum;
       correct += result.correct;
       correctClassHead += result.correctClassHead ?? 0;
       correctDistHead += result.correctDistHead ?? 0;
       await yieldToEventLoop();
     }
-    const counts: EvalCounts = { lossSum, correct, count: indices.length };
+    const counts: EvalCounts = { lossSum, correct, count: end - start };
     if (this.model.config.distilled) Object.assign(counts, { correctClassHead, correctDistHead });
     return counts;
   }

@@ -12,12 +12,12 @@ import {
   encodeMessage, type CoordinatorMessage, type ResumeState, type WorkerMessage,
 } from '../comm/control.ts';
 import { RingPeer } from '../comm/ring.ts';
-import { loadDataset } from '../data/datasets.ts';
-import type { ImageDataset } from '../data/fashion-mnist.ts';
+import { BatchLoader } from '../data/loader.ts';
+import { mixConfigOf } from '../data/mixup.ts';
 import { selectBackend, type BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { loadTeacher } from '../model/teacher.ts';
-import { VisionTransformer } from '../model/vit.ts';
+import { createModel, type ImageClassifier } from '../model/model.ts';
 import type { Logger } from '../cli/logging.ts';
 import { optimizerConfigOf } from '../train/optimizer.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
@@ -44,6 +44,8 @@ export interface WorkerOptions {
   advertisePort: number | null;
   /** Overrides the recipe's data path on this host. */
   dataPath: string | null;
+  /** Threads that decode and augment images ahead of the model; 0 does it on the main thread. */
+  dataThreads: number;
   /** How long to keep trying to (re)connect to the coordinator. */
   reconnectTimeoutMs: number;
   /** Without a ping from the coordinator for this long, the connection counts as cut. */
@@ -68,6 +70,18 @@ export class SetupError extends WorkerError {
   }
 }
 
+/** The model must take the pipelines' output and predict the data's classes. */
+function checkDataFitsModel(recipe: Recipe, model: ImageClassifier, train: BatchLoader, test: BatchLoader): void {
+  const { imageSize, inChannels, numClasses } = model.config;
+  for (const [name, loader, pipeline] of [['training', train, recipe.data.trainPipeline], ['evaluation', test, recipe.data.evalPipeline]] as const) {
+    const { height, width, channels } = loader.shape;
+    if (height !== imageSize || width !== imageSize || channels !== inChannels) {
+      throw new SetupError(`model ${recipe.model} takes ${imageSize}x${imageSize}x${inChannels} images, the ${name} pipeline "${pipeline}" makes ${height}x${width}x${channels} from ${recipe.data.path}`);
+    }
+  }
+  if (train.classes.length !== numClasses) throw new SetupError(`model ${recipe.model} has ${numClasses} classes, the data at ${recipe.data.path} has ${train.classes.length}`);
+}
+
 /** Why a session with the coordinator ended. */
 type SessionEnd = { kind: 'stopped' } | { kind: 'lost'; reason: string } | { kind: 'fatal'; error: Error };
 
@@ -75,11 +89,11 @@ type SessionEnd = { kind: 'stopped' } | { kind: 'lost'; reason: string } | { kin
 interface Workbench {
   key: string;
   recipe: Recipe;
-  model: VisionTransformer;
+  model: ImageClassifier;
   /** The distillation teacher; null when the recipe's distillation mode is none. */
   teacher: Teacher | null;
-  train: ImageDataset;
-  test: ImageDataset;
+  train: BatchLoader;
+  test: BatchLoader;
 }
 
 /** Runs a worker until the run ends; rejects with a clear error when it cannot go on. */
@@ -108,7 +122,15 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
     }
   } finally {
     health?.close();
+    await closeWorkbench(state.workbench);
   }
+}
+
+async function closeWorkbench(bench: Workbench | null): Promise<void> {
+  if (!bench) return;
+  await Promise.all([bench.train.close(), bench.test.close()]);
+  bench.teacher?.model.disposeParams();
+  bench.model.disposeParams();
 }
 
 function serveHealth(port: number, connected: () => boolean): Promise<Server> {
@@ -247,7 +269,7 @@ class WorkerSession {
         this.worldSize = message.worldSize;
         let bench: Workbench;
         try {
-          bench = this.workbench(validateRecipe(message.recipe, 'the recipe sent by the coordinator'));
+          bench = await this.workbench(validateRecipe(message.recipe, 'the recipe sent by the coordinator'));
         } catch (err) {
           throw new SetupError((err as Error).message);
         }
@@ -274,12 +296,15 @@ class WorkerSession {
         this.trainer = new ShardedTrainer(model, ring, train, {
           rank: this.rank, worldSize: this.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: optimizerConfigOf(recipe), ema: recipe.ema,
           training: { seed: recipe.seed, regularization: recipe.regularization, distillationAlpha: recipe.distillation.alpha, teacher },
+          mixup: recipe.data.mixup ? mixConfigOf(recipe.data.mixup, recipe.regularization.labelSmoothing) : null,
         }, resume ? resume.params : init ?? model.initParams(recipe.seed), resume);
         this.send({ type: 'ready', generation: this.generation, rank: this.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: test.size });
         return;
       }
       case 'step': {
-        const result = await this.requireTrainer().step(message.step, message.indices, message.lr);
+        const { indices, repeats, offset, epoch } = message;
+        const result = await this.requireTrainer().step(message.step, { indices, repeats, offset, epoch }, message.lr);
+        for (const name of result.skipped) logger.warn({ image: name, step: message.step }, 'corrupt image skipped (data.skipCorrupt): its successor took its place');
         this.send({ type: 'stepDone', generation: message.generation, step: message.step, ...result });
         return;
       }
@@ -301,32 +326,40 @@ class WorkerSession {
   }
 
   /** The data and model for `recipe`, built once and kept while the recipe stays the same. */
-  private workbench(recipe: Recipe): Workbench {
+  private async workbench(recipe: Recipe): Promise<Workbench> {
     if (this.options.dataPath) recipe.data.path = this.options.dataPath;
     const key = JSON.stringify(recipe);
     const cached = this.state.workbench;
     if (cached && cached.key === key) return cached;
-    // The recipe schema admits ImageNet-style folders ahead of their loader.
-    if (recipe.data.dataset !== 'fashion-mnist') throw new SetupError(`recipe ${recipe.name}: data set "${recipe.data.dataset}" cannot be loaded by this worker yet (it reads fashion-mnist)`);
-    const train = loadDataset(recipe.data, 'train');
-    const model = new VisionTransformer(createModelConfig(recipe.model, recipe.modelArgs));
-    const { imageSize, inChannels, numClasses } = model.config;
-    if (train.height !== imageSize || train.width !== imageSize || train.channels !== inChannels) {
-      throw new SetupError(`model ${recipe.model} takes ${imageSize}x${imageSize}x${inChannels} images, the data has ${train.height}x${train.width}x${train.channels}`);
+    await closeWorkbench(cached);
+    this.state.workbench = null;
+    const { data } = recipe;
+    const spec = { format: data.format, path: data.path, holdout: data.holdout, holdoutSeed: data.holdoutSeed };
+    const loaderOptions = { threads: this.options.dataThreads, seed: recipe.seed, skipCorrupt: data.skipCorrupt };
+    const train = await BatchLoader.open(spec, 'train', data.trainPipeline, loaderOptions);
+    let test: BatchLoader | null = null;
+    let model: ImageClassifier | null = null;
+    try {
+      test = await BatchLoader.open(spec, 'val', data.evalPipeline, loaderOptions);
+      model = createModel(createModelConfig(recipe.model, recipe.modelArgs));
+      checkDataFitsModel(recipe, model, train, test);
+      const bench = { key, recipe, model, teacher: this.teacher(recipe, model), train, test };
+      this.state.workbench = bench;
+      return bench;
+    } catch (err) {
+      await Promise.all([train.close(), test?.close()]);
+      model?.disposeParams();
+      throw err;
     }
-    if (train.numClasses !== numClasses) throw new SetupError(`model ${recipe.model} has ${numClasses} classes, the data has ${train.numClasses}`);
-    const bench = { key, recipe, model, teacher: this.teacher(recipe, model), train, test: loadDataset(recipe.data, 'test') };
-    this.state.workbench = bench;
-    return bench;
   }
 
   /** The recipe's distillation teacher, checked to take the student's images and predict its classes. */
-  private teacher(recipe: Recipe, student: VisionTransformer): Teacher | null {
+  private teacher(recipe: Recipe, student: ImageClassifier): Teacher | null {
     const { mode, tau, teacher: path } = recipe.distillation;
     if (mode === 'none') return null;
     // DeiT distils through the distillation token's own head; a model without one has nothing to distil into.
     if (!student.config.distilled) throw new SetupError(`recipe ${recipe.name}: distillation mode "${mode}" needs a distilled model (with a distillation token, e.g. deit_fmnist_tiny_distilled), ${recipe.model} has none`);
-    let model: VisionTransformer;
+    let model: ImageClassifier;
     try {
       model = loadTeacher(path!); // validateRecipe: a teacher is set whenever the mode is not none
     } catch (err) {

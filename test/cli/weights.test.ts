@@ -35,7 +35,8 @@ const torchMissing = ((): string | false => {
 })();
 
 const recipe = validateRecipe(JSON.parse(readFileSync(MICRO_RECIPE, 'utf8')), MICRO_RECIPE);
-const config = createModelConfig(recipe.model, recipe.modelArgs);
+// The micro recipe's model is a ViT, the family of the PyTorch reference (reference_vit.py).
+const config = createModelConfig(recipe.model, recipe.modelArgs) as VitConfig;
 const launch = ['launch', '--workers', '1', '--recipe', MICRO_RECIPE, '--backend', 'wasm'];
 
 async function cli(args: string[]): Promise<string> {

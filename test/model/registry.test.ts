@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createModelConfig, listModels } from '../../src/model/registry.ts';
-import { countFlops, paramSpecs } from '../../src/model/vit.ts';
+import { modelFlops, modelParamSpecs } from '../../src/model/model.ts';
+import type { VitConfig } from '../../src/model/vit.ts';
 
 test('standard variants have timm parameter counts (computed from the spec, nothing allocated)', () => {
   const counts = Object.fromEntries(listModels().map((m) => [m.name, m.numParams]));
@@ -33,7 +34,7 @@ test('distilled variants are their base model plus a distillation token, its pos
     const d = models[distilled!]!;
     const b = models[base!]!;
     assert.deepEqual(d.config, { ...b.config, distilled: true }, distilled);
-    const { embedDim: D, numClasses: K } = b.config;
+    const { embedDim: D, numClasses: K } = b.config as VitConfig;
     assert.equal(d.numParams - b.numParams, 2 * D + D * K + K, distilled);
   }
   for (const m of listModels()) assert.equal(m.config.distilled, m.name.includes('distilled'), m.name);
@@ -53,8 +54,8 @@ test('listModels reports config, params and FLOPs for every variant', () => {
   assert.equal(new Set(names).size, names.length);
   for (const size of ['tiny', 'small', 'base', 'large']) assert.ok(names.includes(`vit_${size}_patch16_224`), size);
   for (const m of models) {
-    assert.equal(m.flopsPerImage, countFlops(m.config));
-    assert.equal(m.numParams, paramSpecs(m.config).reduce((n, p) => n + p.size, 0));
+    assert.equal(m.flopsPerImage, modelFlops(m.config));
+    assert.equal(m.numParams, modelParamSpecs(m.config).reduce((n, p) => n + p.size, 0));
   }
   const base = models.find((m) => m.name === 'vit_base_patch16_224')!;
   // ViT-B/16 is commonly quoted at 17.6 GMACs per 224x224 image.
@@ -89,4 +90,21 @@ test('vit_fmnist_tiny fits Fashion-MNIST', () => {
   assert.equal(cfg.numClasses, 10);
   assert.equal(cfg.imageSize % cfg.patchSize, 0);
   assert.equal(cfg.embedDim % cfg.numHeads, 0);
+});
+
+test('convnet_fmnist_small: a convnet for Fashion-MNIST, listed with its parameters and FLOPs', () => {
+  const cfg = createModelConfig('convnet_fmnist_small');
+  assert.deepEqual(cfg, { family: 'convnet', imageSize: 28, inChannels: 1, numClasses: 10, widths: [32, 64], depths: [1, 2], distilled: false });
+  const info = listModels().find((m) => m.name === 'convnet_fmnist_small')!;
+  // Convolutions (weight, bias, norm weight and bias): stem 2x2 1->32, 3x3 32->32, 2x2 32->64, two 3x3 64->64; head 7x7x64->10.
+  const conv = (k: number, i: number, o: number) => k * k * i * o + 3 * o;
+  assert.equal(info.numParams, conv(2, 1, 32) + conv(3, 32, 32) + conv(2, 32, 64) + 2 * conv(3, 64, 64) + 7 * 7 * 64 * 10 + 10);
+  assert.equal(info.flopsPerImage, 2 * (14 * 14 * (4 * 32 + 9 * 32 * 32) + 7 * 7 * (4 * 32 * 64 + 2 * 9 * 64 * 64) + 7 * 7 * 64 * 10));
+});
+
+test('overrides must be arguments of the named model', () => {
+  assert.equal(createModelConfig('convnet_fmnist_small', { numClasses: 100 }).numClasses, 100);
+  assert.throws(() => createModelConfig('convnet_fmnist_small', { patchSize: 4 } as never), /model 'convnet_fmnist_small' has no argument patchSize \(its arguments: imageSize, inChannels, numClasses, widths, depths, distilled\)/);
+  assert.throws(() => createModelConfig('convnet_fmnist_small', { family: 'vit' } as never), /has no argument family/);
+  assert.throws(() => createModelConfig('vit_fmnist_tiny' as string, { widths: [8] }), /model 'vit_fmnist_tiny' has no argument widths/);
 });

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../src/model/backend.ts';
 import { VisionTransformer, countFlops, type TrainContext, type VitConfig } from '../../src/model/vit.ts';
+import { assertBackendsAgree, assertClose, checkGradients as checkModelGradients, lcg, lossAndGrad, randomBatch, scrambledParams } from './helpers.ts';
 
 // Small enough for finite differences, big enough to have several patches, heads, blocks and classes.
 const TINY: VitConfig = { imageSize: 8, patchSize: 4, inChannels: 2, numClasses: 3, embedDim: 8, depth: 2, numHeads: 2, mlpRatio: 2, distilled: false };
@@ -11,78 +12,10 @@ const FMNIST_LIKE: VitConfig = { imageSize: 28, patchSize: 7, inChannels: 1, num
 
 await selectBackend({ requested: 'cpu' });
 
-/** Deterministic pseudo-random numbers for test inputs (not the model's init PRNG). */
-function lcg(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
-
-function randomBatch(config: VitConfig, n: number, seed: number) {
-  const rand = lcg(seed);
-  const images = new Float32Array(n * config.imageSize ** 2 * config.inChannels).map(() => 2 * rand() - 1);
-  const labels = new Int32Array(n).map(() => Math.floor(rand() * config.numClasses));
-  return { images, labels };
-}
-
-/** Parameters far from the init so every term of the gradient matters (LayerNorm affine, biases). */
-function scrambledParams(model: VisionTransformer, seed: number): Float32Array {
-  const rand = lcg(seed);
-  const flat = new Float32Array(model.numParams);
-  for (const p of model.params) {
-    for (let i = p.offset; i < p.offset + p.size; i++) {
-      const r = 2 * rand() - 1;
-      flat[i] = p.init === 'ones' ? 1 + 0.3 * r : p.init === 'zeros' ? 0.2 * r : 0.5 * r;
-    }
-  }
-  return flat;
-}
-
-function lossAndGrad(model: VisionTransformer, images: Float32Array, labels: Int32Array, n: number, ctx?: TrainContext) {
-  const grad = new Float32Array(model.numParams);
-  const result = model.lossAndGrad(images, labels, n, grad, ctx);
-  return { ...result, grad };
-}
-
-/**
- * Checks lossAndGrad's gradient against central finite differences of its own lossSum (so of the
- * training loss: both heads of a distilled model, the context's masks and label smoothing), at 3
- * random entries of every parameter tensor.
- */
+/** Finite-difference check of every parameter tensor (test/model/helpers.ts). */
 function checkGradients(config: VitConfig, seed: number, ctx?: TrainContext): void {
   const model = new VisionTransformer(config);
-  const params = scrambledParams(model, seed);
-  const n = 3;
-  const { images, labels } = randomBatch(config, n, seed + 1);
-  model.setParams(params);
-  const { grad } = lossAndGrad(model, images, labels, n, ctx);
-
-  const rand = lcg(seed + 2);
-  const h = 1e-2;
-  const loss = (flat: Float32Array) => {
-    model.setParams(flat);
-    return lossAndGrad(model, images, labels, n, ctx).lossSum;
-  };
-  for (const p of model.params) {
-    for (let s = 0; s < 3; s++) {
-      const i = p.offset + Math.floor(rand() * p.size);
-      // Richardson extrapolation of two central differences cancels the h^2 error term, so the
-      // comparison is limited by float32 rounding in the loss, not by the step size.
-      const central = (step: number) => {
-        const plus = params.slice();
-        const minus = params.slice();
-        plus[i]! += step;
-        minus[i]! -= step;
-        return (loss(plus) - loss(minus)) / (plus[i]! - minus[i]!);
-      };
-      const numeric = (4 * central(h / 2) - central(h)) / 3;
-      const error = Math.abs(grad[i]! - numeric) / Math.max(1, Math.abs(numeric));
-      assert.ok(error < 1e-3, `${p.name}[${i - p.offset}]: analytic ${grad[i]} numeric ${numeric}`);
-    }
-  }
-  model.disposeParams();
+  checkModelGradients(model, scrambledParams(model, seed), seed, ctx);
 }
 
 /** Rates high enough that a 3-image batch of TINY sees dropped elements and dropped paths. */
@@ -209,21 +142,7 @@ test('gradients with dropout, attention dropout, drop path and label smoothing m
 
 test('cpu and wasm backends agree on loss and gradients', async () => {
   const model = new VisionTransformer(TINY);
-  const params = scrambledParams(model, 21);
-  const { images, labels } = randomBatch(TINY, 4, 22);
-  const run = async (backend: 'cpu' | 'wasm') => {
-    await selectBackend({ requested: backend });
-    model.setParams(params);
-    const out = lossAndGrad(model, images, labels, 4);
-    model.disposeParams();
-    return out;
-  };
-  const wasm = await run('wasm');
-  const cpu = await run('cpu');
-  assert.ok(Math.abs(wasm.lossSum - cpu.lossSum) < 1e-4 * Math.abs(cpu.lossSum));
-  assert.equal(wasm.correct, cpu.correct);
-  const scale = Math.max(...cpu.grad.map(Math.abs));
-  assertClose(wasm.grad, cpu.grad, 1e-4 * scale);
+  await assertBackendsAgree(model, scrambledParams(model, 21), 22);
 });
 
 test('gradients accumulate: two calls add up to the two separate gradients', () => {
@@ -466,13 +385,6 @@ test('label smoothing: the loss is cross entropy against (1 - eps) onehot + eps 
   model.disposeParams();
 });
 
-function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: number): void {
-  assert.equal(got.length, want.length);
-  for (let i = 0; i < got.length; i++) {
-    assert.ok(Math.abs(got[i]! - want[i]!) <= tol, `index ${i}: ${got[i]} vs ${want[i]} (tol ${tol})`);
-  }
-}
-
 const GOLDEN_SEED0 = [0.0032693122047930956, 0.005082613788545132, 0.0007856404408812523, 0.02644318714737892];
 
 // ---------------------------------------------------------------------------------------------
@@ -605,4 +517,48 @@ test('distillation misuse fails loudly', () => {
   const teacher = teacherLogits(n, TINY_DISTILLED.numClasses, 101);
   assert.throws(() => model.lossAndGrad(images, labels, n, grad, distillationContext(n, { mode: 'soft', tau: 0, teacherLogits: teacher })), /tau must be positive, got 0/);
   model.disposeParams();
+});
+
+// ---------------------------------------------------------------------------------------------
+// Soft targets (Mixup/CutMix, label smoothing folded in by the caller) through the whole model.
+
+/** n rows over k classes, each mixing two classes with a little of every class, summing to 1. */
+function softTargets(labels: Int32Array, n: number, k: number): Float32Array {
+  const t = new Float32Array(n * k).fill(0.1 / k);
+  for (let i = 0; i < n; i++) {
+    t[i * k + labels[i]!]! += 0.6;
+    t[i * k + ((labels[i]! + 1) % k)]! += 0.3;
+  }
+  return t;
+}
+
+test('gradients with soft targets match finite differences, with and without a distillation token', () => {
+  const { labels } = randomBatch(TINY, 3, 12); // checkGradients' batch (seed + 1)
+  const ctx = (): TrainContext => ({ step: 2, seed: 4, sampleIndices: Uint32Array.of(9, 8, 7), regularization: HEAVY, distillationAlpha: 0.3, softTargets: softTargets(labels, 3, TINY.numClasses) });
+  checkGradients(TINY, 11, ctx());
+  checkGradients(TINY_DISTILLED, 11, ctx());
+});
+
+test('one-hot soft targets train exactly as the integer labels; correct counts the integer labels', () => {
+  for (const config of [TINY, TINY_DISTILLED]) {
+    const model = new VisionTransformer(config);
+    model.setParams(scrambledParams(model, 131));
+    const n = 4;
+    const { images, labels } = randomBatch(config, n, 132);
+    const oneHot = new Float32Array(n * config.numClasses);
+    labels.forEach((label, i) => (oneHot[i * config.numClasses + label] = 1));
+    const ctx: TrainContext = { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1, 2, 3), regularization: HEAVY };
+    // labelSmoothing 0.1 in HEAVY applies to the labels only: compare with it off.
+    const unsmoothed = { ...ctx, regularization: { ...HEAVY, labelSmoothing: 0 } };
+    const fromLabels = lossAndGrad(model, images, labels, n, unsmoothed);
+    const fromSoft = lossAndGrad(model, images, labels, n, { ...ctx, softTargets: oneHot });
+    assert.equal(fromSoft.lossSum, fromLabels.lossSum);
+    assert.deepEqual(fromSoft.grad, fromLabels.grad);
+    assert.equal(fromSoft.correct, fromLabels.correct);
+    // Targets of other classes change the loss, not the count of hits on the labels.
+    const shifted = lossAndGrad(model, images, labels, n, { ...ctx, softTargets: softTargets(labels.map((l) => (l + 1) % config.numClasses), n, config.numClasses) });
+    assert.notEqual(shifted.lossSum, fromLabels.lossSum);
+    assert.equal(shifted.correct, fromLabels.correct);
+    model.disposeParams();
+  }
 });

@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { convNetParamSpecs } from '../../src/model/convnet.ts';
 import { resamplePosEmbed } from '../../src/model/pos-embed.ts';
 import { createModelConfig } from '../../src/model/registry.ts';
 import { paramSpecs, type ParamSpec, type VitConfig } from '../../src/model/vit.ts';
@@ -134,4 +135,28 @@ test('generic over the spec table: a distillation token and head_dist convert an
   const { params, replaced } = importTimmState(table(2), file, { allowHeadMismatch: true, init: new Float32Array(4 + 5 * 2).fill(-1) });
   assert.deepEqual(replaced.map((r) => r.name), ['head_dist.weight', 'head_dist.bias']);
   assert.deepEqual(Array.from(params), [0, 1, 2, 3, ...new Array(10).fill(-1)]);
+});
+
+test('the convnet: convolutions export as [out, in, kh, kw], import inverts export, a head of another class count is replaced', () => {
+  const conv = createModelConfig('convnet_fmnist_small', { inChannels: 3 });
+  const specs = convNetParamSpecs(conv);
+  const numParams = specs.at(-1)!.offset + specs.at(-1)!.size;
+  const flat = Float32Array.from({ length: numParams }, (_, i) => Math.sin(i) * 1e-3);
+  const state = exportTimmState(specs, flat);
+  const kernel = specs.find((s) => s.name === 'stages.0.blocks.0.conv.weight')!; // internal [3, 3, 32, 32]
+  assert.deepEqual(state.get(kernel.name)!.shape, [32, 32, 3, 3]);
+  const [k, ci, co] = [3, 32, 32];
+  const timm = state.get(kernel.name)!.data;
+  for (const [o, i, r, c] of [[0, 0, 0, 0], [5, 7, 1, 2], [31, 30, 2, 1]] as const) {
+    assert.equal(timm[((o * ci + i) * k + r) * k + c], flat[kernel.offset + ((r * k + c) * ci + i) * co + o]);
+  }
+  assert.deepEqual(state.get('stem.conv.weight')!.shape, [32, 3, 2, 2]);
+  assert.deepEqual(state.get('head.fc.weight')!.shape, [10, 64, 7, 7]);
+  const { params } = importTimmState(specs, state, { allowHeadMismatch: false });
+  assert.deepEqual(new Uint32Array(params.buffer), new Uint32Array(flat.buffer));
+
+  const fewer = convNetParamSpecs({ ...conv, numClasses: 4 });
+  const init = new Float32Array(fewer.at(-1)!.offset + fewer.at(-1)!.size).fill(-1);
+  const { replaced } = importTimmState(fewer, state, { allowHeadMismatch: true, init });
+  assert.deepEqual(replaced.map((r) => r.name), ['head.fc.weight', 'head.fc.bias']);
 });

@@ -92,8 +92,20 @@ test('cross-field rules: exactly one warmup, a teacher exactly when distilling, 
   assert.throws(() => validateRecipe({ ...recipe, distillation: { mode: 'none', alpha: 0, tau: 1, teacher: 3 } }, 'test'), /"distillation.teacher" must be a string or null, got number/);
   assert.throws(() => validateRecipe({ ...recipe, ema: 0.999 }, 'test'), /"ema" must be an object or null, got number/);
   assert.throws(() => validateRecipe({ ...recipe, ema: { decay: 2 } }, 'test'), /"ema.decay" must be at most 1/);
-  assert.throws(() => validateRecipe({ ...recipe, data: { dataset: 'imagenet', path: '/x' } }, 'test'), /"data.dataset" must be one of fashion-mnist, imagefolder/);
-  assert.equal(validateRecipe({ ...recipe, data: { dataset: 'imagefolder', path: '/x' } }, 'test').data.dataset, 'imagefolder');
+  assert.throws(() => validateRecipe({ ...recipe, data: { ...recipe.data, format: 'imagenet' } }, 'test'), /"data.format" must be one of fashion-mnist, idx, cifar10, cifar100, imagefolder, packed/);
+  assert.equal(validateRecipe({ ...recipe, data: { ...recipe.data, format: 'imagefolder' } }, 'test').data.format, 'imagefolder');
+});
+
+test('data rules: mixing fields per kind, repeats within the global batch, holdout and flags typed', () => {
+  const recipe = loadRecipe('fmnist-vit-tiny');
+  const withData = (data: object) => ({ ...recipe, data: { ...recipe.data, ...data } });
+  assert.throws(() => validateRecipe(withData({ mixup: { kind: 'timm', mixupAlpha: 0.8 } }), 'test'), /missing key "data.mixup.cutmixAlpha" \(timm mixing needs mixupAlpha, cutmixAlpha, prob, switchProb\)/);
+  assert.throws(() => validateRecipe(withData({ mixup: { kind: 'big_vision', p: 0.5, prob: 1 } }), 'test'), /"data.mixup.prob" does not apply to big_vision mixing/);
+  assert.equal(validateRecipe(withData({ mixup: { kind: 'big_vision', p: 0.5 } }), 'test').data.mixup?.kind, 'big_vision');
+  assert.throws(() => validateRecipe(withData({ repeats: 513 }), 'test'), /"data.repeats" \(513\) is larger than "globalBatch" \(512\)/);
+  assert.equal(validateRecipe(withData({ repeats: 3 }), 'test').data.repeats, 3);
+  assert.throws(() => validateRecipe(withData({ holdout: 0.9 }), 'test'), /"data.holdout" must be at most 0.5/);
+  assert.throws(() => validateRecipe(withData({ skipCorrupt: 'yes' }), 'test'), /"data.skipCorrupt" must be true or false, got string/);
 });
 
 test('a wrong type or range is an error naming the key', () => {

@@ -1,0 +1,68 @@
+// Layers shared by the model families, each as a forward and a hand-written backward.
+//
+// Why no autodiff: tfjs-core registers gradients only through dist/register_all_gradients.js, an
+// ES module with extension-less imports that Node cannot load (the @tensorflow/tfjs union package
+// bundles them, but we depend on tfjs-core alone). Writing the backward pass also lets us pick the
+// fast kernels: the wasm backend (XNNPACK) has no fast path for 2-D matMul with transpose flags —
+// a naive loop ~10x slower than a plain product — so every weight/input gradient below transposes
+// explicitly (a cheap copy) and then multiplies. Measured on [2176, 64] x [64, 192]:
+// transposeA/B flag 27-32 ms, explicit transpose + matMul 2-4 ms.
+//
+// Activations are kept 2-D, [rows, features] (tokens of a ViT, pixels of a convnet's NHWC map),
+// so every Linear is one 2-D product and every LayerNorm normalizes the last axis.
+
+import * as tf from '@tensorflow/tfjs-core';
+
+/** timm's ViT uses LayerNorm(eps=1e-6), not PyTorch's default 1e-5; so does ConvNeXt's channel LayerNorm. */
+export const LN_EPS = 1e-6;
+
+/** y = x @ w + b for x [M, in], w [in, out], b [out]. */
+export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D {
+  return tf.fused.matMul({ a: x, b: w, bias: b }) as tf.Tensor2D;
+}
+
+export interface LinearGrads {
+  dx: tf.Tensor2D;
+  dw: tf.Tensor2D;
+  db: tf.Tensor1D;
+}
+
+export function linearBackward(dy: tf.Tensor2D, x: tf.Tensor2D, w: tf.Tensor2D): LinearGrads {
+  return { dx: tf.matMul(dy, tf.transpose(w)), dw: tf.matMul(tf.transpose(x), dy), db: tf.sum(dy, 0) };
+}
+
+/** LayerNorm over the last axis; also returns what the backward pass needs. */
+export function layerNorm(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor) {
+  const { mean, variance } = tf.moments(x, -1, true);
+  const rstd = tf.rsqrt(tf.add(variance, LN_EPS)); // [M, 1]
+  const xHat = tf.mul(tf.sub(x, mean), rstd) as tf.Tensor2D;
+  return { y: tf.add(tf.mul(xHat, weight), bias) as tf.Tensor2D, xHat, rstd };
+}
+
+/** dx = rstd * (g - mean(g) - xHat * mean(g * xHat)) with g = dy * weight, per row. */
+export function layerNormBackward(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.Tensor, weight: tf.Tensor) {
+  const g = tf.mul(dy, weight);
+  const centered = tf.sub(g, tf.mean(g, -1, true));
+  const dx = tf.mul(tf.sub(centered, tf.mul(xHat, tf.mean(tf.mul(g, xHat), -1, true))), rstd) as tf.Tensor2D;
+  return { dx, dWeight: tf.sum(tf.mul(dy, xHat), 0) as tf.Tensor1D, dBias: tf.sum(dy, 0) as tf.Tensor1D };
+}
+
+/**
+ * Exact GELU, x * Phi(x) with Phi(x) = 0.5 (1 + erf(x / sqrt 2)), as nn.GELU() in timm (tfjs-core
+ * has erf, so no tanh approximation). Returns Phi(x) too: erf is slow on wasm, the backward reuses it.
+ */
+export function gelu(x: tf.Tensor2D): { y: tf.Tensor2D; cdf: tf.Tensor2D } {
+  const cdf: tf.Tensor2D = tf.mul(0.5, tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
+  return { y: tf.mul(x, cdf), cdf };
+}
+
+/** d/dx [x Phi(x)] = Phi(x) + x phi(x), phi the standard normal density. */
+export function geluBackward(dy: tf.Tensor2D, x: tf.Tensor2D, cdf: tf.Tensor2D): tf.Tensor2D {
+  const pdf = tf.mul(1 / Math.sqrt(2 * Math.PI), tf.exp(tf.mul(tf.square(x), -0.5)));
+  return tf.mul(dy, tf.add(cdf, tf.mul(x, pdf)));
+}
+
+/** Backward of y = tf.relu(x): dy where y is positive, 0 elsewhere (the subgradient 0 at 0, as PyTorch's). */
+export function reluBackward(dy: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D {
+  return tf.mul(dy, tf.step(y));
+}

@@ -1,0 +1,75 @@
+// Which images an evaluation reads: the recipe's data settings (a checkpoint carries its recipe),
+// changed by the command line's flags, or the flags alone for weights without a recipe.
+//
+// The held-out split is only held out if it is the one the models never trained on: the format,
+// fraction and seed that chose it in training must choose it here. So when the held-out split
+// matters, models' recipes must agree on those three and a flag may not contradict them; the path
+// (another machine's copy) and the evaluation pipeline may change.
+import { DATA_FORMATS, type DataFormat, type DataSpec } from '../data/open.ts';
+import type { Recipe } from '../train/recipe.ts';
+import type { EvalData } from './eval-pool.ts';
+
+/** For weights without a recipe: the held-out fraction and seed the repository's recipes use. */
+export const DEFAULT_HOLDOUT = 0.1;
+export const DEFAULT_HOLDOUT_SEED = 0;
+
+export interface DataFlags {
+  data?: string;
+  format?: DataFormat;
+  holdout?: number;
+  holdoutSeed?: number;
+  pipeline?: string;
+}
+
+/** A model whose data settings count: its name (in errors) and its recipe, null for a .safetensors file. */
+export interface DataSource {
+  name: string;
+  recipe: Recipe | null;
+}
+
+/** The settings that choose the held-out images, by their recipe key. */
+const HOLDOUT_KEYS = { format: 'data.format', holdout: 'data.holdout', holdoutSeed: 'data.holdoutSeed' } as const;
+const FLAG_NAMES = { format: '--format', holdout: '--holdout', holdoutSeed: '--holdout-seed' } as const;
+
+/**
+ * The data of an evaluation of `sources`. With `guardHoldout`, the recipes must agree on what
+ * chose the held-out images and the flags may not change it.
+ */
+export function resolveEvalData(sources: readonly DataSource[], flags: DataFlags, guardHoldout: boolean): EvalData {
+  const withRecipe = sources.filter((s): s is DataSource & { recipe: Recipe } => s.recipe !== null);
+  const base = withRecipe[0];
+  if (!base) return fromFlagsAlone(sources, flags);
+  const data = base.recipe.data;
+  if (guardHoldout) {
+    for (const key of Object.keys(HOLDOUT_KEYS) as (keyof typeof HOLDOUT_KEYS)[]) {
+      for (const other of withRecipe.slice(1)) {
+        if (other.recipe.data[key] !== data[key]) {
+          throw new Error(`${base.name} and ${other.name} hold out different images (${HOLDOUT_KEYS[key]} ${JSON.stringify(data[key])} and ${JSON.stringify(other.recipe.data[key])}): what one held out, the other may have trained on`);
+        }
+      }
+      const flag = flags[key];
+      if (flag !== undefined && flag !== data[key]) {
+        throw new Error(`${FLAG_NAMES[key]} ${flag} differs from ${HOLDOUT_KEYS[key]} ${JSON.stringify(data[key])} in the recipe of ${base.name}: the held-out split would include images it trained on`);
+      }
+    }
+  }
+  const spec: DataSpec = {
+    format: flags.format ?? data.format,
+    path: flags.data ?? data.path,
+    holdout: flags.holdout ?? data.holdout,
+    holdoutSeed: flags.holdoutSeed ?? data.holdoutSeed,
+  };
+  return { spec, pipeline: flags.pipeline ?? data.evalPipeline };
+}
+
+function fromFlagsAlone(sources: readonly DataSource[], flags: DataFlags): EvalData {
+  const missing = (['data', 'format', 'pipeline'] as const).filter((key) => flags[key] === undefined).map((key) => `--${key}`);
+  if (missing.length > 0) {
+    const names = sources.map((s) => s.name).join(', ');
+    throw new Error(`${names} carr${sources.length === 1 ? 'ies' : 'y'} no recipe to take the data settings from: pass ${missing.join(', ')} (e.g. --data /usr/share/datasets/fashion-mnist --format fashion-mnist --pipeline "normalize(fashion-mnist)"; formats: ${DATA_FORMATS.join(', ')})`);
+  }
+  return {
+    spec: { format: flags.format!, path: flags.data!, holdout: flags.holdout ?? DEFAULT_HOLDOUT, holdoutSeed: flags.holdoutSeed ?? DEFAULT_HOLDOUT_SEED },
+    pipeline: flags.pipeline!,
+  };
+}
