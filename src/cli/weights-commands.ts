@@ -1,9 +1,15 @@
 // `vit-dist export` (a checkpoint's weights as timm-compatible safetensors) and `vit-dist predict`
-// (logits of a model on an idx file or a .npy array, written as .npy), plus the .npy format they use.
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+// (logits of a model on an idx file, a folder of images or a .npy array, written as .npy), plus
+// the .npy format they use.
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { extname, join } from 'node:path';
 import { latestCheckpoint, readCheckpoint } from '../coordinator/checkpoint.ts';
 import { readIdx } from '../data/idx.ts';
-import { FASHION_MNIST_MEAN, FASHION_MNIST_STD } from '../data/fashion-mnist.ts';
+import { decodeImage, IMAGE_EXTENSIONS } from '../data/image-folder.ts';
+import { Mulberry32 } from '../data/random.ts';
+import type { RawImage } from '../data/source.ts';
+import { luminance } from '../data/transforms/color.ts';
+import { parsePipeline } from '../data/transforms/pipeline.ts';
 import type { BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
@@ -14,7 +20,12 @@ import { UsageError } from './options.ts';
 
 /** Images per forward pass in predict: bounds the activations' memory. */
 export const DEFAULT_PREDICT_BATCH = 256;
-const MAX_PIXEL = 255;
+/** The evaluation pipelines predict applies when --pipeline is not given: timm's eval transform for RGB models, Fashion-MNIST's for one channel. */
+const DEFAULT_PREDICT_PIPELINES = {
+  rgb: (size: number) => `resize_short_center_crop(${size},0.875)|normalize(imagenet)`,
+  gray: (size: number) => `resize(${size},${size})|normalize(fashion-mnist)`,
+  idx: () => 'normalize(fashion-mnist)',
+};
 
 // ---------------------------------------------------------------------------------------------
 // .npy (https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html): magic, version,
@@ -111,6 +122,7 @@ export interface PredictFlags {
   out: string;
   backend: BackendChoice;
   batch: number;
+  pipeline?: string;
 }
 
 /**
@@ -123,39 +135,58 @@ function predictConfig(model: string, metadata: Record<string, string>, weightsP
   return createModelConfig(model, modelArgsFromMetadata(metadata, weightsPath));
 }
 
-/** NHWC float32 images for the model: a .npy array as it is, an idx file normalized as in training. */
-function readImages(path: string, config: ModelConfig): { images: Float32Array; n: number } {
+/**
+ * NHWC float32 images for the model: a .npy array as it is; an idx file or a folder of images
+ * (sorted by file name; RGB, or gray for a one-channel model) through an evaluation pipeline.
+ */
+async function readImages(path: string, config: ModelConfig, pipelineText: string | undefined): Promise<{ images: Float32Array; n: number; names: string[] | null }> {
   if (!existsSync(path)) throw new UsageError(`--input ${path}: no such file or directory`);
-  if (statSync(path).isDirectory()) {
-    throw new UsageError(`--input ${path} is a folder: folders of images are not supported yet; pass an idx file or a .npy float32 array [n, height, width, channels]`);
-  }
   const { imageSize, inChannels } = config;
-  let shape: number[];
-  let images: Float32Array;
-  if (path.endsWith('.npy')) {
-    ({ shape, data: images } = readNpyFloat32(path));
-  } else {
-    const idx = readIdx(path);
-    // Rank 3 is [n, height, width] of one channel, as MNIST and Fashion-MNIST are stored.
-    shape = idx.shape.length === 3 ? [...idx.shape, 1] : idx.shape;
-    // The same arithmetic as the training data loader (src/data/fashion-mnist.ts), so the values are bit-identical.
-    const scale = 1 / (MAX_PIXEL * FASHION_MNIST_STD);
-    const shift = FASHION_MNIST_MEAN / FASHION_MNIST_STD;
-    images = new Float32Array(idx.data.length);
-    for (let i = 0; i < images.length; i++) images[i] = idx.data[i]! * scale - shift;
-  }
   const expected = [imageSize, imageSize, inChannels];
-  if (shape.length !== 4 || shape.slice(1).some((d, i) => d !== expected[i])) {
-    throw new Error(`--input ${path} has shape [${shape.join(', ')}], the model takes [n, ${expected.join(', ')}]`);
+  const wrongShape = (shape: number[]) => new Error(`--input ${path} has shape [${shape.join(', ')}], the model takes [n, ${expected.join(', ')}]`);
+  if (path.endsWith('.npy')) {
+    const { shape, data } = readNpyFloat32(path);
+    if (shape.length !== 4 || shape.slice(1).some((d, i) => d !== expected[i])) throw wrongShape(shape);
+    return { images: data, n: shape[0]!, names: null };
   }
-  return { images, n: shape[0]! };
+  const folder = statSync(path).isDirectory();
+  const names = folder ? readdirSync(path).filter((f) => IMAGE_EXTENSIONS.has(extname(f).toLowerCase())).sort() : null;
+  if (names?.length === 0) throw new UsageError(`--input ${path}: no ${[...IMAGE_EXTENSIONS].join('/')} files in the folder`);
+  const stored = names ? null : readIdx(path);
+  // Rank 3 is [n, height, width] of one channel, as MNIST and Fashion-MNIST are stored.
+  const storedShape = stored && (stored.shape.length === 3 ? [...stored.shape, 1] : stored.shape);
+  if (storedShape && (storedShape.length !== 4 || storedShape[3] !== inChannels)) throw wrongShape(storedShape);
+  const text = pipelineText ?? (names ? (inChannels === 1 ? DEFAULT_PREDICT_PIPELINES.gray : DEFAULT_PREDICT_PIPELINES.rgb)(imageSize) : DEFAULT_PREDICT_PIPELINES.idx());
+  const pipeline = parsePipeline(text, { channels: inChannels });
+  const n = names ? names.length : storedShape![0]!;
+  const sampleSize = imageSize * imageSize * inChannels;
+  const images = new Float32Array(n * sampleSize);
+  for (let i = 0; i < n; i++) {
+    const image = names ? await folderImage(join(path, names[i]!), inChannels) : idxImage(stored!.data, storedShape!, i);
+    const shape = pipeline.outputShape(image.height, image.width);
+    if (shape.height !== imageSize || shape.width !== imageSize) throw new Error(`--pipeline "${text}" makes ${shape.height}x${shape.width} images of ${names?.[i] ?? path}, the model takes ${imageSize}x${imageSize}`);
+    // Evaluation pipelines draw nothing; a fixed generator keeps a random op (if asked for) reproducible.
+    pipeline.apply(image, new Mulberry32(i), images, i * sampleSize);
+  }
+  return { images, n, names };
+}
+
+function idxImage(data: Uint8Array, [, height, width, channels]: number[], index: number): RawImage {
+  const size = height! * width! * channels!;
+  return { data: data.subarray(index * size, (index + 1) * size), height: height!, width: width!, channels: channels! };
+}
+
+async function folderImage(file: string, channels: number): Promise<RawImage> {
+  const rgb = await decodeImage(file);
+  // PIL's convert('L') luma, as torchvision's Grayscale.
+  return channels === 1 ? { data: luminance(rgb), height: rgb.height, width: rgb.width, channels: 1 } : rgb;
 }
 
 export async function runPredictCommand(flags: PredictFlags): Promise<void> {
   const { tensors, metadata } = readSafetensors(flags.weights);
   const model = createModel(predictConfig(flags.model, metadata, flags.weights));
   const { params } = importTimmState(model.params, tensors, { allowHeadMismatch: false });
-  const { images, n } = readImages(flags.input, model.config);
+  const { images, n, names } = await readImages(flags.input, model.config, flags.pipeline);
   // Loaded only now: the backends (wasm, native TensorFlow) are heavy, and other commands do not need them.
   const { selectBackend } = await import('../model/backend.ts');
   await selectBackend({ requested: flags.backend });
@@ -169,5 +200,7 @@ export async function runPredictCommand(flags: PredictFlags): Promise<void> {
   }
   model.disposeParams();
   writeNpyFloat32(flags.out, [n, numClasses], logits);
-  console.log(`wrote logits [${n}, ${numClasses}] of ${flags.model} on ${flags.input} to ${flags.out}`);
+  // Row i of the logits is the i-th file in name order; the list beside them says which.
+  if (names) writeFileSync(`${flags.out}.files.txt`, names.map((name) => `${name}\n`).join(''));
+  console.log(`wrote logits [${n}, ${numClasses}] of ${flags.model} on ${flags.input} to ${flags.out}${names ? ` (rows in the order of ${flags.out}.files.txt)` : ''}`);
 }

@@ -22,6 +22,9 @@ const VIT_MODELS = {
   vit_fmnist_tiny: FMNIST_TINY,
   // The same with DeiT's distillation token and head (recipes/fmnist-deit-tiny-distilled.json).
   deit_fmnist_tiny_distilled: { ...FMNIST_TINY, distilled: true },
+  // CIFAR-10 (32x32x3): the same width and depth; 4x4 patches (64 tokens), the usual patch size for
+  // ViTs trained on 32-pixel images, since 8x8 patches would leave a 4x4 grid.
+  vit_cifar_tiny: { ...FMNIST_TINY, imageSize: 32, patchSize: 4, inChannels: 3 },
   // The ImageNet-1k ViTs (Dosovitskiy et al.; AugReg for tiny and small), timm's names and sizes.
   vit_tiny_patch16_224: TINY,
   vit_tiny_patch16_384: { ...TINY, imageSize: 384 },

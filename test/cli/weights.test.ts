@@ -5,10 +5,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import sharp from 'sharp';
 import { latestCheckpoint, readCheckpoint } from '../../src/coordinator/checkpoint.ts';
 import { readIdx } from '../../src/data/idx.ts';
 import { DEFAULT_FASHION_MNIST_DIR } from '../../src/data/fashion-mnist.ts';
@@ -116,10 +117,34 @@ test('export, predict, the PyTorch cross-check and --init', { skip: needsData, t
     assert.ok(Math.abs(correct / labels.length - evalRecords(trained).at(-1)!.testAccuracy) <= 2 / labels.length, `predict: ${correct} correct`);
   });
 
-  await t.test('a folder as input is refused, naming it', async () => {
-    const result = await run(['predict', '--model', recipe.model, '--weights', weights, '--input', dir, '--out', join(dir, 'x.npy')], { timeoutMs: TIMEOUT_MS });
-    assert.equal(result.code, 1);
-    assert.ok(result.stderr.includes(`--input ${dir} is a folder: folders of images are not supported yet`), result.stderr);
+  await t.test('predict on a folder of images: file-name order, gray for a one-channel model, the same logits as the idx file', async () => {
+    const folder = join(dir, 'pngs');
+    mkdirSync(folder);
+    const test = readIdx(join(DEFAULT_FASHION_MNIST_DIR, 't10k-images-idx3-ubyte.gz')).data;
+    const pixels = 28 * 28;
+    // Written as RGB PNGs, in an order their names sort back into: predict must convert them to gray.
+    for (const [i, name] of ['b.png', 'a.png', 'c.png'].entries()) {
+      const gray = test.subarray(i * pixels, (i + 1) * pixels);
+      const rgb = Buffer.alloc(3 * pixels).map((_, k) => gray[Math.floor(k / 3)]!);
+      await sharp(rgb, { raw: { width: 28, height: 28, channels: 3 } }).png().toFile(join(folder, name));
+    }
+    const out = join(dir, 'pngs.npy');
+    await cli(['predict', '--model', recipe.model, '--weights', weights, '--input', folder, '--out', out, '--backend', 'wasm']);
+    assert.equal(readFileSync(`${out}.files.txt`, 'utf8'), 'a.png\nb.png\nc.png\n');
+    const fromFolder = readNpyFloat32(out);
+    assert.deepEqual(fromFolder.shape, [3, config.numClasses]);
+    const fromIdx = readNpyFloat32(join(dir, 't10k.npy')).data;
+    const K = config.numClasses;
+    // a.png is test image 1, b.png image 0, c.png image 2.
+    for (const [row, image] of [[0, 1], [1, 0], [2, 2]] as const) {
+      const difference = maxAbsDifference(fromFolder.data.subarray(row * K, (row + 1) * K), fromIdx.subarray(image * K, (image + 1) * K));
+      assert.ok(difference < 1e-4, `row ${row}: ${difference}`);
+    }
+    const empty = join(dir, 'empty');
+    mkdirSync(empty);
+    const refused = await run(['predict', '--model', recipe.model, '--weights', weights, '--input', empty, '--out', join(dir, 'x.npy')], { timeoutMs: TIMEOUT_MS });
+    assert.equal(refused.code, 1);
+    assert.ok(refused.stderr.includes(`--input ${empty}: no .jpg/.jpeg/.png/.webp files in the folder`), refused.stderr);
   });
 
   // lr is 0 at step 0 of the warmup (and AdamW's decay is scaled by it), so a one-step run ends

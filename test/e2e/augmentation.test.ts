@@ -4,6 +4,12 @@
 // workers, whether loader threads or the main thread make the samples.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { DEFAULT_FASHION_MNIST_DIR } from '../../src/data/fashion-mnist.ts';
+import { readIdx } from '../../src/data/idx.ts';
+import sharp from 'sharp';
 import { needsData, run, stepRecords, tempRunDir } from './cluster.ts';
 
 const RECIPE = 'fmnist-vit-tiny-augreg-medium';
@@ -40,4 +46,71 @@ test('repeated augmentation: 3 repeats per image on 1 and 3 workers give the sam
   const repeats = ['--set', 'data.repeats=3', '--global-batch', '384', '--micro-batch', '128'];
   const one = await losses(1, 0, repeats);
   assertSameLosses(await losses(3, 0, repeats), one, '3 workers');
+});
+
+/**
+ * A CIFAR-10 binary directory (cifar-10-batches-bin layout) made from Fashion-MNIST: each 28x28
+ * image padded to 32x32 and repeated over three planes, `perFile` records per training file.
+ */
+function fakeCifar10(perFile: number): string {
+  const dir = join(mkdtempSync(join(tmpdir(), 'vit-dist-cifar-')), 'cifar-10-batches-bin');
+  mkdirSync(dir);
+  const images = readIdx(join(DEFAULT_FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz')).data;
+  const labels = readIdx(join(DEFAULT_FASHION_MNIST_DIR, 'train-labels-idx1-ubyte.gz')).data;
+  let next = 0;
+  const file = (name: string) => {
+    const records = Buffer.alloc(perFile * 3073);
+    for (let r = 0; r < perFile; r++, next++) {
+      const record = records.subarray(r * 3073);
+      record[0] = labels[next]!;
+      for (let plane = 0; plane < 3; plane++) {
+        for (let y = 0; y < 28; y++) record.set(images.subarray(next * 784 + y * 28, next * 784 + (y + 1) * 28), 1 + plane * 1024 + (y + 2) * 32 + 2);
+      }
+    }
+    writeFileSync(join(dir, name), records);
+  };
+  for (let b = 1; b <= 5; b++) file(`data_batch_${b}.bin`);
+  file('test_batch.bin');
+  writeFileSync(join(dir, 'batches.meta.txt'), 'airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n');
+  return dir;
+}
+
+test('the CIFAR-style recipe trains on CIFAR-10 binary files on 2 workers', { skip: needsData, timeout: 300_000 }, async () => {
+  const data = fakeCifar10(100);
+  try {
+    const out = tempRunDir('cifar');
+    const result = await run(['launch', '--workers', '2', '--recipe', 'cifar10-vit-tiny-augreg-medium', '--data', data, '--steps', '3', '--global-batch', '64', '--micro-batch', '32', '--backend', 'wasm', '--out', out], { timeoutMs: 240_000 });
+    assert.equal(result.code, 0, `${result.stdout}\n${result.stderr}`);
+    const steps = stepRecords(out);
+    assert.equal(steps.length, 3);
+    assert.ok(steps.every((s) => Number.isFinite(s.loss) && s.workers === 2));
+    assert.match(result.stdout, /final test accuracy/);
+  } finally {
+    rmSync(dirname(data), { recursive: true, force: true });
+  }
+});
+
+test("an ImageNet recipe (deit-tiny: DeiT's pipeline, Mixup/CutMix, 3 repeats) trains on a JPEG image folder", { timeout: 300_000 }, async () => {
+  const root = mkdtempSync(join(tmpdir(), 'vit-dist-imagenet-'));
+  try {
+    // Two classes of ImageNet-sized JPEGs; the recipe's model cut to one block and two classes so one step is quick.
+    for (const split of ['train', 'val']) {
+      for (const [c, name] of ['n01440764', 'n01443537'].entries()) {
+        mkdirSync(join(root, split, name), { recursive: true });
+        for (let i = 0; i < 4; i++) {
+          const [width, height] = [300 + 40 * i, 260 + 30 * c];
+          const pixels = Buffer.alloc(width * height * 3).map((_, k) => (k * (7 + c) + i * 31) % 251);
+          await sharp(pixels, { raw: { width, height, channels: 3 } }).jpeg().toFile(join(root, split, name, `img_${i}.JPEG`));
+        }
+      }
+    }
+    const out = tempRunDir('deit-tiny');
+    const small = ['--set', 'modelArgs.depth=1', '--set', 'modelArgs.numClasses=2', '--global-batch', '6', '--micro-batch', '3', '--steps', '2'];
+    const result = await run(['launch', '--workers', '2', '--recipe', 'deit-tiny', '--data', root, ...small, '--backend', 'wasm', '--out', out], { timeoutMs: 240_000 });
+    assert.equal(result.code, 0, `${result.stdout}\n${result.stderr}`);
+    assert.equal(stepRecords(out).length, 2);
+    assert.match(result.stdout, /final test accuracy/);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
 });

@@ -83,6 +83,11 @@ test('unknown model names list the known ones', () => {
   assert.throws(() => createModelConfig('toString'), /unknown model/);
 });
 
+test('vit_cifar_tiny takes 32x32 RGB images in 64 patches of 4x4', () => {
+  const cfg = createModelConfig('vit_cifar_tiny');
+  assert.deepEqual([cfg.imageSize, cfg.patchSize, cfg.inChannels, cfg.numClasses], [32, 4, 3, 10]);
+});
+
 test('vit_fmnist_tiny fits Fashion-MNIST', () => {
   const cfg = createModelConfig('vit_fmnist_tiny');
   assert.equal(cfg.imageSize, 28);
