@@ -90,7 +90,7 @@ test('the CIFAR-style recipe trains on CIFAR-10 binary files on 2 workers', { sk
   }
 });
 
-test("an ImageNet recipe (deit-tiny: DeiT's pipeline, Mixup/CutMix, 3 repeats) trains on a JPEG image folder", { timeout: 300_000 }, async () => {
+test("an ImageNet recipe (deit-tiny: DeiT's pipeline, Mixup/CutMix, 3 repeats) trains on a JPEG image folder and on its packed shards", { timeout: 300_000 }, async () => {
   const root = mkdtempSync(join(tmpdir(), 'vit-dist-imagenet-'));
   try {
     // Two classes of ImageNet-sized JPEGs; the recipe's model cut to one block and two classes so one step is quick.
@@ -104,12 +104,18 @@ test("an ImageNet recipe (deit-tiny: DeiT's pipeline, Mixup/CutMix, 3 repeats) t
         }
       }
     }
-    const out = tempRunDir('deit-tiny');
     const small = ['--set', 'modelArgs.depth=1', '--set', 'modelArgs.numClasses=2', '--global-batch', '6', '--micro-batch', '3', '--steps', '2'];
-    const result = await run(['launch', '--workers', '2', '--recipe', 'deit-tiny', '--data', root, ...small, '--backend', 'wasm', '--out', out], { timeoutMs: 240_000 });
-    assert.equal(result.code, 0, `${result.stdout}\n${result.stderr}`);
-    assert.equal(stepRecords(out).length, 2);
-    assert.match(result.stdout, /final test accuracy/);
+    // The folder as it is, and packed into shards.
+    const packed = join(root, 'packed');
+    const pack = await run(['pack', '--data', root, '--format', 'imagefolder', '--out', packed, '--size', '256'], { timeoutMs: 120_000 });
+    assert.equal(pack.code, 0, `${pack.stdout}\n${pack.stderr}`);
+    for (const [format, data] of [['imagefolder', root], ['packed', packed]]) {
+      const out = tempRunDir(`deit-tiny-${format}`);
+      const result = await run(['launch', '--workers', '2', '--recipe', 'deit-tiny', '--data', data!, '--set', `data.format=${format}`, ...small, '--backend', 'wasm', '--out', out], { timeoutMs: 240_000 });
+      assert.equal(result.code, 0, `${format}: ${result.stdout}\n${result.stderr}`);
+      assert.equal(stepRecords(out).length, 2);
+      assert.match(result.stdout, /final test accuracy/);
+    }
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
