@@ -1,23 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES } from '../../src/data/fashion-mnist.ts';
 import { readIdx } from '../../src/data/idx.ts';
 import { idxSplitExists, openIdxSource } from '../../src/data/idx-source.ts';
+import { idxFile } from './helpers.ts';
+import { needsData } from '../e2e/cluster.ts';
 
-const haveData = existsSync(join(DEFAULT_FASHION_MNIST_DIR, 't10k-images-idx3-ubyte.gz'));
-const skipReason = haveData ? false : `Fashion-MNIST is not installed at ${DEFAULT_FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)`;
 
-function idxFile(shape: number[], values: ArrayLike<number>): Buffer {
-  const header = Buffer.alloc(4 + 4 * shape.length);
-  header.writeUInt8(8, 2);
-  header.writeUInt8(shape.length, 3);
-  shape.forEach((d, i) => header.writeUInt32BE(d, 4 + 4 * i));
-  return Buffer.concat([header, Buffer.from(Uint8Array.from(values))]);
-}
 
 /** An MNIST-family directory of 3x2 images: train has labels `trainLabels`, t10k `valLabels`; pixel p of image i is 10 * i + p. */
 function makeIdxDir(trainLabels: number[], valLabels: number[]): string {
@@ -30,7 +23,7 @@ function makeIdxDir(trainLabels: number[], valLabels: number[]): string {
   return dir;
 }
 
-test('real Fashion-MNIST: both splits, the class names, and pixels exactly as stored', { skip: skipReason }, async () => {
+test('real Fashion-MNIST: both splits, the class names, and pixels exactly as stored', { skip: needsData }, async () => {
   const train = openIdxSource(DEFAULT_FASHION_MNIST_DIR, 'train', 'fashion-mnist');
   const val = openIdxSource(DEFAULT_FASHION_MNIST_DIR, 'val', 'fashion-mnist');
   assert.equal(train.size, 60000);

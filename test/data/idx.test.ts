@@ -5,18 +5,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { parseIdx, readIdx } from '../../src/data/idx.ts';
+import { idxFile } from './helpers.ts';
 
-function idx(shape: number[], values: number[]): Buffer {
-  const header = Buffer.alloc(4 + 4 * shape.length);
-  header.writeUInt8(0x08, 2);
-  header.writeUInt8(shape.length, 3);
-  shape.forEach((d, i) => header.writeUInt32BE(d, 4 + 4 * i));
-  return Buffer.concat([header, Buffer.from(values)]);
-}
 
 test('parses plain and gzip idx files', () => {
   const dir = mkdtempSync(join(tmpdir(), 'idx-'));
-  const bytes = idx([2, 2, 3], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+  const bytes = idxFile([2, 2, 3], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
   writeFileSync(join(dir, 'a'), bytes);
   writeFileSync(join(dir, 'a.gz'), gzipSync(bytes));
   for (const name of ['a', 'a.gz']) {
@@ -27,8 +21,8 @@ test('parses plain and gzip idx files', () => {
 });
 
 test('malformed files are errors naming the path and the problem', () => {
-  assert.throws(() => parseIdx(idx([2, 3], [1, 2, 3]), '/d/x'), /\/d\/x: idx header declares 2x3 = 6 values but the file holds 3/);
-  const wrongType = idx([1], [1]);
+  assert.throws(() => parseIdx(idxFile([2, 3], [1, 2, 3]), '/d/x'), /\/d\/x: idx header declares 2x3 = 6 values but the file holds 3/);
+  const wrongType = idxFile([1], [1]);
   wrongType.writeUInt8(0x0d, 2);
   assert.throws(() => parseIdx(wrongType, '/d/y'), /\/d\/y: unsupported idx element type 0xd/);
   assert.throws(() => parseIdx(Buffer.from([1, 2, 3, 4, 5]), '/d/z'), /\/d\/z: not an idx file/);

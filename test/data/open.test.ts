@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import sharp from 'sharp';
@@ -8,21 +8,14 @@ import { DEFAULT_FASHION_MNIST_DIR } from '../../src/data/fashion-mnist.ts';
 import { openImageSource, storedSplitExists, type DataFormat, type DataSpec } from '../../src/data/open.ts';
 import { packSplit } from '../../src/data/packed.ts';
 import type { ImageSource } from '../../src/data/source.ts';
+import { idxFile } from './helpers.ts';
+import { needsData } from '../e2e/cluster.ts';
 
-const haveData = existsSync(join(DEFAULT_FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz'));
-const skipReason = haveData ? false : `Fashion-MNIST is not installed at ${DEFAULT_FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)`;
 
 function spec(format: DataFormat, path: string, holdout = 0, holdoutSeed = 0): DataSpec {
   return { format, path, holdout, holdoutSeed };
 }
 
-function idxFile(shape: number[], values: ArrayLike<number>): Buffer {
-  const header = Buffer.alloc(4 + 4 * shape.length);
-  header.writeUInt8(8, 2);
-  header.writeUInt8(shape.length, 3);
-  shape.forEach((d, i) => header.writeUInt32BE(d, 4 + 4 * i));
-  return Buffer.concat([header, Buffer.from(Uint8Array.from(values))]);
-}
 
 /** An idx directory of `n` 2x2 training images (image i all pixels i, label i % 4) and 2 test images. */
 function makeIdxDir(n: number): string {
@@ -40,7 +33,7 @@ async function firstPixels(source: ImageSource): Promise<number[]> {
   return out;
 }
 
-test('real Fashion-MNIST: train and holdout split the training files; val is the t10k files', { skip: skipReason }, async () => {
+test('real Fashion-MNIST: train and holdout split the training files; val is the t10k files', { skip: needsData }, async () => {
   const fmnist = spec('fashion-mnist', DEFAULT_FASHION_MNIST_DIR, 0.01, 5);
   const train = await openImageSource(fmnist, 'train');
   const holdout = await openImageSource(fmnist, 'holdout');
