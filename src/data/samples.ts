@@ -8,7 +8,7 @@
 // every worker, thread and thread count still makes the same pixels; the region path's pixels
 // differ from the whole-image path's where libvips shrinks (by about a level), see image-folder.ts.
 import { mixSeed, Mulberry32 } from './random.ts';
-import type { ImageSource } from './source.ts';
+import { checkSampleIndex, type ImageSource } from './source.ts';
 import type { Pipeline } from './transforms/pipeline.ts';
 import { CorruptImageError } from './image-folder.ts';
 
@@ -57,7 +57,8 @@ export async function makeSamples(
   const skipped: string[] = [];
   for (let s = 0; s < request.indices.length; s++) {
     const index = request.indices[s]!;
-    if (!(index < source.size)) throw new RangeError(`sample index ${index} outside a split of ${source.size}`);
+    // Before any read: a substitute's index wraps around the split, which would hide a bad index.
+    checkSampleIndex(index, source.size, 'the split');
     const newRng = () => sampleRng(options.seed, request.epoch, index, request.repeats?.[s] ?? 0);
     labels[s] = await makeOrSubstitute(source, index, options.skipCorrupt, skipped, (candidate) => makeSample(source, candidate, pipeline, newRng(), out, s * sampleSize));
   }

@@ -31,9 +31,14 @@ export interface TrainerOptions {
    * distillation head learns the labels), for the model's per-sample masks and loss. Absent, the
    * model trains without regularization (and a distilled one with alpha 0.5 on the labels).
    */
-  training?: { seed: number; regularization: Regularization; distillationAlpha: number; teacher: Teacher | null };
-  /** Batch-level mixing of each micro-batch (label smoothing folded into its soft targets), or null. */
-  mixup: MixConfig | null;
+  training?: {
+    seed: number;
+    regularization: Regularization;
+    distillationAlpha: number;
+    teacher: Teacher | null;
+    /** Batch-level mixing of each micro-batch (label smoothing folded into its soft targets), or null. */
+    mixup: MixConfig | null;
+  };
 }
 
 /** Rank's part of a global batch: data-set indices, their repeat numbers, where the part starts in the global batch, and the epoch. */
@@ -132,15 +137,7 @@ export class ShardedTrainer {
       const n = Math.min(microBatch, indices.length - from);
       const images = loaded.images.subarray(0, n * this.imageSize);
       const labels = loaded.labels.subarray(0, n);
-      const context = this.trainContext(step, indices.subarray(from, from + n), images);
-      if (this.options.mixup) {
-        // Micro-batches are numbered within the global batch, so 1, 2 or 4 workers mix alike. big_vision
-        // (fold_in=None, AugReg's setting) draws one ratio per step: every micro-batch shares draw 0.
-        const microBatchIndex = this.options.mixup.kind === 'big_vision' ? 0 : Math.floor((samples.offset + from) / microBatch);
-        const rng = mixRng(this.options.training?.seed ?? 0, step, microBatchIndex);
-        const mixed = mixBatch(images, labels, n, this.train.shape, this.model.config.numClasses, this.options.mixup, rng);
-        if (context) context.softTargets = mixed.targets;
-      }
+      const context = this.trainContext(step, samples.offset + from, indices.subarray(from, from + n), images, labels);
       const result = this.model.lossAndGrad(images, labels, n, this.grad, context);
       lossSum += result.lossSum;
       correct += result.correct;
@@ -182,14 +179,27 @@ export class ShardedTrainer {
     return buffer;
   }
 
-  /** What the model needs beyond images and labels to train on `batch`: masks' seeds, loss weights, the teacher's logits. */
-  private trainContext(step: number, batch: Uint32Array, images: Float32Array): TrainContext | undefined {
+  /**
+   * What the model needs beyond images and labels to train on `batch` (which starts at `position`
+   * in the global batch): masks' seeds, loss weights, the mixed images' soft targets (mixing
+   * `images` in place), the teacher's logits.
+   */
+  private trainContext(step: number, position: number, batch: Uint32Array, images: Float32Array, labels: Int32Array): TrainContext | undefined {
     if (!this.options.training) return undefined;
-    const { teacher, ...training } = this.options.training;
+    const { teacher, mixup, ...training } = this.options.training;
+    const n = batch.length;
     // Masks follow (seed, step, data-set index): the same on any number of workers.
     const context: TrainContext = { ...training, step, sampleIndices: batch };
-    // The teacher's output for an image does not depend on the batch it comes in, so neither does the loss.
-    if (teacher) context.distillation = { mode: teacher.mode, tau: teacher.tau, teacherLogits: teacher.model.logits(images, batch.length) };
+    if (mixup) {
+      // Micro-batches are numbered within the global batch, so 1, 2 or 4 workers mix alike. big_vision
+      // (fold_in=None, AugReg's setting) draws one ratio per step: every micro-batch shares draw 0.
+      const microBatchIndex = mixup.kind === 'big_vision' ? 0 : Math.floor(position / this.options.microBatch);
+      const rng = mixRng(training.seed, step, microBatchIndex);
+      context.softTargets = mixBatch(images, labels, n, this.train.shape, this.model.config.numClasses, mixup, rng).targets;
+    }
+    // The teacher sees the images the student sees, mixed or not, as DeiT's DistillationLoss runs it
+    // on the mixed inputs. Its output for an image does not depend on the batch, so neither does the loss.
+    if (teacher) context.distillation = { mode: teacher.mode, tau: teacher.tau, teacherLogits: teacher.model.logits(images, n) };
     return context;
   }
 

@@ -295,8 +295,10 @@ class WorkerSession {
         const { recipe, model, teacher, train, test } = bench;
         this.trainer = new ShardedTrainer(model, ring, train, {
           rank: this.rank, worldSize: this.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: optimizerConfigOf(recipe), ema: recipe.ema,
-          training: { seed: recipe.seed, regularization: recipe.regularization, distillationAlpha: recipe.distillation.alpha, teacher },
-          mixup: recipe.data.mixup ? mixConfigOf(recipe.data.mixup, recipe.regularization.labelSmoothing) : null,
+          training: {
+            seed: recipe.seed, regularization: recipe.regularization, distillationAlpha: recipe.distillation.alpha, teacher,
+            mixup: recipe.data.mixup ? mixConfigOf(recipe.data.mixup, recipe.regularization.labelSmoothing) : null,
+          },
         }, resume ? resume.params : init ?? model.initParams(recipe.seed), resume);
         this.send({ type: 'ready', generation: this.generation, rank: this.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: test.size });
         return;
