@@ -7,7 +7,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
-import { Mulberry32 } from '../src/data/random.ts';
+import { Mulberry32 } from '../src/common/random.ts';
 
 const { values } = parseArgs({ options: { out: { type: 'string' }, images: { type: 'string', default: '2000' }, classes: { type: 'string', default: '10' }, seed: { type: 'string', default: '0' } } });
 if (!values.out) throw new Error('--out DIR is required');

@@ -3,8 +3,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
-
-export type Logger = pino.Logger;
+import type { Logger } from '../common/logger.ts';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 

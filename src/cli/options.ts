@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError, Option, type Command } from 'commander';
-import { latestCheckpoint } from '../coordinator/checkpoint.ts';
+import { latestCheckpoint } from '../train/checkpoint.ts';
 import { applyOverrides, loadRecipe, type Recipe } from '../train/recipe.ts';
 
 /** torchrun's default rendezvous port. */

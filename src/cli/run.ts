@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { latestCheckpoint, readCheckpoint, type LoadedCheckpoint } from '../coordinator/checkpoint.ts';
+import { latestCheckpoint, readCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.ts';
 import { Coordinator } from '../coordinator/coordinator.ts';
 import type { RunSummary } from '../coordinator/generation.ts';
 import { createModelConfig } from '../model/registry.ts';

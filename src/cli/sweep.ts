@@ -6,7 +6,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { latestCheckpoint, readCheckpoint } from '../coordinator/checkpoint.ts';
+import { latestCheckpoint, readCheckpoint } from '../train/checkpoint.ts';
 import { MetricsLog, type EvalRecord, type StepRecord } from '../coordinator/metrics.ts';
 import { splitSize } from '../data/loader.ts';
 import { EpochSampler } from '../data/sampler.ts';

@@ -3,10 +3,10 @@
 // the .npy format they use.
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { extname, join } from 'node:path';
-import { latestCheckpoint, readCheckpoint } from '../coordinator/checkpoint.ts';
+import { latestCheckpoint, readCheckpoint } from '../train/checkpoint.ts';
 import { readIdx } from '../data/idx.ts';
 import { decodeImage, IMAGE_EXTENSIONS } from '../data/image-folder.ts';
-import { Mulberry32 } from '../data/random.ts';
+import { Mulberry32 } from '../common/random.ts';
 import type { RawImage } from '../data/source.ts';
 import { luminance } from '../data/transforms/color.ts';
 import { parsePipeline } from '../data/transforms/pipeline.ts';

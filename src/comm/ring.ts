@@ -51,7 +51,7 @@ import type net from 'node:net';
 import { elementBytes, FRAME_HEADER_BYTES, type FrameHeader, MAX_CHUNK_BYTES, MAX_U32, Phase } from './frame.ts';
 import { LinkError, type LinkConfig, predecessorOf, RecvLink, SendLink, successorOf } from './link.ts';
 import { DataReceiver } from './receiver.ts';
-import { chunkRanges, type ElementRange, shardRange } from './shard.ts';
+import { chunkRanges, type ElementRange, shardRange } from '../common/shard.ts';
 import { CloseCode } from './websocket.ts';
 
 export const DEFAULT_CHUNK_BYTES = 1024 * 1024;

@@ -16,8 +16,8 @@ import {
   decodeWorkerMessage, encodeMessage, type WorkerMessage,
 } from '../comm/control.ts';
 import type { Recipe } from '../train/recipe.ts';
-import type { Logger } from '../cli/logging.ts';
-import type { LoadedCheckpoint } from './checkpoint.ts';
+import type { Logger } from '../common/logger.ts';
+import type { LoadedCheckpoint } from '../train/checkpoint.ts';
 import { Generation, MembershipChange, RunError, type RunContext, type RunSummary, type StartState } from './generation.ts';
 import { MetricsLog } from './metrics.ts';
 import { ProgressPrinter } from './progress.ts';

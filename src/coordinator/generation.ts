@@ -5,14 +5,15 @@
 // Each step the coordinator sends every rank its slice of the global batch and the learning rate,
 // waits for every report, checks that all ranks hold the same parameter digest, records metrics,
 // evaluates at epoch ends and checkpoints. It never sees a gradient: those travel around the ring.
-import { shardRange } from '../comm/shard.ts';
+import { shardRange } from '../common/shard.ts';
 import type { ResumeState, WorkerMessage } from '../comm/control.ts';
 import { EpochSampler } from '../data/sampler.ts';
 import { paramDigest } from '../train/digest.ts';
 import { totalSteps, type Recipe } from '../train/recipe.ts';
 import { learningRate, recipeSchedule } from '../train/schedule.ts';
-import type { Logger } from '../cli/logging.ts';
-import { writeCheckpoint, type CheckpointMeta, type CheckpointState } from './checkpoint.ts';
+import type { Logger } from '../common/logger.ts';
+import type { CheckpointMeta, CheckpointState } from '../train/checkpoint.ts';
+import { writeCheckpoint } from './checkpoint.ts';
 import type { EvalRecord, MetricsLog, StepRecord } from './metrics.ts';
 import type { ProgressPrinter } from './progress.ts';
 import type { WorkerLink } from './worker-link.ts';

@@ -2,7 +2,7 @@
 // selection without touching the evaluation set (big_vision's "minival", the held-out set of model
 // soups). It is chosen by its own seed, not the run's: a sweep that trains with different run seeds
 // must hold out the very same images for its models to be comparable (and soupable).
-import { Mulberry32, mixSeed } from './random.ts';
+import { Mulberry32, mixSeed } from '../common/random.ts';
 import { checkSampleIndex, type ImageSource, type RawImage } from './source.ts';
 
 /** Salt that separates the held-out choice from other streams drawn from the same seed. */

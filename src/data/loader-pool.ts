@@ -1,6 +1,6 @@
 // A pool of loader threads. Each request is cut into one contiguous chunk per thread, so a
 // micro-batch is decoded and augmented by all threads at once while the model computes the previous one.
-import { RequestThread, startThreads } from '../comm/request-thread.ts';
+import { RequestThread, startThreads } from '../common/request-thread.ts';
 import type { DataSpec } from './open.ts';
 import type { SampleOptions, SampleReport, SampleRequest } from './samples.ts';
 import type { DataSplit } from './source.ts';

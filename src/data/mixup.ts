@@ -9,7 +9,7 @@
 // Arithmetic follows the references' float32 steps (each product rounded to float32, then the sum).
 // Every draw comes from a generator seeded by (run seed, step, micro-batch index within the global
 // batch), so a micro-batch mixes the same way whichever rank holds it.
-import { Mulberry32, gaussian, mixSeed } from './random.ts';
+import { Mulberry32, gaussian, mixSeed } from '../common/random.ts';
 import type { RawImage } from './source.ts';
 
 /** Salt that separates the mixing stream from other uses of the run seed. */

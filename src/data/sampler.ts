@@ -10,8 +10,8 @@
 // the tail of its repeated list. Each copy gets its own augmentation because the per-sample
 // generator is seeded with the repeat number. An epoch keeps floor(n / B) steps, so it sees about
 // n / r distinct images, as RASampler keeps an epoch at n samples.
-import { shardRange } from '../comm/shard.ts';
-import { Mulberry32, mixSeed } from './random.ts';
+import { shardRange } from '../common/shard.ts';
+import { Mulberry32, mixSeed } from '../common/random.ts';
 
 /** Salt that separates the sampler's stream from other uses of the run seed. */
 const SAMPLER_STREAM = 0x5a3d;

@@ -7,7 +7,7 @@
 // images. Which path a sample takes depends only on the source (its format) and the pipeline, so
 // every worker, thread and thread count still makes the same pixels; the region path's pixels
 // differ from the whole-image path's where libvips shrinks (by about a level), see image-folder.ts.
-import { mixSeed, Mulberry32 } from './random.ts';
+import { mixSeed, Mulberry32 } from '../common/random.ts';
 import { checkSampleIndex, type ImageSource } from './source.ts';
 import type { Pipeline } from './transforms/pipeline.ts';
 import { CorruptImageError } from './image-folder.ts';

@@ -5,7 +5,7 @@
 // - a .safetensors file with the state_dict names: the architecture is the `model` (and
 //   `model_args`) of its metadata, which `vit-dist export` writes; a file without them names no architecture.
 import { existsSync, statSync } from 'node:fs';
-import { latestCheckpoint, readCheckpoint } from '../coordinator/checkpoint.ts';
+import { latestCheckpoint, readCheckpoint } from '../train/checkpoint.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { createModel, modelParamSpecs, type ImageClassifier, type ModelArgs, type ModelConfig } from './model.ts';
 import { createModelConfig } from './registry.ts';

@@ -11,7 +11,7 @@
 // and however the batch is cut into micro-batches.
 
 import * as tf from '@tensorflow/tfjs-core';
-import { Mulberry32, mixSeed } from '../data/random.ts';
+import { Mulberry32, mixSeed } from '../common/random.ts';
 import { FlatParamClassifier, type TrainPass } from './classifier.ts';
 import { patchify } from './conv.ts';
 import { gelu, geluBackward, layerNorm, layerNormBackward, linear, linearBackward } from './layers.ts';

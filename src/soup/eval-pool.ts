@@ -1,8 +1,8 @@
 // Data-parallel evaluation on one machine: N worker threads, each with its own backend and copy of
 // the model, each evaluating a contiguous, batch-aligned range of the split; their tallies are
 // merged in split order, so the result does not depend on N (src/soup/evaluate.ts).
-import { RequestThread, startThreads } from '../comm/request-thread.ts';
-import type { ElementRange } from '../comm/shard.ts';
+import { RequestThread, startThreads } from '../common/request-thread.ts';
+import type { ElementRange } from '../common/shard.ts';
 import { splitSize } from '../data/loader.ts';
 import type { DataSpec } from '../data/open.ts';
 import type { DataSplit } from '../data/source.ts';

@@ -4,7 +4,7 @@
 // by batch in a fixed order, so a split evaluated in batch-aligned pieces (one per worker thread)
 // gives the same numbers, to the bit, whatever the number of pieces.
 import type { EvalBatch } from '../data/loader.ts';
-import { shardRange, type ElementRange } from '../comm/shard.ts';
+import { shardRange, type ElementRange } from '../common/shard.ts';
 
 /** The second accuracy reported beside top-1, as timm's accuracy(topk=(1, 5)). */
 export const TOP_K = 5;

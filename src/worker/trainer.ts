@@ -6,7 +6,7 @@
 // coordinator check.
 import type { EvalCounts, ResumeState, ShardSnapshot, StepReport } from '../comm/control.ts';
 import type { RingPeer } from '../comm/ring.ts';
-import { shardRange, type ElementRange } from '../comm/shard.ts';
+import { shardRange, type ElementRange } from '../common/shard.ts';
 import type { BatchLoader } from '../data/loader.ts';
 import { mixBatch, mixRng, type MixConfig } from '../data/mixup.ts';
 import type { ImageClassifier, Regularization, TrainContext } from '../model/model.ts';

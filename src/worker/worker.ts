@@ -18,7 +18,7 @@ import { selectBackend, type BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { loadTeacher } from '../model/teacher.ts';
 import { createModel, type ImageClassifier } from '../model/model.ts';
-import type { Logger } from '../cli/logging.ts';
+import type { Logger } from '../common/logger.ts';
 import { optimizerConfigOf } from '../train/optimizer.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { ShardedTrainer, type Teacher } from './trainer.ts';

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
-import { latestCheckpoint, readCheckpoint } from '../../src/coordinator/checkpoint.ts';
+import { latestCheckpoint, readCheckpoint } from '../../src/train/checkpoint.ts';
 import { readIdx } from '../../src/data/idx.ts';
 import { DEFAULT_FASHION_MNIST_DIR } from '../../src/data/fashion-mnist.ts';
 import { createModelConfig } from '../../src/model/registry.ts';

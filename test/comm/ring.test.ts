@@ -7,10 +7,10 @@ import { makeNonce, proveToken } from '../../src/comm/auth.ts';
 import { encodeFrameHeader, FRAME_HEADER_BYTES, FRAME_MAGIC, Phase } from '../../src/comm/frame.ts';
 import { helloContext, RING_PATH, RING_PROTOCOL_VERSION, welcomeContext } from '../../src/comm/link.ts';
 import { RingPeer, type RingOptions } from '../../src/comm/ring.ts';
-import { shardRange } from '../../src/comm/shard.ts';
+import { shardRange } from '../../src/common/shard.ts';
 import { addInto, addIntoScalar, simdAvailable } from '../../src/comm/simd-add.ts';
 import { clientHandshakeRequest, encodeFrame, FrameParser, makeHandshakeKey, Opcode, serverHandshakeResponse } from '../../src/comm/websocket.ts';
-import { Mulberry32 } from '../../src/data/random.ts';
+import { Mulberry32 } from '../../src/common/random.ts';
 
 const TIMEOUT = { timeout: 20_000 };
 

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Mulberry32 } from '../../src/data/random.ts';
+import { Mulberry32 } from '../../src/common/random.ts';
 import { cutmixBox, mixBatch, mixConfigOf, mixRng, plainTargets, sampleBeta, type ImageShape, type MixConfig, type MixResult } from '../../src/data/mixup.ts';
 
 const SHAPE: ImageShape = { height: 6, width: 5, channels: 3 };

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
-import { latestCheckpoint, readCheckpoint } from '../../src/coordinator/checkpoint.ts';
+import { latestCheckpoint, readCheckpoint } from '../../src/train/checkpoint.ts';
 import type { MetricsRecord, StepRecord, EvalRecord, RestartRecord } from '../../src/coordinator/metrics.ts';
 import { DEFAULT_FASHION_MNIST_DIR } from '../../src/data/fashion-mnist.ts';
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { WebSocket } from 'ws';
 import { proveToken } from '../../src/comm/auth.ts';
 import { CLOSE_CODES, CONTROL_PROTOCOL_VERSION, controlProofContext, decodeCoordinatorMessage, encodeMessage } from '../../src/comm/control.ts';
-import { latestCheckpoint, readCheckpoint } from '../../src/coordinator/checkpoint.ts';
+import { latestCheckpoint, readCheckpoint } from '../../src/train/checkpoint.ts';
 import { MICRO_RECIPE, TOKEN, checkpointAt, needsData, run, start, startCoordinator, tempRunDir, waitUntil } from './cluster.ts';
 
 /** Connects a hand-driven client, answers the challenge with `hello` fields of our choosing, and reports how the coordinator closed. */

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { WebSocket } from 'ws';
 import { proveToken } from '../../src/comm/auth.ts';
 import { CONTROL_PROTOCOL_VERSION, controlProofContext, decodeCoordinatorMessage, encodeMessage } from '../../src/comm/control.ts';
-import { Mulberry32 } from '../../src/data/random.ts';
+import { Mulberry32 } from '../../src/common/random.ts';
 import { MICRO_RECIPE, TOKEN, needsData, start, startCoordinator, stepRecords, tempRunDir } from './cluster.ts';
 
 const FUZZ_MS = 8_000;

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import type { EvalBatch } from '../../src/data/loader.ts';
-import { Mulberry32 } from '../../src/data/random.ts';
+import { Mulberry32 } from '../../src/common/random.ts';
 import { selectBackend } from '../../src/model/backend.ts';
 import { createModel, type ImageClassifier } from '../../src/model/model.ts';
 import { createModelConfig } from '../../src/model/registry.ts';

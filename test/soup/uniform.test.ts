@@ -1,7 +1,7 @@
 // The uniform soup's accumulator: the float64 sum of the ingredients, divided once.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Mulberry32, gaussian } from '../../src/data/random.ts';
+import { Mulberry32, gaussian } from '../../src/common/random.ts';
 import { WeightSum } from '../../src/soup/uniform.ts';
 
 const PARAMS = 4096;

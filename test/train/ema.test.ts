@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ShardEma } from '../../src/train/ema.ts';
-import { shardRange } from '../../src/comm/shard.ts';
+import { shardRange } from '../../src/common/shard.ts';
 
 test('ema = decay x ema + (1 - decay) x p after each update, starting from the initial weights', () => {
   const initial = Float32Array.of(1, -2);

@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createShardOptimizer, type OptimizerConfig } from '../../src/train/optimizer.ts';
 import { clipFactor, sumOfSquares } from '../../src/train/clip.ts';
-import { shardRange } from '../../src/comm/shard.ts';
-import { Mulberry32 } from '../../src/data/random.ts';
+import { shardRange } from '../../src/common/shard.ts';
+import { Mulberry32 } from '../../src/common/random.ts';
 
 interface Fixture {
   params0: number[];

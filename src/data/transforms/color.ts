@@ -3,7 +3,7 @@
 // image with a "degenerate" version of itself, Image.blend(degenerate, image, factor) — factor 0
 // gives the degenerate image, 1 the image, above 1 extrapolates. Image.blend computes in float32
 // and truncates (libImaging/Blend.c); big_vision's TF blend does the same, so one blend serves.
-import type { Mulberry32 } from '../random.ts';
+import type { Mulberry32 } from '../../common/random.ts';
 import type { RawImage } from '../source.ts';
 import { permutation, uniform } from './draws.ts';
 import { checkImage, createImage } from './image.ts';

@@ -2,7 +2,7 @@
 // make (random.uniform, random.randint, torch.randint, torch.randperm) so that an algorithm
 // ported from them keeps its shape. Only the order and number of draws matter here: the values
 // cannot match Python's generator, and need not.
-import type { Mulberry32 } from '../random.ts';
+import type { Mulberry32 } from '../../common/random.ts';
 
 /** Uniform in [low, high), as Python's random.uniform and torch's uniform_. */
 export function uniform(rng: Mulberry32, low: number, high: number): number {

@@ -2,7 +2,7 @@
 // with probability p, one box of random area (2% to 1/3 of the image) and log-uniform aspect
 // (0.3 to 1/0.3) at a uniform position gets per-pixel standard normal values ('pixel' mode);
 // up to 10 draws for a box that fits, none erased if none does.
-import { gaussian, type Mulberry32 } from '../random.ts';
+import { gaussian, type Mulberry32 } from '../../common/random.ts';
 import { randomInt, roundHalfEven, uniform } from './draws.ts';
 
 export interface RandomErasingOptions {

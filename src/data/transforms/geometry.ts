@@ -1,6 +1,6 @@
 // Crops and flips: torchvision's RandomResizedCrop (the DeiT and timm training crop), the
 // horizontal flip, the evaluation resize-and-centre-crop of timm, and CIFAR's padded random crop.
-import type { Mulberry32 } from '../random.ts';
+import type { Mulberry32 } from '../../common/random.ts';
 import type { ImageRegion, RawImage } from '../source.ts';
 import { randomInt, roundHalfEven, uniform } from './draws.ts';
 import { checkImage, createImage } from './image.ts';

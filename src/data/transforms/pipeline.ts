@@ -8,7 +8,7 @@
 // resize_short_center_crop) is also offered as the pipeline's `head`: a source that can decode
 // just a region of an image (ImageSource.readRegion) does that op's work while decoding, with the
 // op's own draws, and the rest of the pipeline runs on the small image.
-import type { Mulberry32 } from '../random.ts';
+import type { Mulberry32 } from '../../common/random.ts';
 import type { ImageRegion, RawImage } from '../source.ts';
 import { colorJitter } from './color.ts';
 import { randomErasing } from './erasing.ts';

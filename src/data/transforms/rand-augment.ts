@@ -12,7 +12,7 @@
 // PIL's, shared with color jitter (color.ts, tone.ts, affine.ts).
 // Grayscale images go through the same ops channel-wise: Color (saturation) leaves them as they
 // are (a gray image is its own grayscale), contrast blends with their mean, fills take one value.
-import { gaussian, type Mulberry32 } from '../random.ts';
+import { gaussian, type Mulberry32 } from '../../common/random.ts';
 import type { RawImage } from '../source.ts';
 import { type AffineMatrix, fromIndexConvention, pilRotateMatrix, tfRotateMatrix, warpAffine } from './affine.ts';
 import { adjustBrightness, adjustContrast, adjustSaturation, adjustSharpness } from './color.ts';

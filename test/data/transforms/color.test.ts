@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import {
   adjustBrightness, adjustContrast, adjustSaturation, adjustSharpness, colorJitter,
 } from '../../../src/data/transforms/color.ts';
-import { Mulberry32 } from '../../../src/data/random.ts';
+import { Mulberry32 } from '../../../src/common/random.ts';
 import type { RawImage } from '../../../src/data/source.ts';
 import { ScriptedRng, compare, decode, fixtureImage, texturedImage, vectors } from './helpers.ts';
 

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { permutation, randomInt, roundHalfEven, uniform } from '../../../src/data/transforms/draws.ts';
-import { Mulberry32 } from '../../../src/data/random.ts';
+import { Mulberry32 } from '../../../src/common/random.ts';
 
 test("roundHalfEven is Python 3's round", () => {
   assert.deepEqual([0.5, 1.5, 2.5, -0.5, -1.5, 2.4999, 2.5001, 7].map(roundHalfEven), [0, 2, 2, -0, -2, 2, 3, 7]);

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ERASING_MAX_AREA, randomErasing } from '../../../src/data/transforms/erasing.ts';
-import { Mulberry32, mixSeed } from '../../../src/data/random.ts';
+import { Mulberry32, mixSeed } from '../../../src/common/random.ts';
 import { ScriptedRng } from './helpers.ts';
 
 const H = 24;

@@ -5,7 +5,7 @@ import {
   randomResizedCropRegion, resizeShortCenterCrop, resizeShortCenterCropRegion,
 } from '../../../src/data/transforms/geometry.ts';
 import { crop, resize } from '../../../src/data/transforms/resize.ts';
-import { Mulberry32 } from '../../../src/data/random.ts';
+import { Mulberry32 } from '../../../src/common/random.ts';
 import type { ImageRegion, RawImage } from '../../../src/data/source.ts';
 import { ScriptedRng, compare, decode, fixtureImage, texturedImage, vectors } from './helpers.ts';
 

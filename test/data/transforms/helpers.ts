@@ -1,7 +1,7 @@
 // Shared by the transform tests: the PIL/torchvision vectors of test/fixtures/transform-vectors.json,
 // a generator that replays scripted uniforms, and a textured test image.
 import { readFileSync } from 'node:fs';
-import { Mulberry32 } from '../../../src/data/random.ts';
+import { Mulberry32 } from '../../../src/common/random.ts';
 import type { RawImage } from '../../../src/data/source.ts';
 
 export interface Vectors {

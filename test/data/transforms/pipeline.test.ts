@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PIPELINE_OPS, parsePipeline } from '../../../src/data/transforms/pipeline.ts';
-import { Mulberry32, mixSeed } from '../../../src/data/random.ts';
+import { Mulberry32, mixSeed } from '../../../src/common/random.ts';
 import { crop, resize } from '../../../src/data/transforms/resize.ts';
 import { texturedImage } from './helpers.ts';
 

@@ -7,7 +7,7 @@ import {
 } from '../../../src/data/transforms/rand-augment.ts';
 import { adjustBrightness, adjustSaturation } from '../../../src/data/transforms/color.ts';
 import { solarize } from '../../../src/data/transforms/tone.ts';
-import { Mulberry32 } from '../../../src/data/random.ts';
+import { Mulberry32 } from '../../../src/common/random.ts';
 import type { RawImage } from '../../../src/data/source.ts';
 import { ScriptedRng, texturedImage } from './helpers.ts';
 

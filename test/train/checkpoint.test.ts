@@ -4,7 +4,8 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CHECKPOINT_FORMAT_VERSION, latestCheckpoint, listCheckpoints, readCheckpoint, writeCheckpoint, type CheckpointMeta, type CheckpointState } from '../../src/coordinator/checkpoint.ts';
+import { CHECKPOINT_FORMAT_VERSION, latestCheckpoint, listCheckpoints, readCheckpoint, type CheckpointMeta, type CheckpointState } from '../../src/train/checkpoint.ts';
+import { writeCheckpoint } from '../../src/coordinator/checkpoint.ts';
 
 function meta(step: number, numParams: number): CheckpointMeta {
   return { runId: 'r', step, recipe: { name: 'x' }, numParams, worldSize: 2, optimizerStep: step, sampler: { seed: 3, step }, paramDigest: 'abc' };

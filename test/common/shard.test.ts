@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { chunkRanges, shardRange } from '../../src/comm/shard.ts';
+import { chunkRanges, shardRange } from '../../src/common/shard.ts';
 
 test('shards are contiguous, cover everything and differ in size by at most one', () => {
   for (const length of [0, 1, 2, 7, 8, 9, 1001, 100003]) {
