@@ -5,7 +5,8 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { CorruptImageError } from '../data/image-folder.ts';
 import { DATA_FORMATS, openImageSource, storedSplitExists, type DataFormat } from '../data/open.ts';
 import { DEFAULT_SHARD_BYTES, packSplit, type PackSummary } from '../data/packed.ts';
-import { positiveInt, UsageError } from './options.ts';
+import { positiveInt } from './options.ts';
+import { InputError } from '../common/errors.ts';
 
 /** The usual pre-resize for ImageNet training at 224 (random-resized crops, evaluation at 224 / 0.875 = 256). */
 export const DEFAULT_PACK_SIZE = 256;
@@ -42,15 +43,15 @@ function describeSummary(summary: PackSummary, seconds: number): string {
 
 export async function runPackCommand(flags: PackFlags): Promise<void> {
   const { data, format, out, size } = flags;
-  if (format === 'packed' && resolve(out) === resolve(data)) throw new UsageError(`--out ${out} is the packed data set being read: pack into another folder`);
+  if (format === 'packed' && resolve(out) === resolve(data)) throw new InputError('USAGE', `--out ${out} is the packed data set being read: pack into another folder`);
   let splits: PackableSplit[];
   if (flags.splits) {
     const missing = flags.splits.find((split) => !storedSplitExists(format, data, split));
-    if (missing !== undefined) throw new UsageError(`--data ${data} has no ${missing} split of format ${format}`);
+    if (missing !== undefined) throw new InputError('USAGE', `--data ${data} has no ${missing} split of format ${format}`);
     splits = flags.splits;
   } else {
     splits = PACKABLE_SPLITS.filter((split) => storedSplitExists(format, data, split));
-    if (splits.length === 0) throw new UsageError(`--data ${data} holds neither a train nor a val split of format ${format}`);
+    if (splits.length === 0) throw new InputError('USAGE', `--data ${data} holds neither a train nor a val split of format ${format}`);
   }
   const started = performance.now();
   let images = 0;

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { latestCheckpoint } from '../train/checkpoint.ts';
 import { applyOverrides, loadRecipe, type Recipe } from '../train/recipe.ts';
+import { InputError } from '../common/errors.ts';
 
 /** torchrun's default rendezvous port. */
 export const DEFAULT_COORDINATOR_PORT = 29500;
@@ -92,8 +93,8 @@ export function addRunOptions(command: Command): Command {
 /** TLS for the coordinator: both files or neither. */
 export function tlsFiles(flags: { tlsCert?: string; tlsKey?: string }): { certFile: string; keyFile: string } | null {
   if (!flags.tlsCert && !flags.tlsKey) return null;
-  if (!flags.tlsCert || !flags.tlsKey) throw new UsageError('--tls-cert and --tls-key go together');
-  for (const file of [flags.tlsCert, flags.tlsKey]) if (!existsSync(file)) throw new UsageError(`TLS file not found: ${file}`);
+  if (!flags.tlsCert || !flags.tlsKey) throw new InputError('USAGE', '--tls-cert and --tls-key go together');
+  for (const file of [flags.tlsCert, flags.tlsKey]) if (!existsSync(file)) throw new InputError('USAGE', `TLS file not found: ${file}`);
   return { certFile: flags.tlsCert, keyFile: flags.tlsKey };
 }
 
@@ -124,13 +125,6 @@ export interface RunFlags {
   logLevel: 'debug' | 'info' | 'warn' | 'error';
 }
 
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
-
 /** The recipe after the named flags and --set overrides; on resume, the checkpoint's recipe is the base. */
 export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null): Recipe {
   const base = resumeRecipe ?? loadRecipe(flags.recipe);
@@ -159,10 +153,10 @@ export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null): Rec
 
 /** The checkpoint file that --resume names: a checkpoint file, or the newest one in a run directory. */
 export function resolveResume(path: string): string {
-  if (!existsSync(path)) throw new UsageError(`--resume ${path}: no such file or directory`);
+  if (!existsSync(path)) throw new InputError('USAGE', `--resume ${path}: no such file or directory`);
   if (statSync(path).isFile()) return path;
   const latest = latestCheckpoint(path);
-  if (!latest) throw new UsageError(`--resume ${path}: no checkpoint found in ${path} or ${join(path, 'checkpoints')}`);
+  if (!latest) throw new InputError('USAGE', `--resume ${path}: no checkpoint found in ${path} or ${join(path, 'checkpoints')}`);
   return latest;
 }
 
@@ -176,5 +170,5 @@ export function resolveToken(flag: string | undefined, generateIfMissing: boolea
   const token = flag ?? process.env[TOKEN_ENV];
   if (token) return token;
   if (generateIfMissing) return randomBytes(24).toString('base64url');
-  throw new UsageError(`a shared token is required: pass --token or set ${TOKEN_ENV}`);
+  throw new InputError('USAGE', `a shared token is required: pass --token or set ${TOKEN_ENV}`);
 }

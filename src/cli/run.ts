@@ -56,7 +56,7 @@ function readInitialParams(path: string, recipe: Recipe): Float32Array {
     }
     return params;
   } catch (err) {
-    throw new Error(`--init ${path}: ${(err as Error).message}`);
+    throw new Error(`--init ${path}: ${(err as Error).message}`, { cause: err });
   }
 }
 

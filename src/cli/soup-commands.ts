@@ -15,8 +15,9 @@ import { resolveEvalData, type DataFlags } from '../soup/eval-data.ts';
 import { DEFAULT_EVAL_BATCH, EvalPool } from '../soup/eval-pool.ts';
 import type { EvalResult } from '../soup/evaluate.ts';
 import { loadIngredient, type IngredientInfo } from '../soup/ingredients.ts';
-import { BACKENDS, fraction, nonNegativeInt, positiveInt, UsageError } from './options.ts';
+import { BACKENDS, fraction, nonNegativeInt, positiveInt } from './options.ts';
 import { SWEEP_FILE, type SweepRecord } from './sweep.ts';
+import { InputError } from '../common/errors.ts';
 
 const WEIGHTS_EXTENSION = '.safetensors';
 /** soup.json: the ingredients' and both soups' results and the greedy soup's log, beside the soup's weights. */
@@ -91,9 +92,9 @@ async function startPool(info: IngredientInfo, data: ReturnType<typeof resolveEv
 }
 
 async function runEvalCommand(flags: EvalFlags): Promise<void> {
-  if ((flags.weights === undefined) === (flags.checkpoint === undefined)) throw new UsageError('pass exactly one of --weights FILE and --checkpoint DIR');
-  if (flags.weights !== undefined && !flags.weights.endsWith(WEIGHTS_EXTENSION)) throw new UsageError(`--weights ${flags.weights}: expected a ${WEIGHTS_EXTENSION} file (a checkpoint goes to --checkpoint)`);
-  if (flags.checkpoint?.endsWith(WEIGHTS_EXTENSION)) throw new UsageError(`--checkpoint ${flags.checkpoint} is a ${WEIGHTS_EXTENSION} file: pass it as --weights`);
+  if ((flags.weights === undefined) === (flags.checkpoint === undefined)) throw new InputError('USAGE', 'pass exactly one of --weights FILE and --checkpoint DIR');
+  if (flags.weights !== undefined && !flags.weights.endsWith(WEIGHTS_EXTENSION)) throw new InputError('USAGE', `--weights ${flags.weights}: expected a ${WEIGHTS_EXTENSION} file (a checkpoint goes to --checkpoint)`);
+  if (flags.checkpoint?.endsWith(WEIGHTS_EXTENSION)) throw new InputError('USAGE', `--checkpoint ${flags.checkpoint} is a ${WEIGHTS_EXTENSION} file: pass it as --weights`);
   const path = (flags.weights ?? flags.checkpoint)!;
   const { params, ...info } = loadIngredient(path, { useEma: flags.useEma ?? false, role: 'model' });
   // Evaluating on the held-out split is only meaningful if it is the one the model never trained on.
@@ -123,14 +124,14 @@ function expandSweeps(names: readonly string[]): string[] {
     const sweep = JSON.parse(readFileSync(file, 'utf8')) as SweepRecord;
     const unfinished = sweep.runs.filter((r) => r.status !== 'finished');
     if (unfinished.length > 0) {
-      throw new UsageError(`sweep ${name}: ${unfinished.map((r) => `${r.name} is ${r.status}`).join(', ')}; run the sweep again to finish it, or name the runs to use`);
+      throw new InputError('USAGE', `sweep ${name}: ${unfinished.map((r) => `${r.name} is ${r.status}`).join(', ')}; run the sweep again to finish it, or name the runs to use`);
     }
     return sweep.runs.map((r) => join(name, r.name));
   });
 }
 
 async function runSoupCommand(method: SoupMethod, given: string[], flags: SoupFlags): Promise<void> {
-  if (!flags.out.endsWith(WEIGHTS_EXTENSION)) throw new UsageError(`--out ${flags.out}: the soup is written as ${WEIGHTS_EXTENSION}, name the file so (e.g. soup${WEIGHTS_EXTENSION})`);
+  if (!flags.out.endsWith(WEIGHTS_EXTENSION)) throw new InputError('USAGE', `--out ${flags.out}: the soup is written as ${WEIGHTS_EXTENSION}, name the file so (e.g. soup${WEIGHTS_EXTENSION})`);
   const names = expandSweeps(given);
   const report = await cookSoups(names, {
     useEma: flags.useEma ?? false,
@@ -138,7 +139,7 @@ async function runSoupCommand(method: SoupMethod, given: string[], flags: SoupFl
     startPool: async (first, all) => {
       const data = resolveEvalData(all.map((i) => ({ name: i.name, recipe: i.recipe })), flags, true);
       if (data.spec.holdout === 0) {
-        throw new UsageError('the ingredients hold out no training images (data.holdout 0), and the greedy soup is chosen on held-out images: fine-tune with --holdout, e.g. 0.1');
+        throw new InputError('USAGE', 'the ingredients hold out no training images (data.holdout 0), and the greedy soup is chosen on held-out images: fine-tune with --holdout, e.g. 0.1');
       }
       return startPool(first, data, flags);
     },

@@ -12,8 +12,9 @@ import { splitSize } from '../data/loader.ts';
 import { EpochSampler } from '../data/sampler.ts';
 import { writeJsonAtomic } from '../soup/atomic-json.ts';
 import { applyOverrides, totalSteps, validateRecipe, type Recipe } from '../train/recipe.ts';
-import { addRunOptions, BACKENDS, nonNegativeInt, positiveInt, resolveRecipe, UsageError, DEFAULT_DATA_THREADS } from './options.ts';
+import { addRunOptions, BACKENDS, nonNegativeInt, positiveInt, resolveRecipe, DEFAULT_DATA_THREADS } from './options.ts';
 import { runLaunchCommand } from './run.ts';
+import { InputError } from '../common/errors.ts';
 
 export type LaunchFlags = Parameters<typeof runLaunchCommand>[0];
 export type Launch = (flags: LaunchFlags) => Promise<void>;
@@ -46,20 +47,20 @@ export interface GridPoint {
 
 /** Parses --grid KEY=V1,V2,... flags; errors name the flag. */
 export function parseGrid(specs: readonly string[]): GridAxis[] {
-  if (specs.length === 0) throw new UsageError('a sweep needs at least one --grid KEY=V1,V2,...');
+  if (specs.length === 0) throw new InputError('USAGE', 'a sweep needs at least one --grid KEY=V1,V2,...');
   const axes: GridAxis[] = [];
   for (const spec of specs) {
     const at = spec.indexOf('=');
-    if (at <= 0) throw new UsageError(`--grid ${spec}: expected KEY=V1,V2,... (e.g. lr=0.001,0.003)`);
+    if (at <= 0) throw new InputError('USAGE', `--grid ${spec}: expected KEY=V1,V2,... (e.g. lr=0.001,0.003)`);
     const key = spec.slice(0, at);
     const recipeKey = GRID_ALIASES[key] ?? key;
     const values = spec.slice(at + 1).split(',');
     for (const value of values) {
-      if (!VALUE_PATTERN.test(value)) throw new UsageError(`--grid ${spec}: value "${value}" cannot name a run directory (letters, digits and . _ + - only)`);
+      if (!VALUE_PATTERN.test(value)) throw new InputError('USAGE', `--grid ${spec}: value "${value}" cannot name a run directory (letters, digits and . _ + - only)`);
     }
-    if (new Set(values).size !== values.length) throw new UsageError(`--grid ${spec}: a value is repeated`);
+    if (new Set(values).size !== values.length) throw new InputError('USAGE', `--grid ${spec}: a value is repeated`);
     const clash = axes.find((a) => a.recipeKey === recipeKey);
-    if (clash) throw new UsageError(`--grid ${spec}: ${recipeKey} is already swept by --grid ${clash.key}=...`);
+    if (clash) throw new InputError('USAGE', `--grid ${spec}: ${recipeKey} is already swept by --grid ${clash.key}=...`);
     axes.push({ key, recipeKey, values });
   }
   return axes;
@@ -142,7 +143,7 @@ function checkRecipes(flags: SweepFlags, axes: readonly GridAxis[], points: read
     for (const axis of axes) {
       const wanted = valueAt(applyOverrides(base, { [axis.recipeKey]: point.overrides[axis.recipeKey]! }), axis.recipeKey);
       if (valueAt(recipe, axis.recipeKey) !== wanted) {
-        throw new UsageError(`--grid ${axis.key}: run ${point.name} would not get ${axis.recipeKey} = ${point.overrides[axis.recipeKey]} (another flag sets ${axis.recipeKey}; drop it)`);
+        throw new InputError('USAGE', `--grid ${axis.key}: run ${point.name} would not get ${axis.recipeKey} = ${point.overrides[axis.recipeKey]} (another flag sets ${axis.recipeKey}; drop it)`);
       }
     }
   }
@@ -155,13 +156,13 @@ function checkRecipes(flags: SweepFlags, axes: readonly GridAxis[], points: read
  */
 export async function runSweep(flags: SweepFlags, launch: Launch = runLaunchCommand, trainSize: TrainSize = trainSplitSize): Promise<SweepRecord> {
   const out = flags.out;
-  if (out === undefined) throw new UsageError('--out DIR is required: the sweep\'s folder, where each run gets its own directory and a rerun continues');
-  if (flags.resume !== undefined) throw new UsageError('--resume does not apply to a sweep: run the same sweep command again and each run continues from its own checkpoints');
+  if (out === undefined) throw new InputError('USAGE', '--out DIR is required: the sweep\'s folder, where each run gets its own directory and a rerun continues');
+  if (flags.resume !== undefined) throw new InputError('USAGE', '--resume does not apply to a sweep: run the same sweep command again and each run continues from its own checkpoints');
   const axes = parseGrid(flags.grid ?? []);
   const points = expandGrid(axes);
   for (const key of Object.keys(flags.set)) {
     const axis = axes.find((a) => a.recipeKey === key);
-    if (axis) throw new UsageError(`--set ${key}=... and --grid ${axis.key}=... both set ${key}`);
+    if (axis) throw new InputError('USAGE', `--set ${key}=... and --grid ${axis.key}=... both set ${key}`);
   }
   checkRecipes(flags, axes, points);
 
@@ -187,7 +188,7 @@ export async function runSweep(flags: SweepFlags, launch: Launch = runLaunchComm
     } catch (err) {
       Object.assign(run, { status: 'failed', error: (err as Error).message });
       save();
-      throw new Error(`${what} failed: ${(err as Error).message}; run the same sweep command again to continue`);
+      throw new Error(`${what} failed: ${(err as Error).message}; run the same sweep command again to continue`, { cause: err });
     }
     const after = await runStatus(run.dir, trainSize);
     Object.assign(run, after);

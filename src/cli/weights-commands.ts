@@ -16,7 +16,7 @@ import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
 import { createModel, modelParamSpecs, type ModelConfig } from '../model/model.ts';
 import { META_MODEL, META_MODEL_ARGS, exportTimmState, importTimmState, modelArgsFromMetadata } from '../model/weights.ts';
 import { validateRecipe } from '../train/recipe.ts';
-import { UsageError } from './options.ts';
+import { InputError } from '../common/errors.ts';
 
 /** Images per forward pass in predict: bounds the activations' memory. */
 export const DEFAULT_PREDICT_BATCH = 256;
@@ -92,10 +92,10 @@ export interface ExportFlags {
 
 /** A checkpoint file, or the newest checkpoint in a run directory. */
 function resolveCheckpoint(path: string): string {
-  if (!existsSync(path)) throw new UsageError(`--checkpoint ${path}: no such file or directory`);
+  if (!existsSync(path)) throw new InputError('USAGE', `--checkpoint ${path}: no such file or directory`);
   if (statSync(path).isFile()) return path;
   const latest = latestCheckpoint(path);
-  if (!latest) throw new UsageError(`--checkpoint ${path}: no checkpoint found in ${path} or its checkpoints/ folder`);
+  if (!latest) throw new InputError('USAGE', `--checkpoint ${path}: no checkpoint found in ${path} or its checkpoints/ folder`);
   return latest;
 }
 
@@ -103,7 +103,7 @@ export function runExportCommand(flags: ExportFlags): void {
   const path = resolveCheckpoint(flags.checkpoint);
   const { meta, state } = readCheckpoint(path);
   const recipe = validateRecipe(meta.recipe, `the recipe in ${path}`);
-  if (flags.useEma && !state.ema) throw new UsageError(`--use-ema: checkpoint ${path} holds no EMA of the weights (its recipe keeps none)`);
+  if (flags.useEma && !state.ema) throw new InputError('USAGE', `--use-ema: checkpoint ${path} holds no EMA of the weights (its recipe keeps none)`);
   const params = flags.useEma ? state.ema! : state.params;
   const specs = modelParamSpecs(createModelConfig(recipe.model, recipe.modelArgs));
   writeSafetensors(flags.out, exportTimmState(specs, params), {
@@ -140,7 +140,7 @@ function predictConfig(model: string, metadata: Record<string, string>, weightsP
  * (sorted by file name; RGB, or gray for a one-channel model) through an evaluation pipeline.
  */
 async function readImages(path: string, config: ModelConfig, pipelineText: string | undefined): Promise<{ images: Float32Array; n: number; names: string[] | null }> {
-  if (!existsSync(path)) throw new UsageError(`--input ${path}: no such file or directory`);
+  if (!existsSync(path)) throw new InputError('USAGE', `--input ${path}: no such file or directory`);
   const { imageSize, inChannels } = config;
   const expected = [imageSize, imageSize, inChannels];
   const wrongShape = (shape: number[]) => new Error(`--input ${path} has shape [${shape.join(', ')}], the model takes [n, ${expected.join(', ')}]`);
@@ -151,7 +151,7 @@ async function readImages(path: string, config: ModelConfig, pipelineText: strin
   }
   const folder = statSync(path).isDirectory();
   const names = folder ? readdirSync(path).filter((f) => IMAGE_EXTENSIONS.has(extname(f).toLowerCase())).sort() : null;
-  if (names?.length === 0) throw new UsageError(`--input ${path}: no ${[...IMAGE_EXTENSIONS].join('/')} files in the folder`);
+  if (names?.length === 0) throw new InputError('USAGE', `--input ${path}: no ${[...IMAGE_EXTENSIONS].join('/')} files in the folder`);
   const stored = names ? null : readIdx(path);
   // Rank 3 is [n, height, width] of one channel, as MNIST and Fashion-MNIST are stored.
   const storedShape = stored && (stored.shape.length === 3 ? [...stored.shape, 1] : stored.shape);

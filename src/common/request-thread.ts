@@ -55,6 +55,6 @@ export async function startThreads<T extends { readonly ready: Promise<unknown>;
     return threads;
   } catch (err) {
     await Promise.all(threads.map((t) => t.close()));
-    throw new Error(`a ${what} failed to start: ${(err as Error).message}`);
+    throw new Error(`a ${what} failed to start: ${(err as Error).message}`, { cause: err });
   }
 }

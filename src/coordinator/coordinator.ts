@@ -16,12 +16,13 @@ import {
   decodeWorkerMessage, encodeMessage, type WorkerMessage,
 } from '../comm/control.ts';
 import type { Recipe } from '../train/recipe.ts';
+import { FatalError, VitDistError } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import type { LoadedCheckpoint } from '../train/checkpoint.ts';
-import { Generation, MembershipChange, RunError, type RunContext, type RunSummary, type StartState } from './generation.ts';
+import { Generation, MembershipChange, type RunContext, type RunSummary, type StartState } from './generation.ts';
 import { MetricsLog } from './metrics.ts';
 import { ProgressPrinter } from './progress.ts';
-import { WorkerFailure, WorkerLink } from './worker-link.ts';
+import { WorkerLink } from './worker-link.ts';
 
 /** How long a connecting worker has to answer the challenge. */
 const HELLO_TIMEOUT_MS = 30_000;
@@ -181,10 +182,10 @@ export class Coordinator {
       });
       this.joinWaiter = null;
     }
-    if (this.stopRequested) throw new RunError('stopped on request while waiting for workers');
+    if (this.stopRequested) throw new FatalError('STOPPED', 'stopped on request while waiting for workers');
     if (this.links.length < minWorkers) {
       const wanted = minWorkers < workers ? `at least ${minWorkers} (--min-workers) of ${workers}` : `${workers}`;
-      throw new RunError(`only ${this.links.length} of ${wanted} workers joined within ${Math.round(timeoutMs / 1000)} s (${flag})`);
+      throw new FatalError('TOO_FEW_WORKERS', `only ${this.links.length} of ${wanted} workers joined within ${Math.round(timeoutMs / 1000)} s (${flag})`);
     }
     return this.links.slice(0, workers);
   }
@@ -224,11 +225,12 @@ export class Coordinator {
       try {
         return await new Generation(context, members, generation, start).run();
       } catch (err) {
-        const recoverable = err instanceof WorkerFailure || err instanceof ProtocolError;
+        // A broken control message (ProtocolError) is a link failure too; any other error not of ours is a bug: it stops the run.
+        const recoverable = err instanceof VitDistError ? err.kind === 'recoverable' : err instanceof ProtocolError;
         if (!(err instanceof MembershipChange) && !recoverable) throw err;
         if (recoverable) {
           if (context.restarts >= maxRestarts) {
-            throw new RunError(`giving up after ${context.restarts} restart${context.restarts === 1 ? '' : 's'} (--max-restarts ${maxRestarts}): ${(err as Error).message}`);
+            throw new FatalError('RESTARTS_EXHAUSTED', `giving up after ${context.restarts} restart${context.restarts === 1 ? '' : 's'} (--max-restarts ${maxRestarts}): ${(err as Error).message}`, { cause: err });
           }
           context.restarts += 1;
         }

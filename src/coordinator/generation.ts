@@ -11,6 +11,7 @@ import { EpochSampler } from '../data/sampler.ts';
 import { paramDigest } from '../train/digest.ts';
 import { totalSteps, type Recipe } from '../train/recipe.ts';
 import { learningRate, recipeSchedule } from '../train/schedule.ts';
+import { FatalError } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import type { CheckpointMeta, CheckpointState } from '../train/checkpoint.ts';
 import { writeCheckpoint } from './checkpoint.ts';
@@ -44,22 +45,12 @@ export interface RunSummary {
   stopped: boolean;
 }
 
-export class DesyncError extends Error {
-  constructor(step: number, digests: string[]) {
-    const groups = new Map<string, number[]>();
-    digests.forEach((d, rank) => groups.set(d, [...(groups.get(d) ?? []), rank]));
-    const detail = [...groups].map(([d, ranks]) => `rank${ranks.length > 1 ? 's' : ''} ${ranks.join(',')}: ${d}`).join('; ');
-    super(`desync after step ${step}: workers hold different parameters (${detail})`);
-    this.name = 'DesyncError';
-  }
-}
-
-/** A configuration problem that no restart can fix. */
-export class RunError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'RunError';
-  }
+/** The workers hold different parameters: the error names the ranks that hold each digest. */
+export function desyncError(step: number, digests: string[]): FatalError {
+  const groups = new Map<string, number[]>();
+  digests.forEach((d, rank) => groups.set(d, [...(groups.get(d) ?? []), rank]));
+  const detail = [...groups].map(([d, ranks]) => `rank${ranks.length > 1 ? 's' : ''} ${ranks.join(',')}: ${d}`).join('; ');
+  return new FatalError('DESYNC', `desync after step ${step}: workers hold different parameters (${detail})`);
 }
 
 /** Thrown at a checkpoint boundary when workers wait to join a smaller-than-asked ring. */
@@ -114,7 +105,7 @@ export class Generation {
 
     const sampler = new EpochSampler(trainSize, recipe.globalBatch, recipe.seed, recipe.data.repeats);
     const steps = totalSteps(recipe, sampler.stepsPerEpoch);
-    if (this.start.step >= steps) throw new RunError(`the checkpoint is at step ${this.start.step}, the run has only ${steps} steps: nothing to do`);
+    if (this.start.step >= steps) throw new FatalError('RUN_ALREADY_COMPLETE', `the checkpoint is at step ${this.start.step}, the run has only ${steps} steps: nothing to do`);
     // The recipe's lr scaled for its global batch; warmup epochs resolved to steps.
     const schedule = recipeSchedule(recipe, sampler.stepsPerEpoch, steps);
     progress.begin(steps, this.start.step);
@@ -135,7 +126,7 @@ export class Generation {
       digest = checkDigests(reports.map((r) => r.paramDigest), completed);
       optimizerStep += 1;
       const count = reports.reduce((a, r) => a + r.count, 0);
-      if (count !== recipe.globalBatch) throw new RunError(`step ${completed}: workers processed ${count} samples, the global batch is ${recipe.globalBatch}`);
+      if (count !== recipe.globalBatch) throw new FatalError('SAMPLE_COUNT_MISMATCH', `step ${completed}: workers processed ${count} samples, the global batch is ${recipe.globalBatch}`);
       const distilled = reports[0]!.distillationLossSum !== undefined;
       const skippedImages = reports.reduce((a, r) => a + r.skipped.length, 0);
       const record: StepRecord = {
@@ -199,16 +190,16 @@ export class Generation {
     const first = ready[0]!;
     for (const r of ready) {
       if (r.numParams !== first.numParams || r.trainSize !== first.trainSize || r.testSize !== first.testSize) {
-        throw new RunError(`workers disagree on the setup: rank 0 has ${first.numParams} parameters and ${first.trainSize}/${first.testSize} train/test samples, rank ${r.rank} has ${r.numParams} and ${r.trainSize}/${r.testSize}`);
+        throw new FatalError('WORKERS_DISAGREE', `workers disagree on the setup: rank 0 has ${first.numParams} parameters and ${first.trainSize}/${first.testSize} train/test samples, rank ${r.rank} has ${r.numParams} and ${r.trainSize}/${r.testSize}`);
       }
     }
     const digest = checkDigests(ready.map((r) => r.paramDigest), start.step);
     if (start.checkpoint) {
-      if (first.numParams !== start.checkpoint.meta.numParams) throw new RunError(`the checkpoint holds ${start.checkpoint.meta.numParams} parameters but the recipe's model has ${first.numParams}`);
-      if (digest !== start.checkpoint.meta.paramDigest) throw new RunError(`workers loaded the checkpoint but hold digest ${digest}, the checkpoint recorded ${start.checkpoint.meta.paramDigest}`);
+      if (first.numParams !== start.checkpoint.meta.numParams) throw new FatalError('CHECKPOINT_MODEL_MISMATCH', `the checkpoint holds ${start.checkpoint.meta.numParams} parameters but the recipe's model has ${first.numParams}`);
+      if (digest !== start.checkpoint.meta.paramDigest) throw new FatalError('CHECKPOINT_DIGEST_MISMATCH', `workers loaded the checkpoint but hold digest ${digest}, the checkpoint recorded ${start.checkpoint.meta.paramDigest}`);
     }
     if (start.initialParams && digest !== paramDigest(start.initialParams)) {
-      throw new RunError(`workers loaded the initial weights but hold digest ${digest}, the weights have ${paramDigest(start.initialParams)}`);
+      throw new FatalError('INIT_DIGEST_MISMATCH', `workers loaded the initial weights but hold digest ${digest}, the weights have ${paramDigest(start.initialParams)}`);
     }
     const backends = this.members.map((l) => l.info.backend);
     logger.info({ generation, workers: worldSize, startStep: start.step, numParams: first.numParams, backends, digest }, 'ring formed, all workers ready');
@@ -222,7 +213,7 @@ export class Generation {
     this.members.forEach((link, rank) => link.send({ type: 'eval', generation, step: completed, ...shardRange(testSize, worldSize, rank) }));
     const results = await this.gather('evalDone', this.context.stepTimeoutMs);
     const samples = results.reduce((a, r) => a + r.count, 0);
-    if (samples !== testSize) throw new RunError(`evaluation covered ${samples} samples, the test split has ${testSize}`);
+    if (samples !== testSize) throw new FatalError('EVAL_COUNT_MISMATCH', `evaluation covered ${samples} samples, the test split has ${testSize}`);
     const accuracy = (correct: (r: Reply<'evalDone'>) => number) => results.reduce((a, r) => a + correct(r), 0) / samples;
     // A distilled model's ranks also count each head's hits; testAccuracy is then the joint classifier's.
     const distilled = results[0]!.correctClassHead !== undefined;
@@ -260,17 +251,17 @@ export class Generation {
       const { start, end } = shardRange(numParams, worldSize, rank);
       const tensors = [shard.params, ...Object.values(shard.optimizerState), ...(shard.ema ? [shard.ema] : [])];
       if (shard.start !== start || shard.end !== end || tensors.some((t) => t.length !== end - start)) {
-        throw new RunError(`rank ${rank} sent a snapshot of [${shard.start}, ${shard.end}), expected [${start}, ${end})`);
+        throw new FatalError('SNAPSHOT_MISMATCH', `rank ${rank} sent a snapshot of [${shard.start}, ${shard.end}), expected [${start}, ${end})`);
       }
       if (Object.keys(shard.optimizerState).sort().join() !== names.join() || (shard.ema !== null) !== hasEma) {
-        throw new RunError(`rank ${rank} sent optimizer state [${Object.keys(shard.optimizerState).join(', ')}]${shard.ema ? ' and an EMA' : ''}, rank 0 [${names.join(', ')}]${hasEma ? ' and an EMA' : ''}`);
+        throw new FatalError('SNAPSHOT_MISMATCH', `rank ${rank} sent optimizer state [${Object.keys(shard.optimizerState).join(', ')}]${shard.ema ? ' and an EMA' : ''}, rank 0 [${names.join(', ')}]${hasEma ? ' and an EMA' : ''}`);
       }
       state.params.set(shard.params, start);
       for (const name of names) state.optimizerState[name]!.set(shard.optimizerState[name]!, start);
       if (shard.ema) state.ema!.set(shard.ema, start);
     });
     const assembled = paramDigest(state.params);
-    if (assembled !== digest) throw new RunError(`the snapshot shards assemble to digest ${assembled}, but every rank reported ${digest}`);
+    if (assembled !== digest) throw new FatalError('SNAPSHOT_DIGEST_MISMATCH', `the snapshot shards assemble to digest ${assembled}, but every rank reported ${digest}`);
     const { recipe, runId } = this.context;
     const meta: CheckpointMeta = { runId, step: completed, recipe, numParams, worldSize, optimizerStep, sampler: { seed: recipe.seed, step: completed }, paramDigest: digest };
     const path = writeCheckpoint(this.context.checkpointDir, meta, state);
@@ -281,7 +272,7 @@ export class Generation {
 
 /** All ranks must report the same digest; otherwise the run stops with an error naming the ranks. */
 function checkDigests(digests: string[], step: number): string {
-  if (digests.some((d) => d !== digests[0])) throw new DesyncError(step, digests);
+  if (digests.some((d) => d !== digests[0])) throw desyncError(step, digests);
   return digests[0]!;
 }
 

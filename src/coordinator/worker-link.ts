@@ -4,26 +4,12 @@
 // A reply of an unexpected type, a 'failed' report, a close, a missed heartbeat or a timeout
 // rejects whatever the coordinator is waiting for with an error that names the worker.
 import type { WebSocket } from 'ws';
+import { FatalError, RecoverableError } from '../common/errors.ts';
 import { CLOSE_CODES, ProtocolError, decodeWorkerMessage, encodeMessage, type CoordinatorMessage, type WorkerMessage } from '../comm/control.ts';
 
 type Waiter = { resolve: (m: WorkerMessage) => void; reject: (e: Error) => void };
 type Reply<T extends WorkerMessage['type']> = Extract<WorkerMessage, { type: T }>;
 
-/** A worker that died, was cut off, timed out or reported a failure: the run can recover from it. */
-export class WorkerFailure extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'WorkerFailure';
-  }
-}
-
-/** A worker cannot take part with this recipe, data or checkpoint: restarting would not help. */
-export class WorkerSetupError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'WorkerSetupError';
-  }
-}
 
 export interface WorkerInfo {
   host: string;
@@ -53,14 +39,14 @@ export class WorkerLink {
   ) {
     socket.on('message', (data: Buffer, isBinary: boolean) => this.receive(data, isBinary));
     socket.on('close', (code: number, reason: Buffer) => {
-      this.end(new WorkerFailure(`${this.name} disconnected (code ${code}${reason.length ? `: ${reason.toString()}` : ''})`));
+      this.end(new RecoverableError('WORKER_DISCONNECTED', `${this.name} disconnected (code ${code}${reason.length ? `: ${reason.toString()}` : ''})`));
     });
-    socket.on('error', (err: Error) => this.end(new WorkerFailure(`${this.name} connection error: ${err.message}`)));
+    socket.on('error', (err: Error) => this.end(new RecoverableError('WORKER_CONNECTION_ERROR', `${this.name} connection error: ${err.message}`, { cause: err })));
     // A cut link sends no close: without pongs for heartbeatTimeoutMs the worker counts as gone.
     socket.on('pong', () => (this.lastPong = Date.now()));
     this.heartbeatTimer = setInterval(() => {
       if (Date.now() - this.lastPong > heartbeatTimeoutMs) {
-        this.end(new WorkerFailure(`${this.name} missed its heartbeat for ${Math.round(heartbeatTimeoutMs / 1000)} s (--heartbeat-timeout)`));
+        this.end(new RecoverableError('WORKER_HEARTBEAT', `${this.name} missed its heartbeat for ${Math.round(heartbeatTimeoutMs / 1000)} s (--heartbeat-timeout)`));
         socket.terminate();
       } else if (socket.readyState === socket.OPEN) {
         socket.ping();
@@ -88,7 +74,7 @@ export class WorkerLink {
     if ('generation' in message && message.generation !== this.generation) return; // from an abandoned generation
     if (message.type === 'failed') {
       const text = `${this.name} failed: ${message.message}`;
-      return this.rejectWaiter(message.fatal ? new WorkerSetupError(text) : new WorkerFailure(text));
+      return this.rejectWaiter(message.fatal ? new FatalError('WORKER_FAILED_FATALLY', text) : new RecoverableError('WORKER_FAILED', text));
     }
     if (this.waiter) {
       const { resolve } = this.waiter;
@@ -133,7 +119,7 @@ export class WorkerLink {
     const queued = this.queue.shift();
     if (queued) return Promise.resolve(queued);
     // A wait still pending from an abandoned generation is over: its timer must not outlive it.
-    this.rejectWaiter(new WorkerFailure(`${this.name}: superseded wait`));
+    this.rejectWaiter(new RecoverableError('WORKER_WAIT_SUPERSEDED', `${this.name}: superseded wait`));
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
         resolve: (m) => { clearTimeout(timer); resolve(m); },
@@ -141,7 +127,7 @@ export class WorkerLink {
       };
       const timer = setTimeout(() => {
         if (this.waiter === waiter) this.waiter = null;
-        reject(new WorkerFailure(`${this.name} sent no '${what}' within ${Math.round(timeoutMs / 1000)} s (--step-timeout)`));
+        reject(new RecoverableError('WORKER_TIMEOUT', `${this.name} sent no '${what}' within ${Math.round(timeoutMs / 1000)} s (--step-timeout)`));
       }, timeoutMs);
       this.waiter = waiter;
     });
@@ -161,12 +147,12 @@ export class WorkerLink {
     this.generation = generation;
     this.rank = rank;
     this.queue.length = 0;
-    this.rejectWaiter(new WorkerFailure(`${this.name}: generation abandoned`));
+    this.rejectWaiter(new RecoverableError('GENERATION_ABANDONED', `${this.name}: generation abandoned`));
   }
 
   /** Drops a worker that stopped answering: it leaves the lists now, and may reconnect as a new worker. */
   drop(reason: string): void {
-    this.end(new WorkerFailure(`${this.name}: ${reason}`));
+    this.end(new RecoverableError('WORKER_CLOSED', `${this.name}: ${reason}`));
     this.close(CLOSE_CODES.badMessage, reason);
   }
 

@@ -5,8 +5,8 @@
 // small (180 MB), so they are kept in memory as torchvision's CIFAR10 does.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DataFileError } from './idx.ts';
 import { checkSampleIndex, type ImageSource, type RawImage } from './source.ts';
+import { InputError } from '../common/errors.ts';
 
 export type CifarFormat = 'cifar10' | 'cifar100';
 
@@ -65,7 +65,7 @@ function resolveCifarDir(path: string, format: CifarFormat): string {
   const dir = findCifarDir(path, format);
   if (dir !== null) return dir;
   const { folder, classesFile } = LAYOUTS[format];
-  throw new DataFileError(path, `not a ${format} binary data set: neither it nor ${join(path, folder)} holds ${classesFile} (expected the folder extracted from the official binary tarball)`);
+  throw new InputError('DATA_FILE_INVALID', `${path}: not a ${format} binary data set: neither it nor ${join(path, folder)} holds ${classesFile} (expected the folder extracted from the official binary tarball)`);
 }
 
 export function cifarSplitExists(path: string, split: 'train' | 'val', format: CifarFormat): boolean {
@@ -75,7 +75,7 @@ export function cifarSplitExists(path: string, split: 'train' | 'val', format: C
 
 function readClassNames(path: string, expected: number): string[] {
   const names = readFileSync(path, 'utf8').split(/\r?\n/).map((line) => line.trim()).filter((line) => line !== '');
-  if (names.length !== expected) throw new DataFileError(path, `holds ${names.length} class names, expected ${expected}`);
+  if (names.length !== expected) throw new InputError('DATA_FILE_INVALID', `${path}: holds ${names.length} class names, expected ${expected}`);
   return names;
 }
 
@@ -89,11 +89,11 @@ interface CifarFile {
 }
 
 function readCifarFile(path: string, format: CifarFormat, start: number): CifarFile {
-  if (!existsSync(path)) throw new DataFileError(path, 'file not found');
+  if (!existsSync(path)) throw new InputError('DATA_FILE_NOT_FOUND', `${path}: file not found`);
   const bytes = readFileSync(path);
   const recordBytes = cifarRecordBytes(format);
   if (bytes.length === 0 || bytes.length % recordBytes !== 0) {
-    throw new DataFileError(path, `is ${bytes.length} bytes, not a whole, non-zero number of ${format} records of ${recordBytes} bytes (truncated or not ${format}?)`);
+    throw new InputError('DATA_FILE_INVALID', `${path}: is ${bytes.length} bytes, not a whole, non-zero number of ${format} records of ${recordBytes} bytes (truncated or not ${format}?)`);
   }
   return { path, bytes, records: bytes.length / recordBytes, start };
 }
@@ -114,7 +114,7 @@ export function openCifarSource(path: string, split: 'train' | 'val', format: Ci
   for (const file of files) {
     for (let r = 0; r < file.records; r++) {
       const label = file.bytes[r * recordBytes + layout.labelByte]!;
-      if (label >= layout.numClasses) throw new DataFileError(file.path, `record ${r} has label ${label}, outside 0..${layout.numClasses - 1}`);
+      if (label >= layout.numClasses) throw new InputError('DATA_FILE_INVALID', `${file.path}: record ${r} has label ${label}, outside 0..${layout.numClasses - 1}`);
       labels[file.start + r] = label;
     }
   }

@@ -3,10 +3,11 @@
 // their class names: `fashion-mnist` names the ten classes, `idx` numbers them "0".."K-1".
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { DataFileError, readIdx } from './idx.ts';
+import { readIdx } from './idx.ts';
 import { FASHION_MNIST_CLASSES, IDX_FILES, readIdxSplit, resolveFile, type Split } from './fashion-mnist.ts';
 import type { ImageSource, RawImage } from './source.ts';
 import { checkSampleIndex } from './source.ts';
+import { InputError } from '../common/errors.ts';
 
 export type IdxFormat = 'fashion-mnist' | 'idx';
 
@@ -23,7 +24,7 @@ export function idxSplitExists(dir: string, split: 'train' | 'val'): boolean {
 
 /** "0".."K-1" with K = the largest training label + 1. */
 function numberedClasses(trainLabels: Uint8Array, trainLabelsPath: string): string[] {
-  if (trainLabels.length === 0) throw new DataFileError(trainLabelsPath, 'holds no labels, so the classes are unknown');
+  if (trainLabels.length === 0) throw new InputError('DATA_FILE_INVALID', `${trainLabelsPath}: holds no labels, so the classes are unknown`);
   const maxLabel = trainLabels.reduce((a, b) => Math.max(a, b), 0);
   return Array.from({ length: maxLabel + 1 }, (_, k) => String(k));
 }
@@ -40,7 +41,7 @@ export function openIdxSource(dir: string, split: 'train' | 'val', format: IdxFo
   }
   for (let i = 0; i < n; i++) {
     if (labels[i]! >= classes.length) {
-      throw new DataFileError(labelsPath, `label ${labels[i]} at index ${i} is outside 0..${classes.length - 1} (the classes of ${format})`);
+      throw new InputError('DATA_FILE_INVALID', `${labelsPath}: label ${labels[i]} at index ${i} is outside 0..${classes.length - 1} (the classes of ${format})`);
     }
   }
   const pixels = height * width;

@@ -8,10 +8,10 @@
 import { readdirSync, readFileSync, statSync, type Dirent } from 'node:fs';
 import { extname, join } from 'node:path';
 import sharp, { type KernelEnum, type OutputInfo, type Sharp } from 'sharp';
-import { DataFileError } from './idx.ts';
 import { checkSampleIndex } from './source.ts';
 import type { ImageRegion, ImageSource, RawImage } from './source.ts';
 import { type Box, type Interpolation, crop, resize } from './transforms/resize.ts';
+import { InputError } from '../common/errors.ts';
 
 /** File extensions read as images, compared lower-cased (ImageNet's files end in .JPEG). */
 export const IMAGE_EXTENSIONS: ReadonlySet<string> = new Set(['.jpg', '.jpeg', '.png', '.webp']);
@@ -24,10 +24,10 @@ const RGB_CHANNELS = 3;
 const DECODE_FAIL_ON = 'error';
 
 /** An image file that cannot be decoded; the caller decides whether to skip it (--skip-corrupt). */
-export class CorruptImageError extends Error {
-  constructor(readonly path: string, problem: string) {
-    super(`${path}: corrupt or unreadable image (${problem})`);
-    this.name = 'CorruptImageError';
+export class CorruptImageError extends InputError {
+  override name = 'CorruptImageError';
+  constructor(readonly path: string, problem: string, options?: ErrorOptions) {
+    super('CORRUPT_IMAGE', `${path}: corrupt or unreadable image (${problem})`, options);
   }
 }
 
@@ -50,7 +50,7 @@ async function decodeRgb(input: string | Uint8Array, shape: (image: Sharp) => Sh
     // toBuffer rather than toUint8Array: sharp hands over its output without another copy.
     decoded = await shape(sharp(input, { failOn: DECODE_FAIL_ON })).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
   } catch (err) {
-    throw new CorruptImageError(path, (err as Error).message);
+    throw new CorruptImageError(path, (err as Error).message, { cause: err });
   }
   const { data, info } = decoded;
   if (info.channels !== RGB_CHANNELS || data.length !== info.width * info.height * RGB_CHANNELS) {
@@ -174,7 +174,7 @@ function readImageFile(path: string): Uint8Array {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new CorruptImageError(path, (err as NodeJS.ErrnoException).code ?? (err as Error).message);
+    throw new CorruptImageError(path, (err as NodeJS.ErrnoException).code ?? (err as Error).message, { cause: err });
   }
 }
 
@@ -206,7 +206,7 @@ function readEntries(dir: string): Dirent[] {
   try {
     return readdirSync(dir, { withFileTypes: true });
   } catch (err) {
-    throw new DataFileError(dir, `cannot list the folder (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new InputError('DATA_FILE_INVALID', `${dir}: cannot list the folder (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err });
   }
 }
 
@@ -254,27 +254,27 @@ export function imageFolderSplitExists(root: string, split: 'train' | 'val'): bo
 /** The classes: the sorted folder names of ROOT/train (the val split numbers its classes the same way). */
 export function imageFolderClasses(root: string): string[] {
   const trainDir = splitFolder(root, 'train');
-  if (!imageFolderSplitExists(root, 'train')) throw new DataFileError(trainDir, 'no train/ folder: an image folder data set holds train/<class>/*.jpg (and val/<class>/*.jpg)');
+  if (!imageFolderSplitExists(root, 'train')) throw new InputError('DATA_FILE_INVALID', `${trainDir}: no train/ folder: an image folder data set holds train/<class>/*.jpg (and val/<class>/*.jpg)`);
   const classes = listClassFolders(trainDir);
-  if (classes.length === 0) throw new DataFileError(trainDir, 'holds no class folders');
+  if (classes.length === 0) throw new InputError('DATA_FILE_INVALID', `${trainDir}: holds no class folders`);
   return classes;
 }
 
 export function openImageFolder(root: string, split: 'train' | 'val'): ImageSource {
   const classes = imageFolderClasses(root);
   const dir = splitFolder(root, split);
-  if (!imageFolderSplitExists(root, split)) throw new DataFileError(dir, `no ${split}/ folder`);
+  if (!imageFolderSplitExists(root, split)) throw new InputError('DATA_FILE_INVALID', `${dir}: no ${split}/ folder`);
   const labelOf = new Map(classes.map((name, label) => [name, label]));
   const folders = split === 'train' ? classes : listClassFolders(dir);
-  if (folders.length === 0) throw new DataFileError(dir, 'holds no class folders');
+  if (folders.length === 0) throw new InputError('DATA_FILE_INVALID', `${dir}: holds no class folders`);
   const classDirs = classes.map((name) => join(dir, name));
   const names: string[] = [];
   const labelList: number[] = [];
   for (const name of folders) {
     const label = labelOf.get(name);
-    if (label === undefined) throw new DataFileError(join(dir, name), `class "${name}" is in ${split}/ but not in train/ (the model has no output for it)`);
+    if (label === undefined) throw new InputError('DATA_FILE_INVALID', `${join(dir, name)}: class "${name}" is in ${split}/ but not in train/ (the model has no output for it)`);
     const files = listClassImages(classDirs[label]!);
-    if (files.length === 0) throw new DataFileError(classDirs[label]!, `empty class folder: no ${[...IMAGE_EXTENSIONS].join('/')} files`);
+    if (files.length === 0) throw new InputError('DATA_FILE_INVALID', `${classDirs[label]!}: empty class folder: no ${[...IMAGE_EXTENSIONS].join('/')} files`);
     for (const file of files) {
       names.push(file);
       labelList.push(label);

@@ -2,12 +2,12 @@
 // a split name give an ImageSource. 'train' is the training files minus the held-out part,
 // 'holdout' that part, 'val' the evaluation files.
 import { cifarSplitExists, openCifarSource } from './cifar.ts';
-import { DataFileError } from './idx.ts';
 import { idxSplitExists, openIdxSource } from './idx-source.ts';
 import { complementIndices, holdoutIndices, subsetSource } from './holdout.ts';
 import { imageFolderSplitExists, openImageFolder } from './image-folder.ts';
 import { openPacked, packedSplitExists } from './packed.ts';
 import { DATA_FORMATS, type DataFormat, type DataSplit, type ImageSource } from './source.ts';
+import { InputError } from '../common/errors.ts';
 
 export { DATA_FORMATS, type DataFormat } from './source.ts';
 
@@ -35,7 +35,7 @@ function openStoredSplit(format: DataFormat, path: string, split: 'train' | 'val
     case 'packed':
       return openPacked(path, split);
     default:
-      throw new DataFileError(path, `unknown data format "${format as string}" (one of ${DATA_FORMATS.join(', ')})`);
+      throw new InputError('DATA_FILE_INVALID', `${path}: unknown data format "${format as string}" (one of ${DATA_FORMATS.join(', ')})`);
   }
 }
 
@@ -53,20 +53,20 @@ export function storedSplitExists(format: DataFormat, path: string, split: 'trai
     case 'packed':
       return packedSplitExists(path, split);
     default:
-      throw new DataFileError(path, `unknown data format "${format as string}" (one of ${DATA_FORMATS.join(', ')})`);
+      throw new InputError('DATA_FILE_INVALID', `${path}: unknown data format "${format as string}" (one of ${DATA_FORMATS.join(', ')})`);
   }
 }
 
 export async function openImageSource(spec: DataSpec, split: DataSplit): Promise<ImageSource> {
   const { format, path, holdout, holdoutSeed } = spec;
   if (split === 'val') return openStoredSplit(format, path, 'val');
-  if (split === 'holdout' && holdout === 0) throw new DataFileError(path, 'the holdout split is empty: the data spec holds out no training images (holdout 0)');
+  if (split === 'holdout' && holdout === 0) throw new InputError('DATA_FILE_INVALID', `${path}: the holdout split is empty: the data spec holds out no training images (holdout 0)`);
   const train = openStoredSplit(format, path, 'train');
   let held: Uint32Array;
   try {
     held = holdoutIndices(train.size, holdout, holdoutSeed);
   } catch (err) {
-    throw new DataFileError(path, (err as Error).message);
+    throw new InputError('DATA_FILE_INVALID', `${path}: ${(err as Error).message}`, { cause: err });
   }
   if (split === 'holdout') return subsetSource(train, held);
   return held.length === 0 ? train : subsetSource(train, complementIndices(train.size, held));

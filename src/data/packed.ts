@@ -21,9 +21,9 @@ import {
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { DataFileError } from './idx.ts';
 import { CorruptImageError, resizeRegion } from './image-folder.ts';
 import { checkSampleIndex, type ImageRegion, type ImageSource, type RawImage } from './source.ts';
+import { InputError } from '../common/errors.ts';
 
 export const PACK_FORMAT_VERSION = 1;
 const PACK_MAGIC = Buffer.from('VITDPACK', 'latin1');
@@ -128,7 +128,7 @@ function writeFully(fd: number, data: Uint8Array, path: string): void {
   let written = 0;
   while (written < data.length) {
     const n = writeSync(fd, data, written, data.length - written);
-    if (n <= 0) throw new DataFileError(path, `write stopped after ${written} of ${data.length} bytes`);
+    if (n <= 0) throw new InputError('DATA_FILE_INVALID', `${path}: write stopped after ${written} of ${data.length} bytes`);
     written += n;
   }
 }
@@ -213,7 +213,7 @@ export async function packSplit(source: ImageSource, outDir: string, split: Stor
   const prepare = async (index: number): Promise<Prepared> => {
     try {
       const image = await source.read(index);
-      if (image.channels !== source.channels) throw new DataFileError(source.describe(index), `has ${image.channels} channels, the data set ${source.channels}`);
+      if (image.channels !== source.channels) throw new InputError('DATA_FILE_INVALID', `${source.describe(index)}: has ${image.channels} channels, the data set ${source.channels}`);
       return { image: await resizeForPack(image, size) };
     } catch (err) {
       if (err instanceof CorruptImageError) return { corrupt: err };
@@ -287,8 +287,8 @@ export interface PackedSource extends ImageSource {
 }
 
 function parseHeader(bytes: Buffer, indexPath: string): { header: PackedHeader; tablesAt: number } {
-  const fail = (problem: string): never => {
-    throw new DataFileError(indexPath, problem);
+  const fail = (problem: string, options?: ErrorOptions): never => {
+    throw new InputError('DATA_FILE_INVALID', `${indexPath}: ${problem}`, options);
   };
   if (bytes.length < PREAMBLE_BYTES || !bytes.subarray(0, PACK_MAGIC.length).equals(PACK_MAGIC)) fail('not a packed index (bad magic bytes)');
   const version = bytes.readUInt32LE(PACK_MAGIC.length);
@@ -299,7 +299,7 @@ function parseHeader(bytes: Buffer, indexPath: string): { header: PackedHeader; 
   try {
     header = JSON.parse(bytes.subarray(PREAMBLE_BYTES, PREAMBLE_BYTES + jsonBytes).toString('utf8')) as PackedHeader;
   } catch (err) {
-    return fail(`unreadable header (${(err as Error).message})`);
+    return fail(`unreadable header (${(err as Error).message})`, { cause: err });
   }
   const { count, channels, classes, shards } = header;
   if (!Number.isInteger(count) || count < 0) fail(`bad record count ${count}`);
@@ -331,22 +331,22 @@ function decodeTables(bytes: Buffer, tablesAt: number, count: number): IndexTabl
  */
 export function openPacked(dir: string, split: StoredSplit): PackedSource {
   const indexPath = join(dir, indexFileName(split));
-  if (!existsSync(indexPath)) throw new DataFileError(indexPath, `no packed ${split} split here (write one with \`vit-dist pack\`)`);
+  if (!existsSync(indexPath)) throw new InputError('DATA_FILE_INVALID', `${indexPath}: no packed ${split} split here (write one with \`vit-dist pack\`)`);
   const bytes = readFileSync(indexPath);
   const { header, tablesAt } = parseHeader(bytes, indexPath);
   const { count, channels, classes } = header;
   for (const shard of header.shards) {
     const path = join(dir, shard.file);
     const actual = statSync(path, { throwIfNoEntry: false })?.size;
-    if (actual === undefined) throw new DataFileError(path, `shard file not found (listed in ${indexPath})`);
-    if (actual !== shard.bytes) throw new DataFileError(path, `${actual < shard.bytes ? 'truncated shard' : 'shard of the wrong size'}: ${actual} bytes, the index ${indexPath} expects ${shard.bytes}`);
+    if (actual === undefined) throw new InputError('DATA_FILE_NOT_FOUND', `${path}: shard file not found (listed in ${indexPath})`);
+    if (actual !== shard.bytes) throw new InputError('DATA_FILE_INVALID', `${path}: ${actual < shard.bytes ? 'truncated shard' : 'shard of the wrong size'}: ${actual} bytes, the index ${indexPath} expects ${shard.bytes}`);
   }
   const { offset, shard, height, width, label, channels: recordChannels } = decodeTables(bytes, tablesAt, count);
   for (let i = 0; i < count; i++) {
     const s = header.shards[shard[i]!];
     const end = offset[i]! + height[i]! * width[i]! * channels;
     if (s === undefined || recordChannels[i] !== channels || label[i]! >= classes.length || !(offset[i]! >= 0) || end > s.bytes || height[i] === 0 || width[i] === 0) {
-      throw new DataFileError(indexPath, `record ${i} is inconsistent (shard ${shard[i]}, offset ${offset[i]}, ${height[i]}x${width[i]}x${recordChannels[i]}, label ${label[i]})`);
+      throw new InputError('DATA_FILE_INVALID', `${indexPath}: record ${i} is inconsistent (shard ${shard[i]}, offset ${offset[i]}, ${height[i]}x${width[i]}x${recordChannels[i]}, label ${label[i]})`);
     }
   }
   const uniform = count > 0 && height.every((h) => h === height[0]) && width.every((w) => w === width[0]);
@@ -362,7 +362,7 @@ export function openPacked(dir: string, split: StoredSplit): PackedSource {
     let got = 0;
     while (got < data.length) {
       const n = readSync(fds[s]!, data, got, data.length - got, offset[index]! + got);
-      if (n === 0) throw new DataFileError(path, `ends inside record ${index} (at byte ${offset[index]! + got}): the shard changed after it was opened`);
+      if (n === 0) throw new InputError('DATA_FILE_INVALID', `${path}: ends inside record ${index} (at byte ${offset[index]! + got}): the shard changed after it was opened`);
       got += n;
     }
     return { data, height: height[index]!, width: width[index]!, channels };

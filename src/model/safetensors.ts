@@ -8,6 +8,7 @@
 // against the file before a byte of data is used, and each problem names the file and the tensor.
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { InputError } from '../common/errors.ts';
 
 const HEADER_LENGTH_BYTES = 8;
 const METADATA_KEY = '__metadata__';
@@ -25,13 +26,6 @@ export interface Tensor {
 export interface SafetensorsContents {
   tensors: Map<string, Tensor>;
   metadata: Record<string, string>;
-}
-
-export class SafetensorsError extends Error {
-  constructor(readonly path: string, problem: string) {
-    super(`safetensors file ${path}: ${problem}`);
-    this.name = 'SafetensorsError';
-  }
 }
 
 function elementCount(shape: number[]): number {
@@ -93,7 +87,7 @@ export function readSafetensors(path: string): SafetensorsContents {
   try {
     bytes = readFileSync(path);
   } catch (err) {
-    throw new SafetensorsError(path, `cannot read (${(err as Error).message})`);
+    throw new InputError('SAFETENSORS_INVALID', `safetensors file ${path}: cannot read (${(err as Error).message})`, { cause: err });
   }
   return parseSafetensors(bytes, path);
 }
@@ -108,8 +102,8 @@ interface Entry {
 
 /** Parses and validates a whole file; `path` only names it in errors. */
 export function parseSafetensors(bytes: Uint8Array, path: string): SafetensorsContents {
-  const fail = (problem: string): never => {
-    throw new SafetensorsError(path, problem);
+  const fail = (problem: string, options?: ErrorOptions): never => {
+    throw new InputError('SAFETENSORS_INVALID', `safetensors file ${path}: ${problem}`, options);
   };
   if (bytes.length < HEADER_LENGTH_BYTES) fail(`too short (${bytes.length} bytes) for the 8-byte header length`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -120,7 +114,7 @@ export function parseSafetensors(bytes: Uint8Array, path: string): SafetensorsCo
   try {
     header = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset + HEADER_LENGTH_BYTES, Number(headerLength)).toString('utf8'));
   } catch (err) {
-    fail(`the header is not valid JSON (${(err as Error).message})`);
+    fail(`the header is not valid JSON (${(err as Error).message})`, { cause: err });
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) fail('the header is not a JSON object');
 

@@ -67,6 +67,6 @@ function fromSafetensors(path: string, role: string): SavedWeights {
     const { params } = importTimmState(modelParamSpecs(config), tensors, { allowHeadMismatch: false });
     return { file: path, model, modelArgs, config, params, ema: null, recipe: null };
   } catch (err) {
-    throw new Error(`${role} ${path}: ${(err as Error).message}`);
+    throw new Error(`${role} ${path}: ${(err as Error).message}`, { cause: err });
   }
 }

@@ -159,7 +159,7 @@ export function modelArgsFromMetadata(metadata: Record<string, string>, where: s
   try {
     args = JSON.parse(raw);
   } catch (err) {
-    throw new Error(`${where}: metadata ${META_MODEL_ARGS} is not JSON (${(err as Error).message})`);
+    throw new Error(`${where}: metadata ${META_MODEL_ARGS} is not JSON (${(err as Error).message})`, { cause: err });
   }
   // Architecture arguments are numbers and flags; createModelConfig checks their names, the model's constructor their values.
   if (typeof args !== 'object' || args === null || Object.values(args).some((v) => typeof v !== 'number' && typeof v !== 'boolean')) {

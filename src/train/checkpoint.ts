@@ -9,6 +9,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { InputError } from '../common/errors.ts';
 
 const MAGIC = Buffer.from('VITDCKPT', 'ascii');
 /** Version 2: named optimizer state tensors and an optional EMA (version 1 held only Adam's m and v). */
@@ -48,13 +49,6 @@ interface Header extends CheckpointMeta {
   tensors: { name: string; offset: number; length: number }[];
   payloadBytes: number;
   payloadSha256: string;
-}
-
-export class CheckpointError extends Error {
-  constructor(readonly path: string, problem: string) {
-    super(`checkpoint ${path}: ${problem}`);
-    this.name = 'CheckpointError';
-  }
 }
 
 export function checkpointFileName(step: number): string {
@@ -111,41 +105,41 @@ export interface LoadedCheckpoint {
 
 /** Reads and verifies a checkpoint file; refuses foreign, truncated and altered files. */
 export function readCheckpoint(path: string): LoadedCheckpoint {
-  if (!existsSync(path)) throw new CheckpointError(path, 'file not found');
+  if (!existsSync(path)) throw new InputError('CHECKPOINT_NOT_FOUND', `checkpoint ${path}: file not found`);
   const bytes = readFileSync(path);
   if (bytes.length < PREAMBLE_BYTES || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) {
-    throw new CheckpointError(path, 'not a vit-dist checkpoint (bad magic bytes)');
+    throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: not a vit-dist checkpoint (bad magic bytes)`);
   }
   const version = bytes.readUInt32LE(MAGIC.length);
-  if (version !== CHECKPOINT_FORMAT_VERSION) throw new CheckpointError(path, `format version ${version}, this build reads ${CHECKPOINT_FORMAT_VERSION}`);
+  if (version !== CHECKPOINT_FORMAT_VERSION) throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: format version ${version}, this build reads ${CHECKPOINT_FORMAT_VERSION}`);
   const headerLength = bytes.readUInt32LE(MAGIC.length + 4);
-  if (PREAMBLE_BYTES + headerLength > bytes.length) throw new CheckpointError(path, 'truncated (header runs past the end of the file)');
+  if (PREAMBLE_BYTES + headerLength > bytes.length) throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: truncated (header runs past the end of the file)`);
   let header: Header;
   try {
     header = JSON.parse(bytes.subarray(PREAMBLE_BYTES, PREAMBLE_BYTES + headerLength).toString('utf8')) as Header;
   } catch (err) {
-    throw new CheckpointError(path, `unreadable header (${(err as Error).message})`);
+    throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: unreadable header (${(err as Error).message})`, { cause: err });
   }
   const payload = bytes.subarray(PREAMBLE_BYTES + headerLength);
   if (payload.length !== header.payloadBytes) {
-    throw new CheckpointError(path, `truncated or padded: payload is ${payload.length} bytes, header says ${header.payloadBytes}`);
+    throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: truncated or padded: payload is ${payload.length} bytes, header says ${header.payloadBytes}`);
   }
   if (createHash('sha256').update(payload).digest('hex') !== header.payloadSha256) {
-    throw new CheckpointError(path, 'payload checksum mismatch (the file is corrupt)');
+    throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: payload checksum mismatch (the file is corrupt)`);
   }
   // Copy into fresh, aligned buffers: the payload's byte offset in the file need not be a multiple of 4.
   const aligned = new Uint8Array(payload).buffer;
   const state: CheckpointState = { params: new Float32Array(0), optimizerState: {}, ema: null };
   let hasParams = false;
   for (const entry of header.tensors) {
-    if (entry.length !== header.numParams) throw new CheckpointError(path, `tensor "${entry.name}" has ${entry.length} elements, the model ${header.numParams}`);
+    if (entry.length !== header.numParams) throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: tensor "${entry.name}" has ${entry.length} elements, the model ${header.numParams}`);
     const tensor = new Float32Array(aligned, entry.offset, entry.length);
     if (entry.name === 'params') [state.params, hasParams] = [tensor, true];
     else if (entry.name === EMA_TENSOR) state.ema = tensor;
     else if (entry.name.startsWith(OPTIMIZER_PREFIX)) state.optimizerState[entry.name.slice(OPTIMIZER_PREFIX.length)] = tensor;
-    else throw new CheckpointError(path, `unknown tensor "${entry.name}"`);
+    else throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: unknown tensor "${entry.name}"`);
   }
-  if (!hasParams) throw new CheckpointError(path, 'missing tensor "params"');
+  if (!hasParams) throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: missing tensor "params"`);
   const { format: _format, tensors: _tensors, payloadBytes: _payloadBytes, payloadSha256: _sha, ...meta } = header;
   return { path, meta, state };
 }

@@ -22,6 +22,7 @@
 // Weight decay applies only where the decay mask is 1 (src/train/weight-decay.ts).
 import type { Recipe } from './recipe.ts';
 import { peakLearningRate } from './schedule.ts';
+import { InputError } from '../common/errors.ts';
 
 export type OptimizerName = 'adam' | 'adamw' | 'sgd';
 export type DecayConvention = 'lr-scaled' | 'absolute';
@@ -64,13 +65,6 @@ export interface ShardOptimizer {
   restore(state: OptimizerState, steps: number): void;
 }
 
-export class OptimizerStateError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'OptimizerStateError';
-  }
-}
-
 export function createShardOptimizer(config: OptimizerConfig, shardLength: number): ShardOptimizer {
   return config.name === 'sgd' ? new SgdMomentum(config, shardLength) : new Adam(config, shardLength);
 }
@@ -96,11 +90,11 @@ abstract class ShardOptimizerBase implements ShardOptimizer {
     const given = Object.keys(state).sort();
     const expected = [...this.stateNames].sort();
     if (given.join() !== expected.join()) {
-      throw new OptimizerStateError(`optimizer state holds tensors [${given.join(', ')}], this optimizer keeps [${expected.join(', ')}] (was the checkpoint written with another optimizer?)`);
+      throw new InputError('OPTIMIZER_STATE_MISMATCH', `optimizer state holds tensors [${given.join(', ')}], this optimizer keeps [${expected.join(', ')}] (was the checkpoint written with another optimizer?)`);
     }
     for (const name of this.stateNames) {
       const tensor = state[name]!;
-      if (tensor.length !== this.shardLength) throw new OptimizerStateError(`optimizer state "${name}" has ${tensor.length} elements, the shard has ${this.shardLength}`);
+      if (tensor.length !== this.shardLength) throw new InputError('OPTIMIZER_STATE_MISMATCH', `optimizer state "${name}" has ${tensor.length} elements, the shard has ${this.shardLength}`);
       this.tensors[name]!.set(tensor);
     }
     this.steps = steps;

@@ -4,6 +4,7 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { InputError } from '../common/errors.ts';
 import { DATA_FORMATS, type DataFormat } from '../data/source.ts';
 import type { DecayConvention, OptimizerName } from './optimizer.ts';
 import type { LrScalingRule } from './schedule.ts';
@@ -80,13 +81,6 @@ export interface RecipeData {
 export type MixupSettings =
   | { kind: 'timm'; mixupAlpha: number; cutmixAlpha: number; prob: number; switchProb: number }
   | { kind: 'big_vision'; p: number };
-
-export class RecipeError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'RecipeError';
-  }
-}
 
 /** The architecture fields a recipe may change (src/model/vit.ts VitConfig). */
 export const MODEL_ARG_KEYS = ['imageSize', 'patchSize', 'inChannels', 'numClasses', 'embedDim', 'depth', 'numHeads', 'mlpRatio'] as const;
@@ -197,17 +191,17 @@ function describe(value: unknown): string {
 
 function validateObject(value: unknown, schema: Schema, path: string, where: string): void {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new RecipeError(`${where}: ${path || 'recipe'} must be an object, got ${describe(value)}`);
+    throw new InputError('RECIPE_BAD_VALUE', `${where}: ${path || 'recipe'} must be an object, got ${describe(value)}`);
   }
   const record = value as Record<string, unknown>;
   for (const key of Object.keys(record)) {
-    if (!(key in schema)) throw new RecipeError(`${where}: unknown key "${path}${key}" (known: ${Object.keys(schema).join(', ')})`);
+    if (!(key in schema)) throw new InputError('RECIPE_UNKNOWN_KEY', `${where}: unknown key "${path}${key}" (known: ${Object.keys(schema).join(', ')})`);
   }
   for (const [key, type] of Object.entries(schema)) {
     const name = `${path}${key}`;
     if (!(key in record)) {
       if (type.optional) continue;
-      throw new RecipeError(`${where}: missing key "${name}"`);
+      throw new InputError('RECIPE_MISSING_KEY', `${where}: missing key "${name}"`);
     }
     validateField(record[key], type, name, where);
   }
@@ -218,26 +212,26 @@ function validateField(value: unknown, type: FieldType, name: string, where: str
   const orNull = type.nullable ? ' or null' : '';
   switch (type.kind) {
     case 'string':
-      if (typeof value !== 'string') throw new RecipeError(`${where}: "${name}" must be a string${orNull}, got ${describe(value)}`);
-      if (type.oneOf && !type.oneOf.includes(value)) throw new RecipeError(`${where}: "${name}" must be one of ${type.oneOf.join(', ')}, got "${value}"`);
+      if (typeof value !== 'string') throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be a string${orNull}, got ${describe(value)}`);
+      if (type.oneOf && !type.oneOf.includes(value)) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be one of ${type.oneOf.join(', ')}, got "${value}"`);
       return;
     case 'boolean':
-      if (typeof value !== 'boolean') throw new RecipeError(`${where}: "${name}" must be true or false${orNull}, got ${describe(value)}`);
+      if (typeof value !== 'boolean') throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be true or false${orNull}, got ${describe(value)}`);
       return;
     case 'number':
-      if (typeof value !== 'number' || !Number.isFinite(value)) throw new RecipeError(`${where}: "${name}" must be a finite number${orNull}, got ${describe(value)}`);
-      if (type.integer && !Number.isInteger(value)) throw new RecipeError(`${where}: "${name}" must be an integer, got ${value}`);
-      if (type.min !== undefined && value < type.min) throw new RecipeError(`${where}: "${name}" must be at least ${type.min}, got ${value}`);
-      if (type.max !== undefined && value > type.max) throw new RecipeError(`${where}: "${name}" must be at most ${type.max}, got ${value}`);
+      if (typeof value !== 'number' || !Number.isFinite(value)) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be a finite number${orNull}, got ${describe(value)}`);
+      if (type.integer && !Number.isInteger(value)) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be an integer, got ${value}`);
+      if (type.min !== undefined && value < type.min) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be at least ${type.min}, got ${value}`);
+      if (type.max !== undefined && value > type.max) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be at most ${type.max}, got ${value}`);
       return;
     case 'object':
-      if (type.nullable && (typeof value !== 'object' || Array.isArray(value))) throw new RecipeError(`${where}: "${name}" must be an object or null, got ${describe(value)}`);
+      if (type.nullable && (typeof value !== 'object' || Array.isArray(value))) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be an object or null, got ${describe(value)}`);
       validateObject(value, type.fields, `${name}.`, where);
       return;
     case 'stringMap':
-      if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new RecipeError(`${where}: "${name}" must be an object, got ${describe(value)}`);
+      if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be an object, got ${describe(value)}`);
       for (const [k, v] of Object.entries(value)) {
-        if (typeof v !== 'string') throw new RecipeError(`${where}: "${name}.${k}" must be a string, got ${describe(v)}`);
+        if (typeof v !== 'string') throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}.${k}" must be a string, got ${describe(v)}`);
       }
       return;
   }
@@ -246,18 +240,18 @@ function validateField(value: unknown, type: FieldType, name: string, where: str
 export function validateRecipe(value: unknown, where: string): Recipe {
   validateObject(value, RECIPE_SCHEMA, '', where);
   const recipe = value as Recipe;
-  if (recipe.microBatch > recipe.globalBatch) throw new RecipeError(`${where}: "microBatch" (${recipe.microBatch}) is larger than "globalBatch" (${recipe.globalBatch})`);
-  if (recipe.steps === null && recipe.epochs <= 0) throw new RecipeError(`${where}: set "epochs" above 0 or "steps"`);
+  if (recipe.microBatch > recipe.globalBatch) throw new InputError('RECIPE_INCONSISTENT', `${where}: "microBatch" (${recipe.microBatch}) is larger than "globalBatch" (${recipe.globalBatch})`);
+  if (recipe.steps === null && recipe.epochs <= 0) throw new InputError('RECIPE_INCONSISTENT', `${where}: set "epochs" above 0 or "steps"`);
   validateOptimizerFields(recipe.optimizer, where);
   if (recipe.data.mixup) validateMixupFields(recipe.data.mixup, where);
-  if (recipe.data.repeats > recipe.globalBatch) throw new RecipeError(`${where}: "data.repeats" (${recipe.data.repeats}) is larger than "globalBatch" (${recipe.globalBatch}): each image's repeats share one global batch`);
+  if (recipe.data.repeats > recipe.globalBatch) throw new InputError('RECIPE_INCONSISTENT', `${where}: "data.repeats" (${recipe.data.repeats}) is larger than "globalBatch" (${recipe.globalBatch}): each image's repeats share one global batch`);
   const { warmupSteps, warmupEpochs } = recipe.schedule;
   if ((warmupSteps === null) === (warmupEpochs === null)) {
-    throw new RecipeError(`${where}: set exactly one of "schedule.warmupSteps" and "schedule.warmupEpochs" (the other null), got ${warmupSteps} and ${warmupEpochs}`);
+    throw new InputError('RECIPE_INCONSISTENT', `${where}: set exactly one of "schedule.warmupSteps" and "schedule.warmupEpochs" (the other null), got ${warmupSteps} and ${warmupEpochs}`);
   }
   const { mode, teacher } = recipe.distillation;
   if ((mode === 'none') !== (teacher === null)) {
-    throw new RecipeError(`${where}: "distillation.teacher" must be null when "distillation.mode" is none and a teacher otherwise, got mode ${mode} and teacher ${JSON.stringify(teacher)}`);
+    throw new InputError('RECIPE_INCONSISTENT', `${where}: "distillation.teacher" must be null when "distillation.mode" is none and a teacher otherwise, got mode ${mode} and teacher ${JSON.stringify(teacher)}`);
   }
   return recipe;
 }
@@ -267,8 +261,8 @@ function validateOptimizerFields(optimizer: Recipe['optimizer'], where: string):
   const wanted = new Set(OPTIMIZER_FIELDS[optimizer.name]);
   for (const field of OPTIONAL_OPTIMIZER_FIELDS) {
     const present = field in optimizer;
-    if (wanted.has(field) && !present) throw new RecipeError(`${where}: missing key "optimizer.${field}" (${optimizer.name} needs ${[...wanted].join(', ')})`);
-    if (!wanted.has(field) && present) throw new RecipeError(`${where}: "optimizer.${field}" does not apply to ${optimizer.name} (it takes ${[...wanted].join(', ')})`);
+    if (wanted.has(field) && !present) throw new InputError('RECIPE_MISSING_KEY', `${where}: missing key "optimizer.${field}" (${optimizer.name} needs ${[...wanted].join(', ')})`);
+    if (!wanted.has(field) && present) throw new InputError('RECIPE_KEY_NOT_APPLICABLE', `${where}: "optimizer.${field}" does not apply to ${optimizer.name} (it takes ${[...wanted].join(', ')})`);
   }
 }
 
@@ -282,8 +276,8 @@ function validateMixupFields(mixup: MixupSettings, where: string): void {
   const wanted = MIXUP_FIELDS[mixup.kind];
   for (const field of Object.values(MIXUP_FIELDS).flat()) {
     const present = field in mixup;
-    if (wanted.includes(field) && !present) throw new RecipeError(`${where}: missing key "data.mixup.${field}" (${mixup.kind} mixing needs ${wanted.join(', ')})`);
-    if (!wanted.includes(field) && present) throw new RecipeError(`${where}: "data.mixup.${field}" does not apply to ${mixup.kind} mixing (it takes ${wanted.join(', ')})`);
+    if (wanted.includes(field) && !present) throw new InputError('RECIPE_MISSING_KEY', `${where}: missing key "data.mixup.${field}" (${mixup.kind} mixing needs ${wanted.join(', ')})`);
+    if (!wanted.includes(field) && present) throw new InputError('RECIPE_KEY_NOT_APPLICABLE', `${where}: "data.mixup.${field}" does not apply to ${mixup.kind} mixing (it takes ${wanted.join(', ')})`);
   }
 }
 
@@ -291,13 +285,13 @@ function validateMixupFields(mixup: MixupSettings, where: string): void {
 export function loadRecipe(nameOrPath: string): Recipe {
   const path = nameOrPath.endsWith('.json') ? nameOrPath : join(RECIPES_DIR, `${nameOrPath}.json`);
   if (!existsSync(path)) {
-    throw new RecipeError(`no recipe "${nameOrPath}" (looked for ${path}); known recipes: ${listRecipes().join(', ')}`);
+    throw new InputError('RECIPE_NOT_FOUND', `no recipe "${nameOrPath}" (looked for ${path}); known recipes: ${listRecipes().join(', ')}`);
   }
   let parsed: unknown;
   try {
     parsed = JSON.parse(readFileSync(path, 'utf8'));
   } catch (err) {
-    throw new RecipeError(`${path}: not valid JSON (${(err as Error).message})`);
+    throw new InputError('RECIPE_NOT_JSON', `${path}: not valid JSON (${(err as Error).message})`, { cause: err });
   }
   return validateRecipe(parsed, path);
 }
@@ -317,7 +311,7 @@ export function applyOverrides(recipe: Recipe, overrides: Record<string, string 
     let target = copy;
     for (const part of parts.slice(0, -1)) {
       const next = target[part];
-      if (typeof next !== 'object' || next === null) throw new RecipeError(`override "${key}": "${part}" is not a section of the recipe`);
+      if (typeof next !== 'object' || next === null) throw new InputError('RECIPE_BAD_OVERRIDE', `override "${key}": "${part}" is not a section of the recipe`);
       target = next as Record<string, unknown>;
     }
     // An unknown last key is caught by the validation below, which names it.

@@ -18,6 +18,7 @@ import { selectBackend, type BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { loadTeacher } from '../model/teacher.ts';
 import { createModel, type ImageClassifier } from '../model/model.ts';
+import { FatalError, RecoverableError, errorKind } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import { optimizerConfigOf } from '../train/optimizer.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
@@ -55,31 +56,16 @@ export interface WorkerOptions {
   logger: Logger;
 }
 
-export class WorkerError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'WorkerError';
-  }
-}
-
-/** A problem with the recipe, the data or the checkpoint on this worker: no restart can fix it. */
-export class SetupError extends WorkerError {
-  constructor(message: string) {
-    super(message);
-    this.name = 'SetupError';
-  }
-}
-
 /** The model must take the pipelines' output and predict the data's classes. */
 function checkDataFitsModel(recipe: Recipe, model: ImageClassifier, train: BatchLoader, test: BatchLoader): void {
   const { imageSize, inChannels, numClasses } = model.config;
   for (const [name, loader, pipeline] of [['training', train, recipe.data.trainPipeline], ['evaluation', test, recipe.data.evalPipeline]] as const) {
     const { height, width, channels } = loader.shape;
     if (height !== imageSize || width !== imageSize || channels !== inChannels) {
-      throw new SetupError(`model ${recipe.model} takes ${imageSize}x${imageSize}x${inChannels} images, the ${name} pipeline "${pipeline}" makes ${height}x${width}x${channels} from ${recipe.data.path}`);
+      throw new FatalError('MODEL_DATA_MISMATCH', `model ${recipe.model} takes ${imageSize}x${imageSize}x${inChannels} images, the ${name} pipeline "${pipeline}" makes ${height}x${width}x${channels} from ${recipe.data.path}`);
     }
   }
-  if (train.classes.length !== numClasses) throw new SetupError(`model ${recipe.model} has ${numClasses} classes, the data at ${recipe.data.path} has ${train.classes.length}`);
+  if (train.classes.length !== numClasses) throw new FatalError('MODEL_DATA_MISMATCH', `model ${recipe.model} has ${numClasses} classes, the data at ${recipe.data.path} has ${train.classes.length}`);
 }
 
 /** Why a session with the coordinator ended. */
@@ -115,7 +101,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
         deadline = Date.now() + options.reconnectTimeoutMs;
         attempt = 0;
       }
-      if (Date.now() >= deadline) throw new WorkerError(`${end.reason}; gave up reconnecting after ${Math.round(options.reconnectTimeoutMs / 1000)} s (--reconnect-timeout)`);
+      if (Date.now() >= deadline) throw new FatalError('RECONNECT_TIMEOUT', `${end.reason}; gave up reconnecting after ${Math.round(options.reconnectTimeoutMs / 1000)} s (--reconnect-timeout)`);
       const delay = Math.min(RECONNECT_MAX_DELAY_MS, RECONNECT_BASE_DELAY_MS * 2 ** attempt) * (0.5 + Math.random());
       logger.warn({ reason: end.reason, retryInMs: Math.round(delay) }, 'lost the coordinator; reconnecting');
       await new Promise((r) => setTimeout(r, delay));
@@ -194,7 +180,7 @@ class WorkerSession {
     socket.on('close', (code: number, reason: Buffer) => {
       const text = reason.toString() || 'no reason given';
       if (code === CLOSE_CODES.runComplete) return this.settle({ kind: 'stopped' });
-      if (FATAL_CLOSE_CODES.has(code)) return this.settle({ kind: 'fatal', error: new WorkerError(`the coordinator closed the connection (code ${code}: ${text})`) });
+      if (FATAL_CLOSE_CODES.has(code)) return this.settle({ kind: 'fatal', error: new FatalError('COORDINATOR_CLOSED', `the coordinator closed the connection (code ${code}: ${text})`) });
       this.settle({ kind: 'lost', reason: `the coordinator closed the connection (code ${code}: ${text})` });
     });
     socket.on('error', (err: Error) => this.settle({ kind: 'lost', reason: `cannot reach the coordinator at ${options.coordinatorUrl}: ${err.message}` }));
@@ -235,7 +221,7 @@ class WorkerSession {
         // Errors of an abandoned generation (the ring closed under a step) are expected.
         if (generation !== this.generation) return this.options.logger.debug({ err: err.message, generation }, 'order of an abandoned generation failed');
         this.options.logger.error({ err: err.message, generation }, 'order failed');
-        this.send({ type: 'failed', generation, message: err.message, fatal: err instanceof SetupError });
+        this.send({ type: 'failed', generation, message: err.message, fatal: errorKind(err) !== 'recoverable' });
       });
   }
 
@@ -251,7 +237,7 @@ class WorkerSession {
     switch (message.type) {
       case 'challenge': {
         if (message.protocol !== CONTROL_PROTOCOL_VERSION) {
-          return this.settle({ kind: 'fatal', error: new WorkerError(`the coordinator speaks protocol version ${message.protocol}, this worker speaks ${CONTROL_PROTOCOL_VERSION}`) });
+          return this.settle({ kind: 'fatal', error: new FatalError('PROTOCOL_VERSION', `the coordinator speaks protocol version ${message.protocol}, this worker speaks ${CONTROL_PROTOCOL_VERSION}`) });
         }
         const proof = proveToken(this.options.token, message.nonce, controlProofContext(message.runId));
         this.send({ type: 'hello', protocol: CONTROL_PROTOCOL_VERSION, proof, backend: this.backend, host: hostname(), pid: process.pid });
@@ -271,13 +257,13 @@ class WorkerSession {
         try {
           bench = await this.workbench(validateRecipe(message.recipe, 'the recipe sent by the coordinator'));
         } catch (err) {
-          throw new SetupError((err as Error).message);
+          throw new FatalError('WORKER_SETUP', (err as Error).message, { cause: err });
         }
         if (message.resume && message.resume.params.length !== bench.model.numParams) {
-          throw new SetupError(`the checkpoint holds ${message.resume.params.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`);
+          throw new FatalError('CHECKPOINT_MODEL_MISMATCH', `the checkpoint holds ${message.resume.params.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`);
         }
         if (message.init && message.init.length !== bench.model.numParams) {
-          throw new SetupError(`the initial weights hold ${message.init.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`);
+          throw new FatalError('INIT_MODEL_MISMATCH', `the initial weights hold ${message.init.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`);
         }
         logger.info({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, startStep: message.startStep }, 'assigned');
         this.ring = await RingPeer.listen({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, token: this.options.token, host: this.options.ringHost, port: this.options.ringPort, heartbeatTimeoutMs: this.options.heartbeatTimeoutMs, logger });
@@ -360,29 +346,29 @@ class WorkerSession {
     const { mode, tau, teacher: path } = recipe.distillation;
     if (mode === 'none') return null;
     // DeiT distils through the distillation token's own head; a model without one has nothing to distil into.
-    if (!student.config.distilled) throw new SetupError(`recipe ${recipe.name}: distillation mode "${mode}" needs a distilled model (with a distillation token, e.g. deit_fmnist_tiny_distilled), ${recipe.model} has none`);
+    if (!student.config.distilled) throw new FatalError('TEACHER_NEEDS_DISTILLED_MODEL', `recipe ${recipe.name}: distillation mode "${mode}" needs a distilled model (with a distillation token, e.g. deit_fmnist_tiny_distilled), ${recipe.model} has none`);
     let model: ImageClassifier;
     try {
       model = loadTeacher(path!); // validateRecipe: a teacher is set whenever the mode is not none
     } catch (err) {
-      throw new SetupError(`recipe ${recipe.name}: cannot load the distillation teacher: ${(err as Error).message}`);
+      throw new FatalError('TEACHER_UNLOADABLE', `recipe ${recipe.name}: cannot load the distillation teacher: ${(err as Error).message}`, { cause: err });
     }
     const [t, s] = [model.config, student.config];
     if (t.imageSize !== s.imageSize || t.inChannels !== s.inChannels || t.numClasses !== s.numClasses) {
       model.disposeParams();
-      throw new SetupError(`teacher ${path} takes ${t.imageSize}x${t.imageSize}x${t.inChannels} images into ${t.numClasses} classes, the student ${recipe.model} ${s.imageSize}x${s.imageSize}x${s.inChannels} into ${s.numClasses}`);
+      throw new FatalError('TEACHER_MISMATCH', `teacher ${path} takes ${t.imageSize}x${t.imageSize}x${t.inChannels} images into ${t.numClasses} classes, the student ${recipe.model} ${s.imageSize}x${s.imageSize}x${s.inChannels} into ${s.numClasses}`);
     }
     this.options.logger.info({ teacher: path, mode, tau, alpha: recipe.distillation.alpha, numParams: model.numParams }, 'distillation teacher loaded');
     return { model, mode, tau };
   }
 
   private requireRing(): RingPeer {
-    if (!this.ring) throw new WorkerError("the coordinator sent the ring's addresses before assigning a rank");
+    if (!this.ring) throw new RecoverableError('ORDER_OUT_OF_SEQUENCE', "the coordinator sent the ring's addresses before assigning a rank");
     return this.ring;
   }
 
   private requireTrainer(): ShardedTrainer {
-    if (!this.trainer) throw new WorkerError('the coordinator sent an order before the ring was formed');
+    if (!this.trainer) throw new RecoverableError('ORDER_OUT_OF_SEQUENCE', 'the coordinator sent an order before the ring was formed');
     return this.trainer;
   }
 }

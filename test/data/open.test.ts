@@ -100,8 +100,8 @@ test('errors name the path', async () => {
   await assert.rejects(openImageSource(spec('idx', dir), 'holdout'), (err: Error) => err.message.startsWith(`${dir}: the holdout split is empty`));
   await assert.rejects(openImageSource(spec('idx', dir, 1), 'train'), (err: Error) => err.message.startsWith(`${dir}: holdout fraction must be in [0, 1), got 1`));
   await assert.rejects(openImageSource(spec('idx', dir, 0.95), 'train'), (err: Error) => err.message.startsWith(`${dir}: holdout fraction 0.95 of 10 training images leaves none to train on`));
-  await assert.rejects(openImageSource(spec('imagefolder', '/nonexistent/imagenet'), 'val'), /^DataFileError: \/nonexistent\/imagenet\/train: no train\/ folder/);
+  await assert.rejects(openImageSource(spec('imagefolder', '/nonexistent/imagenet'), 'val'), /^InputError: \/nonexistent\/imagenet\/train: no train\/ folder/);
   await assert.rejects(openImageSource(spec('packed', '/nonexistent/shards'), 'train'), /\/nonexistent\/shards\/train\.index: no packed train split here/);
-  await assert.rejects(openImageSource(spec('cifar100', dir), 'train'), new RegExp(`^DataFileError: ${dir}: not a cifar100 binary data set`));
-  await assert.rejects(openImageSource({ ...spec('idx', dir), format: 'jpeg-zip' as DataFormat }, 'val'), new RegExp(`^DataFileError: ${dir}: unknown data format "jpeg-zip"`));
+  await assert.rejects(openImageSource(spec('cifar100', dir), 'train'), new RegExp(`^InputError: ${dir}: not a cifar100 binary data set`));
+  await assert.rejects(openImageSource({ ...spec('idx', dir), format: 'jpeg-zip' as DataFormat }, 'val'), new RegExp(`^InputError: ${dir}: unknown data format "jpeg-zip"`));
 });

@@ -8,6 +8,7 @@
 // resize_short_center_crop) is also offered as the pipeline's `head`: a source that can decode
 // just a region of an image (ImageSource.readRegion) does that op's work while decoding, with the
 // op's own draws, and the rest of the pipeline runs on the small image.
+import { InputError } from '../../common/errors.ts';
 import type { Mulberry32 } from '../../common/random.ts';
 import type { ImageRegion, RawImage } from '../source.ts';
 import { colorJitter } from './color.ts';
@@ -93,8 +94,8 @@ type OpSpec =
   | { readonly stage: 'normalize'; readonly args: readonly ArgSpec[]; readonly build: (args: Args, channels: number) => NormalizationStats }
   | { readonly stage: 'float'; readonly args: readonly ArgSpec[]; readonly build: (args: Args) => FloatStage };
 
-/** An error in the argument values of one op, raised by its builder. */
-class ArgumentError extends Error {}
+/** The code of an error in the argument values of one op, raised by its builder; the pipeline adds the op's label. */
+const BAD_ARGUMENT = 'PIPELINE_BAD_ARGUMENT';
 
 const sizeArg = (name: string): ArgSpec => ({ name, type: 'integer', min: 1 });
 const interpolationArg = (fallback: Interpolation): ArgSpec => ({ name: 'interpolation', type: 'string', choices: INTERPOLATIONS, default: fallback });
@@ -120,7 +121,7 @@ export const PIPELINE_OPS: Readonly<Record<string, OpSpec>> = {
     args: [sizeArg('size'), { name: 'scale_min', type: 'number', above: 0, max: 1, default: DEFAULT_CROP_SCALE[0] },
       { name: 'scale_max', type: 'number', above: 0, max: 1, default: DEFAULT_CROP_SCALE[1] }, interpolationArg('bicubic')],
     build: ([size, scaleMin, scaleMax, interpolation]) => {
-      if ((scaleMin as number) > (scaleMax as number)) throw new ArgumentError(`scale_min ${scaleMin} is above scale_max ${scaleMax}`);
+      if ((scaleMin as number) > (scaleMax as number)) throw new InputError(BAD_ARGUMENT, `scale_min ${scaleMin} is above scale_max ${scaleMax}`);
       const options = { size: size as number, scale: [scaleMin as number, scaleMax as number] as const, ratio: DEFAULT_CROP_RATIO, interpolation: interpolation as Interpolation };
       return {
         apply: (img, rng) => randomResizedCrop(img, rng, options),
@@ -138,7 +139,7 @@ export const PIPELINE_OPS: Readonly<Record<string, OpSpec>> = {
     args: [sizeArg('size'), { name: 'area_min', type: 'number', above: 0, max: PERCENT, default: INCEPTION_AREA_MIN_PCT },
       { name: 'area_max', type: 'number', above: 0, max: PERCENT, default: INCEPTION_AREA_MAX_PCT }],
     build: ([size, areaMin, areaMax]) => {
-      if ((areaMin as number) > (areaMax as number)) throw new ArgumentError(`area_min ${areaMin} is above area_max ${areaMax}`);
+      if ((areaMin as number) > (areaMax as number)) throw new InputError(BAD_ARGUMENT, `area_min ${areaMin} is above area_max ${areaMax}`);
       const options = {
         size: size as number, scale: [(areaMin as number) / PERCENT, (areaMax as number) / PERCENT] as const,
         ratio: INCEPTION_RATIO, interpolation: 'bilinear' as const,
@@ -163,7 +164,7 @@ export const PIPELINE_OPS: Readonly<Record<string, OpSpec>> = {
       try {
         parsed = parseTimmRandAugmentConfig(config as string);
       } catch (error) {
-        throw new ArgumentError((error as Error).message);
+        throw new InputError(BAD_ARGUMENT, (error as Error).message, { cause: error });
       }
       const fill = timmFill(ctx.stats.mean);
       return { apply: (img, rng) => timmRandAugment(img, rng, parsed, fill), outputSize: sameSize };
@@ -239,11 +240,11 @@ export const PIPELINE_OPS: Readonly<Record<string, OpSpec>> = {
     build: ([stats, std], channels) => {
       if (std === undefined) {
         const named = NORMALIZATIONS[stats as string];
-        if (!named) throw new ArgumentError(`argument stats must be one of ${Object.keys(NORMALIZATIONS).join(', ')} or a mean followed by a std, got "${stats}"`);
+        if (!named) throw new InputError(BAD_ARGUMENT, `argument stats must be one of ${Object.keys(NORMALIZATIONS).join(', ')} or a mean followed by a std, got "${stats}"`);
         return named;
       }
       const mean = Number(stats);
-      if (stats === '' || !Number.isFinite(mean)) throw new ArgumentError(`argument stats must be a number when a std follows, got "${stats}"`);
+      if (stats === '' || !Number.isFinite(mean)) throw new InputError(BAD_ARGUMENT, `argument stats must be a number when a std follows, got "${stats}"`);
       return { mean: new Array<number>(channels).fill(mean), std: new Array<number>(channels).fill(std as number) };
     },
   },
@@ -297,15 +298,15 @@ function coerce(raw: string, arg: ArgSpec, fail: (why: string) => never): ArgVal
 function parseCall(source: string, index: number, pipelineText: string): OpCall {
   const where = `pipeline "${pipelineText}": op ${index + 1}`;
   const text = source.trim();
-  if (text === '') throw new Error(`${where} is empty (ops are separated by "|")`);
+  if (text === '') throw new InputError('PIPELINE_INVALID', `${where} is empty (ops are separated by "|")`);
   const match = OP_SYNTAX.exec(text);
-  if (!match) throw new Error(`${where} "${text}" is not NAME or NAME(ARG, ...)`);
+  if (!match) throw new InputError('PIPELINE_INVALID', `${where} "${text}" is not NAME or NAME(ARG, ...)`);
   const name = match[1]!;
   const spec = PIPELINE_OPS[name];
-  if (!spec) throw new Error(`${where}: unknown op "${name}" (known: ${Object.keys(PIPELINE_OPS).join(', ')})`);
+  if (!spec) throw new InputError('PIPELINE_INVALID', `${where}: unknown op "${name}" (known: ${Object.keys(PIPELINE_OPS).join(', ')})`);
   const label = `${where} (${name})`;
   const fail = (why: string): never => {
-    throw new Error(`${label}: ${why}`);
+    throw new InputError('PIPELINE_INVALID', `${label}: ${why}`);
   };
   const inner = match[2]?.trim() ?? '';
   const raws = inner === '' ? [] : inner.split(',').map((s) => s.trim());
@@ -325,28 +326,28 @@ function parseCall(source: string, index: number, pipelineText: string): OpCall 
  */
 export function parsePipeline(text: string, input: { channels: number }): Pipeline {
   const { channels } = input;
-  if (channels !== 1 && channels !== 3) throw new Error(`pipeline "${text}": input images have 1 or 3 channels, got ${channels}`);
+  if (channels !== 1 && channels !== 3) throw new InputError('PIPELINE_INVALID', `pipeline "${text}": input images have 1 or 3 channels, got ${channels}`);
   const calls = text.split('|').map((source, i) => parseCall(source, i, text));
   const normalizeAt = calls.map((c, i) => (c.spec.stage === 'normalize' ? i : -1)).filter((i) => i >= 0);
-  if (normalizeAt.length === 0) throw new Error(`pipeline "${text}": no normalize op; a pipeline must end its uint8 ops with normalize(${Object.keys(NORMALIZATIONS).join('|')})`);
-  if (normalizeAt.length > 1) throw new Error(`pipeline "${text}": normalize appears ${normalizeAt.length} times (ops ${normalizeAt.map((i) => i + 1).join(', ')}); it must appear once`);
+  if (normalizeAt.length === 0) throw new InputError('PIPELINE_INVALID', `pipeline "${text}": no normalize op; a pipeline must end its uint8 ops with normalize(${Object.keys(NORMALIZATIONS).join('|')})`);
+  if (normalizeAt.length > 1) throw new InputError('PIPELINE_INVALID', `pipeline "${text}": normalize appears ${normalizeAt.length} times (ops ${normalizeAt.map((i) => i + 1).join(', ')}); it must appear once`);
   const split = normalizeAt[0]!;
   for (const [i, call] of calls.entries()) {
-    if (i < split && call.spec.stage === 'float') throw new Error(`${call.label} works on normalized float pixels and must come after normalize`);
-    if (i > split && call.spec.stage === 'uint8') throw new Error(`${call.label} works on uint8 pixels and must come before normalize`);
+    if (i < split && call.spec.stage === 'float') throw new InputError('PIPELINE_INVALID', `${call.label} works on normalized float pixels and must come after normalize`);
+    if (i > split && call.spec.stage === 'uint8') throw new InputError('PIPELINE_INVALID', `${call.label} works on uint8 pixels and must come before normalize`);
   }
   const build = <T>(call: OpCall, make: () => T): T => {
     try {
       return make();
     } catch (error) {
-      if (error instanceof ArgumentError) throw new Error(`${call.label}: ${error.message}`);
+      if (error instanceof InputError && error.code === BAD_ARGUMENT) throw new InputError(BAD_ARGUMENT, `${call.label}: ${error.message}`, { cause: error });
       throw error;
     }
   };
   const normalizeCall = calls[split]!;
   const stats = build(normalizeCall, () => (normalizeCall.spec as Extract<OpSpec, { stage: 'normalize' }>).build(normalizeCall.args, channels));
   if (stats.mean.length !== channels) {
-    throw new Error(`${normalizeCall.label}: argument stats "${normalizeCall.args[0]}" is for ${stats.mean.length}-channel images, the input has ${channels}`);
+    throw new InputError('PIPELINE_INVALID', `${normalizeCall.label}: argument stats "${normalizeCall.args[0]}" is for ${stats.mean.length}-channel images, the input has ${channels}`);
   }
   const table = normalizationTable(stats);
   const ctx: BuildContext = { channels, stats };
