@@ -11,6 +11,7 @@ import type { RunSummary } from '../coordinator/generation.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { readSafetensors } from '../model/safetensors.ts';
 import { createModel } from '../model/model.ts';
+import { initialParams } from '../model/init.ts';
 import { importTimmState } from '../model/weights.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { createLogger } from './logging.ts';
@@ -48,7 +49,7 @@ function findResume(flags: RunFlags): string | null {
 function readInitialParams(path: string, recipe: Recipe): Float32Array {
   const model = createModel(createModelConfig(recipe.model, recipe.modelArgs));
   try {
-    const { params, replaced, posEmbedResampled: resampled } = importTimmState(model.params, readSafetensors(path).tensors, { allowHeadMismatch: true, init: model.initParams(recipe.seed) });
+    const { params, replaced, posEmbedResampled: resampled } = importTimmState(model.params, readSafetensors(path).tensors, { allowHeadMismatch: true, init: initialParams(model, recipe) });
     for (const r of replaced) console.log(`--init: ${r.name} is [${r.fileShape.join(', ')}] in ${path}, the model's is [${r.modelShape.join(', ')}]: freshly initialized`);
     if (resampled) {
       const { fileShape, modelShape, fromGrid, toGrid } = resampled;

@@ -1,7 +1,8 @@
 // Seeded weight initialization in pure JS (tf.random* differs between backends and versions), so
 // every worker starts from bit-identical weights on any machine.
 
-import type { ParamSpec } from './model.ts';
+import type { Recipe } from '../train/recipe.ts';
+import type { ImageClassifier, ParamSpec } from './model.ts';
 
 /** timm/DeiT (and ConvNeXt's convolutions): trunc_normal_(std=.02). */
 const INIT_STD = 0.02;
@@ -82,5 +83,20 @@ export function initFlatParams(specs: readonly ParamSpec[], numParams: number, s
     if (p.init === 'ones') view.fill(1);
     else if (p.init === 'trunc_normal') for (let i = 0; i < view.length; i++) view[i] = rng.truncNormal(INIT_STD);
   }
+  return flat;
+}
+
+/** The bias of each classifier head: timm's head and head_dist, the convnet's head.fc. */
+const HEAD_BIAS = /^head(_dist)?(\.fc)?\.bias$/;
+
+/**
+ * A run's starting weights: the model's seeded init, and big_vision's init_head_bias when the
+ * recipe sets one (every head's bias at that value: with -6.9 each class's sigmoid starts near
+ * 1/1000, so a sigmoid loss starts small).
+ */
+export function initialParams(model: ImageClassifier, recipe: Pick<Recipe, 'seed' | 'initHeadBias'>): Float32Array {
+  const flat = model.initParams(recipe.seed);
+  const bias = recipe.initHeadBias;
+  if (bias !== undefined) for (const p of model.params) if (HEAD_BIAS.test(p.name)) flat.fill(bias, p.offset, p.offset + p.size);
   return flat;
 }

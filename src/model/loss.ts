@@ -1,5 +1,6 @@
-// The training objective on a classifier's head logits, shared by every model family: cross
-// entropy against one-hot, label-smoothed or soft (Mixup/CutMix) targets, and DeiT's distillation
+// The training objective on a classifier's head logits, shared by every model family: softmax cross
+// entropy (or big_vision's per-class sigmoid cross entropy) against one-hot, label-smoothed or soft
+// (Mixup/CutMix) targets, and DeiT's distillation
 // term for a distilled model's second head. Each comes as its sum over the micro-batch and its
 // gradient w.r.t. the logits, where the models' hand-written backward passes start.
 
@@ -29,6 +30,20 @@ export function crossEntropySum(logits: tf.Tensor2D, target: tf.Tensor2D): tf.Sc
 /** Cross entropy and its gradient: d(sum of cross-entropies)/d(logits) = softmax(logits) - target, per sample. */
 function crossEntropyTerm(logits: tf.Tensor2D, target: tf.Tensor2D): LossTerm {
   return { lossSum: crossEntropySum(logits, target), dLogits: tf.sub(tf.softmax(logits), target) };
+}
+
+/**
+ * Sum over the batch and the classes of each class's binary cross entropy against its target, as
+ * big_vision's sigmoid_xent (summed over classes, here over the batch too):
+ * -t log sigmoid(z) - (1 - t) log sigmoid(-z) = softplus(z) - t z, which stays finite for any z.
+ */
+export function sigmoidCrossEntropySum(logits: tf.Tensor2D, target: tf.Tensor2D): tf.Scalar {
+  return tf.sum(tf.sub(tf.softplus(logits), tf.mul(target, logits)));
+}
+
+/** Sigmoid cross entropy and its gradient: d/d(logit) of softplus(z) - t z = sigmoid(z) - t, per class. */
+function sigmoidCrossEntropyTerm(logits: tf.Tensor2D, target: tf.Tensor2D): LossTerm {
+  return { lossSum: sigmoidCrossEntropySum(logits, target), dLogits: tf.sub(tf.sigmoid(logits), target) };
 }
 
 /** Throws unless `labels` holds n class indices in [0, numClasses). */
@@ -99,7 +114,9 @@ export interface Objective {
  *
  * The class head learns ctx.softTargets when given (label smoothing already folded in by the
  * caller), otherwise the labels, label-smoothed by ctx.regularization.labelSmoothing as timm's
- * LabelSmoothingCrossEntropy does: (1 - eps) onehot + eps / K.
+ * LabelSmoothingCrossEntropy does: (1 - eps) onehot + eps / K. ctx.loss 'sigmoid_xent' makes the
+ * class head's loss big_vision's per-class sigmoid cross entropy on those targets; the distillation
+ * head's terms stay DeiT's softmax ones.
  *
  * A distilled model's loss is (1 - alpha) CE(class head, targets) + alpha D, DeiT's distillation,
  * with the distillation head's term D:
@@ -117,7 +134,7 @@ export function trainingObjective(heads: HeadLogits, labels: Int32Array, n: numb
   // What the heads learn without a teacher: the soft targets as they are, or one-hot labels.
   const unsmoothed = ctx?.softTargets ? softTargetsTensor(ctx.softTargets, n, numClasses) : oneHotLabels(labels, n, numClasses);
   const target: tf.Tensor2D = !ctx?.softTargets && smoothing > 0 ? tf.add(tf.mul(unsmoothed, 1 - smoothing), smoothing / numClasses) : unsmoothed;
-  const cls = crossEntropyTerm(heads.cls, target);
+  const cls = (ctx?.loss === 'sigmoid_xent' ? sigmoidCrossEntropyTerm : crossEntropyTerm)(heads.cls, target);
   if (!heads.dist) return { lossSum: cls.lossSum, dLogits: { cls: cls.dLogits, dist: null }, distillationLossSum: null };
   const dist = distillationTerm(heads.dist, unsmoothed, n, numClasses, ctx?.distillation);
   return {

@@ -5,6 +5,7 @@
 // so a worker all-reduces and optimizes a single buffer, and writes its backward pass by hand
 // (tfjs-core registers no gradients in Node: see layers.ts).
 
+import type { LossName } from '../train/recipe.ts';
 import { ConvNet, countConvNetFlops, convNetParamSpecs, type ConvNetConfig } from './convnet.ts';
 import { VisionTransformer, countFlops, paramSpecs, type VitConfig } from './vit.ts';
 
@@ -48,6 +49,7 @@ export interface TrainContext {
   sampleIndices: Uint32Array; // each image's index in the data set: its masks depend on it alone
   regularization?: Regularization; // none when absent
   distillationAlpha?: number; // a distilled model's weight of the distillation head's loss; 0.5 when absent
+  loss?: LossName; // the class head's loss; softmax cross entropy when absent
   distillation?: TeacherGuidance; // a distilled model's teacher; without one the distillation head learns the labels
   /**
    * Mixup/CutMix targets, [n, numClasses] row-major, each row a distribution (sums to 1), the

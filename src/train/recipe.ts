@@ -1,6 +1,8 @@
 // Recipes: one JSON file per training configuration under recipes/, as big_vision keeps one small
-// config per experiment. Each file cites, in "sources", where each value came from. Reading a
-// recipe validates it against RECIPE_SCHEMA: an unknown key or a wrong type is an error naming it.
+// config per experiment. Each file cites, in "sources", where each value came from. A recipe may
+// name a base (`"extends": "deit-tiny"`) and give only the keys it changes: objects merge key by
+// key, anything else replaces. Reading a recipe validates the merged result against RECIPE_SCHEMA:
+// an unknown key or a wrong type is an error naming it.
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,6 +29,10 @@ export interface Recipe {
   epochs: number;
   /** When set, the run length in steps (overrides epochs). */
   steps: number | null;
+  /** The training loss of the class head: softmax cross entropy (absent: the default) or big_vision's per-class sigmoid cross entropy. */
+  loss?: LossName;
+  /** big_vision's init_head_bias: the classifier heads' biases start at this value instead of 0. */
+  initHeadBias?: number;
   /** Adam and AdamW take beta1, beta2, eps and decayConvention; SGD takes momentum (src/train/optimizer.ts). */
   optimizer: {
     name: OptimizerName;
@@ -56,6 +62,9 @@ export interface Recipe {
   /** Where each value came from: a dotted key to a citation. */
   sources: Record<string, string>;
 }
+
+export const LOSS_NAMES = ['softmax_xent', 'sigmoid_xent'] as const;
+export type LossName = (typeof LOSS_NAMES)[number];
 
 export interface RecipeData {
   /** The file layout at `path` (src/data/open.ts); 'imagefolder' is torchvision's ImageFolder layout, as DeiT reads ImageNet. */
@@ -138,6 +147,8 @@ export const RECIPE_SCHEMA: Schema = {
   microBatch: positiveInteger,
   epochs: { kind: 'number', min: 0 },
   steps: { kind: 'number', integer: true, min: 1, nullable: true },
+  loss: { kind: 'string', oneOf: LOSS_NAMES, optional: true },
+  initHeadBias: { kind: 'number', optional: true },
   optimizer: {
     kind: 'object',
     fields: {
@@ -281,19 +292,54 @@ function validateMixupFields(mixup: MixupSettings, where: string): void {
   }
 }
 
-/** Loads a recipe by name (recipes/NAME.json) or by path to a JSON file. */
-export function loadRecipe(nameOrPath: string): Recipe {
+/** The file of a recipe named by name (recipes/NAME.json) or by path to a JSON file. */
+function recipePath(nameOrPath: string): string {
   const path = nameOrPath.endsWith('.json') ? nameOrPath : join(RECIPES_DIR, `${nameOrPath}.json`);
   if (!existsSync(path)) {
     throw new InputError('RECIPE_NOT_FOUND', `no recipe "${nameOrPath}" (looked for ${path}); known recipes: ${listRecipes().join(', ')}`);
   }
+  return path;
+}
+
+/** Loads a recipe by name (recipes/NAME.json) or by path to a JSON file, its bases merged in. */
+export function loadRecipe(nameOrPath: string): Recipe {
+  const path = recipePath(nameOrPath);
+  return validateRecipe(resolveExtends(path, []), path);
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * The recipe at `path` with its chain of bases merged in, unvalidated. `extends` names a recipe as
+ * loadRecipe takes it; a path is relative to the extending file's folder. `chain` holds the files
+ * that extend this one, to refuse a cycle.
+ */
+function resolveExtends(path: string, chain: string[]): Record<string, unknown> {
+  if (chain.includes(path)) throw new InputError('RECIPE_EXTENDS_CYCLE', `${path}: "extends" forms a cycle: ${[...chain, path].join(' -> ')}`);
   let parsed: unknown;
   try {
     parsed = JSON.parse(readFileSync(path, 'utf8'));
   } catch (err) {
     throw new InputError('RECIPE_NOT_JSON', `${path}: not valid JSON (${(err as Error).message})`, { cause: err });
   }
-  return validateRecipe(parsed, path);
+  if (!isObject(parsed)) throw new InputError('RECIPE_BAD_VALUE', `${path}: a recipe must be a JSON object`);
+  const { extends: base, ...own } = parsed;
+  if (base === undefined) return own;
+  if (typeof base !== 'string') throw new InputError('RECIPE_BAD_VALUE', `${path}: "extends" must be a recipe name or path, got ${describe(base)}`);
+  const basePath = recipePath(base.endsWith('.json') ? join(dirname(path), base) : base);
+  return mergeRecipe(resolveExtends(basePath, [...chain, path]), own);
+}
+
+/** `over` merged onto `base`: objects merge key by key, recursively; any other value (null, arrays) replaces. */
+function mergeRecipe(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const merged: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    const under = merged[key];
+    merged[key] = isObject(under) && isObject(value) ? mergeRecipe(under, value) : value;
+  }
+  return merged;
 }
 
 export function listRecipes(): string[] {

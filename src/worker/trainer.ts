@@ -10,7 +10,7 @@ import { shardRange, type ElementRange } from '../common/shard.ts';
 import type { BatchLoader } from '../data/loader.ts';
 import { mixBatch, mixRng, type MixConfig } from '../data/mixup.ts';
 import type { ImageClassifier, Regularization, TrainContext } from '../model/model.ts';
-import type { Recipe } from '../train/recipe.ts';
+import type { LossName, Recipe } from '../train/recipe.ts';
 import { clipFactor, sumOfSquares } from '../train/clip.ts';
 import { paramDigest } from '../train/digest.ts';
 import { ShardEma } from '../train/ema.ts';
@@ -27,14 +27,14 @@ export interface TrainerOptions {
   /** The weights' moving average, or null for none. */
   ema: { decay: number } | null;
   /**
-   * The recipe's seed, `regularization` and `distillation` (alpha, and the teacher: null when the
-   * distillation head learns the labels), for the model's per-sample masks and loss. Absent, the
-   * model trains without regularization (and a distilled one with alpha 0.5 on the labels).
+   * The recipe's seed, `regularization`, `distillation` (alpha, and the teacher: null when the
+   * distillation head learns the labels) and loss, for the model's per-sample masks and loss.
    */
-  training?: {
+  training: {
     seed: number;
     regularization: Regularization;
     distillationAlpha: number;
+    loss: LossName;
     teacher: Teacher | null;
     /** Batch-level mixing of each micro-batch (label smoothing folded into its soft targets), or null. */
     mixup: MixConfig | null;
@@ -184,8 +184,7 @@ export class ShardedTrainer {
    * in the global batch): masks' seeds, loss weights, the mixed images' soft targets (mixing
    * `images` in place), the teacher's logits.
    */
-  private trainContext(step: number, position: number, batch: Uint32Array, images: Float32Array, labels: Int32Array): TrainContext | undefined {
-    if (!this.options.training) return undefined;
+  private trainContext(step: number, position: number, batch: Uint32Array, images: Float32Array, labels: Int32Array): TrainContext {
     const { teacher, mixup, ...training } = this.options.training;
     const n = batch.length;
     // Masks follow (seed, step, data-set index): the same on any number of workers.

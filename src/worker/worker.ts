@@ -18,6 +18,7 @@ import { selectBackend, type BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { loadTeacher } from '../model/teacher.ts';
 import { createModel, type ImageClassifier } from '../model/model.ts';
+import { initialParams } from '../model/init.ts';
 import { FatalError, RecoverableError, errorKind } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import { optimizerConfigOf } from '../train/optimizer.ts';
@@ -282,10 +283,10 @@ class WorkerSession {
         this.trainer = new ShardedTrainer(model, ring, train, {
           rank: this.rank, worldSize: this.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: optimizerConfigOf(recipe), ema: recipe.ema,
           training: {
-            seed: recipe.seed, regularization: recipe.regularization, distillationAlpha: recipe.distillation.alpha, teacher,
+            seed: recipe.seed, regularization: recipe.regularization, distillationAlpha: recipe.distillation.alpha, loss: recipe.loss ?? 'softmax_xent', teacher,
             mixup: recipe.data.mixup ? mixConfigOf(recipe.data.mixup, recipe.regularization.labelSmoothing) : null,
           },
-        }, resume ? resume.params : init ?? model.initParams(recipe.seed), resume);
+        }, resume ? resume.params : init ?? initialParams(model, recipe), resume);
         this.send({ type: 'ready', generation: this.generation, rank: this.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: test.size });
         return;
       }

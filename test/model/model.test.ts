@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { selectBackend } from '../../src/model/backend.ts';
 import { ConvNet, convNetParamSpecs, countConvNetFlops } from '../../src/model/convnet.ts';
+import { initialParams } from '../../src/model/init.ts';
 import { createModel, modelFlops, modelParamSpecs, type ImageClassifier, type ModelConfig } from '../../src/model/model.ts';
 import { createModelConfig } from '../../src/model/registry.ts';
 import { VisionTransformer, countFlops, paramSpecs } from '../../src/model/vit.ts';
@@ -45,5 +46,17 @@ test('both families train, evaluate and predict through ImageClassifier', () => 
     assert.equal(evaluated.correctDistHead !== undefined, config.distilled);
     assert.equal(model.logits(images, n).length, n * 10);
     model.disposeParams();
+  }
+});
+
+test('initialParams: the seeded init, with every classifier head\'s bias at initHeadBias when the recipe sets one', () => {
+  for (const config of [VIT, CONVNET]) {
+    const model = createModel(config);
+    const plain = model.initParams(3);
+    assert.deepEqual(initialParams(model, { seed: 3 }), plain);
+    const biased = initialParams(model, { seed: 3, initHeadBias: -6.9 });
+    const heads = model.params.filter((p) => biased.subarray(p.offset, p.offset + p.size).some((v, i) => v !== plain[p.offset + i]));
+    assert.deepEqual(heads.map((p) => p.name), config === VIT ? ['head.bias', 'head_dist.bias'] : ['head.fc.bias']);
+    for (const p of heads) assert.ok(biased.subarray(p.offset, p.offset + p.size).every((v) => v === Math.fround(-6.9)), p.name);
   }
 });

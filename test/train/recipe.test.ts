@@ -142,3 +142,25 @@ test('totalSteps: steps wins, else epochs times steps per epoch', () => {
   assert.equal(totalSteps({ ...recipe, steps: 5 }, 117), 5);
   assert.equal(totalSteps({ ...recipe, steps: null, epochs: 2 }, 117), 234);
 });
+
+test('every citation is pinned: code to a commit, a paper to a section, table or figure', () => {
+  // A reference to one of these repositories must carry the commit it was read at.
+  const code: [RegExp, string][] = [
+    [/big_vision/, 'google-research/big_vision@'],
+    [/facebookresearch\/deit|(?<!model-soups )main\.py|README_deit/, 'facebookresearch/deit@'],
+    [/\btimm\b/, 'huggingface/pytorch-image-models@'],
+    [/optax\.scale_by_adam/, 'google-deepmind/optax@'],
+    [/torch\.optim\.AdamW/, 'pytorch/pytorch@'],
+    [/model-soups/, 'mlfoundations/model-soups@'],
+  ];
+  const paper = /Touvron|Steiner|Wortsman|arXiv|Hinton/;
+  const pinned = /(Section|Table|Figure|Appendix) \d|@[0-9a-f]{40}/;
+  for (const name of listRecipes()) {
+    for (const [key, cited] of Object.entries(loadRecipe(name).sources)) {
+      for (const [mention, repo] of code) {
+        if (mention.test(cited)) assert.match(cited, new RegExp(`${repo}[0-9a-f]{40}`), `${name}: sources.${key} cites ${repo.slice(0, -1)} without a commit`);
+      }
+      if (paper.test(cited)) assert.match(cited, pinned, `${name}: sources.${key} cites a paper without a section, table or figure`);
+    }
+  }
+});
