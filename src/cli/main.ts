@@ -71,10 +71,10 @@ program
 program
   .command('predict')
   .description('run a model on images and write its logits as a float32 .npy array [n, classes]')
-  .requiredOption('--model <name>', 'model name (see `vit-dist models`)')
+  .option('--model <name>', 'model name (see `vit-dist models`; default: the one the weights\' metadata names, as `vit-dist export` writes it)')
   .requiredOption('--weights <file>', 'a .safetensors file with timm tensor names (e.g. from `vit-dist export`)')
   .requiredOption('--input <path>', 'an idx file, a folder of images (jpg/png/webp, taken in file-name order) or a .npy float32 array [n, height, width, channels] used as it is')
-  .option('--pipeline <ops>', "evaluation transforms for an idx file or a folder (default: normalize(fashion-mnist) for idx; timm's resize_short_center_crop(SIZE,0.875)|normalize(imagenet) for RGB models, resize(SIZE,SIZE)|normalize(fashion-mnist) for one-channel ones)")
+  .option('--pipeline <ops>', "evaluation transforms for an idx file or a folder (default: the evaluation pipeline the weights' metadata records, else normalize(fashion-mnist) for idx; timm's resize_short_center_crop(SIZE,0.875)|normalize(imagenet) for RGB models, resize(SIZE,SIZE)|normalize(fashion-mnist) for one-channel ones)")
   .requiredOption('--out <file>', 'the .npy file to write')
   .addOption(new Option('--backend <name>', 'compute backend').choices(BACKENDS).default('auto'))
   .option('--batch <n>', 'images per forward pass', positiveInt, DEFAULT_PREDICT_BATCH)

@@ -125,8 +125,12 @@ export interface RunFlags {
   logLevel: 'debug' | 'info' | 'warn' | 'error';
 }
 
-/** The recipe after the named flags and --set overrides; on resume, the checkpoint's recipe is the base. */
-export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null): Recipe {
+/**
+ * The recipe after the named flags and --set overrides; on resume, the checkpoint's recipe is the
+ * base. A --global-batch below the recipe's micro-batch shrinks the micro-batch to each of the
+ * `workers`' share of the global batch, as DDP users expect, and says so.
+ */
+export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null, workers: number): Recipe {
   const base = resumeRecipe ?? loadRecipe(flags.recipe);
   const overrides: Record<string, string | number | null> = { ...flags.set };
   // JSON-quoted: an override string is parsed as JSON first, and a path like "1" must stay a string.
@@ -140,6 +144,11 @@ export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null): Rec
   }
   if (flags.globalBatch !== undefined) overrides.globalBatch = flags.globalBatch;
   if (flags.microBatch !== undefined) overrides.microBatch = flags.microBatch;
+  else if (flags.globalBatch !== undefined && flags.globalBatch < base.microBatch) {
+    const share = Math.ceil(flags.globalBatch / workers);
+    overrides.microBatch = share;
+    console.log(`--global-batch ${flags.globalBatch} is below the recipe's micro-batch ${base.microBatch}: micro-batch ${share}, each of ${workers} worker${workers === 1 ? "'s" : "s'"} share`);
+  }
   if (flags.seed !== undefined) overrides.seed = flags.seed;
   if (flags.checkpointEvery !== undefined) overrides.checkpointEvery = flags.checkpointEvery;
   if (flags.distillation !== undefined) {

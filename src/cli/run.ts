@@ -65,7 +65,7 @@ function readInitialParams(path: string, recipe: Recipe): Float32Array {
 function prepareRun(flags: RunFlags & { workers: number }, host: string, port: number, generateToken: boolean, tls: Coordinator['tls'] = null): { coordinator: Coordinator; release: () => void } {
   const resumePath = findResume(flags);
   const resume: LoadedCheckpoint | null = resumePath ? readCheckpoint(resumePath) : null;
-  const recipe = resolveRecipe(flags, resume ? validateRecipe(resume.meta.recipe, `the recipe in ${resumePath}`) : null);
+  const recipe = resolveRecipe(flags, resume ? validateRecipe(resume.meta.recipe, `the recipe in ${resumePath}`) : null, flags.workers);
   // Resuming a run directory continues writing into it.
   const outDir = flags.out ?? (flags.resume && existsSync(flags.resume) && statSync(flags.resume).isDirectory() ? flags.resume : defaultOutDir(recipe.name));
   if (resume) console.log(`resuming from ${resumePath} (step ${resume.meta.step})${flags.init ? `; --init ${flags.init} is ignored` : ''}`);

@@ -8,7 +8,7 @@ import { DATA_FORMATS } from '../data/open.ts';
 import type { DataSplit } from '../data/source.ts';
 import type { BackendChoice } from '../model/backend.ts';
 import { writeSafetensors } from '../model/safetensors.ts';
-import { META_MODEL, META_MODEL_ARGS, exportTimmState } from '../model/weights.ts';
+import { exportTimmState, weightsMetadata } from '../model/weights.ts';
 import { writeJsonAtomic } from '../soup/atomic-json.ts';
 import { cookSoups, SELECTION_SPLIT, type SoupReport, type SplitResults } from '../soup/cook.ts';
 import { resolveEvalData, type DataFlags } from '../soup/eval-data.ts';
@@ -46,11 +46,11 @@ type SoupMethod = 'uniform' | 'greedy';
 /** Data, parallelism and backend: shared by `eval` and the soup commands. */
 function addEvalOptions(command: Command): Command {
   return command
-    .option('--data <path>', "the data set (default: the recipe's data.path; required for a .safetensors file)")
-    .addOption(new Option('--format <format>', "its layout (default: the recipe's data.format; required for a .safetensors file)").choices(DATA_FORMATS))
-    .option('--holdout <fraction>', "held-out fraction of the training files (default: the recipe's data.holdout; 0.1 for a .safetensors file)", fraction)
-    .option('--holdout-seed <s>', "seed that chose the held-out files (default: the recipe's data.holdoutSeed; 0 for a .safetensors file)", nonNegativeInt)
-    .option('--pipeline <ops>', "evaluation transforms, e.g. 'normalize(fashion-mnist)' (default: the recipe's data.evalPipeline; required for a .safetensors file)")
+    .option('--data <path>', "the data set (default: the recipe's or the .safetensors metadata's data.path; required for a file without them)")
+    .addOption(new Option('--format <format>', "its layout (default: the recipe's or metadata's data.format; required for a file without them)").choices(DATA_FORMATS))
+    .option('--holdout <fraction>', "held-out fraction of the training files (default: the recipe's or metadata's data.holdout; else 0.1)", fraction)
+    .option('--holdout-seed <s>', "seed that chose the held-out files (default: the recipe's or metadata's data.holdoutSeed; else 0)", nonNegativeInt)
+    .option('--pipeline <ops>', "evaluation transforms, e.g. 'normalize(fashion-mnist)' (default: the recipe's or metadata's data.evalPipeline; required for a file without them)")
     .option('--workers <n>', 'evaluation threads, each on a contiguous part of the split', positiveInt, 1)
     .option('--batch <n>', 'images per forward pass', positiveInt, DEFAULT_EVAL_BATCH)
     .addOption(new Option('--backend <name>', 'compute backend').choices(BACKENDS).default('auto'))
@@ -98,7 +98,7 @@ async function runEvalCommand(flags: EvalFlags): Promise<void> {
   const path = (flags.weights ?? flags.checkpoint)!;
   const { params, ...info } = loadIngredient(path, { useEma: flags.useEma ?? false, role: 'model' });
   // Evaluating on the held-out split is only meaningful if it is the one the model never trained on.
-  const data = resolveEvalData([{ name: path, recipe: info.recipe }], flags, flags.split === 'holdout');
+  const data = resolveEvalData([{ name: path, data: info.data }], flags, flags.split === 'holdout');
   const pool = await startPool(info, data, flags);
   let result: EvalResult;
   try {
@@ -137,7 +137,7 @@ async function runSoupCommand(method: SoupMethod, given: string[], flags: SoupFl
     useEma: flags.useEma ?? false,
     progress: (line) => console.log(line),
     startPool: async (first, all) => {
-      const data = resolveEvalData(all.map((i) => ({ name: i.name, recipe: i.recipe })), flags, true);
+      const data = resolveEvalData(all.map((i) => ({ name: i.name, data: i.data })), flags, true);
       if (data.spec.holdout === 0) {
         throw new InputError('USAGE', 'the ingredients hold out no training images (data.holdout 0), and the greedy soup is chosen on held-out images: fine-tune with --holdout, e.g. 0.1');
       }
@@ -147,13 +147,11 @@ async function runSoupCommand(method: SoupMethod, given: string[], flags: SoupFl
   const first = report.architecture;
   const soup = method === 'uniform' ? { params: report.uniform.params, ingredients: names } : report.greedy;
   mkdirSync(dirname(flags.out), { recursive: true });
-  writeSafetensors(flags.out, exportTimmState(first.specs, soup.params), {
-    format: 'pt', // as timm's and transformers' files: the tensors are a PyTorch state_dict
-    [META_MODEL]: first.model,
-    [META_MODEL_ARGS]: JSON.stringify(first.modelArgs),
+  // The ingredients agree on what chose the held-out images (resolveEvalData checks it): the first one's settings stand for all.
+  writeSafetensors(flags.out, exportTimmState(first.specs, soup.params), weightsMetadata(first.model, first.modelArgs, first.data, {
     soup: method,
     ingredients: JSON.stringify(soup.ingredients),
-  });
+  }));
   const reportPath = join(dirname(flags.out), SOUP_REPORT_FILE);
   writeJsonAtomic(reportPath, soupJson(method, flags, report));
   printTable(report);

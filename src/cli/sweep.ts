@@ -137,9 +137,9 @@ function valueAt(recipe: Recipe, key: string): unknown {
  * and so does a grid value that another flag would override (e.g. --grid seed=... with --seed).
  */
 function checkRecipes(flags: SweepFlags, axes: readonly GridAxis[], points: readonly GridPoint[]): void {
-  const base = resolveRecipe(flags, null);
+  const base = resolveRecipe(flags, null, flags.workers);
   for (const point of points) {
-    const recipe = resolveRecipe({ ...flags, set: { ...flags.set, ...point.overrides } }, null);
+    const recipe = resolveRecipe({ ...flags, set: { ...flags.set, ...point.overrides } }, null, flags.workers);
     for (const axis of axes) {
       const wanted = valueAt(applyOverrides(base, { [axis.recipeKey]: point.overrides[axis.recipeKey]! }), axis.recipeKey);
       if (valueAt(recipe, axis.recipeKey) !== wanted) {

@@ -14,7 +14,7 @@ import type { BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
 import { createModel, modelParamSpecs, type ModelConfig } from '../model/model.ts';
-import { META_MODEL, META_MODEL_ARGS, exportTimmState, importTimmState, modelArgsFromMetadata } from '../model/weights.ts';
+import { META_MODEL, dataFromMetadata, exportTimmState, exportedData, importTimmState, modelArgsFromMetadata, weightsMetadata } from '../model/weights.ts';
 import { validateRecipe } from '../train/recipe.ts';
 import { InputError } from '../common/errors.ts';
 
@@ -105,18 +105,14 @@ export function runExportCommand(flags: ExportFlags): void {
   const recipe = validateRecipe(meta.recipe, `the recipe in ${path}`);
   if (flags.useEma && !state.ema) throw new InputError('USAGE', `--use-ema: checkpoint ${path} holds no EMA of the weights (its recipe keeps none)`);
   const params = flags.useEma ? state.ema! : state.params;
-  const specs = modelParamSpecs(createModelConfig(recipe.model, recipe.modelArgs));
-  writeSafetensors(flags.out, exportTimmState(specs, params), {
-    format: 'pt', // as timm's and transformers' files: the tensors are a PyTorch state_dict
-    [META_MODEL]: recipe.model,
-    [META_MODEL_ARGS]: JSON.stringify(recipe.modelArgs),
-    step: String(meta.step),
-  });
+  const config = createModelConfig(recipe.model, recipe.modelArgs);
+  writeSafetensors(flags.out, exportTimmState(modelParamSpecs(config), params), weightsMetadata(recipe.model, recipe.modelArgs, exportedData(recipe.data, config.numClasses), { step: String(meta.step) }));
   console.log(`exported ${flags.useEma ? 'the EMA weights' : 'the weights'} of ${recipe.model} at step ${meta.step} (${path}) to ${flags.out}`);
 }
 
 export interface PredictFlags {
-  model: string;
+  /** Absent: the model the weights' metadata names. */
+  model?: string;
   weights: string;
   input: string;
   out: string;
@@ -184,9 +180,13 @@ async function folderImage(file: string, channels: number): Promise<RawImage> {
 
 export async function runPredictCommand(flags: PredictFlags): Promise<void> {
   const { tensors, metadata } = readSafetensors(flags.weights);
-  const model = createModel(predictConfig(flags.model, metadata, flags.weights));
+  const modelName = flags.model ?? metadata[META_MODEL];
+  if (modelName === undefined) throw new InputError('USAGE', `--weights ${flags.weights}: its metadata names no model (vit-dist export writes "${META_MODEL}"): pass --model`);
+  const model = createModel(predictConfig(modelName, metadata, flags.weights));
   const { params } = importTimmState(model.params, tensors, { allowHeadMismatch: false });
-  const { images, n, names } = await readImages(flags.input, model.config, flags.pipeline);
+  // The weights' own evaluation pipeline applies when they were exported from this very model.
+  const recorded = metadata[META_MODEL] === modelName ? dataFromMetadata(metadata, flags.weights)?.evalPipeline : undefined;
+  const { images, n, names } = await readImages(flags.input, model.config, flags.pipeline ?? recorded);
   // Loaded only now: the backends (wasm, native TensorFlow) are heavy, and other commands do not need them.
   const { selectBackend } = await import('../model/backend.ts');
   await selectBackend({ requested: flags.backend });
@@ -202,5 +202,5 @@ export async function runPredictCommand(flags: PredictFlags): Promise<void> {
   writeNpyFloat32(flags.out, [n, numClasses], logits);
   // Row i of the logits is the i-th file in name order; the list beside them says which.
   if (names) writeFileSync(`${flags.out}.files.txt`, names.map((name) => `${name}\n`).join(''));
-  console.log(`wrote logits [${n}, ${numClasses}] of ${flags.model} on ${flags.input} to ${flags.out}${names ? ` (rows in the order of ${flags.out}.files.txt)` : ''}`);
+  console.log(`wrote logits [${n}, ${numClasses}] of ${modelName} on ${flags.input} to ${flags.out}${names ? ` (rows in the order of ${flags.out}.files.txt)` : ''}`);
 }

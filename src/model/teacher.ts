@@ -10,7 +10,7 @@ import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { createModel, modelParamSpecs, type ImageClassifier, type ModelArgs, type ModelConfig } from './model.ts';
 import { createModelConfig } from './registry.ts';
 import { readSafetensors } from './safetensors.ts';
-import { META_MODEL, importTimmState, modelArgsFromMetadata } from './weights.ts';
+import { META_MODEL, dataFromMetadata, exportedData, importTimmState, modelArgsFromMetadata, type ExportedData } from './weights.ts';
 
 export interface SavedWeights {
   /** The file read: a run directory's newest checkpoint, or the file given. */
@@ -25,6 +25,8 @@ export interface SavedWeights {
   ema: Float32Array | null;
   /** A checkpoint's recipe; null for a .safetensors file. */
   recipe: Recipe | null;
+  /** The data the weights were trained on: a checkpoint's recipe's, a .safetensors file's metadata's; null when the file records none. */
+  data: ExportedData | null;
 }
 
 /**
@@ -54,7 +56,7 @@ function fromCheckpoint(path: string, role: string): SavedWeights {
   const { meta, state } = readCheckpoint(file);
   const recipe = validateRecipe(meta.recipe, `the recipe in ${role} checkpoint ${file}`);
   const config = createModelConfig(recipe.model, recipe.modelArgs);
-  return { file, model: recipe.model, modelArgs: recipe.modelArgs, config, params: state.params, ema: state.ema, recipe };
+  return { file, model: recipe.model, modelArgs: recipe.modelArgs, config, params: state.params, ema: state.ema, recipe, data: exportedData(recipe.data, config.numClasses) };
 }
 
 function fromSafetensors(path: string, role: string): SavedWeights {
@@ -62,10 +64,11 @@ function fromSafetensors(path: string, role: string): SavedWeights {
   const model = metadata[META_MODEL];
   if (model === undefined) throw new Error(`${role} ${path}: the file's metadata names no model (vit-dist export writes "${META_MODEL}")`);
   const modelArgs = modelArgsFromMetadata(metadata, `${role} ${path}`);
+  const data = dataFromMetadata(metadata, `${role} ${path}`);
   try {
     const config = createModelConfig(model, modelArgs);
     const { params } = importTimmState(modelParamSpecs(config), tensors, { allowHeadMismatch: false });
-    return { file: path, model, modelArgs, config, params, ema: null, recipe: null };
+    return { file: path, model, modelArgs, config, params, ema: null, recipe: null, data };
   } catch (err) {
     throw new Error(`${role} ${path}: ${(err as Error).message}`, { cause: err });
   }

@@ -3,6 +3,9 @@
 // model trained here loads into timm and a timm/DeiT checkpoint loads here. Generic over the
 // ParamSpec table: any parameter a model declares converts through its timmPerm, so the convnet's
 // state_dict (its PyTorch module's names, convolutions [out, in, kh, kw]) moves the same way.
+import { InputError } from '../common/errors.ts';
+import { DATA_FORMATS } from '../data/source.ts';
+import type { RecipeData } from '../train/recipe.ts';
 import type { ModelArgs, ParamSpec } from './model.ts';
 import { resamplePosEmbed } from './pos-embed.ts';
 import type { Tensor } from './safetensors.ts';
@@ -144,9 +147,55 @@ export function importTimmState(specs: ParamSpec[], tensors: Map<string, Tensor>
   return { params, replaced, posEmbedResampled };
 }
 
-/** Metadata keys `vit-dist export` writes, so a file names the architecture its tensors belong to. */
+/**
+ * Metadata keys `vit-dist export` and `vit-dist soup` write, so a file names the architecture its
+ * tensors belong to and the data it was trained on.
+ */
 export const META_MODEL = 'model';
 export const META_MODEL_ARGS = 'model_args';
+export const META_DATA = 'data';
+
+/** The data settings a file of weights records: what chose its held-out images, its pipelines (with their normalization), and the class count. */
+export type ExportedData = Pick<RecipeData, 'format' | 'path' | 'holdout' | 'holdoutSeed' | 'trainPipeline' | 'evalPipeline'> & { numClasses: number };
+
+/** The metadata of a file of weights: its format, model, model arguments and, when known, data settings, beside `extra`. */
+export function weightsMetadata(model: string, modelArgs: ModelArgs, data: ExportedData | null, extra: Record<string, string>): Record<string, string> {
+  return {
+    format: 'pt', // as timm's and transformers' files: the tensors are a PyTorch state_dict
+    [META_MODEL]: model,
+    [META_MODEL_ARGS]: JSON.stringify(modelArgs),
+    ...(data ? { [META_DATA]: JSON.stringify(data) } : {}),
+    ...extra,
+  };
+}
+
+/** The data settings a recipe trains on, as a file of weights records them. */
+export function exportedData(data: RecipeData, numClasses: number): ExportedData {
+  const { format, path, holdout, holdoutSeed, trainPipeline, evalPipeline } = data;
+  return { format, path, holdout, holdoutSeed, trainPipeline, evalPipeline, numClasses };
+}
+
+const EXPORTED_DATA_TYPES: Record<keyof ExportedData, 'string' | 'number'> = {
+  format: 'string', path: 'string', holdout: 'number', holdoutSeed: 'number', trainPipeline: 'string', evalPipeline: 'string', numClasses: 'number',
+};
+
+/** The data settings stored under `data`, or null when the file has none (a timm file, an older export). `where` names the file in errors. */
+export function dataFromMetadata(metadata: Record<string, string>, where: string): ExportedData | null {
+  const raw = metadata[META_DATA];
+  if (raw === undefined) return null;
+  let data: unknown;
+  try {
+    data = JSON.parse(raw);
+  } catch (err) {
+    throw new InputError('WEIGHTS_METADATA_INVALID', `${where}: metadata ${META_DATA} is not JSON (${(err as Error).message})`, { cause: err });
+  }
+  const record = (typeof data === 'object' && data !== null ? data : {}) as Record<string, unknown>;
+  for (const [key, type] of Object.entries(EXPORTED_DATA_TYPES)) {
+    if (typeof record[key] !== type) throw new InputError('WEIGHTS_METADATA_INVALID', `${where}: metadata ${META_DATA} lacks ${type} "${key}"`);
+  }
+  if (!(DATA_FORMATS as readonly unknown[]).includes(record.format)) throw new InputError('WEIGHTS_METADATA_INVALID', `${where}: metadata ${META_DATA} names an unknown format "${String(record.format)}"`);
+  return record as ExportedData;
+}
 
 /**
  * The architecture arguments stored under `model_args` (a recipe's modelArgs), or {} when the file

@@ -5,6 +5,7 @@
 // of one architecture with the same parameters, so every ingredient is checked against the first.
 import { modelParamSpecs, type ModelArgs, type ModelConfig, type ParamSpec } from '../model/model.ts';
 import { readSavedWeights } from '../model/teacher.ts';
+import type { ExportedData } from '../model/weights.ts';
 import type { Recipe } from '../train/recipe.ts';
 
 export interface Ingredient {
@@ -18,8 +19,10 @@ export interface Ingredient {
   specs: ParamSpec[];
   /** The flat parameter vector in the model's layout (src/model/model.ts). */
   params: Float32Array;
-  /** A checkpoint's recipe (its data settings define the held-out split); null for a .safetensors file. */
+  /** A checkpoint's recipe; null for a .safetensors file. */
   recipe: Recipe | null;
+  /** The data it was trained on (its settings define the held-out split): the recipe's, or an export's metadata's; null when unknown. */
+  data: ExportedData | null;
 }
 
 /** An ingredient without its weights: what the checks and reports keep while the next one is loaded. */
@@ -41,8 +44,8 @@ export function loadIngredient(path: string, options: IngredientOptions): Ingred
     if (saved.ema === null) throw new Error(`--use-ema: checkpoint ${saved.file} holds no EMA of the weights (its recipe keeps none)`);
     params = saved.ema;
   }
-  const { file, model, modelArgs, config, recipe } = saved;
-  return { name: path, file, model, modelArgs, config, specs: modelParamSpecs(config), params, recipe };
+  const { file, model, modelArgs, config, recipe, data } = saved;
+  return { name: path, file, model, modelArgs, config, specs: modelParamSpecs(config), params, recipe, data };
 }
 
 const showShape = (shape: number[]): string => `[${shape.join(', ')}]`;

@@ -85,7 +85,7 @@ function fakeLaunch(step = STEPS): { launch: Launch; calls: LaunchFlags[] } {
   const calls: LaunchFlags[] = [];
   const launch: Launch = async (flags) => {
     calls.push(flags);
-    fabricateRun(flags.out!, resolveRecipe(flags, null), step, { ended: step === STEPS });
+    fabricateRun(flags.out!, resolveRecipe(flags, null, flags.workers), step, { ended: step === STEPS });
   };
   return { launch, calls };
 }

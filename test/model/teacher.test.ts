@@ -11,7 +11,7 @@ import { createModelConfig } from '../../src/model/registry.ts';
 import { writeSafetensors } from '../../src/model/safetensors.ts';
 import { loadTeacher, readSavedWeights } from '../../src/model/teacher.ts';
 import { createModel } from '../../src/model/model.ts';
-import { exportTimmState } from '../../src/model/weights.ts';
+import { exportTimmState, exportedData, weightsMetadata } from '../../src/model/weights.ts';
 import { paramDigest } from '../../src/train/digest.ts';
 import { loadRecipe, type Recipe } from '../../src/train/recipe.ts';
 
@@ -81,10 +81,18 @@ test('readSavedWeights: the weights, their architecture, and the recipe and movi
   assert.deepEqual(fromRun.params, saved.params);
   assert.deepEqual(fromRun.ema, saved.ema);
   assert.equal(fromRun.recipe?.name, recipe.name);
+  assert.deepEqual(fromRun.data, exportedData(recipe.data, config.numClasses));
+  // An export records the data settings beside the model; a file without them has none.
   const exported = join(saved.dir, 'model.safetensors');
-  writeSafetensors(exported, exportTimmState(createModel(config).params, saved.params), { model: recipe.model, model_args: JSON.stringify(recipe.modelArgs) });
+  writeSafetensors(exported, exportTimmState(createModel(config).params, saved.params), weightsMetadata(recipe.model, recipe.modelArgs, fromRun.data, {}));
   const fromFile = readSavedWeights(exported, 'ingredient');
-  assert.deepEqual({ ...fromFile, params: null }, { file: exported, model: recipe.model, modelArgs: recipe.modelArgs, config, params: null, ema: null, recipe: null });
+  assert.deepEqual({ ...fromFile, params: null }, { file: exported, model: recipe.model, modelArgs: recipe.modelArgs, config, params: null, ema: null, recipe: null, data: fromRun.data });
+  const withoutData = join(saved.dir, 'without-data.safetensors');
+  writeSafetensors(withoutData, exportTimmState(createModel(config).params, saved.params), weightsMetadata(recipe.model, recipe.modelArgs, null, {}));
+  assert.equal(readSavedWeights(withoutData, 'ingredient').data, null);
+  const badData = join(saved.dir, 'bad-data.safetensors');
+  writeSafetensors(badData, exportTimmState(createModel(config).params, saved.params), { model: recipe.model, data: JSON.stringify({ ...fromRun.data, format: 'jpeg-zip' }) });
+  assert.throws(() => readSavedWeights(badData, 'model'), /model .*bad-data\.safetensors: metadata data names an unknown format "jpeg-zip"/);
   assert.deepEqual(fromFile.params, saved.params);
   // Errors name the role and the path.
   assert.throws(() => readSavedWeights(join(saved.dir, 'nothing'), 'ingredient'), /^Error: ingredient .*nothing: no such file or directory/);

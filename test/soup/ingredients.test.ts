@@ -7,11 +7,13 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { runExportCommand } from '../../src/cli/weights-commands.ts';
 import { writeCheckpoint } from '../../src/coordinator/checkpoint.ts';
 import { createModel, modelParamSpecs, type ModelArgs, type ModelConfig } from '../../src/model/model.ts';
 import { createModelConfig } from '../../src/model/registry.ts';
 import { writeSafetensors } from '../../src/model/safetensors.ts';
-import { META_MODEL, META_MODEL_ARGS, exportTimmState } from '../../src/model/weights.ts';
+import { META_MODEL, META_MODEL_ARGS, exportTimmState, exportedData } from '../../src/model/weights.ts';
+import { resolveEvalData } from '../../src/soup/eval-data.ts';
 import { assertSameArchitecture, loadIngredient, type IngredientInfo } from '../../src/soup/ingredients.ts';
 import { paramDigest } from '../../src/train/digest.ts';
 import { applyOverrides, loadRecipe, type Recipe } from '../../src/train/recipe.ts';
@@ -79,7 +81,7 @@ test('nothing loadable is an error naming the path', () => {
 /** An ingredient's description, as assertSameArchitecture sees it, for a model and changes to its architecture. */
 function info(name: string, model: string, modelArgs: ModelArgs): IngredientInfo {
   const c = createModelConfig(model, modelArgs);
-  return { name, file: name, model, modelArgs, config: c, specs: modelParamSpecs(c), recipe: null };
+  return { name, file: name, model, modelArgs, config: c, specs: modelParamSpecs(c), recipe: null, data: null };
 }
 
 test('ingredients of one architecture pass; every mismatch is an error naming the tensor and both ingredients', () => {
@@ -120,4 +122,22 @@ test('a .safetensors ingredient and a checkpoint ingredient of different class c
   const { params: _a, ...first } = loadIngredient(run.dir, { useEma: false });
   const { params: _b, ...second } = loadIngredient(file, { useEma: false });
   assert.throws(() => assertSameArchitecture(first, second), (err: Error) => err.message.includes('"head.weight"') && err.message.includes(run.dir) && err.message.includes(file));
+});
+
+test('an export records its data settings, so the evaluation of two exports needs no data flags (flags still win)', (t) => {
+  t.mock.method(console, 'log', () => {});
+  const files = [1, 2].map((seed) => {
+    const run = savedRun(applyOverrides(recipe, { seed, 'data.holdout': 0.1 }), false);
+    const out = join(run.dir, 'export.safetensors');
+    runExportCommand({ checkpoint: run.dir, out });
+    return out;
+  });
+  const ingredients = files.map((file) => loadIngredient(file, { useEma: false }));
+  for (const ingredient of ingredients) {
+    assert.equal(ingredient.recipe, null);
+    assert.deepEqual(ingredient.data, exportedData({ ...recipe.data, holdout: 0.1 }, config.numClasses));
+  }
+  const sources = ingredients.map((i) => ({ name: i.name, data: i.data }));
+  assert.deepEqual(resolveEvalData(sources, {}, true), { spec: { format: recipe.data.format, path: recipe.data.path, holdout: 0.1, holdoutSeed: recipe.data.holdoutSeed }, pipeline: recipe.data.evalPipeline });
+  assert.equal(resolveEvalData(sources, { data: '/elsewhere' }, true).spec.path, '/elsewhere');
 });
