@@ -3,7 +3,8 @@
 import { resolve } from 'node:path';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { CorruptImageError } from '../data/image-folder.ts';
-import { DATA_FORMATS, openImageSource, storedSplitExists, type DataFormat } from '../data/open.ts';
+import { openImageSource, storedSplitExists } from '../data/open.ts';
+import { DATA_FORMATS, type DataFormat } from '../data/source.ts';
 import { DEFAULT_SHARD_BYTES, packSplit, type PackSummary } from '../data/packed.ts';
 import { positiveInt } from './options.ts';
 import { InputError } from '../common/errors.ts';

@@ -4,7 +4,7 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Command, Option } from 'commander';
-import { DATA_FORMATS } from '../data/open.ts';
+import { DATA_FORMATS } from '../data/source.ts';
 import type { DataSplit } from '../data/source.ts';
 import type { BackendChoice } from '../model/backend.ts';
 import { writeSafetensors } from '../model/safetensors.ts';

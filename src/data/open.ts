@@ -9,8 +9,6 @@ import { openPacked, packedSplitExists } from './packed.ts';
 import { DATA_FORMATS, type DataFormat, type DataSplit, type ImageSource } from './source.ts';
 import { InputError } from '../common/errors.ts';
 
-export { DATA_FORMATS, type DataFormat } from './source.ts';
-
 export interface DataSpec {
   format: DataFormat;
   /** The data set's directory. */

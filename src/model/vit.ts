@@ -19,10 +19,6 @@ import type { HeadLogits } from './loss.ts';
 import type { ParamSpec, TrainContext } from './model.ts';
 import { ParamTable } from './param-table.ts';
 
-// The shared types, still importable from here where they were first defined.
-export type { HeadLogits } from './loss.ts';
-export type { LossResult, ParamSpec, Regularization, TeacherGuidance, TrainContext } from './model.ts';
-
 export interface VitConfig {
   family?: 'vit'; // ModelConfig's discriminator; absent in configs written before the convnet existed
   imageSize: number; // square input, H = W

@@ -6,7 +6,8 @@
 // fraction and seed that chose it in training must choose it here. So when the held-out split
 // matters, models' settings must agree on those three and a flag may not contradict them; the path
 // (another machine's copy) and the evaluation pipeline may change.
-import { DATA_FORMATS, type DataFormat, type DataSpec } from '../data/open.ts';
+import type { DataSpec } from '../data/open.ts';
+import { DATA_FORMATS, type DataFormat } from '../data/source.ts';
 import type { RecipeData } from '../train/recipe.ts';
 import { InputError } from '../common/errors.ts';
 import type { EvalData } from './eval-pool.ts';

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../src/model/backend.ts';
-import { VisionTransformer, countFlops, type TrainContext, type VitConfig } from '../../src/model/vit.ts';
+import type { TrainContext } from '../../src/model/model.ts';
+import { VisionTransformer, countFlops, type VitConfig } from '../../src/model/vit.ts';
 import { assertBackendsAgree, assertClose, checkGradients as checkModelGradients, lcg, lossAndGrad, randomBatch, scrambledParams } from './helpers.ts';
 
 // Small enough for finite differences, big enough to have several patches, heads, blocks and classes.

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { convNetParamSpecs } from '../../src/model/convnet.ts';
 import { resamplePosEmbed } from '../../src/model/pos-embed.ts';
 import { createModelConfig } from '../../src/model/registry.ts';
-import { paramSpecs, type ParamSpec, type VitConfig } from '../../src/model/vit.ts';
+import type { ParamSpec } from '../../src/model/model.ts';
+import { paramSpecs, type VitConfig } from '../../src/model/vit.ts';
 import { exportTimmState, importTimmState } from '../../src/model/weights.ts';
 
 // Three input channels so the conv layout's channel axis is exercised; D=8, p=7, hidden=16.
