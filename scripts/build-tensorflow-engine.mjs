@@ -24,6 +24,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 
 const TENSORFLOW_WHEEL = 'tensorflow-cpu==2.21.0';
+const WHEEL_PYTHON = '3.11';
 /** Only the two libraries and the C API's header closure are needed (853 MB of the wheel's 1.27 GB). */
 const WHEEL_MEMBERS = [
   'tensorflow/libtensorflow_cc.so.2',
@@ -91,7 +92,10 @@ function unpackWheel(packageDir) {
   const depsDir = join(packageDir, 'deps');
   const scratch = mkdtempSync(join(tmpdir(), 'vit-dist-tensorflow-'));
   try {
-    runStep(`pip download ${TENSORFLOW_WHEEL}`, 'python3', ['-m', 'pip', 'download', '--no-deps', '--retries', '0', '--timeout', '2', '--disable-pip-version-check', TENSORFLOW_WHEEL, '-d', scratch]);
+    // Only the C libraries are used, and they are the same in every Python version's wheel: ask
+    // for one fixed version, so whichever python3 runs pip finds it.
+    const pip = ['-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '--python-version', WHEEL_PYTHON, '--retries', '0', '--timeout', '2', '--disable-pip-version-check'];
+    runStep(`pip download ${TENSORFLOW_WHEEL}`, 'python3', [...pip, TENSORFLOW_WHEEL, '-d', scratch]);
     const wheel = readdirSync(scratch).find((f) => f.endsWith('.whl'));
     if (!wheel) throw new StepError(`pip download ${TENSORFLOW_WHEEL}`, `no wheel in ${scratch}`);
     const staged = join(packageDir, 'deps.partial');
