@@ -66,8 +66,12 @@ async function loadNative(pkg: string): Promise<NativeLoad> {
     return { ok: false, why: `${pkg} failed its smoke test at install (${status.failure}); rebuild with node scripts/build-tensorflow-engine.mjs` };
   }
   // TensorFlow logs oneDNN and CPU-feature lines on stderr when it loads; keep the console clean
-  // unless the user asked for them (TF_CPP_MIN_LOG_LEVEL=0).
-  process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
+  // unless the user set a log level. TF 2.21 logs "oneDNN custom operations are on" whatever the
+  // level unless that option is set explicitly; on is its default, so this only drops the notice.
+  if (process.env.TF_CPP_MIN_LOG_LEVEL === undefined) {
+    process.env.TF_CPP_MIN_LOG_LEVEL = '2';
+    process.env.TF_ENABLE_ONEDNN_OPTS ??= '1';
+  }
   try {
     // The variable module name is deliberate: see the header comment.
     const moduleName: string = pkg;
