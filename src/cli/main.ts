@@ -36,6 +36,7 @@ program
   .requiredOption('--coordinator <url>', 'the coordinator, e.g. ws://host:29500')
   .option('--gpu <k>', 'GPU index: sets CUDA_VISIBLE_DEVICES=K before TensorFlow.js loads', nonNegativeInt)
   .addOption(new Option('--backend <name>', 'compute backend').choices(BACKENDS).default('auto'))
+  .option('--threads <n>', "TensorFlow's intra-op threads (TF_NUM_INTRAOP_THREADS; default: TensorFlow's, all cores); WebAssembly always runs one", positiveInt)
   .option('--token <token>', `shared secret (default: $${TOKEN_ENV})`)
   .option('--ca <file>', 'PEM certificate authority to trust for a wss:// coordinator (e.g. its self-signed certificate)')
   .option('--ring-host <address>', 'address the ring server binds to', '127.0.0.1')
@@ -57,7 +58,8 @@ addRunOptions(
     .description('run a local cluster: the coordinator and --workers worker processes')
     .requiredOption('--workers <n>', 'number of local worker processes', positiveInt)
     .option('--data-threads <n>', "each worker's threads that decode and augment images (0: on its main thread)", nonNegativeInt, DEFAULT_DATA_THREADS)
-    .addOption(new Option('--backend <name>', 'compute backend of the workers').choices(BACKENDS).default('auto')),
+    .addOption(new Option('--backend <name>', 'compute backend of the workers').choices(BACKENDS).default('auto'))
+    .option('--threads <n>', "each worker's TensorFlow intra-op threads (default: the cores divided among the workers)", positiveInt),
 ).action(runLaunchCommand);
 
 program

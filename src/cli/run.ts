@@ -3,6 +3,7 @@
 // torchrun does) while the coordinator takes the replacement into the ring.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { latestCheckpoint, readCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.ts';
@@ -32,7 +33,15 @@ interface CoordinatorFlags extends RunFlags {
 interface LaunchFlags extends RunFlags {
   workers: number;
   backend: string;
+  threads?: number;
   dataThreads: number;
+}
+
+/** TensorFlow threads per local worker: --threads, or the cores shared evenly, at least one each. */
+function threadsPerWorker(flags: LaunchFlags): { threads: number; why: string } {
+  const cores = availableParallelism();
+  if (flags.threads !== undefined) return { threads: flags.threads, why: `--threads, on ${cores} cores` };
+  return { threads: Math.max(1, Math.floor(cores / flags.workers)), why: `${cores} cores shared among ${flags.workers} workers; --threads overrides` };
 }
 
 /** The checkpoint to continue from: --resume, or the newest one already in --out (a restarted coordinator). */
@@ -125,7 +134,9 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   const address = await coordinator.listen();
   const url = `ws://127.0.0.1:${address.port}`;
   const logDir = join(coordinator.outDir, 'logs');
-  console.log(`launching ${flags.workers} local workers against ${url} (run dir ${coordinator.outDir})`);
+  const { threads, why } = threadsPerWorker(flags);
+  const engineThreads = flags.backend === 'wasm' || flags.backend === 'cpu' ? '' : ` x ${threads} TensorFlow thread${threads === 1 ? '' : 's'} each (${why})`;
+  console.log(`launching ${flags.workers} local workers${engineThreads} against ${url} (run dir ${coordinator.outDir})`);
   const children = new Map<number, ChildProcess>();
   let finished = false;
   let respawns = 0;
@@ -133,7 +144,7 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   const gaveUp = new Promise<never>((_, reject) => (giveUp = reject));
 
   const spawnWorker = (slot: number): void => {
-    const child = spawn(process.execPath, [BIN, 'worker', '--coordinator', url, '--backend', flags.backend, '--heartbeat-timeout', String(flags.heartbeatTimeout), '--data-threads', String(flags.dataThreads), '--log-dir', logDir, '--log-name', `worker-${slot}`, '--log-level', flags.logLevel], {
+    const child = spawn(process.execPath, [BIN, 'worker', '--coordinator', url, '--backend', flags.backend, '--threads', String(threads), '--heartbeat-timeout', String(flags.heartbeatTimeout), '--data-threads', String(flags.dataThreads), '--log-dir', logDir, '--log-name', `worker-${slot}`, '--log-level', flags.logLevel], {
       // The token goes through the environment, not argv, so `ps` does not show it.
       env: { ...process.env, [TOKEN_ENV]: coordinator.token },
       stdio: ['ignore', 'inherit', 'inherit'],

@@ -8,6 +8,7 @@ export interface WorkerFlags {
   coordinator: string;
   gpu?: number;
   backend: BackendChoice;
+  threads?: number;
   token?: string;
   ca?: string;
   ringHost: string;
@@ -35,6 +36,12 @@ function parseAdvertise(value: string): { advertiseHost: string; advertisePort: 
 export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
   // Must happen before TensorFlow.js binds a device: tfjs-node-gpu reads it when it loads.
   if (flags.gpu !== undefined) process.env.CUDA_VISIBLE_DEVICES = String(flags.gpu);
+  // TensorFlow reads its thread pools' sizes once, when the addon loads. Inter-op parallelism runs
+  // independent graph ops side by side; eager ops come one at a time, so one thread is enough.
+  if (flags.threads !== undefined) {
+    process.env.TF_NUM_INTRAOP_THREADS = String(flags.threads);
+    process.env.TF_NUM_INTEROP_THREADS ??= '1';
+  }
   if (!/^wss?:\/\//.test(flags.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got "${flags.coordinator}"`);
   const token = resolveToken(flags.token, false);
   const logger = createLogger(flags.logName, flags.logDir ?? null, flags.logLevel);

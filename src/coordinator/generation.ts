@@ -204,6 +204,13 @@ export class Generation {
     const backends = this.members.map((l) => l.info.backend);
     logger.info({ generation, workers: worldSize, startStep: start.step, numParams: first.numParams, backends, digest }, 'ring formed, all workers ready');
     this.context.progress.note(`ring of ${worldSize} worker${worldSize === 1 ? '' : 's'} formed (backends: ${backends.join(', ')}), ${first.numParams.toLocaleString('en-US')} parameters, starting at step ${start.step}`);
+    // Engines round differently, so such a ring still trains in lockstep (the optimizer step is
+    // shared) but its gradients, and so its run, are not bit-reproducible on one engine alone.
+    const odd = backends.flatMap((backend, rank) => (backend === backends[0] ? [] : [`rank ${rank} runs ${backend}`]));
+    if (odd.length > 0) {
+      logger.warn({ generation, backends }, 'workers run different compute engines');
+      this.context.progress.note(`warning: rank 0 runs ${backends[0]} but ${odd.join(', ')}: their gradients round differently`);
+    }
     return first;
   }
 

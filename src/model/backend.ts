@@ -6,7 +6,14 @@
 // downloads libtensorflow, which is not always possible, so they are loaded with a dynamic import()
 // of a module name held in a variable — that keeps them out of the typecheck and out of the static
 // module graph, and a missing package becomes a fallback instead of a crash.
+//
+// On machines without internet, tfjs-node is built by scripts/build-tensorflow-engine.mjs (npm's
+// postinstall), which smoke-tests it in a child process and records the outcome beside the package:
+// an engine that failed there is not loaded here, and the reason is part of the logged choice.
 
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
@@ -36,7 +43,35 @@ const TFJS_NODE_GPU = '@tensorflow/tfjs-node-gpu';
 /** Outcome of trying to load one of the optional native packages. */
 type NativeLoad = { ok: true } | { ok: false; why: string };
 
+/** What scripts/build-tensorflow-engine.mjs recorded about the package's smoke test, if it ran. */
+interface EngineStatus {
+  ok: boolean;
+  failure?: string;
+}
+
+function installStatus(pkg: string): EngineStatus | null {
+  let packageDir: string;
+  try {
+    packageDir = dirname(createRequire(import.meta.url).resolve(`${pkg}/package.json`));
+  } catch {
+    return null;
+  }
+  const file = join(packageDir, 'vit-dist-engine.json');
+  return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as EngineStatus) : null;
+}
+
 async function loadNative(pkg: string): Promise<NativeLoad> {
+  const status = installStatus(pkg);
+  if (status && !status.ok) {
+    return { ok: false, why: `${pkg} failed its smoke test at install (${status.failure}); rebuild with node scripts/build-tensorflow-engine.mjs` };
+  }
+  // TensorFlow logs oneDNN and CPU-feature lines on stderr when it loads; keep the console clean
+  // unless the user set a log level. TF 2.21 logs "oneDNN custom operations are on" whatever the
+  // level unless that option is set explicitly; on is its default, so this only drops the notice.
+  if (process.env.TF_CPP_MIN_LOG_LEVEL === undefined) {
+    process.env.TF_CPP_MIN_LOG_LEVEL = '2';
+    process.env.TF_ENABLE_ONEDNN_OPTS ??= '1';
+  }
   try {
     // The variable module name is deliberate: see the header comment.
     const moduleName: string = pkg;
@@ -65,6 +100,17 @@ async function activate(name: string): Promise<boolean> {
   return ok && tf.getBackend() === name;
 }
 
+/** The TensorFlow C library's own version, as its binding reports it. */
+function tensorflowVersion(): string {
+  const backend = tf.backend() as unknown as { binding?: { TF_Version?: string } };
+  return backend.binding?.TF_Version ?? '(version unknown)';
+}
+
+function intraOpThreads(): string {
+  const threads = process.env.TF_NUM_INTRAOP_THREADS;
+  return threads ? `${threads} intra-op thread${threads === '1' ? '' : 's'}` : "TensorFlow's default thread count";
+}
+
 /** Tries tfjs-node-gpu (only if a GPU was asked for) and then tfjs-node. */
 async function tryTensorflow(gpu: number | undefined): Promise<{ reason: string } | { failures: string[] }> {
   const failures: string[] = [];
@@ -79,9 +125,9 @@ async function tryTensorflow(gpu: number | undefined): Promise<{ reason: string 
       failures.push(`${pkg} loaded but the 'tensorflow' backend failed to initialize`);
       continue;
     }
-    const device = pkg === TFJS_NODE_GPU ? `GPU ${gpu} (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? 'unset'})` : 'CPU';
+    const device = pkg === TFJS_NODE_GPU ? `GPU ${gpu} (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? 'unset'})` : `CPU, ${intraOpThreads()}`;
     const note = gpu !== undefined && pkg === TFJS_NODE ? ` (GPU ${gpu} was asked for but ${failures[0]})` : '';
-    return { reason: `native TensorFlow via ${pkg} on ${device}${note}` };
+    return { reason: `native TensorFlow ${tensorflowVersion()} via ${pkg} on ${device}${note}` };
   }
   return { failures };
 }

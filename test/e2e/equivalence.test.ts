@@ -12,7 +12,7 @@ test('1, 2 and 4 workers give the same loss at every step', { skip: needsData, t
   const losses = new Map<number, number[]>();
   for (const workers of [1, 2, 4]) {
     const out = tempRunDir(`equiv${workers}`);
-    const result = await run(['launch', '--workers', String(workers), '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--backend', 'wasm', '--out', out], { timeoutMs: 240_000 });
+    const result = await run(['launch', '--workers', String(workers), '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--backend', 'auto', '--out', out], { timeoutMs: 240_000 });
     assert.equal(result.code, 0, `launch --workers ${workers} failed:\n${result.stdout}\n${result.stderr}`);
     const steps = stepRecords(out);
     assert.deepEqual(steps.map((s) => s.step), Array.from({ length: STEPS }, (_, i) => i + 1));
@@ -35,12 +35,12 @@ test('with dropout, stochastic depth and label smoothing on, 1 and 2 workers sti
   const losses: number[][] = [];
   for (const workers of [1, 2]) {
     const out = tempRunDir(`regularized${workers}`);
-    const result = await run(['launch', '--workers', String(workers), '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--backend', 'wasm', ...regularized, '--out', out], { timeoutMs: 240_000 });
+    const result = await run(['launch', '--workers', String(workers), '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--backend', 'auto', ...regularized, '--out', out], { timeoutMs: 240_000 });
     assert.equal(result.code, 0, `launch --workers ${workers} failed:\n${result.stdout}\n${result.stderr}`);
     losses.push(stepRecords(out).map((s) => s.loss));
   }
   const plainOut = tempRunDir('unregularized');
-  const plain = await run(['launch', '--workers', '1', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--backend', 'wasm', '--set', 'modelArgs.depth=2', '--out', plainOut], { timeoutMs: 240_000 });
+  const plain = await run(['launch', '--workers', '1', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--backend', 'auto', '--set', 'modelArgs.depth=2', '--out', plainOut], { timeoutMs: 240_000 });
   assert.equal(plain.code, 0, plain.stdout + plain.stderr);
   const [one, two] = losses as [number[], number[]];
   assert.notEqual(stepRecords(plainOut)[0]!.loss, one[0], 'the regularizers are in effect');

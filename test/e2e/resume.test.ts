@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { MICRO_RECIPE, checkpointAt, killGroup, needsData, run, start, stepRecords, tempRunDir, uninterruptedDigest, waitUntil } from './cluster.ts';
 
 const STEPS = 40;
-const common = ['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--checkpoint-every', '10', '--backend', 'wasm'];
+const common = ['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--checkpoint-every', '10', '--backend', 'auto'];
 
 test('kill -9 after a checkpoint and resume: the same final digest as a straight run', { skip: needsData, timeout: 400_000 }, async () => {
   const expected = await uninterruptedDigest(common, 180_000);
@@ -19,7 +19,7 @@ test('kill -9 after a checkpoint and resume: the same final digest as a straight
   await b.finished;
   assert.ok(stepRecords(crashed).at(-1)!.step < STEPS, 'the run was killed before its end');
 
-  const resumed = await run(['launch', '--workers', '2', '--backend', 'wasm', '--resume', crashed], { timeoutMs: 180_000 });
+  const resumed = await run(['launch', '--workers', '2', '--backend', 'auto', '--resume', crashed], { timeoutMs: 180_000 });
   assert.equal(resumed.code, 0, resumed.stdout + resumed.stderr);
   const steps = stepRecords(crashed);
   assert.deepEqual(steps.map((s) => s.step), Array.from({ length: STEPS }, (_, i) => i + 1), 'each step recorded once');
@@ -29,7 +29,7 @@ test('kill -9 after a checkpoint and resume: the same final digest as a straight
 test('a corrupt checkpoint is refused with a clear error', { skip: needsData, timeout: 60_000 }, async () => {
   const dir = tempRunDir('corrupt');
   const checkpoints = join(dir, 'checkpoints');
-  await run(['launch', '--workers', '1', '--recipe', MICRO_RECIPE, '--steps', '1', '--backend', 'wasm', '--out', dir], { timeoutMs: 60_000 });
+  await run(['launch', '--workers', '1', '--recipe', MICRO_RECIPE, '--steps', '1', '--backend', 'auto', '--out', dir], { timeoutMs: 60_000 });
   const path = join(checkpoints, 'step-000000001.ckpt');
   assert.ok(existsSync(path));
   writeFileSync(path, 'not a checkpoint');
@@ -51,7 +51,7 @@ test('SIGTERM stops the coordinator after a checkpoint (exit 0); --resume finish
   assert.ok(match, stopped.stdout);
   assert.ok(existsSync(join(out, 'checkpoints', `step-${match[1]!.padStart(9, '0')}.ckpt`)), 'a checkpoint at the step it stopped');
 
-  const resumed = await run(['launch', '--workers', '2', '--backend', 'wasm', '--resume', out], { timeoutMs: 180_000 });
+  const resumed = await run(['launch', '--workers', '2', '--backend', 'auto', '--resume', out], { timeoutMs: 180_000 });
   assert.equal(resumed.code, 0, resumed.stdout + resumed.stderr);
   assert.equal(stepRecords(out).at(-1)!.paramDigest, expected);
 });

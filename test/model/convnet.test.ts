@@ -12,7 +12,7 @@ import type { TrainContext } from '../../src/model/model.ts';
 import { createModelConfig } from '../../src/model/registry.ts';
 import { writeSafetensors } from '../../src/model/safetensors.ts';
 import { exportTimmState } from '../../src/model/weights.ts';
-import { assertBackendsAgree, assertClose, checkGradients as checkModelGradients, lossAndGrad, randomBatch, scrambledParams } from './helpers.ts';
+import { ENGINES, assertBackendsAgree, assertClose, checkGradients as checkModelGradients, lossAndGrad, randomBatch, scrambledParams } from './helpers.ts';
 
 // Two stages, one 3x3 convolution each: 8x8x2 -> stem 4x4x3 -> 3x3 conv -> downsample 2x2x4 -> 3x3 conv.
 const TINY: ConvNetConfig = { family: 'convnet', imageSize: 8, inChannels: 2, numClasses: 3, widths: [3, 4], depths: [1, 1], distilled: false };
@@ -138,10 +138,23 @@ test('gradients with label smoothing, and with soft targets, match finite differ
   checkGradients(TINY, 14, { step: 0, seed: 0, sampleIndices, softTargets });
 });
 
-test('cpu and wasm backends agree on loss and gradients', async () => {
-  const model = new ConvNet(TINY);
-  await assertBackendsAgree(model, scrambledParams(model, 21), 22);
-});
+// The engines workers train on: the same checks as above on the plain-JS cpu backend.
+for (const engine of ENGINES) {
+  test(`${engine.name}: loss, hit count and gradients agree with the cpu backend`, { skip: engine.skip }, async () => {
+    const model = new ConvNet(TINY);
+    await assertBackendsAgree(model, scrambledParams(model, 21), 22, engine.name);
+    await selectBackend({ requested: 'cpu' });
+  });
+
+  test(`${engine.name}: analytic gradients match finite differences`, { skip: engine.skip }, async () => {
+    await selectBackend({ requested: engine.name });
+    try {
+      checkGradients(TINY, 11);
+    } finally {
+      await selectBackend({ requested: 'cpu' });
+    }
+  });
+}
 
 test('no batch statistics: micro-batches add up to the whole batch and an image gets the same logits alone', () => {
   const model = new ConvNet(TINY);
@@ -210,7 +223,7 @@ test('dropout and stochastic depth have no site here: a context asking for them 
 });
 
 test('no tensors leak across calls, errors included', async () => {
-  for (const backend of ['cpu', 'wasm'] as const) {
+  for (const backend of ['cpu', ...ENGINES.filter((e) => !e.skip).map((e) => e.name)] as const) {
     await selectBackend({ requested: backend });
     const model = new ConvNet(TINY);
     const { images, labels } = randomBatch(TINY, 4, 61);

@@ -3,6 +3,19 @@ import assert from 'node:assert/strict';
 import { selectBackend } from '../../src/model/backend.ts';
 import type { ImageClassifier, ModelConfig, TrainContext } from '../../src/model/model.ts';
 
+/** Why the tensorflow engine cannot be tested here (it did not build or load), or false. */
+export const tensorflowUnavailable: string | false = await selectBackend({ requested: 'tensorflow' }).then(
+  () => false,
+  (err: Error) => `the tensorflow engine is unavailable (see npm ci's "vit-dist engine" lines): ${err.message}`,
+);
+
+/** The engines workers train on, each with its skip reason where it does not load. */
+export const ENGINES = [
+  { name: 'wasm', skip: false },
+  { name: 'tensorflow', skip: tensorflowUnavailable },
+] as const;
+export type EngineName = (typeof ENGINES)[number]['name'];
+
 /** Deterministic pseudo-random numbers for test inputs (not the model's init PRNG). */
 export function lcg(seed: number): () => number {
   let s = seed >>> 0;
@@ -79,19 +92,19 @@ export function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol
   for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - want[i]!) <= tol, `${what}[${i}]: ${got[i]} vs ${want[i]} (tol ${tol})`);
 }
 
-/** The cpu and wasm backends give one loss, one count and one gradient (to float32 rounding) for `model` at `params`. */
-export async function assertBackendsAgree(model: ImageClassifier, params: Float32Array, seed: number): Promise<void> {
+/** `engine` and the plain-JS cpu backend give one loss, one count and one gradient (to float32 rounding) for `model` at `params`. */
+export async function assertBackendsAgree(model: ImageClassifier, params: Float32Array, seed: number, engine: EngineName = 'wasm'): Promise<void> {
   const { images, labels } = randomBatch(model.config, 4, seed);
-  const run = async (backend: 'cpu' | 'wasm') => {
+  const run = async (backend: 'cpu' | EngineName) => {
     await selectBackend({ requested: backend });
     model.setParams(params);
     const out = lossAndGrad(model, images, labels, 4);
     model.disposeParams();
     return out;
   };
-  const wasm = await run('wasm');
+  const other = await run(engine);
   const cpu = await run('cpu');
-  assert.ok(Math.abs(wasm.lossSum - cpu.lossSum) < 1e-4 * Math.abs(cpu.lossSum));
-  assert.equal(wasm.correct, cpu.correct);
-  assertClose(wasm.grad, cpu.grad, 1e-4 * Math.max(...cpu.grad.map(Math.abs)));
+  assert.ok(Math.abs(other.lossSum - cpu.lossSum) < 1e-4 * Math.abs(cpu.lossSum), `${engine} loss ${other.lossSum} vs cpu ${cpu.lossSum}`);
+  assert.equal(other.correct, cpu.correct);
+  assertClose(other.grad, cpu.grad, 1e-4 * Math.max(...cpu.grad.map(Math.abs)), engine);
 }

@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../src/model/backend.ts';
 import type { TrainContext } from '../../src/model/model.ts';
 import { VisionTransformer, countFlops, type VitConfig } from '../../src/model/vit.ts';
-import { assertBackendsAgree, assertClose, checkGradients as checkModelGradients, lcg, lossAndGrad, randomBatch, scrambledParams } from './helpers.ts';
+import { ENGINES, assertBackendsAgree, assertClose, checkGradients as checkModelGradients, lcg, lossAndGrad, randomBatch, scrambledParams } from './helpers.ts';
 
 // Small enough for finite differences, big enough to have several patches, heads, blocks and classes.
 const TINY: VitConfig = { imageSize: 8, patchSize: 4, inChannels: 2, numClasses: 3, embedDim: 8, depth: 2, numHeads: 2, mlpRatio: 2, distilled: false };
@@ -141,10 +141,26 @@ test('gradients with dropout, attention dropout, drop path and label smoothing m
   checkGradients(TINY, 18, ctx);
 });
 
-test('cpu and wasm backends agree on loss and gradients', async () => {
-  const model = new VisionTransformer(TINY);
-  await assertBackendsAgree(model, scrambledParams(model, 21), 22);
-});
+// The engines workers train on: the same checks as above on the plain-JS cpu backend.
+for (const engine of ENGINES) {
+  test(`${engine.name}: loss, hit count and gradients agree with the cpu backend, plain and distilled`, { skip: engine.skip }, async () => {
+    for (const config of [TINY, TINY_DISTILLED]) {
+      const model = new VisionTransformer(config);
+      await assertBackendsAgree(model, scrambledParams(model, 21), 22, engine.name);
+    }
+    await selectBackend({ requested: 'cpu' });
+  });
+
+  test(`${engine.name}: analytic gradients match finite differences, also distilled with dropout, drop path and label smoothing`, { skip: engine.skip }, async () => {
+    await selectBackend({ requested: engine.name });
+    try {
+      checkGradients(TINY, 11);
+      checkGradients(TINY_DISTILLED, 17, { step: 5, seed: 9, sampleIndices: Uint32Array.of(100, 7, 42), regularization: HEAVY, distillationAlpha: 0.3 });
+    } finally {
+      await selectBackend({ requested: 'cpu' });
+    }
+  });
+}
 
 test('gradients accumulate: two calls add up to the two separate gradients', () => {
   const model = new VisionTransformer(TINY);
@@ -198,7 +214,7 @@ test('lossSum is the sum of per-sample losses and correct counts argmax hits', (
 
 test('no tensors leak across calls', async () => {
   const ctx: TrainContext = { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1, 2, 3), regularization: HEAVY };
-  for (const backend of ['cpu', 'wasm'] as const) {
+  for (const backend of ['cpu', ...ENGINES.filter((e) => !e.skip).map((e) => e.name)] as const) {
     await selectBackend({ requested: backend });
     for (const config of [TINY, TINY_DISTILLED]) {
       const model = new VisionTransformer(config);
