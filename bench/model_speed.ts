@@ -1,10 +1,12 @@
-// Forward-plus-backward speed of one model replica, as a worker runs it: the wasm backend on one
-// thread, the model's lossAndGrad on a micro-batch. bench/model-vs-torch.sh runs it beside
-// bench/torch_model_speed.py, which times PyTorch on the same shapes with the same rule.
+// Forward-plus-backward speed of one model replica, as a worker runs it: the model's lossAndGrad on a
+// micro-batch, on the backend asked for (TensorFlow's threads: TF_NUM_INTRAOP_THREADS; wasm runs one).
+// bench/model-vs-torch.sh runs it beside bench/torch_model_speed.py, which times PyTorch on the same
+// shapes with the same rule.
 //
 //   node --import tsx bench/model_speed.ts --model vit_fmnist_tiny --batch 128 [--seconds 25] [--backend wasm]
 //
-// Prints a human-readable line, then one JSON line (the last) for scripts.
+// Prints a human-readable line, then one JSON line (the last) for scripts, with the process's peak
+// resident memory.
 import { parseArgs } from 'node:util';
 import { selectBackend, type BackendChoice } from '../src/model/backend.ts';
 import { createModelConfig } from '../src/model/registry.ts';
@@ -55,5 +57,6 @@ while (times.length < MIN_TIMED_ITERATIONS || performance.now() - start < second
 times.sort((a, b) => a - b);
 const msPerStep = times[Math.floor(times.length / 2)]!;
 const imagesPerSec = (batch * 1000) / msPerStep;
-console.log(`vit-dist ${values.model} batch ${batch}: ${imagesPerSec.toFixed(1)} images/s (median of ${times.length} passes, ${msPerStep.toFixed(1)} ms each; ${reason})`);
-console.log(JSON.stringify({ model: values.model, batch, iterations: times.length, msPerStep, imagesPerSec, backend: reason, config }));
+const peakRssMB = process.resourceUsage().maxRSS / 1024; // maxRSS is in KiB
+console.log(`vit-dist ${values.model} batch ${batch}: ${imagesPerSec.toFixed(1)} images/s (median of ${times.length} passes, ${msPerStep.toFixed(1)} ms each; peak RSS ${peakRssMB.toFixed(0)} MiB; ${reason})`);
+console.log(JSON.stringify({ model: values.model, batch, iterations: times.length, msPerStep, imagesPerSec, peakRssMB, backend: reason, config }));

@@ -5,12 +5,13 @@ usage: torch_model_speed.py --config CONFIG_JSON --batch B [--seconds S]
 CONFIG_JSON is vit-dist's VitConfig. The model is test/fixtures/reference_vit.py's ViT (timm's
 architecture, which the logit cross-check already holds equal to vit-dist's), on one thread as a
 vit-dist worker runs. Prints a human-readable line, then one JSON line (the last) for scripts,
-naming the BLAS library the process actually loaded (torch.__config__ only says "generic": Debian's
-torch takes whatever libblas.so.3 the dynamic linker finds).
+naming whether torch has MKL (pip's CPU wheels link it in) and the BLAS libraries the process
+actually loaded (Debian's torch takes whatever libblas.so.3 the dynamic linker finds).
 """
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -64,8 +65,9 @@ def main():
     ips = args.batch * 1000 / ms
     blas = ", ".join(loaded_blas())
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__} batch {args.batch}: {ips:.1f} images/s (median of {len(times)} passes, {ms:.1f} ms each; {threads} thread, BLAS {blas})")
-    print(json.dumps({"batch": args.batch, "iterations": len(times), "msPerStep": ms, "imagesPerSec": ips, "threads": threads, "blas": blas, "torch": torch.__version__}))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"torch {torch.__version__} batch {args.batch}: {ips:.1f} images/s (median of {len(times)} passes, {ms:.1f} ms each; peak RSS {peak_rss_mb:.0f} MiB; {threads} thread, BLAS {blas})")
+    print(json.dumps({"batch": args.batch, "iterations": len(times), "msPerStep": ms, "imagesPerSec": ips, "peakRssMB": peak_rss_mb, "threads": threads, "mkl": torch.backends.mkl.is_available(), "blas": blas, "torch": torch.__version__}))
 
 
 if __name__ == "__main__":

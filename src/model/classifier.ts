@@ -71,7 +71,9 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
 
   /** Per-parameter gradients (by name, any shape of the parameter's size) as one flat vector in the params' order. */
   protected flatGradient(grads: Map<string, tf.Tensor>): tf.Tensor1D {
-    return tf.concat(this.params.map((spec) => tf.reshape(grads.get(spec.name)!, [spec.size])));
+    // A reshape is an op of its own on TensorFlow: skip the ones that would change nothing.
+    const flat = (spec: ParamSpec, g: tf.Tensor) => (g.rank === 1 && g.size === spec.size ? g : tf.reshape(g, [spec.size]));
+    return tf.concat(this.params.map((spec) => flat(spec, grads.get(spec.name)!))) as tf.Tensor1D;
   }
 
   /** The first n images of a flat NHWC buffer as a tensor. */

@@ -4,9 +4,12 @@
 // ES module with extension-less imports that Node cannot load (the @tensorflow/tfjs union package
 // bundles them, but we depend on tfjs-core alone). Writing the backward pass also lets us pick the
 // fast kernels: the wasm backend (XNNPACK) has no fast path for 2-D matMul with transpose flags —
-// a naive loop ~10x slower than a plain product — so every weight/input gradient below transposes
-// explicitly (a cheap copy) and then multiplies. Measured on [2176, 64] x [64, 192]:
-// transposeA/B flag 27-32 ms, explicit transpose + matMul 2-4 ms.
+// a naive loop ~10x slower than a plain product — so there every weight/input gradient below
+// transposes explicitly (a cheap copy) and then multiplies. Measured on [2176, 64] x [64, 192]:
+// transposeA/B flag 27-32 ms, explicit transpose + matMul 2-4 ms. TensorFlow's kernels take the
+// flags for free, and there every op costs tens of microseconds of dispatch (each reshape and
+// transpose uploads its shape as a tensor), so on the other backends the same products are one op
+// each: see transposeFlagsAreFree.
 //
 // Activations are kept 2-D, [rows, features] (tokens of a ViT, pixels of a convnet's NHWC map),
 // so every Linear is one 2-D product and every LayerNorm normalizes the last axis.
@@ -16,8 +19,19 @@ import * as tf from '@tensorflow/tfjs-core';
 /** timm's ViT uses LayerNorm(eps=1e-6), not PyTorch's default 1e-5; so does ConvNeXt's channel LayerNorm. */
 export const LN_EPS = 1e-6;
 
+/**
+ * Whether the active backend multiplies with a transposed operand (matMul's transpose flags) as fast
+ * as without. Only wasm's XNNPACK lacks that path; every other backend (TensorFlow's kernels, the
+ * plain-JS cpu one) gets the products in one op each, without a transpose copy.
+ */
+export function transposeFlagsAreFree(): boolean {
+  return tf.getBackend() !== 'wasm';
+}
+
 /** y = x @ w + b for x [M, in], w [in, out], b [out]. */
 export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D {
+  // tfjs-node has no fused kernel: its _FusedMatMul is a matMul and an add after three reshapes to 3-D.
+  if (tf.getBackend() === 'tensorflow') return tf.add(tf.matMul(x, w), b);
   return tf.fused.matMul({ a: x, b: w, bias: b }) as tf.Tensor2D;
 }
 
@@ -28,14 +42,16 @@ export interface LinearGrads {
 }
 
 export function linearBackward(dy: tf.Tensor2D, x: tf.Tensor2D, w: tf.Tensor2D): LinearGrads {
+  if (transposeFlagsAreFree()) return { dx: tf.matMul(dy, w, false, true), dw: tf.matMul(x, dy, true, false), db: tf.sum(dy, 0) };
   return { dx: tf.matMul(dy, tf.transpose(w)), dw: tf.matMul(tf.transpose(x), dy), db: tf.sum(dy, 0) };
 }
 
 /** LayerNorm over the last axis; also returns what the backward pass needs. */
 export function layerNorm(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor) {
-  const { mean, variance } = tf.moments(x, -1, true);
-  const rstd = tf.rsqrt(tf.add(variance, LN_EPS)); // [M, 1]
-  const xHat = tf.mul(tf.sub(x, mean), rstd) as tf.Tensor2D;
+  // tf.moments' arithmetic (mean of squared deviations), with the centered x computed once, not twice.
+  const centered = tf.sub(x, tf.mean(x, -1, true));
+  const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), LN_EPS)); // [M, 1]
+  const xHat = tf.mul(centered, rstd) as tf.Tensor2D;
   return { y: tf.add(tf.mul(xHat, weight), bias) as tf.Tensor2D, xHat, rstd };
 }
 

@@ -14,7 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Mulberry32, mixSeed } from '../common/random.ts';
 import { FlatParamClassifier, type TrainPass } from './classifier.ts';
 import { patchify } from './conv.ts';
-import { gelu, geluBackward, layerNorm, layerNormBackward, linear, linearBackward } from './layers.ts';
+import { gelu, geluBackward, layerNorm, layerNormBackward, linear, linearBackward, transposeFlagsAreFree } from './layers.ts';
 import type { HeadLogits } from './loss.ts';
 import type { ParamSpec, TrainContext } from './model.ts';
 import { ParamTable } from './param-table.ts';
@@ -245,6 +245,37 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     return tf.reshape(tf.transpose(tf.reshape(x, [B, T, H, hd]), [0, 2, 1, 3]), [B * H, T, hd]);
   }
 
+  /**
+   * norm1's output -> q, k, v, each [B*H, T, hd]. Where transposes are cheap (see
+   * transposeFlagsAreFree) one qkv product, one 5-D transpose and one unstack: 6 ops instead of 17,
+   * which is what a step costs on TensorFlow, where each op is tens of microseconds of dispatch. On
+   * wasm, 5-D transposes and slices of the [B*T, 3D] output are slow: there the small weight is split
+   * into three products instead.
+   */
+  private qkv(x: tf.Tensor2D, name: string, B: number): [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D] {
+    const { numHeads: H } = this.config;
+    const [T, hd] = [this.numTokens, this.headDim];
+    const w = this.w(`${name}.attn.qkv`);
+    const b = this.b(`${name}.attn.qkv`);
+    if (transposeFlagsAreFree()) {
+      // Output features are ordered (q|k|v, head, headDim) as in timm.
+      const qkv = tf.transpose(tf.reshape(linear(x, w, b), [B, T, 3, H, hd]), [2, 0, 3, 1, 4]);
+      return tf.unstack(tf.reshape(qkv, [3, B * H, T, hd])) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
+    }
+    const wqkv = tf.split<tf.Tensor2D>(w, 3, 1);
+    const bqkv = tf.split<tf.Tensor1D>(b, 3);
+    return [0, 1, 2].map((j) => this.splitHeads(linear(x, wqkv[j]!, bqkv[j]!), B)) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
+  }
+
+  /** The inverse of qkv's head split: dq, dk, dv [B*H, T, hd] -> d(qkv output) [B*T, 3D]. */
+  private mergeQkv(dq: tf.Tensor3D, dk: tf.Tensor3D, dv: tf.Tensor3D, B: number): tf.Tensor2D {
+    const { numHeads: H, embedDim: D } = this.config;
+    const [T, hd] = [this.numTokens, this.headDim];
+    if (!transposeFlagsAreFree()) return tf.concat([this.mergeHeads(dq, B), this.mergeHeads(dk, B), this.mergeHeads(dv, B)], 1);
+    const stacked = tf.reshape(tf.stack([dq, dk, dv]), [3, B, H, T, hd]);
+    return tf.reshape(tf.transpose(stacked, [1, 3, 0, 2, 4]), [B * T, 3 * D]);
+  }
+
   /** Inverse of splitHeads. */
   private mergeHeads(x: tf.Tensor3D, B: number): tf.Tensor2D {
     const { numHeads: H, embedDim: D } = this.config;
@@ -259,11 +290,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
   private block(x: tf.Tensor2D, i: number, B: number, masks: BlockMasks | null): [tf.Tensor2D, BlockActs] {
     const name = `blocks.${i}`;
     const norm1 = layerNorm(x, this.w(`${name}.norm1`), this.b(`${name}.norm1`));
-    // qkv output features are ordered (q|k|v, head, headDim) as in timm. Splitting the small weight
-    // into three products is cheaper than splitting the [B*T, 3D] output (a slow slice on wasm).
-    const wqkv = tf.split<tf.Tensor2D>(this.w(`${name}.attn.qkv`), 3, 1);
-    const bqkv = tf.split<tf.Tensor1D>(this.b(`${name}.attn.qkv`), 3);
-    const [q, k, v] = [0, 1, 2].map((j) => this.splitHeads(linear(norm1.y, wqkv[j]!, bqkv[j]!), B)) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
+    const [q, k, v] = this.qkv(norm1.y, name, B);
     const att: tf.Tensor3D = tf.softmax(tf.mul(batchMatMul(q, k, false, true), this.headDim ** -0.5)); // [B*H, T, T]
     const attDropped = masked(att, masks?.attn);
     const merged = this.mergeHeads(batchMatMul(attDropped, v), B);
@@ -305,8 +332,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const dScores: tf.Tensor3D = tf.mul(tf.mul(a.att, tf.sub(dAtt, tf.sum(tf.mul(dAtt, a.att), -1, true))), this.headDim ** -0.5);
     const dq = batchMatMul(dScores, a.k);
     const dk = batchMatMul(dScores, a.q, true, false);
-    const dqkv: tf.Tensor2D = tf.concat([this.mergeHeads(dq, B), this.mergeHeads(dk, B), this.mergeHeads(dv, B)], 1);
-    const qkv = linearBackward(dqkv, a.norm1.y, this.w(`${name}.attn.qkv`));
+    const qkv = linearBackward(this.mergeQkv(dq, dk, dv, B), a.norm1.y, this.w(`${name}.attn.qkv`));
     record('attn.qkv', qkv);
     const norm1 = layerNormBackward(qkv.dx, a.norm1.xHat, a.norm1.rstd, this.w(`${name}.norm1`));
     record('norm1', { dw: norm1.dWeight, db: norm1.dBias });
