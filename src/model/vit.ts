@@ -18,6 +18,7 @@ import { gelu, geluBackward, layerNorm, layerNormBackward, linear, linearBackwar
 import type { HeadLogits } from './loss.ts';
 import type { ParamSpec, TrainContext } from './model.ts';
 import { ParamTable } from './param-table.ts';
+import { tensorsIn, tidyKeeping } from './scope.ts';
 
 export interface VitConfig {
   family?: 'vit'; // ModelConfig's discriminator; absent in configs written before the convnet existed
@@ -314,13 +315,16 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     };
 
     // MLP branch: out = x1 + fc2(gelu(fc1(norm2(x1)))), each mask applied where the forward applied it.
-    const fc2 = linearBackward(masked(dOut, a.masks?.fc2), a.hidden, this.w(`${name}.mlp.fc2`));
-    record('mlp.fc2', fc2);
-    const fc1 = linearBackward(geluBackward(masked(fc2.dx, a.masks?.act), a.fc1, a.act.cdf), a.norm2.y, this.w(`${name}.mlp.fc1`));
-    record('mlp.fc1', fc1);
-    const norm2 = layerNormBackward(fc1.dx, a.norm2.xHat, a.norm2.rstd, this.w(`${name}.norm2`));
-    record('norm2', { dw: norm2.dWeight, db: norm2.dBias });
-    const dx1: tf.Tensor2D = tf.add(dOut, norm2.dx);
+    // Its own scope: its temporaries are freed before the attention branch's (lower peak memory).
+    const { dx1 } = tidyKeeping(() => {
+      const fc2 = linearBackward(masked(dOut, a.masks?.fc2), a.hidden, this.w(`${name}.mlp.fc2`));
+      record('mlp.fc2', fc2);
+      const fc1 = linearBackward(geluBackward(masked(fc2.dx, a.masks?.act), a.fc1, a.act.cdf), a.norm2.y, this.w(`${name}.mlp.fc1`));
+      record('mlp.fc1', fc1);
+      const norm2 = layerNormBackward(fc1.dx, a.norm2.xHat, a.norm2.rstd, this.w(`${name}.norm2`));
+      record('norm2', { dw: norm2.dWeight, db: norm2.dBias });
+      return { dx1: tf.add(dOut, norm2.dx) as tf.Tensor2D, grads };
+    });
 
     // Attention branch: x1 = x + proj(attention(qkv(norm1(x)))).
     const proj = linearBackward(masked(dx1, a.masks?.proj), a.merged, this.w(`${name}.attn.proj`));
@@ -379,8 +383,10 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     let h = tf.reshape(tokens, [B * T, D]) as tf.Tensor2D;
     const blocks: BlockActs[] = [];
     for (let i = 0; i < depth; i++) {
-      const [out, acts] = this.block(h, i, B, masks?.[i] ?? null);
+      // One scope per block: only its output and the activations its backward needs outlive it.
+      const [out, acts] = tidyKeeping(() => this.block(h, i, B, masks?.[i] ?? null));
       blocks.push(acts);
+      h.dispose(); // the block's input: its backward needs norm1's xHat, not x
       h = out;
     }
     const norm = layerNorm(h, this.w('norm'), this.b('norm'));
@@ -430,7 +436,14 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     grads.set('norm.weight', norm.dWeight).set('norm.bias', norm.dBias);
 
     let dh: tf.Tensor2D = norm.dx;
-    for (let i = depth - 1; i >= 0; i--) dh = this.blockBackward(dh, acts.blocks[i]!, i, B, grads);
+    for (let i = depth - 1; i >= 0; i--) {
+      const block = acts.blocks[i]!;
+      // One scope per block, and its activations freed once used: the peak is the kept activations
+      // plus one block's temporaries.
+      const { dx } = tidyKeeping(() => ({ dx: this.blockBackward(dh, block, i, B, grads), grads }));
+      tf.dispose([dh, ...tensorsIn(block)]);
+      dh = dx;
+    }
 
     const dTokens = tf.reshape(dh, [B, T, D]);
     grads.set('pos_embed', tf.sum(dTokens, 0, true));
