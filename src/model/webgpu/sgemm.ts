@@ -1,0 +1,153 @@
+// Our tiled SGEMM for tfjs's 'webgpu' backend: C[b] = op(A[b]) op(B[b]) (+ bias, activation), with
+// op a transpose or not, registered over tfjs's own BatchMatMul and _FusedMatMul.
+//
+// Why our own: tfjs-backend-webgpu 4.22's matMul reaches 4.5-10.8 TFLOP/s on an H200, while this
+// plain design reached 26-30 there (../shared/notes/engines.md, section 2). The design: a workgroup
+// of 16x16 threads computes a TILE x TILE block of C (TILE = 16 * PER_THREAD, 128 for big products),
+// stepping K by 8 with both input tiles staged in workgroup memory, k-major; each thread keeps
+// PER_THREAD x PER_THREAD outputs in registers, its rows ty + 16 i and columns tx + 16 j, so
+// neighbouring threads read neighbouring words of workgroup memory and write neighbouring words of
+// C. Every load and store is bounds-checked, so any shape works; small products take smaller tiles
+// to keep enough workgroups busy.
+//
+// What tfjs asks that this kernel does not do (other activations, prelu weights, a bias that is not
+// one value per output column, broadcasting of more than one batch axis, int32) goes to tfjs's own
+// kernel, kept as the fallback.
+
+import * as tf from '@tensorflow/tfjs-core';
+
+/** The part of tfjs-backend-webgpu's WebGPUBackend that our kernels use (its WebGPUProgram API). */
+export interface ProgramBackend {
+  runWebGPUProgram(program: WebGPUProgram, inputs: tf.TensorInfo[], outputDtype: tf.DataType, programDefinedUniform?: ProgramUniform[]): tf.TensorInfo;
+  disposeData(dataId: tf.DataId): boolean;
+}
+
+export type ProgramUniform = { type: 'int32' | 'float32' | 'uint32'; data: number[] };
+
+/** tfjs-backend-webgpu's WebGPUProgram, as its makeShader reads it. */
+export interface WebGPUProgram {
+  outputShape: number[];
+  shaderKey: string;
+  dispatchLayout: { x: number[]; y?: number[]; z?: number[] };
+  dispatch: [number, number, number];
+  variableNames: string[];
+  uniforms: string;
+  workgroupSize: [number, number, number];
+  getUserCode(): string;
+}
+
+/** Epilogues the kernel fuses: tfjs's _FusedMatMul activations that need no extra input. */
+export type FusedActivation = 'linear' | 'relu' | null;
+
+export interface SgemmShape {
+  batch: number;
+  /** 1 when A is shared by every batch entry (broadcast), else `batch`. */
+  batchA: number;
+  batchB: number;
+  m: number;
+  n: number;
+  k: number;
+  transposeA: boolean;
+  transposeB: boolean;
+}
+
+const WORKGROUP_SIDE = 16;
+const K_STEP = 8;
+const THREADS = WORKGROUP_SIDE * WORKGROUP_SIDE;
+/** Outputs per thread along each side, largest first: tiles of 128, 64, 32 and 16. */
+const PER_THREAD_CHOICES = [8, 4, 2, 1] as const;
+/** Below this many workgroups a big GPU idles; shrink the tile until there are at least this many. */
+const MIN_WORKGROUPS = 264;
+
+/** The largest tile that still gives MIN_WORKGROUPS workgroups (the smallest tile if none does). */
+export function choosePerThread(shape: Pick<SgemmShape, 'batch' | 'm' | 'n'>): number {
+  for (const perThread of PER_THREAD_CHOICES) {
+    const tile = WORKGROUP_SIDE * perThread;
+    if (shape.batch * Math.ceil(shape.m / tile) * Math.ceil(shape.n / tile) >= MIN_WORKGROUPS) return perThread;
+  }
+  return PER_THREAD_CHOICES[PER_THREAD_CHOICES.length - 1];
+}
+
+/** WGSL for one tile configuration; `i` and `j` loops are unrolled in the source so the accumulators stay in registers. */
+function sgemmSource(perThread: number, shape: SgemmShape, hasBias: boolean, activation: FusedActivation): string {
+  const tile = WORKGROUP_SIDE * perThread;
+  const tileElements = tile * K_STEP;
+  const loads = Math.ceil(tileElements / THREADS);
+  // Which element of a tile a load index t stages: walk the stored matrix's contiguous axis fastest.
+  const aLoad = shape.transposeA
+    ? `let kk = t / ${tile}; let r = t % ${tile}; var v = 0.0; if (k0 + kk < uniforms.k && row0 + r < uniforms.m) { v = A[aBase + (k0 + kk) * uniforms.m + row0 + r]; }`
+    : `let r = t / ${K_STEP}; let kk = t % ${K_STEP}; var v = 0.0; if (k0 + kk < uniforms.k && row0 + r < uniforms.m) { v = A[aBase + (row0 + r) * uniforms.k + k0 + kk]; }`;
+  const bLoad = shape.transposeB
+    ? `let c = t / ${K_STEP}; let kk = t % ${K_STEP}; var v = 0.0; if (k0 + kk < uniforms.k && col0 + c < uniforms.n) { v = B[bBase + (col0 + c) * uniforms.k + k0 + kk]; }`
+    : `let kk = t / ${tile}; let c = t % ${tile}; var v = 0.0; if (k0 + kk < uniforms.k && col0 + c < uniforms.n) { v = B[bBase + (k0 + kk) * uniforms.n + col0 + c]; }`;
+  const lines: string[] = [];
+  const acc = (i: number, j: number) => `acc${i}_${j}`;
+  for (let i = 0; i < perThread; i++) for (let j = 0; j < perThread; j++) lines.push(`var ${acc(i, j)} = 0.0;`);
+  const declarations = lines.join('\n    ');
+  const inner: string[] = [];
+  for (let i = 0; i < perThread; i++) inner.push(`let a${i} = tileA[kk][ty + ${WORKGROUP_SIDE * i}];`);
+  for (let j = 0; j < perThread; j++) inner.push(`let b${j} = tileB[kk][tx + ${WORKGROUP_SIDE * j}];`);
+  for (let i = 0; i < perThread; i++) for (let j = 0; j < perThread; j++) inner.push(`${acc(i, j)} = fma(a${i}, b${j}, ${acc(i, j)});`);
+  const epilogue = (value: string) => {
+    let v = hasBias ? `${value} + Bias[col]` : value;
+    if (activation === 'relu') v = `max(${v}, 0.0)`;
+    return v;
+  };
+  const stores: string[] = [];
+  for (let i = 0; i < perThread; i++) {
+    for (let j = 0; j < perThread; j++) {
+      stores.push(`{ let row = row0 + ty + ${WORKGROUP_SIDE * i}; let col = col0 + tx + ${WORKGROUP_SIDE * j};
+      if (row < uniforms.m && col < uniforms.n) { result[cBase + row * uniforms.n + col] = ${epilogue(acc(i, j))}; } }`);
+    }
+  }
+  return `
+  var<workgroup> tileA: array<array<f32, ${tile}>, ${K_STEP}>;
+  var<workgroup> tileB: array<array<f32, ${tile}>, ${K_STEP}>;
+
+  fn main() {
+    let tx = i32(localId.x);
+    let ty = i32(localId.y);
+    let lid = i32(localIndex);
+    let batch = i32(workgroupId.z);
+    let row0 = i32(workgroupId.y) * ${tile};
+    let col0 = i32(workgroupId.x) * ${tile};
+    let aBase = select(batch, 0, uniforms.batchA == 1) * uniforms.m * uniforms.k;
+    let bBase = select(batch, 0, uniforms.batchB == 1) * uniforms.k * uniforms.n;
+    ${declarations}
+    for (var k0 = 0; k0 < uniforms.k; k0 = k0 + ${K_STEP}) {
+      for (var l = 0; l < ${loads}; l++) {
+        let t = lid + l * ${THREADS};
+        if (t < ${tileElements}) {
+          { ${aLoad} tileA[kk][r] = v; }
+          { ${bLoad} tileB[kk][c] = v; }
+        }
+      }
+      workgroupBarrier();
+      for (var kk = 0; kk < ${K_STEP}; kk++) {
+        ${inner.join('\n        ')}
+      }
+      workgroupBarrier();
+    }
+    let cBase = batch * uniforms.m * uniforms.n;
+    ${stores.join('\n    ')}
+  }`;
+}
+
+/** The tfjs program for one product; `bias` (when given) holds one value per output column. */
+export function sgemmProgram(shape: SgemmShape, hasBias: boolean, activation: FusedActivation, perThread = choosePerThread(shape)): WebGPUProgram {
+  const tile = WORKGROUP_SIDE * perThread;
+  return {
+    outputShape: [shape.batch, shape.m, shape.n],
+    shaderKey: `vitdist_sgemm_${perThread}_${shape.transposeA}_${shape.transposeB}_${hasBias}_${activation}`,
+    dispatchLayout: { x: [2], y: [1], z: [0] },
+    dispatch: [Math.ceil(shape.n / tile), Math.ceil(shape.m / tile), shape.batch],
+    variableNames: hasBias ? ['A', 'B', 'Bias'] : ['A', 'B'],
+    uniforms: 'm : i32, n : i32, k : i32, batchA : i32, batchB : i32,',
+    workgroupSize: [WORKGROUP_SIDE, WORKGROUP_SIDE, 1],
+    getUserCode: () => sgemmSource(perThread, shape, hasBias, activation),
+  };
+}
+
+export function sgemmUniforms(shape: SgemmShape): ProgramUniform[] {
+  return [shape.m, shape.n, shape.k, shape.batchA, shape.batchB].map((v) => ({ type: 'int32', data: [v] }));
+}
