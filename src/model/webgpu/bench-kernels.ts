@@ -10,13 +10,13 @@
 // relative to the largest |output| sampled, so a wrong kernel shows up in the figures.
 
 import * as tf from '@tensorflow/tfjs-core';
-import { choosePerThread } from './sgemm.ts';
+import { choosePerThread, GPU_MIN_WORKGROUPS } from './sgemm.ts';
 
 export interface MatMulBench {
   ms: number;
   tflops: number;
   maxRelError: number;
-  /** The output tile the kernel chose for this shape (128, 64, 32 or 16). */
+  /** The output tile the kernel chooses for this shape on a GPU (128, 64, 32 or 16). */
   tile: number;
 }
 
@@ -52,7 +52,7 @@ export async function benchMatMul(m: number, n: number, k: number, transposeA: b
     const c = tf.matMul(a, b, transposeA, transposeB);
     const maxRelError = sampledError(await a.data(), await b.data(), await c.data(), { batch, m, n, k, transposeA, transposeB });
     c.dispose();
-    return { ms, tflops: (2 * batch * m * n * k) / (ms * 1e9), maxRelError, tile: 16 * choosePerThread({ batch, m, n }) };
+    return { ms, tflops: (2 * batch * m * n * k) / (ms * 1e9), maxRelError, tile: 16 * choosePerThread({ batch, m, n }, GPU_MIN_WORKGROUPS) };
   } finally {
     a.dispose();
     b.dispose();

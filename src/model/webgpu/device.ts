@@ -141,7 +141,8 @@ export async function activateWebGPU(opts: { gpu?: number; allowSoftware: boolea
   Object.defineProperty(globalThis, 'navigator', { value: { gpu: found.gpu }, configurable: true, writable: true });
   const webgpu = await import('@tensorflow/tfjs-backend-webgpu');
   const { registerWebGPUKernels } = await import('./kernels.ts');
-  registerWebGPUKernels();
+  const { GPU_MIN_WORKGROUPS } = await import('./sgemm.ts');
+  registerWebGPUKernels({ minWorkgroups: found.software ? 1 : GPU_MIN_WORKGROUPS });
   // Its own factory would ask navigator.gpu for the default adapter: ours brings the chosen device.
   if (tf.findBackendFactory('webgpu')) tf.removeBackend('webgpu');
   tf.registerBackend('webgpu', () => new webgpu.WebGPUBackend(device, info));

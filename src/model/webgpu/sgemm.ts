@@ -56,14 +56,18 @@ const K_STEP = 8;
 const THREADS = WORKGROUP_SIDE * WORKGROUP_SIDE;
 /** Outputs per thread along each side, largest first: tiles of 128, 64, 32 and 16. */
 const PER_THREAD_CHOICES = [8, 4, 2, 1] as const;
-/** Below this many workgroups a big GPU idles; shrink the tile until there are at least this many. */
-const MIN_WORKGROUPS = 264;
+/**
+ * Below this many workgroups a big GPU idles (an H200 has 132 SMs); shrink the tile until there are
+ * at least this many. A software adapter (llvmpipe) runs few workgroups at a time and is fastest
+ * with the largest tile (256^3: 40 ms at tile 128, 133 at 64), so it asks for 1.
+ */
+export const GPU_MIN_WORKGROUPS = 264;
 
-/** The largest tile that still gives MIN_WORKGROUPS workgroups (the smallest tile if none does). */
-export function choosePerThread(shape: Pick<SgemmShape, 'batch' | 'm' | 'n'>): number {
+/** The largest tile that still gives `minWorkgroups` workgroups (the smallest tile if none does). */
+export function choosePerThread(shape: Pick<SgemmShape, 'batch' | 'm' | 'n'>, minWorkgroups = GPU_MIN_WORKGROUPS): number {
   for (const perThread of PER_THREAD_CHOICES) {
     const tile = WORKGROUP_SIDE * perThread;
-    if (shape.batch * Math.ceil(shape.m / tile) * Math.ceil(shape.n / tile) >= MIN_WORKGROUPS) return perThread;
+    if (shape.batch * Math.ceil(shape.m / tile) * Math.ceil(shape.n / tile) >= minWorkgroups) return perThread;
   }
   return PER_THREAD_CHOICES[PER_THREAD_CHOICES.length - 1];
 }
@@ -134,7 +138,7 @@ function sgemmSource(perThread: number, shape: SgemmShape, hasBias: boolean, act
 }
 
 /** The tfjs program for one product; `bias` (when given) holds one value per output column. */
-export function sgemmProgram(shape: SgemmShape, hasBias: boolean, activation: FusedActivation, perThread = choosePerThread(shape)): WebGPUProgram {
+export function sgemmProgram(shape: SgemmShape, hasBias: boolean, activation: FusedActivation, perThread: number): WebGPUProgram {
   const tile = WORKGROUP_SIDE * perThread;
   return {
     outputShape: [shape.batch, shape.m, shape.n],
