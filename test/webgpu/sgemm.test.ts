@@ -1,10 +1,11 @@
 // Our WGSL SGEMM against a float64 product on the host: shapes that are no multiple of any tile,
-// every transpose form, every tile size, batch 1, a broadcast operand, and the fused bias and relu.
+// every transpose form, every tile size of both layouts, batch 1, a broadcast operand, and the
+// fused bias and relu.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { sgemmShapeOf, sgemmWithTile } from '../../src/model/webgpu/kernels.ts';
-import type { SgemmShape } from '../../src/model/webgpu/sgemm.ts';
+import { SGEMM_LAYOUTS, type SgemmLayout, type SgemmShape } from '../../src/model/webgpu/sgemm.ts';
 import { lcg } from '../model/helpers.ts';
 import { skipWithoutWebGPU } from './helpers.ts';
 
@@ -50,6 +51,9 @@ function operands(c: Case, seed: number) {
   return { aValues, bValues, a: tf.tensor(aValues, aShape), b: tf.tensor(bValues, bShape) };
 }
 
+/** Every tile of both layouts (vec4 has tiles of 128 and 64 only). */
+const TILES: Array<[number, SgemmLayout]> = [[8, 'strided'], [4, 'strided'], [2, 'strided'], [1, 'strided'], [8, 'vec4'], [4, 'vec4']];
+
 const SHAPES: Array<[number, number, number]> = [
   [1, 1, 1],
   [37, 29, 19], // smaller than every tile, K not a multiple of the K step
@@ -63,9 +67,9 @@ test('every tile and transpose form matches a float64 product, odd shapes and ba
         const c: Case = { batchA: 1, batchB: 1, m, n, k, transposeA, transposeB };
         const { aValues, bValues, a, b } = operands(c, m + n + k);
         const want = reference(aValues, bValues, c);
-        for (const perThread of [8, 4, 2, 1]) {
-          const out = sgemmWithTile(a, b, { transposeA, transposeB, perThread });
-          assertNear(await out.data(), want, `${m}x${n}x${k} tA=${transposeA} tB=${transposeB} tile=${16 * perThread}`);
+        for (const [perThread, layout] of TILES) {
+          const out = sgemmWithTile(a, b, { transposeA, transposeB, perThread, layout });
+          assertNear(await out.data(), want, `${m}x${n}x${k} tA=${transposeA} tB=${transposeB} tile=${16 * perThread} ${layout}`);
           out.dispose();
         }
         tf.dispose([a, b]);
@@ -79,10 +83,13 @@ test('batched products, one operand broadcast across the batch', { skip }, async
     for (const [transposeA, transposeB] of [[false, true], [true, false]] as const) {
       const c: Case = { batchA, batchB, m: 21, n: 18, k: 13, transposeA, transposeB };
       const { aValues, bValues, a, b } = operands(c, batchA * 7 + batchB);
-      const out = sgemmWithTile(a, b, { transposeA, transposeB, perThread: 2 });
-      assert.deepEqual(out.shape, [3, 21, 18]);
-      assertNear(await out.data(), reference(aValues, bValues, c), `batch ${batchA}/${batchB}`);
-      tf.dispose([a, b, out]);
+      for (const layout of SGEMM_LAYOUTS) {
+        const out = sgemmWithTile(a, b, { transposeA, transposeB, perThread: 4, layout });
+        assert.deepEqual(out.shape, [3, 21, 18]);
+        assertNear(await out.data(), reference(aValues, bValues, c), `batch ${batchA}/${batchB} ${layout}`);
+        out.dispose();
+      }
+      tf.dispose([a, b]);
     }
   }
 });

@@ -9,6 +9,7 @@
 // apart by giving each worker one GPU (a container's NVIDIA_VISIBLE_DEVICES), where K is 0.
 
 import * as tf from '@tensorflow/tfjs-core';
+import { GPU_MIN_WORKGROUPS, SGEMM_LAYOUTS, type SgemmLayout } from './sgemm.ts';
 
 /** An adapter Dawn offers, as its `adapter=` listing names it. */
 export interface AdapterListing {
@@ -109,6 +110,15 @@ function requiredLimits(adapter: GPUAdapter): Record<string, number> {
   };
 }
 
+/** VIT_DIST_SGEMM_LAYOUT picks the SGEMM's thread layout (sgemm.ts): 'strided' (default, measured on an H200) or 'vec4'. */
+export const SGEMM_LAYOUT_ENV = 'VIT_DIST_SGEMM_LAYOUT';
+
+function sgemmLayoutFromEnv(): SgemmLayout {
+  const value = process.env[SGEMM_LAYOUT_ENV] ?? 'strided';
+  if (!(SGEMM_LAYOUTS as readonly string[]).includes(value)) throw new Error(`${SGEMM_LAYOUT_ENV}=${value}: expected one of ${SGEMM_LAYOUTS.join(', ')}`);
+  return value as SgemmLayout;
+}
+
 let active: WebGPUActivation | null = null;
 
 /**
@@ -141,8 +151,7 @@ export async function activateWebGPU(opts: { gpu?: number; allowSoftware: boolea
   Object.defineProperty(globalThis, 'navigator', { value: { gpu: found.gpu }, configurable: true, writable: true });
   const webgpu = await import('@tensorflow/tfjs-backend-webgpu');
   const { registerWebGPUKernels } = await import('./kernels.ts');
-  const { GPU_MIN_WORKGROUPS } = await import('./sgemm.ts');
-  registerWebGPUKernels({ minWorkgroups: found.software ? 1 : GPU_MIN_WORKGROUPS });
+  registerWebGPUKernels({ minWorkgroups: found.software ? 1 : GPU_MIN_WORKGROUPS, layout: sgemmLayoutFromEnv() });
   // Its own factory would ask navigator.gpu for the default adapter: ours brings the chosen device.
   if (tf.findBackendFactory('webgpu')) tf.removeBackend('webgpu');
   tf.registerBackend('webgpu', () => new webgpu.WebGPUBackend(device, info));

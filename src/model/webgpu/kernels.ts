@@ -3,7 +3,7 @@
 // fallback for what ours does not cover (sgemm.ts's header lists it).
 
 import * as tf from '@tensorflow/tfjs-core';
-import { choosePerThread, sgemmProgram, sgemmUniforms, type FusedActivation, type ProgramBackend, type SgemmShape } from './sgemm.ts';
+import { choosePerThread, sgemmProgram, sgemmUniforms, type FusedActivation, type ProgramBackend, type SgemmLayout, type SgemmShape } from './sgemm.ts';
 
 const BACKEND = 'webgpu';
 
@@ -35,36 +35,41 @@ export function sgemmShapeOf(a: readonly number[], b: readonly number[], transpo
   return { batch, batchA, batchB, m, n, k, transposeA, transposeB, outShape: [...outer, m, n] };
 }
 
-/** Our product, or null when the arguments need tfjs's kernel; `perThread` forces a tile (tests). */
-function sgemm(backend: ProgramBackend, args: MatMulArgs, perThread?: number): tf.TensorInfo | null {
+/** Our product, or null when the arguments need tfjs's kernel; `forced` picks a tile and layout (tests, benchmarks). */
+function sgemm(backend: ProgramBackend, args: MatMulArgs, forced?: { perThread: number; layout: SgemmLayout }): tf.TensorInfo | null {
   const { a, b, bias, activation } = args;
   if (a.dtype !== 'float32' || b.dtype !== 'float32') return null;
   if (activation !== null && activation !== 'linear' && activation !== 'relu') return null;
   const shape = sgemmShapeOf(a.shape, b.shape, args.transposeA, args.transposeB);
   if (shape === null) return null;
   if (bias && (bias.dtype !== 'float32' || tf.util.sizeFromShape(bias.shape) !== shape.n || bias.shape[bias.shape.length - 1] !== shape.n)) return null;
-  const program = sgemmProgram(shape, bias !== undefined, activation, perThread ?? choosePerThread(shape, minWorkgroups));
+  const program = sgemmProgram(shape, bias !== undefined, activation, forced?.perThread ?? choosePerThread(shape, config.minWorkgroups), forced?.layout ?? config.layout);
   program.outputShape = shape.outShape;
   return backend.runWebGPUProgram(program, bias ? [a, b, bias] : [a, b], 'float32', sgemmUniforms(shape));
 }
 
-/** Runs our kernel with a given tile (PER_THREAD 8, 4, 2 or 1) on the active 'webgpu' backend: for tests that cover every tile. */
-export function sgemmWithTile(a: tf.Tensor, b: tf.Tensor, opts: { transposeA: boolean; transposeB: boolean; bias?: tf.Tensor; activation?: FusedActivation; perThread: number }): tf.Tensor {
-  const out = sgemm(tf.backend() as unknown as ProgramBackend, { a, b, transposeA: opts.transposeA, transposeB: opts.transposeB, bias: opts.bias, activation: opts.activation ?? null }, opts.perThread);
+/** Runs our kernel with a given tile (PER_THREAD 8, 4, 2 or 1) and layout on the active 'webgpu' backend: for tests that cover every tile. */
+export function sgemmWithTile(a: tf.Tensor, b: tf.Tensor, opts: { transposeA: boolean; transposeB: boolean; bias?: tf.Tensor; activation?: FusedActivation; perThread: number; layout: SgemmLayout }): tf.Tensor {
+  const out = sgemm(tf.backend() as unknown as ProgramBackend, { a, b, transposeA: opts.transposeA, transposeB: opts.transposeB, bias: opts.bias, activation: opts.activation ?? null }, opts);
   if (out === null) throw new Error(`sgemmWithTile: our kernel does not cover [${a.shape}] x [${b.shape}]`);
   return tf.engine().makeTensorFromTensorInfo(out);
 }
 
+/** How the registered kernels choose: the tile (sgemm.ts's choosePerThread: GPU_MIN_WORKGROUPS on a GPU, 1 on a software adapter) and the layout. */
+export interface KernelConfig {
+  minWorkgroups: number;
+  layout: SgemmLayout;
+}
+
 let registered = false;
-/** sgemm.ts's tile choice for the adapter: GPU_MIN_WORKGROUPS on a GPU, 1 on a software adapter. */
-let minWorkgroups = 0;
+let config: KernelConfig = { minWorkgroups: 1, layout: 'strided' };
 
 /**
  * Registers our BatchMatMul and _FusedMatMul for 'webgpu' (once per process), keeping tfjs's as
  * the fallback. Call after tfjs-backend-webgpu has been imported.
  */
-export function registerWebGPUKernels(opts: { minWorkgroups: number }): void {
-  minWorkgroups = opts.minWorkgroups;
+export function registerWebGPUKernels(opts: KernelConfig): void {
+  config = { ...opts };
   if (registered) return;
   const tfjsBatchMatMul = tf.getKernel(tf.BatchMatMul, BACKEND);
   const tfjsFusedMatMul = tf.getKernel(tf._FusedMatMul, BACKEND);
