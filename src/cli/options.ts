@@ -17,7 +17,7 @@ export const DEFAULT_REJOIN_TIMEOUT_S = 60;
 /** Must exceed the longest stretch a process spends without yielding (one micro-batch's compute). */
 export const DEFAULT_HEARTBEAT_TIMEOUT_S = 30;
 /** The compute backends a worker may be asked for (src/model/backend.ts). */
-export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu', 'webgpu'] as const;
 /** One loader thread per worker: it makes the next micro-batch while the model computes this one. */
 export const DEFAULT_DATA_THREADS = 1;
 export const DEFAULT_MAX_RESTARTS = 3;

@@ -42,6 +42,8 @@ export interface StepReport {
   gradNorm: number;
   paramDigest: string;
   computeMs: number;
+  /** Model device <-> host copies: the step's summed gradient down, the updated weights up (GPU workers: PCIe). */
+  copyMs: number;
   commMs: number;
   /** Distilled models only: the sum over this rank's samples of the distillation head's loss term (before alpha). */
   distillationLossSum?: number;

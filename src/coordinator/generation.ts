@@ -143,6 +143,7 @@ export class Generation {
         workers: worldSize,
         imagesPerSec: count / ((performance.now() - started) / 1000),
         computeMs: Math.max(...reports.map((r) => r.computeMs)),
+        copyMs: Math.max(...reports.map((r) => r.copyMs)),
         commMs: Math.max(...reports.map((r) => r.commMs)),
         time: new Date().toISOString(),
       };

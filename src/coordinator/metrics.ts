@@ -18,6 +18,8 @@ export interface StepRecord {
   workers: number;
   imagesPerSec: number;
   computeMs: number;
+  /** The slowest rank's device <-> host copies (gradient down, weights up). */
+  copyMs: number;
   commMs: number;
   time: string;
 }

@@ -1,8 +1,8 @@
 // Picks the TF.js backend the model runs on.
 //
 // Preference for 'auto': native TensorFlow with CUDA (@tensorflow/tfjs-node-gpu) when a GPU was
-// asked for, then native TensorFlow on the CPU (@tensorflow/tfjs-node), then WebAssembly (XNNPACK,
-// SIMD), then the plain-JS cpu backend. The two native packages are optional: their install step
+// asked for, then WebGPU on a real GPU adapter (./webgpu/device.ts), then native TensorFlow on the CPU
+// (@tensorflow/tfjs-node), then WebAssembly (XNNPACK, SIMD), then the plain-JS cpu backend. The two native packages are optional: their install step
 // downloads libtensorflow, which is not always possible, so they are loaded with a dynamic import()
 // of a module name held in a variable — that keeps them out of the typecheck and out of the static
 // module graph, and a missing package becomes a fallback instead of a crash.
@@ -17,8 +17,9 @@ import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
+import { activateWebGPU, NoWebGPUAdapter } from './webgpu/device.ts';
 
-export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu' | 'webgpu';
 
 export interface BackendLogger {
   info(obj: object, msg?: string): void;
@@ -132,6 +133,19 @@ async function tryTensorflow(gpu: number | undefined): Promise<{ reason: string 
   return { failures };
 }
 
+/** With --gpu: tfjs-node-gpu if it loads, else WebGPU on a real GPU adapter (never a software one). */
+async function tryGpu(gpu: number): Promise<{ reason: string } | { failures: string[] }> {
+  const loaded = await loadNative(TFJS_NODE_GPU);
+  if (loaded.ok && (await activate('tensorflow'))) return { reason: `native TensorFlow via ${TFJS_NODE_GPU} on GPU ${gpu} (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? 'unset'})` };
+  const failures = [loaded.ok ? `${TFJS_NODE_GPU} loaded but the 'tensorflow' backend failed to initialize` : loaded.why];
+  try {
+    return { reason: `${(await activateWebGPU({ gpu, allowSoftware: false })).reason}, because ${failures[0]}` };
+  } catch (err) {
+    if (!(err instanceof NoWebGPUAdapter)) throw err;
+    return { failures: [...failures, `webgpu: ${err.message}`] };
+  }
+}
+
 async function activateWasm(): Promise<boolean> {
   // In Node the wasm backend is always single-threaded (WASM_HAS_MULTITHREAD_SUPPORT is false
   // there), which suits data parallelism with one worker process per core. Where threads do exist
@@ -175,8 +189,15 @@ export async function selectBackend(opts: SelectBackendOptions): Promise<Selecte
       if (!(await activate('cpu'))) throw new Error(`backend 'cpu' failed to initialize`);
       reason = 'requested: plain-JS cpu backend';
       break;
+    case 'webgpu':
+      // Asked for by name, a software adapter (llvmpipe) may serve: that is how CPU machines test it.
+      reason = `requested: ${(await activateWebGPU({ gpu, allowSoftware: true })).reason}`;
+      break;
     case 'auto': {
-      const native = await tryTensorflow(gpu);
+      const onGpu = gpu === undefined ? { failures: [] } : await tryGpu(gpu);
+      const gpuFailures = 'failures' in onGpu ? onGpu.failures : [];
+      const cpuNative = 'reason' in onGpu ? onGpu : await tryTensorflow(undefined);
+      const native = 'reason' in cpuNative ? cpuNative : { failures: [...gpuFailures, ...cpuNative.failures] };
       if ('reason' in native) {
         reason = `auto: ${native.reason}`;
       } else if (await activateWasm()) {
@@ -190,7 +211,7 @@ export async function selectBackend(opts: SelectBackendOptions): Promise<Selecte
     }
     default: {
       const never: never = requested;
-      throw new Error(`unknown backend '${String(never)}' (expected auto, tensorflow, wasm or cpu)`);
+      throw new Error(`unknown backend '${String(never)}' (expected auto, tensorflow, wasm, cpu or webgpu)`);
     }
   }
 

@@ -4,7 +4,7 @@
 
 import * as tf from '@tensorflow/tfjs-core';
 import { initFlatParams } from './init.ts';
-import { checkLabels, countCorrect, crossEntropySum, jointLogits, oneHotLabels, trainingObjective, type HeadLogits } from './loss.ts';
+import { checkLabels, countCorrectIn, crossEntropySum, jointLogits, oneHotLabels, trainingObjective, type HeadLogits } from './loss.ts';
 import type { ImageClassifier, LossResult, ModelConfig, ParamSpec, TrainContext } from './model.ts';
 
 /** A training forward pass: the heads' logits, and the backward pass from d(loss)/d(logits) to the flat gradient. */
@@ -13,12 +13,22 @@ export interface TrainPass {
   backward(dLogits: HeadLogits): tf.Tensor1D;
 }
 
+/** A training pass's outputs that outlive its tidy. */
+type TrainTensors = {
+  grad: tf.Tensor1D;
+  lossSum: tf.Tensor;
+  logits: tf.Tensor2D;
+  distillationLossSum?: tf.Tensor;
+};
+
 export abstract class FlatParamClassifier<C extends ModelConfig> implements ImageClassifier {
   readonly config: C;
   readonly params: ParamSpec[];
   readonly numParams: number;
   private readonly index: Map<string, number>; // name -> position in params / tensors
   private tensors: tf.Tensor[] | null = null; // one per ParamSpec, internal shape
+  /** Gradients of the micro-batches since the last takeGradient, summed where the backend keeps tensors. */
+  private gradientSum: tf.Tensor1D | null = null;
 
   constructor(config: C, params: ParamSpec[]) {
     this.config = { ...config };
@@ -85,6 +95,21 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
     return tf.tensor4d(images.subarray(0, size), [n, S, S, C]);
   }
 
+  /** The training pass's tensors for n images, kept past the tidy: the flat gradient and what the result reads. */
+  private trainTensors(images: Float32Array, labels: Int32Array, n: number, gradLength: number, ctx: TrainContext | undefined): TrainTensors {
+    if (gradLength !== this.numParams) throw new Error(`gradAccum has length ${gradLength}, expected ${this.numParams}`);
+    if (ctx && ctx.sampleIndices.length < n) throw new Error(`sampleIndices holds ${ctx.sampleIndices.length} values, expected ${n}`);
+    checkLabels(labels, n, this.config.numClasses);
+    // Every intermediate inside one tidy: only the returned tensors outlive it, even on an error.
+    return tf.tidy(() => {
+      const pass = this.trainPass(this.imagesTensor(images, n), n, ctx);
+      const objective = trainingObjective(pass.heads, labels, n, this.config.numClasses, ctx);
+      const tensors: TrainTensors = { grad: pass.backward(objective.dLogits), lossSum: objective.lossSum, logits: jointLogits(pass.heads) };
+      if (objective.distillationLossSum) tensors.distillationLossSum = objective.distillationLossSum;
+      return tensors;
+    });
+  }
+
   /**
    * Forward and backward on n images. Returns the summed loss and the number of correct
    * predictions, and ADDS d(lossSum)/d(params) into gradAccum (same flat layout as the params),
@@ -93,47 +118,122 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
    * The loss is loss.ts's trainingObjective: cross entropy against the labels (label-smoothed by
    * the context) or the context's soft targets, and for a distilled model DeiT's distillation.
    * Without a context the loss is the plain cross entropy on the labels.
+   *
+   * Synchronous reads: not on 'webgpu' (Node has no synchronous GPU read); the trainer uses
+   * accumulateGradient and takeGradient, which work on every backend.
    */
   lossAndGrad(images: Float32Array, labels: Int32Array, n: number, gradAccum: Float32Array, ctx?: TrainContext): LossResult {
-    if (gradAccum.length !== this.numParams) throw new Error(`gradAccum has length ${gradAccum.length}, expected ${this.numParams}`);
-    if (ctx && ctx.sampleIndices.length < n) throw new Error(`sampleIndices holds ${ctx.sampleIndices.length} values, expected ${n}`);
-    checkLabels(labels, n, this.config.numClasses);
-    let result!: LossResult;
-    // Every tensor, the downloads included, inside one tidy: nothing outlives the call, even on an error.
-    tf.tidy(() => {
-      const pass = this.trainPass(this.imagesTensor(images, n), n, ctx);
-      const objective = trainingObjective(pass.heads, labels, n, this.config.numClasses, ctx);
-      const flat = pass.backward(objective.dLogits).dataSync(); // one download for all gradients
+    const tensors = this.trainTensors(images, labels, n, gradAccum.length, ctx);
+    try {
+      const flat = tensors.grad.dataSync(); // one download for all gradients
       for (let i = 0; i < flat.length; i++) gradAccum[i]! += flat[i]!;
-      result = { lossSum: objective.lossSum.dataSync()[0]!, correct: countCorrect(jointLogits(pass.heads), labels, n) };
-      if (objective.distillationLossSum) result.distillationLossSum = objective.distillationLossSum.dataSync()[0]!;
-    });
+      return this.trainResult(tensors.lossSum.dataSync(), tensors.logits.dataSync(), tensors.distillationLossSum?.dataSync(), labels, n);
+    } finally {
+      tf.dispose(tensors);
+    }
+  }
+
+  /**
+   * lossAndGrad, but the gradient is added into a sum that stays on the backend's device (on a GPU
+   * worker, in GPU memory) across micro-batches; takeGradient downloads it once per step.
+   */
+  async accumulateGradient(images: Float32Array, labels: Int32Array, n: number, ctx?: TrainContext): Promise<LossResult> {
+    const { grad, ...read } = this.trainTensors(images, labels, n, this.numParams, ctx);
+    const previous = this.gradientSum;
+    this.gradientSum = previous ? tf.add(previous, grad) : grad;
+    if (previous) tf.dispose([previous, grad]);
+    try {
+      const [lossSum, logits, distillation] = await Promise.all([read.lossSum.data(), read.logits.data(), read.distillationLossSum?.data()]);
+      return this.trainResult(lossSum, logits, distillation, labels, n);
+    } finally {
+      tf.dispose(read);
+    }
+  }
+
+  /** Writes the gradient summed since the last call into `into` (zeros if none) and starts a new sum. */
+  async takeGradient(into: Float32Array): Promise<void> {
+    if (into.length !== this.numParams) throw new Error(`gradient buffer has length ${into.length}, expected ${this.numParams}`);
+    const sum = this.gradientSum;
+    this.gradientSum = null;
+    if (sum === null) {
+      into.fill(0);
+      return;
+    }
+    try {
+      into.set(await sum.data());
+    } finally {
+      sum.dispose();
+    }
+  }
+
+  private trainResult(lossSum: tf.TypedArray, logits: tf.TypedArray, distillationLossSum: tf.TypedArray | undefined, labels: Int32Array, n: number): LossResult {
+    const result: LossResult = { lossSum: lossSum[0]!, correct: countCorrectIn(logits, this.config.numClasses, labels, n) };
+    if (distillationLossSum) result.distillationLossSum = distillationLossSum[0]!;
     return result;
+  }
+
+  /** The inference pass's tensors for evaluate: the summed cross entropy and the heads' logits. */
+  private evaluationTensors(images: Float32Array, labels: Int32Array, n: number): { lossSum: tf.Tensor; logits: tf.Tensor2D; cls?: tf.Tensor2D; dist?: tf.Tensor2D } {
+    return tf.tidy(() => {
+      const heads = this.inferenceHeads(this.imagesTensor(images, n));
+      const logits = jointLogits(heads);
+      const lossSum = crossEntropySum(logits, oneHotLabels(labels, n, this.config.numClasses));
+      return heads.dist ? { lossSum, logits, cls: heads.cls, dist: heads.dist } : { lossSum, logits };
+    });
   }
 
   /** Forward only: summed cross entropy of the inference classifier and correct counts on n images. */
   evaluate(images: Float32Array, labels: Int32Array, n: number): LossResult {
-    let result!: LossResult;
-    tf.tidy(() => {
-      const x = this.imagesTensor(images, n);
-      const y = oneHotLabels(labels, n, this.config.numClasses);
-      const heads = this.inferenceHeads(x);
-      const logits = jointLogits(heads);
-      result = { lossSum: crossEntropySum(logits, y).dataSync()[0]!, correct: countCorrect(logits, labels, n) };
-      if (heads.dist) {
-        result.correctClassHead = countCorrect(heads.cls, labels, n);
-        result.correctDistHead = countCorrect(heads.dist, labels, n);
-      }
-    });
+    const t = this.evaluationTensors(images, labels, n);
+    try {
+      return this.evaluationResult(t.lossSum.dataSync(), t.logits.dataSync(), t.cls?.dataSync(), t.dist?.dataSync(), labels, n);
+    } finally {
+      tf.dispose(t);
+    }
+  }
+
+  /** evaluate, with asynchronous reads (every backend, 'webgpu' included). */
+  async evaluateAsync(images: Float32Array, labels: Int32Array, n: number): Promise<LossResult> {
+    const t = this.evaluationTensors(images, labels, n);
+    try {
+      const [lossSum, logits, cls, dist] = await Promise.all([t.lossSum.data(), t.logits.data(), t.cls?.data(), t.dist?.data()]);
+      return this.evaluationResult(lossSum, logits, cls, dist, labels, n);
+    } finally {
+      tf.dispose(t);
+    }
+  }
+
+  private evaluationResult(lossSum: tf.TypedArray, logits: tf.TypedArray, cls: tf.TypedArray | undefined, dist: tf.TypedArray | undefined, labels: Int32Array, n: number): LossResult {
+    const classes = this.config.numClasses;
+    const result: LossResult = { lossSum: lossSum[0]!, correct: countCorrectIn(logits, classes, labels, n) };
+    if (cls && dist) {
+      result.correctClassHead = countCorrectIn(cls, classes, labels, n);
+      result.correctDistHead = countCorrectIn(dist, classes, labels, n);
+    }
     return result;
+  }
+
+  private logitsTensor(images: Float32Array, n: number): tf.Tensor2D {
+    return tf.tidy(() => jointLogits(this.inferenceHeads(this.imagesTensor(images, n))));
   }
 
   /** Logits of the inference classifier for n images, [n, numClasses] row-major. */
   logits(images: Float32Array, n: number): Float32Array {
-    let out!: Float32Array;
-    tf.tidy(() => {
-      out = jointLogits(this.inferenceHeads(this.imagesTensor(images, n))).dataSync() as Float32Array;
-    });
-    return out;
+    const logits = this.logitsTensor(images, n);
+    try {
+      return logits.dataSync() as Float32Array;
+    } finally {
+      logits.dispose();
+    }
+  }
+
+  /** logits, with an asynchronous read (every backend, 'webgpu' included). */
+  async logitsAsync(images: Float32Array, n: number): Promise<Float32Array> {
+    const logits = this.logitsTensor(images, n);
+    try {
+      return (await logits.data()) as Float32Array;
+    } finally {
+      logits.dispose();
+    }
   }
 }

@@ -41,9 +41,18 @@ export interface LinearGrads {
   db: tf.Tensor1D;
 }
 
+/**
+ * op(a) @ op(b): one op where the flags are free (on 'webgpu', src/model/webgpu/sgemm.ts reads a
+ * transposed operand in place instead of copying it: x^T of fc1's input at DeiT-B batch 64 is
+ * 154 MB); wasm gets explicit transposes (see the header).
+ */
+function matMulT(a: tf.Tensor2D, b: tf.Tensor2D, transposeA: boolean, transposeB: boolean): tf.Tensor2D {
+  if (transposeFlagsAreFree()) return tf.matMul(a, b, transposeA, transposeB);
+  return tf.matMul(transposeA ? tf.transpose(a) : a, transposeB ? tf.transpose(b) : b);
+}
+
 export function linearBackward(dy: tf.Tensor2D, x: tf.Tensor2D, w: tf.Tensor2D): LinearGrads {
-  if (transposeFlagsAreFree()) return { dx: tf.matMul(dy, w, false, true), dw: tf.matMul(x, dy, true, false), db: tf.sum(dy, 0) };
-  return { dx: tf.matMul(dy, tf.transpose(w)), dw: tf.matMul(tf.transpose(x), dy), db: tf.sum(dy, 0) };
+  return { dx: matMulT(dy, w, false, true), dw: matMulT(x, dy, true, false), db: tf.sum(dy, 0) };
 }
 
 /** LayerNorm over the last axis; also returns what the backward pass needs. */

@@ -85,9 +85,9 @@ export function argmaxRows(values: ArrayLike<number>, n: number, k: number): Int
   return best;
 }
 
-/** How many of the first n rows of `logits` have their argmax at the label. */
-export function countCorrect(logits: tf.Tensor2D, labels: Int32Array, n: number): number {
-  const predicted = argmaxRows(logits.dataSync(), n, logits.shape[1]);
+/** How many of n rows of logits (read from the backend, [n, classes] row-major) have the label as argmax. */
+export function countCorrectIn(logits: ArrayLike<number>, classes: number, labels: Int32Array, n: number): number {
+  const predicted = argmaxRows(logits, n, classes);
   let correct = 0;
   for (let i = 0; i < n; i++) if (predicted[i] === labels[i]) correct++;
   return correct;

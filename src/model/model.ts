@@ -94,10 +94,18 @@ export interface ImageClassifier {
    * d(lossSum)/d(params) into gradAccum (the flat layout), so micro-batches accumulate.
    */
   lossAndGrad(images: Float32Array, labels: Int32Array, n: number, gradAccum: Float32Array, ctx?: TrainContext): LossResult;
+  /** lossAndGrad with the gradient summed on the backend's device (GPU memory on a GPU worker) until takeGradient. */
+  accumulateGradient(images: Float32Array, labels: Int32Array, n: number, ctx?: TrainContext): Promise<LossResult>;
+  /** Writes the gradient summed since the last call into `into` (one download) and starts a new sum. */
+  takeGradient(into: Float32Array): Promise<void>;
   /** Forward only: summed cross entropy and correct counts of the inference classifier. */
   evaluate(images: Float32Array, labels: Int32Array, n: number): LossResult;
+  /** evaluate with asynchronous reads: the form for 'webgpu', where Node cannot read the GPU synchronously. */
+  evaluateAsync(images: Float32Array, labels: Int32Array, n: number): Promise<LossResult>;
   /** The inference classifier's logits for n images, [n, numClasses] row-major. */
   logits(images: Float32Array, n: number): Float32Array;
+  /** logits with an asynchronous read. */
+  logitsAsync(images: Float32Array, n: number): Promise<Float32Array>;
 }
 
 export function createModel(config: ModelConfig): ImageClassifier {

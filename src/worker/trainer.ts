@@ -122,7 +122,6 @@ export class ShardedTrainer {
     const { microBatch, globalBatch, clipNorm } = this.options;
     const { indices } = samples;
     const computeStart = performance.now();
-    this.grad.fill(0);
     let lossSum = 0;
     let correct = 0;
     let distillationLossSum = 0;
@@ -137,8 +136,8 @@ export class ShardedTrainer {
       const n = Math.min(microBatch, indices.length - from);
       const images = loaded.images.subarray(0, n * this.imageSize);
       const labels = loaded.labels.subarray(0, n);
-      const context = this.trainContext(step, samples.offset + from, indices.subarray(from, from + n), images, labels);
-      const result = this.model.lossAndGrad(images, labels, n, this.grad, context);
+      const context = await this.trainContext(step, samples.offset + from, indices.subarray(from, from + n), images, labels);
+      const result = await this.model.accumulateGradient(images, labels, n, context);
       lossSum += result.lossSum;
       correct += result.correct;
       distillationLossSum += result.distillationLossSum ?? 0;
@@ -146,7 +145,11 @@ export class ShardedTrainer {
       // Let heartbeats and aborts through between micro-batches: a backward pass blocks the loop.
       await yieldToEventLoop();
     }
-    const computeMs = performance.now() - computeStart;
+    // The gradient summed on the model's device comes to the host once per step, for the ring.
+    const downloadStart = performance.now();
+    await this.model.takeGradient(this.grad);
+    const downloadMs = performance.now() - downloadStart;
+    const computeMs = downloadStart - computeStart;
 
     const commStart = performance.now();
     await this.ring.reduceScatter(this.grad, step);
@@ -162,8 +165,10 @@ export class ShardedTrainer {
     await this.ring.allGather(this.params, step);
     const commMs = performance.now() - commStart;
 
+    const uploadStart = performance.now();
     this.model.setParams(this.params);
-    const report: StepReport = { lossSum, correct, count: indices.length, gradNorm, paramDigest: this.digest(), computeMs, commMs, skipped };
+    const copyMs = downloadMs + (performance.now() - uploadStart);
+    const report: StepReport = { lossSum, correct, count: indices.length, gradNorm, paramDigest: this.digest(), computeMs, copyMs, commMs, skipped };
     if (this.model.config.distilled) report.distillationLossSum = distillationLossSum;
     return report;
   }
@@ -184,7 +189,7 @@ export class ShardedTrainer {
    * in the global batch): masks' seeds, loss weights, the mixed images' soft targets (mixing
    * `images` in place), the teacher's logits.
    */
-  private trainContext(step: number, position: number, batch: Uint32Array, images: Float32Array, labels: Int32Array): TrainContext {
+  private async trainContext(step: number, position: number, batch: Uint32Array, images: Float32Array, labels: Int32Array): Promise<TrainContext> {
     const { teacher, mixup, ...training } = this.options.training;
     const n = batch.length;
     // Masks follow (seed, step, data-set index): the same on any number of workers.
@@ -198,7 +203,7 @@ export class ShardedTrainer {
     }
     // The teacher sees the images the student sees, mixed or not, as DeiT's DistillationLoss runs it
     // on the mixed inputs. Its output for an image does not depend on the batch, so neither does the loss.
-    if (teacher) context.distillation = { mode: teacher.mode, tau: teacher.tau, teacherLogits: teacher.model.logits(images, n) };
+    if (teacher) context.distillation = { mode: teacher.mode, tau: teacher.tau, teacherLogits: await teacher.model.logitsAsync(images, n) };
     return context;
   }
 
@@ -213,7 +218,7 @@ export class ShardedTrainer {
     for (let from = start; from < end; from += microBatch) {
       const n = Math.min(microBatch, end - from);
       await data.load({ indices: Uint32Array.from({ length: n }, (_, i) => from + i), repeats: null, epoch: 0 }, images, labels);
-      const result = this.model.evaluate(images.subarray(0, n * this.imageSize), labels.subarray(0, n), n);
+      const result = await this.model.evaluateAsync(images.subarray(0, n * this.imageSize), labels.subarray(0, n), n);
       lossSum += result.lossSum;
       correct += result.correct;
       correctClassHead += result.correctClassHead ?? 0;

@@ -44,7 +44,7 @@ function fuzzOnce(url: string, strategy: Strategy, rng: Mulberry32): Promise<num
       ws.send(hello);
       ws.once('message', () => {
         // Welcomed: now misbehave as a member would.
-        const report = encodeMessage({ type: 'stepDone', generation: -1, step: 0, lossSum: 1, correct: 0, count: 1, gradNorm: 1, paramDigest: 'x', computeMs: 1, commMs: 1, skipped: [] });
+        const report = encodeMessage({ type: 'stepDone', generation: -1, step: 0, lossSum: 1, correct: 0, count: 1, gradNorm: 1, paramDigest: 'x', computeMs: 1, copyMs: 0, commMs: 1, skipped: [] });
         ws.send(strategy === 'garbage-after-hello' ? randomBytes(rng, 300) : mutate(report, rng));
         // A message the coordinator happens to accept is closed from our side after a moment.
         setTimeout(() => ws.close(), 200);
