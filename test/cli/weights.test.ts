@@ -16,7 +16,7 @@ import { DEFAULT_FASHION_MNIST_DIR } from '../../src/data/fashion-mnist.ts';
 import { createModelConfig } from '../../src/model/registry.ts';
 import { readSafetensors, writeSafetensors } from '../../src/model/safetensors.ts';
 import { paramSpecs, VisionTransformer, type VitConfig } from '../../src/model/vit.ts';
-import { exportTimmState, importTimmState } from '../../src/model/weights.ts';
+import { exportTimmState, exportedData, importTimmState } from '../../src/model/weights.ts';
 import { paramDigest } from '../../src/train/digest.ts';
 import { validateRecipe } from '../../src/train/recipe.ts';
 import { readNpyFloat32, writeNpyFloat32 } from '../../src/cli/weights-commands.ts';
@@ -79,7 +79,7 @@ test('export, predict, the PyTorch cross-check and --init', { skip: needsData, t
 
   await t.test('the file holds timm tensors and the metadata', () => {
     const { tensors, metadata } = readSafetensors(weights);
-    assert.deepEqual(metadata, { format: 'pt', model: recipe.model, model_args: JSON.stringify(recipe.modelArgs), step: String(TRAIN_STEPS) });
+    assert.deepEqual(metadata, { format: 'pt', model: recipe.model, model_args: JSON.stringify(recipe.modelArgs), data: JSON.stringify(exportedData(recipe.data, config.numClasses)), step: String(TRAIN_STEPS) });
     assert.deepEqual(tensors.get('blocks.0.attn.qkv.weight')!.shape, [3 * config.embedDim, config.embedDim]);
     assert.deepEqual(tensors.get('patch_embed.proj.weight')!.shape, [config.embedDim, config.inChannels, config.patchSize, config.patchSize]);
   });
@@ -101,10 +101,10 @@ test('export, predict, the PyTorch cross-check and --init', { skip: needsData, t
     assertReferenceAgrees(weights, config, images, logits);
   });
 
-  await t.test('predict on the Fashion-MNIST test idx normalizes as training: the accuracy equals the run\'s evaluation', async () => {
+  await t.test('predict on the Fashion-MNIST test idx, the model and pipeline from the export\'s metadata: the accuracy equals the run\'s evaluation', async () => {
     const idx = join(DEFAULT_FASHION_MNIST_DIR, 't10k-images-idx3-ubyte.gz');
     const out = join(dir, 't10k.npy');
-    await cli(['predict', '--model', recipe.model, '--weights', weights, '--input', idx, '--out', out, '--backend', 'wasm']);
+    await cli(['predict', '--weights', weights, '--input', idx, '--out', out, '--backend', 'wasm']);
     const { shape, data } = readNpyFloat32(out);
     const labels = readIdx(join(DEFAULT_FASHION_MNIST_DIR, 't10k-labels-idx1-ubyte.gz')).data;
     assert.deepEqual(shape, [labels.length, config.numClasses]);
