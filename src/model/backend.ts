@@ -64,7 +64,7 @@ function installStatus(pkg: string): EngineStatus | null {
 async function loadNative(pkg: string): Promise<NativeLoad> {
   const status = installStatus(pkg);
   if (status && !status.ok) {
-    return { ok: false, why: `${pkg} failed its smoke test at install (${status.failure}); rebuild with node scripts/build-tensorflow-engine.mjs` };
+    return { ok: false, why: `${pkg} was not built or failed its smoke test at install (${status.failure}); rebuild with node scripts/build-tensorflow-engine.mjs` };
   }
   // TensorFlow logs oneDNN and CPU-feature lines on stderr when it loads; keep the console clean
   // unless the user set a log level. TF 2.21 logs "oneDNN custom operations are on" whatever the

@@ -21,6 +21,7 @@ import { paramDigest } from '../../src/train/digest.ts';
 import { validateRecipe } from '../../src/train/recipe.ts';
 import { readNpyFloat32, writeNpyFloat32 } from '../../src/cli/weights-commands.ts';
 import { MICRO_RECIPE, evalRecords, needsData, run, stepRecords, tempRunDir } from '../e2e/cluster.ts';
+import { tensorflowUnavailable } from '../model/helpers.ts';
 
 const PYTHON = '/usr/bin/python3';
 const REFERENCE = fileURLToPath(new URL('../fixtures/reference_vit.py', import.meta.url));
@@ -99,6 +100,12 @@ test('export, predict, the PyTorch cross-check and --init', { skip: needsData, t
 
   await t.test('a PyTorch ViT with timm names loads the export and gives the same logits', { skip: torchMissing }, () => {
     assertReferenceAgrees(weights, config, images, logits);
+  });
+
+  await t.test('on the tensorflow engine too, predict gives the PyTorch ViT\'s logits', { skip: torchMissing || tensorflowUnavailable }, async () => {
+    const tensorflowLogits = join(dir, 'logits-tensorflow.npy');
+    await cli(['predict', '--model', recipe.model, '--weights', weights, '--input', images, '--out', tensorflowLogits, '--backend', 'tensorflow']);
+    assertReferenceAgrees(weights, config, images, readNpyFloat32(tensorflowLogits));
   });
 
   await t.test('predict on the Fashion-MNIST test idx, the model and pipeline from the export\'s metadata: the accuracy equals the run\'s evaluation', async () => {

@@ -19,7 +19,12 @@ test('wasm and tensorflow train the same 20 steps to the same loss at every step
     const result = await run(['launch', '--workers', '2', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--backend', backend, '--out', out], { timeoutMs: 240_000 });
     assert.equal(result.code, 0, `launch --backend ${backend} failed:\n${result.stdout}\n${result.stderr}`);
     assert.match(result.stdout, new RegExp(`backends: ${backend}, ${backend}\\)`));
-    for (const worker of [0, 1]) assert.match(readFileSync(join(out, 'logs', `worker-${worker}.log`), 'utf8'), new RegExp(`"backend":"${backend}"`));
+    if (backend === 'tensorflow') assert.match(result.stdout, /launching 2 local workers x \d+ TensorFlow threads? each \(\d+ cores shared among 2 workers; --threads overrides\)/);
+    for (const worker of [0, 1]) {
+      const log = readFileSync(join(out, 'logs', `worker-${worker}.log`), 'utf8');
+      assert.match(log, new RegExp(`"backend":"${backend}"`));
+      if (backend === 'tensorflow') assert.match(log, /native TensorFlow [\d.]+ via @tensorflow\/tfjs-node on CPU, \d+ intra-op threads?/);
+    }
     losses.set(backend, stepRecords(out).map((s) => s.loss));
   }
   const wasm = losses.get('wasm')!;
