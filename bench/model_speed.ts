@@ -7,6 +7,7 @@
 // Prints a human-readable line, then one JSON line (the last) for scripts.
 import { parseArgs } from 'node:util';
 import { selectBackend, type BackendChoice } from '../src/model/backend.ts';
+import { checkMicroBatchFits } from '../src/model/memory.ts';
 import { createModelConfig } from '../src/model/registry.ts';
 import { createModel } from '../src/model/model.ts';
 
@@ -29,8 +30,9 @@ const seconds = Number(values.seconds);
 if (!Number.isInteger(batch) || batch <= 0) throw new Error(`--batch must be a positive integer, got ${values.batch}`);
 if (!(seconds > 0)) throw new Error(`--seconds must be positive, got ${values.seconds}`);
 
-const { reason } = await selectBackend({ requested: values.backend as BackendChoice });
+const { name: backend, reason } = await selectBackend({ requested: values.backend as BackendChoice });
 const config = createModelConfig(values.model!);
+checkMicroBatchFits({ model: values.model!, config, microBatch: batch, backend });
 const model = createModel(config);
 model.setParams(model.initParams(SEED));
 
