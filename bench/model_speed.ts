@@ -32,7 +32,14 @@ if (!(seconds > 0)) throw new Error(`--seconds must be positive, got ${values.se
 
 const { name: backend, reason } = await selectBackend({ requested: values.backend as BackendChoice });
 const config = createModelConfig(values.model!);
-checkMicroBatchFits({ model: values.model!, config, microBatch: batch, backend });
+try {
+  checkMicroBatchFits({ model: values.model!, config, microBatch: batch, backend });
+} catch (err) {
+  // A plain message: a throw here would print through the wasm module's exception handler, which
+  // quotes its whole minified source line.
+  console.error(`model_speed: ${(err as Error).message}`);
+  process.exit(1);
+}
 const model = createModel(config);
 model.setParams(model.initParams(SEED));
 

@@ -105,7 +105,7 @@ export function checkMicroBatchFits(plan: MicroBatchPlan): void {
   const largest = largestWasmMicroBatch(config, regularization);
   const gib = (bytes: number) => (bytes / 2 ** 30).toFixed(1);
   const change = largest > 0
-    ? `use micro-batch ${largest} or less (--micro-batch; the global batch and the update stay the same)`
+    ? `use micro-batch ${largest} or less (the recipe's microBatch, or --micro-batch of run, launch and sweep; the global batch and the update stay the same)`
     : 'not even one image fits';
   throw new Error(
     `model ${model} at micro-batch ${microBatch} needs about ${gib(needed)} GiB of wasm heap per training pass, more than the ${gib(WASM_HEAP_MAX_BYTES)} GiB ` +
