@@ -9,6 +9,7 @@
 // resident memory.
 import { parseArgs } from 'node:util';
 import { selectBackend, type BackendChoice } from '../src/model/backend.ts';
+import { checkMicroBatchFits } from '../src/model/memory.ts';
 import { createModelConfig } from '../src/model/registry.ts';
 import { createModel } from '../src/model/model.ts';
 
@@ -31,8 +32,16 @@ const seconds = Number(values.seconds);
 if (!Number.isInteger(batch) || batch <= 0) throw new Error(`--batch must be a positive integer, got ${values.batch}`);
 if (!(seconds > 0)) throw new Error(`--seconds must be positive, got ${values.seconds}`);
 
-const { reason } = await selectBackend({ requested: values.backend as BackendChoice });
+const { name: backend, reason } = await selectBackend({ requested: values.backend as BackendChoice });
 const config = createModelConfig(values.model!);
+try {
+  checkMicroBatchFits({ model: values.model!, config, microBatch: batch, backend });
+} catch (err) {
+  // A plain message: a throw here would print through the wasm module's exception handler, which
+  // quotes its whole minified source line.
+  console.error(`model_speed: ${(err as Error).message}`);
+  process.exit(1);
+}
 const model = createModel(config);
 model.setParams(model.initParams(SEED));
 

@@ -194,19 +194,22 @@ function sampleMasks(ctx: TrainContext, n: number, perSample: number, block: num
 
 // ---------------------------------------------------------------------------------------------
 
-/** Activations of one block kept for its backward pass. */
+/**
+ * Activations of one block kept for its backward pass. The LayerNorms' outputs (xHat * weight +
+ * bias) and GELU's (fc1 * cdf) are not kept, to save memory: the backward pass recomputes them
+ * with the forward's own ops, so bit for bit.
+ */
 interface BlockActs {
-  norm1: { y: tf.Tensor2D; xHat: tf.Tensor2D; rstd: tf.Tensor };
+  norm1: { xHat: tf.Tensor2D; rstd: tf.Tensor };
   q: tf.Tensor3D; // [B*H, T, hd]
   k: tf.Tensor3D;
   v: tf.Tensor3D;
   att: tf.Tensor3D; // softmax(q k^T) [B*H, T, T]
   attDropped: tf.Tensor3D; // att after attention dropout (att itself without)
   merged: tf.Tensor2D; // attention output before proj, heads merged [B*T, D]
-  norm2: { y: tf.Tensor2D; xHat: tf.Tensor2D; rstd: tf.Tensor };
+  norm2: { xHat: tf.Tensor2D; rstd: tf.Tensor };
   fc1: tf.Tensor2D; // pre-activation [B*T, hidden]
-  act: { y: tf.Tensor2D; cdf: tf.Tensor2D }; // gelu(fc1)
-  hidden: tf.Tensor2D; // fc2's input: act.y after dropout (act.y itself without)
+  cdf: tf.Tensor2D; // Phi(fc1): gelu(fc1) = fc1 * cdf
   masks: BlockMasks | null;
 }
 
@@ -303,7 +306,13 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const act = gelu(fc1);
     const hidden = masked(act.y, masks?.act);
     const out: tf.Tensor2D = tf.add(x1, masked(linear(hidden, this.w(`${name}.mlp.fc2`), this.b(`${name}.mlp.fc2`)), masks?.fc2));
-    return [out, { norm1, q, k, v, att, attDropped, merged, norm2, fc1, act, hidden, masks }];
+    const kept = { norm1: { xHat: norm1.xHat, rstd: norm1.rstd }, norm2: { xHat: norm2.xHat, rstd: norm2.rstd }, cdf: act.cdf };
+    return [out, { ...kept, q, k, v, att, attDropped, merged, fc1, masks }];
+  }
+
+  /** A LayerNorm's output from its normalized input, computed as layers.ts layerNorm does (bit for bit). */
+  private normOutput(name: string, xHat: tf.Tensor2D): tf.Tensor2D {
+    return tf.add(tf.mul(xHat, this.w(name)), this.b(name));
   }
 
   /** Backward through one block: takes d(out), records parameter gradients, returns d(x). */
@@ -317,9 +326,10 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     // MLP branch: out = x1 + fc2(gelu(fc1(norm2(x1)))), each mask applied where the forward applied it.
     // Its own scope: its temporaries are freed before the attention branch's (lower peak memory).
     const { dx1 } = tidyKeeping(() => {
-      const fc2 = linearBackward(masked(dOut, a.masks?.fc2), a.hidden, this.w(`${name}.mlp.fc2`));
+      const hidden = masked(tf.mul<tf.Tensor2D>(a.fc1, a.cdf), a.masks?.act); // as gelu() and the forward's dropout
+      const fc2 = linearBackward(masked(dOut, a.masks?.fc2), hidden, this.w(`${name}.mlp.fc2`));
       record('mlp.fc2', fc2);
-      const fc1 = linearBackward(geluBackward(masked(fc2.dx, a.masks?.act), a.fc1, a.act.cdf), a.norm2.y, this.w(`${name}.mlp.fc1`));
+      const fc1 = linearBackward(geluBackward(masked(fc2.dx, a.masks?.act), a.fc1, a.cdf), this.normOutput(`${name}.norm2`, a.norm2.xHat), this.w(`${name}.mlp.fc1`));
       record('mlp.fc1', fc1);
       const norm2 = layerNormBackward(fc1.dx, a.norm2.xHat, a.norm2.rstd, this.w(`${name}.norm2`));
       record('norm2', { dw: norm2.dWeight, db: norm2.dBias });
@@ -336,7 +346,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const dScores: tf.Tensor3D = tf.mul(tf.mul(a.att, tf.sub(dAtt, tf.sum(tf.mul(dAtt, a.att), -1, true))), this.headDim ** -0.5);
     const dq = batchMatMul(dScores, a.k);
     const dk = batchMatMul(dScores, a.q, true, false);
-    const qkv = linearBackward(this.mergeQkv(dq, dk, dv, B), a.norm1.y, this.w(`${name}.attn.qkv`));
+    const qkv = linearBackward(this.mergeQkv(dq, dk, dv, B), this.normOutput(`${name}.norm1`, a.norm1.xHat), this.w(`${name}.attn.qkv`));
     record('attn.qkv', qkv);
     const norm1 = layerNormBackward(qkv.dx, a.norm1.xHat, a.norm1.rstd, this.w(`${name}.norm1`));
     record('norm1', { dw: norm1.dWeight, db: norm1.dBias });

@@ -15,6 +15,7 @@ import { RingPeer } from '../comm/ring.ts';
 import { BatchLoader } from '../data/loader.ts';
 import { mixConfigOf } from '../data/mixup.ts';
 import { selectBackend, type BackendChoice } from '../model/backend.ts';
+import { checkMicroBatchFits } from '../model/memory.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { loadTeacher } from '../model/teacher.ts';
 import { createModel, type ImageClassifier } from '../model/model.ts';
@@ -322,6 +323,11 @@ class WorkerSession {
     if (cached && cached.key === key) return cached;
     await closeWorkbench(cached);
     this.state.workbench = null;
+    try {
+      checkMicroBatchFits({ model: recipe.model, config: createModelConfig(recipe.model, recipe.modelArgs), microBatch: recipe.microBatch, backend: this.backend, regularization: recipe.regularization });
+    } catch (err) {
+      throw new FatalError('MICRO_BATCH_TOO_LARGE', `recipe ${recipe.name} on this worker's ${this.backend} backend: ${(err as Error).message}`, { cause: err });
+    }
     const { data } = recipe;
     const spec = { format: data.format, path: data.path, holdout: data.holdout, holdoutSeed: data.holdoutSeed };
     const loaderOptions = { threads: this.options.dataThreads, seed: recipe.seed, skipCorrupt: data.skipCorrupt };

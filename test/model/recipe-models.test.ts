@@ -1,0 +1,82 @@
+// One training pass (forward and backward) of every model a shipped recipe trains, at the recipe's
+// own micro-batch and regularization, on every engine this machine has: wasm always, native
+// TensorFlow when @tensorflow/tfjs-node loads. It fails on a crash or a non-finite result, never
+// on speed. Where the wasm heap cannot hold a pass (src/model/memory.ts), the check that refuses it
+// before the first step is what is tested. Issue 19: ViT-Ti/16 at micro-batch 16 exhausted the
+// wasm heap and crashed with "memory access out of bounds".
+import assert from 'node:assert/strict';
+import { freemem } from 'node:os';
+import { test } from 'node:test';
+import { selectBackend } from '../../src/model/backend.ts';
+import { checkMicroBatchFits, wasmPassBytes } from '../../src/model/memory.ts';
+import { createModel } from '../../src/model/model.ts';
+import { createModelConfig } from '../../src/model/registry.ts';
+import { listRecipes, loadRecipe, type Recipe } from '../../src/train/recipe.ts';
+import { randomBatch } from './helpers.ts';
+
+/** Recipes that train the same model the same way need one pass between them. */
+function distinctPasses(recipes: Recipe[]): Map<string, Recipe[]> {
+  const passes = new Map<string, Recipe[]>();
+  for (const recipe of recipes) {
+    const key = JSON.stringify([recipe.model, recipe.modelArgs, recipe.microBatch, recipe.regularization]);
+    passes.set(key, [...(passes.get(key) ?? []), recipe]);
+  }
+  return passes;
+}
+
+/** Why an engine cannot run here, or null when it can. */
+async function unavailable(engine: 'wasm' | 'tensorflow'): Promise<string | null> {
+  try {
+    await selectBackend({ requested: engine });
+    return null;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+const passes = distinctPasses(listRecipes().map(loadRecipe));
+
+for (const engine of ['wasm', 'tensorflow'] as const) {
+  const skip = await unavailable(engine);
+  for (const recipes of passes.values()) {
+    const { model: name, modelArgs, microBatch: n, regularization } = recipes[0]!;
+    const title = `${name} at micro-batch ${n} (${recipes.map((r) => r.name).join(', ')}) on ${engine}: one training pass, or refused before it`;
+    test(title, { skip: skip ?? false }, async (t) => {
+      const { name: backend } = await selectBackend({ requested: engine });
+      const config = createModelConfig(name, modelArgs);
+      const plan = { model: name, config, microBatch: n, backend, regularization };
+      let refusal: Error | null = null;
+      try {
+        checkMicroBatchFits(plan);
+      } catch (err) {
+        refusal = err as Error;
+      }
+      if (refusal) {
+        assert.equal(backend, 'wasm', 'only the wasm heap has a ceiling');
+        const largest = /use micro-batch (\d+) or less/.exec(refusal.message);
+        assert.match(refusal.message, new RegExp(`^model ${name} at micro-batch ${n} needs about [\\d.]+ GiB of wasm heap`));
+        assert.ok(largest && Number(largest[1]) >= 1 && Number(largest[1]) < n, refusal.message);
+        assert.match(refusal.message, /or run the worker on the tensorflow backend/);
+        return;
+      }
+      // Native TensorFlow's only ceiling is the machine's memory. Its use is not modelled; the wasm
+      // heap's figure (the same tensors, in float32) stands in for it, so that a pass this
+      // machine cannot hold is skipped rather than swapped or killed.
+      const needed = wasmPassBytes(config, n, regularization);
+      if (backend !== 'wasm' && needed > freemem()) {
+        t.skip(`needs about ${(needed / 2 ** 30).toFixed(1)} GiB, this machine has ${(freemem() / 2 ** 30).toFixed(1)} GiB free`);
+        return;
+      }
+      const model = createModel(config);
+      model.setParams(model.initParams(0));
+      const { images, labels } = randomBatch(config, n, 1);
+      const ctx = { step: 0, seed: 0, sampleIndices: Uint32Array.from({ length: n }, (_, i) => i), regularization };
+      const grad = new Float32Array(model.numParams);
+      const { lossSum } = model.lossAndGrad(images, labels, n, grad, ctx);
+      model.disposeParams();
+      assert.ok(Number.isFinite(lossSum) && lossSum > 0, `loss ${lossSum}`);
+      assert.ok(grad.every(Number.isFinite), 'every gradient entry is finite');
+      assert.ok(grad.some((g) => g !== 0), 'the gradient is not all zero');
+    });
+  }
+}
