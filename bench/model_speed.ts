@@ -1,6 +1,8 @@
 // Forward-plus-backward speed of one model replica, as a worker runs it: the wasm backend on one
-// thread, the model's lossAndGrad on a micro-batch. bench/model-vs-torch.sh runs it beside
-// bench/torch_model_speed.py, which times PyTorch on the same shapes with the same rule.
+// thread (or --backend webgpu), the model's accumulateGradient on a micro-batch, the gradient summed
+// where the backend keeps tensors; its download (takeGradient, once per step in a worker) is timed
+// apart as copyMs. bench/model-vs-torch.sh runs it beside bench/torch_model_speed.py, which times
+// PyTorch on the same shapes with the same rule (bench/gpu-check.sh beside timm on a GPU).
 //
 //   node --import tsx bench/model_speed.ts --model vit_fmnist_tiny --batch 128 [--seconds 25] [--backend wasm]
 //
@@ -40,20 +42,23 @@ const images = Float32Array.from({ length: batch * pixels }, (_, i) => Math.sin(
 const labels = Int32Array.from({ length: batch }, (_, i) => i % config.numClasses);
 const grad = new Float32Array(model.numParams);
 
-const step = (): void => {
-  grad.fill(0); // as a worker starts each step's accumulation
-  model.lossAndGrad(images, labels, batch, grad);
+// The pass ends when its loss has been read, which waits for the backward pass recorded before it.
+const step = async (): Promise<void> => {
+  await model.accumulateGradient(images, labels, batch);
 };
-for (let i = 0; i < WARMUP_ITERATIONS; i++) step();
+for (let i = 0; i < WARMUP_ITERATIONS; i++) await step();
 const times: number[] = [];
 const start = performance.now();
 while (times.length < MIN_TIMED_ITERATIONS || performance.now() - start < seconds * 1000) {
   const t0 = performance.now();
-  step();
+  await step();
   times.push(performance.now() - t0);
 }
+const copyStart = performance.now();
+await model.takeGradient(grad);
+const copyMs = performance.now() - copyStart;
 times.sort((a, b) => a - b);
 const msPerStep = times[Math.floor(times.length / 2)]!;
 const imagesPerSec = (batch * 1000) / msPerStep;
-console.log(`vit-dist ${values.model} batch ${batch}: ${imagesPerSec.toFixed(1)} images/s (median of ${times.length} passes, ${msPerStep.toFixed(1)} ms each; ${reason})`);
-console.log(JSON.stringify({ model: values.model, batch, iterations: times.length, msPerStep, imagesPerSec, backend: reason, config }));
+console.log(`vit-dist ${values.model} batch ${batch}: ${imagesPerSec.toFixed(1)} images/s (median of ${times.length} passes, ${msPerStep.toFixed(1)} ms each; gradient download ${copyMs.toFixed(1)} ms; ${reason})`);
+console.log(JSON.stringify({ model: values.model, batch, iterations: times.length, msPerStep, imagesPerSec, copyMs, backend: reason, config }));
