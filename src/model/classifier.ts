@@ -133,16 +133,20 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
 
   /**
    * lossAndGrad, but the gradient is added into a sum that stays on the backend's device (on a GPU
-   * worker, in GPU memory) across micro-batches; takeGradient downloads it once per step.
+   * worker, in GPU memory) across micro-batches; takeGradient downloads it once per step. The
+   * work is recorded before this returns; the promise waits only for the loss and logits reads, so
+   * the caller can record the next micro-batch meanwhile.
    */
   async accumulateGradient(images: Float32Array, labels: Int32Array, n: number, ctx?: TrainContext): Promise<LossResult> {
     const { grad, ...read } = this.trainTensors(images, labels, n, this.numParams, ctx);
+    // Everything above ran before the first await; the caller may refill `labels` while the reads wait.
+    const ownLabels = labels.slice(0, n);
     const previous = this.gradientSum;
     this.gradientSum = previous ? tf.add(previous, grad) : grad;
     if (previous) tf.dispose([previous, grad]);
     try {
       const [lossSum, logits, distillation] = await Promise.all([read.lossSum.data(), read.logits.data(), read.distillationLossSum?.data()]);
-      return this.trainResult(lossSum, logits, distillation, labels, n);
+      return this.trainResult(lossSum, logits, distillation, ownLabels, n);
     } finally {
       tf.dispose(read);
     }

@@ -9,7 +9,7 @@ import type { RingPeer } from '../comm/ring.ts';
 import { shardRange, type ElementRange } from '../comm/shard.ts';
 import type { BatchLoader } from '../data/loader.ts';
 import { mixBatch, mixRng, type MixConfig } from '../data/mixup.ts';
-import type { ImageClassifier, Regularization, TrainContext } from '../model/model.ts';
+import type { ImageClassifier, LossResult, Regularization, TrainContext } from '../model/model.ts';
 import type { Recipe } from '../train/recipe.ts';
 import { clipFactor, sumOfSquares } from '../train/clip.ts';
 import { paramDigest } from '../train/digest.ts';
@@ -127,6 +127,9 @@ export class ShardedTrainer {
     let distillationLossSum = 0;
     const skipped: string[] = [];
     const count = Math.ceil(indices.length / microBatch);
+    // Each micro-batch's loss and correct count, read from the device while the next one computes:
+    // awaiting them in the loop would leave a GPU idle while the host records the next micro-batch.
+    const results: Promise<LossResult>[] = [];
     let next = this.loadMicroBatch(samples, 0);
     for (let m = 0; m < count; m++) {
       const loaded = await next;
@@ -137,13 +140,17 @@ export class ShardedTrainer {
       const images = loaded.images.subarray(0, n * this.imageSize);
       const labels = loaded.labels.subarray(0, n);
       const context = await this.trainContext(step, samples.offset + from, indices.subarray(from, from + n), images, labels);
-      const result = await this.model.accumulateGradient(images, labels, n, context);
-      lossSum += result.lossSum;
-      correct += result.correct;
-      distillationLossSum += result.distillationLossSum ?? 0;
+      const result = this.model.accumulateGradient(images, labels, n, context);
+      result.catch(() => {}); // rejections surface at the Promise.all below, not as unhandled ones
+      results.push(result);
       skipped.push(...loaded.skipped);
       // Let heartbeats and aborts through between micro-batches: a backward pass blocks the loop.
       await yieldToEventLoop();
+    }
+    for (const result of await Promise.all(results)) {
+      lossSum += result.lossSum;
+      correct += result.correct;
+      distillationLossSum += result.distillationLossSum ?? 0;
     }
     // The gradient summed on the model's device comes to the host once per step, for the ring.
     const downloadStart = performance.now();
