@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check (issue #12) for a short lease on a GPU machine that has Python with PyTorch and timm
-# but no Node, no npm and no network. In at most BUDGET_S seconds (default 290) it prints:
+# but no Node, no npm and no network. In at most BUDGET_S seconds (default 280) it prints:
 #   1. the WebGPU adapter Dawn binds (Vulkan on NVIDIA), its features and limits;
 #   2. our matMul kernels' TFLOP/s at the products of a DeiT-B step (bench/gpu/kernels.ts);
 #   3. DeiT-Ti/S/B forward+backward images/s: vit-dist on webgpu (bench/model_speed.ts) beside
@@ -9,13 +9,15 @@
 #      one GPU, DeiT-B on generated JPEGs) and each step's compute, copy and comm times;
 # then a summary. Each part has its own time limit; a part that fails is reported and the next runs.
 #
-#   bash bench/gpu-check.sh [--cpu-test]
+#   bash bench/gpu-check.sh [--cpu-test | --smoke]
 #
 # It runs from a checkout with Node 20 and node_modules, or from the folder bench/gpu/pack.sh stages
 # (.gpu/, with Node and the code as archives): it then unpacks them under /tmp first.
 # --cpu-test: the same parts at tiny sizes on llvmpipe (Dawn's OpenGL ES on Mesa), PyTorch on the CPU,
 # so the whole script can be checked on a machine without a GPU (PYTHON names a Python with torch
 # and timm; the model is a small ViT instead of DeiT).
+# --smoke: a first look on the GPU in about two minutes: the adapter, one DeiT-B product (fc1) of ours,
+# DeiT-B on webgpu and PyTorch's DeiT-B in strict fp32; no ring.
 # Everything printed also goes to $OUT (default ./gpu-check-out): gpu-check.log, adapter.txt,
 # kernels.txt, models.txt, ring.txt, ring-metrics.jsonl and summary.txt. Exit status: 0 when every
 # part succeeded.
@@ -24,20 +26,20 @@ set -uo pipefail
 MODE=gpu
 case "${1:-}" in
   --cpu-test) MODE=cpu-test ;;
+  --smoke) MODE=smoke ;;
   '') ;;
-  *) echo "usage: $0 [--cpu-test]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--cpu-test | --smoke]" >&2; exit 2 ;;
 esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$PWD/gpu-check-out}
-BUDGET_S=${BUDGET_S:-290}
+BUDGET_S=${BUDGET_S:-280}
 PYTHON=${PYTHON:-python3}
 SCRATCH=${SCRATCH:-/tmp/vit-dist-gpu-check}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 exec > >(tee "$OUT/gpu-check.log") 2>&1
-echo "gpu-check ($MODE) started $(date -u +%FT%TZ) on $(hostname), $(nproc) CPUs, budget ${BUDGET_S}s"
 
-if [ "$MODE" = gpu ]; then
+if [ "$MODE" != cpu-test ]; then
   ALLOW_SOFTWARE=()
   KERNEL_ARGS=()
   BATCH=${BATCH:-64}
@@ -47,6 +49,12 @@ if [ "$MODE" = gpu ]; then
   TORCH_ARGS=(--precisions fp32,tf32)
   RING_IMAGES=128
   RING_RECIPE=(--recipe deit-base --set modelArgs.numClasses=4 --global-batch 128 --micro-batch 64 --steps 2)
+  if [ "$MODE" = smoke ]; then
+    BUDGET_S=${BUDGET_S_SMOKE:-150}
+    KERNEL_ARGS=(--only 'fc1 Y=XW')
+    MODELS=(deit_base_patch16_224)
+    TORCH_ARGS=(--precisions fp32)
+  fi
   # The driver's Vulkan ICD and EGL vendor file, where the NVIDIA container runtime mounts them
   # (the device tool's README); a standard install finds them without these.
   NVIDIA_SHARE=/usr/local/nvidia/share
@@ -62,6 +70,8 @@ else
   RING_IMAGES=32
   RING_RECIPE=(--recipe bench/gpu/ring-cpu-test.json)
 fi
+
+echo "gpu-check ($MODE) started $(date -u +%FT%TZ) on $(hostname), $(nproc) CPUs, budget ${BUDGET_S}s"
 
 # --- Node and the code: a staged folder carries them as archives.
 unpack() { # unpack ARCHIVE DIR: tar's xz where the machine has it, else Python's lzma
@@ -109,7 +119,7 @@ part() {
   return "$rc"
 }
 
-if [ "$MODE" = gpu ]; then
+if [ "$MODE" != cpu-test ]; then
   part 'GPU (nvidia-smi, read only)' 20 adapter.txt nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
   part 'Vulkan loader' 10 adapter.txt bash -c 'ldconfig -p | grep libvulkan || { echo "no libvulkan.so.1: unpack .gl/*.deb first"; exit 1; }'
 fi
@@ -123,7 +133,7 @@ fi
 
 torch_models=()
 for model in "${MODELS[@]}"; do
-  if [ "$MODE" = gpu ]; then torch_models+=("$model"); else torch_models+=("$model=vit_tiny_patch16_224"); fi
+  if [ "$MODE" = cpu-test ]; then torch_models+=("$model=vit_tiny_patch16_224"); else torch_models+=("$model"); fi
 done
 torch_config=()
 if [ "$MODE" = cpu-test ]; then
@@ -140,7 +150,7 @@ if [ -n "$webgpu" ]; then
   # DeiT-B and the ring first: if the budget runs short, the smaller models are what is lost.
   last=$((${#MODELS[@]} - 1))
   ours "${MODELS[$last]}"
-  part 'two steps of a 2-worker ring on the GPU' 100 ring.txt bash bench/gpu/ring-step.sh "$SCRATCH" "$OUT" "$RING_IMAGES" "${RING_RECIPE[@]}"
+  [ "$MODE" = smoke ] || part 'two steps of a 2-worker ring on the GPU' 100 ring.txt bash bench/gpu/ring-step.sh "$SCRATCH" "$OUT" "$RING_IMAGES" "${RING_RECIPE[@]}"
   for ((i = last - 1; i >= 0; i--)); do ours "${MODELS[$i]}"; done
 fi
 

@@ -4,9 +4,10 @@
 // each timed by benchMatMul (src/model/webgpu/bench-kernels.ts) with its sampled error against a
 // float64 product. Then the sum over one block's forward+backward: the matMul time of a step.
 //
-//   node --import tsx bench/gpu/kernels.ts [--tiny] [--allow-software]
+//   node --import tsx bench/gpu/kernels.ts [--tiny] [--allow-software] [--only 'fc1 Y=XW,...']
 //
-// --tiny: small shapes with odd sizes (for llvmpipe); --allow-software: llvmpipe may serve.
+// --tiny: small shapes with odd sizes (for llvmpipe); --allow-software: llvmpipe may serve;
+// --only: just the named products (then no block sum).
 // Prints a table, then one JSON line (the last) for scripts.
 import { parseArgs } from 'node:util';
 import { activateWebGPU } from '../../src/model/webgpu/device.ts';
@@ -61,7 +62,7 @@ function blockProducts(d: BlockDims): Product[] {
   ];
 }
 
-const { values } = parseArgs({ options: { tiny: { type: 'boolean', default: false }, 'allow-software': { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: { tiny: { type: 'boolean', default: false }, 'allow-software': { type: 'boolean', default: false }, only: { type: 'string' } } });
 const dims = values.tiny ? TINY : DEIT_B_BATCH_64;
 const iterations = values.tiny ? 2 : 20;
 
@@ -71,13 +72,20 @@ console.log(`${'product'.padEnd(16)} ${'batch x M x N x K'.padStart(24)} ${'ms'.
 const results = [];
 let blockMs = 0;
 let blockFlops = 0;
-for (const p of blockProducts(dims)) {
+const only = values.only?.split(',');
+const products = blockProducts(dims).filter((p) => !only || only.includes(p.name));
+if (products.length === 0) throw new Error(`--only ${values.only} names no product (${blockProducts(dims).map((p) => p.name).join(', ')})`);
+for (const p of products) {
   const r = await benchMatMul(p.m, p.n, p.k, p.transposeA, p.transposeB, { batch: p.batch, iterations });
   const shape = `${p.batch} x ${p.m} x ${p.n} x ${p.k}`;
   console.log(`${p.name.padEnd(16)} ${shape.padStart(24)} ${r.ms.toFixed(3).padStart(9)} ${r.tflops.toFixed(2).padStart(8)} ${r.maxRelError.toExponential(1).padStart(11)} ${r.tile}`);
   results.push({ ...p, ...r });
   blockMs += r.ms;
   blockFlops += 2 * p.batch * p.m * p.n * p.k;
+}
+if (only) {
+  console.log(JSON.stringify({ adapter: reason, dims, iterations, results }));
+  process.exit(0);
 }
 // Every product above runs once per block in a training step (forward, then backward).
 const stepMatMulMs = blockMs * dims.depth;
