@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util';
 import { selectBackend, type BackendChoice } from '../src/model/backend.ts';
 import { createModelConfig } from '../src/model/registry.ts';
 import { createModel } from '../src/model/model.ts';
+import { DeviceGradientSum } from '../src/model/gradient-sum.ts';
 
 /** Untimed passes first: the first calls compile kernels and grow the wasm heap. */
 const WARMUP_ITERATIONS = 2;
@@ -43,8 +44,9 @@ const labels = Int32Array.from({ length: batch }, (_, i) => i % config.numClasse
 const grad = new Float32Array(model.numParams);
 
 // The pass ends when its loss has been read, which waits for the backward pass recorded before it.
+const gradientSum = new DeviceGradientSum(model.numParams);
 const step = async (): Promise<void> => {
-  await model.accumulateGradient(images, labels, batch);
+  await model.accumulateGradient(images, labels, batch, gradientSum);
 };
 for (let i = 0; i < WARMUP_ITERATIONS; i++) await step();
 const times: number[] = [];
@@ -55,7 +57,7 @@ while (times.length < MIN_TIMED_ITERATIONS || performance.now() - start < second
   times.push(performance.now() - t0);
 }
 const copyStart = performance.now();
-await model.takeGradient(grad);
+await gradientSum.take(grad);
 const copyMs = performance.now() - copyStart;
 times.sort((a, b) => a - b);
 const msPerStep = times[Math.floor(times.length / 2)]!;
