@@ -1,6 +1,6 @@
 // Forward-plus-backward speed of one model replica, as a worker runs it: the wasm backend on one
 // thread (or --backend webgpu), the model's accumulateGradient on a micro-batch, the gradient summed
-// where the backend keeps tensors; its download (takeGradient, once per step in a worker) is timed
+// where the backend keeps tensors; its download (DeviceGradientSum.take, once per step in a worker) is timed
 // apart as copyMs. bench/model-vs-torch.sh runs it beside bench/torch_model_speed.py, which times
 // PyTorch on the same shapes with the same rule (bench/gpu-check.sh beside timm on a GPU).
 //
