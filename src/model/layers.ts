@@ -12,6 +12,7 @@
 // so every Linear is one 2-D product and every LayerNorm normalizes the last axis.
 
 import * as tf from '@tensorflow/tfjs-core';
+import { geluCdf, geluGrad } from './webgpu/gelu.ts';
 
 /** timm's ViT uses LayerNorm(eps=1e-6), not PyTorch's default 1e-5; so does ConvNeXt's channel LayerNorm. */
 export const LN_EPS = 1e-6;
@@ -62,12 +63,13 @@ export function layerNormBackward(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.T
  * has erf, so no tanh approximation). Returns Phi(x) too: erf is slow on wasm, the backward reuses it.
  */
 export function gelu(x: tf.Tensor2D): { y: tf.Tensor2D; cdf: tf.Tensor2D } {
-  const cdf: tf.Tensor2D = tf.mul(0.5, tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
+  const cdf: tf.Tensor2D = tf.getBackend() === 'webgpu' ? geluCdf(x) : tf.mul(0.5, tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
   return { y: tf.mul(x, cdf), cdf };
 }
 
 /** d/dx [x Phi(x)] = Phi(x) + x phi(x), phi the standard normal density. */
 export function geluBackward(dy: tf.Tensor2D, x: tf.Tensor2D, cdf: tf.Tensor2D): tf.Tensor2D {
+  if (tf.getBackend() === 'webgpu') return geluGrad(dy, x, cdf); // one pass instead of seven
   const pdf = tf.mul(1 / Math.sqrt(2 * Math.PI), tf.exp(tf.mul(tf.square(x), -0.5)));
   return tf.mul(dy, tf.add(cdf, tf.mul(x, pdf)));
 }
