@@ -96,6 +96,5 @@ if [ -d "$DEST/.git" ]; then
 fi
 carried_bytes=$(du -cb "$DEST/.gpu" "$DEST/.gl" | tail -n 1 | cut -f1)
 total=$((tree_bytes + carried_bytes))
-printf 'pack: %s/.gpu %s, .gl %s; with the tree (%s) %.1f MiB travel of the 64 MiB allowed\n' "$DEST" \
-  "$(du -sh "$DEST/.gpu" | cut -f1)" "$(du -sh "$DEST/.gl" | cut -f1)" "$(numfmt --to=iec "$tree_bytes")" "$(echo "$total / 1048576" | bc -l)"
+echo "pack: $DEST/.gpu $(du -sh "$DEST/.gpu" | cut -f1), .gl $(du -sh "$DEST/.gl" | cut -f1); with the tree ($(numfmt --to=iec "$tree_bytes")) $(awk -v b="$total" 'BEGIN { printf "%.1f", b / 1048576 }') MiB travel of the 64 MiB allowed"
 [ "$total" -le "$LIMIT_BYTES" ] || { echo "pack: over the device tool's 64 MiB limit" >&2; exit 1; }
