@@ -1,7 +1,9 @@
-// Forward-plus-backward speed of one model replica, as a worker runs it: the model's lossAndGrad on a
-// micro-batch, on the backend asked for (TensorFlow's threads: TF_NUM_INTRAOP_THREADS; wasm runs one).
+// Forward-plus-backward speed of one model replica, as a worker runs it: the model's accumulateGradient
+// on a micro-batch, on the backend asked for (TensorFlow's threads: TF_NUM_INTRAOP_THREADS; wasm runs
+// one; --backend webgpu), the gradient summed where the backend keeps tensors; its download
+// (DeviceGradientSum.take, once per step in a worker) is timed apart as copyMs.
 // bench/model-vs-torch.sh runs it beside bench/torch_model_speed.py, which times PyTorch on the same
-// shapes with the same rule.
+// shapes with the same rule (bench/gpu-check.sh beside timm on a GPU).
 //
 //   node --import tsx bench/model_speed.ts --model vit_fmnist_tiny --batch 128 [--seconds 25] [--backend wasm]
 //
@@ -12,6 +14,7 @@ import { selectBackend, type BackendChoice } from '../src/model/backend.ts';
 import { checkMicroBatchFits } from '../src/model/memory.ts';
 import { createModelConfig } from '../src/model/registry.ts';
 import { createModel } from '../src/model/model.ts';
+import { DeviceGradientSum } from '../src/model/gradient-sum.ts';
 
 /** Untimed passes first: the first calls compile kernels and grow the wasm heap. */
 const WARMUP_ITERATIONS = 2;
@@ -51,21 +54,25 @@ const images = Float32Array.from({ length: batch * pixels }, (_, i) => Math.sin(
 const labels = Int32Array.from({ length: batch }, (_, i) => i % config.numClasses);
 const grad = new Float32Array(model.numParams);
 
-const step = (): void => {
-  grad.fill(0); // as a worker starts each step's accumulation
-  model.lossAndGrad(images, labels, batch, grad);
+// The pass ends when its loss has been read, which waits for the backward pass recorded before it.
+const gradientSum = new DeviceGradientSum(model.numParams);
+const step = async (): Promise<void> => {
+  await model.accumulateGradient(images, labels, batch, gradientSum);
 };
-for (let i = 0; i < WARMUP_ITERATIONS; i++) step();
+for (let i = 0; i < WARMUP_ITERATIONS; i++) await step();
 const times: number[] = [];
 const start = performance.now();
 while (times.length < MIN_TIMED_ITERATIONS || performance.now() - start < seconds * 1000) {
   const t0 = performance.now();
-  step();
+  await step();
   times.push(performance.now() - t0);
 }
+const copyStart = performance.now();
+await gradientSum.take(grad);
+const copyMs = performance.now() - copyStart;
 times.sort((a, b) => a - b);
 const msPerStep = times[Math.floor(times.length / 2)]!;
 const imagesPerSec = (batch * 1000) / msPerStep;
 const peakRssMB = process.resourceUsage().maxRSS / 1024; // maxRSS is in KiB
-console.log(`vit-dist ${values.model} batch ${batch}: ${imagesPerSec.toFixed(1)} images/s (median of ${times.length} passes, ${msPerStep.toFixed(1)} ms each; peak RSS ${peakRssMB.toFixed(0)} MiB; ${reason})`);
-console.log(JSON.stringify({ model: values.model, batch, iterations: times.length, msPerStep, imagesPerSec, peakRssMB, backend: reason, config }));
+console.log(`vit-dist ${values.model} batch ${batch}: ${imagesPerSec.toFixed(1)} images/s (median of ${times.length} passes, ${msPerStep.toFixed(1)} ms each; gradient download ${copyMs.toFixed(1)} ms; peak RSS ${peakRssMB.toFixed(0)} MiB; ${reason})`);
+console.log(JSON.stringify({ model: values.model, batch, iterations: times.length, msPerStep, imagesPerSec, copyMs, peakRssMB, backend: reason, config }));

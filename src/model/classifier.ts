@@ -3,6 +3,7 @@
 // passes (targets, loss, gradient download and accumulation, correct counts).
 
 import * as tf from '@tensorflow/tfjs-core';
+import type { DeviceGradientSum } from './gradient-sum.ts';
 import { initFlatParams } from './init.ts';
 import { checkLabels, countCorrectIn, crossEntropySum, jointLogits, oneHotLabels, trainingObjective, type HeadLogits } from './loss.ts';
 import type { ImageClassifier, LossResult, ModelConfig, ParamSpec, TrainContext } from './model.ts';
@@ -27,8 +28,6 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
   readonly numParams: number;
   private readonly index: Map<string, number>; // name -> position in params / tensors
   private tensors: tf.Tensor[] | null = null; // one per ParamSpec, internal shape
-  /** Gradients of the micro-batches since the last takeGradient, summed where the backend keeps tensors. */
-  private gradientSum: tf.Tensor1D | null = null;
 
   constructor(config: C, params: ParamSpec[]) {
     this.config = { ...config };
@@ -120,7 +119,7 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
    * Without a context the loss is the plain cross entropy on the labels.
    *
    * Synchronous reads: not on 'webgpu' (Node has no synchronous GPU read); the trainer uses
-   * accumulateGradient and takeGradient, which work on every backend.
+   * accumulateGradient, which works on every backend.
    */
   lossAndGrad(images: Float32Array, labels: Int32Array, n: number, gradAccum: Float32Array, ctx?: TrainContext): LossResult {
     const tensors = this.trainTensors(images, labels, n, gradAccum.length, ctx);
@@ -134,35 +133,21 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
   }
 
   /**
-   * lossAndGrad, but the gradient is added into a sum that stays on the backend's device (on a GPU
-   * worker, in GPU memory) across micro-batches; takeGradient downloads it once per step.
+   * lossAndGrad, but the gradient is added into `into`, a sum that stays on the backend's device
+   * (on a GPU worker, in GPU memory) until its owner takes it, once per step. The work is recorded
+   * before this returns; the promise waits only for the loss and logits reads, so the caller can
+   * record the next micro-batch meanwhile.
    */
-  async accumulateGradient(images: Float32Array, labels: Int32Array, n: number, ctx?: TrainContext): Promise<LossResult> {
-    const { grad, ...read } = this.trainTensors(images, labels, n, this.numParams, ctx);
-    const previous = this.gradientSum;
-    this.gradientSum = previous ? tf.add(previous, grad) : grad;
-    if (previous) tf.dispose([previous, grad]);
+  async accumulateGradient(images: Float32Array, labels: Int32Array, n: number, into: DeviceGradientSum, ctx?: TrainContext): Promise<LossResult> {
+    const { grad, ...read } = this.trainTensors(images, labels, n, into.length, ctx);
+    into.add(grad);
+    // Everything above ran before the first await; the caller may refill `labels` while the reads wait.
+    const ownLabels = labels.slice(0, n);
     try {
       const [lossSum, logits, distillation] = await Promise.all([read.lossSum.data(), read.logits.data(), read.distillationLossSum?.data()]);
-      return this.trainResult(lossSum, logits, distillation, labels, n);
+      return this.trainResult(lossSum, logits, distillation, ownLabels, n);
     } finally {
       tf.dispose(read);
-    }
-  }
-
-  /** Writes the gradient summed since the last call into `into` (zeros if none) and starts a new sum. */
-  async takeGradient(into: Float32Array): Promise<void> {
-    if (into.length !== this.numParams) throw new Error(`gradient buffer has length ${into.length}, expected ${this.numParams}`);
-    const sum = this.gradientSum;
-    this.gradientSum = null;
-    if (sum === null) {
-      into.fill(0);
-      return;
-    }
-    try {
-      into.set(await sum.data());
-    } finally {
-      sum.dispose();
     }
   }
 

@@ -6,6 +6,7 @@
 // (tfjs-core registers no gradients in Node: see layers.ts).
 
 import type { LossName } from '../train/recipe.ts';
+import type { DeviceGradientSum } from './gradient-sum.ts';
 import { ConvNet, countConvNetFlops, convNetParamSpecs, type ConvNetConfig } from './convnet.ts';
 import { VisionTransformer, countFlops, paramSpecs, type VitConfig } from './vit.ts';
 
@@ -94,10 +95,8 @@ export interface ImageClassifier {
    * d(lossSum)/d(params) into gradAccum (the flat layout), so micro-batches accumulate.
    */
   lossAndGrad(images: Float32Array, labels: Int32Array, n: number, gradAccum: Float32Array, ctx?: TrainContext): LossResult;
-  /** lossAndGrad with the gradient summed on the backend's device (GPU memory on a GPU worker) until takeGradient. */
-  accumulateGradient(images: Float32Array, labels: Int32Array, n: number, ctx?: TrainContext): Promise<LossResult>;
-  /** Writes the gradient summed since the last call into `into` (one download) and starts a new sum. */
-  takeGradient(into: Float32Array): Promise<void>;
+  /** lossAndGrad with the gradient added into a sum on the backend's device (GPU memory on a GPU worker); the promise waits only for the loss reads. */
+  accumulateGradient(images: Float32Array, labels: Int32Array, n: number, into: DeviceGradientSum, ctx?: TrainContext): Promise<LossResult>;
   /** Forward only: summed cross entropy and correct counts of the inference classifier. */
   evaluate(images: Float32Array, labels: Int32Array, n: number): LossResult;
   /** evaluate with asynchronous reads: the form for 'webgpu', where Node cannot read the GPU synchronously. */

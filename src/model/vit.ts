@@ -14,6 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Mulberry32, mixSeed } from '../common/random.ts';
 import { FlatParamClassifier, type TrainPass } from './classifier.ts';
 import { patchify } from './conv.ts';
+import { scaledSoftmax, scaledSoftmaxGrad } from './webgpu/softmax.ts';
 import { gelu, geluBackward, layerNorm, layerNormBackward, linear, linearBackward, transposeFlagsAreFree } from './layers.ts';
 import type { HeadLogits } from './loss.ts';
 import type { ParamSpec, TrainContext } from './model.ts';
@@ -145,6 +146,17 @@ function batchMatMul(a: tf.Tensor3D, b: tf.Tensor3D, transposeA = false, transpo
   const image = tf.reshape(tf.transpose(b, transposeB ? [1, 2, 0] : [2, 1, 0]), [1, J, K, C]) as tf.Tensor4D;
   const out = tf.depthwiseConv2d(image, filter, 1, 'valid'); // [1, J, 1, C * I]
   return tf.transpose(tf.reshape(out, [J, C, I]), [1, 2, 0]);
+}
+
+/** softmax(scale * scores) over the last axis: one row kernel on webgpu (webgpu/softmax.ts), tfjs ops elsewhere. */
+function attentionSoftmax(scores: tf.Tensor3D, scale: number): tf.Tensor3D {
+  return tf.getBackend() === 'webgpu' ? scaledSoftmax(scores, scale) : tf.softmax(tf.mul(scores, scale));
+}
+
+/** Softmax backward, row-wise: dS = att * (dAtt - sum(dAtt * att)), times the scale. */
+function attentionSoftmaxBackward(att: tf.Tensor3D, dAtt: tf.Tensor3D, scale: number): tf.Tensor3D {
+  if (tf.getBackend() === 'webgpu') return scaledSoftmaxGrad(att, dAtt, scale);
+  return tf.mul(tf.mul(att, tf.sub(dAtt, tf.sum(tf.mul(dAtt, att), -1, true))), scale);
 }
 
 /** x * mask, or x itself without a mask: a rate of 0 computes exactly what the model did before regularization. */
@@ -295,7 +307,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const name = `blocks.${i}`;
     const norm1 = layerNorm(x, this.w(`${name}.norm1`), this.b(`${name}.norm1`));
     const [q, k, v] = this.qkv(norm1.y, name, B);
-    const att: tf.Tensor3D = tf.softmax(tf.mul(batchMatMul(q, k, false, true), this.headDim ** -0.5)); // [B*H, T, T]
+    const att = attentionSoftmax(batchMatMul(q, k, false, true), this.headDim ** -0.5); // [B*H, T, T]
     const attDropped = masked(att, masks?.attn);
     const merged = this.mergeHeads(batchMatMul(attDropped, v), B);
     const attnOut = masked(linear(merged, this.w(`${name}.attn.proj`), this.b(`${name}.attn.proj`)), masks?.proj);
@@ -342,8 +354,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const dHeads = this.splitHeads(proj.dx, B); // d(attDropped @ v)
     const dAtt = masked(batchMatMul(dHeads, a.v, false, true), a.masks?.attn);
     const dv = batchMatMul(a.attDropped, dHeads, true, false);
-    // Softmax backward, row-wise: dS = att * (dAtt - sum(dAtt * att)); then the hd^-0.5 scale.
-    const dScores: tf.Tensor3D = tf.mul(tf.mul(a.att, tf.sub(dAtt, tf.sum(tf.mul(dAtt, a.att), -1, true))), this.headDim ** -0.5);
+    const dScores = attentionSoftmaxBackward(a.att, dAtt, this.headDim ** -0.5);
     const dq = batchMatMul(dScores, a.k);
     const dk = batchMatMul(dScores, a.q, true, false);
     const qkv = linearBackward(this.mergeQkv(dq, dk, dv, B), this.normOutput(`${name}.norm1`, a.norm1.xHat), this.w(`${name}.attn.qkv`));

@@ -9,7 +9,8 @@ import type { RingPeer } from '../comm/ring.ts';
 import { shardRange, type ElementRange } from '../common/shard.ts';
 import type { BatchLoader } from '../data/loader.ts';
 import { mixBatch, mixRng, type MixConfig } from '../data/mixup.ts';
-import type { ImageClassifier, Regularization, TrainContext } from '../model/model.ts';
+import { DeviceGradientSum } from '../model/gradient-sum.ts';
+import type { ImageClassifier, LossResult, Regularization, TrainContext } from '../model/model.ts';
 import type { LossName, Recipe } from '../train/recipe.ts';
 import { clipFactor, sumOfSquares } from '../train/clip.ts';
 import { paramDigest } from '../train/digest.ts';
@@ -119,35 +120,31 @@ export class ShardedTrainer {
 
   /** Runs one optimizer step on this rank's slice of the global batch. */
   async step(step: number, samples: StepSamples, lr: number): Promise<StepReport> {
-    const { microBatch, globalBatch, clipNorm } = this.options;
+    const { globalBatch, clipNorm } = this.options;
     const { indices } = samples;
     const computeStart = performance.now();
     let lossSum = 0;
     let correct = 0;
     let distillationLossSum = 0;
     const skipped: string[] = [];
-    const count = Math.ceil(indices.length / microBatch);
-    let next = this.loadMicroBatch(samples, 0);
-    for (let m = 0; m < count; m++) {
-      const loaded = await next;
-      // Start on the next micro-batch now: loader threads make it while the model computes this one.
-      if (m + 1 < count) next = this.loadMicroBatch(samples, m + 1);
-      const from = m * microBatch;
-      const n = Math.min(microBatch, indices.length - from);
-      const images = loaded.images.subarray(0, n * this.imageSize);
-      const labels = loaded.labels.subarray(0, n);
-      const context = await this.trainContext(step, samples.offset + from, indices.subarray(from, from + n), images, labels);
-      const result = await this.model.accumulateGradient(images, labels, n, context);
-      lossSum += result.lossSum;
-      correct += result.correct;
-      distillationLossSum += result.distillationLossSum ?? 0;
-      skipped.push(...loaded.skipped);
-      // Let heartbeats and aborts through between micro-batches: a backward pass blocks the loop.
-      await yieldToEventLoop();
+    // Each micro-batch's loss and correct count, read from the device while the next one computes:
+    // awaiting them in the loop would leave a GPU idle while the host records the next micro-batch.
+    const results: Promise<LossResult>[] = [];
+    const gradient = new DeviceGradientSum(this.model.numParams);
+    try {
+      await this.computeMicroBatches(step, samples, gradient, results, skipped);
+      for (const result of await Promise.all(results)) {
+        lossSum += result.lossSum;
+        correct += result.correct;
+        distillationLossSum += result.distillationLossSum ?? 0;
+      }
+    } catch (err) {
+      gradient.dispose();
+      throw err;
     }
     // The gradient summed on the model's device comes to the host once per step, for the ring.
     const downloadStart = performance.now();
-    await this.model.takeGradient(this.grad);
+    await gradient.take(this.grad);
     const downloadMs = performance.now() - downloadStart;
     const computeMs = downloadStart - computeStart;
 
@@ -171,6 +168,33 @@ export class ShardedTrainer {
     const report: StepReport = { lossSum, correct, count: indices.length, gradNorm, paramDigest: this.digest(), computeMs, copyMs, commMs, skipped };
     if (this.model.config.distilled) report.distillationLossSum = distillationLossSum;
     return report;
+  }
+
+  /**
+   * Forward and backward of every micro-batch of this rank's slice, their gradients added into
+   * `gradient`; each one's loss read is pushed to `results` unawaited (see step).
+   */
+  private async computeMicroBatches(step: number, samples: StepSamples, gradient: DeviceGradientSum, results: Promise<LossResult>[], skipped: string[]): Promise<void> {
+    const { microBatch } = this.options;
+    const { indices } = samples;
+    const count = Math.ceil(indices.length / microBatch);
+    let next = this.loadMicroBatch(samples, 0);
+    for (let m = 0; m < count; m++) {
+      const loaded = await next;
+      // Start on the next micro-batch now: loader threads make it while the model computes this one.
+      if (m + 1 < count) next = this.loadMicroBatch(samples, m + 1);
+      const from = m * microBatch;
+      const n = Math.min(microBatch, indices.length - from);
+      const images = loaded.images.subarray(0, n * this.imageSize);
+      const labels = loaded.labels.subarray(0, n);
+      const context = await this.trainContext(step, samples.offset + from, indices.subarray(from, from + n), images, labels);
+      const result = this.model.accumulateGradient(images, labels, n, gradient, context);
+      result.catch(() => {}); // rejections surface at step's Promise.all, not as unhandled ones
+      results.push(result);
+      skipped.push(...loaded.skipped);
+      // Let heartbeats and aborts through between micro-batches: a backward pass blocks the loop.
+      await yieldToEventLoop();
+    }
   }
 
   /** Micro-batch `m` of `samples` into the buffer the model is not reading. */

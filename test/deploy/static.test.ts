@@ -24,6 +24,15 @@ function has(command: string, args: string[]): boolean {
   return !r.error && r.status === 0;
 }
 
+/** NVIDIA_DRIVER_CAPABILITIES that mount the driver's Vulkan ICD, which the webgpu engine needs. */
+function graphicsCapable(capabilities: string | undefined): boolean {
+  const list = (capabilities ?? '').split(',');
+  return list.includes('graphics') || list.includes('all');
+}
+
+/** Workers pick a GPU engine: auto (which takes the GPU adapter) or webgpu. */
+const GPU_BACKENDS = ['auto', 'webgpu'];
+
 /** `--name=value` or `--name value` from an argument list. */
 function flag(args: string[], name: string): string | undefined {
   for (let i = 0; i < args.length; i++) {
@@ -44,6 +53,10 @@ describe('Dockerfile', () => {
     assert.match(dockerfile, /^ENTRYPOINT \["node", "\/app\/bin\/vit-dist\.js"\]$/m);
     assert.match(dockerfile, /^HEALTHCHECK .*\n\s+CMD \["node", "-e", ".*process\.env\.VIT_DIST_HEALTH_PORT.*\/healthz/m);
     assert.match(dockerfile, /^STOPSIGNAL SIGTERM$/m);
+  });
+  test('carries the Vulkan loader and asks the NVIDIA runtime for the driver\'s Vulkan ICD (the webgpu engine)', () => {
+    assert.match(dockerfile, /apt-get install [^\n]*\blibvulkan1\b/);
+    assert.ok(graphicsCapable(dockerfile.match(/^ENV NVIDIA_DRIVER_CAPABILITIES=(\S+)$/m)?.[1]), 'ENV NVIDIA_DRIVER_CAPABILITIES must include graphics');
   });
   test('tsx, which bin/vit-dist.js loads at run time, is a production dependency', () => {
     const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
@@ -85,10 +98,14 @@ describe('docker-compose.yml', () => {
     for (const [name, svc] of workers) {
       const devices = svc.deploy.resources.reservations.devices as Obj[];
       assert.equal(devices.length, 1, name);
-      assert.deepEqual(devices[0]!.capabilities, ['gpu'], name);
+      assert.ok(devices[0]!.capabilities.includes('gpu'), `${name}: a GPU request needs the gpu capability`);
+      assert.ok(graphicsCapable(devices[0]!.capabilities.filter((c: string) => c !== 'gpu').join(',')), `${name}: the device request must include graphics (Vulkan)`);
+      assert.ok(graphicsCapable(svc.environment?.NVIDIA_DRIVER_CAPABILITIES), `${name}: NVIDIA_DRIVER_CAPABILITIES must include graphics`);
       assert.equal(devices[0]!.device_ids.length, 1, name);
       const id = String(devices[0]!.device_ids[0]);
-      assert.equal(flag(svc.command, 'gpu'), id, `${name}: --gpu must match its reserved device`);
+      // The container is given that one card, which Vulkan and CUDA then list as index 0.
+      assert.equal(flag(svc.command, 'gpu'), '0', `${name}: its one reserved card is GPU 0 inside the container`);
+      assert.ok(GPU_BACKENDS.includes(flag(svc.command, 'backend')!), `${name}: --backend must be auto or webgpu`);
       assert.equal(flag(svc.command, 'advertise'), name, `${name}: ring neighbours reach it by service name`);
       assert.equal(flag(svc.command, 'coordinator'), 'ws://coordinator:29500', name);
       assert.equal(svc.restart, 'on-failure', name);
@@ -289,8 +306,10 @@ describe('Kubernetes manifests (deploy/k8s)', () => {
     assert.ok(control.spec.ports.some((p: Obj) => p.port === Number(url.port)), `Service ${url.hostname} has no port ${url.port}`);
     assert.ok(matches(control.spec.selector, coordinator.spec.template.metadata.labels));
 
-    // One card per pod: inside the pod it is index 0.
+    // One card per pod: inside the pod it is index 0, reached through the driver's Vulkan ICD.
     assert.equal(String(wContainer.resources.limits['nvidia.com/gpu']), '1');
     assert.equal(flag(wArgs, 'gpu'), '0');
+    assert.ok(GPU_BACKENDS.includes(flag(wArgs, 'backend')!), '--backend must be auto or webgpu');
+    assert.ok(graphicsCapable(wContainer.env.find((e: Obj) => e.name === 'NVIDIA_DRIVER_CAPABILITIES')?.value), 'NVIDIA_DRIVER_CAPABILITIES must include graphics');
   });
 });

@@ -1,9 +1,10 @@
 // The webgpu engine computes what the wasm engine computes: logits and gradients of
 // vit_fmnist_tiny and of a 2-block DeiT within 1e-4 relative, through the trainer's
-// device-side gradient sum (accumulateGradient over two micro-batches, takeGradient).
+// device-side gradient sum (accumulateGradient over two micro-batches into a DeviceGradientSum).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { selectBackend } from '../../src/model/backend.ts';
+import { DeviceGradientSum } from '../../src/model/gradient-sum.ts';
 import { createModel } from '../../src/model/model.ts';
 import { createModelConfig } from '../../src/model/registry.ts';
 import type { ModelConfig } from '../../src/model/model.ts';
@@ -27,10 +28,11 @@ async function outputs(config: ModelConfig, backend: 'wasm' | 'webgpu', n: numbe
   const { images, labels } = randomBatch(config, n, 11);
   const size = config.imageSize ** 2 * config.inChannels;
   const split = Math.ceil(n / 2);
-  const first = await model.accumulateGradient(images.subarray(0, split * size), labels.subarray(0, split), split);
-  const second = await model.accumulateGradient(images.subarray(split * size), labels.subarray(split), n - split);
+  const sum = new DeviceGradientSum(model.numParams);
+  const first = await model.accumulateGradient(images.subarray(0, split * size), labels.subarray(0, split), split, sum);
+  const second = await model.accumulateGradient(images.subarray(split * size), labels.subarray(split), n - split, sum);
   const grad = new Float32Array(model.numParams);
-  await model.takeGradient(grad);
+  await sum.take(grad);
   const logits = await model.logitsAsync(images, n);
   model.disposeParams();
   return { logits, grad, lossSum: first.lossSum + second.lossSum, correct: first.correct + second.correct };

@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { sgemmShapeOf, sgemmWithTile } from '../../src/model/webgpu/kernels.ts';
-import { SGEMM_LAYOUTS, type SgemmLayout, type SgemmShape } from '../../src/model/webgpu/sgemm.ts';
+import { chooseSplitK, sgemmShapeOf, sgemmWithTile } from '../../src/model/webgpu/kernels.ts';
+import { GPU_MIN_WORKGROUPS, SGEMM_LAYOUTS, type SgemmLayout, type SgemmShape } from '../../src/model/webgpu/sgemm.ts';
 import { lcg } from '../model/helpers.ts';
 import { skipWithoutWebGPU } from './helpers.ts';
 
@@ -92,6 +92,31 @@ test('batched products, one operand broadcast across the batch', { skip }, async
       tf.dispose([a, b]);
     }
   }
+});
+
+test('split K: x^T dy cut along K into chunks summed after equals the whole product', { skip }, async () => {
+  const c: Case = { batchA: 1, batchB: 1, m: 37, n: 29, k: 96, transposeA: true, transposeB: false };
+  const { aValues, bValues, a, b } = operands(c, 17);
+  const want = reference(aValues, bValues, c);
+  const [a2, b2] = [tf.reshape(a, [96, 37]), tf.reshape(b, [96, 29])];
+  for (const layout of SGEMM_LAYOUTS) {
+    for (const splitK of [3, 4]) {
+      const out = sgemmWithTile(a2, b2, { transposeA: true, transposeB: false, perThread: 8, layout, splitK });
+      assert.deepEqual(out.shape, [37, 29]);
+      assertNear(await out.data(), want, `split ${splitK} ${layout}`);
+      out.dispose();
+    }
+  }
+  tf.dispose([a, b, a2, b2]);
+});
+
+test('split K is chosen for DeiT-B weight gradients on a GPU, and only there', () => {
+  const shape = (m: number, n: number, k: number, transposeA: boolean) => ({ batch: 1, batchA: 1, batchB: 1, m, n, k, transposeA, transposeB: false });
+  assert.equal(chooseSplitK(shape(768, 3072, 12544, true), GPU_MIN_WORKGROUPS), 2); // fc1: 144 tiles of 128
+  assert.equal(chooseSplitK(shape(768, 2304, 12544, true), GPU_MIN_WORKGROUPS), 4); // qkv: 108 tiles; 12544 has no factor 3
+  assert.equal(chooseSplitK(shape(768, 3072, 12544, false), GPU_MIN_WORKGROUPS), 1); // x dy: not a contiguous split
+  assert.equal(chooseSplitK(shape(12544, 3072, 768, true), GPU_MIN_WORKGROUPS), 1); // enough tiles already
+  assert.equal(chooseSplitK(shape(768, 3072, 12544, true), 1), 1); // a software adapter
 });
 
 test('tf.matMul and tf.fused.matMul (bias, relu) give the product through our registered kernels', { skip }, async () => {

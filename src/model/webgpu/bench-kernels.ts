@@ -3,7 +3,7 @@
 // API (stable for the harness):
 //   await activateWebGPU({ gpu: 0, allowSoftware: false })            // from ./device.ts, once
 //   const r = await benchMatMul(m, n, k, transposeA, transposeB, { batch: 1, iterations: 20, layout: 'strided' })
-//   r = { ms, tflops, maxRelError, tile, layout }
+//   r = { ms, tflops, maxRelError, tile, layout, splitK }
 // layout: 'strided' (the default, engines.md's measured design) or 'vec4' (sgemm.ts); time both on a GPU:
 // the model uses 'strided' unless VIT_DIST_SGEMM_LAYOUT=vec4 is set (device.ts).
 // `ms` is the mean wall time of one product over `iterations` runs after two warm-up runs, measured
@@ -12,7 +12,7 @@
 // relative to the largest |output| sampled, so a wrong kernel shows up in the figures.
 
 import * as tf from '@tensorflow/tfjs-core';
-import { sgemmWithTile } from './kernels.ts';
+import { chooseSplitK, sgemmWithTile } from './kernels.ts';
 import { choosePerThread, GPU_MIN_WORKGROUPS, type SgemmLayout } from './sgemm.ts';
 
 export interface MatMulBench {
@@ -22,6 +22,8 @@ export interface MatMulBench {
   /** The output tile the kernel chooses for this shape on a GPU (128, 64, 32 or 16). */
   tile: number;
   layout: SgemmLayout;
+  /** K cut into this many chunks summed after (kernels.ts's chooseSplitK: x^T dy with few output tiles); 1 when not split. */
+  splitK: number;
 }
 
 /** The part of tfjs's WebGPUBackend that flushes its recorded commands. */
@@ -45,10 +47,11 @@ export async function benchMatMul(m: number, n: number, k: number, transposeA: b
   const batch = opts.batch ?? 1;
   const iterations = opts.iterations ?? 20;
   const layout = opts.layout ?? 'strided';
-  const perThread = choosePerThread({ batch, m, n }, GPU_MIN_WORKGROUPS);
+  const splitK = chooseSplitK({ batch, batchA: batch, batchB: batch, m, n, k, transposeA, transposeB }, GPU_MIN_WORKGROUPS);
+  const perThread = splitK > 1 ? 8 : choosePerThread({ batch, m, n }, GPU_MIN_WORKGROUPS);
   const a = tf.randomUniform(transposeA ? [batch, k, m] : [batch, m, k], -1, 1, 'float32', 1) as tf.Tensor3D;
   const b = tf.randomUniform(transposeB ? [batch, n, k] : [batch, k, n], -1, 1, 'float32', 2) as tf.Tensor3D;
-  const product = () => sgemmWithTile(a, b, { transposeA, transposeB, perThread, layout });
+  const product = () => sgemmWithTile(a, b, { transposeA, transposeB, perThread, layout, splitK });
   try {
     for (let i = 0; i < 2; i++) product().dispose();
     await gpuIdle();
@@ -59,7 +62,7 @@ export async function benchMatMul(m: number, n: number, k: number, transposeA: b
     const c = product();
     const maxRelError = sampledError(await a.data(), await b.data(), await c.data(), { batch, m, n, k, transposeA, transposeB });
     c.dispose();
-    return { ms, tflops: (2 * batch * m * n * k) / (ms * 1e9), maxRelError, tile: 16 * perThread, layout };
+    return { ms, tflops: (2 * batch * m * n * k) / (ms * 1e9), maxRelError, tile: 16 * perThread, layout, splitK };
   } finally {
     a.dispose();
     b.dispose();

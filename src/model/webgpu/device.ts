@@ -71,7 +71,7 @@ interface FoundAdapter {
 
 /** The K-th real GPU adapter, or an error saying why there is none. */
 async function findGpuAdapter(dawn: Dawn, index: number): Promise<FoundAdapter> {
-  const listed = (await listGpuAdapters()).filter((a) => !isSoftwareAdapter(a.name, undefined));
+  const listed = (await listGpuAdapters()).filter((a) => a.backend !== 'null' && !isSoftwareAdapter(a.name, undefined));
   if (listed.length === 0) throw new NoWebGPUAdapter('Dawn found no GPU adapter (no Vulkan driver with a GPU: libvulkan1 and the NVIDIA ICD, with NVIDIA_DRIVER_CAPABILITIES including graphics)');
   const chosen = listed[index];
   if (!chosen) throw new NoWebGPUAdapter(`--gpu ${index} asked for, but Dawn lists ${listed.length} GPU adapter(s): ${listed.map((a) => a.name).join(', ')}`);

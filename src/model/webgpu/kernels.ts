@@ -35,21 +35,61 @@ export function sgemmShapeOf(a: readonly number[], b: readonly number[], transpo
   return { batch, batchA, batchB, m, n, k, transposeA, transposeB, outShape: [...outer, m, n] };
 }
 
-/** Our product, or null when the arguments need tfjs's kernel; `forced` picks a tile and layout (tests, benchmarks). */
-function sgemm(backend: ProgramBackend, args: MatMulArgs, forced?: { perThread: number; layout: SgemmLayout }): tf.TensorInfo | null {
+/** A tile, layout and split of K chosen by the caller instead of by shape (tests, benchmarks). */
+interface ForcedChoice {
+  perThread: number;
+  layout: SgemmLayout;
+  splitK?: number;
+}
+
+/**
+ * Split-K for x^T dy (the weight gradients: a small [in, out] output, K = every token of the
+ * micro-batch). At tile 128 such a product has too few workgroups (DeiT-B fc1 at batch 64: 6 x 24 = 144
+ * on an H200's 132 SMs) and a smaller tile halves the reuse of each load. A^T stored [K, M] and B
+ * stored [K, N], cut along K into S contiguous chunks, already are a batch of S products
+ * [S, K/S, M]^T x [S, K/S, N]: run those at tile 128 and sum the S partial outputs. Returns S (1: no split).
+ */
+export function chooseSplitK(shape: SgemmShape, minWorkgroups: number): number {
+  if (shape.batch !== 1 || !shape.transposeA || shape.transposeB) return 1;
+  const workgroups = Math.ceil(shape.m / 128) * Math.ceil(shape.n / 128);
+  if (workgroups >= minWorkgroups) return 1;
+  for (let split = 2; split <= 16; split++) {
+    if (shape.k % split === 0 && shape.k / split >= 256 && workgroups * split >= minWorkgroups) return split;
+  }
+  return 1;
+}
+
+/** The S partial products of a split K, summed: [M, N] (or the product's own output shape). */
+function splitKProduct(backend: ProgramBackend, a: tf.TensorInfo, b: tf.TensorInfo, shape: SgemmShape & { outShape: number[] }, split: number, perThread: number, layout: SgemmLayout): tf.TensorInfo {
+  const parts: SgemmShape = { ...shape, batch: split, batchA: split, batchB: split, k: shape.k / split };
+  const partial = backend.runWebGPUProgram(sgemmProgram(parts, false, null, perThread, layout), [a, b], 'float32', sgemmUniforms(parts));
+  const backendArg = backend as unknown as tf.KernelBackend;
+  const sum = tf.getKernel(tf.Sum, BACKEND)!.kernelFunc({ inputs: { x: partial }, backend: backendArg, attrs: { axis: 0, keepDims: false } }) as tf.TensorInfo;
+  backend.disposeData(partial.dataId);
+  if (tf.util.arraysEqual(sum.shape, shape.outShape)) return sum;
+  const reshaped = tf.getKernel(tf.Reshape, BACKEND)!.kernelFunc({ inputs: { x: sum }, backend: backendArg, attrs: { shape: shape.outShape } }) as tf.TensorInfo;
+  backend.disposeData(sum.dataId);
+  return reshaped;
+}
+
+/** Our product, or null when the arguments need tfjs's kernel. */
+function sgemm(backend: ProgramBackend, args: MatMulArgs, forced?: ForcedChoice): tf.TensorInfo | null {
   const { a, b, bias, activation } = args;
   if (a.dtype !== 'float32' || b.dtype !== 'float32') return null;
   if (activation !== null && activation !== 'linear' && activation !== 'relu') return null;
   const shape = sgemmShapeOf(a.shape, b.shape, args.transposeA, args.transposeB);
   if (shape === null) return null;
   if (bias && (bias.dtype !== 'float32' || tf.util.sizeFromShape(bias.shape) !== shape.n || bias.shape[bias.shape.length - 1] !== shape.n)) return null;
-  const program = sgemmProgram(shape, bias !== undefined, activation, forced?.perThread ?? choosePerThread(shape, config.minWorkgroups), forced?.layout ?? config.layout);
+  const layout = forced?.layout ?? config.layout;
+  const split = bias || activation === 'relu' ? 1 : (forced?.splitK ?? chooseSplitK(shape, config.minWorkgroups));
+  if (split > 1) return splitKProduct(backend, a, b, shape, split, forced?.perThread ?? 8, layout);
+  const program = sgemmProgram(shape, bias !== undefined, activation, forced?.perThread ?? choosePerThread(shape, config.minWorkgroups), layout);
   program.outputShape = shape.outShape;
   return backend.runWebGPUProgram(program, bias ? [a, b, bias] : [a, b], 'float32', sgemmUniforms(shape));
 }
 
-/** Runs our kernel with a given tile (PER_THREAD 8, 4, 2 or 1) and layout on the active 'webgpu' backend: for tests that cover every tile. */
-export function sgemmWithTile(a: tf.Tensor, b: tf.Tensor, opts: { transposeA: boolean; transposeB: boolean; bias?: tf.Tensor; activation?: FusedActivation; perThread: number; layout: SgemmLayout }): tf.Tensor {
+/** Runs our kernel with a given tile (PER_THREAD 8, 4, 2 or 1), layout and split of K on the active 'webgpu' backend: for tests that cover every choice. */
+export function sgemmWithTile(a: tf.Tensor, b: tf.Tensor, opts: { transposeA: boolean; transposeB: boolean; bias?: tf.Tensor; activation?: FusedActivation } & ForcedChoice): tf.Tensor {
   const out = sgemm(tf.backend() as unknown as ProgramBackend, { a, b, transposeA: opts.transposeA, transposeB: opts.transposeB, bias: opts.bias, activation: opts.activation ?? null }, opts);
   if (out === null) throw new Error(`sgemmWithTile: our kernel does not cover [${a.shape}] x [${b.shape}]`);
   return tf.engine().makeTensorFromTensorInfo(out);
