@@ -13,7 +13,10 @@ import {
 } from './options.ts';
 import { listRecipes, loadRecipe } from '../train/recipe.ts';
 import { listModels } from '../model/registry.ts';
+import { quietTensorflowByDefault } from '../model/tensorflow-env.ts';
 
+
+quietTensorflowByDefault();
 
 const program = new Command('vit-dist')
   .description('Distributed data-parallel Vision Transformer training over a WebSocket ring')

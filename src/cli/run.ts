@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { createInterface } from 'node:readline';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { latestCheckpoint, readCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.ts';
@@ -35,6 +36,20 @@ interface LaunchFlags extends RunFlags {
   backend: string;
   threads?: number;
   dataThreads: number;
+}
+
+/**
+ * TF 2.21 logs "oneDNN custom operations are on" through absl before TF_CPP_MIN_LOG_LEVEL applies,
+ * with absl's notice before it: INFO lines (glog format) that launch keeps off its console unless
+ * asked for with TF_CPP_MIN_LOG_LEVEL=0. Only TF_ENABLE_ONEDNN_OPTS=0 silences it at the source,
+ * and that changes TensorFlow's kernels.
+ */
+const TENSORFLOW_INFO_LINE = /^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR|I\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\] .*)$/;
+
+function forwardWorkerStderr(child: ChildProcess): void {
+  createInterface({ input: child.stderr!, crlfDelay: Infinity }).on('line', (line) => {
+    if (!TENSORFLOW_INFO_LINE.test(line)) process.stderr.write(`${line}\n`);
+  });
 }
 
 /** TensorFlow threads per local worker: --threads, or the cores shared evenly, at least one each. */
@@ -137,6 +152,7 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   const { threads, why } = threadsPerWorker(flags);
   const engineThreads = flags.backend === 'wasm' || flags.backend === 'cpu' ? '' : ` x ${threads} TensorFlow thread${threads === 1 ? '' : 's'} each (${why})`;
   console.log(`launching ${flags.workers} local workers${engineThreads} against ${url} (run dir ${coordinator.outDir})`);
+  const showTensorflowInfo = process.env.TF_CPP_MIN_LOG_LEVEL === '0';
   const children = new Map<number, ChildProcess>();
   let finished = false;
   let respawns = 0;
@@ -147,8 +163,9 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
     const child = spawn(process.execPath, [BIN, 'worker', '--coordinator', url, '--backend', flags.backend, '--threads', String(threads), '--heartbeat-timeout', String(flags.heartbeatTimeout), '--data-threads', String(flags.dataThreads), '--log-dir', logDir, '--log-name', `worker-${slot}`, '--log-level', flags.logLevel], {
       // The token goes through the environment, not argv, so `ps` does not show it.
       env: { ...process.env, [TOKEN_ENV]: coordinator.token },
-      stdio: ['ignore', 'inherit', 'inherit'],
+      stdio: ['ignore', 'inherit', showTensorflowInfo ? 'inherit' : 'pipe'],
     });
+    if (!showTensorflowInfo) forwardWorkerStderr(child);
     children.set(slot, child);
     child.on('exit', (code, signal) => {
       if (finished || (code === 0 && !signal)) return;

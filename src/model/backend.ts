@@ -15,6 +15,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import { quietTensorflowByDefault } from './tensorflow-env.ts';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 import { activateWebGPU, NoWebGPUAdapter } from './webgpu/device.ts';
@@ -66,13 +67,7 @@ async function loadNative(pkg: string): Promise<NativeLoad> {
   if (status && !status.ok) {
     return { ok: false, why: `${pkg} was not built or failed its smoke test at install (${status.failure}); rebuild with node scripts/build-tensorflow-engine.mjs` };
   }
-  // TensorFlow logs oneDNN and CPU-feature lines on stderr when it loads; keep the console clean
-  // unless the user set a log level. TF 2.21 logs "oneDNN custom operations are on" whatever the
-  // level unless that option is set explicitly; on is its default, so this only drops the notice.
-  if (process.env.TF_CPP_MIN_LOG_LEVEL === undefined) {
-    process.env.TF_CPP_MIN_LOG_LEVEL = '2';
-    process.env.TF_ENABLE_ONEDNN_OPTS ??= '1';
-  }
+  quietTensorflowByDefault();
   try {
     // The variable module name is deliberate: see the header comment.
     const moduleName: string = pkg;

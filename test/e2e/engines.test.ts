@@ -19,7 +19,10 @@ test('wasm and tensorflow train the same 20 steps to the same loss at every step
     const result = await run(['launch', '--workers', '2', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--backend', backend, '--out', out], { timeoutMs: 240_000 });
     assert.equal(result.code, 0, `launch --backend ${backend} failed:\n${result.stdout}\n${result.stderr}`);
     assert.match(result.stdout, new RegExp(`backends: ${backend}, ${backend}\\)`));
-    if (backend === 'tensorflow') assert.match(result.stdout, /launching 2 local workers x \d+ TensorFlow threads? each \(\d+ cores shared among 2 workers; --threads overrides\)/);
+    if (backend === 'tensorflow') {
+      assert.match(result.stdout, /launching 2 local workers x \d+ TensorFlow threads? each \(\d+ cores shared among 2 workers; --threads overrides\)/);
+      assert.doesNotMatch(result.stderr, /oneDNN|cpu_feature_guard/, "TensorFlow's INFO lines stay off launch's console");
+    }
     for (const worker of [0, 1]) {
       const log = readFileSync(join(out, 'logs', `worker-${worker}.log`), 'utf8');
       assert.match(log, new RegExp(`"backend":"${backend}"`));
