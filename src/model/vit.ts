@@ -264,7 +264,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
   /**
    * norm1's output -> q, k, v, each [B*H, T, hd]. Where transposes are cheap (see
    * transposeFlagsAreFree) one qkv product, one 5-D transpose and one unstack: 6 ops instead of 17,
-   * which is what a step costs on TensorFlow, where each op is tens of microseconds of dispatch. On
+   * and on TensorFlow the op count is what a small model's step costs (tens of microseconds each). On
    * wasm, 5-D transposes and slices of the [B*T, 3D] output are slow: there the small weight is split
    * into three products instead.
    */
