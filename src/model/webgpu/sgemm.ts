@@ -121,9 +121,12 @@ function epilogue(value: string, hasBias: boolean, activation: FusedActivation):
 
 /** The kernel around a layout's parts: stage K_STEP columns of A and rows of B, accumulate, store. */
 function kernelSource(parts: { tile: number; element: string; tileWidth: number; declarations: string[]; loads: number; loadLimit: number; loadIndex: string; loadBody: string; inner: string[]; stores: string[] }): string {
+  // Rows padded by 4 floats: the loads that walk K fastest store 8 values of k for 4 rows per 32
+  // threads; with rows 128 floats apart those hit 4 of the 32 banks (8-way conflicts), 132 apart all 32.
+  const padded = parts.tileWidth + (parts.element === 'f32' ? 4 : 1);
   return `
-  var<workgroup> tileA: array<array<${parts.element}, ${parts.tileWidth}>, ${K_STEP}>;
-  var<workgroup> tileB: array<array<${parts.element}, ${parts.tileWidth}>, ${K_STEP}>;
+  var<workgroup> tileA: array<array<${parts.element}, ${padded}>, ${K_STEP}>;
+  var<workgroup> tileB: array<array<${parts.element}, ${padded}>, ${K_STEP}>;
 
   fn main() {
     let tx = i32(localId.x);
