@@ -12,9 +12,10 @@ import { join } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { makeNonce, verifyProof } from '../comm/auth.ts';
 import {
-  CLOSE_CODES, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_MESSAGE_BYTES, ProtocolError, controlProofContext,
+  CLOSE_CODES, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_MESSAGE_BYTES, controlProofContext,
   decodeWorkerMessage, encodeMessage, type WorkerMessage,
 } from '../comm/control.ts';
+import { RecoverableError } from '../common/errors.ts';
 import type { Recipe } from '../train/recipe.ts';
 import type { Logger } from '../cli/logging.ts';
 import type { LoadedCheckpoint } from './checkpoint.ts';
@@ -224,7 +225,7 @@ export class Coordinator {
       try {
         return await new Generation(context, members, generation, start).run();
       } catch (err) {
-        const recoverable = err instanceof WorkerFailure || err instanceof ProtocolError;
+        const recoverable = err instanceof WorkerFailure || err instanceof RecoverableError;
         if (!(err instanceof MembershipChange) && !recoverable) throw err;
         if (recoverable) {
           if (context.restarts >= maxRestarts) {
