@@ -109,7 +109,7 @@ function closeDescription(close: { code: number; reason: string } | undefined): 
  */
 export abstract class LinkEnd implements MessageSink {
   protected socket!: net.Socket;
-  protected authenticated = false;
+  private authenticated = false;
   protected closing = false;
   private remoteClose: { code: number; reason: string } | undefined;
   private settleAuth: ((err?: Error) => void) | undefined;
@@ -179,14 +179,9 @@ export abstract class LinkEnd implements MessageSink {
     this.socket.write(encodeFrame(opcode, payload, this.masked));
   }
 
-  /** Parses bytes from the peer with `parse`; a violation fails the link. Returns `parse`'s result, or null after a failure. */
-  protected parsing<T>(parse: () => T): T | null {
-    try {
-      return parse();
-    } catch (err) {
-      this.fail(asLinkError(err));
-      return null;
-    }
+  /** What the peer sent broke the protocol (or the frame format): the link fails with the reason. */
+  protected failParsing(err: unknown): void {
+    this.fail(asLinkError(err));
   }
 
   message(opcode: number, payload: Buffer): void {

@@ -96,18 +96,21 @@ export class RecvLink extends LinkEnd {
   private onRead(buffer: Uint8Array, bytes: number): boolean {
     if (this.closing) return true;
     this.heartbeat.heard();
-    const paused = this.parsing(() => {
+    try {
       let start = 0;
       if (this.handshakeBytes) {
         start = this.readHandshake(buffer, bytes);
-        if (this.handshakeBytes) return false;
+        if (this.handshakeBytes) return true;
       }
       const consumed = this.parser.feed(buffer, start, bytes);
-      if (consumed === bytes) return false;
-      this.stash = Buffer.from(buffer.subarray(consumed, bytes)); // the read buffer is reused: copy
-      return true;
-    });
-    return paused !== true;
+      if (consumed < bytes) {
+        this.stash = Buffer.from(buffer.subarray(consumed, bytes)); // the read buffer is reused: copy
+        return false;
+      }
+    } catch (err) {
+      this.failParsing(err);
+    }
+    return true;
   }
 
   /** Collects the HTTP upgrade response; returns where the WebSocket stream starts in `buffer`. */
@@ -130,10 +133,14 @@ export class RecvLink extends LinkEnd {
     const stash = this.stash;
     if (!stash || this.closing) return;
     this.stash = null;
-    const consumed = this.parsing(() => this.parser.feed(stash, 0, stash.length));
-    if (consumed === null) return;
-    if (consumed < stash.length) {
-      this.stash = stash.subarray(consumed);
+    try {
+      const consumed = this.parser.feed(stash, 0, stash.length);
+      if (consumed < stash.length) {
+        this.stash = stash.subarray(consumed);
+        return;
+      }
+    } catch (err) {
+      this.failParsing(err);
       return;
     }
     this.socket.resume();

@@ -77,7 +77,11 @@ export class SendLink extends LinkEnd {
 
   private receive(data: Buffer): void {
     this.heartbeat.heard();
-    this.parsing(() => this.parser.feed(data, 0, data.length));
+    try {
+      this.parser.feed(data, 0, data.length);
+    } catch (err) {
+      this.failParsing(err);
+    }
   }
 
   /**
