@@ -19,8 +19,8 @@ export const HEARTBEAT_CHECKS_PER_TIMEOUT = 5;
 
 export interface HeartbeatOptions {
   timeoutMs: number;
-  /** Sends a ping, at every check; absent where only the other side pings. */
-  ping?: () => void;
+  /** Sends a ping, at every check: both ends ping, so each finds the other's pings waiting after its own loop was blocked. */
+  ping: () => void;
   /** Called once the peer has been silent for longer than `timeoutMs`; the heartbeat has stopped. */
   onSilence: () => void;
   /** True while this side itself stopped reading: the silence is then ours, not the peer's. */
@@ -50,7 +50,7 @@ export class Heartbeat {
   }
 
   private check(): void {
-    this.options.ping?.();
+    this.options.ping();
     if (this.options.notReading?.()) this.heard();
     if (!this.silentTooLong()) return;
     // The blocked-loop guard (see the header): let this turn's poll phase read what has arrived.
