@@ -14,6 +14,7 @@
  * string, so a proof can never be reflected back at its sender.
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { InputError, RecoverableError } from '../common/errors.ts';
 
 /** Length of a challenge nonce: 256 random bits. */
 export const NONCE_BYTES = 32;
@@ -35,18 +36,19 @@ export function authContext(purpose: string, fields: Record<string, string | num
   for (const name of Object.keys(fields).sort()) {
     const value = String(fields[name]);
     for (const text of [name, value]) {
-      if (/[|=]/.test(text)) throw new Error(`auth context text may not contain '|' or '=': ${text}`);
+      if (/[|=]/.test(text)) throw new InputError('AUTH_CONTEXT', `auth context text may not contain '|' or '=': ${text}`);
     }
     parts.push(`${name}=${value}`);
   }
-  if (/[|=]/.test(purpose)) throw new Error(`auth context purpose may not contain '|' or '=': ${purpose}`);
+  if (/[|=]/.test(purpose)) throw new InputError('AUTH_CONTEXT', `auth context purpose may not contain '|' or '=': ${purpose}`);
   return parts.join('|');
 }
 
 function checkInputs(token: string, nonce: Uint8Array): void {
-  if (token.length === 0) throw new Error('auth token is empty');
+  if (token.length === 0) throw new InputError('AUTH_EMPTY_TOKEN', 'auth token is empty');
+  // Nonces come from the other side: a wrong one is its failure.
   if (nonce.length !== NONCE_BYTES) {
-    throw new Error(`auth nonce must be ${NONCE_BYTES} bytes, got ${nonce.length}`);
+    throw new RecoverableError('AUTH_NONCE', `auth nonce must be ${NONCE_BYTES} bytes, got ${nonce.length}`);
   }
 }
 

@@ -2,6 +2,7 @@
 // WebSocket per worker. Gradients never travel here (they go around the ring, src/comm/ring.ts);
 // only orders, per-step reports, and the model state at start-up and checkpoints.
 import { Packr } from 'msgpackr';
+import { RecoverableError } from '../common/errors.ts';
 import { authContext } from './auth.ts';
 
 /** Bumped whenever a message changes shape; both sides refuse a peer that speaks another version. */
@@ -113,23 +114,16 @@ export function encodeMessage(message: CoordinatorMessage | WorkerMessage): Buff
   return packr.pack(message);
 }
 
-export class ProtocolError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ProtocolError';
-  }
-}
-
 function decode(data: Buffer, known: Set<string>, from: string): { type: string } {
   let value: unknown;
   try {
     value = packr.unpack(data);
   } catch (err) {
-    throw new ProtocolError(`malformed message from ${from}: ${(err as Error).message}`);
+    throw new RecoverableError('CONTROL_MALFORMED', `malformed message from ${from}: ${(err as Error).message}`, { cause: err });
   }
   const type = (value as { type?: unknown } | null)?.type;
   if (typeof type !== 'string' || !known.has(type)) {
-    throw new ProtocolError(`unknown message type ${JSON.stringify(type)} from ${from}`);
+    throw new RecoverableError('CONTROL_UNKNOWN_TYPE', `unknown message type ${JSON.stringify(type)} from ${from}`);
   }
   return value as { type: string };
 }

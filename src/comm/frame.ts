@@ -16,6 +16,7 @@
  * All integers are little-endian. The header length is a multiple of 8, so a payload is aligned
  * whenever the frame is.
  */
+import { InputError, RecoverableError } from '../common/errors.ts';
 
 export const FRAME_MAGIC = 0x47524456; // bytes 'V' 'D' 'R' 'G'
 export const FRAME_VERSION = 1;
@@ -56,9 +57,14 @@ export interface FrameHeader {
   count: number;
 }
 
-/** A frame header that is malformed or not the one the receiver expects. */
-export class FrameError extends Error {
-  override name = 'FrameError';
+/** A received frame header that is malformed: the sender broke the wire format. */
+export function badFrame(message: string): RecoverableError {
+  return new RecoverableError('RING_BAD_FRAME', message);
+}
+
+/** A header to send with a field out of range: the caller's mistake. */
+function badField(message: string): InputError {
+  return new InputError('RING_FRAME_FIELD', message);
 }
 
 function isPhase(value: number): value is Phase {
@@ -67,18 +73,18 @@ function isPhase(value: number): value is Phase {
 
 function checkU32(name: string, value: number): void {
   if (!Number.isInteger(value) || value < 0 || value > MAX_U32) {
-    throw new FrameError(`frame ${name} must be a u32, got ${value}`);
+    throw badField(`frame ${name} must be a u32, got ${value}`);
   }
 }
 
 /** Writes `header` into `target` at `at` (FRAME_HEADER_BYTES bytes). */
 export function encodeFrameHeader(header: FrameHeader, target: Uint8Array, at = 0): void {
-  if (!isPhase(header.phase)) throw new FrameError(`unknown frame phase ${header.phase}`);
+  if (!isPhase(header.phase)) throw badField(`unknown frame phase ${header.phase}`);
   for (const field of ['generation', 'step', 'chunk', 'offset', 'count'] as const) {
     checkU32(field, header[field]);
   }
   if (header.count * elementBytes(header.phase) > MAX_CHUNK_BYTES) {
-    throw new FrameError(`frame payload of ${header.count} elements exceeds MAX_CHUNK_BYTES (${MAX_CHUNK_BYTES})`);
+    throw badField(`frame payload of ${header.count} elements exceeds MAX_CHUNK_BYTES (${MAX_CHUNK_BYTES})`);
   }
   const view = new DataView(target.buffer, target.byteOffset + at, FRAME_HEADER_BYTES);
   view.setUint32(0, FRAME_MAGIC, true);
@@ -98,21 +104,21 @@ export function encodeFrameHeader(header: FrameHeader, target: Uint8Array, at = 
  */
 export function decodeFrameHeader(source: Uint8Array, at = 0, payloadBytes?: number): FrameHeader {
   if (source.length - at < FRAME_HEADER_BYTES) {
-    throw new FrameError(`frame of ${source.length - at} bytes is shorter than the ${FRAME_HEADER_BYTES}-byte header`);
+    throw badFrame(`frame of ${source.length - at} bytes is shorter than the ${FRAME_HEADER_BYTES}-byte header`);
   }
   const view = new DataView(source.buffer, source.byteOffset + at, FRAME_HEADER_BYTES);
   const magic = view.getUint32(0, true);
   if (magic !== FRAME_MAGIC) {
-    throw new FrameError(`bad frame magic 0x${magic.toString(16).padStart(8, '0')} (expected 0x${FRAME_MAGIC.toString(16)})`);
+    throw badFrame(`bad frame magic 0x${magic.toString(16).padStart(8, '0')} (expected 0x${FRAME_MAGIC.toString(16)})`);
   }
   const version = view.getUint8(4);
   if (version !== FRAME_VERSION) {
-    throw new FrameError(`frame protocol version ${version} is not supported (expected ${FRAME_VERSION})`);
+    throw badFrame(`frame protocol version ${version} is not supported (expected ${FRAME_VERSION})`);
   }
   const phase = view.getUint8(5);
-  if (!isPhase(phase)) throw new FrameError(`unknown frame phase ${phase}`);
+  if (!isPhase(phase)) throw badFrame(`unknown frame phase ${phase}`);
   const reserved = view.getUint16(6, true);
-  if (reserved !== 0) throw new FrameError(`frame reserved field is ${reserved}, expected 0`);
+  if (reserved !== 0) throw badFrame(`frame reserved field is ${reserved}, expected 0`);
   const header: FrameHeader = {
     phase,
     generation: view.getUint32(8, true),
@@ -123,10 +129,10 @@ export function decodeFrameHeader(source: Uint8Array, at = 0, payloadBytes?: num
   };
   const declaredBytes = header.count * elementBytes(phase);
   if (declaredBytes > MAX_CHUNK_BYTES) {
-    throw new FrameError(`frame declares ${declaredBytes} payload bytes, above MAX_CHUNK_BYTES (${MAX_CHUNK_BYTES})`);
+    throw badFrame(`frame declares ${declaredBytes} payload bytes, above MAX_CHUNK_BYTES (${MAX_CHUNK_BYTES})`);
   }
   if (payloadBytes !== undefined && payloadBytes !== declaredBytes) {
-    throw new FrameError(`frame payload is ${payloadBytes} bytes but the header declares ${header.count} elements (${declaredBytes} bytes)`);
+    throw badFrame(`frame payload is ${payloadBytes} bytes but the header declares ${header.count} elements (${declaredBytes} bytes)`);
   }
   return header;
 }
@@ -135,7 +141,7 @@ export function describeFrame(header: FrameHeader): string {
   return `${phaseName(header.phase)} generation ${header.generation} step ${header.step} chunk ${header.chunk} offset ${header.offset} count ${header.count}`;
 }
 
-/** Throws a FrameError naming both frames unless `actual` is exactly the `expected` frame. */
+/** Throws, naming both frames, unless `actual` is exactly the `expected` frame. */
 export function expectFrame(actual: FrameHeader, expected: FrameHeader): void {
   const same =
     actual.phase === expected.phase &&
@@ -145,6 +151,6 @@ export function expectFrame(actual: FrameHeader, expected: FrameHeader): void {
     actual.offset === expected.offset &&
     actual.count === expected.count;
   if (!same) {
-    throw new FrameError(`unexpected frame: got ${describeFrame(actual)}, expected ${describeFrame(expected)}`);
+    throw new RecoverableError('RING_UNEXPECTED_FRAME', `unexpected frame: got ${describeFrame(actual)}, expected ${describeFrame(expected)}`);
   }
 }

@@ -4,7 +4,7 @@
  * socket's read buffer (which lives in WebAssembly memory for the SIMD add); all-gather and
  * scalar payloads are read by the kernel directly into the destination (nextReadBuffer).
  */
-import { decodeFrameHeader, expectFrame, FRAME_HEADER_BYTES, FrameError, type FrameHeader } from './frame.ts';
+import { badFrame, decodeFrameHeader, expectFrame, FRAME_HEADER_BYTES, type FrameHeader } from './frame.ts';
 import { addBytesInto } from './simd-add.ts';
 import type { BinarySink } from './websocket.ts';
 
@@ -64,7 +64,7 @@ export class DataReceiver implements DataSink {
 
   binaryStart(payloadLength: number): void {
     if (payloadLength < FRAME_HEADER_BYTES) {
-      throw new FrameError(`data frame of ${payloadLength} bytes is shorter than the ${FRAME_HEADER_BYTES}-byte header`);
+      throw badFrame(`data frame of ${payloadLength} bytes is shorter than the ${FRAME_HEADER_BYTES}-byte header`);
     }
     this.headerHave = 0;
     this.inPayload = false;
@@ -140,7 +140,7 @@ export class DataReceiver implements DataSink {
   }
 
   binaryEnd(): void {
-    if (this.headerHave < FRAME_HEADER_BYTES) throw new FrameError('data frame ended inside its header');
+    if (this.headerHave < FRAME_HEADER_BYTES) throw badFrame('data frame ended inside its header');
     this.inPayload = false;
     const index = this.next++;
     this.plan!.onFrame(index);

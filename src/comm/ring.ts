@@ -30,12 +30,14 @@
  * the cause, this peer closes its links so the failure travels around the ring, and every later
  * operation rejects at once. A broken ring is not repaired: build a new one with a new
  * generation. A link cut silently (no FIN, no RST) breaks the ring the same way once its
- * neighbour has been silent for `heartbeatTimeoutMs` (each side pings the other, link.ts).
+ * neighbour has been silent for `heartbeatTimeoutMs` (each side pings the other, heartbeat.ts).
  *
  * Wire layout (see link.ts): rank r listens; r+1 connects to it. r sends to r+1 over the socket
- * accepted on its server (unmasked server frames) and receives from r-1 over the socket it
- * opened. Each shard travels in chunks of `chunkBytes`, one binary frame each (frame.ts). Chunks
- * are pipelined: a chunk is forwarded as soon as it has been added, so all hops overlap.
+ * accepted on its server (unmasked server frames, send-link.ts) and receives from r-1 over the
+ * socket it opened (recv-link.ts). Received data runs socket, FrameParser, DataReceiver, then the
+ * Collective (collective.ts), which forwards it. Each shard travels in chunks of `chunkBytes`,
+ * one binary frame each (frame.ts). Chunks are pipelined: a chunk is forwarded as soon as it has
+ * been added, so all hops overlap.
  *
  * Reduce-scatter, rank r, hop h = 0..N-2: receives shard (r-h-2) mod N and adds it in, forwards
  * it at hop h+1 if h < N-2; at hop 0 it sends shard (r-1). After the last hop shard r holds the
@@ -48,11 +50,15 @@
 import { EventEmitter } from 'node:events';
 import http from 'node:http';
 import type net from 'node:net';
+import { FatalError, InputError, RecoverableError } from '../common/errors.ts';
+import { Collective, type CollectivePlan } from './collective.ts';
 import { elementBytes, FRAME_HEADER_BYTES, type FrameHeader, MAX_CHUNK_BYTES, MAX_U32, Phase } from './frame.ts';
-import { LinkError, type LinkConfig, predecessorOf, RecvLink, SendLink, successorOf } from './link.ts';
+import { type LinkConfig, predecessorOf, successorOf } from './link.ts';
 import { DataReceiver } from './receiver.ts';
+import { RecvLink } from './recv-link.ts';
+import { SendLink } from './send-link.ts';
 import { chunkRanges, type ElementRange, shardRange } from '../common/shard.ts';
-import { CloseCode } from './websocket.ts';
+import { CloseCode, LinkError } from './websocket.ts';
 
 export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
 /**
@@ -103,19 +109,16 @@ export interface PeerAddress {
 
 const silentLogger: RingLogger = { info() {}, warn() {}, error() {}, debug() {} };
 
-interface Collective {
+/** The collective in flight and how to settle its promise. */
+interface InFlight {
+  collective: Collective;
   resolve(): void;
   reject(err: Error): void;
-  /** Frames expected from the predecessor, in order. */
-  frames: FrameHeader[];
-  /** frames[i] is forwarded to the successor once received (all hops but the last). */
-  forward: boolean[];
-  received: number;
-  writesPending: number;
-  /** The successor closed normally: it has everything it needs, nothing more is sent. */
-  successorFinished: boolean;
-  /** Source bytes of a frame: where its payload is read from when sent. */
-  payloadOf(frame: FrameHeader): Uint8Array;
+}
+
+/** A bad option or argument: the caller's mistake. */
+function badArgument(message: string): InputError {
+  return new InputError('RING_ARGUMENT', message);
 }
 
 export class RingPeer extends EventEmitter {
@@ -133,7 +136,7 @@ export class RingPeer extends EventEmitter {
   private successorArrived: (() => void) | null = null;
   private stopWaitingForSuccessor: ((err: Error) => void) | null = null;
   private readonly receiver = new DataReceiver();
-  private op: Collective | null = null;
+  private op: InFlight | null = null;
   private failure: Error | null = null;
   private closedByPeer: Error | null = null;
   private closed = false;
@@ -141,13 +144,13 @@ export class RingPeer extends EventEmitter {
   private constructor(opts: RingOptions) {
     super();
     const { rank, worldSize, generation } = opts;
-    if (!Number.isInteger(worldSize) || worldSize < 1) throw new RangeError(`worldSize must be a positive integer, got ${worldSize}`);
-    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw new RangeError(`rank must be in [0, ${worldSize}), got ${rank}`);
-    if (!Number.isInteger(generation) || generation < 0 || generation > MAX_U32) throw new RangeError(`generation must be a u32, got ${generation}`);
-    if (!opts.token) throw new Error('ring token is empty');
+    if (!Number.isInteger(worldSize) || worldSize < 1) throw badArgument(`worldSize must be a positive integer, got ${worldSize}`);
+    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw badArgument(`rank must be in [0, ${worldSize}), got ${rank}`);
+    if (!Number.isInteger(generation) || generation < 0 || generation > MAX_U32) throw badArgument(`generation must be a u32, got ${generation}`);
+    if (!opts.token) throw badArgument('ring token is empty');
     const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
     if (!Number.isInteger(chunkBytes) || chunkBytes < MIN_CHUNK_BYTES || chunkBytes > MAX_CHUNK_BYTES || chunkBytes % 8 !== 0) {
-      throw new RangeError(`chunkBytes must be a multiple of 8 in [${MIN_CHUNK_BYTES}, ${MAX_CHUNK_BYTES}], got ${chunkBytes}`);
+      throw badArgument(`chunkBytes must be a multiple of 8 in [${MIN_CHUNK_BYTES}, ${MAX_CHUNK_BYTES}], got ${chunkBytes}`);
     }
     this.rank = rank;
     this.worldSize = worldSize;
@@ -157,7 +160,7 @@ export class RingPeer extends EventEmitter {
     this.connectTimeoutMs = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.heartbeatTimeoutMs = opts.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS;
     if (!Number.isFinite(this.heartbeatTimeoutMs) || this.heartbeatTimeoutMs <= 0) {
-      throw new RangeError(`heartbeatTimeoutMs must be a positive number, got ${this.heartbeatTimeoutMs}`);
+      throw badArgument(`heartbeatTimeoutMs must be a positive number, got ${this.heartbeatTimeoutMs}`);
     }
     this.listenAddress = { host: opts.host ?? DEFAULT_HOST, port: opts.port ?? 0 };
   }
@@ -185,7 +188,7 @@ export class RingPeer extends EventEmitter {
       server.once('error', reject);
       server.listen(this.listenAddress.port, this.listenAddress.host, () => {
         server.off('error', reject);
-        server.on('error', (err) => this.fail(new Error(`rank ${this.rank}: ring server error: ${err.message}`)));
+        server.on('error', (err) => this.fail(new RecoverableError('RING_SERVER', `rank ${this.rank}: ring server error: ${err.message}`, { cause: err })));
         const bound = server.address() as net.AddressInfo;
         this.listenAddress = { host: this.listenAddress.host, port: bound.port };
         resolve();
@@ -219,7 +222,7 @@ export class RingPeer extends EventEmitter {
    */
   async connect(peers: PeerAddress[]): Promise<void> {
     if (this.worldSize === 1) return;
-    if (peers.length !== this.worldSize) throw new RangeError(`expected ${this.worldSize} peer addresses, got ${peers.length}`);
+    if (peers.length !== this.worldSize) throw badArgument(`expected ${this.worldSize} peer addresses, got ${peers.length}`);
     this.checkUsable();
     const predecessor = predecessorOf(this.rank, this.worldSize);
     const address = peers[predecessor]!;
@@ -228,14 +231,14 @@ export class RingPeer extends EventEmitter {
       (link) => {
         if (this.closed || this.failure) {
           link.close(CloseCode.Normal, 'ring is closed');
-          throw this.failure ?? new Error(`rank ${this.rank}: ring closed`);
+          throw this.failure ?? new RecoverableError('RING_CLOSED', `rank ${this.rank}: ring closed`);
         }
         this.recvLink = link;
         link.attach((err) => this.linkBroken(err, 'receive', `connection from predecessor rank ${predecessor}`));
         this.log.info({ rank: this.rank, predecessor }, 'connected to predecessor');
       },
       (err: Error) => {
-        throw new Error(`rank ${this.rank}: could not connect to predecessor rank ${predecessor} at ${address.host}:${address.port}: ${err.message}`);
+        throw new RecoverableError('RING_CONNECT', `rank ${this.rank}: could not connect to predecessor rank ${predecessor} at ${address.host}:${address.port}: ${err.message}`, { cause: err });
       },
     );
     await Promise.all([dial, this.waitForSuccessor()]);
@@ -253,7 +256,7 @@ export class RingPeer extends EventEmitter {
         else resolve();
       };
       const timer = setTimeout(
-        () => settle(new Error(`rank ${this.rank}: timed out after ${this.connectTimeoutMs} ms waiting for successor rank ${successor} to connect`)),
+        () => settle(new RecoverableError('RING_CONNECT_TIMEOUT', `rank ${this.rank}: timed out after ${this.connectTimeoutMs} ms waiting for successor rank ${successor} to connect`)),
         this.connectTimeoutMs,
       );
       this.successorArrived = () => settle();
@@ -287,21 +290,17 @@ export class RingPeer extends EventEmitter {
     const length = values.length;
     if (worldSize === 1) return Float64Array.from(values);
     if (length * 8 > this.chunkBytes) {
-      throw new RangeError(`allReduceScalars takes at most ${this.chunkBytes / 8} values (chunkBytes / 8), got ${length}`);
+      throw badArgument(`allReduceScalars takes at most ${this.chunkBytes / 8} values (chunkBytes / 8), got ${length}`);
     }
     const gathered = new Float64Array(worldSize * length);
     gathered.set(values, rank * length);
     if (length > 0) {
       const frameOf = (origin: number): FrameHeader => ({ phase: Phase.ScalarAllReduce, generation: this.config.generation, step, chunk: 0, offset: origin * length, count: length });
       const frames: FrameHeader[] = [];
-      const forward: boolean[] = [];
-      for (let hop = 0; hop < worldSize - 1; hop++) {
-        frames.push(frameOf((rank - hop - 1 + worldSize) % worldSize));
-        forward.push(hop < worldSize - 2);
-      }
-      const target = new Uint8Array(gathered.buffer);
-      const payloadOf = (frame: FrameHeader) => target.subarray(frame.offset * 8, (frame.offset + frame.count) * 8);
-      await this.run(step, { frames, forward, target, accumulate: null, elementBytes: 8, payloadOf }, [frameOf(rank)]);
+      for (let hop = 0; hop < worldSize - 1; hop++) frames.push(frameOf((rank - hop - 1 + worldSize) % worldSize));
+      // One frame per hop: all but the last hop's are forwarded.
+      const plan = { frames, forwardedFrames: worldSize - 2, target: new Uint8Array(gathered.buffer), accumulate: null, elementBytes: 8 };
+      await this.run(step, plan, [frameOf(rank)]);
     }
     const sum = new Float64Array(length);
     for (let origin = 0; origin < worldSize; origin++) {
@@ -311,7 +310,7 @@ export class RingPeer extends EventEmitter {
   }
 
   private runGradientPhase(phase: Phase, buf: Float32Array, step: number, firstShard: number, shardAtHop: (hop: number) => number): Promise<void> {
-    if (buf.length > MAX_U32) throw new RangeError(`buffer of ${buf.length} elements exceeds the u32 offsets of the wire format`);
+    if (buf.length > MAX_U32) throw badArgument(`buffer of ${buf.length} elements exceeds the u32 offsets of the wire format`);
     const { worldSize } = this;
     const chunkElements = this.chunkBytes / elementBytes(phase);
     const framesOfShard = (shard: number): FrameHeader[] =>
@@ -324,67 +323,48 @@ export class RingPeer extends EventEmitter {
         count: range.end - range.start,
       }));
     const frames: FrameHeader[] = [];
-    const forward: boolean[] = [];
+    let forwardedFrames = 0;
     for (let hop = 0; hop < worldSize - 1; hop++) {
-      for (const frame of framesOfShard(shardAtHop(hop))) {
-        frames.push(frame);
-        forward.push(hop < worldSize - 2);
-      }
+      frames.push(...framesOfShard(shardAtHop(hop)));
+      // All hops but the last are forwarded.
+      if (hop < worldSize - 2) forwardedFrames = frames.length;
     }
     const target = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-    const payloadOf = (frame: FrameHeader) => target.subarray(frame.offset * 4, (frame.offset + frame.count) * 4);
     const accumulate = phase === Phase.ReduceScatter ? buf : null;
-    return this.run(step, { frames, forward, target, accumulate, elementBytes: 4, payloadOf }, framesOfShard(firstShard));
+    return this.run(step, { frames, forwardedFrames, target, accumulate, elementBytes: 4 }, framesOfShard(firstShard));
   }
 
   /** Runs one collective: sends `initial`, then lands and forwards the expected frames. */
-  private run(
-    step: number,
-    plan: Pick<Collective, 'frames' | 'forward' | 'payloadOf'> & { target: Uint8Array; accumulate: Float32Array | null; elementBytes: number },
-    initial: FrameHeader[],
-  ): Promise<void> {
-    if (!Number.isInteger(step) || step < 0 || step > MAX_U32) return Promise.reject(new RangeError(`step must be a u32, got ${step}`));
+  private run(step: number, plan: CollectivePlan, initial: FrameHeader[]): Promise<void> {
+    if (!Number.isInteger(step) || step < 0 || step > MAX_U32) return Promise.reject(badArgument(`step must be a u32, got ${step}`));
     try {
       this.checkUsable();
     } catch (err) {
       return Promise.reject(err);
     }
-    if (this.op) return Promise.reject(new Error(`rank ${this.rank}: a collective is already in progress`));
-    if (!this.sendLink || !this.recvLink) return Promise.reject(new Error(`rank ${this.rank}: connect() has not completed`));
+    if (this.op) return Promise.reject(new FatalError('RING_BUSY', `rank ${this.rank}: a collective is already in progress`));
+    if (!this.sendLink || !this.recvLink) return Promise.reject(new FatalError('RING_NOT_CONNECTED', `rank ${this.rank}: connect() has not completed`));
+    const successor = successorOf(this.rank, this.worldSize);
     return new Promise<void>((resolve, reject) => {
-      const op: Collective = { resolve, reject, frames: plan.frames, forward: plan.forward, received: 0, writesPending: 0, successorFinished: false, payloadOf: plan.payloadOf };
-      this.op = op;
+      const collective: Collective = new Collective(
+        plan,
+        this.sendLink!,
+        () => this.finishIfDone(collective),
+        (err) => this.fail(new RecoverableError('RING_SEND', `rank ${this.rank}: sending to successor rank ${successor} failed: ${err.message}`, { cause: err })),
+      );
+      this.op = { collective, resolve, reject };
       // Sends are queued before any receive is processed: on every link the hop-0 frames precede
       // all forwarded ones, which is the order the successor expects.
-      for (const frame of initial) this.send(op, frame);
-      this.receiver.start({
-        frames: plan.frames,
-        target: plan.target,
-        accumulate: plan.accumulate,
-        elementBytes: plan.elementBytes,
-        onFrame: (index) => {
-          op.received++;
-          if (op.forward[index]) this.send(op, op.frames[index]!);
-          this.finishIfDone(op);
-        },
-      });
+      for (const frame of initial) collective.send(frame);
+      this.receiver.start(collective);
       this.recvLink!.resumeReading();
-      this.finishIfDone(op);
+      this.finishIfDone(collective);
     });
   }
 
-  private send(op: Collective, frame: FrameHeader): void {
-    if (op.successorFinished) return;
-    op.writesPending++;
-    this.sendLink!.sendData(frame, op.payloadOf(frame), (err) => {
-      op.writesPending--;
-      if (err && !op.successorFinished) this.fail(new Error(`rank ${this.rank}: sending to successor rank ${successorOf(this.rank, this.worldSize)} failed: ${err.message}`));
-      else this.finishIfDone(op);
-    });
-  }
-
-  private finishIfDone(op: Collective): void {
-    if (this.op !== op || op.received < op.frames.length || (op.writesPending > 0 && !op.successorFinished)) return;
+  private finishIfDone(collective: Collective): void {
+    const op = this.op;
+    if (op?.collective !== collective || !collective.done) return;
     this.op = null;
     this.receiver.stop();
     op.resolve();
@@ -393,7 +373,7 @@ export class RingPeer extends EventEmitter {
 
   private checkUsable(): void {
     if (this.failure) throw this.failure;
-    if (this.closed) throw new Error(`rank ${this.rank}: ring is closed`);
+    if (this.closed) throw new RecoverableError('RING_CLOSED', `rank ${this.rank}: ring is closed`);
   }
 
   /**
@@ -403,19 +383,19 @@ export class RingPeer extends EventEmitter {
    */
   private linkBroken(err: Error, side: 'send' | 'receive', which: string): void {
     const closedNormally = err instanceof LinkError && err.closeCode === CloseCode.Normal;
-    const op = this.op;
-    if (!closedNormally || (op && side === 'receive' && op.received < op.frames.length)) {
-      this.fail(new Error(`rank ${this.rank}: ${which} failed: ${err.message}`));
+    const collective = this.op?.collective;
+    if (!closedNormally || (collective && side === 'receive' && collective.missingFrames)) {
+      this.fail(new RecoverableError('RING_LINK', `rank ${this.rank}: ${which} failed: ${err.message}`, { cause: err }));
       return;
     }
     this.log.info({ rank: this.rank }, `${which} closed by the peer`);
-    this.closedByPeer = new Error(`rank ${this.rank}: ring closed: ${which} closed by the peer`);
-    if (!op) {
+    this.closedByPeer = new RecoverableError('RING_CLOSED', `rank ${this.rank}: ring closed: ${which} closed by the peer`, { cause: err });
+    if (!collective) {
       this.endByPeer(this.closedByPeer);
       return;
     }
-    if (side === 'send') op.successorFinished = true;
-    this.finishIfDone(op);
+    if (side === 'send') collective.successorHasFinished();
+    else this.finishIfDone(collective);
   }
 
   /** Orderly end started by a neighbour: not an error, later collectives are refused. */
@@ -434,7 +414,7 @@ export class RingPeer extends EventEmitter {
     if (this.listenerCount('error') > 0) this.emit('error', error);
   }
 
-  private shutDown(reason: Error, closeCode: number = CloseCode.Normal): Collective | null {
+  private shutDown(reason: Error, closeCode: number = CloseCode.Normal): InFlight | null {
     this.failure = reason;
     this.stopWaitingForSuccessor?.(reason);
     const op = this.op;
@@ -448,7 +428,7 @@ export class RingPeer extends EventEmitter {
   /** Closes both links and the server. A pending collective rejects. */
   async close(): Promise<void> {
     if (this.closed) return;
-    const error = new Error(`rank ${this.rank}: ring closed`);
+    const error = new RecoverableError('RING_CLOSED', `rank ${this.rank}: ring closed`);
     // Closing mid-collective is abnormal for the neighbours (they lose frames): say so.
     const op = this.failure ? null : this.shutDown(error, this.op ? CloseCode.GoingAway : CloseCode.Normal);
     this.closed = true;

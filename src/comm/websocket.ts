@@ -9,6 +9,7 @@
  * Standard clients and servers (e.g. `ws`) interoperate with it.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { RecoverableError } from '../common/errors.ts';
 
 const HANDSHAKE_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 /** An upgrade request or response longer than this is refused. */
@@ -42,15 +43,25 @@ export const CloseCode = {
   ConfigMismatch: 4005,
 } as const;
 
-/** A violation of the WebSocket protocol by the other side; `closeCode` says how to close. */
-export class WebSocketProtocolError extends Error {
-  override name = 'WebSocketProtocolError';
+/**
+ * A link failed: the other side broke the protocol, refused us, closed or went silent. Recoverable
+ * (a new ring generation). `closeCode` is the WebSocket close code the link is (or was) closed with:
+ * the ring tells a neighbour's orderly close (Normal) from a failure by it.
+ */
+export class LinkError extends RecoverableError {
   constructor(
+    code: string,
     message: string,
     readonly closeCode: number = CloseCode.ProtocolError,
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(code, message, options);
   }
+}
+
+/** A violation of RFC 6455 by the other side. */
+function protocolError(message: string, closeCode: number = CloseCode.ProtocolError): LinkError {
+  return new LinkError('WEBSOCKET_PROTOCOL', message, closeCode);
 }
 
 export function makeHandshakeKey(): string {
@@ -90,7 +101,7 @@ export function serverHandshakeResponse(key: string): string {
 export function checkHandshakeResponse(head: string, key: string): void {
   const [statusLine = '', ...headerLines] = head.split('\r\n');
   if (!/^HTTP\/1\.1 101 /.test(statusLine)) {
-    throw new WebSocketProtocolError(`WebSocket upgrade refused: ${statusLine || '(empty response)'}`);
+    throw protocolError(`WebSocket upgrade refused: ${statusLine || '(empty response)'}`);
   }
   const headers = new Map<string, string>();
   for (const line of headerLines) {
@@ -98,13 +109,13 @@ export function checkHandshakeResponse(head: string, key: string): void {
     if (colon > 0) headers.set(line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim());
   }
   if (headers.get('upgrade')?.toLowerCase() !== 'websocket') {
-    throw new WebSocketProtocolError('WebSocket upgrade response lacks "Upgrade: websocket"');
+    throw protocolError('WebSocket upgrade response lacks "Upgrade: websocket"');
   }
   if (headers.get('sec-websocket-accept') !== handshakeAccept(key)) {
-    throw new WebSocketProtocolError('WebSocket upgrade response has a wrong Sec-WebSocket-Accept');
+    throw protocolError('WebSocket upgrade response has a wrong Sec-WebSocket-Accept');
   }
   if (headers.has('sec-websocket-extensions')) {
-    throw new WebSocketProtocolError('server negotiated an extension that was not offered');
+    throw protocolError('server negotiated an extension that was not offered');
   }
 }
 
@@ -173,7 +184,7 @@ export function decodeClosePayload(payload: Uint8Array): { code: number; reason:
   return { code, reason: Buffer.from(payload.buffer, payload.byteOffset + 2, payload.length - 2).toString('utf8') };
 }
 
-/** Receives the binary frames a `FrameParser` finds, streamed. */
+/** Receives the binary frames a `FrameParser` finds, streamed: the data path. */
 export interface BinarySink {
   /** Asked before a binary frame's header is consumed: false leaves it (and all after it) unread. */
   readyForBinary(): boolean;
@@ -183,8 +194,8 @@ export interface BinarySink {
   binaryEnd(): void;
 }
 
-/** Receives every frame a `FrameParser` finds. */
-export interface FrameSink extends BinarySink {
+/** Receives the other frames a `FrameParser` finds: the link's own business. */
+export interface MessageSink {
   /** A complete, unmasked text, close, ping or pong frame. */
   message(opcode: number, payload: Buffer): void;
 }
@@ -194,7 +205,7 @@ export interface FrameParserLimits {
   expectMasked: boolean;
   /** Largest text frame accepted. */
   maxTextBytes: number;
-  /** Largest binary frame accepted; 0 refuses binary frames altogether. */
+  /** Largest binary frame accepted (when there is a binary sink). */
   maxBinaryBytes: number;
 }
 
@@ -206,8 +217,9 @@ const enum ParseState {
 
 /**
  * Incremental frame parser: feed it bytes as they arrive, in any split. Binary payloads are
- * streamed to the sink without copying (only unmasked binary frames are accepted); text and
- * control payloads are collected into a buffer first.
+ * streamed to the binary sink without copying (only unmasked binary frames are accepted); text and
+ * control payloads are collected into a buffer first and go to the message sink. Without a binary
+ * sink, binary frames are refused.
  */
 export class FrameParser {
   private state = ParseState.Header;
@@ -222,7 +234,8 @@ export class FrameParser {
 
   constructor(
     private readonly limits: FrameParserLimits,
-    private readonly sink: FrameSink,
+    private readonly messages: MessageSink,
+    private readonly binary: BinarySink | null,
   ) {}
 
   /**
@@ -233,13 +246,13 @@ export class FrameParser {
     let pos = start;
     while (pos < end) {
       if (this.state === ParseState.Header) {
-        if (this.headerHave === 0 && (source[pos]! & 0x0f) === Opcode.Binary && !this.sink.readyForBinary()) {
+        if (this.headerHave === 0 && (source[pos]! & 0x0f) === Opcode.Binary && this.binary && !this.binary.readyForBinary()) {
           return pos;
         }
         pos = this.readHeader(source, pos, end);
       } else if (this.state === ParseState.BinaryPayload) {
         const take = Math.min(this.remaining, end - pos);
-        this.sink.binaryBytes(source, pos, pos + take);
+        this.binary!.binaryBytes(source, pos, pos + take);
         pos += take;
         this.remaining -= take;
         if (this.remaining === 0) this.finishBinary();
@@ -256,7 +269,7 @@ export class FrameParser {
 
   private finishBinary(): void {
     this.state = ParseState.Header;
-    this.sink.binaryEnd();
+    this.binary!.binaryEnd();
   }
 
   private finishSmall(): void {
@@ -264,7 +277,7 @@ export class FrameParser {
     if (this.masked) maskPayload(this.small, this.maskKey);
     const payload = this.small;
     this.small = Buffer.alloc(0);
-    this.sink.message(this.opcode, payload);
+    this.messages.message(this.opcode, payload);
   }
 
   /** Collects header bytes; once complete, validates them and enters the payload state. */
@@ -308,42 +321,42 @@ export class FrameParser {
     }
     if (this.masked) this.header.copy(this.maskKey, 0, at, at + 4);
 
-    if (first & 0x70) throw new WebSocketProtocolError('frame has RSV bits set but no extension was negotiated');
+    if (first & 0x70) throw protocolError('frame has RSV bits set but no extension was negotiated');
     if (this.masked !== this.limits.expectMasked) {
-      throw new WebSocketProtocolError(this.limits.expectMasked ? 'client frame is not masked' : 'server frame is masked');
+      throw protocolError(this.limits.expectMasked ? 'client frame is not masked' : 'server frame is masked');
     }
     if (!fin || opcode === Opcode.Continuation) {
-      throw new WebSocketProtocolError('fragmented messages are not supported', CloseCode.PolicyViolation);
+      throw protocolError('fragmented messages are not supported', CloseCode.PolicyViolation);
     }
     this.opcode = opcode;
     switch (opcode) {
       case Opcode.Binary:
-        if (this.limits.maxBinaryBytes === 0) {
-          throw new WebSocketProtocolError('binary frames are not accepted on this connection', CloseCode.PolicyViolation);
+        if (!this.binary) {
+          throw protocolError('binary frames are not accepted on this connection', CloseCode.PolicyViolation);
         }
-        if (this.masked) throw new WebSocketProtocolError('masked binary frames are not supported here');
+        if (this.masked) throw protocolError('masked binary frames are not supported here');
         if (length > this.limits.maxBinaryBytes) {
-          throw new WebSocketProtocolError(`binary frame of ${length} bytes exceeds the limit of ${this.limits.maxBinaryBytes} bytes`, CloseCode.TooBig);
+          throw protocolError(`binary frame of ${length} bytes exceeds the limit of ${this.limits.maxBinaryBytes} bytes`, CloseCode.TooBig);
         }
         this.state = ParseState.BinaryPayload;
         this.remaining = length;
-        this.sink.binaryStart(length);
+        this.binary.binaryStart(length);
         if (length === 0) this.finishBinary();
         return;
       case Opcode.Text:
         if (length > this.limits.maxTextBytes) {
-          throw new WebSocketProtocolError(`text frame of ${length} bytes exceeds the limit of ${this.limits.maxTextBytes} bytes`, CloseCode.TooBig);
+          throw protocolError(`text frame of ${length} bytes exceeds the limit of ${this.limits.maxTextBytes} bytes`, CloseCode.TooBig);
         }
         break;
       case Opcode.Close:
       case Opcode.Ping:
       case Opcode.Pong:
         if (length > MAX_CONTROL_FRAME_BYTES) {
-          throw new WebSocketProtocolError(`control frame of ${length} bytes exceeds ${MAX_CONTROL_FRAME_BYTES} bytes`);
+          throw protocolError(`control frame of ${length} bytes exceeds ${MAX_CONTROL_FRAME_BYTES} bytes`);
         }
         break;
       default:
-        throw new WebSocketProtocolError(`unknown opcode 0x${opcode.toString(16)}`);
+        throw protocolError(`unknown opcode 0x${opcode.toString(16)}`);
     }
     this.small = Buffer.allocUnsafe(length);
     this.smallHave = 0;

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { makeNonce, verifyProof } from '../comm/auth.ts';
 import {
-  CLOSE_CODES, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_MESSAGE_BYTES, ProtocolError, controlProofContext,
+  CLOSE_CODES, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_MESSAGE_BYTES, controlProofContext,
   decodeWorkerMessage, encodeMessage, type WorkerMessage,
 } from '../comm/control.ts';
 import type { Recipe } from '../train/recipe.ts';
@@ -225,8 +225,8 @@ export class Coordinator {
       try {
         return await new Generation(context, members, generation, start).run();
       } catch (err) {
-        // A broken control message (ProtocolError) is a link failure too; any other error not of ours is a bug: it stops the run.
-        const recoverable = err instanceof VitDistError ? err.kind === 'recoverable' : err instanceof ProtocolError;
+        // Any error not of ours is a bug: it stops the run.
+        const recoverable = err instanceof VitDistError && err.kind === 'recoverable';
         if (!(err instanceof MembershipChange) && !recoverable) throw err;
         if (recoverable) {
           if (context.restarts >= maxRestarts) {

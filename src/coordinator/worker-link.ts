@@ -4,8 +4,9 @@
 // A reply of an unexpected type, a 'failed' report, a close, a missed heartbeat or a timeout
 // rejects whatever the coordinator is waiting for with an error that names the worker.
 import type { WebSocket } from 'ws';
+import { CLOSE_CODES, decodeWorkerMessage, encodeMessage, type CoordinatorMessage, type WorkerMessage } from '../comm/control.ts';
+import { seconds, watchWebSocket, type Heartbeat } from '../comm/heartbeat.ts';
 import { FatalError, RecoverableError } from '../common/errors.ts';
-import { CLOSE_CODES, ProtocolError, decodeWorkerMessage, encodeMessage, type CoordinatorMessage, type WorkerMessage } from '../comm/control.ts';
 
 type Waiter = { resolve: (m: WorkerMessage) => void; reject: (e: Error) => void };
 type Reply<T extends WorkerMessage['type']> = Extract<WorkerMessage, { type: T }>;
@@ -26,8 +27,7 @@ export class WorkerLink {
   private waiter: Waiter | null = null;
   /** Set when the connection is gone for good (closed, cut off, or misbehaved). */
   private closedWith: Error | null = null;
-  private heartbeatTimer: NodeJS.Timeout | null = null;
-  private lastPong = Date.now();
+  private readonly heartbeat: Heartbeat;
   /** Called once when the connection ends, for whoever holds the link in a list. */
   onClose: (() => void) | null = null;
 
@@ -42,16 +42,14 @@ export class WorkerLink {
       this.end(new RecoverableError('WORKER_DISCONNECTED', `${this.name} disconnected (code ${code}${reason.length ? `: ${reason.toString()}` : ''})`));
     });
     socket.on('error', (err: Error) => this.end(new RecoverableError('WORKER_CONNECTION_ERROR', `${this.name} connection error: ${err.message}`, { cause: err })));
-    // A cut link sends no close: without pongs for heartbeatTimeoutMs the worker counts as gone.
-    socket.on('pong', () => (this.lastPong = Date.now()));
-    this.heartbeatTimer = setInterval(() => {
-      if (Date.now() - this.lastPong > heartbeatTimeoutMs) {
-        this.end(new RecoverableError('WORKER_HEARTBEAT', `${this.name} missed its heartbeat for ${Math.round(heartbeatTimeoutMs / 1000)} s (--heartbeat-timeout)`));
+    // A cut link sends no close: a worker not heard from (ping, pong or reply) for heartbeatTimeoutMs counts as gone.
+    this.heartbeat = watchWebSocket(socket, {
+      timeoutMs: heartbeatTimeoutMs,
+      onSilence: () => {
+        this.end(new RecoverableError('WORKER_HEARTBEAT', `${this.name} missed its heartbeat for ${seconds(heartbeatTimeoutMs)} (--heartbeat-timeout)`));
         socket.terminate();
-      } else if (socket.readyState === socket.OPEN) {
-        socket.ping();
-      }
-    }, Math.max(50, heartbeatTimeoutMs / 4));
+      },
+    });
   }
 
   get name(): string {
@@ -66,7 +64,7 @@ export class WorkerLink {
   private receive(data: Buffer, isBinary: boolean): void {
     let message: WorkerMessage;
     try {
-      if (!isBinary) throw new ProtocolError(`${this.name} sent a text frame; the control protocol is binary msgpack`);
+      if (!isBinary) throw new RecoverableError('CONTROL_TEXT_FRAME', `${this.name} sent a text frame; the control protocol is binary msgpack`);
       message = decodeWorkerMessage(data, this.name);
     } catch (err) {
       return this.refuse(err as Error);
@@ -94,7 +92,7 @@ export class WorkerLink {
   async expect<T extends WorkerMessage['type']>(type: T, timeoutMs: number): Promise<Reply<T>> {
     const message = await this.next(timeoutMs, type);
     if (message.type !== type) {
-      const error = new ProtocolError(`${this.name}: expected a '${type}' message, got '${message.type}'`);
+      const error = new RecoverableError('CONTROL_UNEXPECTED_REPLY', `${this.name}: expected a '${type}' message, got '${message.type}'`);
       this.refuse(error);
       throw error;
     }
@@ -165,13 +163,13 @@ export class WorkerLink {
   private end(error: Error): void {
     if (this.closedWith) return;
     this.closedWith = error;
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeat.stop();
     this.rejectWaiter(error);
     this.onClose?.();
   }
 
   close(code: number, reason: string): void {
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeat.stop();
     // Close reasons are limited to 123 bytes by RFC 6455.
     if (this.socket.readyState <= 1) this.socket.close(code, Buffer.from(reason).subarray(0, 123).toString());
   }

@@ -11,6 +11,7 @@ import {
   CLOSE_CODES, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_MESSAGE_BYTES, controlProofContext, decodeCoordinatorMessage,
   encodeMessage, type CoordinatorMessage, type ResumeState, type WorkerMessage,
 } from '../comm/control.ts';
+import { seconds, watchWebSocket, type Heartbeat } from '../comm/heartbeat.ts';
 import { RingPeer } from '../comm/ring.ts';
 import { BatchLoader } from '../data/loader.ts';
 import { mixConfigOf } from '../data/mixup.ts';
@@ -147,8 +148,7 @@ class WorkerSession {
   private worldSize = 0;
   /** Where an `assign` starts (a checkpoint's state or --init weights), used once the ring is connected. */
   private pendingStart: { resume: ResumeState | null; init: Float32Array | null } | null = null;
-  private heartbeat: NodeJS.Timeout | null = null;
-  private lastPing = Date.now();
+  private readonly heartbeat: Heartbeat;
   wasAdmitted = false;
 
   constructor(
@@ -167,17 +167,15 @@ class WorkerSession {
     });
     const socket = new WebSocket(options.coordinatorUrl, { maxPayload: MAX_CONTROL_MESSAGE_BYTES, perMessageDeflate: false, ...(options.ca ? { ca: options.ca } : {}) });
     this.socket = socket;
-    socket.on('open', () => {
-      // The coordinator pings every heartbeat period; silence means the link was cut.
-      this.lastPing = Date.now();
-      this.heartbeat = setInterval(() => {
-        if (Date.now() - this.lastPing > options.heartbeatTimeoutMs) {
-          socket.terminate();
-          this.settle({ kind: 'lost', reason: `no heartbeat from the coordinator for ${Math.round(options.heartbeatTimeoutMs / 1000)} s` });
-        }
-      }, Math.max(50, options.heartbeatTimeoutMs / 4));
+    // Both ends ping several times per heartbeat timeout; silence means the link was cut. Backward
+    // passes block this loop: the heartbeat reads what arrived before it judges (heartbeat.ts).
+    this.heartbeat = watchWebSocket(socket, {
+      timeoutMs: options.heartbeatTimeoutMs,
+      onSilence: () => {
+        socket.terminate();
+        this.settle({ kind: 'lost', reason: `no heartbeat from the coordinator for ${seconds(options.heartbeatTimeoutMs)}` });
+      },
     });
-    socket.on('ping', () => (this.lastPing = Date.now()));
     socket.on('message', (data: Buffer) => this.receive(data));
     socket.on('close', (code: number, reason: Buffer) => {
       const text = reason.toString() || 'no reason given';
@@ -189,7 +187,7 @@ class WorkerSession {
   }
 
   async close(): Promise<void> {
-    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat.stop();
     await this.dropGeneration();
     if (this.socket.readyState <= WebSocket.OPEN) this.socket.terminate();
   }

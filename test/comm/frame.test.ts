@@ -6,12 +6,11 @@ import {
   encodeFrameHeader,
   expectFrame,
   FRAME_HEADER_BYTES,
-  FrameError,
   type FrameHeader,
   MAX_CHUNK_BYTES,
   Phase,
 } from '../../src/comm/frame.ts';
-import { encodeFrame, FrameParser, type FrameSink, Opcode, writeFrameHeader } from '../../src/comm/websocket.ts';
+import { type BinarySink, encodeFrame, FrameParser, type MessageSink, Opcode, writeFrameHeader } from '../../src/comm/websocket.ts';
 
 const header: FrameHeader = { phase: Phase.AllGather, generation: 9, step: 123456, chunk: 4, offset: 1 << 30, count: 1000 };
 
@@ -58,7 +57,7 @@ test('oversized and out-of-range fields are refused', () => {
   const huge = encoded();
   new DataView(huge.buffer).setUint32(24, MAX_CHUNK_BYTES / 4 + 1, true);
   assert.throws(() => decodeFrameHeader(huge), /MAX_CHUNK_BYTES/);
-  assert.throws(() => encodeFrameHeader({ ...header, step: -1 }, new Uint8Array(FRAME_HEADER_BYTES)), FrameError);
+  assert.throws(() => encodeFrameHeader({ ...header, step: -1 }, new Uint8Array(FRAME_HEADER_BYTES)), { kind: 'input', code: 'RING_FRAME_FIELD' });
   assert.throws(() => encodeFrameHeader({ ...header, count: MAX_CHUNK_BYTES }, new Uint8Array(FRAME_HEADER_BYTES)), /MAX_CHUNK_BYTES/);
 });
 
@@ -73,7 +72,7 @@ test('expectFrame names both frames on a mismatch', () => {
 // The RFC 6455 framing under the data frames (websocket.ts): the ring parses it by hand.
 
 /** Records what a parser finds; binary payloads are reassembled from their streamed pieces. */
-function recordingSink(): FrameSink & { events: string[]; ready: boolean } {
+function recordingSink(): BinarySink & MessageSink & { events: string[]; ready: boolean } {
   let binary: number[] = [];
   return {
     events: [],
@@ -109,11 +108,11 @@ test('frames split at every byte boundary parse the same', () => {
   const medium = Buffer.alloc(300, 'm'); // 16-bit length form
   const stream = Buffer.concat([encodeFrame(Opcode.Text, Buffer.from('hello'), false), serverBinaryFrame(medium), serverBinaryFrame(big), encodeFrame(Opcode.Ping, Buffer.from('p'), false)]);
   const whole = recordingSink();
-  new FrameParser({ expectMasked: false, maxTextBytes: 100, maxBinaryBytes: 100_000 }, whole).feed(stream, 0, stream.length);
+  new FrameParser({ expectMasked: false, maxTextBytes: 100, maxBinaryBytes: 100_000 }, whole, whole).feed(stream, 0, stream.length);
   assert.deepEqual(whole.events, ['1 hello', 'binary-start 300', `binary ${medium}`, 'binary-start 70000', `binary ${big}`, '9 p']);
   for (const step of [1, 3, 7, 4096]) {
     const split = recordingSink();
-    const parser = new FrameParser({ expectMasked: false, maxTextBytes: 100, maxBinaryBytes: 100_000 }, split);
+    const parser = new FrameParser({ expectMasked: false, maxTextBytes: 100, maxBinaryBytes: 100_000 }, split, split);
     for (let at = 0; at < stream.length; at += step) parser.feed(stream, at, Math.min(at + step, stream.length));
     assert.deepEqual(split.events, whole.events, `split every ${step} bytes`);
   }
@@ -121,7 +120,7 @@ test('frames split at every byte boundary parse the same', () => {
 
 test('masked client frames are unmasked; the parser stops before a binary frame the sink is not ready for', () => {
   const sink = recordingSink();
-  const parser = new FrameParser({ expectMasked: true, maxTextBytes: 100, maxBinaryBytes: 0 }, sink);
+  const parser = new FrameParser({ expectMasked: true, maxTextBytes: 100, maxBinaryBytes: 0 }, sink, null);
   const text = encodeFrame(Opcode.Text, Buffer.from('masked hello'), true);
   parser.feed(text, 0, text.length);
   assert.deepEqual(sink.events, ['1 masked hello']);
@@ -129,19 +128,21 @@ test('masked client frames are unmasked; the parser stops before a binary frame 
   const paused = recordingSink();
   paused.ready = false;
   const stream = Buffer.concat([encodeFrame(Opcode.Text, Buffer.from('a'), false), serverBinaryFrame(Buffer.from('data'))]);
-  const consumed = new FrameParser({ expectMasked: false, maxTextBytes: 100, maxBinaryBytes: 100 }, paused).feed(stream, 0, stream.length);
+  const consumed = new FrameParser({ expectMasked: false, maxTextBytes: 100, maxBinaryBytes: 100 }, paused, paused).feed(stream, 0, stream.length);
   assert.equal(consumed, 3, 'stops at the binary frame');
   assert.deepEqual(paused.events, ['1 a']);
 });
 
 test('protocol violations are refused with clear messages', () => {
-  const parse = (bytes: Buffer, expectMasked = false, maxBinaryBytes = 100) =>
-    new FrameParser({ expectMasked, maxTextBytes: 10, maxBinaryBytes }, recordingSink()).feed(bytes, 0, bytes.length);
+  const parse = (bytes: Buffer, expectMasked = false, acceptsBinary = true) => {
+    const sink = recordingSink();
+    return new FrameParser({ expectMasked, maxTextBytes: 10, maxBinaryBytes: 100 }, sink, acceptsBinary ? sink : null).feed(bytes, 0, bytes.length);
+  };
   assert.throws(() => parse(serverBinaryFrame(Buffer.alloc(101))), /binary frame of 101 bytes exceeds the limit of 100 bytes/);
   assert.throws(() => parse(encodeFrame(Opcode.Text, Buffer.alloc(11), false)), /text frame of 11 bytes exceeds/);
   assert.throws(() => parse(encodeFrame(Opcode.Text, Buffer.from('x'), true)), /server frame is masked/);
   assert.throws(() => parse(encodeFrame(Opcode.Text, Buffer.from('x'), false), true), /client frame is not masked/);
-  assert.throws(() => parse(encodeFrame(Opcode.Binary, Buffer.from('x'), true), true, 0), /binary frames are not accepted/);
+  assert.throws(() => parse(encodeFrame(Opcode.Binary, Buffer.from('x'), true), true, false), /binary frames are not accepted/);
   const fragment = encodeFrame(Opcode.Text, Buffer.from('x'), false);
   fragment[0] = 0x01; // FIN bit clear
   assert.throws(() => parse(fragment), /fragmented messages are not supported/);

@@ -331,10 +331,6 @@ async function rawPredecessorServer(): Promise<{ port: number; predecessor: Prom
     let request: Buffer | null = Buffer.alloc(0);
     let authenticated = false;
     const parser = new FrameParser({ expectMasked: true, maxTextBytes: 4096, maxBinaryBytes: 0 }, {
-      readyForBinary: () => true,
-      binaryStart() {},
-      binaryBytes() {},
-      binaryEnd() {},
       message(opcode, payload) {
         if (authenticated) {
           raw.received.push({ opcode, payload });
@@ -344,7 +340,7 @@ async function rawPredecessorServer(): Promise<{ port: number; predecessor: Prom
           resolvePredecessor(raw);
         }
       },
-    });
+    }, null);
     socket.on('error', () => undefined);
     socket.on('data', (data: Buffer) => {
       if (!request) return void parser.feed(data, 0, data.length);
