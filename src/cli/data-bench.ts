@@ -1,6 +1,6 @@
 // `vit-dist data bench --data DIR`: the training pipeline's images/s per core on the user's own
 // data, the same figure bench/data-vs-torchvision.sh sets beside torchvision's.
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { DATA_FORMATS } from '../data/source.ts';
 import { loadRecipe } from '../train/recipe.ts';
 import { nonNegativeInt, positiveInt, fraction } from './options.ts';

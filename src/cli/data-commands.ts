@@ -2,7 +2,7 @@
 // which every data command then reads as `--format packed`.
 import { resolve } from 'node:path';
 import { InvalidArgumentError, Option, type Command } from 'commander';
-import { CorruptImageError } from '../data/image-folder.ts';
+import type { CorruptImageError } from '../data/image-folder.ts';
 import { openImageSource, storedSplitExists } from '../data/open.ts';
 import { DATA_FORMATS, type DataFormat } from '../data/source.ts';
 import { DEFAULT_SHARD_BYTES, packSplit, type PackSummary } from '../data/packed.ts';

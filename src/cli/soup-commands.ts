@@ -3,7 +3,7 @@
 // ingredients and both soups, write one soup as timm-compatible safetensors and soup.json beside it).
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { DATA_FORMATS } from '../data/source.ts';
 import type { DataSplit } from '../data/source.ts';
 import type { BackendChoice } from '../model/backend.ts';

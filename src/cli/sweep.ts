@@ -5,7 +5,7 @@
 // missing one starts. OUT/sweep.json records the grid and each run's directory and status.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { latestCheckpoint, readCheckpoint } from '../train/checkpoint.ts';
 import { MetricsLog, type EvalRecord, type StepRecord } from '../coordinator/metrics.ts';
 import { splitSize } from '../data/loader.ts';

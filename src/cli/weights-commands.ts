@@ -71,7 +71,7 @@ export function writeNpyFloat32(path: string, shape: number[], data: Float32Arra
   const dims = shape.length === 1 ? `${shape[0]},` : shape.join(', ');
   let header = `{'descr': '${NPY_FLOAT32}', 'fortran_order': False, 'shape': (${dims}), }`;
   const prefix = NPY_MAGIC.length + 4; // magic, version, u16 header length
-  header += ' '.repeat((NPY_ALIGNMENT - ((prefix + header.length + 1) % NPY_ALIGNMENT)) % NPY_ALIGNMENT) + '\n'; // the newline ends the padded header
+  header += `${' '.repeat((NPY_ALIGNMENT - ((prefix + header.length + 1) % NPY_ALIGNMENT)) % NPY_ALIGNMENT)}\n`; // the newline ends the padded header
   const out = Buffer.alloc(prefix + header.length + 4 * data.length);
   NPY_MAGIC.copy(out, 0);
   out[NPY_MAGIC.length] = 1; // version 1.0

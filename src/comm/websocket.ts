@@ -209,7 +209,7 @@ export interface FrameParserLimits {
   maxBinaryBytes: number;
 }
 
-const enum ParseState {
+enum ParseState {
   Header,
   SmallPayload,
   BinaryPayload,

@@ -48,7 +48,7 @@ export interface RunSummary {
 /** The workers hold different parameters: the error names the ranks that hold each digest. */
 export function desyncError(step: number, digests: string[]): FatalError {
   const groups = new Map<string, number[]>();
-  digests.forEach((d, rank) => groups.set(d, [...(groups.get(d) ?? []), rank]));
+  digests.forEach((d, rank) => { groups.set(d, [...(groups.get(d) ?? []), rank]); });
   const detail = [...groups].map(([d, ranks]) => `rank${ranks.length > 1 ? 's' : ''} ${ranks.join(',')}: ${d}`).join('; ');
   return new FatalError('DESYNC', `desync after step ${step}: workers hold different parameters (${detail})`);
 }
@@ -218,7 +218,7 @@ export class Generation {
   /** Data-parallel evaluation on the test split: each rank a contiguous slice, counts summed. */
   private async evaluate(completed: number, epoch: number, testSize: number): Promise<number> {
     const { generation, worldSize } = this;
-    this.members.forEach((link, rank) => link.send({ type: 'eval', generation, step: completed, ...shardRange(testSize, worldSize, rank) }));
+    this.members.forEach((link, rank) => { link.send({ type: 'eval', generation, step: completed, ...shardRange(testSize, worldSize, rank) }); });
     const results = await this.gather('evalDone', this.context.stepTimeoutMs);
     const samples = results.reduce((a, r) => a + r.count, 0);
     if (samples !== testSize) throw new FatalError('EVAL_COUNT_MISMATCH', `evaluation covered ${samples} samples, the test split has ${testSize}`);

@@ -47,7 +47,7 @@ export class LoaderPool {
     return { skipped };
   }
 
-  close(): Promise<void[]> {
-    return Promise.all(this.threads.map((t) => t.close()));
+  async close(): Promise<void> {
+    await Promise.all(this.threads.map((t) => t.close()));
   }
 }

@@ -41,7 +41,7 @@ function permute(data: Float32Array, shape: number[], perm: number[]): Float32Ar
 
 function inversePerm(perm: number[]): number[] {
   const inverse = new Array<number>(perm.length);
-  perm.forEach((axis, k) => (inverse[axis] = k));
+  perm.forEach((axis, k) => { inverse[axis] = k; });
   return inverse;
 }
 

@@ -76,7 +76,7 @@ export class EvalPool {
     return summarize(merged);
   }
 
-  close(): Promise<void[]> {
-    return Promise.all(this.threads.map((t) => t.close()));
+  async close(): Promise<void> {
+    await Promise.all(this.threads.map((t) => t.close()));
   }
 }

@@ -616,8 +616,14 @@ describe('ring fuzz', () => {
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`hung: ${what} did not settle within ${SETTLE_BOUND_MS} ms`)), SETTLE_BOUND_MS);
       promise.then(
-        (value) => (clearTimeout(timer), resolve(value)),
-        (err: unknown) => (clearTimeout(timer), reject(err)),
+        (value) => {
+          clearTimeout(timer);
+          resolve(value);
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          reject(err);
+        },
       );
     });
   }

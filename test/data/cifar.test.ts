@@ -17,7 +17,7 @@ function pixel(seed: number, c: number, p: number): number {
 /** One record as the binary CIFAR files store it: label byte(s), then the red, green and blue planes. */
 function record(labels: number[], seed: number): Buffer {
   const out = Buffer.alloc(labels.length + 3 * PLANE);
-  labels.forEach((l, i) => (out[i] = l));
+  labels.forEach((l, i) => { out[i] = l; });
   for (let c = 0; c < 3; c++) for (let p = 0; p < PLANE; p++) out[labels.length + c * PLANE + p] = pixel(seed, c, p);
   return out;
 }
@@ -40,8 +40,8 @@ function makeCifar100(): string {
   mkdirSync(dir);
   writeFileSync(join(dir, 'train.bin'), Buffer.concat([record([4, 99], 1), record([19, 0], 2)]));
   writeFileSync(join(dir, 'test.bin'), record([7, 42], 3));
-  writeFileSync(join(dir, 'fine_label_names.txt'), Array.from({ length: 100 }, (_, k) => `fine${k}`).join('\n') + '\n');
-  writeFileSync(join(dir, 'coarse_label_names.txt'), Array.from({ length: 20 }, (_, k) => `coarse${k}`).join('\n') + '\n');
+  writeFileSync(join(dir, 'fine_label_names.txt'), `${Array.from({ length: 100 }, (_, k) => `fine${k}`).join('\n')}\n`);
+  writeFileSync(join(dir, 'coarse_label_names.txt'), `${Array.from({ length: 20 }, (_, k) => `coarse${k}`).join('\n')}\n`);
   return root;
 }
 

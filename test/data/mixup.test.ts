@@ -16,7 +16,7 @@ const CUTMIX_ONLY: MixConfig = { kind: 'timm', mixupAlpha: 0, cutmixAlpha: 1, pr
 /** n images, image i filled with constants[i]. */
 function constantImages(constants: number[]): Float32Array {
   const images = new Float32Array(constants.length * IMAGE_SIZE);
-  constants.forEach((c, i) => images.fill(c, i * IMAGE_SIZE, (i + 1) * IMAGE_SIZE));
+  constants.forEach((c, i) => { images.fill(c, i * IMAGE_SIZE, (i + 1) * IMAGE_SIZE); });
   return images;
 }
 
@@ -87,7 +87,7 @@ test('label smoothing folds in as timm does: off = s/K, on = 1 - s + s/K, target
     [mixed(0.05, 0.05), mixed(0.05, 0.05), mixed(0.85, 0.85), mixed(0.05, 0.05)],
     [mixed(0.05, 0.85), mixed(0.85, 0.05), mixed(0.05, 0.05), mixed(0.05, 0.05)],
   ].flat();
-  expected.forEach((v, k) => assert.ok(Math.abs(result.targets[k]! - v) < TOLERANCE, `target ${k}: ${result.targets[k]} vs ${v}`));
+  expected.forEach((v, k) => { assert.ok(Math.abs(result.targets[k]! - v) < TOLERANCE, `target ${k}: ${result.targets[k]} vs ${v}`); });
 });
 
 test('mixup of constant images gives the lam-weighted constants, with timm\'s flip partner and big_vision\'s roll partner', () => {

@@ -195,7 +195,12 @@ function unknownFields(model: { prototype: { validate(): void } }, obj: Obj): st
   model.prototype.validate.call(wrap(obj));
   const unknown: string[] = [];
   const walk = (value: unknown, path: string): void => {
-    if (Array.isArray(value)) return value.forEach((v, i) => walk(v, `${path}[${i}]`));
+    if (Array.isArray(value)) {
+      value.forEach((v, i) => {
+        walk(v, `${path}[${i}]`);
+      });
+      return;
+    }
     if (value === null || typeof value !== 'object') return;
     const rec = seen.get(value);
     for (const [key, child] of Object.entries(value)) {

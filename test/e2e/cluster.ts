@@ -46,13 +46,13 @@ export function start(args: string[], options: { timeoutMs: number; env?: Record
   let stdout = '';
   let stderr = '';
   const listeners = new Set<() => void>();
-  child.stdout!.on('data', (d: Buffer) => { stdout += d; listeners.forEach((l) => l()); });
-  child.stderr!.on('data', (d: Buffer) => { stderr += d; listeners.forEach((l) => l()); });
+  child.stdout!.on('data', (d: Buffer) => { stdout += d; listeners.forEach((l) => { l(); }); });
+  child.stderr!.on('data', (d: Buffer) => { stderr += d; listeners.forEach((l) => { l(); }); });
   const killer = setTimeout(() => (options.detached ? killGroup(child) : child.kill('SIGKILL')), options.timeoutMs);
   const finished = new Promise<Finished>((resolve) => {
     child.on('close', (code, signal) => {
       clearTimeout(killer);
-      listeners.forEach((l) => l());
+      listeners.forEach((l) => { l(); });
       resolve({ code, signal, stdout, stderr });
     });
   });

@@ -70,7 +70,7 @@ test('random and mutated messages never crash the coordinator; a real run then s
     assert.ok(connections >= STRATEGIES.length, `fuzzed ${connections} connections`);
     assert.equal(coordinator.child.exitCode, null, `the coordinator is still running after ${connections} fuzz connections:\n${coordinator.stderr()}`);
     assert.ok((codes.get(4003) ?? 0) > 0, `malformed messages are refused with 4003: ${JSON.stringify([...codes])}`);
-    const health = await fetch(url.replace('ws://', 'http://') + '/healthz');
+    const health = await fetch(`${url.replace('ws://', 'http://')}/healthz`);
     assert.equal(health.status, 200);
     assert.equal(((await health.json()) as { workers: number }).workers, 0, 'no fuzz connection stayed a member');
 

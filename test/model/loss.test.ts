@@ -29,7 +29,7 @@ function mixedTargets(): Float32Array {
 
 function oneHot(labels: Int32Array): Float32Array {
   const t = new Float32Array(N * K);
-  labels.forEach((label, i) => (t[i * K + label] = 1));
+  labels.forEach((label, i) => { t[i * K + label] = 1; });
   return t;
 }
 
@@ -91,7 +91,7 @@ test('soft targets: the gradient is softmax - target, matching finite difference
     const row = Array.from(cls.subarray(i * K, (i + 1) * K));
     const max = Math.max(...row);
     const logZ = max + Math.log(row.reduce((s, v) => s + Math.exp(v - max), 0));
-    row.forEach((v, k) => (want -= soft[i * K + k]! * (v - logZ)));
+    row.forEach((v, k) => { want -= soft[i * K + k]! * (v - logZ); });
   }
   const got = objective(cls, null, context({ softTargets: soft })).lossSum;
   assert.ok(Math.abs(got - want) < 1e-5 * want, `${got} vs ${want}`);
@@ -114,7 +114,7 @@ test('smoothed one-hot soft targets equal the labelSmoothing path; soft targets 
     const bySmoothing = objective(logits(7), dist, context({ regularization: smoothing }));
     const bySoft = objective(logits(7), dist, context({ softTargets: smoothedTargets }));
     // The class head's part; a distillation head learns other targets in the two (below).
-    bySoft.cls.forEach((g, i) => assert.ok(Math.abs(g - bySmoothing.cls[i]!) < 1e-6, `cls[${i}]: ${g} vs ${bySmoothing.cls[i]}`));
+    bySoft.cls.forEach((g, i) => { assert.ok(Math.abs(g - bySmoothing.cls[i]!) < 1e-6, `cls[${i}]: ${g} vs ${bySmoothing.cls[i]}`); });
     if (!dist) assert.ok(Math.abs(bySoft.lossSum - bySmoothing.lossSum) < 1e-6 * bySmoothing.lossSum, `${bySoft.lossSum} vs ${bySmoothing.lossSum}`);
     // The recipe's smoothing is folded into the soft targets already: it does not apply on top.
     assert.deepEqual(objective(logits(7), dist, context({ softTargets: smoothedTargets, regularization: smoothing })), bySoft);
@@ -168,7 +168,7 @@ test('sigmoid_xent: loss and gradient match PyTorch\'s binary_cross_entropy_with
     const { logits: z, targets, lossSum, dLogits } = sigmoidVectors[name]!;
     const got = objective(Float32Array.from(z), null, context({ loss: 'sigmoid_xent', softTargets: Float32Array.from(targets) }));
     assert.ok(Math.abs(got.lossSum - lossSum) < 1e-5 * Math.max(1, Math.abs(lossSum)), `${name}: loss ${got.lossSum} vs torch ${lossSum}`);
-    got.cls.forEach((g, i) => assert.ok(Math.abs(g - dLogits[i]!) < 1e-6, `${name}[${i}]: ${g} vs torch ${dLogits[i]}`));
+    got.cls.forEach((g, i) => { assert.ok(Math.abs(g - dLogits[i]!) < 1e-6, `${name}[${i}]: ${g} vs torch ${dLogits[i]}`); });
   }
 });
 

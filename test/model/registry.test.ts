@@ -7,18 +7,18 @@ import type { VitConfig } from '../../src/model/vit.ts';
 test('standard variants have timm parameter counts (computed from the spec, nothing allocated)', () => {
   const counts = Object.fromEntries(listModels().map((m) => [m.name, m.numParams]));
   // timm: sum(p.numel() for p in create_model(name).parameters()), num_classes=1000.
-  assert.equal(counts['vit_tiny_patch16_224'], 5_717_416);
-  assert.equal(counts['vit_small_patch16_224'], 22_050_664);
-  assert.equal(counts['vit_base_patch16_224'], 86_567_656);
-  assert.equal(counts['vit_large_patch16_224'], 304_326_632);
-  assert.equal(counts['vit_base_patch32_224'], 88_224_232);
-  assert.equal(counts['vit_base_patch16_384'], 86_859_496);
-  assert.equal(counts['vit_large_patch16_384'], 304_715_752);
-  assert.equal(counts['deit_base_patch16_224'], 86_567_656);
-  assert.equal(counts['deit_tiny_distilled_patch16_224'], 5_910_800);
-  assert.equal(counts['deit_small_distilled_patch16_224'], 22_436_432);
-  assert.equal(counts['deit_base_distilled_patch16_224'], 87_338_192);
-  assert.ok(counts['vit_fmnist_tiny']! > 0);
+  assert.equal(counts.vit_tiny_patch16_224, 5_717_416);
+  assert.equal(counts.vit_small_patch16_224, 22_050_664);
+  assert.equal(counts.vit_base_patch16_224, 86_567_656);
+  assert.equal(counts.vit_large_patch16_224, 304_326_632);
+  assert.equal(counts.vit_base_patch32_224, 88_224_232);
+  assert.equal(counts.vit_base_patch16_384, 86_859_496);
+  assert.equal(counts.vit_large_patch16_384, 304_715_752);
+  assert.equal(counts.deit_base_patch16_224, 86_567_656);
+  assert.equal(counts.deit_tiny_distilled_patch16_224, 5_910_800);
+  assert.equal(counts.deit_small_distilled_patch16_224, 22_436_432);
+  assert.equal(counts.deit_base_distilled_patch16_224, 87_338_192);
+  assert.ok(counts.vit_fmnist_tiny! > 0);
 });
 
 test('distilled variants are their base model plus a distillation token, its position and a second head', () => {

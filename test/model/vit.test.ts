@@ -31,8 +31,8 @@ test('parameters have timm names, shapes and a contiguous flat layout', () => {
 
   const spec = Object.fromEntries(model.params.map((p) => [p.name, p]));
   // Internal layouts, and timm's after the documented permutation.
-  assert.deepEqual(spec['cls_token']!.shape, [1, 1, 8]);
-  assert.deepEqual(spec['pos_embed']!.shape, [1, 5, 8]);
+  assert.deepEqual(spec.cls_token!.shape, [1, 1, 8]);
+  assert.deepEqual(spec.pos_embed!.shape, [1, 5, 8]);
   assert.deepEqual(spec['patch_embed.proj.weight']!.shape, [4, 4, 2, 8]);
   assert.deepEqual(spec['patch_embed.proj.weight']!.timmShape, [8, 2, 4, 4]);
   assert.deepEqual(spec['blocks.0.attn.qkv.weight']!.shape, [8, 24]);
@@ -280,9 +280,9 @@ test('a distilled model has dist_token after pos_embed, a position for it and a 
   assert.deepEqual(names.slice(0, 4), ['cls_token', 'pos_embed', 'dist_token', 'patch_embed.proj.weight']);
   assert.deepEqual(names.slice(-4), ['head.weight', 'head.bias', 'head_dist.weight', 'head_dist.bias']);
   const spec = Object.fromEntries(model.params.map((p) => [p.name, p]));
-  assert.deepEqual(spec['pos_embed']!.shape, [1, 6, 8]);
-  assert.deepEqual(spec['dist_token']!.shape, [1, 1, 8]);
-  assert.equal(spec['dist_token']!.init, 'trunc_normal');
+  assert.deepEqual(spec.pos_embed!.shape, [1, 6, 8]);
+  assert.deepEqual(spec.dist_token!.shape, [1, 1, 8]);
+  assert.equal(spec.dist_token!.init, 'trunc_normal');
   assert.deepEqual(spec['head_dist.weight']!.timmShape, [3, 8]);
   const plain = new VisionTransformer(TINY);
   assert.equal(model.numParams - plain.numParams, 8 + 8 + 8 * 3 + 3);
@@ -329,7 +329,7 @@ test('regularization masks follow the sample index, not the micro-batch or the p
   // The same samples in two micro-batches, reordered: samples 3, 0 then 2, 1.
   const pick = (order: number[]) => {
     const imgs = new Float32Array(order.length * perImage);
-    order.forEach((s, j) => imgs.set(images.subarray(s * perImage, (s + 1) * perImage), j * perImage));
+    order.forEach((s, j) => { imgs.set(images.subarray(s * perImage, (s + 1) * perImage), j * perImage); });
     return { imgs, lbls: Int32Array.from(order, (s) => labels[s]!), idx: Uint32Array.from(order, (s) => indices[s]!) };
   };
   const grad = new Float32Array(model.numParams);
@@ -395,7 +395,7 @@ test('label smoothing: the loss is cross entropy against (1 - eps) onehot + eps 
     const row = Array.from(logits.subarray(i * 3, i * 3 + 3));
     const max = Math.max(...row);
     const logZ = max + Math.log(row.reduce((s, v) => s + Math.exp(v - max), 0));
-    row.forEach((v, k) => (want -= ((k === labels[i] ? 1 - eps : 0) + eps / 3) * (v - logZ)));
+    row.forEach((v, k) => { want -= ((k === labels[i] ? 1 - eps : 0) + eps / 3) * (v - logZ); });
   }
   const got = lossAndGrad(model, images, labels, n, ctx).lossSum;
   assert.ok(Math.abs(got - want) < 1e-5 * want, `${got} vs ${want}`);
@@ -563,7 +563,7 @@ test('one-hot soft targets train exactly as the integer labels; correct counts t
     const n = 4;
     const { images, labels } = randomBatch(config, n, 132);
     const oneHot = new Float32Array(n * config.numClasses);
-    labels.forEach((label, i) => (oneHot[i * config.numClasses + label] = 1));
+    labels.forEach((label, i) => { oneHot[i * config.numClasses + label] = 1; });
     const ctx: TrainContext = { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1, 2, 3), regularization: HEAVY };
     // labelSmoothing 0.1 in HEAVY applies to the labels only: compare with it off.
     const unsmoothed = { ...ctx, regularization: { ...HEAVY, labelSmoothing: 0 } };

@@ -29,7 +29,7 @@ test("exported tensors carry timm's shapes", () => {
   assert.deepEqual(shapes['blocks.0.attn.qkv.weight'], [3 * D, D]);
   assert.deepEqual(shapes['blocks.0.mlp.fc1.weight'], [2 * D, D]);
   assert.deepEqual(shapes['head.weight'], [CLASSES, D]);
-  assert.deepEqual(shapes['pos_embed'], [1, (14 / P) ** 2 + 1, D]);
+  assert.deepEqual(shapes.pos_embed, [1, (14 / P) ** 2 + 1, D]);
   assert.deepEqual([...state.keys()], SPECS.map((s) => s.name), "timm's state_dict order");
 });
 

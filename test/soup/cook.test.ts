@@ -43,9 +43,8 @@ function evaluator(heldOut: Record<number, number>): SplitEvaluator & { calls: [
       if (accuracy === undefined) throw new Error(`unexpected soup ${value} evaluated on the held-out split`);
       return result(accuracy);
     },
-    async close(): Promise<void[]> {
+    async close(): Promise<void> {
       state.closed = true;
-      return [];
     },
   };
   return state;

@@ -160,7 +160,7 @@ export const PIPELINE_OPS: Readonly<Record<string, OpSpec>> = {
     stage: 'uint8',
     args: [{ name: 'config', type: 'string' }],
     build: ([config], ctx) => {
-      let parsed;
+      let parsed: ReturnType<typeof parseTimmRandAugmentConfig>;
       try {
         parsed = parseTimmRandAugmentConfig(config as string);
       } catch (error) {

@@ -14,7 +14,7 @@
 // one value per output column, broadcasting of more than one batch axis, int32) goes to tfjs's own
 // kernel, kept as the fallback.
 
-import * as tf from '@tensorflow/tfjs-core';
+import type * as tf from '@tensorflow/tfjs-core';
 
 /** The part of tfjs-backend-webgpu's WebGPUBackend that our kernels use (its WebGPUProgram API). */
 export interface ProgramBackend {

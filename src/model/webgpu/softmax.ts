@@ -3,7 +3,7 @@
 // instead of a scale pass plus tfjs's softmax, and five tfjs kernels backward. At DeiT-B batch 64
 // each [B*H, T, T] tensor is 119 MB.
 
-import * as tf from '@tensorflow/tfjs-core';
+import type * as tf from '@tensorflow/tfjs-core';
 import { ROW_THREADS, rowProgram, runRows, workgroupMax, workgroupSum } from './rows.ts';
 
 /** softmax(scale * scores) over the last axis. */
