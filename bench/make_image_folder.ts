@@ -9,7 +9,14 @@ import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { Mulberry32 } from '../src/common/random.ts';
 
-const { values } = parseArgs({ options: { out: { type: 'string' }, images: { type: 'string', default: '2000' }, classes: { type: 'string', default: '10' }, seed: { type: 'string', default: '0' } } });
+const { values } = parseArgs({
+  options: {
+    out: { type: 'string' },
+    images: { type: 'string', default: '2000' },
+    classes: { type: 'string', default: '10' },
+    seed: { type: 'string', default: '0' },
+  },
+});
 if (!values.out) throw new Error('--out DIR is required');
 const images = Number(values.images);
 const classes = Number(values.classes);
@@ -39,6 +46,8 @@ for (let c = 0; c < classes; c++) mkdirSync(join(values.out, 'train', `n${String
 for (let i = 0; i < images; i++) {
   const [width, height] = rng.next() < 0.7 ? [between(400, 500), between(300, 400)] : [between(300, 400), between(400, 500)];
   const dir = join(values.out, 'train', `n${String(i % classes).padStart(8, '0')}`);
-  await sharp(picture(width, height), { raw: { width, height, channels: 3 } }).jpeg({ quality: 90 }).toFile(join(dir, `img_${String(i).padStart(6, '0')}.JPEG`));
+  await sharp(picture(width, height), { raw: { width, height, channels: 3 } })
+    .jpeg({ quality: 90 })
+    .toFile(join(dir, `img_${String(i).padStart(6, '0')}.JPEG`));
 }
 console.log(`wrote ${images} JPEGs in ${classes} classes under ${join(values.out, 'train')}`);

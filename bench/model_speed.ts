@@ -74,5 +74,19 @@ times.sort((a, b) => a - b);
 const msPerStep = times[Math.floor(times.length / 2)]!;
 const imagesPerSec = (batch * 1000) / msPerStep;
 const peakRssMB = process.resourceUsage().maxRSS / 1024; // maxRSS is in KiB
-console.log(`vit-dist ${values.model} batch ${batch}: ${imagesPerSec.toFixed(1)} images/s (median of ${times.length} passes, ${msPerStep.toFixed(1)} ms each; gradient download ${copyMs.toFixed(1)} ms; peak RSS ${peakRssMB.toFixed(0)} MiB; ${reason})`);
-console.log(JSON.stringify({ model: values.model, batch, iterations: times.length, msPerStep, imagesPerSec, copyMs, peakRssMB, backend: reason, config }));
+console.log(
+  `vit-dist ${values.model} batch ${batch}: ${imagesPerSec.toFixed(1)} images/s (median of ${times.length} passes, ${msPerStep.toFixed(1)} ms each; gradient download ${copyMs.toFixed(1)} ms; peak RSS ${peakRssMB.toFixed(0)} MiB; ${reason})`,
+);
+console.log(
+  JSON.stringify({
+    model: values.model,
+    batch,
+    iterations: times.length,
+    msPerStep,
+    imagesPerSec,
+    copyMs,
+    peakRssMB,
+    backend: reason,
+    config,
+  }),
+);

@@ -18,7 +18,18 @@
 // reads: an engine that failed here is never loaded by a worker. Any failure prints what failed and
 // exits 0, so `npm ci` still succeeds and workers fall back to WebAssembly, saying why.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, readdirSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+  readdirSync,
+} from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -71,7 +82,11 @@ console.log(JSON.stringify({ tensorflow: tf.backend().binding.TF_Version }));
 /** Loads tfjs-node in a child process and checks a matMul and a gradient; returns TF's version. */
 function smokeTest() {
   const env = { ...process.env, TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2' };
-  const out = runStep('smoke test (a matMul and a gradient on tfjs-node)', process.execPath, ['-e', SMOKE_TEST], { cwd: root, env, timeout: SMOKE_TIMEOUT_MS });
+  const out = runStep('smoke test (a matMul and a gradient on tfjs-node)', process.execPath, ['-e', SMOKE_TEST], {
+    cwd: root,
+    env,
+    timeout: SMOKE_TIMEOUT_MS,
+  });
   return JSON.parse(out.trim().split('\n').at(-1)).tensorflow;
 }
 
@@ -94,13 +109,27 @@ function unpackWheel(packageDir) {
   try {
     // Only the C libraries are used, and they are the same in every Python version's wheel: ask
     // for one fixed version, so whichever python3 runs pip finds it.
-    const pip = ['-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '--python-version', WHEEL_PYTHON, '--retries', '0', '--timeout', '2', '--disable-pip-version-check'];
+    const pip = [
+      '-m',
+      'pip',
+      'download',
+      '--no-deps',
+      '--only-binary=:all:',
+      '--python-version',
+      WHEEL_PYTHON,
+      '--retries',
+      '0',
+      '--timeout',
+      '2',
+      '--disable-pip-version-check',
+    ];
     runStep(`pip download ${TENSORFLOW_WHEEL}`, 'python3', [...pip, TENSORFLOW_WHEEL, '-d', scratch]);
     const wheel = readdirSync(scratch).find((f) => f.endsWith('.whl'));
     if (!wheel) throw new StepError(`pip download ${TENSORFLOW_WHEEL}`, `no wheel in ${scratch}`);
     const staged = join(packageDir, 'deps.partial');
     rmSync(staged, { recursive: true, force: true });
-    const extract = 'import sys, zipfile\nwheel, dest, *members = sys.argv[1:]\nwith zipfile.ZipFile(wheel) as z:\n    for name in z.namelist():\n        if any(name == m or (m.endswith("/") and name.startswith(m)) for m in members): z.extract(name, dest)\n';
+    const extract =
+      'import sys, zipfile\nwheel, dest, *members = sys.argv[1:]\nwith zipfile.ZipFile(wheel) as z:\n    for name in z.namelist():\n        if any(name == m or (m.endswith("/") and name.startswith(m)) for m in members): z.extract(name, dest)\n';
     runStep('unpack the wheel', 'python3', ['-c', extract, join(scratch, wheel), staged, ...WHEEL_MEMBERS]);
     const lib = join(staged, 'lib');
     mkdirSync(lib);
@@ -143,7 +172,11 @@ function main() {
   try {
     const version = smokeTest();
     const source = join(packageDir, 'deps', 'SOURCE');
-    writeStatus(packageDir, { ok: true, tensorflow: version, source: existsSync(source) ? readFileSync(source, 'utf8').trim() : "tfjs-node's own install" });
+    writeStatus(packageDir, {
+      ok: true,
+      tensorflow: version,
+      source: existsSync(source) ? readFileSync(source, 'utf8').trim() : "tfjs-node's own install",
+    });
     say(`TensorFlow ${version} loads and passes the smoke test (${((Date.now() - started) / 1000).toFixed(1)} s).`);
     return;
   } catch {
@@ -161,12 +194,16 @@ function main() {
     const version = smokeTest();
     writeStatus(packageDir, { ok: true, tensorflow: version, source: TENSORFLOW_WHEEL });
     const megabytes = (duSync(join(packageDir, 'deps')) / 2 ** 20).toFixed(0);
-    say(`TensorFlow ${version} built from the ${TENSORFLOW_WHEEL} wheel and passes the smoke test in ${((Date.now() - started) / 1000).toFixed(0)} s (${megabytes} MB in ${join(packageDir, 'deps')}).`);
+    say(
+      `TensorFlow ${version} built from the ${TENSORFLOW_WHEEL} wheel and passes the smoke test in ${((Date.now() - started) / 1000).toFixed(0)} s (${megabytes} MB in ${join(packageDir, 'deps')}).`,
+    );
   } catch (err) {
     const reason = err instanceof StepError ? err.message : String(err?.stack ?? err);
     writeStatus(packageDir, { ok: false, failure: reason });
     console.log(`vit-dist engine: the TensorFlow engine is NOT available: ${reason}`);
-    console.log('vit-dist engine: workers will fall back to the WebAssembly backend (slower). See docs/operations.md, "The compute engine"; rerun with `node scripts/build-tensorflow-engine.mjs`.');
+    console.log(
+      'vit-dist engine: workers will fall back to the WebAssembly backend (slower). See docs/operations.md, "The compute engine"; rerun with `node scripts/build-tensorflow-engine.mjs`.',
+    );
   }
 }
 

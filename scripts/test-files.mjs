@@ -7,4 +7,4 @@ const files = readdirSync('test', { recursive: true, withFileTypes: true })
   .filter((entry) => entry.isFile() && entry.name.endsWith('.test.ts'))
   .map((entry) => join(entry.parentPath ?? entry.path, entry.name))
   .sort();
-process.stdout.write(files.join('\n') + '\n');
+process.stdout.write(`${files.join('\n')}\n`);

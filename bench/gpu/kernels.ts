@@ -62,23 +62,34 @@ function blockProducts(d: BlockDims): Product[] {
   ];
 }
 
-const { values } = parseArgs({ options: { tiny: { type: 'boolean', default: false }, 'allow-software': { type: 'boolean', default: false }, only: { type: 'string' } } });
+const { values } = parseArgs({
+  options: { tiny: { type: 'boolean', default: false }, 'allow-software': { type: 'boolean', default: false }, only: { type: 'string' } },
+});
 const dims = values.tiny ? TINY : DEIT_B_BATCH_64;
 const iterations = values.tiny ? 2 : 20;
 
 const { reason } = await activateWebGPU({ gpu: 0, allowSoftware: values['allow-software'] });
 console.log(`our matMul kernels on ${reason}`);
-console.log(`${'product'.padEnd(16)} ${'batch x M x N x K'.padStart(24)} ${'ms'.padStart(9)} ${'TFLOP/s'.padStart(8)} ${'max rel err'.padStart(11)} tile`);
+console.log(
+  `${'product'.padEnd(16)} ${'batch x M x N x K'.padStart(24)} ${'ms'.padStart(9)} ${'TFLOP/s'.padStart(8)} ${'max rel err'.padStart(11)} tile`,
+);
 const results = [];
 let blockMs = 0;
 let blockFlops = 0;
 const only = values.only?.split(',');
 const products = blockProducts(dims).filter((p) => !only || only.includes(p.name));
-if (products.length === 0) throw new Error(`--only ${values.only} names no product (${blockProducts(dims).map((p) => p.name).join(', ')})`);
+if (products.length === 0)
+  throw new Error(
+    `--only ${values.only} names no product (${blockProducts(dims)
+      .map((p) => p.name)
+      .join(', ')})`,
+  );
 for (const p of products) {
   const r = await benchMatMul(p.m, p.n, p.k, p.transposeA, p.transposeB, { batch: p.batch, iterations });
   const shape = `${p.batch} x ${p.m} x ${p.n} x ${p.k}`;
-  console.log(`${p.name.padEnd(16)} ${shape.padStart(24)} ${r.ms.toFixed(3).padStart(9)} ${r.tflops.toFixed(2).padStart(8)} ${r.maxRelError.toExponential(1).padStart(11)} ${r.tile}`);
+  console.log(
+    `${p.name.padEnd(16)} ${shape.padStart(24)} ${r.ms.toFixed(3).padStart(9)} ${r.tflops.toFixed(2).padStart(8)} ${r.maxRelError.toExponential(1).padStart(11)} ${r.tile}`,
+  );
   results.push({ ...p, ...r });
   blockMs += r.ms;
   blockFlops += 2 * p.batch * p.m * p.n * p.k;
@@ -90,5 +101,9 @@ if (only) {
 // Every product above runs once per block in a training step (forward, then backward).
 const stepMatMulMs = blockMs * dims.depth;
 const imagesPerSecBound = (dims.images * 1000) / stepMatMulMs;
-console.log(`one block's forward+backward products: ${(blockFlops / 1e9).toFixed(1)} GFLOP in ${blockMs.toFixed(2)} ms = ${(blockFlops / (blockMs * 1e9)).toFixed(2)} TFLOP/s; ${dims.depth} blocks: ${stepMatMulMs.toFixed(1)} ms per ${dims.images} images, so the products alone allow ${imagesPerSecBound.toFixed(0)} images/s`);
-console.log(JSON.stringify({ adapter: reason, dims, iterations, results, blockMs, blockTflops: blockFlops / (blockMs * 1e9), imagesPerSecBound }));
+console.log(
+  `one block's forward+backward products: ${(blockFlops / 1e9).toFixed(1)} GFLOP in ${blockMs.toFixed(2)} ms = ${(blockFlops / (blockMs * 1e9)).toFixed(2)} TFLOP/s; ${dims.depth} blocks: ${stepMatMulMs.toFixed(1)} ms per ${dims.images} images, so the products alone allow ${imagesPerSecBound.toFixed(0)} images/s`,
+);
+console.log(
+  JSON.stringify({ adapter: reason, dims, iterations, results, blockMs, blockTflops: blockFlops / (blockMs * 1e9), imagesPerSecBound }),
+);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 const { values } = parseArgs({ options: { out: { type: 'string' }, models: { type: 'string', default: '' } } });
-if (!values.out) throw new Error('--out DIR (the check\'s output folder) is required');
+if (!values.out) throw new Error("--out DIR (the check's output folder) is required");
 const out = values.out;
 
 type Json = Record<string, any>;
@@ -15,24 +15,33 @@ type Json = Record<string, any>;
 function jsonLines(file: string): Json[] {
   const path = join(out, file);
   if (!existsSync(path)) return [];
-  return readFileSync(path, 'utf8').split('\n').filter((line) => line.startsWith('{')).flatMap((line) => {
-    try {
-      return [JSON.parse(line) as Json];
-    } catch {
-      return []; // a line cut off by a time limit
-    }
-  });
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .flatMap((line) => {
+      try {
+        return [JSON.parse(line) as Json];
+      } catch {
+        return []; // a line cut off by a time limit
+      }
+    });
 }
 
 const fixed = (x: number | undefined, digits: number) => (x === undefined ? 'not measured' : x.toFixed(digits));
 
 const adapter = jsonLines('adapter.txt').find((j) => 'adapter' in j);
-console.log(`adapter: ${adapter ? `${adapter.adapter}${adapter.software ? ' [software]' : ''}; features: ${adapter.features.join(', ') || 'none'}` : 'not found'}`);
+console.log(
+  `adapter: ${adapter ? `${adapter.adapter}${adapter.software ? ' [software]' : ''}; features: ${adapter.features.join(', ') || 'none'}` : 'not found'}`,
+);
 
 const kernels = jsonLines('kernels.txt').find((j) => 'results' in j);
 if (kernels) {
-  console.log(`our matMul kernels, TFLOP/s (max rel error): ${kernels.results.map((r: Json) => `${r.name} ${r.tflops.toFixed(2)} (${r.maxRelError.toExponential(0)})`).join('; ')}`);
-  console.log(`one block's forward+backward products: ${kernels.blockTflops.toFixed(2)} TFLOP/s, ${kernels.blockMs.toFixed(2)} ms; the products alone allow ${kernels.imagesPerSecBound.toFixed(0)} images/s at batch ${kernels.dims.images}`);
+  console.log(
+    `our matMul kernels, TFLOP/s (max rel error): ${kernels.results.map((r: Json) => `${r.name} ${r.tflops.toFixed(2)} (${r.maxRelError.toExponential(0)})`).join('; ')}`,
+  );
+  console.log(
+    `one block's forward+backward products: ${kernels.blockTflops.toFixed(2)} TFLOP/s, ${kernels.blockMs.toFixed(2)} ms; the products alone allow ${kernels.imagesPerSecBound.toFixed(0)} images/s at batch ${kernels.dims.images}`,
+  );
 } else {
   console.log('our matMul kernels: not measured');
 }
@@ -43,7 +52,9 @@ const torch = (model: string, precision: string) => models.find((j) => j.model =
 const batch = models.find((j) => j.batch !== undefined)?.batch ?? '?';
 const device = models.find((j) => j.device)?.device ?? '?';
 console.log(`forward+backward images/s at batch ${batch} (PyTorch ${models.find((j) => j.torch)?.torch ?? '?'} on ${device}):`);
-console.log(`${'model'.padEnd(24)} ${'vit-dist webgpu'.padStart(15)} ${'torch fp32'.padStart(12)} ${'ratio'.padStart(6)} ${'torch tf32'.padStart(12)} ${'ratio'.padStart(6)} ${'grad download ms'.padStart(16)}`);
+console.log(
+  `${'model'.padEnd(24)} ${'vit-dist webgpu'.padStart(15)} ${'torch fp32'.padStart(12)} ${'ratio'.padStart(6)} ${'torch tf32'.padStart(12)} ${'ratio'.padStart(6)} ${'grad download ms'.padStart(16)}`,
+);
 for (const model of values.models.split(',').filter(Boolean)) {
   const mine = ours(model)?.imagesPerSec as number | undefined;
   const cells = ['fp32', 'tf32'].map((precision) => {
@@ -57,5 +68,7 @@ for (const model of values.models.split(',').filter(Boolean)) {
 const steps = jsonLines('ring-metrics.jsonl').filter((j) => j.kind === 'step');
 if (steps.length === 0) console.log('ring step: not measured');
 for (const s of steps) {
-  console.log(`ring step ${s.step} (${s.workers} workers on one GPU): compute ${fixed(s.computeMs, 1)} ms, copy ${fixed(s.copyMs, 1)} ms, comm ${fixed(s.commMs, 1)} ms, ${fixed(s.imagesPerSec, 1)} images/s, loss ${fixed(s.loss, 4)}`);
+  console.log(
+    `ring step ${s.step} (${s.workers} workers on one GPU): compute ${fixed(s.computeMs, 1)} ms, copy ${fixed(s.copyMs, 1)} ms, comm ${fixed(s.commMs, 1)} ms, ${fixed(s.imagesPerSec, 1)} images/s, loss ${fixed(s.loss, 4)}`,
+  );
 }

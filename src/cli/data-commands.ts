@@ -27,9 +27,13 @@ export interface PackFlags {
 }
 
 function splitList(value: string): PackableSplit[] {
-  const splits = value.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  const splits = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
   const bad = splits.find((s) => !(PACKABLE_SPLITS as readonly string[]).includes(s));
-  if (bad !== undefined || splits.length === 0) throw new InvalidArgumentError(`expected a comma-separated list of ${PACKABLE_SPLITS.join(', ')}, got "${value}"`);
+  if (bad !== undefined || splits.length === 0)
+    throw new InvalidArgumentError(`expected a comma-separated list of ${PACKABLE_SPLITS.join(', ')}, got "${value}"`);
   return [...new Set(splits)] as PackableSplit[];
 }
 
@@ -44,7 +48,8 @@ function describeSummary(summary: PackSummary, seconds: number): string {
 
 export async function runPackCommand(flags: PackFlags): Promise<void> {
   const { data, format, out, size } = flags;
-  if (format === 'packed' && resolve(out) === resolve(data)) throw new InputError('USAGE', `--out ${out} is the packed data set being read: pack into another folder`);
+  if (format === 'packed' && resolve(out) === resolve(data))
+    throw new InputError('USAGE', `--out ${out} is the packed data set being read: pack into another folder`);
   let splits: PackableSplit[];
   if (flags.splits) {
     const missing = flags.splits.find((split) => !storedSplitExists(format, data, split));
@@ -82,7 +87,9 @@ export async function runPackCommand(flags: PackFlags): Promise<void> {
     bytes += summary.bytes;
   }
   const skippedText = skipped > 0 ? `, ${skipped} corrupt skipped` : '';
-  console.log(`packed ${images} images${skippedText}, ${formatBytes(bytes)}, in ${((performance.now() - started) / 1000).toFixed(1)} s to ${out}`);
+  console.log(
+    `packed ${images} images${skippedText}, ${formatBytes(bytes)}, in ${((performance.now() - started) / 1000).toFixed(1)} s to ${out}`,
+  );
 }
 
 export function registerDataCommands(program: Command): void {
@@ -92,7 +99,12 @@ export function registerDataCommands(program: Command): void {
     .requiredOption('--data <dir>', 'the data set to pack')
     .addOption(new Option('--format <format>', 'format of --data').choices(DATA_FORMATS).makeOptionMandatory())
     .requiredOption('--out <dir>', 'folder for the shards and their index (an earlier pack of the same splits there is replaced)')
-    .option('--size <px>', 'shorter side of the stored images: larger images are downscaled to it (aspect kept), smaller ones stored as they are', positiveInt, DEFAULT_PACK_SIZE)
+    .option(
+      '--size <px>',
+      'shorter side of the stored images: larger images are downscaled to it (aspect kept), smaller ones stored as they are',
+      positiveInt,
+      DEFAULT_PACK_SIZE,
+    )
     .option('--splits <list>', `comma-separated splits to pack (default: each of ${PACKABLE_SPLITS.join(', ')} that --data has)`, splitList)
     .option('--shard-mib <n>', 'start a new shard file before one would exceed this many MiB', positiveInt, DEFAULT_SHARD_BYTES / MIB)
     .option('--skip-corrupt', 'skip corrupt or unreadable images (each logged and counted) instead of failing')

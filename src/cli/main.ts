@@ -9,12 +9,21 @@ import { registerSoupCommands } from './soup-commands.ts';
 import { registerSweepCommand } from './sweep.ts';
 import { DEFAULT_PREDICT_BATCH, runExportCommand, runPredictCommand } from './weights-commands.ts';
 import {
-  addRunOptions, nonNegativeInt, port, positiveInt, positiveNumber, DEFAULT_COORDINATOR_PORT, BACKENDS, DEFAULT_DATA_THREADS, DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_RECONNECT_TIMEOUT_S, TOKEN_ENV,
+  addRunOptions,
+  nonNegativeInt,
+  port,
+  positiveInt,
+  positiveNumber,
+  DEFAULT_COORDINATOR_PORT,
+  BACKENDS,
+  DEFAULT_DATA_THREADS,
+  DEFAULT_HEARTBEAT_TIMEOUT_S,
+  DEFAULT_RECONNECT_TIMEOUT_S,
+  TOKEN_ENV,
 } from './options.ts';
 import { listRecipes, loadRecipe } from '../train/recipe.ts';
 import { listModels } from '../model/registry.ts';
 import { quietTensorflowByDefault } from '../model/tensorflow-env.ts';
-
 
 quietTensorflowByDefault();
 
@@ -39,16 +48,38 @@ program
   .requiredOption('--coordinator <url>', 'the coordinator, e.g. ws://host:29500')
   .option('--gpu <k>', 'GPU index: sets CUDA_VISIBLE_DEVICES=K before TensorFlow.js loads', nonNegativeInt)
   .addOption(new Option('--backend <name>', 'compute backend').choices(BACKENDS).default('auto'))
-  .option('--threads <n>', "TensorFlow's intra-op threads (TF_NUM_INTRAOP_THREADS; default: TensorFlow's, all cores); WebAssembly always runs one", positiveInt)
+  .option(
+    '--threads <n>',
+    "TensorFlow's intra-op threads (TF_NUM_INTRAOP_THREADS; default: TensorFlow's, all cores); WebAssembly always runs one",
+    positiveInt,
+  )
   .option('--token <token>', `shared secret (default: $${TOKEN_ENV})`)
   .option('--ca <file>', 'PEM certificate authority to trust for a wss:// coordinator (e.g. its self-signed certificate)')
   .option('--ring-host <address>', 'address the ring server binds to', '127.0.0.1')
   .option('--ring-port <port>', 'port the ring server binds to (default: a free one)', port, 0)
-  .option('--advertise <host[:port]>', 'address ring neighbours use to reach this worker (default: --ring-host and the bound port); a port here is for NAT or a proxy in front of --ring-port')
+  .option(
+    '--advertise <host[:port]>',
+    'address ring neighbours use to reach this worker (default: --ring-host and the bound port); a port here is for NAT or a proxy in front of --ring-port',
+  )
   .option('--data <dir>', "dataset directory on this host (overrides the recipe's data.path)")
-  .option('--data-threads <n>', 'threads that decode and augment images ahead of the model (0: on the main thread)', nonNegativeInt, DEFAULT_DATA_THREADS)
-  .option('--reconnect-timeout <seconds>', 'how long to keep trying to reach a lost coordinator', positiveNumber, DEFAULT_RECONNECT_TIMEOUT_S)
-  .option('--heartbeat-timeout <seconds>', 'without a ping from the coordinator for this long, reconnect', positiveNumber, DEFAULT_HEARTBEAT_TIMEOUT_S)
+  .option(
+    '--data-threads <n>',
+    'threads that decode and augment images ahead of the model (0: on the main thread)',
+    nonNegativeInt,
+    DEFAULT_DATA_THREADS,
+  )
+  .option(
+    '--reconnect-timeout <seconds>',
+    'how long to keep trying to reach a lost coordinator',
+    positiveNumber,
+    DEFAULT_RECONNECT_TIMEOUT_S,
+  )
+  .option(
+    '--heartbeat-timeout <seconds>',
+    'without a ping from the coordinator for this long, reconnect',
+    positiveNumber,
+    DEFAULT_HEARTBEAT_TIMEOUT_S,
+  )
   .option('--health-port <port>', 'serve GET /healthz on this port (200 while connected to the coordinator)', port)
   .option('--log-dir <dir>', 'write JSON logs to DIR/NAME.log instead of stderr')
   .option('--log-name <name>', 'log file name', 'worker')
@@ -60,7 +91,12 @@ addRunOptions(
     .command('launch')
     .description('run a local cluster: the coordinator and --workers worker processes')
     .requiredOption('--workers <n>', 'number of local worker processes', positiveInt)
-    .option('--data-threads <n>', "each worker's threads that decode and augment images (0: on its main thread)", nonNegativeInt, DEFAULT_DATA_THREADS)
+    .option(
+      '--data-threads <n>',
+      "each worker's threads that decode and augment images (0: on its main thread)",
+      nonNegativeInt,
+      DEFAULT_DATA_THREADS,
+    )
     .addOption(new Option('--backend <name>', 'compute backend of the workers').choices(BACKENDS).default('auto'))
     .option('--threads <n>', "each worker's TensorFlow intra-op threads (default: the cores divided among the workers)", positiveInt),
 ).action(runLaunchCommand);
@@ -76,10 +112,19 @@ program
 program
   .command('predict')
   .description('run a model on images and write its logits as a float32 .npy array [n, classes]')
-  .option('--model <name>', 'model name (see `vit-dist models`; default: the one the weights\' metadata names, as `vit-dist export` writes it)')
+  .option(
+    '--model <name>',
+    "model name (see `vit-dist models`; default: the one the weights' metadata names, as `vit-dist export` writes it)",
+  )
   .requiredOption('--weights <file>', 'a .safetensors file with timm tensor names (e.g. from `vit-dist export`)')
-  .requiredOption('--input <path>', 'an idx file, a folder of images (jpg/png/webp, taken in file-name order) or a .npy float32 array [n, height, width, channels] used as it is')
-  .option('--pipeline <ops>', "evaluation transforms for an idx file or a folder (default: the evaluation pipeline the weights' metadata records, else normalize(fashion-mnist) for idx; timm's resize_short_center_crop(SIZE,0.875)|normalize(imagenet) for RGB models, resize(SIZE,SIZE)|normalize(fashion-mnist) for one-channel ones)")
+  .requiredOption(
+    '--input <path>',
+    'an idx file, a folder of images (jpg/png/webp, taken in file-name order) or a .npy float32 array [n, height, width, channels] used as it is',
+  )
+  .option(
+    '--pipeline <ops>',
+    "evaluation transforms for an idx file or a folder (default: the evaluation pipeline the weights' metadata records, else normalize(fashion-mnist) for idx; timm's resize_short_center_crop(SIZE,0.875)|normalize(imagenet) for RGB models, resize(SIZE,SIZE)|normalize(fashion-mnist) for one-channel ones)",
+  )
   .requiredOption('--out <file>', 'the .npy file to write')
   .addOption(new Option('--backend <name>', 'compute backend').choices(BACKENDS).default('auto'))
   .option('--batch <n>', 'images per forward pass', positiveInt, DEFAULT_PREDICT_BATCH)
@@ -96,7 +141,10 @@ program
   .command('models')
   .description('list the model variants with parameter counts and FLOPs per image')
   .action(() => {
-    for (const m of listModels()) console.log(`${m.name.padEnd(28)} ${(m.numParams / 1e6).toFixed(2).padStart(8)}M params ${(m.flopsPerImage / 1e9).toFixed(3).padStart(9)} GFLOPs`);
+    for (const m of listModels())
+      console.log(
+        `${m.name.padEnd(28)} ${(m.numParams / 1e6).toFixed(2).padStart(8)}M params ${(m.flopsPerImage / 1e9).toFixed(3).padStart(9)} GFLOPs`,
+      );
   });
 
 program
@@ -112,7 +160,10 @@ program
     const { benchAllreduce } = await import('../comm/bench-allreduce.ts');
     const result = await benchAllreduce({ workers: opts.workers, floats: opts.floats, iterations: opts.iterations });
     if (opts.json) console.log(JSON.stringify(result));
-    else console.log(`workers ${result.workers}, ${result.floats} floats: ${result.msPerAllreduce.toFixed(1)} ms per all-reduce (median), bus ${result.busGBps.toFixed(3)} GB/s`);
+    else
+      console.log(
+        `workers ${result.workers}, ${result.floats} floats: ${result.msPerAllreduce.toFixed(1)} ms per all-reduce (median), bus ${result.busGBps.toFixed(3)} GB/s`,
+      );
   });
 
 registerDataCommands(program);

@@ -66,7 +66,11 @@ export function addRunOptions(command: Command): Command {
   return command
     .option('--recipe <name>', 'recipe name (see `vit-dist recipes`) or path to a recipe JSON file', DEFAULT_RECIPE)
     .option('--data <dir>', "dataset directory (overrides the recipe's data.path)")
-    .option('--holdout <fraction>', 'hold this fraction of the training set out (never trained on), e.g. 0.01 or 1% (sets data.holdout)', fraction)
+    .option(
+      '--holdout <fraction>',
+      'hold this fraction of the training set out (never trained on), e.g. 0.01 or 1% (sets data.holdout)',
+      fraction,
+    )
     .option('--skip-corrupt', 'skip (log and count) corrupt images instead of failing (sets data.skipCorrupt)')
     .option('--out <dir>', 'run directory for metrics, logs and checkpoints (default: runs/RECIPE-TIMESTAMP)')
     .option('--steps <n>', 'train for this many optimizer steps (overrides --epochs)', positiveInt)
@@ -75,16 +79,36 @@ export function addRunOptions(command: Command): Command {
     .option('--micro-batch <m>', 'images per forward/backward pass on a worker (gradient accumulation)', positiveInt)
     .option('--seed <s>', 'run seed (initialization and sampling)', nonNegativeInt)
     .option('--checkpoint-every <k>', 'write a checkpoint every K steps (and at the end)', positiveInt)
-    .addOption(new Option('--distillation <mode>', "DeiT distillation of a distilled model's second head from --teacher (sets distillation.mode; none trains it on the labels)").choices(['none', 'soft', 'hard']))
-    .option('--teacher <path>', 'the distillation teacher: a run directory or checkpoint file of vit-dist, or a .safetensors file from `vit-dist export` (sets distillation.teacher)')
+    .addOption(
+      new Option(
+        '--distillation <mode>',
+        "DeiT distillation of a distilled model's second head from --teacher (sets distillation.mode; none trains it on the labels)",
+      ).choices(['none', 'soft', 'hard']),
+    )
+    .option(
+      '--teacher <path>',
+      'the distillation teacher: a run directory or checkpoint file of vit-dist, or a .safetensors file from `vit-dist export` (sets distillation.teacher)',
+    )
     .option('--set <key=value>', 'override any recipe value by its dotted key (repeatable), e.g. --set optimizer.lr=0.002', keyValue, {})
     .option('--resume <dir>', 'continue from the newest checkpoint in this run directory (or from this checkpoint file)')
-    .option('--init <file>', 'start from these weights (.safetensors with timm names, e.g. from `vit-dist export` or timm/DeiT) at step 0 with a fresh optimizer; a head of another class count is freshly initialized (fine-tuning); a checkpoint to resume from takes precedence')
+    .option(
+      '--init <file>',
+      'start from these weights (.safetensors with timm names, e.g. from `vit-dist export` or timm/DeiT) at step 0 with a fresh optimizer; a head of another class count is freshly initialized (fine-tuning); a checkpoint to resume from takes precedence',
+    )
     .option('--token <token>', `shared secret every worker and ring peer must prove (default: $${TOKEN_ENV})`)
     .option('--join-timeout <seconds>', 'how long to wait for all workers to join', positiveNumber, DEFAULT_JOIN_TIMEOUT_S)
     .option('--step-timeout <seconds>', 'how long to wait for every worker to finish a step', positiveNumber, DEFAULT_STEP_TIMEOUT_S)
-    .option('--min-workers <m>', 'after a failure, carry on with at least this many workers (default: --workers); the global batch stays the same', positiveInt)
-    .option('--rejoin-timeout <seconds>', 'after a failure, how long to wait for replacement workers', positiveNumber, DEFAULT_REJOIN_TIMEOUT_S)
+    .option(
+      '--min-workers <m>',
+      'after a failure, carry on with at least this many workers (default: --workers); the global batch stays the same',
+      positiveInt,
+    )
+    .option(
+      '--rejoin-timeout <seconds>',
+      'after a failure, how long to wait for replacement workers',
+      positiveNumber,
+      DEFAULT_REJOIN_TIMEOUT_S,
+    )
     .option('--heartbeat-timeout <seconds>', 'a worker silent for this long counts as lost', positiveNumber, DEFAULT_HEARTBEAT_TIMEOUT_S)
     .option('--max-restarts <n>', 'worker failures to recover from before giving up', nonNegativeInt, DEFAULT_MAX_RESTARTS)
     .option('--log-level <level>', 'debug, info, warn or error', 'info');
@@ -147,7 +171,9 @@ export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null, work
   else if (flags.globalBatch !== undefined && flags.globalBatch < base.microBatch) {
     const share = Math.ceil(flags.globalBatch / workers);
     overrides.microBatch = share;
-    console.log(`--global-batch ${flags.globalBatch} is below the recipe's micro-batch ${base.microBatch}: micro-batch ${share}, each of ${workers} worker${workers === 1 ? "'s" : "s'"} share`);
+    console.log(
+      `--global-batch ${flags.globalBatch} is below the recipe's micro-batch ${base.microBatch}: micro-batch ${share}, each of ${workers} worker${workers === 1 ? "'s" : "s'"} share`,
+    );
   }
   if (flags.seed !== undefined) overrides.seed = flags.seed;
   if (flags.checkpointEvery !== undefined) overrides.checkpointEvery = flags.checkpointEvery;

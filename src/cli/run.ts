@@ -44,7 +44,8 @@ interface LaunchFlags extends RunFlags {
  * asked for with TF_CPP_MIN_LOG_LEVEL=0. Only TF_ENABLE_ONEDNN_OPTS=0 silences it at the source,
  * and that changes TensorFlow's kernels.
  */
-const TENSORFLOW_INFO_LINE = /^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR|I\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\] .*)$/;
+const TENSORFLOW_INFO_LINE =
+  /^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR|I\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\] .*)$/;
 
 function forwardWorkerStderr(child: ChildProcess): void {
   createInterface({ input: child.stderr!, crlfDelay: Infinity }).on('line', (line) => {
@@ -56,7 +57,10 @@ function forwardWorkerStderr(child: ChildProcess): void {
 function threadsPerWorker(flags: LaunchFlags): { threads: number; why: string } {
   const cores = availableParallelism();
   if (flags.threads !== undefined) return { threads: flags.threads, why: `--threads, on ${cores} cores` };
-  return { threads: Math.max(1, Math.floor(cores / flags.workers)), why: `${cores} cores shared among ${flags.workers} workers; --threads overrides` };
+  return {
+    threads: Math.max(1, Math.floor(cores / flags.workers)),
+    why: `${cores} cores shared among ${flags.workers} workers; --threads overrides`,
+  };
 }
 
 /** The checkpoint to continue from: --resume, or the newest one already in --out (a restarted coordinator). */
@@ -73,11 +77,20 @@ function findResume(flags: RunFlags): string | null {
 function readInitialParams(path: string, recipe: Recipe): Float32Array {
   const model = createModel(createModelConfig(recipe.model, recipe.modelArgs));
   try {
-    const { params, replaced, posEmbedResampled: resampled } = importTimmState(model.params, readSafetensors(path).tensors, { allowHeadMismatch: true, init: initialParams(model, recipe) });
-    for (const r of replaced) console.log(`--init: ${r.name} is [${r.fileShape.join(', ')}] in ${path}, the model's is [${r.modelShape.join(', ')}]: freshly initialized`);
+    const {
+      params,
+      replaced,
+      posEmbedResampled: resampled,
+    } = importTimmState(model.params, readSafetensors(path).tensors, { allowHeadMismatch: true, init: initialParams(model, recipe) });
+    for (const r of replaced)
+      console.log(
+        `--init: ${r.name} is [${r.fileShape.join(', ')}] in ${path}, the model's is [${r.modelShape.join(', ')}]: freshly initialized`,
+      );
     if (resampled) {
       const { fileShape, modelShape, fromGrid, toGrid } = resampled;
-      console.log(`--init: pos_embed is [${fileShape.join(', ')}] in ${path}, the model's is [${modelShape.join(', ')}]: its ${fromGrid.join('x')} patch grid resampled bicubically to ${toGrid.join('x')}, the prefix tokens kept`);
+      console.log(
+        `--init: pos_embed is [${fileShape.join(', ')}] in ${path}, the model's is [${modelShape.join(', ')}]: its ${fromGrid.join('x')} patch grid resampled bicubically to ${toGrid.join('x')}, the prefix tokens kept`,
+      );
     }
     return params;
   } catch (err) {
@@ -86,12 +99,20 @@ function readInitialParams(path: string, recipe: Recipe): Float32Array {
 }
 
 /** A configured coordinator, and `release` to drop its SIGTERM handler once the run is over (a sweep runs many in one process). */
-function prepareRun(flags: RunFlags & { workers: number }, host: string, port: number, generateToken: boolean, tls: Coordinator['tls'] = null): { coordinator: Coordinator; release: () => void } {
+function prepareRun(
+  flags: RunFlags & { workers: number },
+  host: string,
+  port: number,
+  generateToken: boolean,
+  tls: Coordinator['tls'] = null,
+): { coordinator: Coordinator; release: () => void } {
   const resumePath = findResume(flags);
   const resume: LoadedCheckpoint | null = resumePath ? readCheckpoint(resumePath) : null;
   const recipe = resolveRecipe(flags, resume ? validateRecipe(resume.meta.recipe, `the recipe in ${resumePath}`) : null, flags.workers);
   // Resuming a run directory continues writing into it.
-  const outDir = flags.out ?? (flags.resume && existsSync(flags.resume) && statSync(flags.resume).isDirectory() ? flags.resume : defaultOutDir(recipe.name));
+  const outDir =
+    flags.out ??
+    (flags.resume && existsSync(flags.resume) && statSync(flags.resume).isDirectory() ? flags.resume : defaultOutDir(recipe.name));
   if (resume) console.log(`resuming from ${resumePath} (step ${resume.meta.step})${flags.init ? `; --init ${flags.init} is ignored` : ''}`);
   const initialParams = flags.init && !resume ? readInitialParams(flags.init, recipe) : null;
   if (initialParams) console.log(`starting from the weights in ${flags.init}`);
@@ -128,7 +149,8 @@ function prepareRun(flags: RunFlags & { workers: number }, host: string, port: n
 function printSummary(summary: RunSummary, outDir: string): void {
   const accuracy = summary.testAccuracy === null ? 'not evaluated' : `${(summary.testAccuracy * 100).toFixed(2)}%`;
   const restarts = summary.restarts > 0 ? `, ${summary.restarts} restart${summary.restarts === 1 ? '' : 's'}` : '';
-  if (summary.stopped) console.log(`stopped at step ${summary.steps} of ${summary.totalSteps}${restarts}; continue with --resume ${outDir}`);
+  if (summary.stopped)
+    console.log(`stopped at step ${summary.steps} of ${summary.totalSteps}${restarts}; continue with --resume ${outDir}`);
   else console.log(`done: ${summary.steps} steps${restarts}, final test accuracy ${accuracy}, parameter digest ${summary.paramDigest}`);
   console.log(`run directory: ${outDir} (metrics.jsonl, checkpoints/, logs/)`);
 }
@@ -137,7 +159,9 @@ export async function runCoordinatorCommand(flags: CoordinatorFlags): Promise<vo
   const { coordinator, release } = prepareRun(flags, flags.host, flags.port, false, tlsFiles(flags));
   try {
     const address = await coordinator.listen();
-    console.log(`coordinator listening on ${coordinator.tls ? 'wss' : 'ws'}://${address.address}:${address.port}, waiting for ${flags.workers} workers (run dir ${coordinator.outDir})`);
+    console.log(
+      `coordinator listening on ${coordinator.tls ? 'wss' : 'ws'}://${address.address}:${address.port}, waiting for ${flags.workers} workers (run dir ${coordinator.outDir})`,
+    );
     printSummary(await coordinator.run(), coordinator.outDir);
   } finally {
     release();
@@ -150,7 +174,8 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   const url = `ws://127.0.0.1:${address.port}`;
   const logDir = join(coordinator.outDir, 'logs');
   const { threads, why } = threadsPerWorker(flags);
-  const engineThreads = flags.backend === 'wasm' || flags.backend === 'cpu' ? '' : ` x ${threads} TensorFlow thread${threads === 1 ? '' : 's'} each (${why})`;
+  const engineThreads =
+    flags.backend === 'wasm' || flags.backend === 'cpu' ? '' : ` x ${threads} TensorFlow thread${threads === 1 ? '' : 's'} each (${why})`;
   console.log(`launching ${flags.workers} local workers${engineThreads} against ${url} (run dir ${coordinator.outDir})`);
   const showTensorflowInfo = process.env.TF_CPP_MIN_LOG_LEVEL === '0';
   const children = new Map<number, ChildProcess>();
@@ -160,18 +185,45 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   const gaveUp = new Promise<never>((_, reject) => (giveUp = reject));
 
   const spawnWorker = (slot: number): void => {
-    const child = spawn(process.execPath, [BIN, 'worker', '--coordinator', url, '--backend', flags.backend, '--threads', String(threads), '--heartbeat-timeout', String(flags.heartbeatTimeout), '--data-threads', String(flags.dataThreads), '--log-dir', logDir, '--log-name', `worker-${slot}`, '--log-level', flags.logLevel], {
-      // The token goes through the environment, not argv, so `ps` does not show it.
-      env: { ...process.env, [TOKEN_ENV]: coordinator.token },
-      stdio: ['ignore', 'inherit', showTensorflowInfo ? 'inherit' : 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [
+        BIN,
+        'worker',
+        '--coordinator',
+        url,
+        '--backend',
+        flags.backend,
+        '--threads',
+        String(threads),
+        '--heartbeat-timeout',
+        String(flags.heartbeatTimeout),
+        '--data-threads',
+        String(flags.dataThreads),
+        '--log-dir',
+        logDir,
+        '--log-name',
+        `worker-${slot}`,
+        '--log-level',
+        flags.logLevel,
+      ],
+      {
+        // The token goes through the environment, not argv, so `ps` does not show it.
+        env: { ...process.env, [TOKEN_ENV]: coordinator.token },
+        stdio: ['ignore', 'inherit', showTensorflowInfo ? 'inherit' : 'pipe'],
+      },
+    );
     if (!showTensorflowInfo) forwardWorkerStderr(child);
     children.set(slot, child);
     child.on('exit', (code, signal) => {
       if (finished || (code === 0 && !signal)) return;
       const how = signal ?? `code ${code}`;
       if (respawns >= flags.maxRestarts) {
-        giveUp(new Error(`local worker ${slot} (pid ${child.pid}) exited with ${how}, and --max-restarts ${flags.maxRestarts} restarts are used up; see ${join(logDir, `worker-${slot}.log`)}`));
+        giveUp(
+          new Error(
+            `local worker ${slot} (pid ${child.pid}) exited with ${how}, and --max-restarts ${flags.maxRestarts} restarts are used up; see ${join(logDir, `worker-${slot}.log`)}`,
+          ),
+        );
         return;
       }
       respawns += 1;
@@ -197,7 +249,13 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
 function waitForExit(child: ChildProcess, graceMs: number): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
-    const timer = setTimeout(() => { child.kill('SIGKILL'); resolve(); }, graceMs);
-    child.once('exit', () => { clearTimeout(timer); resolve(); });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      resolve();
+    }, graceMs);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
   });
 }

@@ -56,7 +56,8 @@ export function parseGrid(specs: readonly string[]): GridAxis[] {
     const recipeKey = GRID_ALIASES[key] ?? key;
     const values = spec.slice(at + 1).split(',');
     for (const value of values) {
-      if (!VALUE_PATTERN.test(value)) throw new InputError('USAGE', `--grid ${spec}: value "${value}" cannot name a run directory (letters, digits and . _ + - only)`);
+      if (!VALUE_PATTERN.test(value))
+        throw new InputError('USAGE', `--grid ${spec}: value "${value}" cannot name a run directory (letters, digits and . _ + - only)`);
     }
     if (new Set(values).size !== values.length) throw new InputError('USAGE', `--grid ${spec}: a value is repeated`);
     const clash = axes.find((a) => a.recipeKey === recipeKey);
@@ -70,7 +71,9 @@ export function parseGrid(specs: readonly string[]): GridAxis[] {
 export function expandGrid(axes: readonly GridAxis[]): GridPoint[] {
   let points: { pairs: string[]; overrides: Record<string, string> }[] = [{ pairs: [], overrides: {} }];
   for (const axis of axes) {
-    points = points.flatMap((p) => axis.values.map((value) => ({ pairs: [...p.pairs, `${axis.key}=${value}`], overrides: { ...p.overrides, [axis.recipeKey]: value } })));
+    points = points.flatMap((p) =>
+      axis.values.map((value) => ({ pairs: [...p.pairs, `${axis.key}=${value}`], overrides: { ...p.overrides, [axis.recipeKey]: value } })),
+    );
   }
   return points.map((p) => ({ name: p.pairs.join(','), overrides: p.overrides }));
 }
@@ -88,18 +91,25 @@ const trainSplitSize: TrainSize = (recipe) => splitSize(recipe.data, 'train');
  * Unfinished: a checkpoint to resume from. Missing: none (a run that died before its first
  * checkpoint starts again).
  */
-export async function runStatus(dir: string, trainSize: TrainSize = trainSplitSize): Promise<{ status: RunStatus; step: number; totalSteps: number | null }> {
+export async function runStatus(
+  dir: string,
+  trainSize: TrainSize = trainSplitSize,
+): Promise<{ status: RunStatus; step: number; totalSteps: number | null }> {
   const latest = latestCheckpoint(dir);
   if (!latest) return { status: 'missing', step: 0, totalSteps: null };
   const { meta } = readCheckpoint(latest);
   const recipe = validateRecipe(meta.recipe, `the recipe in ${latest}`);
-  const total = recipe.steps ?? totalSteps(recipe, new EpochSampler(await trainSize(recipe), recipe.globalBatch, recipe.seed, recipe.data.repeats).stepsPerEpoch);
+  const total =
+    recipe.steps ??
+    totalSteps(recipe, new EpochSampler(await trainSize(recipe), recipe.globalBatch, recipe.seed, recipe.data.repeats).stepsPerEpoch);
   if (meta.step < total) return { status: 'unfinished', step: meta.step, totalSteps: total };
   const records = new MetricsLog(join(dir, 'metrics.jsonl')).read();
   const lastStep = records.filter((r): r is StepRecord => r.kind === 'step').at(-1);
   const finalEval = records.some((r): r is EvalRecord => r.kind === 'eval' && r.step === total);
   if (lastStep?.step !== total || lastStep.paramDigest !== meta.paramDigest || !finalEval) {
-    throw new Error(`${dir}: the checkpoint ${latest} is at the run's last step (${total}), but metrics.jsonl does not record the end of the run (last step ${lastStep?.step ?? 'none'}, digest ${lastStep?.paramDigest ?? 'none'} against ${meta.paramDigest}, final evaluation ${finalEval ? 'present' : 'missing'}): inspect the run, or move it away to train it again`);
+    throw new Error(
+      `${dir}: the checkpoint ${latest} is at the run's last step (${total}), but metrics.jsonl does not record the end of the run (last step ${lastStep?.step ?? 'none'}, digest ${lastStep?.paramDigest ?? 'none'} against ${meta.paramDigest}, final evaluation ${finalEval ? 'present' : 'missing'}): inspect the run, or move it away to train it again`,
+    );
   }
   return { status: 'finished', step: meta.step, totalSteps: total };
 }
@@ -143,7 +153,10 @@ function checkRecipes(flags: SweepFlags, axes: readonly GridAxis[], points: read
     for (const axis of axes) {
       const wanted = valueAt(applyOverrides(base, { [axis.recipeKey]: point.overrides[axis.recipeKey]! }), axis.recipeKey);
       if (valueAt(recipe, axis.recipeKey) !== wanted) {
-        throw new InputError('USAGE', `--grid ${axis.key}: run ${point.name} would not get ${axis.recipeKey} = ${point.overrides[axis.recipeKey]} (another flag sets ${axis.recipeKey}; drop it)`);
+        throw new InputError(
+          'USAGE',
+          `--grid ${axis.key}: run ${point.name} would not get ${axis.recipeKey} = ${point.overrides[axis.recipeKey]} (another flag sets ${axis.recipeKey}; drop it)`,
+        );
       }
     }
   }
@@ -154,10 +167,19 @@ function checkRecipes(flags: SweepFlags, axes: readonly GridAxis[], points: read
  * stop). Throws at the first run that fails; returns early, its record saying so, at the first
  * run that stopped before its end.
  */
-export async function runSweep(flags: SweepFlags, launch: Launch = runLaunchCommand, trainSize: TrainSize = trainSplitSize): Promise<SweepRecord> {
+export async function runSweep(
+  flags: SweepFlags,
+  launch: Launch = runLaunchCommand,
+  trainSize: TrainSize = trainSplitSize,
+): Promise<SweepRecord> {
   const out = flags.out;
-  if (out === undefined) throw new InputError('USAGE', '--out DIR is required: the sweep\'s folder, where each run gets its own directory and a rerun continues');
-  if (flags.resume !== undefined) throw new InputError('USAGE', '--resume does not apply to a sweep: run the same sweep command again and each run continues from its own checkpoints');
+  if (out === undefined)
+    throw new InputError('USAGE', "--out DIR is required: the sweep's folder, where each run gets its own directory and a rerun continues");
+  if (flags.resume !== undefined)
+    throw new InputError(
+      'USAGE',
+      '--resume does not apply to a sweep: run the same sweep command again and each run continues from its own checkpoints',
+    );
   const axes = parseGrid(flags.grid ?? []);
   const points = expandGrid(axes);
   for (const key of Object.keys(flags.set)) {
@@ -174,7 +196,9 @@ export async function runSweep(flags: SweepFlags, launch: Launch = runLaunchComm
   const save = (): void => writeJsonAtomic(join(out, SWEEP_FILE), record);
   mkdirSync(out, { recursive: true });
   save();
-  console.log(`sweep of ${points.length} run${points.length === 1 ? '' : 's'} in ${out}: ${['finished', 'unfinished', 'missing'].map((s) => `${record.runs.filter((r) => r.status === s).length} ${s}`).join(', ')}`);
+  console.log(
+    `sweep of ${points.length} run${points.length === 1 ? '' : 's'} in ${out}: ${['finished', 'unfinished', 'missing'].map((s) => `${record.runs.filter((r) => r.status === s).length} ${s}`).join(', ')}`,
+  );
 
   for (const [i, run] of record.runs.entries()) {
     const what = `run ${i + 1}/${record.runs.length} ${run.name}`;
@@ -196,7 +220,9 @@ export async function runSweep(flags: SweepFlags, launch: Launch = runLaunchComm
     save();
     if (after.status !== 'finished') {
       // launch returns before the end only when asked to stop (SIGTERM): an orderly stop, as launch's own.
-      console.log(`${what} stopped at step ${run.step} of ${run.totalSteps ?? '?'} on request; the sweep stops here: run the same command again to continue`);
+      console.log(
+        `${what} stopped at step ${run.step} of ${run.totalSteps ?? '?'} on request; the sweep stops here: run the same command again to continue`,
+      );
       return record;
     }
   }
@@ -213,10 +239,23 @@ export function registerSweepCommand(program: Command): void {
   addRunOptions(
     program
       .command('sweep')
-      .description(`fine-tune once per combination of the --grid values, one run after another on a local cluster; --out DIR (required) is the sweep's folder: one run directory per combination, named from its values (e.g. lr=0.001,seed=0), and ${SWEEP_FILE}; rerun the same command to continue an interrupted sweep`)
-      .option('--grid <key=values>', `a recipe key (as --set takes it, or an alias: ${Object.entries(GRID_ALIASES).map(([a, k]) => `${a} = ${k}`).join(', ')}) and its comma-separated values; repeatable, the runs are every combination`, collect)
+      .description(
+        `fine-tune once per combination of the --grid values, one run after another on a local cluster; --out DIR (required) is the sweep's folder: one run directory per combination, named from its values (e.g. lr=0.001,seed=0), and ${SWEEP_FILE}; rerun the same command to continue an interrupted sweep`,
+      )
+      .option(
+        '--grid <key=values>',
+        `a recipe key (as --set takes it, or an alias: ${Object.entries(GRID_ALIASES)
+          .map(([a, k]) => `${a} = ${k}`)
+          .join(', ')}) and its comma-separated values; repeatable, the runs are every combination`,
+        collect,
+      )
       .option('--workers <n>', 'local worker processes per run', positiveInt, 1)
-      .option('--data-threads <n>', "each worker's threads that decode and augment images (0: on its main thread)", nonNegativeInt, DEFAULT_DATA_THREADS)
+      .option(
+        '--data-threads <n>',
+        "each worker's threads that decode and augment images (0: on its main thread)",
+        nonNegativeInt,
+        DEFAULT_DATA_THREADS,
+      )
       .addOption(new Option('--backend <name>', 'compute backend of the workers').choices(BACKENDS).default('auto')),
   ).action(async (flags: SweepFlags) => {
     await runSweep(flags);

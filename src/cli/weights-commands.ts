@@ -14,7 +14,15 @@ import type { BackendChoice } from '../model/backend.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { readSafetensors, writeSafetensors } from '../model/safetensors.ts';
 import { createModel, modelParamSpecs, type ModelConfig } from '../model/model.ts';
-import { META_MODEL, dataFromMetadata, exportTimmState, exportedData, importTimmState, modelArgsFromMetadata, weightsMetadata } from '../model/weights.ts';
+import {
+  META_MODEL,
+  dataFromMetadata,
+  exportTimmState,
+  exportedData,
+  importTimmState,
+  modelArgsFromMetadata,
+  weightsMetadata,
+} from '../model/weights.ts';
 import { validateRecipe } from '../train/recipe.ts';
 import { InputError } from '../common/errors.ts';
 
@@ -46,22 +54,30 @@ export function readNpyFloat32(path: string): NpyArray {
   const fail = (problem: string): never => {
     throw new Error(`${path}: ${problem}`);
   };
-  if (bytes.length < NPY_MAGIC.length + 4 || !bytes.subarray(0, NPY_MAGIC.length).equals(NPY_MAGIC)) fail('not a .npy file (bad magic bytes)');
+  if (bytes.length < NPY_MAGIC.length + 4 || !bytes.subarray(0, NPY_MAGIC.length).equals(NPY_MAGIC))
+    fail('not a .npy file (bad magic bytes)');
   const major = bytes[NPY_MAGIC.length]!;
   const lengthAt = NPY_MAGIC.length + 2;
-  const [headerLength, headerStart] = major === 1 ? [bytes.readUInt16LE(lengthAt), lengthAt + 2] : [bytes.readUInt32LE(lengthAt), lengthAt + 4];
+  const [headerLength, headerStart] =
+    major === 1 ? [bytes.readUInt16LE(lengthAt), lengthAt + 2] : [bytes.readUInt32LE(lengthAt), lengthAt + 4];
   if (headerStart + headerLength > bytes.length) fail('truncated .npy header');
   const header = bytes.subarray(headerStart, headerStart + headerLength).toString('latin1');
   const descr = /'descr':\s*'([^']*)'/.exec(header)?.[1];
   const fortran = /'fortran_order':\s*(True|False)/.exec(header)?.[1];
   const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header)?.[1];
-  if (descr === undefined || fortran === undefined || shapeText === undefined) fail(`unreadable .npy header ${JSON.stringify(header.trim())}`);
+  if (descr === undefined || fortran === undefined || shapeText === undefined)
+    fail(`unreadable .npy header ${JSON.stringify(header.trim())}`);
   if (descr !== NPY_FLOAT32) fail(`dtype '${descr}' is not supported: expected little-endian float32 ('${NPY_FLOAT32}')`);
   if (fortran === 'True') fail('Fortran-ordered arrays are not supported (save a C-contiguous array)');
-  const shape = shapeText!.split(',').map((s) => s.trim()).filter((s) => s !== '').map(Number);
+  const shape = shapeText!
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '')
+    .map(Number);
   const count = shape.reduce((a, b) => a * b, 1);
   const dataStart = headerStart + headerLength;
-  if (bytes.length - dataStart !== 4 * count) fail(`shape (${shape.join(', ')}) needs ${4 * count} bytes of data, the file holds ${bytes.length - dataStart}`);
+  if (bytes.length - dataStart !== 4 * count)
+    fail(`shape (${shape.join(', ')}) needs ${4 * count} bytes of data, the file holds ${bytes.length - dataStart}`);
   const data = new Float32Array(count);
   for (let i = 0; i < count; i++) data[i] = bytes.readFloatLE(dataStart + 4 * i);
   return { shape, data };
@@ -103,11 +119,18 @@ export function runExportCommand(flags: ExportFlags): void {
   const path = resolveCheckpoint(flags.checkpoint);
   const { meta, state } = readCheckpoint(path);
   const recipe = validateRecipe(meta.recipe, `the recipe in ${path}`);
-  if (flags.useEma && !state.ema) throw new InputError('USAGE', `--use-ema: checkpoint ${path} holds no EMA of the weights (its recipe keeps none)`);
+  if (flags.useEma && !state.ema)
+    throw new InputError('USAGE', `--use-ema: checkpoint ${path} holds no EMA of the weights (its recipe keeps none)`);
   const params = flags.useEma ? state.ema! : state.params;
   const config = createModelConfig(recipe.model, recipe.modelArgs);
-  writeSafetensors(flags.out, exportTimmState(modelParamSpecs(config), params), weightsMetadata(recipe.model, recipe.modelArgs, exportedData(recipe.data, config.numClasses), { step: String(meta.step) }));
-  console.log(`exported ${flags.useEma ? 'the EMA weights' : 'the weights'} of ${recipe.model} at step ${meta.step} (${path}) to ${flags.out}`);
+  writeSafetensors(
+    flags.out,
+    exportTimmState(modelParamSpecs(config), params),
+    weightsMetadata(recipe.model, recipe.modelArgs, exportedData(recipe.data, config.numClasses), { step: String(meta.step) }),
+  );
+  console.log(
+    `exported ${flags.useEma ? 'the EMA weights' : 'the weights'} of ${recipe.model} at step ${meta.step} (${path}) to ${flags.out}`,
+  );
 }
 
 export interface PredictFlags {
@@ -135,24 +158,37 @@ function predictConfig(model: string, metadata: Record<string, string>, weightsP
  * NHWC float32 images for the model: a .npy array as it is; an idx file or a folder of images
  * (sorted by file name; RGB, or gray for a one-channel model) through an evaluation pipeline.
  */
-async function readImages(path: string, config: ModelConfig, pipelineText: string | undefined): Promise<{ images: Float32Array; n: number; names: string[] | null }> {
+async function readImages(
+  path: string,
+  config: ModelConfig,
+  pipelineText: string | undefined,
+): Promise<{ images: Float32Array; n: number; names: string[] | null }> {
   if (!existsSync(path)) throw new InputError('USAGE', `--input ${path}: no such file or directory`);
   const { imageSize, inChannels } = config;
   const expected = [imageSize, imageSize, inChannels];
-  const wrongShape = (shape: number[]) => new Error(`--input ${path} has shape [${shape.join(', ')}], the model takes [n, ${expected.join(', ')}]`);
+  const wrongShape = (shape: number[]) =>
+    new Error(`--input ${path} has shape [${shape.join(', ')}], the model takes [n, ${expected.join(', ')}]`);
   if (path.endsWith('.npy')) {
     const { shape, data } = readNpyFloat32(path);
     if (shape.length !== 4 || shape.slice(1).some((d, i) => d !== expected[i])) throw wrongShape(shape);
     return { images: data, n: shape[0]!, names: null };
   }
   const folder = statSync(path).isDirectory();
-  const names = folder ? readdirSync(path).filter((f) => IMAGE_EXTENSIONS.has(extname(f).toLowerCase())).sort() : null;
+  const names = folder
+    ? readdirSync(path)
+        .filter((f) => IMAGE_EXTENSIONS.has(extname(f).toLowerCase()))
+        .sort()
+    : null;
   if (names?.length === 0) throw new InputError('USAGE', `--input ${path}: no ${[...IMAGE_EXTENSIONS].join('/')} files in the folder`);
   const stored = names ? null : readIdx(path);
   // Rank 3 is [n, height, width] of one channel, as MNIST and Fashion-MNIST are stored.
   const storedShape = stored && (stored.shape.length === 3 ? [...stored.shape, 1] : stored.shape);
   if (storedShape && (storedShape.length !== 4 || storedShape[3] !== inChannels)) throw wrongShape(storedShape);
-  const text = pipelineText ?? (names ? (inChannels === 1 ? DEFAULT_PREDICT_PIPELINES.gray : DEFAULT_PREDICT_PIPELINES.rgb)(imageSize) : DEFAULT_PREDICT_PIPELINES.idx());
+  const text =
+    pipelineText ??
+    (names
+      ? (inChannels === 1 ? DEFAULT_PREDICT_PIPELINES.gray : DEFAULT_PREDICT_PIPELINES.rgb)(imageSize)
+      : DEFAULT_PREDICT_PIPELINES.idx());
   const pipeline = parsePipeline(text, { channels: inChannels });
   const n = names ? names.length : storedShape![0]!;
   const sampleSize = imageSize * imageSize * inChannels;
@@ -160,7 +196,10 @@ async function readImages(path: string, config: ModelConfig, pipelineText: strin
   for (let i = 0; i < n; i++) {
     const image = names ? await folderImage(join(path, names[i]!), inChannels) : idxImage(stored!.data, storedShape!, i);
     const shape = pipeline.outputShape(image.height, image.width);
-    if (shape.height !== imageSize || shape.width !== imageSize) throw new Error(`--pipeline "${text}" makes ${shape.height}x${shape.width} images of ${names?.[i] ?? path}, the model takes ${imageSize}x${imageSize}`);
+    if (shape.height !== imageSize || shape.width !== imageSize)
+      throw new Error(
+        `--pipeline "${text}" makes ${shape.height}x${shape.width} images of ${names?.[i] ?? path}, the model takes ${imageSize}x${imageSize}`,
+      );
     // Evaluation pipelines draw nothing; a fixed generator keeps a random op (if asked for) reproducible.
     pipeline.apply(image, new Mulberry32(i), images, i * sampleSize);
   }
@@ -181,7 +220,11 @@ async function folderImage(file: string, channels: number): Promise<RawImage> {
 export async function runPredictCommand(flags: PredictFlags): Promise<void> {
   const { tensors, metadata } = readSafetensors(flags.weights);
   const modelName = flags.model ?? metadata[META_MODEL];
-  if (modelName === undefined) throw new InputError('USAGE', `--weights ${flags.weights}: its metadata names no model (vit-dist export writes "${META_MODEL}"): pass --model`);
+  if (modelName === undefined)
+    throw new InputError(
+      'USAGE',
+      `--weights ${flags.weights}: its metadata names no model (vit-dist export writes "${META_MODEL}"): pass --model`,
+    );
   const model = createModel(predictConfig(modelName, metadata, flags.weights));
   const { params } = importTimmState(model.params, tensors, { allowHeadMismatch: false });
   // The weights' own evaluation pipeline applies when they were exported from this very model.
@@ -202,5 +245,7 @@ export async function runPredictCommand(flags: PredictFlags): Promise<void> {
   writeNpyFloat32(flags.out, [n, numClasses], logits);
   // Row i of the logits is the i-th file in name order; the list beside them says which.
   if (names) writeFileSync(`${flags.out}.files.txt`, names.map((name) => `${name}\n`).join(''));
-  console.log(`wrote logits [${n}, ${numClasses}] of ${modelName} on ${flags.input} to ${flags.out}${names ? ` (rows in the order of ${flags.out}.files.txt)` : ''}`);
+  console.log(
+    `wrote logits [${n}, ${numClasses}] of ${modelName} on ${flags.input} to ${flags.out}${names ? ` (rows in the order of ${flags.out}.files.txt)` : ''}`,
+  );
 }

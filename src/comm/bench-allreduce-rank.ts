@@ -18,7 +18,10 @@ export interface RankJob {
 }
 
 export type ParentMessage = ({ type: 'start' } & RankJob) | { type: 'peers'; peers: PeerAddress[] };
-export type ChildMessage = { type: 'address'; address: PeerAddress } | { type: 'result'; millis: number[] } | { type: 'error'; message: string };
+export type ChildMessage =
+  | { type: 'address'; address: PeerAddress }
+  | { type: 'result'; millis: number[] }
+  | { type: 'error'; message: string };
 
 /** Integer-valued test data: every partial sum is exact in float32, so the check is exact. */
 export function benchValue(rank: number, index: number): number {
@@ -49,7 +52,13 @@ function verify(result: Float32Array, job: RankJob): void {
 }
 
 async function runRank(job: RankJob): Promise<number[]> {
-  const peer = await RingPeer.listen({ rank: job.rank, worldSize: job.workers, token: job.token, generation: job.generation, chunkBytes: job.chunkBytes });
+  const peer = await RingPeer.listen({
+    rank: job.rank,
+    worldSize: job.workers,
+    token: job.token,
+    generation: job.generation,
+    chunkBytes: job.chunkBytes,
+  });
   try {
     const peersMessage = nextMessage('peers');
     send({ type: 'address', address: peer.address });

@@ -56,7 +56,15 @@ export async function benchAllreduce(opts: BenchAllreduceOptions): Promise<Bench
   const floats = positiveInteger('floats', opts.floats);
   const iterations = positiveInteger('iterations', opts.iterations ?? DEFAULT_ITERATIONS);
   const warmup = opts.warmup ?? DEFAULT_WARMUP;
-  const base = { workers, floats, iterations, warmup, chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES, token: randomBytes(16).toString('hex'), generation: 1 };
+  const base = {
+    workers,
+    floats,
+    iterations,
+    warmup,
+    chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES,
+    token: randomBytes(16).toString('hex'),
+    generation: 1,
+  };
   // Children load TypeScript through the same tsx this process was started with.
   const execArgv = ['--import', import.meta.resolve('tsx')];
   const children: ChildProcess[] = [];
@@ -77,7 +85,8 @@ export async function benchAllreduce(opts: BenchAllreduceOptions): Promise<Bench
         child.on('message', (message: ChildMessage) => {
           if (message.type === 'address') {
             addresses[rank] = message.address;
-            if (++addressCount === workers) for (const each of children) each.send({ type: 'peers', peers: addresses } satisfies ParentMessage);
+            if (++addressCount === workers)
+              for (const each of children) each.send({ type: 'peers', peers: addresses } satisfies ParentMessage);
           } else if (message.type === 'result') {
             results[rank] = message.millis;
             if (++resultCount === workers) {
@@ -89,7 +98,8 @@ export async function benchAllreduce(opts: BenchAllreduceOptions): Promise<Bench
           }
         });
         child.on('exit', (code, signal) => {
-          if (results[rank] === undefined) fail(new Error(`benchmark rank ${rank} exited (code ${code}, signal ${signal}) before reporting`));
+          if (results[rank] === undefined)
+            fail(new Error(`benchmark rank ${rank} exited (code ${code}, signal ${signal}) before reporting`));
         });
         child.send({ type: 'start', rank, ...base } satisfies ParentMessage & RankJob);
       }

@@ -79,10 +79,28 @@ export type CoordinatorMessage =
   | { type: 'challenge'; protocol: number; runId: string; nonce: Uint8Array }
   | { type: 'welcome'; workerId: number; waitingFor: number }
   /** `init`: the parameters to start from at step 0 instead of the seed's (--init); null when resuming or starting fresh. */
-  | { type: 'assign'; rank: number; worldSize: number; generation: number; recipe: unknown; startStep: number; resume: ResumeState | null; init: Float32Array | null }
+  | {
+      type: 'assign';
+      rank: number;
+      worldSize: number;
+      generation: number;
+      recipe: unknown;
+      startStep: number;
+      resume: ResumeState | null;
+      init: Float32Array | null;
+    }
   | { type: 'ringPeers'; generation: number; peers: Address[] }
   /** The rank's samples: data-set indices, their repeat numbers (null: none), the slice's offset in the global batch, and the epoch. */
-  | { type: 'step'; generation: number; step: number; lr: number; indices: Uint32Array; repeats: Uint8Array | null; offset: number; epoch: number }
+  | {
+      type: 'step';
+      generation: number;
+      step: number;
+      lr: number;
+      indices: Uint32Array;
+      repeats: Uint8Array | null;
+      offset: number;
+      epoch: number;
+    }
   | { type: 'eval'; generation: number; step: number; start: number; end: number }
   | { type: 'snapshot'; generation: number; step: number }
   /** Abandon the generation: drop the step in flight and the ring, wait for a new `assign`. */

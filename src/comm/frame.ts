@@ -151,6 +151,9 @@ export function expectFrame(actual: FrameHeader, expected: FrameHeader): void {
     actual.offset === expected.offset &&
     actual.count === expected.count;
   if (!same) {
-    throw new RecoverableError('RING_UNEXPECTED_FRAME', `unexpected frame: got ${describeFrame(actual)}, expected ${describeFrame(expected)}`);
+    throw new RecoverableError(
+      'RING_UNEXPECTED_FRAME',
+      `unexpected frame: got ${describeFrame(actual)}, expected ${describeFrame(expected)}`,
+    );
   }
 }

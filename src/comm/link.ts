@@ -127,7 +127,8 @@ export abstract class LinkEnd implements MessageSink {
       timeoutMs: heartbeatTimeoutMs,
       // Written past any queued data frames: it goes between whole frames either way.
       ping: () => this.sendMessage(Opcode.Ping, EMPTY),
-      onSilence: () => this.fail(new LinkError('RING_HEARTBEAT', `no heartbeat from ${peerName} for ${seconds(heartbeatTimeoutMs)}`, CloseCode.GoingAway)),
+      onSilence: () =>
+        this.fail(new LinkError('RING_HEARTBEAT', `no heartbeat from ${peerName} for ${seconds(heartbeatTimeoutMs)}`, CloseCode.GoingAway)),
       notReading: () => this.pausedWithData(),
     });
   }
@@ -171,8 +172,18 @@ export abstract class LinkEnd implements MessageSink {
 
   /** A socket error or close fails the link; the close code is the peer's, if it sent one. */
   protected watchSocket(): void {
-    this.socket.on('error', (err) => this.fail(new LinkError('RING_SOCKET', `socket error: ${err.message}`, CloseCode.ProtocolError, { cause: err })));
-    this.socket.on('close', () => this.fail(new LinkError('RING_CLOSED', `connection closed ${closeDescription(this.remoteClose)}`, this.remoteClose?.code ?? CloseCode.InternalError)));
+    this.socket.on('error', (err) =>
+      this.fail(new LinkError('RING_SOCKET', `socket error: ${err.message}`, CloseCode.ProtocolError, { cause: err })),
+    );
+    this.socket.on('close', () =>
+      this.fail(
+        new LinkError(
+          'RING_CLOSED',
+          `connection closed ${closeDescription(this.remoteClose)}`,
+          this.remoteClose?.code ?? CloseCode.InternalError,
+        ),
+      ),
+    );
   }
 
   protected sendMessage(opcode: number, payload: Buffer): void {
@@ -193,7 +204,11 @@ export abstract class LinkEnd implements MessageSink {
     } else if (opcode === Opcode.Text && !this.authenticated) {
       this.authMessage(parseJson(payload));
     } else if (opcode !== Opcode.Pong) {
-      throw new LinkError('RING_UNEXPECTED_MESSAGE', `unexpected text message from ${this.peerName} after authentication`, CloseCode.PolicyViolation);
+      throw new LinkError(
+        'RING_UNEXPECTED_MESSAGE',
+        `unexpected text message from ${this.peerName} after authentication`,
+        CloseCode.PolicyViolation,
+      );
     }
   }
 

@@ -7,10 +7,30 @@
  */
 import net from 'node:net';
 import { makeNonce, proveToken, verifyProof } from './auth.ts';
-import { authError, helloContext, hexField, type LinkConfig, LinkEnd, MAX_AUTH_MESSAGE_BYTES, predecessorOf, RING_PATH, RING_PROTOCOL_VERSION, welcomeContext } from './link.ts';
+import {
+  authError,
+  helloContext,
+  hexField,
+  type LinkConfig,
+  LinkEnd,
+  MAX_AUTH_MESSAGE_BYTES,
+  predecessorOf,
+  RING_PATH,
+  RING_PROTOCOL_VERSION,
+  welcomeContext,
+} from './link.ts';
 import type { DataSink } from './receiver.ts';
 import { WASM_INPUT_BYTES, wasmInput } from './simd-add.ts';
-import { checkHandshakeResponse, clientHandshakeRequest, CloseCode, FrameParser, LinkError, makeHandshakeKey, MAX_HANDSHAKE_BYTES, Opcode } from './websocket.ts';
+import {
+  checkHandshakeResponse,
+  clientHandshakeRequest,
+  CloseCode,
+  FrameParser,
+  LinkError,
+  makeHandshakeKey,
+  MAX_HANDSHAKE_BYTES,
+  Opcode,
+} from './websocket.ts';
 
 /** Size of the reused read buffer of a RecvLink without SIMD: the same as with it. */
 const RECV_BUFFER_BYTES = WASM_INPUT_BYTES;
@@ -38,7 +58,11 @@ export class RecvLink extends LinkEnd {
     heartbeatTimeoutMs: number,
   ) {
     super(true, `predecessor rank ${predecessorOf(config.rank, config.worldSize)}`, heartbeatTimeoutMs);
-    this.parser = new FrameParser({ expectMasked: false, maxTextBytes: MAX_AUTH_MESSAGE_BYTES, maxBinaryBytes: maxDataFrameBytes }, this, dataSink);
+    this.parser = new FrameParser(
+      { expectMasked: false, maxTextBytes: MAX_AUTH_MESSAGE_BYTES, maxBinaryBytes: maxDataFrameBytes },
+      this,
+      dataSink,
+    );
   }
 
   /**
@@ -74,8 +98,9 @@ export class RecvLink extends LinkEnd {
   }
 
   private open(address: { host: string; port: number }, dataSink: DataSink, receiveBuffer: Buffer, deadline: number): Promise<void> {
-    const authenticated = this.untilAuthenticated(Math.max(0, deadline - Date.now()), () =>
-      new LinkError('RING_CONNECT_TIMEOUT', `timed out connecting to ${this.peerName} at ${address.host}:${address.port}`),
+    const authenticated = this.untilAuthenticated(
+      Math.max(0, deadline - Date.now()),
+      () => new LinkError('RING_CONNECT_TIMEOUT', `timed out connecting to ${this.peerName} at ${address.host}:${address.port}`),
     );
     this.socket = net.connect({
       host: address.host,
@@ -164,7 +189,10 @@ export class RecvLink extends LinkEnd {
     const predecessor = predecessorOf(config.rank, config.worldSize);
     if (message.type === 'challenge') {
       if (message.protocol !== RING_PROTOCOL_VERSION) {
-        throw authError(`predecessor speaks protocol version ${String(message.protocol)}, not ${RING_PROTOCOL_VERSION}`, CloseCode.VersionMismatch);
+        throw authError(
+          `predecessor speaks protocol version ${String(message.protocol)}, not ${RING_PROTOCOL_VERSION}`,
+          CloseCode.VersionMismatch,
+        );
       }
       let proof: Buffer;
       try {

@@ -146,7 +146,8 @@ export class RingPeer extends EventEmitter {
     const { rank, worldSize, generation } = opts;
     if (!Number.isInteger(worldSize) || worldSize < 1) throw badArgument(`worldSize must be a positive integer, got ${worldSize}`);
     if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw badArgument(`rank must be in [0, ${worldSize}), got ${rank}`);
-    if (!Number.isInteger(generation) || generation < 0 || generation > MAX_U32) throw badArgument(`generation must be a u32, got ${generation}`);
+    if (!Number.isInteger(generation) || generation < 0 || generation > MAX_U32)
+      throw badArgument(`generation must be a u32, got ${generation}`);
     if (!opts.token) throw badArgument('ring token is empty');
     const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
     if (!Number.isInteger(chunkBytes) || chunkBytes < MIN_CHUNK_BYTES || chunkBytes > MAX_CHUNK_BYTES || chunkBytes % 8 !== 0) {
@@ -188,7 +189,9 @@ export class RingPeer extends EventEmitter {
       server.once('error', reject);
       server.listen(this.listenAddress.port, this.listenAddress.host, () => {
         server.off('error', reject);
-        server.on('error', (err) => this.fail(new RecoverableError('RING_SERVER', `rank ${this.rank}: ring server error: ${err.message}`, { cause: err })));
+        server.on('error', (err) =>
+          this.fail(new RecoverableError('RING_SERVER', `rank ${this.rank}: ring server error: ${err.message}`, { cause: err })),
+        );
         const bound = server.address() as net.AddressInfo;
         this.listenAddress = { host: this.listenAddress.host, port: bound.port };
         resolve();
@@ -238,7 +241,11 @@ export class RingPeer extends EventEmitter {
         this.log.info({ rank: this.rank, predecessor }, 'connected to predecessor');
       },
       (err: Error) => {
-        throw new RecoverableError('RING_CONNECT', `rank ${this.rank}: could not connect to predecessor rank ${predecessor} at ${address.host}:${address.port}: ${err.message}`, { cause: err });
+        throw new RecoverableError(
+          'RING_CONNECT',
+          `rank ${this.rank}: could not connect to predecessor rank ${predecessor} at ${address.host}:${address.port}: ${err.message}`,
+          { cause: err },
+        );
       },
     );
     await Promise.all([dial, this.waitForSuccessor()]);
@@ -256,7 +263,13 @@ export class RingPeer extends EventEmitter {
         else resolve();
       };
       const timer = setTimeout(
-        () => settle(new RecoverableError('RING_CONNECT_TIMEOUT', `rank ${this.rank}: timed out after ${this.connectTimeoutMs} ms waiting for successor rank ${successor} to connect`)),
+        () =>
+          settle(
+            new RecoverableError(
+              'RING_CONNECT_TIMEOUT',
+              `rank ${this.rank}: timed out after ${this.connectTimeoutMs} ms waiting for successor rank ${successor} to connect`,
+            ),
+          ),
         this.connectTimeoutMs,
       );
       this.successorArrived = () => settle();
@@ -267,7 +280,13 @@ export class RingPeer extends EventEmitter {
   async reduceScatter(buf: Float32Array, step: number): Promise<void> {
     if (this.worldSize === 1) return;
     const { rank, worldSize } = this;
-    await this.runGradientPhase(Phase.ReduceScatter, buf, step, (rank + worldSize - 1) % worldSize, (hop) => (rank - hop - 2 + 2 * worldSize) % worldSize);
+    await this.runGradientPhase(
+      Phase.ReduceScatter,
+      buf,
+      step,
+      (rank + worldSize - 1) % worldSize,
+      (hop) => (rank - hop - 2 + 2 * worldSize) % worldSize,
+    );
   }
 
   async allGather(buf: Float32Array, step: number): Promise<void> {
@@ -295,7 +314,14 @@ export class RingPeer extends EventEmitter {
     const gathered = new Float64Array(worldSize * length);
     gathered.set(values, rank * length);
     if (length > 0) {
-      const frameOf = (origin: number): FrameHeader => ({ phase: Phase.ScalarAllReduce, generation: this.config.generation, step, chunk: 0, offset: origin * length, count: length });
+      const frameOf = (origin: number): FrameHeader => ({
+        phase: Phase.ScalarAllReduce,
+        generation: this.config.generation,
+        step,
+        chunk: 0,
+        offset: origin * length,
+        count: length,
+      });
       const frames: FrameHeader[] = [];
       for (let hop = 0; hop < worldSize - 1; hop++) frames.push(frameOf((rank - hop - 1 + worldSize) % worldSize));
       // One frame per hop: all but the last hop's are forwarded.
@@ -309,7 +335,13 @@ export class RingPeer extends EventEmitter {
     return sum;
   }
 
-  private runGradientPhase(phase: Phase, buf: Float32Array, step: number, firstShard: number, shardAtHop: (hop: number) => number): Promise<void> {
+  private runGradientPhase(
+    phase: Phase,
+    buf: Float32Array,
+    step: number,
+    firstShard: number,
+    shardAtHop: (hop: number) => number,
+  ): Promise<void> {
     if (buf.length > MAX_U32) throw badArgument(`buffer of ${buf.length} elements exceeds the u32 offsets of the wire format`);
     const { worldSize } = this;
     const chunkElements = this.chunkBytes / elementBytes(phase);
@@ -343,14 +375,20 @@ export class RingPeer extends EventEmitter {
       return Promise.reject(err);
     }
     if (this.op) return Promise.reject(new FatalError('RING_BUSY', `rank ${this.rank}: a collective is already in progress`));
-    if (!this.sendLink || !this.recvLink) return Promise.reject(new FatalError('RING_NOT_CONNECTED', `rank ${this.rank}: connect() has not completed`));
+    if (!this.sendLink || !this.recvLink)
+      return Promise.reject(new FatalError('RING_NOT_CONNECTED', `rank ${this.rank}: connect() has not completed`));
     const successor = successorOf(this.rank, this.worldSize);
     return new Promise<void>((resolve, reject) => {
       const collective: Collective = new Collective(
         plan,
         this.sendLink!,
         () => this.finishIfDone(collective),
-        (err) => this.fail(new RecoverableError('RING_SEND', `rank ${this.rank}: sending to successor rank ${successor} failed: ${err.message}`, { cause: err })),
+        (err) =>
+          this.fail(
+            new RecoverableError('RING_SEND', `rank ${this.rank}: sending to successor rank ${successor} failed: ${err.message}`, {
+              cause: err,
+            }),
+          ),
       );
       this.op = { collective, resolve, reject };
       // Sends are queued before any receive is processed: on every link the hop-0 frames precede

@@ -7,7 +7,18 @@ import type { IncomingMessage } from 'node:http';
 import type net from 'node:net';
 import { makeNonce, proveToken, verifyProof } from './auth.ts';
 import { encodeFrameHeader, FRAME_HEADER_BYTES, type FrameHeader } from './frame.ts';
-import { authError, helloContext, hexField, type LinkConfig, LinkEnd, MAX_AUTH_MESSAGE_BYTES, RING_PATH, RING_PROTOCOL_VERSION, successorOf, welcomeContext } from './link.ts';
+import {
+  authError,
+  helloContext,
+  hexField,
+  type LinkConfig,
+  LinkEnd,
+  MAX_AUTH_MESSAGE_BYTES,
+  RING_PATH,
+  RING_PROTOCOL_VERSION,
+  successorOf,
+  welcomeContext,
+} from './link.ts';
 import { CloseCode, FrameParser, LinkError, Opcode, serverHandshakeResponse, writeFrameHeader } from './websocket.ts';
 
 /** Longest WebSocket + data frame header prepended to a payload. */
@@ -50,7 +61,14 @@ export class SendLink extends LinkEnd {
    * when the client is refused or the handshake does not finish within `timeoutMs`. Afterwards
    * the link fails when the successor stays silent for `heartbeatTimeoutMs`.
    */
-  static async accept(request: IncomingMessage, socket: net.Socket, head: Buffer, config: LinkConfig, timeoutMs: number, heartbeatTimeoutMs: number): Promise<SendLink> {
+  static async accept(
+    request: IncomingMessage,
+    socket: net.Socket,
+    head: Buffer,
+    config: LinkConfig,
+    timeoutMs: number,
+    heartbeatTimeoutMs: number,
+  ): Promise<SendLink> {
     const key = request.headers['sec-websocket-key'];
     const valid =
       request.method === 'GET' &&
@@ -69,7 +87,10 @@ export class SendLink extends LinkEnd {
     link.watchSocket();
     socket.on('data', (data: Buffer) => link.receive(data));
     socket.on('drain', () => link.flushQueue());
-    link.sendMessage(Opcode.Text, Buffer.from(JSON.stringify({ type: 'challenge', protocol: RING_PROTOCOL_VERSION, nonce: link.nonce.toString('hex') })));
+    link.sendMessage(
+      Opcode.Text,
+      Buffer.from(JSON.stringify({ type: 'challenge', protocol: RING_PROTOCOL_VERSION, nonce: link.nonce.toString('hex') })),
+    );
     if (head.length > 0) link.receive(head);
     await authenticated;
     return link;
@@ -102,7 +123,10 @@ export class SendLink extends LinkEnd {
       throw authError(`protocol version ${String(hello.protocol)} is not ${RING_PROTOCOL_VERSION}`, CloseCode.VersionMismatch);
     }
     if (hello.generation !== config.generation) {
-      throw authError(`generation ${String(hello.generation)} does not match this ring's generation ${config.generation}`, CloseCode.GenerationMismatch);
+      throw authError(
+        `generation ${String(hello.generation)} does not match this ring's generation ${config.generation}`,
+        CloseCode.GenerationMismatch,
+      );
     }
     if (hello.worldSize !== config.worldSize || hello.chunkBytes !== config.chunkBytes) {
       throw authError(
@@ -111,7 +135,10 @@ export class SendLink extends LinkEnd {
       );
     }
     if (hello.rank !== successor) {
-      throw authError(`rank ${String(hello.rank)} is not the successor of rank ${config.rank} (expected rank ${successor})`, CloseCode.UnexpectedPeer);
+      throw authError(
+        `rank ${String(hello.rank)} is not the successor of rank ${config.rank} (expected rank ${successor})`,
+        CloseCode.UnexpectedPeer,
+      );
     }
     const proof = hexField(hello, 'proof');
     if (!verifyProof(config.token, this.nonce, helloContext(config.generation, successor, config.rank), proof)) {

@@ -31,24 +31,83 @@ function simdAddModule(): Uint8Array<ArrayBuffer> {
   const I32 = 0x7f;
   const [DST, SRC, N, END] = [0, 1, 2, 3];
   const body = [
-    0x01, 0x01, I32, //                 one local: end (i32)
-    0x20, DST, 0x20, N, 0x41, 2, 0x74, 0x6a, 0x21, END, // end = dst + (n << 2)
-    0x02, 0x40, //                      block
-    0x20, DST, 0x20, END, 0x4f, 0x0d, 0, // if dst >= end: break
-    0x03, 0x40, //                      loop
-    0x20, DST, //                       (address for the store)
-    0x20, DST, 0xfd, 0x00, 0x00, 0x00, // v128.load [dst] (align 1: any alignment)
-    0x20, SRC, 0xfd, 0x00, 0x00, 0x00, // v128.load [src]
-    0xfd, 0xe4, 0x01, //                f32x4.add
-    0xfd, 0x0b, 0x00, 0x00, //          v128.store [dst]
-    0x20, SRC, 0x41, 16, 0x6a, 0x21, SRC, // src += 16
-    0x20, DST, 0x41, 16, 0x6a, 0x22, DST, // dst += 16
-    0x20, END, 0x49, 0x0d, 0, //        continue while dst < end
-    0x0b, 0x0b, //                      end loop, end block
+    0x01,
+    0x01,
+    I32, //                 one local: end (i32)
+    0x20,
+    DST,
+    0x20,
+    N,
+    0x41,
+    2,
+    0x74,
+    0x6a,
+    0x21,
+    END, // end = dst + (n << 2)
+    0x02,
+    0x40, //                      block
+    0x20,
+    DST,
+    0x20,
+    END,
+    0x4f,
+    0x0d,
+    0, // if dst >= end: break
+    0x03,
+    0x40, //                      loop
+    0x20,
+    DST, //                       (address for the store)
+    0x20,
+    DST,
+    0xfd,
+    0x00,
+    0x00,
+    0x00, // v128.load [dst] (align 1: any alignment)
+    0x20,
+    SRC,
+    0xfd,
+    0x00,
+    0x00,
+    0x00, // v128.load [src]
+    0xfd,
+    0xe4,
+    0x01, //                f32x4.add
+    0xfd,
+    0x0b,
+    0x00,
+    0x00, //          v128.store [dst]
+    0x20,
+    SRC,
+    0x41,
+    16,
+    0x6a,
+    0x21,
+    SRC, // src += 16
+    0x20,
+    DST,
+    0x41,
+    16,
+    0x6a,
+    0x22,
+    DST, // dst += 16
+    0x20,
+    END,
+    0x49,
+    0x0d,
+    0, //        continue while dst < end
+    0x0b,
+    0x0b, //                      end loop, end block
     0x0b, //                            end function
   ];
   return new Uint8Array([
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+    0x00,
+    0x61,
+    0x73,
+    0x6d,
+    0x01,
+    0x00,
+    0x00,
+    0x00, // magic, version 1
     ...section(1, [1, 0x60, 3, I32, I32, I32, 0]), // type: (i32 i32 i32) -> ()
     ...section(2, [1, ...name('env'), ...name('memory'), 0x02, 0x00, MEMORY_PAGES]), // import memory
     ...section(3, [1, 0]), // one function of type 0

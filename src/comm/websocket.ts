@@ -70,7 +70,9 @@ export function makeHandshakeKey(): string {
 
 /** Sec-WebSocket-Accept for a Sec-WebSocket-Key. */
 export function handshakeAccept(key: string): string {
-  return createHash('sha1').update(key + HANDSHAKE_GUID).digest('base64');
+  return createHash('sha1')
+    .update(key + HANDSHAKE_GUID)
+    .digest('base64');
 }
 
 export function clientHandshakeRequest(host: string, port: number, path: string, key: string): string {
@@ -170,7 +172,13 @@ export function encodeClosePayload(code: number, reason: string): Buffer {
   let reasonBytes = Buffer.from(reason, 'utf8');
   if (reasonBytes.length > MAX_CLOSE_REASON_BYTES) {
     // Cut on a character boundary so the peer can still decode the reason as UTF-8.
-    reasonBytes = Buffer.from(reasonBytes.subarray(0, MAX_CLOSE_REASON_BYTES).toString('utf8').replace(/\uFFFD+$/, ''), 'utf8');
+    reasonBytes = Buffer.from(
+      reasonBytes
+        .subarray(0, MAX_CLOSE_REASON_BYTES)
+        .toString('utf8')
+        .replace(/\uFFFD+$/, ''),
+      'utf8',
+    );
   }
   const payload = Buffer.allocUnsafe(2 + reasonBytes.length);
   payload.writeUInt16BE(code, 0);

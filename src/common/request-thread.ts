@@ -48,7 +48,11 @@ export class RequestThread<Request extends object, Reply extends object, Ready> 
 }
 
 /** Starts `count` threads and waits until all are ready; on a failure closes them all and rejects naming `what`. */
-export async function startThreads<T extends { readonly ready: Promise<unknown>; close(): Promise<void> }>(count: number, start: () => T, what: string): Promise<T[]> {
+export async function startThreads<T extends { readonly ready: Promise<unknown>; close(): Promise<void> }>(
+  count: number,
+  start: () => T,
+  what: string,
+): Promise<T[]> {
   const threads = Array.from({ length: count }, start);
   try {
     await Promise.all(threads.map((t) => t.ready));

@@ -12,8 +12,13 @@ import { join } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { makeNonce, verifyProof } from '../comm/auth.ts';
 import {
-  CLOSE_CODES, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_MESSAGE_BYTES, controlProofContext,
-  decodeWorkerMessage, encodeMessage, type WorkerMessage,
+  CLOSE_CODES,
+  CONTROL_PROTOCOL_VERSION,
+  MAX_CONTROL_MESSAGE_BYTES,
+  controlProofContext,
+  decodeWorkerMessage,
+  encodeMessage,
+  type WorkerMessage,
 } from '../comm/control.ts';
 import type { Recipe } from '../train/recipe.ts';
 import { FatalError, VitDistError } from '../common/errors.ts';
@@ -103,7 +108,9 @@ export class Coordinator {
       res.end(JSON.stringify(this.health()));
     };
     const { tls } = this.options;
-    const http = tls ? createTlsServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) }, respond) : createServer(respond);
+    const http = tls
+      ? createTlsServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) }, respond)
+      : createServer(respond);
     this.http = http;
     this.wss = new WebSocketServer({ server: http, maxPayload: MAX_CONTROL_MESSAGE_BYTES, perMessageDeflate: false });
     this.wss.on('connection', (socket) => this.admit(socket));
@@ -117,7 +124,14 @@ export class Coordinator {
   }
 
   private health(): object {
-    return { status: this.phase === 'failed' ? 'failed' : 'ok', phase: this.phase, runId: this.runId, workers: this.links.length, restarts: this.context.restarts, lastCheckpointStep: this.context.lastCheckpoint?.meta.step ?? null };
+    return {
+      status: this.phase === 'failed' ? 'failed' : 'ok',
+      phase: this.phase,
+      runId: this.runId,
+      workers: this.links.length,
+      restarts: this.context.restarts,
+      lastCheckpointStep: this.context.lastCheckpoint?.meta.step ?? null,
+    };
   }
 
   /** Asks the run to stop at the next step boundary, after a checkpoint (SIGTERM). */
@@ -146,14 +160,23 @@ export class Coordinator {
       if (hello.type !== 'hello') return refuse(CLOSE_CODES.badMessage, `expected 'hello', got '${hello.type}'`, {});
       const who = { host: hello.host, pid: hello.pid };
       if (hello.protocol !== CONTROL_PROTOCOL_VERSION) {
-        return refuse(CLOSE_CODES.badProtocol, `protocol version ${hello.protocol} is not supported; the coordinator speaks version ${CONTROL_PROTOCOL_VERSION}`, who);
+        return refuse(
+          CLOSE_CODES.badProtocol,
+          `protocol version ${hello.protocol} is not supported; the coordinator speaks version ${CONTROL_PROTOCOL_VERSION}`,
+          who,
+        );
       }
       if (!(hello.proof instanceof Uint8Array) || !verifyProof(token, nonce, controlProofContext(this.runId), hello.proof)) {
         return refuse(CLOSE_CODES.badToken, 'wrong token', who);
       }
       if (this.links.length >= workers) return refuse(CLOSE_CODES.runFull, `the run already has its ${workers} workers`, who);
       if (this.phase === 'done' || this.phase === 'failed') return refuse(CLOSE_CODES.runComplete, `the run is ${this.phase}`, who);
-      const link = new WorkerLink(socket, this.nextWorkerId++, { host: hello.host, pid: hello.pid, backend: hello.backend }, heartbeatTimeoutMs);
+      const link = new WorkerLink(
+        socket,
+        this.nextWorkerId++,
+        { host: hello.host, pid: hello.pid, backend: hello.backend },
+        heartbeatTimeoutMs,
+      );
       this.links.push(link);
       link.onClose = () => {
         this.links = this.links.filter((l) => l !== link);
@@ -178,14 +201,20 @@ export class Coordinator {
       if (remaining <= 0) break;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, remaining);
-        this.joinWaiter = () => { clearTimeout(timer); resolve(); };
+        this.joinWaiter = () => {
+          clearTimeout(timer);
+          resolve();
+        };
       });
       this.joinWaiter = null;
     }
     if (this.stopRequested) throw new FatalError('STOPPED', 'stopped on request while waiting for workers');
     if (this.links.length < minWorkers) {
       const wanted = minWorkers < workers ? `at least ${minWorkers} (--min-workers) of ${workers}` : `${workers}`;
-      throw new FatalError('TOO_FEW_WORKERS', `only ${this.links.length} of ${wanted} workers joined within ${Math.round(timeoutMs / 1000)} s (${flag})`);
+      throw new FatalError(
+        'TOO_FEW_WORKERS',
+        `only ${this.links.length} of ${wanted} workers joined within ${Math.round(timeoutMs / 1000)} s (${flag})`,
+      );
     }
     return this.links.slice(0, workers);
   }
@@ -230,7 +259,11 @@ export class Coordinator {
         if (!(err instanceof MembershipChange) && !recoverable) throw err;
         if (recoverable) {
           if (context.restarts >= maxRestarts) {
-            throw new FatalError('RESTARTS_EXHAUSTED', `giving up after ${context.restarts} restart${context.restarts === 1 ? '' : 's'} (--max-restarts ${maxRestarts}): ${(err as Error).message}`, { cause: err });
+            throw new FatalError(
+              'RESTARTS_EXHAUSTED',
+              `giving up after ${context.restarts} restart${context.restarts === 1 ? '' : 's'} (--max-restarts ${maxRestarts}): ${(err as Error).message}`,
+              { cause: err },
+            );
           }
           context.restarts += 1;
         }
@@ -240,10 +273,21 @@ export class Coordinator {
         start = this.startFromLastCheckpoint();
         context.metrics.truncateAfter(start.step);
         this.phase = 'recovering';
-        logger.warn({ cause, generation, restarts: context.restarts, resumeStep: start.step }, recoverable ? 'worker failure: restarting the ring from the last checkpoint' : 'taking in new workers');
+        logger.warn(
+          { cause, generation, restarts: context.restarts, resumeStep: start.step },
+          recoverable ? 'worker failure: restarting the ring from the last checkpoint' : 'taking in new workers',
+        );
         context.progress.note(recoverable ? `restart ${context.restarts}: ${cause}; resuming from step ${start.step}` : `${cause}`);
         members = await this.waitForWorkers(recoverable ? rejoinTimeoutMs : 0, '--rejoin-timeout');
-        context.metrics.append({ kind: 'restart', step: start.step, generation, restarts: context.restarts, cause, workers: members.length, time: new Date().toISOString() });
+        context.metrics.append({
+          kind: 'restart',
+          step: start.step,
+          generation,
+          restarts: context.restarts,
+          cause,
+          workers: members.length,
+          time: new Date().toISOString(),
+        });
         this.phase = 'training';
       }
     }
@@ -256,21 +300,30 @@ export class Coordinator {
    */
   private async abandon(members: WorkerLink[], generation: number, cause: string): Promise<void> {
     const ackTimeoutMs = Math.min(this.options.heartbeatTimeoutMs, this.options.stepTimeoutMs);
-    await Promise.all(members.filter((link) => link.alive).map(async (link) => {
-      try {
-        link.send({ type: 'abort', generation, reason: cause });
-        await link.awaitAbortAck(ackTimeoutMs);
-      } catch (err) {
-        this.options.logger.warn({ worker: link.name, err: (err as Error).message }, 'a worker did not acknowledge the abort; dropping it');
-        link.drop('no abort acknowledgement');
-      }
-    }));
+    await Promise.all(
+      members
+        .filter((link) => link.alive)
+        .map(async (link) => {
+          try {
+            link.send({ type: 'abort', generation, reason: cause });
+            await link.awaitAbortAck(ackTimeoutMs);
+          } catch (err) {
+            this.options.logger.warn(
+              { worker: link.name, err: (err as Error).message },
+              'a worker did not acknowledge the abort; dropping it',
+            );
+            link.drop('no abort acknowledgement');
+          }
+        }),
+    );
   }
 
   private startFromLastCheckpoint(): StartState {
     const last = this.context.lastCheckpoint;
     // Until the first checkpoint, every (re)start begins at step 0 from the same initial weights.
-    return last ? { step: last.meta.step, checkpoint: last, initialParams: null } : { step: 0, checkpoint: null, initialParams: this.options.initialParams };
+    return last
+      ? { step: last.meta.step, checkpoint: last, initialParams: null }
+      : { step: 0, checkpoint: null, initialParams: this.options.initialParams };
   }
 
   async close(): Promise<void> {

@@ -48,7 +48,9 @@ export interface RunSummary {
 /** The workers hold different parameters: the error names the ranks that hold each digest. */
 export function desyncError(step: number, digests: string[]): FatalError {
   const groups = new Map<string, number[]>();
-  digests.forEach((d, rank) => { groups.set(d, [...(groups.get(d) ?? []), rank]); });
+  digests.forEach((d, rank) => {
+    groups.set(d, [...(groups.get(d) ?? []), rank]);
+  });
   const detail = [...groups].map(([d, ranks]) => `rank${ranks.length > 1 ? 's' : ''} ${ranks.join(',')}: ${d}`).join('; ');
   return new FatalError('DESYNC', `desync after step ${step}: workers hold different parameters (${detail})`);
 }
@@ -105,7 +107,11 @@ export class Generation {
 
     const sampler = new EpochSampler(trainSize, recipe.globalBatch, recipe.seed, recipe.data.repeats);
     const steps = totalSteps(recipe, sampler.stepsPerEpoch);
-    if (this.start.step >= steps) throw new FatalError('RUN_ALREADY_COMPLETE', `the checkpoint is at step ${this.start.step}, the run has only ${steps} steps: nothing to do`);
+    if (this.start.step >= steps)
+      throw new FatalError(
+        'RUN_ALREADY_COMPLETE',
+        `the checkpoint is at step ${this.start.step}, the run has only ${steps} steps: nothing to do`,
+      );
     // The recipe's lr scaled for its global batch; warmup epochs resolved to steps.
     const schedule = recipeSchedule(recipe, sampler.stepsPerEpoch, steps);
     progress.begin(steps, this.start.step);
@@ -123,10 +129,17 @@ export class Generation {
       });
       const reports = await this.gather('stepDone', stepTimeoutMs);
       const completed = step + 1;
-      digest = checkDigests(reports.map((r) => r.paramDigest), completed);
+      digest = checkDigests(
+        reports.map((r) => r.paramDigest),
+        completed,
+      );
       optimizerStep += 1;
       const count = reports.reduce((a, r) => a + r.count, 0);
-      if (count !== recipe.globalBatch) throw new FatalError('SAMPLE_COUNT_MISMATCH', `step ${completed}: workers processed ${count} samples, the global batch is ${recipe.globalBatch}`);
+      if (count !== recipe.globalBatch)
+        throw new FatalError(
+          'SAMPLE_COUNT_MISMATCH',
+          `step ${completed}: workers processed ${count} samples, the global batch is ${recipe.globalBatch}`,
+        );
       const distilled = reports[0]!.distillationLossSum !== undefined;
       const skippedImages = reports.reduce((a, r) => a + r.skipped.length, 0);
       const record: StepRecord = {
@@ -170,7 +183,16 @@ export class Generation {
 
   private summary(steps: number, total: number, testAccuracy: number | null, digest: string, stopped: boolean): RunSummary {
     const { runId, lastCheckpoint, restarts } = this.context;
-    return { runId, steps, totalSteps: total, testAccuracy, paramDigest: digest, checkpoint: lastCheckpoint?.path ?? null, restarts, stopped };
+    return {
+      runId,
+      steps,
+      totalSteps: total,
+      testAccuracy,
+      paramDigest: digest,
+      checkpoint: lastCheckpoint?.path ?? null,
+      restarts,
+      stopped,
+    };
   }
 
   /**
@@ -183,7 +205,16 @@ export class Generation {
     const { generation, worldSize, start } = this;
     this.members.forEach((link, rank) => {
       link.enterGeneration(generation, rank);
-      link.send({ type: 'assign', rank, worldSize, generation, recipe, startStep: start.step, resume: start.checkpoint ? resumeShard(start.checkpoint, worldSize, rank) : null, init: start.initialParams });
+      link.send({
+        type: 'assign',
+        rank,
+        worldSize,
+        generation,
+        recipe,
+        startStep: start.step,
+        resume: start.checkpoint ? resumeShard(start.checkpoint, worldSize, rank) : null,
+        init: start.initialParams,
+      });
     });
     const peers = (await this.gather('ringListening', SETUP_TIMEOUT_MS)).map((r) => r.ring);
     for (const link of this.members) link.send({ type: 'ringPeers', generation, peers });
@@ -191,20 +222,42 @@ export class Generation {
     const first = ready[0]!;
     for (const r of ready) {
       if (r.numParams !== first.numParams || r.trainSize !== first.trainSize || r.testSize !== first.testSize) {
-        throw new FatalError('WORKERS_DISAGREE', `workers disagree on the setup: rank 0 has ${first.numParams} parameters and ${first.trainSize}/${first.testSize} train/test samples, rank ${r.rank} has ${r.numParams} and ${r.trainSize}/${r.testSize}`);
+        throw new FatalError(
+          'WORKERS_DISAGREE',
+          `workers disagree on the setup: rank 0 has ${first.numParams} parameters and ${first.trainSize}/${first.testSize} train/test samples, rank ${r.rank} has ${r.numParams} and ${r.trainSize}/${r.testSize}`,
+        );
       }
     }
-    const digest = checkDigests(ready.map((r) => r.paramDigest), start.step);
+    const digest = checkDigests(
+      ready.map((r) => r.paramDigest),
+      start.step,
+    );
     if (start.checkpoint) {
-      if (first.numParams !== start.checkpoint.meta.numParams) throw new FatalError('CHECKPOINT_MODEL_MISMATCH', `the checkpoint holds ${start.checkpoint.meta.numParams} parameters but the recipe's model has ${first.numParams}`);
-      if (digest !== start.checkpoint.meta.paramDigest) throw new FatalError('CHECKPOINT_DIGEST_MISMATCH', `workers loaded the checkpoint but hold digest ${digest}, the checkpoint recorded ${start.checkpoint.meta.paramDigest}`);
+      if (first.numParams !== start.checkpoint.meta.numParams)
+        throw new FatalError(
+          'CHECKPOINT_MODEL_MISMATCH',
+          `the checkpoint holds ${start.checkpoint.meta.numParams} parameters but the recipe's model has ${first.numParams}`,
+        );
+      if (digest !== start.checkpoint.meta.paramDigest)
+        throw new FatalError(
+          'CHECKPOINT_DIGEST_MISMATCH',
+          `workers loaded the checkpoint but hold digest ${digest}, the checkpoint recorded ${start.checkpoint.meta.paramDigest}`,
+        );
     }
     if (start.initialParams && digest !== paramDigest(start.initialParams)) {
-      throw new FatalError('INIT_DIGEST_MISMATCH', `workers loaded the initial weights but hold digest ${digest}, the weights have ${paramDigest(start.initialParams)}`);
+      throw new FatalError(
+        'INIT_DIGEST_MISMATCH',
+        `workers loaded the initial weights but hold digest ${digest}, the weights have ${paramDigest(start.initialParams)}`,
+      );
     }
     const backends = this.members.map((l) => l.info.backend);
-    logger.info({ generation, workers: worldSize, startStep: start.step, numParams: first.numParams, backends, digest }, 'ring formed, all workers ready');
-    this.context.progress.note(`ring of ${worldSize} worker${worldSize === 1 ? '' : 's'} formed (backends: ${backends.join(', ')}), ${first.numParams.toLocaleString('en-US')} parameters, starting at step ${start.step}`);
+    logger.info(
+      { generation, workers: worldSize, startStep: start.step, numParams: first.numParams, backends, digest },
+      'ring formed, all workers ready',
+    );
+    this.context.progress.note(
+      `ring of ${worldSize} worker${worldSize === 1 ? '' : 's'} formed (backends: ${backends.join(', ')}), ${first.numParams.toLocaleString('en-US')} parameters, starting at step ${start.step}`,
+    );
     // Engines round differently, so such a ring still trains in lockstep (the optimizer step is
     // shared) but its gradients, and so its run, are not bit-reproducible on one engine alone.
     const odd = backends.flatMap((backend, rank) => (backend === backends[0] ? [] : [`rank ${rank} runs ${backend}`]));
@@ -218,10 +271,13 @@ export class Generation {
   /** Data-parallel evaluation on the test split: each rank a contiguous slice, counts summed. */
   private async evaluate(completed: number, epoch: number, testSize: number): Promise<number> {
     const { generation, worldSize } = this;
-    this.members.forEach((link, rank) => { link.send({ type: 'eval', generation, step: completed, ...shardRange(testSize, worldSize, rank) }); });
+    this.members.forEach((link, rank) => {
+      link.send({ type: 'eval', generation, step: completed, ...shardRange(testSize, worldSize, rank) });
+    });
     const results = await this.gather('evalDone', this.context.stepTimeoutMs);
     const samples = results.reduce((a, r) => a + r.count, 0);
-    if (samples !== testSize) throw new FatalError('EVAL_COUNT_MISMATCH', `evaluation covered ${samples} samples, the test split has ${testSize}`);
+    if (samples !== testSize)
+      throw new FatalError('EVAL_COUNT_MISMATCH', `evaluation covered ${samples} samples, the test split has ${testSize}`);
     const accuracy = (correct: (r: Reply<'evalDone'>) => number) => results.reduce((a, r) => a + correct(r), 0) / samples;
     // A distilled model's ranks also count each head's hits; testAccuracy is then the joint classifier's.
     const distilled = results[0]!.correctClassHead !== undefined;
@@ -230,7 +286,9 @@ export class Generation {
       step: completed,
       epoch,
       testAccuracy: accuracy((r) => r.correct),
-      ...(distilled ? { testAccuracyClassHead: accuracy((r) => r.correctClassHead!), testAccuracyDistHead: accuracy((r) => r.correctDistHead!) } : {}),
+      ...(distilled
+        ? { testAccuracyClassHead: accuracy((r) => r.correctClassHead!), testAccuracyDistHead: accuracy((r) => r.correctDistHead!) }
+        : {}),
       testLoss: results.reduce((a, r) => a + r.lossSum, 0) / samples,
       samples,
       time: new Date().toISOString(),
@@ -259,19 +317,38 @@ export class Generation {
       const { start, end } = shardRange(numParams, worldSize, rank);
       const tensors = [shard.params, ...Object.values(shard.optimizerState), ...(shard.ema ? [shard.ema] : [])];
       if (shard.start !== start || shard.end !== end || tensors.some((t) => t.length !== end - start)) {
-        throw new FatalError('SNAPSHOT_MISMATCH', `rank ${rank} sent a snapshot of [${shard.start}, ${shard.end}), expected [${start}, ${end})`);
+        throw new FatalError(
+          'SNAPSHOT_MISMATCH',
+          `rank ${rank} sent a snapshot of [${shard.start}, ${shard.end}), expected [${start}, ${end})`,
+        );
       }
       if (Object.keys(shard.optimizerState).sort().join() !== names.join() || (shard.ema !== null) !== hasEma) {
-        throw new FatalError('SNAPSHOT_MISMATCH', `rank ${rank} sent optimizer state [${Object.keys(shard.optimizerState).join(', ')}]${shard.ema ? ' and an EMA' : ''}, rank 0 [${names.join(', ')}]${hasEma ? ' and an EMA' : ''}`);
+        throw new FatalError(
+          'SNAPSHOT_MISMATCH',
+          `rank ${rank} sent optimizer state [${Object.keys(shard.optimizerState).join(', ')}]${shard.ema ? ' and an EMA' : ''}, rank 0 [${names.join(', ')}]${hasEma ? ' and an EMA' : ''}`,
+        );
       }
       state.params.set(shard.params, start);
       for (const name of names) state.optimizerState[name]!.set(shard.optimizerState[name]!, start);
       if (shard.ema) state.ema!.set(shard.ema, start);
     });
     const assembled = paramDigest(state.params);
-    if (assembled !== digest) throw new FatalError('SNAPSHOT_DIGEST_MISMATCH', `the snapshot shards assemble to digest ${assembled}, but every rank reported ${digest}`);
+    if (assembled !== digest)
+      throw new FatalError(
+        'SNAPSHOT_DIGEST_MISMATCH',
+        `the snapshot shards assemble to digest ${assembled}, but every rank reported ${digest}`,
+      );
     const { recipe, runId } = this.context;
-    const meta: CheckpointMeta = { runId, step: completed, recipe, numParams, worldSize, optimizerStep, sampler: { seed: recipe.seed, step: completed }, paramDigest: digest };
+    const meta: CheckpointMeta = {
+      runId,
+      step: completed,
+      recipe,
+      numParams,
+      worldSize,
+      optimizerStep,
+      sampler: { seed: recipe.seed, step: completed },
+      paramDigest: digest,
+    };
     const path = writeCheckpoint(this.context.checkpointDir, meta, state);
     this.context.lastCheckpoint = { meta, state, path };
     this.context.logger.info({ step: completed, path }, 'checkpoint written');

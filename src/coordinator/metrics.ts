@@ -61,7 +61,10 @@ export class MetricsLog {
 
   read(): MetricsRecord[] {
     if (!existsSync(this.path)) return [];
-    return readFileSync(this.path, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as MetricsRecord);
+    return readFileSync(this.path, 'utf8')
+      .split('\n')
+      .filter((l) => l.trim() !== '')
+      .map((l) => JSON.parse(l) as MetricsRecord);
   }
 
   /**

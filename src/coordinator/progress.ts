@@ -50,9 +50,12 @@ export class ProgressPrinter {
     const percent = (accuracy: number) => `${(accuracy * 100).toFixed(2)}%`;
     const { testAccuracyClassHead: cls, testAccuracyDistHead: dist } = record;
     // A distilled model's testAccuracy is the joint classifier's; each head's follows.
-    const accuracy = cls === undefined || dist === undefined
-      ? percent(record.testAccuracy)
-      : `joint ${percent(record.testAccuracy)}, class head ${percent(cls)}, distillation head ${percent(dist)}`;
-    console.log(`eval after step ${record.step} (epoch ${record.epoch}): test accuracy ${accuracy}, test loss ${record.testLoss.toFixed(4)}`);
+    const accuracy =
+      cls === undefined || dist === undefined
+        ? percent(record.testAccuracy)
+        : `joint ${percent(record.testAccuracy)}, class head ${percent(cls)}, distillation head ${percent(dist)}`;
+    console.log(
+      `eval after step ${record.step} (epoch ${record.epoch}): test accuracy ${accuracy}, test loss ${record.testLoss.toFixed(4)}`,
+    );
   }
 }

@@ -11,7 +11,6 @@ import { FatalError, RecoverableError } from '../common/errors.ts';
 type Waiter = { resolve: (m: WorkerMessage) => void; reject: (e: Error) => void };
 type Reply<T extends WorkerMessage['type']> = Extract<WorkerMessage, { type: T }>;
 
-
 export interface WorkerInfo {
   host: string;
   pid: number;
@@ -39,14 +38,26 @@ export class WorkerLink {
   ) {
     socket.on('message', (data: Buffer, isBinary: boolean) => this.receive(data, isBinary));
     socket.on('close', (code: number, reason: Buffer) => {
-      this.end(new RecoverableError('WORKER_DISCONNECTED', `${this.name} disconnected (code ${code}${reason.length ? `: ${reason.toString()}` : ''})`));
+      this.end(
+        new RecoverableError(
+          'WORKER_DISCONNECTED',
+          `${this.name} disconnected (code ${code}${reason.length ? `: ${reason.toString()}` : ''})`,
+        ),
+      );
     });
-    socket.on('error', (err: Error) => this.end(new RecoverableError('WORKER_CONNECTION_ERROR', `${this.name} connection error: ${err.message}`, { cause: err })));
+    socket.on('error', (err: Error) =>
+      this.end(new RecoverableError('WORKER_CONNECTION_ERROR', `${this.name} connection error: ${err.message}`, { cause: err })),
+    );
     // A cut link sends no close: a worker not heard from (ping, pong or reply) for heartbeatTimeoutMs counts as gone.
     this.heartbeat = watchWebSocket(socket, {
       timeoutMs: heartbeatTimeoutMs,
       onSilence: () => {
-        this.end(new RecoverableError('WORKER_HEARTBEAT', `${this.name} missed its heartbeat for ${seconds(heartbeatTimeoutMs)} (--heartbeat-timeout)`));
+        this.end(
+          new RecoverableError(
+            'WORKER_HEARTBEAT',
+            `${this.name} missed its heartbeat for ${seconds(heartbeatTimeoutMs)} (--heartbeat-timeout)`,
+          ),
+        );
         socket.terminate();
       },
     });
@@ -64,7 +75,8 @@ export class WorkerLink {
   private receive(data: Buffer, isBinary: boolean): void {
     let message: WorkerMessage;
     try {
-      if (!isBinary) throw new RecoverableError('CONTROL_TEXT_FRAME', `${this.name} sent a text frame; the control protocol is binary msgpack`);
+      if (!isBinary)
+        throw new RecoverableError('CONTROL_TEXT_FRAME', `${this.name} sent a text frame; the control protocol is binary msgpack`);
       message = decodeWorkerMessage(data, this.name);
     } catch (err) {
       return this.refuse(err as Error);
@@ -120,12 +132,23 @@ export class WorkerLink {
     this.rejectWaiter(new RecoverableError('WORKER_WAIT_SUPERSEDED', `${this.name}: superseded wait`));
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
-        resolve: (m) => { clearTimeout(timer); resolve(m); },
-        reject: (e) => { clearTimeout(timer); reject(e); },
+        resolve: (m) => {
+          clearTimeout(timer);
+          resolve(m);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
       };
       const timer = setTimeout(() => {
         if (this.waiter === waiter) this.waiter = null;
-        reject(new RecoverableError('WORKER_TIMEOUT', `${this.name} sent no '${what}' within ${Math.round(timeoutMs / 1000)} s (--step-timeout)`));
+        reject(
+          new RecoverableError(
+            'WORKER_TIMEOUT',
+            `${this.name} sent no '${what}' within ${Math.round(timeoutMs / 1000)} s (--step-timeout)`,
+          ),
+        );
       }, timeoutMs);
       this.waiter = waiter;
     });

@@ -34,7 +34,11 @@ export interface PipelineBenchResult {
 }
 
 export async function benchPipeline(spec: DataSpec, options: PipelineBenchOptions): Promise<PipelineBenchResult> {
-  const loader = await BatchLoader.open(spec, options.split, options.pipeline, { threads: options.threads, seed: options.seed, skipCorrupt: false });
+  const loader = await BatchLoader.open(spec, options.split, options.pipeline, {
+    threads: options.threads,
+    seed: options.seed,
+    skipCorrupt: false,
+  });
   try {
     const { batchSize } = options;
     const images = new Float32Array(batchSize * loader.sampleSize);
@@ -55,8 +59,13 @@ export async function benchPipeline(spec: DataSpec, options: PipelineBenchOption
     const timed = batches * batchSize;
     const imagesPerSec = timed / seconds;
     return {
-      images: timed, seconds, imagesPerSec, imagesPerSecPerThread: imagesPerSec / Math.max(1, options.threads), cpuSeconds,
-      imagesPerCpuSecond: timed / cpuSeconds, shape: loader.shape,
+      images: timed,
+      seconds,
+      imagesPerSec,
+      imagesPerSecPerThread: imagesPerSec / Math.max(1, options.threads),
+      cpuSeconds,
+      imagesPerCpuSecond: timed / cpuSeconds,
+      shape: loader.shape,
     };
   } finally {
     await loader.close();

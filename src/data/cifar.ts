@@ -31,7 +31,10 @@ interface CifarLayout {
 const LAYOUTS: Record<CifarFormat, CifarLayout> = {
   cifar10: {
     folder: 'cifar-10-batches-bin',
-    files: { train: ['data_batch_1.bin', 'data_batch_2.bin', 'data_batch_3.bin', 'data_batch_4.bin', 'data_batch_5.bin'], val: ['test_batch.bin'] },
+    files: {
+      train: ['data_batch_1.bin', 'data_batch_2.bin', 'data_batch_3.bin', 'data_batch_4.bin', 'data_batch_5.bin'],
+      val: ['test_batch.bin'],
+    },
     labelBytes: 1,
     labelByte: 0,
     classesFile: 'batches.meta.txt',
@@ -65,7 +68,10 @@ function resolveCifarDir(path: string, format: CifarFormat): string {
   const dir = findCifarDir(path, format);
   if (dir !== null) return dir;
   const { folder, classesFile } = LAYOUTS[format];
-  throw new InputError('DATA_FILE_INVALID', `${path}: not a ${format} binary data set: neither it nor ${join(path, folder)} holds ${classesFile} (expected the folder extracted from the official binary tarball)`);
+  throw new InputError(
+    'DATA_FILE_INVALID',
+    `${path}: not a ${format} binary data set: neither it nor ${join(path, folder)} holds ${classesFile} (expected the folder extracted from the official binary tarball)`,
+  );
 }
 
 export function cifarSplitExists(path: string, split: 'train' | 'val', format: CifarFormat): boolean {
@@ -74,8 +80,12 @@ export function cifarSplitExists(path: string, split: 'train' | 'val', format: C
 }
 
 function readClassNames(path: string, expected: number): string[] {
-  const names = readFileSync(path, 'utf8').split(/\r?\n/).map((line) => line.trim()).filter((line) => line !== '');
-  if (names.length !== expected) throw new InputError('DATA_FILE_INVALID', `${path}: holds ${names.length} class names, expected ${expected}`);
+  const names = readFileSync(path, 'utf8')
+    .split(/\r?\n/)
+    .map((line) => line.trim())
+    .filter((line) => line !== '');
+  if (names.length !== expected)
+    throw new InputError('DATA_FILE_INVALID', `${path}: holds ${names.length} class names, expected ${expected}`);
   return names;
 }
 
@@ -93,7 +103,10 @@ function readCifarFile(path: string, format: CifarFormat, start: number): CifarF
   const bytes = readFileSync(path);
   const recordBytes = cifarRecordBytes(format);
   if (bytes.length === 0 || bytes.length % recordBytes !== 0) {
-    throw new InputError('DATA_FILE_INVALID', `${path}: is ${bytes.length} bytes, not a whole, non-zero number of ${format} records of ${recordBytes} bytes (truncated or not ${format}?)`);
+    throw new InputError(
+      'DATA_FILE_INVALID',
+      `${path}: is ${bytes.length} bytes, not a whole, non-zero number of ${format} records of ${recordBytes} bytes (truncated or not ${format}?)`,
+    );
   }
   return { path, bytes, records: bytes.length / recordBytes, start };
 }
@@ -114,7 +127,8 @@ export function openCifarSource(path: string, split: 'train' | 'val', format: Ci
   for (const file of files) {
     for (let r = 0; r < file.records; r++) {
       const label = file.bytes[r * recordBytes + layout.labelByte]!;
-      if (label >= layout.numClasses) throw new InputError('DATA_FILE_INVALID', `${file.path}: record ${r} has label ${label}, outside 0..${layout.numClasses - 1}`);
+      if (label >= layout.numClasses)
+        throw new InputError('DATA_FILE_INVALID', `${file.path}: record ${r} has label ${label}, outside 0..${layout.numClasses - 1}`);
       labels[file.start + r] = label;
     }
   }

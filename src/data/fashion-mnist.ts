@@ -7,7 +7,16 @@ import { InputError } from '../common/errors.ts';
 
 export const DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist';
 export const FASHION_MNIST_CLASSES = [
-  'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot',
+  'T-shirt/top',
+  'Trouser',
+  'Pullover',
+  'Dress',
+  'Coat',
+  'Sandal',
+  'Shirt',
+  'Sneaker',
+  'Bag',
+  'Ankle boot',
 ] as const;
 /** Mean and std of the training pixels scaled to [0, 1], the usual Fashion-MNIST normalization. */
 export const FASHION_MNIST_MEAN = 0.286;
@@ -28,7 +37,10 @@ export function resolveFile(dir: string, name: string, hint: string = FASHION_MN
   for (const candidate of [join(dir, name), join(dir, `${name}.gz`)]) {
     if (existsSync(candidate)) return candidate;
   }
-  throw new InputError('DATA_FILE_NOT_FOUND', `${join(dir, `${name}.gz`)}: file not found (looked for ${name} and ${name}.gz in ${dir}; ${hint})`);
+  throw new InputError(
+    'DATA_FILE_NOT_FOUND',
+    `${join(dir, `${name}.gz`)}: file not found (looked for ${name} and ${name}.gz in ${dir}; ${hint})`,
+  );
 }
 
 /** One split of an MNIST-family directory: rank-3 images [n, height, width] and as many labels. */
@@ -49,9 +61,15 @@ export function readIdxSplit(dir: string, split: Split, hint?: string): IdxSplit
   const labelsPath = resolveFile(dir, IDX_FILES[split].labels, hint);
   const images = readIdx(imagesPath);
   const labels = readIdx(labelsPath);
-  if (images.shape.length !== 3) throw new InputError('DATA_FILE_INVALID', `${imagesPath}: expected rank-3 images [n, height, width], got shape ${images.shape.join('x')}`);
-  if (labels.shape.length !== 1) throw new InputError('DATA_FILE_INVALID', `${labelsPath}: expected rank-1 labels, got shape ${labels.shape.join('x')}`);
+  if (images.shape.length !== 3)
+    throw new InputError(
+      'DATA_FILE_INVALID',
+      `${imagesPath}: expected rank-3 images [n, height, width], got shape ${images.shape.join('x')}`,
+    );
+  if (labels.shape.length !== 1)
+    throw new InputError('DATA_FILE_INVALID', `${labelsPath}: expected rank-1 labels, got shape ${labels.shape.join('x')}`);
   const [n, height, width] = images.shape as [number, number, number];
-  if (labels.shape[0] !== n) throw new InputError('DATA_FILE_INVALID', `${labelsPath}: holds ${labels.shape[0]} labels but ${imagesPath} holds ${n} images`);
+  if (labels.shape[0] !== n)
+    throw new InputError('DATA_FILE_INVALID', `${labelsPath}: holds ${labels.shape[0]} labels but ${imagesPath} holds ${n} images`);
   return { imagesPath, labelsPath, n, height, width, images: images.data, labels: labels.data };
 }

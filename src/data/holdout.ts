@@ -50,7 +50,8 @@ export function complementIndices(size: number, excluded: Uint32Array): Uint32Ar
     if (e < excluded.length && excluded[e] === i) e++;
     else out[o++] = i;
   }
-  if (e !== excluded.length || o !== out.length) throw new RangeError(`the excluded indices are not sorted, distinct indices below ${size}`);
+  if (e !== excluded.length || o !== out.length)
+    throw new RangeError(`the excluded indices are not sorted, distinct indices below ${size}`);
   return out;
 }
 

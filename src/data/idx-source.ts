@@ -11,7 +11,8 @@ import { InputError } from '../common/errors.ts';
 
 export type IdxFormat = 'fashion-mnist' | 'idx';
 
-const IDX_HINT = 'an idx data set holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte';
+const IDX_HINT =
+  'an idx data set holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte';
 
 /** The files of a split: 'val' is the t10k ("test") files. */
 const FILE_SPLIT: Record<'train' | 'val', Split> = { train: 'train', val: 'test' };
@@ -24,7 +25,8 @@ export function idxSplitExists(dir: string, split: 'train' | 'val'): boolean {
 
 /** "0".."K-1" with K = the largest training label + 1. */
 function numberedClasses(trainLabels: Uint8Array, trainLabelsPath: string): string[] {
-  if (trainLabels.length === 0) throw new InputError('DATA_FILE_INVALID', `${trainLabelsPath}: holds no labels, so the classes are unknown`);
+  if (trainLabels.length === 0)
+    throw new InputError('DATA_FILE_INVALID', `${trainLabelsPath}: holds no labels, so the classes are unknown`);
   const maxLabel = trainLabels.reduce((a, b) => Math.max(a, b), 0);
   return Array.from({ length: maxLabel + 1 }, (_, k) => String(k));
 }
@@ -41,7 +43,10 @@ export function openIdxSource(dir: string, split: 'train' | 'val', format: IdxFo
   }
   for (let i = 0; i < n; i++) {
     if (labels[i]! >= classes.length) {
-      throw new InputError('DATA_FILE_INVALID', `${labelsPath}: label ${labels[i]} at index ${i} is outside 0..${classes.length - 1} (the classes of ${format})`);
+      throw new InputError(
+        'DATA_FILE_INVALID',
+        `${labelsPath}: label ${labels[i]} at index ${i} is outside 0..${classes.length - 1} (the classes of ${format})`,
+      );
     }
   }
   const pixels = height * width;

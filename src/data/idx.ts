@@ -37,7 +37,8 @@ export function parseIdx(bytes: Uint8Array, path: string): IdxArray {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (view.getUint16(0) !== 0) throw new InputError('DATA_FILE_INVALID', `${path}: not an idx file (the first two bytes must be zero)`);
   const type = view.getUint8(2);
-  if (type !== IDX_TYPE_UBYTE) throw new InputError('DATA_FILE_INVALID', `${path}: unsupported idx element type 0x${type.toString(16)} (only unsigned bytes, 0x08)`);
+  if (type !== IDX_TYPE_UBYTE)
+    throw new InputError('DATA_FILE_INVALID', `${path}: unsupported idx element type 0x${type.toString(16)} (only unsigned bytes, 0x08)`);
   const rank = view.getUint8(3);
   if (rank < 1 || rank > MAX_IDX_RANK) throw new InputError('DATA_FILE_INVALID', `${path}: unsupported idx rank ${rank}`);
   const headerBytes = 4 + 4 * rank;
@@ -47,7 +48,10 @@ export function parseIdx(bytes: Uint8Array, path: string): IdxArray {
   const expected = shape.reduce((a, b) => a * b, 1);
   const actual = bytes.length - headerBytes;
   if (actual !== expected) {
-    throw new InputError('DATA_FILE_INVALID', `${path}: idx header declares ${shape.join('x')} = ${expected} values but the file holds ${actual}`);
+    throw new InputError(
+      'DATA_FILE_INVALID',
+      `${path}: idx header declares ${shape.join('x')} = ${expected} values but the file holds ${actual}`,
+    );
   }
   return { shape, data: bytes.subarray(headerBytes) };
 }

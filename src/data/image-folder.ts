@@ -26,7 +26,11 @@ const DECODE_FAIL_ON = 'error';
 /** An image file that cannot be decoded; the caller decides whether to skip it (--skip-corrupt). */
 export class CorruptImageError extends InputError {
   override name = 'CorruptImageError';
-  constructor(readonly path: string, problem: string, options?: ErrorOptions) {
+  constructor(
+    readonly path: string,
+    problem: string,
+    options?: ErrorOptions,
+  ) {
     super('CORRUPT_IMAGE', `${path}: corrupt or unreadable image (${problem})`, options);
   }
 }
@@ -48,7 +52,11 @@ async function decodeRgb(input: string | Uint8Array, shape: (image: Sharp) => Sh
   let decoded: { data: Buffer; info: OutputInfo };
   try {
     // toBuffer rather than toUint8Array: sharp hands over its output without another copy.
-    decoded = await shape(sharp(input, { failOn: DECODE_FAIL_ON })).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+    decoded = await shape(sharp(input, { failOn: DECODE_FAIL_ON }))
+      .removeAlpha()
+      .toColourspace('srgb')
+      .raw()
+      .toBuffer({ resolveWithObject: true });
   } catch (err) {
     throw new CorruptImageError(path, (err as Error).message, { cause: err });
   }
@@ -57,7 +65,12 @@ async function decodeRgb(input: string | Uint8Array, shape: (image: Sharp) => Sh
     throw new CorruptImageError(path, `decoded to ${info.channels} channels of ${info.width}x${info.height}, not 3-channel RGB`);
   }
   // A plain Uint8Array over sharp's buffer (a Buffer, whose slice() would be a view, not a copy).
-  return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), height: info.height, width: info.width, channels: RGB_CHANNELS };
+  return {
+    data: new Uint8Array(data.buffer, data.byteOffset, data.length),
+    height: info.height,
+    width: info.width,
+    channels: RGB_CHANNELS,
+  };
 }
 
 // ---- Regions: a pipeline's leading crop or resize done while decoding --------------------------
@@ -72,7 +85,8 @@ function isWholeImage(box: Box, height: number, width: number): boolean {
 /** Throws unless `region`'s box lies inside a height x width image. */
 function checkRegion(region: ImageRegion, height: number, width: number): void {
   const { top, left, height: h, width: w } = region.box;
-  const fits = [top, left, h, w].every(Number.isInteger) && top >= 0 && left >= 0 && h > 0 && w > 0 && top + h <= height && left + w <= width;
+  const fits =
+    [top, left, h, w].every(Number.isInteger) && top >= 0 && left >= 0 && h > 0 && w > 0 && top + h <= height && left + w <= width;
   if (!fits) throw new RangeError(`region box top=${top} left=${left} height=${h} width=${w} is not inside the ${height}x${width} image`);
 }
 
@@ -86,7 +100,10 @@ function checkRegion(region: ImageRegion, height: number, width: number): void {
  * image's crop, if any, comes last.
  */
 async function decodeRegion(
-  region: ImageRegion, height: number, width: number, decode: (shape: (image: Sharp) => Sharp) => Promise<RawImage>,
+  region: ImageRegion,
+  height: number,
+  width: number,
+  decode: (shape: (image: Sharp) => Sharp) => Promise<RawImage>,
 ): Promise<RawImage> {
   checkRegion(region, height, width);
   const { box, crop: after, interpolation } = region;
@@ -101,7 +118,13 @@ async function decodeRegion(
       // fastShrinkOnLoad false: a JPEG much larger than the output may decode at 1/2, 1/4 or 1/8
       // scale (only a whole image: an extract before the resize rules it out), always leaving
       // libvips' reduce a factor of two or more to antialias with.
-      shaped = shaped.resize({ width: nativeWidth, height: nativeHeight, fit: 'fill', kernel: REGION_KERNELS[interpolation], fastShrinkOnLoad: false });
+      shaped = shaped.resize({
+        width: nativeWidth,
+        height: nativeHeight,
+        fit: 'fill',
+        kernel: REGION_KERNELS[interpolation],
+        fastShrinkOnLoad: false,
+      });
       if (after && finished) shaped = shaped.extract(after);
     }
     return shaped;
@@ -125,7 +148,12 @@ export async function resizeRegion(img: RawImage, region: ImageRegion): Promise<
     // sharp makes 3-channel sRGB of a 1-channel input unless told to keep it grayscale.
     if (channels === 1) pipeline = pipeline.toColourspace('b-w');
     const { data, info } = await pipeline.raw().toBuffer({ resolveWithObject: true });
-    return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), height: info.height, width: info.width, channels: info.channels };
+    return {
+      data: new Uint8Array(data.buffer, data.byteOffset, data.length),
+      height: info.height,
+      width: info.width,
+      channels: info.channels,
+    };
   });
 }
 
@@ -206,7 +234,11 @@ function readEntries(dir: string): Dirent[] {
   try {
     return readdirSync(dir, { withFileTypes: true });
   } catch (err) {
-    throw new InputError('DATA_FILE_INVALID', `${dir}: cannot list the folder (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err });
+    throw new InputError(
+      'DATA_FILE_INVALID',
+      `${dir}: cannot list the folder (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+      { cause: err },
+    );
   }
 }
 
@@ -218,7 +250,9 @@ function byName(a: string, b: string): number {
 /** An entry that is a folder; only symbolic links need a stat (torchvision follows them too). */
 function isFolder(dir: string, entry: Dirent): boolean {
   if (entry.isDirectory()) return true;
-  return entry.isSymbolicLink() && !isImageName(entry.name) && statSync(join(dir, entry.name), { throwIfNoEntry: false })?.isDirectory() === true;
+  return (
+    entry.isSymbolicLink() && !isImageName(entry.name) && statSync(join(dir, entry.name), { throwIfNoEntry: false })?.isDirectory() === true
+  );
 }
 
 /** The image files below `classDir`, relative to it: folders in path order, files in name order (as torchvision). */
@@ -240,7 +274,10 @@ function listClassImages(classDir: string): string[] {
 
 /** The class folders of `dir`, sorted. */
 function listClassFolders(dir: string): string[] {
-  return readEntries(dir).filter((entry) => isFolder(dir, entry)).map((entry) => entry.name).sort(byName);
+  return readEntries(dir)
+    .filter((entry) => isFolder(dir, entry))
+    .map((entry) => entry.name)
+    .sort(byName);
 }
 
 function splitFolder(root: string, split: 'train' | 'val'): string {
@@ -254,7 +291,11 @@ export function imageFolderSplitExists(root: string, split: 'train' | 'val'): bo
 /** The classes: the sorted folder names of ROOT/train (the val split numbers its classes the same way). */
 export function imageFolderClasses(root: string): string[] {
   const trainDir = splitFolder(root, 'train');
-  if (!imageFolderSplitExists(root, 'train')) throw new InputError('DATA_FILE_INVALID', `${trainDir}: no train/ folder: an image folder data set holds train/<class>/*.jpg (and val/<class>/*.jpg)`);
+  if (!imageFolderSplitExists(root, 'train'))
+    throw new InputError(
+      'DATA_FILE_INVALID',
+      `${trainDir}: no train/ folder: an image folder data set holds train/<class>/*.jpg (and val/<class>/*.jpg)`,
+    );
   const classes = listClassFolders(trainDir);
   if (classes.length === 0) throw new InputError('DATA_FILE_INVALID', `${trainDir}: holds no class folders`);
   return classes;
@@ -272,9 +313,14 @@ export function openImageFolder(root: string, split: 'train' | 'val'): ImageSour
   const labelList: number[] = [];
   for (const name of folders) {
     const label = labelOf.get(name);
-    if (label === undefined) throw new InputError('DATA_FILE_INVALID', `${join(dir, name)}: class "${name}" is in ${split}/ but not in train/ (the model has no output for it)`);
+    if (label === undefined)
+      throw new InputError(
+        'DATA_FILE_INVALID',
+        `${join(dir, name)}: class "${name}" is in ${split}/ but not in train/ (the model has no output for it)`,
+      );
     const files = listClassImages(classDirs[label]!);
-    if (files.length === 0) throw new InputError('DATA_FILE_INVALID', `${classDirs[label]!}: empty class folder: no ${[...IMAGE_EXTENSIONS].join('/')} files`);
+    if (files.length === 0)
+      throw new InputError('DATA_FILE_INVALID', `${classDirs[label]!}: empty class folder: no ${[...IMAGE_EXTENSIONS].join('/')} files`);
     for (const file of files) {
       names.push(file);
       labelList.push(label);

@@ -14,15 +14,16 @@ export interface ThreadSetup {
   sampleSize: number;
 }
 export type ThreadRequest = SampleRequest & { id: number };
-export type ThreadReply =
-  | { id: number; images: Float32Array; labels: Int32Array; skipped: string[] }
-  | { id: number; error: string };
+export type ThreadReply = { id: number; images: Float32Array; labels: Int32Array; skipped: string[] } | { id: number; error: string };
 type LoaderThread = RequestThread<SampleRequest, { images: Float32Array; labels: Int32Array; skipped: string[] }, { ready: true }>;
 
 const THREAD_ENTRY = new URL('./loader-thread.mjs', import.meta.url);
 
 export class LoaderPool {
-  private constructor(private readonly threads: LoaderThread[], private readonly sampleSize: number) {}
+  private constructor(
+    private readonly threads: LoaderThread[],
+    private readonly sampleSize: number,
+  ) {}
 
   static async start(count: number, setup: ThreadSetup): Promise<LoaderPool> {
     const threads = await startThreads(count, (): LoaderThread => new RequestThread(THREAD_ENTRY, setup, 'loader thread'), 'loader thread');

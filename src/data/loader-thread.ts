@@ -22,7 +22,8 @@ port.on('message', (request: ThreadRequest) => {
   const images = new Float32Array(n * setup.sampleSize);
   const labels = new Int32Array(n);
   makeSamples(source, pipeline, request, setup.options, images, labels, setup.sampleSize).then(
-    (report) => port.postMessage({ id: request.id, images, labels, skipped: report.skipped } satisfies ThreadReply, [images.buffer, labels.buffer]),
+    (report) =>
+      port.postMessage({ id: request.id, images, labels, skipped: report.skipped } satisfies ThreadReply, [images.buffer, labels.buffer]),
     (err: Error) => port.postMessage({ id: request.id, error: err.message } satisfies ThreadReply),
   );
 });

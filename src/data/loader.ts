@@ -8,7 +8,10 @@ import type { DataSplit, ImageSource } from './source.ts';
 import { parsePipeline, type Pipeline } from './transforms/pipeline.ts';
 
 /** Two unlike image sizes: a pipeline that maps both to one shape gives every image that shape. */
-const PROBE_SIZES = [[480, 640], [333, 250]] as const;
+const PROBE_SIZES = [
+  [480, 640],
+  [333, 250],
+] as const;
 
 export interface LoaderOptions extends SampleOptions {
   /** Loader threads; 0 makes samples on the calling thread. */
@@ -39,7 +42,16 @@ export class BatchLoader {
     const pipeline = parsePipeline(pipelineText, { channels: source.channels });
     const shape = outputShape(source, pipeline, pipelineText);
     const sampleSize = shape.height * shape.width * shape.channels;
-    const pool = options.threads > 0 ? await LoaderPool.start(options.threads, { spec, split, pipeline: pipelineText, options: { seed: options.seed, skipCorrupt: options.skipCorrupt }, sampleSize }) : null;
+    const pool =
+      options.threads > 0
+        ? await LoaderPool.start(options.threads, {
+            spec,
+            split,
+            pipeline: pipelineText,
+            options: { seed: options.seed, skipCorrupt: options.skipCorrupt },
+            sampleSize,
+          })
+        : null;
     return new BatchLoader(source, pipeline, shape, options, pool);
   }
 
@@ -67,7 +79,9 @@ function outputShape(source: ImageSource, pipeline: Pipeline, text: string): Sam
   if (source.fixedSize) return pipeline.outputShape(source.fixedSize.height, source.fixedSize.width);
   const [a, b] = PROBE_SIZES.map(([h, w]) => pipeline.outputShape(h, w));
   if (a!.height !== b!.height || a!.width !== b!.width) {
-    throw new Error(`pipeline "${text}" keeps each image's own size, but the images' sizes vary: end it with a crop or a resize to one size`);
+    throw new Error(
+      `pipeline "${text}" keeps each image's own size, but the images' sizes vary: end it with a crop or a resize to one size`,
+    );
   }
   return a!;
 }
@@ -79,12 +93,19 @@ export interface EvalBatch {
 }
 
 /** The split's samples [range.start, range.end) (default all), through the evaluation pipeline `pipeline`, in batches of `batchSize`. */
-export async function* evalBatches(spec: DataSpec, split: DataSplit, pipeline: string, batchSize: number, range?: { start: number; end: number }): AsyncGenerator<EvalBatch> {
+export async function* evalBatches(
+  spec: DataSpec,
+  split: DataSplit,
+  pipeline: string,
+  batchSize: number,
+  range?: { start: number; end: number },
+): AsyncGenerator<EvalBatch> {
   const loader = await BatchLoader.open(spec, split, pipeline, { threads: 0, seed: 0, skipCorrupt: false });
   try {
     const start = range?.start ?? 0;
     const end = range?.end ?? loader.size;
-    if (!(start >= 0 && start <= end && end <= loader.size)) throw new RangeError(`range [${start}, ${end}) is outside the ${split} split of ${loader.size}`);
+    if (!(start >= 0 && start <= end && end <= loader.size))
+      throw new RangeError(`range [${start}, ${end}) is outside the ${split} split of ${loader.size}`);
     for (let from = start; from < end; from += batchSize) {
       const n = Math.min(batchSize, end - from);
       const images = new Float32Array(n * loader.sampleSize);

@@ -85,7 +85,8 @@ function logGammaDraw(rng: Mulberry32, shape: number): number {
 
 /** A Beta(a, b) draw: X / (X + Y) with X ~ Gamma(a), Y ~ Gamma(b). */
 export function sampleBeta(rng: Mulberry32, a: number, b: number): number {
-  if (!(a > 0 && Number.isFinite(a)) || !(b > 0 && Number.isFinite(b))) throw new RangeError(`Beta parameters must be positive and finite, got (${a}, ${b})`);
+  if (!(a > 0 && Number.isFinite(a)) || !(b > 0 && Number.isFinite(b)))
+    throw new RangeError(`Beta parameters must be positive and finite, got (${a}, ${b})`);
   const logX = logGammaDraw(rng, a);
   const logY = logGammaDraw(rng, b);
   return 1 / (1 + Math.exp(logY - logX));
@@ -113,17 +114,26 @@ function validateMixConfig(config: MixConfig): void {
 }
 
 function checkBatch(images: Float32Array, labels: ArrayLike<number>, n: number, shape: ImageShape, numClasses: number): void {
-  for (const [key, value] of [['n', n], ['height', shape.height], ['width', shape.width], ['channels', shape.channels], ['numClasses', numClasses]] as const) {
+  for (const [key, value] of [
+    ['n', n],
+    ['height', shape.height],
+    ['width', shape.width],
+    ['channels', shape.channels],
+    ['numClasses', numClasses],
+  ] as const) {
     if (!Number.isSafeInteger(value) || value < 1) throw new RangeError(`${key} must be a positive integer, got ${value}`);
   }
   const expected = n * shape.height * shape.width * shape.channels;
   if (images.length !== expected) {
-    throw new RangeError(`images hold ${images.length} floats, expected n × height × width × channels = ${n} × ${shape.height} × ${shape.width} × ${shape.channels} = ${expected}`);
+    throw new RangeError(
+      `images hold ${images.length} floats, expected n × height × width × channels = ${n} × ${shape.height} × ${shape.width} × ${shape.channels} = ${expected}`,
+    );
   }
   if (labels.length !== n) throw new RangeError(`labels hold ${labels.length} entries, expected n = ${n}`);
   for (let i = 0; i < n; i++) {
     const label = labels[i]!;
-    if (!Number.isInteger(label) || label < 0 || label >= numClasses) throw new RangeError(`label ${label} of sample ${i} is outside the ${numClasses} classes`);
+    if (!Number.isInteger(label) || label < 0 || label >= numClasses)
+      throw new RangeError(`label ${label} of sample ${i} is outside the ${numClasses} classes`);
   }
 }
 
@@ -131,7 +141,14 @@ function checkBatch(images: Float32Array, labels: ArrayLike<number>, n: number, 
  * timm's mixup_target: lam × smoothed one-hot(label i) + (1 - lam) × smoothed one-hot(label of
  * i's partner), with off = s / K and on = 1 - s + off, in float32 as timm computes it.
  */
-function softTargets(labels: ArrayLike<number>, n: number, numClasses: number, smoothing: number, lam: number, partner: (i: number) => number): Float32Array {
+function softTargets(
+  labels: ArrayLike<number>,
+  n: number,
+  numClasses: number,
+  smoothing: number,
+  lam: number,
+  partner: (i: number) => number,
+): Float32Array {
   const off = Math.fround(smoothing / numClasses);
   const on = Math.fround(1 - smoothing + smoothing / numClasses);
   const own = Math.fround(lam);
@@ -244,7 +261,15 @@ function timmParams(config: TimmMixConfig, rng: Mulberry32): { lam: number; cutm
   return { lam: sampleBeta(rng, alpha, alpha), cutmix };
 }
 
-function mixTimm(images: Float32Array, labels: ArrayLike<number>, n: number, shape: ImageShape, numClasses: number, config: TimmMixConfig, rng: Mulberry32): MixResult {
+function mixTimm(
+  images: Float32Array,
+  labels: ArrayLike<number>,
+  n: number,
+  shape: ImageShape,
+  numClasses: number,
+  config: TimmMixConfig,
+  rng: Mulberry32,
+): MixResult {
   const params = timmParams(config, rng);
   if (params.lam === 1) return { targets: plainTargets(labels, n, numClasses, config.labelSmoothing), lam: 1, mode: 'none' };
   let lam = params.lam;
@@ -264,7 +289,15 @@ function mixTimm(images: Float32Array, labels: ArrayLike<number>, n: number, sha
  * each device's batch; here the draw is per micro-batch (as its fold_in="device"), because the
  * micro-batch is the unit every worker count shares.
  */
-function mixBigVision(images: Float32Array, labels: ArrayLike<number>, n: number, shape: ImageShape, numClasses: number, config: BigVisionMixConfig, rng: Mulberry32): MixResult {
+function mixBigVision(
+  images: Float32Array,
+  labels: ArrayLike<number>,
+  n: number,
+  shape: ImageShape,
+  numClasses: number,
+  config: BigVisionMixConfig,
+  rng: Mulberry32,
+): MixResult {
   // big_vision skips mixup when p is 0.
   if (config.p === 0) return { targets: plainTargets(labels, n, numClasses, config.labelSmoothing), lam: 1, mode: 'none' };
   const draw = sampleBeta(rng, config.p, config.p);
@@ -279,8 +312,18 @@ function mixBigVision(images: Float32Array, labels: ArrayLike<number>, n: number
  * targets. An odd n is allowed (timm asserts an even batch): with the flip partner the middle
  * sample pairs with itself, which leaves its image and target as they were (up to float32 rounding).
  */
-export function mixBatch(images: Float32Array, labels: ArrayLike<number>, n: number, shape: ImageShape, numClasses: number, config: MixConfig, rng: Mulberry32): MixResult {
+export function mixBatch(
+  images: Float32Array,
+  labels: ArrayLike<number>,
+  n: number,
+  shape: ImageShape,
+  numClasses: number,
+  config: MixConfig,
+  rng: Mulberry32,
+): MixResult {
   checkBatch(images, labels, n, shape, numClasses);
   validateMixConfig(config);
-  return config.kind === 'timm' ? mixTimm(images, labels, n, shape, numClasses, config, rng) : mixBigVision(images, labels, n, shape, numClasses, config, rng);
+  return config.kind === 'timm'
+    ? mixTimm(images, labels, n, shape, numClasses, config, rng)
+    : mixBigVision(images, labels, n, shape, numClasses, config, rng);
 }

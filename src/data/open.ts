@@ -58,7 +58,11 @@ export function storedSplitExists(format: DataFormat, path: string, split: 'trai
 export async function openImageSource(spec: DataSpec, split: DataSplit): Promise<ImageSource> {
   const { format, path, holdout, holdoutSeed } = spec;
   if (split === 'val') return openStoredSplit(format, path, 'val');
-  if (split === 'holdout' && holdout === 0) throw new InputError('DATA_FILE_INVALID', `${path}: the holdout split is empty: the data spec holds out no training images (holdout 0)`);
+  if (split === 'holdout' && holdout === 0)
+    throw new InputError(
+      'DATA_FILE_INVALID',
+      `${path}: the holdout split is empty: the data spec holds out no training images (holdout 0)`,
+    );
   const train = openStoredSplit(format, path, 'train');
   let held: Uint32Array;
   try {

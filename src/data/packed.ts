@@ -16,7 +16,18 @@
 // last, and an existing index of the split is removed first, so a pack that was interrupted has no
 // index and cannot be mistaken for a whole one.
 import {
-  closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync,
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeSync,
 } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -68,12 +79,21 @@ async function resizeForPack(image: RawImage, size: number): Promise<RawImage> {
   const target = packedImageSize(image.height, image.width, size);
   if (target.height === image.height && target.width === image.width) return image;
   const { height, width, channels } = image;
-  let pipeline = sharp(image.data, { raw: { height, width, channels: channels as 1 | 3 } })
-    .resize({ height: target.height, width: target.width, fit: 'fill', kernel: RESIZE_KERNEL });
+  let pipeline = sharp(image.data, { raw: { height, width, channels: channels as 1 | 3 } }).resize({
+    height: target.height,
+    width: target.width,
+    fit: 'fill',
+    kernel: RESIZE_KERNEL,
+  });
   // sharp makes 3-channel sRGB of a 1-channel input unless told to keep it grayscale.
   if (channels === 1) pipeline = pipeline.toColourspace('b-w');
   const { data, info } = await pipeline.raw().toUint8Array();
-  return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), height: info.height, width: info.width, channels: info.channels };
+  return {
+    data: new Uint8Array(data.buffer, data.byteOffset, data.length),
+    height: info.height,
+    width: info.width,
+    channels: info.channels,
+  };
 }
 
 export interface PackOptions {
@@ -158,8 +178,12 @@ interface IndexTables {
 
 function allocateTables(count: number): IndexTables {
   return {
-    offset: new Float64Array(count), shard: new Uint32Array(count), height: new Uint32Array(count),
-    width: new Uint32Array(count), label: new Uint32Array(count), channels: new Uint8Array(count),
+    offset: new Float64Array(count),
+    shard: new Uint32Array(count),
+    height: new Uint32Array(count),
+    width: new Uint32Array(count),
+    label: new Uint32Array(count),
+    channels: new Uint8Array(count),
   };
 }
 
@@ -189,8 +213,10 @@ function encodeIndex(header: PackedHeader, tables: IndexTables): Buffer {
 export async function packSplit(source: ImageSource, outDir: string, split: StoredSplit, options: PackOptions): Promise<PackSummary> {
   const { size, shardBytes = DEFAULT_SHARD_BYTES, skipCorrupt = false, concurrency = availableParallelism() } = options;
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`pack size must be a positive integer, got ${size}`);
-  if (!Number.isInteger(shardBytes) || shardBytes < 1) throw new RangeError(`shard limit must be a positive number of bytes, got ${shardBytes}`);
-  if (!Number.isInteger(concurrency) || concurrency < 1) throw new RangeError(`pack concurrency must be a positive integer, got ${concurrency}`);
+  if (!Number.isInteger(shardBytes) || shardBytes < 1)
+    throw new RangeError(`shard limit must be a positive number of bytes, got ${shardBytes}`);
+  if (!Number.isInteger(concurrency) || concurrency < 1)
+    throw new RangeError(`pack concurrency must be a positive integer, got ${concurrency}`);
   mkdirSync(outDir, { recursive: true });
   removeSplitFiles(outDir, split);
 
@@ -213,7 +239,11 @@ export async function packSplit(source: ImageSource, outDir: string, split: Stor
   const prepare = async (index: number): Promise<Prepared> => {
     try {
       const image = await source.read(index);
-      if (image.channels !== source.channels) throw new InputError('DATA_FILE_INVALID', `${source.describe(index)}: has ${image.channels} channels, the data set ${source.channels}`);
+      if (image.channels !== source.channels)
+        throw new InputError(
+          'DATA_FILE_INVALID',
+          `${source.describe(index)}: has ${image.channels} channels, the data set ${source.channels}`,
+        );
       return { image: await resizeForPack(image, size) };
     } catch (err) {
       if (err instanceof CorruptImageError) return { corrupt: err };
@@ -267,7 +297,15 @@ export async function packSplit(source: ImageSource, outDir: string, split: Stor
     removeSplitFiles(outDir, split);
     throw err;
   }
-  const header: PackedHeader = { split, count, channels: source.channels, classes: [...source.classes], size, kernel: RESIZE_KERNEL, shards };
+  const header: PackedHeader = {
+    split,
+    count,
+    channels: source.channels,
+    classes: [...source.classes],
+    size,
+    kernel: RESIZE_KERNEL,
+    shards,
+  };
   writeFileAtomic(join(outDir, indexFileName(split)), encodeIndex(header, tables));
   // Make the renames durable too (Linux allows fsync on a directory).
   const dirFd = openSync(outDir, 'r');
@@ -290,9 +328,11 @@ function parseHeader(bytes: Buffer, indexPath: string): { header: PackedHeader; 
   const fail = (problem: string, options?: ErrorOptions): never => {
     throw new InputError('DATA_FILE_INVALID', `${indexPath}: ${problem}`, options);
   };
-  if (bytes.length < PREAMBLE_BYTES || !bytes.subarray(0, PACK_MAGIC.length).equals(PACK_MAGIC)) fail('not a packed index (bad magic bytes)');
+  if (bytes.length < PREAMBLE_BYTES || !bytes.subarray(0, PACK_MAGIC.length).equals(PACK_MAGIC))
+    fail('not a packed index (bad magic bytes)');
   const version = bytes.readUInt32LE(PACK_MAGIC.length);
-  if (version !== PACK_FORMAT_VERSION) fail(`packed format version ${version}, this version of vit-dist reads ${PACK_FORMAT_VERSION} (pack the data again)`);
+  if (version !== PACK_FORMAT_VERSION)
+    fail(`packed format version ${version}, this version of vit-dist reads ${PACK_FORMAT_VERSION} (pack the data again)`);
   const jsonBytes = bytes.readUInt32LE(PACK_MAGIC.length + 4);
   if (PREAMBLE_BYTES + jsonBytes > bytes.length) fail('truncated header');
   let header: PackedHeader;
@@ -305,7 +345,8 @@ function parseHeader(bytes: Buffer, indexPath: string): { header: PackedHeader; 
   if (!Number.isInteger(count) || count < 0) fail(`bad record count ${count}`);
   if (channels !== 1 && channels !== 3) fail(`bad channel count ${channels}`);
   if (!Array.isArray(classes) || classes.length === 0 || !classes.every((c) => typeof c === 'string')) fail('bad class names');
-  if (!Array.isArray(shards) || !shards.every((s) => typeof s?.file === 'string' && Number.isInteger(s.bytes) && s.bytes >= 0)) fail('bad shard list');
+  if (!Array.isArray(shards) || !shards.every((s) => typeof s?.file === 'string' && Number.isInteger(s.bytes) && s.bytes >= 0))
+    fail('bad shard list');
   const tablesAt = Math.ceil((PREAMBLE_BYTES + jsonBytes) / TABLE_ALIGNMENT) * TABLE_ALIGNMENT;
   const expected = tablesAt + count * INDEX_RECORD_BYTES;
   if (bytes.length !== expected) fail(`is ${bytes.length} bytes, its header of ${count} records needs ${expected}`);
@@ -331,7 +372,8 @@ function decodeTables(bytes: Buffer, tablesAt: number, count: number): IndexTabl
  */
 export function openPacked(dir: string, split: StoredSplit): PackedSource {
   const indexPath = join(dir, indexFileName(split));
-  if (!existsSync(indexPath)) throw new InputError('DATA_FILE_INVALID', `${indexPath}: no packed ${split} split here (write one with \`vit-dist pack\`)`);
+  if (!existsSync(indexPath))
+    throw new InputError('DATA_FILE_INVALID', `${indexPath}: no packed ${split} split here (write one with \`vit-dist pack\`)`);
   const bytes = readFileSync(indexPath);
   const { header, tablesAt } = parseHeader(bytes, indexPath);
   const { count, channels, classes } = header;
@@ -339,14 +381,29 @@ export function openPacked(dir: string, split: StoredSplit): PackedSource {
     const path = join(dir, shard.file);
     const actual = statSync(path, { throwIfNoEntry: false })?.size;
     if (actual === undefined) throw new InputError('DATA_FILE_NOT_FOUND', `${path}: shard file not found (listed in ${indexPath})`);
-    if (actual !== shard.bytes) throw new InputError('DATA_FILE_INVALID', `${path}: ${actual < shard.bytes ? 'truncated shard' : 'shard of the wrong size'}: ${actual} bytes, the index ${indexPath} expects ${shard.bytes}`);
+    if (actual !== shard.bytes)
+      throw new InputError(
+        'DATA_FILE_INVALID',
+        `${path}: ${actual < shard.bytes ? 'truncated shard' : 'shard of the wrong size'}: ${actual} bytes, the index ${indexPath} expects ${shard.bytes}`,
+      );
   }
   const { offset, shard, height, width, label, channels: recordChannels } = decodeTables(bytes, tablesAt, count);
   for (let i = 0; i < count; i++) {
     const s = header.shards[shard[i]!];
     const end = offset[i]! + height[i]! * width[i]! * channels;
-    if (s === undefined || recordChannels[i] !== channels || label[i]! >= classes.length || !(offset[i]! >= 0) || end > s.bytes || height[i] === 0 || width[i] === 0) {
-      throw new InputError('DATA_FILE_INVALID', `${indexPath}: record ${i} is inconsistent (shard ${shard[i]}, offset ${offset[i]}, ${height[i]}x${width[i]}x${recordChannels[i]}, label ${label[i]})`);
+    if (
+      s === undefined ||
+      recordChannels[i] !== channels ||
+      label[i]! >= classes.length ||
+      !(offset[i]! >= 0) ||
+      end > s.bytes ||
+      height[i] === 0 ||
+      width[i] === 0
+    ) {
+      throw new InputError(
+        'DATA_FILE_INVALID',
+        `${indexPath}: record ${i} is inconsistent (shard ${shard[i]}, offset ${offset[i]}, ${height[i]}x${width[i]}x${recordChannels[i]}, label ${label[i]})`,
+      );
     }
   }
   const uniform = count > 0 && height.every((h) => h === height[0]) && width.every((w) => w === width[0]);
@@ -362,7 +419,11 @@ export function openPacked(dir: string, split: StoredSplit): PackedSource {
     let got = 0;
     while (got < data.length) {
       const n = readSync(fds[s]!, data, got, data.length - got, offset[index]! + got);
-      if (n === 0) throw new InputError('DATA_FILE_INVALID', `${path}: ends inside record ${index} (at byte ${offset[index]! + got}): the shard changed after it was opened`);
+      if (n === 0)
+        throw new InputError(
+          'DATA_FILE_INVALID',
+          `${path}: ends inside record ${index} (at byte ${offset[index]! + got}): the shard changed after it was opened`,
+        );
       got += n;
     }
     return { data, height: height[index]!, width: width[index]!, channels };

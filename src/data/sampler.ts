@@ -36,9 +36,16 @@ export class EpochSampler {
   private cachedEpoch = -1;
   private cachedPermutation = new Uint32Array(0);
 
-  constructor(readonly datasetSize: number, readonly globalBatch: number, readonly seed: number, readonly repeats = 1) {
-    if (!Number.isInteger(globalBatch) || globalBatch < 1) throw new RangeError(`global batch must be a positive integer, got ${globalBatch}`);
-    if (globalBatch > datasetSize) throw new RangeError(`global batch ${globalBatch} is larger than the training set (${datasetSize} samples)`);
+  constructor(
+    readonly datasetSize: number,
+    readonly globalBatch: number,
+    readonly seed: number,
+    readonly repeats = 1,
+  ) {
+    if (!Number.isInteger(globalBatch) || globalBatch < 1)
+      throw new RangeError(`global batch must be a positive integer, got ${globalBatch}`);
+    if (globalBatch > datasetSize)
+      throw new RangeError(`global batch ${globalBatch} is larger than the training set (${datasetSize} samples)`);
     if (!Number.isInteger(repeats) || repeats < 1 || repeats > MAX_REPEATS) {
       throw new RangeError(`repeated augmentation count must be an integer in [1, ${MAX_REPEATS}], got ${repeats}`);
     }

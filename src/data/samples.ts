@@ -60,13 +60,22 @@ export async function makeSamples(
     // Before any read: a substitute's index wraps around the split, which would hide a bad index.
     checkSampleIndex(index, source.size, 'the split');
     const newRng = () => sampleRng(options.seed, request.epoch, index, request.repeats?.[s] ?? 0);
-    labels[s] = await makeOrSubstitute(source, index, options.skipCorrupt, skipped, (candidate) => makeSample(source, candidate, pipeline, newRng(), out, s * sampleSize));
+    labels[s] = await makeOrSubstitute(source, index, options.skipCorrupt, skipped, (candidate) =>
+      makeSample(source, candidate, pipeline, newRng(), out, s * sampleSize),
+    );
   }
   return { skipped };
 }
 
 /** Writes sample `index` of `source` through `pipeline` to out[offset ...], the first op during decoding when both allow it. */
-async function makeSample(source: ImageSource, index: number, pipeline: Pipeline, rng: Mulberry32, out: Float32Array, offset: number): Promise<void> {
+async function makeSample(
+  source: ImageSource,
+  index: number,
+  pipeline: Pipeline,
+  rng: Mulberry32,
+  out: Float32Array,
+  offset: number,
+): Promise<void> {
   const head = pipeline.head;
   if (!head || !source.readRegion) return pipeline.apply(await source.read(index), rng, out, offset);
   let regional = false;
@@ -85,7 +94,11 @@ async function makeSample(source: ImageSource, index: number, pipeline: Pipeline
  * its label: the substitute depends only on the data, so every worker count trains on the same pixels.
  */
 async function makeOrSubstitute(
-  source: ImageSource, index: number, skipCorrupt: boolean, skipped: string[], make: (candidate: number) => Promise<void>,
+  source: ImageSource,
+  index: number,
+  skipCorrupt: boolean,
+  skipped: string[],
+  make: (candidate: number) => Promise<void>,
 ): Promise<number> {
   for (let attempt = 0; attempt < MAX_CONSECUTIVE_CORRUPT; attempt++) {
     const candidate = (index + attempt) % source.size;

@@ -65,7 +65,10 @@ function installStatus(pkg: string): EngineStatus | null {
 async function loadNative(pkg: string): Promise<NativeLoad> {
   const status = installStatus(pkg);
   if (status && !status.ok) {
-    return { ok: false, why: `${pkg} was not built or failed its smoke test at install (${status.failure}); rebuild with node scripts/build-tensorflow-engine.mjs` };
+    return {
+      ok: false,
+      why: `${pkg} was not built or failed its smoke test at install (${status.failure}); rebuild with node scripts/build-tensorflow-engine.mjs`,
+    };
   }
   quietTensorflowByDefault();
   try {
@@ -85,7 +88,10 @@ async function loadNative(pkg: string): Promise<NativeLoad> {
   // tfjs-node registers its 'tensorflow' backend into the copy of tfjs-core it imports. If npm did
   // not dedupe that copy with ours, the backend exists but not in the engine the model uses.
   if (tf.findBackendFactory('tensorflow') === null) {
-    return { ok: false, why: `${pkg} loaded, but registered its backend in another copy of @tensorflow/tfjs-core (versions differ from ${tf.version_core}?)` };
+    return {
+      ok: false,
+      why: `${pkg} loaded, but registered its backend in another copy of @tensorflow/tfjs-core (versions differ from ${tf.version_core}?)`,
+    };
   }
   return { ok: true };
 }
@@ -121,7 +127,10 @@ async function tryTensorflow(gpu: number | undefined): Promise<{ reason: string 
       failures.push(`${pkg} loaded but the 'tensorflow' backend failed to initialize`);
       continue;
     }
-    const device = pkg === TFJS_NODE_GPU ? `GPU ${gpu} (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? 'unset'})` : `CPU, ${intraOpThreads()}`;
+    const device =
+      pkg === TFJS_NODE_GPU
+        ? `GPU ${gpu} (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? 'unset'})`
+        : `CPU, ${intraOpThreads()}`;
     const note = gpu !== undefined && pkg === TFJS_NODE ? ` (GPU ${gpu} was asked for but ${failures[0]})` : '';
     return { reason: `native TensorFlow ${tensorflowVersion()} via ${pkg} on ${device}${note}` };
   }
@@ -131,7 +140,10 @@ async function tryTensorflow(gpu: number | undefined): Promise<{ reason: string 
 /** With --gpu: tfjs-node-gpu if it loads, else WebGPU on a real GPU adapter (never a software one). */
 async function tryGpu(gpu: number): Promise<{ reason: string } | { failures: string[] }> {
   const loaded = await loadNative(TFJS_NODE_GPU);
-  if (loaded.ok && (await activate('tensorflow'))) return { reason: `native TensorFlow via ${TFJS_NODE_GPU} on GPU ${gpu} (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? 'unset'})` };
+  if (loaded.ok && (await activate('tensorflow')))
+    return {
+      reason: `native TensorFlow via ${TFJS_NODE_GPU} on GPU ${gpu} (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? 'unset'})`,
+    };
   const failures = [loaded.ok ? `${TFJS_NODE_GPU} loaded but the 'tensorflow' backend failed to initialize` : loaded.why];
   try {
     return { reason: `${(await activateWebGPU({ gpu, allowSoftware: false })).reason}, because ${failures[0]}` };

@@ -95,7 +95,13 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
   }
 
   /** The training pass's tensors for n images, kept past the tidy: the flat gradient and what the result reads. */
-  private trainTensors(images: Float32Array, labels: Int32Array, n: number, gradLength: number, ctx: TrainContext | undefined): TrainTensors {
+  private trainTensors(
+    images: Float32Array,
+    labels: Int32Array,
+    n: number,
+    gradLength: number,
+    ctx: TrainContext | undefined,
+  ): TrainTensors {
     if (gradLength !== this.numParams) throw new Error(`gradAccum has length ${gradLength}, expected ${this.numParams}`);
     if (ctx && ctx.sampleIndices.length < n) throw new Error(`sampleIndices holds ${ctx.sampleIndices.length} values, expected ${n}`);
     checkLabels(labels, n, this.config.numClasses);
@@ -138,27 +144,47 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
    * before this returns; the promise waits only for the loss and logits reads, so the caller can
    * record the next micro-batch meanwhile.
    */
-  async accumulateGradient(images: Float32Array, labels: Int32Array, n: number, into: DeviceGradientSum, ctx?: TrainContext): Promise<LossResult> {
+  async accumulateGradient(
+    images: Float32Array,
+    labels: Int32Array,
+    n: number,
+    into: DeviceGradientSum,
+    ctx?: TrainContext,
+  ): Promise<LossResult> {
     const { grad, ...read } = this.trainTensors(images, labels, n, into.length, ctx);
     into.add(grad);
     // Everything above ran before the first await; the caller may refill `labels` while the reads wait.
     const ownLabels = labels.slice(0, n);
     try {
-      const [lossSum, logits, distillation] = await Promise.all([read.lossSum.data(), read.logits.data(), read.distillationLossSum?.data()]);
+      const [lossSum, logits, distillation] = await Promise.all([
+        read.lossSum.data(),
+        read.logits.data(),
+        read.distillationLossSum?.data(),
+      ]);
       return this.trainResult(lossSum, logits, distillation, ownLabels, n);
     } finally {
       tf.dispose(read);
     }
   }
 
-  private trainResult(lossSum: tf.TypedArray, logits: tf.TypedArray, distillationLossSum: tf.TypedArray | undefined, labels: Int32Array, n: number): LossResult {
+  private trainResult(
+    lossSum: tf.TypedArray,
+    logits: tf.TypedArray,
+    distillationLossSum: tf.TypedArray | undefined,
+    labels: Int32Array,
+    n: number,
+  ): LossResult {
     const result: LossResult = { lossSum: lossSum[0]!, correct: countCorrectIn(logits, this.config.numClasses, labels, n) };
     if (distillationLossSum) result.distillationLossSum = distillationLossSum[0]!;
     return result;
   }
 
   /** The inference pass's tensors for evaluate: the summed cross entropy and the heads' logits. */
-  private evaluationTensors(images: Float32Array, labels: Int32Array, n: number): { lossSum: tf.Tensor; logits: tf.Tensor2D; cls?: tf.Tensor2D; dist?: tf.Tensor2D } {
+  private evaluationTensors(
+    images: Float32Array,
+    labels: Int32Array,
+    n: number,
+  ): { lossSum: tf.Tensor; logits: tf.Tensor2D; cls?: tf.Tensor2D; dist?: tf.Tensor2D } {
     return tf.tidy(() => {
       const heads = this.inferenceHeads(this.imagesTensor(images, n));
       const logits = jointLogits(heads);
@@ -188,7 +214,14 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
     }
   }
 
-  private evaluationResult(lossSum: tf.TypedArray, logits: tf.TypedArray, cls: tf.TypedArray | undefined, dist: tf.TypedArray | undefined, labels: Int32Array, n: number): LossResult {
+  private evaluationResult(
+    lossSum: tf.TypedArray,
+    logits: tf.TypedArray,
+    cls: tf.TypedArray | undefined,
+    dist: tf.TypedArray | undefined,
+    labels: Int32Array,
+    n: number,
+  ): LossResult {
     const classes = this.config.numClasses;
     const result: LossResult = { lossSum: lossSum[0]!, correct: countCorrectIn(logits, classes, labels, n) };
     if (cls && dist) {

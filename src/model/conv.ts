@@ -54,7 +54,12 @@ export function convSameBackward(dy: tf.Tensor4D, x: tf.Tensor4D, w: tf.Tensor4D
   // dw[i, j, ci, co] = sum_{b,y,x} xPadded[b, y + i, x + j, ci] dy[b, y, x, co]: a 'valid'
   // convolution of the images [Cin, H + 2r, W + 2r, B] (channels as the batch, the batch as
   // channels) with the filter dy as [H, W, B, Cout], giving [Cin, k, k, Cout].
-  const xT = tf.pad(tf.transpose(x, [3, 1, 2, 0]), [[0, 0], [r, r], [r, r], [0, 0]]) as tf.Tensor4D;
+  const xT = tf.pad(tf.transpose(x, [3, 1, 2, 0]), [
+    [0, 0],
+    [r, r],
+    [r, r],
+    [0, 0],
+  ]) as tf.Tensor4D;
   const dwT = tf.conv2d(xT, tf.transpose(dy, [1, 2, 0, 3]), 1, 'valid');
   return { dx, dw: tf.transpose(dwT, [1, 2, 0, 3]), db: tf.sum(dy, [0, 1, 2]) };
 }

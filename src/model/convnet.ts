@@ -114,13 +114,18 @@ function validateConfig(config: ConvNetConfig): void {
     if (!positive(config[key])) throw new Error(`ConvNetConfig.${key} must be a positive integer, got ${config[key]}`);
   }
   const { widths, depths } = config;
-  if (!Array.isArray(widths) || widths.length === 0 || !widths.every(positive)) throw new Error(`ConvNetConfig.widths must be a non-empty list of positive integers, got ${JSON.stringify(widths)}`);
+  if (!Array.isArray(widths) || widths.length === 0 || !widths.every(positive))
+    throw new Error(`ConvNetConfig.widths must be a non-empty list of positive integers, got ${JSON.stringify(widths)}`);
   if (!Array.isArray(depths) || depths.length !== widths.length || !depths.every((d) => Number.isInteger(d) && d >= 0)) {
     throw new Error(`ConvNetConfig.depths must hold a count >= 0 for each of the ${widths.length} stages, got ${JSON.stringify(depths)}`);
   }
   const reduction = PATCH ** widths.length; // the stem and each downsampling halve the size
-  if (config.imageSize % reduction !== 0) throw new Error(`ConvNetConfig.imageSize ${config.imageSize} is not a multiple of ${reduction} (${widths.length} stages, each halving it)`);
-  if (config.distilled !== false) throw new Error(`ConvNetConfig.distilled must be false (a convnet has no distillation token), got ${config.distilled}`);
+  if (config.imageSize % reduction !== 0)
+    throw new Error(
+      `ConvNetConfig.imageSize ${config.imageSize} is not a multiple of ${reduction} (${widths.length} stages, each halving it)`,
+    );
+  if (config.distilled !== false)
+    throw new Error(`ConvNetConfig.distilled must be false (a convnet has no distillation token), got ${config.distilled}`);
 }
 
 /** Activations of one unit kept for its backward pass. */
@@ -161,7 +166,10 @@ export class ConvNet extends FlatParamClassifier<ConvNetConfig> {
     const units: UnitActs[] = [];
     for (const unit of this.units) {
       const input = unit.kind === 'patch' ? patchify(h, PATCH) : h;
-      const conv = unit.kind === 'patch' ? linear(input as tf.Tensor2D, this.patchMatrix(unit), this.b(`${unit.name}.conv`)) : convSame(h, this.kernel(unit), this.b(`${unit.name}.conv`));
+      const conv =
+        unit.kind === 'patch'
+          ? linear(input as tf.Tensor2D, this.patchMatrix(unit), this.b(`${unit.name}.conv`))
+          : convSame(h, this.kernel(unit), this.b(`${unit.name}.conv`));
       // Rows are pixels: the LayerNorm normalizes each pixel's channels.
       const norm = layerNorm(tf.reshape(conv, [-1, unit.outChannels]), this.w(`${unit.name}.norm`), this.b(`${unit.name}.norm`));
       const out = tf.relu(norm.y);
@@ -188,7 +196,11 @@ export class ConvNet extends FlatParamClassifier<ConvNetConfig> {
         if (i === 0) break; // the images need no gradient
         dx = unpatchify(g.dx, B, unit.inSize, PATCH);
       } else {
-        const g = convSameBackward(tf.reshape(norm.dx, [B, unit.outSize, unit.outSize, unit.outChannels]), a.input as tf.Tensor4D, this.kernel(unit));
+        const g = convSameBackward(
+          tf.reshape(norm.dx, [B, unit.outSize, unit.outSize, unit.outChannels]),
+          a.input as tf.Tensor4D,
+          this.kernel(unit),
+        );
         grads.set(`${unit.name}.conv.weight`, g.dw).set(`${unit.name}.conv.bias`, g.db);
         dx = g.dx;
       }

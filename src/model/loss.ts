@@ -63,7 +63,8 @@ export function oneHotLabels(labels: Int32Array, n: number, numClasses: number):
 
 /** The first n rows of soft targets as a tensor, each row checked to be a distribution. */
 function softTargetsTensor(targets: Float32Array, n: number, numClasses: number): tf.Tensor2D {
-  if (targets.length < n * numClasses) throw new Error(`softTargets holds ${targets.length} values, ${n} images of ${numClasses} classes need ${n * numClasses}`);
+  if (targets.length < n * numClasses)
+    throw new Error(`softTargets holds ${targets.length} values, ${n} images of ${numClasses} classes need ${n * numClasses}`);
   for (let i = 0; i < n; i++) {
     let sum = 0;
     for (let k = 0; k < numClasses; k++) {
@@ -127,13 +128,20 @@ export interface Objective {
  *   teacher's argmax is); both heads then learn the labels and the distillation token is a second
  *   class token.
  */
-export function trainingObjective(heads: HeadLogits, labels: Int32Array, n: number, numClasses: number, ctx: TrainContext | undefined): Objective {
+export function trainingObjective(
+  heads: HeadLogits,
+  labels: Int32Array,
+  n: number,
+  numClasses: number,
+  ctx: TrainContext | undefined,
+): Objective {
   const alpha = ctx?.distillationAlpha ?? 0.5;
   if (!(alpha >= 0 && alpha <= 1)) throw new Error(`distillationAlpha must be in [0, 1], got ${alpha}`);
   const smoothing = ctx?.regularization?.labelSmoothing ?? 0;
   // What the heads learn without a teacher: the soft targets as they are, or one-hot labels.
   const unsmoothed = ctx?.softTargets ? softTargetsTensor(ctx.softTargets, n, numClasses) : oneHotLabels(labels, n, numClasses);
-  const target: tf.Tensor2D = !ctx?.softTargets && smoothing > 0 ? tf.add(tf.mul(unsmoothed, 1 - smoothing), smoothing / numClasses) : unsmoothed;
+  const target: tf.Tensor2D =
+    !ctx?.softTargets && smoothing > 0 ? tf.add(tf.mul(unsmoothed, 1 - smoothing), smoothing / numClasses) : unsmoothed;
   const cls = (ctx?.loss === 'sigmoid_xent' ? sigmoidCrossEntropyTerm : crossEntropyTerm)(heads.cls, target);
   if (!heads.dist) return { lossSum: cls.lossSum, dLogits: { cls: cls.dLogits, dist: null }, distillationLossSum: null };
   const dist = distillationTerm(heads.dist, unsmoothed, n, numClasses, ctx?.distillation);
@@ -145,10 +153,17 @@ export function trainingObjective(heads: HeadLogits, labels: Int32Array, n: numb
 }
 
 /** The distillation head's loss term summed over the n images, and its gradient w.r.t. that head's logits. */
-function distillationTerm(dist: tf.Tensor2D, targets: tf.Tensor2D, n: number, numClasses: number, guidance: TeacherGuidance | undefined): LossTerm {
+function distillationTerm(
+  dist: tf.Tensor2D,
+  targets: tf.Tensor2D,
+  n: number,
+  numClasses: number,
+  guidance: TeacherGuidance | undefined,
+): LossTerm {
   if (!guidance) return crossEntropyTerm(dist, targets);
   const K = numClasses;
-  if (guidance.teacherLogits.length < n * K) throw new Error(`teacherLogits holds ${guidance.teacherLogits.length} values, ${n} images of ${K} classes need ${n * K}`);
+  if (guidance.teacherLogits.length < n * K)
+    throw new Error(`teacherLogits holds ${guidance.teacherLogits.length} values, ${n} images of ${K} classes need ${n * K}`);
   const teacher = guidance.teacherLogits.subarray(0, n * K);
   if (guidance.mode === 'hard') return crossEntropyTerm(dist, oneHotLabels(argmaxRows(teacher, n, K), n, K));
   const { tau } = guidance;

@@ -104,9 +104,10 @@ export function checkMicroBatchFits(plan: MicroBatchPlan): void {
   if (needed <= WASM_HEAP_MAX_BYTES) return;
   const largest = largestWasmMicroBatch(config, regularization);
   const gib = (bytes: number) => (bytes / 2 ** 30).toFixed(1);
-  const change = largest > 0
-    ? `use micro-batch ${largest} or less (the recipe's microBatch, or --micro-batch of run, launch and sweep; the global batch and the update stay the same)`
-    : 'not even one image fits';
+  const change =
+    largest > 0
+      ? `use micro-batch ${largest} or less (the recipe's microBatch, or --micro-batch of run, launch and sweep; the global batch and the update stay the same)`
+      : 'not even one image fits';
   throw new Error(
     `model ${model} at micro-batch ${microBatch} needs about ${gib(needed)} GiB of wasm heap per training pass, more than the ${gib(WASM_HEAP_MAX_BYTES)} GiB ` +
       `a wasm32 module can address: ${change}, or run the worker on the tensorflow backend (@tensorflow/tfjs-node)`,

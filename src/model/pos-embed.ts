@@ -54,13 +54,22 @@ export function resamplePosEmbed(
 ): Float32Array {
   const [h, w] = fromGrid;
   const [H, W] = toGrid;
-  for (const [name, n] of [['fromGrid', h], ['fromGrid', w], ['toGrid', H], ['toGrid', W], ['dim', dim]] as const) {
+  for (const [name, n] of [
+    ['fromGrid', h],
+    ['fromGrid', w],
+    ['toGrid', H],
+    ['toGrid', W],
+    ['dim', dim],
+  ] as const) {
     if (!Number.isInteger(n) || n <= 0) throw new Error(`resamplePosEmbed: ${name} must hold positive integers, got ${n}`);
   }
-  if (numPrefixTokens !== 1 && numPrefixTokens !== 2) throw new Error(`resamplePosEmbed: numPrefixTokens must be 1 or 2, got ${numPrefixTokens}`);
+  if (numPrefixTokens !== 1 && numPrefixTokens !== 2)
+    throw new Error(`resamplePosEmbed: numPrefixTokens must be 1 or 2, got ${numPrefixTokens}`);
   const expected = (numPrefixTokens + h * w) * dim;
   if (posEmbed.length !== expected) {
-    throw new Error(`resamplePosEmbed: a ${h}x${w} grid with ${numPrefixTokens} prefix tokens of ${dim} needs ${expected} values, got ${posEmbed.length}`);
+    throw new Error(
+      `resamplePosEmbed: a ${h}x${w} grid with ${numPrefixTokens} prefix tokens of ${dim} needs ${expected} values, got ${posEmbed.length}`,
+    );
   }
   const prefix = numPrefixTokens * dim;
   const grid = posEmbed.subarray(prefix);

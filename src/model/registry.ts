@@ -16,7 +16,17 @@ const LARGE = { ...IMAGENET, embedDim: 1024, depth: 24, numHeads: 16 } as const;
 // (vs ~310 at embedDim 96, ~370 at depth 6, ~135 with 4x4 patches). Single-process AdamW, global
 // batch 512, lr 4e-3, 60 warmup steps, cosine: 78.4/83.1/84.9/85.7/87.0/87.2% test accuracy after
 // epochs 1-6, i.e. ~5.5 minutes per worker for 6 epochs when two workers split the batch.
-const FMNIST_TINY = { imageSize: 28, patchSize: 7, inChannels: 1, numClasses: 10, embedDim: 64, depth: 4, numHeads: 4, mlpRatio: 2, distilled: false } as const;
+const FMNIST_TINY = {
+  imageSize: 28,
+  patchSize: 7,
+  inChannels: 1,
+  numClasses: 10,
+  embedDim: 64,
+  depth: 4,
+  numHeads: 4,
+  mlpRatio: 2,
+  distilled: false,
+} as const;
 
 const VIT_MODELS = {
   vit_fmnist_tiny: FMNIST_TINY,
@@ -63,7 +73,15 @@ const CONVNET_MODELS = {
   // ~1550 forward (vit_fmnist_tiny: ~560 and ~1950), 91.8% test accuracy after 6 epochs (PyTorch,
   // the same recipe). One 3x3 convolution at 7x7 instead of two: 20% faster, 91.5%; a second one
   // at 14x14: 1.2x slower; widths 48/96, even with one convolution per stage: 1.4x slower.
-  convnet_fmnist_small: { family: 'convnet', imageSize: 28, inChannels: 1, numClasses: 10, widths: [32, 64], depths: [1, 2], distilled: false },
+  convnet_fmnist_small: {
+    family: 'convnet',
+    imageSize: 28,
+    inChannels: 1,
+    numClasses: 10,
+    widths: [32, 64],
+    depths: [1, 2],
+    distilled: false,
+  },
 } satisfies Record<string, Readonly<ConvNetConfig>>;
 
 const MODELS: Readonly<Record<string, Readonly<ModelConfig>>> = { ...VIT_MODELS, ...CONVNET_MODELS };

@@ -39,7 +39,8 @@ export function encodeSafetensors(tensors: Map<string, Tensor>, metadata: Record
   let offset = 0;
   for (const [name, { shape, data }] of tensors) {
     if (name === METADATA_KEY) throw new Error(`a tensor cannot be named ${METADATA_KEY}`);
-    if (elementCount(shape) !== data.length) throw new Error(`tensor "${name}": shape [${shape.join(', ')}] needs ${elementCount(shape)} values, got ${data.length}`);
+    if (elementCount(shape) !== data.length)
+      throw new Error(`tensor "${name}": shape [${shape.join(', ')}] needs ${elementCount(shape)} values, got ${data.length}`);
     header[name] = { dtype: 'F32', shape, data_offsets: [offset, offset + data.byteLength] };
     offset += data.byteLength;
   }
@@ -108,7 +109,8 @@ export function parseSafetensors(bytes: Uint8Array, path: string): SafetensorsCo
   if (bytes.length < HEADER_LENGTH_BYTES) fail(`too short (${bytes.length} bytes) for the 8-byte header length`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLength = view.getBigUint64(0, true);
-  if (headerLength > BigInt(bytes.length - HEADER_LENGTH_BYTES)) fail(`header length ${headerLength} runs past the end of the file (${bytes.length} bytes)`);
+  if (headerLength > BigInt(bytes.length - HEADER_LENGTH_BYTES))
+    fail(`header length ${headerLength} runs past the end of the file (${bytes.length} bytes)`);
   const dataStart = HEADER_LENGTH_BYTES + Number(headerLength);
   let header: unknown;
   try {
@@ -133,7 +135,8 @@ export function parseSafetensors(bytes: Uint8Array, path: string): SafetensorsCo
   const byOffset = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
   let expected = 0;
   for (const e of byOffset) {
-    if (e.begin !== expected) fail(`tensor "${e.name}" starts at data offset ${e.begin}, expected ${expected} (offsets must be contiguous)`);
+    if (e.begin !== expected)
+      fail(`tensor "${e.name}" starts at data offset ${e.begin}, expected ${expected} (offsets must be contiguous)`);
     if (e.end > dataLength) fail(`tensor "${e.name}" ends at data offset ${e.end}, past the ${dataLength} bytes of data`);
     expected = e.end;
   }
@@ -159,13 +162,20 @@ function parseEntry(name: string, value: unknown, fail: (problem: string) => nev
   if (typeof dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, dtype)) {
     fail(`${where}: dtype ${JSON.stringify(dtype)} is not supported (readable: ${Object.keys(DTYPE_BYTES).join(', ')})`);
   }
-  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) fail(`${where}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
-  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) || offsets[0] > offsets[1]) {
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+    fail(`${where}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
+  if (
+    !Array.isArray(offsets) ||
+    offsets.length !== 2 ||
+    !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
+    offsets[0] > offsets[1]
+  ) {
     fail(`${where}: data_offsets ${JSON.stringify(offsets)} is not a pair [begin, end] with 0 <= begin <= end`);
   }
   const [begin, end] = offsets as [number, number];
   const bytesNeeded = elementCount(shape as number[]) * DTYPE_BYTES[dtype as Dtype];
-  if (end - begin !== bytesNeeded) fail(`${where}: shape [${(shape as number[]).join(', ')}] of ${dtype} needs ${bytesNeeded} bytes, data_offsets span ${end - begin}`);
+  if (end - begin !== bytesNeeded)
+    fail(`${where}: shape [${(shape as number[]).join(', ')}] of ${dtype} needs ${bytesNeeded} bytes, data_offsets span ${end - begin}`);
   return { name, dtype: dtype as Dtype, shape: shape as number[], begin, end };
 }
 

@@ -45,7 +45,8 @@ export function readSavedWeights(path: string, role: string): SavedWeights {
 export function loadTeacher(path: string): ImageClassifier {
   const { config, params } = readSavedWeights(path, 'teacher');
   const model = createModel(config);
-  if (params.length !== model.numParams) throw new Error(`teacher ${path}: holds ${params.length} parameters, its model has ${model.numParams}`);
+  if (params.length !== model.numParams)
+    throw new Error(`teacher ${path}: holds ${params.length} parameters, its model has ${model.numParams}`);
   model.setParams(params);
   return model;
 }
@@ -56,7 +57,16 @@ function fromCheckpoint(path: string, role: string): SavedWeights {
   const { meta, state } = readCheckpoint(file);
   const recipe = validateRecipe(meta.recipe, `the recipe in ${role} checkpoint ${file}`);
   const config = createModelConfig(recipe.model, recipe.modelArgs);
-  return { file, model: recipe.model, modelArgs: recipe.modelArgs, config, params: state.params, ema: state.ema, recipe, data: exportedData(recipe.data, config.numClasses) };
+  return {
+    file,
+    model: recipe.model,
+    modelArgs: recipe.modelArgs,
+    config,
+    params: state.params,
+    ema: state.ema,
+    recipe,
+    data: exportedData(recipe.data, config.numClasses),
+  };
 }
 
 function fromSafetensors(path: string, role: string): SavedWeights {

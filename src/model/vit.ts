@@ -187,7 +187,14 @@ interface BlockMasks {
  * generators seeded by (seed, step, sampleIndices[b], block, site) only, so it does not depend
  * on which micro-batch, worker or batch position the sample lands in.
  */
-function sampleMasks(ctx: TrainContext, n: number, perSample: number, block: number, drop: { rate: number; site: number }, path: { rate: number; site: number }): Float32Array {
+function sampleMasks(
+  ctx: TrainContext,
+  n: number,
+  perSample: number,
+  block: number,
+  drop: { rate: number; site: number },
+  path: { rate: number; site: number },
+): Float32Array {
   const out = new Float32Array(n * perSample);
   const dropScale = 1 / (1 - drop.rate);
   for (let b = 0; b < n; b++) {
@@ -234,7 +241,6 @@ interface ForwardActs {
   pooledDist: tf.Tensor2D | null; // normed distillation token [B, D] of a distilled model
   heads: HeadLogits;
 }
-
 
 /**
  * The ViT/DeiT family. Its init (classifier.ts) draws cls_token, dist_token and pos_embed from the
@@ -341,7 +347,11 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
       const hidden = masked(tf.mul<tf.Tensor2D>(a.fc1, a.cdf), a.masks?.act); // as gelu() and the forward's dropout
       const fc2 = linearBackward(masked(dOut, a.masks?.fc2), hidden, this.w(`${name}.mlp.fc2`));
       record('mlp.fc2', fc2);
-      const fc1 = linearBackward(geluBackward(masked(fc2.dx, a.masks?.act), a.fc1, a.cdf), this.normOutput(`${name}.norm2`, a.norm2.xHat), this.w(`${name}.mlp.fc1`));
+      const fc1 = linearBackward(
+        geluBackward(masked(fc2.dx, a.masks?.act), a.fc1, a.cdf),
+        this.normOutput(`${name}.norm2`, a.norm2.xHat),
+        this.w(`${name}.mlp.fc1`),
+      );
       record('mlp.fc1', fc1);
       const norm2 = layerNormBackward(fc1.dx, a.norm2.xHat, a.norm2.rstd, this.w(`${name}.norm2`));
       record('norm2', { dw: norm2.dWeight, db: norm2.dBias });
@@ -377,8 +387,15 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     for (let i = 0; i < depth; i++) {
       // timm: dpr = torch.linspace(0, drop_path_rate, depth), block i drops with rate dpr[i].
       const pathRate = depth > 1 ? (reg.dropPath * i) / (depth - 1) : 0;
-      const mask = <R extends tf.Rank>(perSample: number, drop: { rate: number; site: number }, path: { rate: number; site: number }, shape: number[]) =>
-        drop.rate > 0 || path.rate > 0 ? (tf.tensor<tf.Rank>(sampleMasks(ctx, n, perSample, i, drop, path), shape, 'float32') as tf.Tensor<R>) : null;
+      const mask = <R extends tf.Rank>(
+        perSample: number,
+        drop: { rate: number; site: number },
+        path: { rate: number; site: number },
+        shape: number[],
+      ) =>
+        drop.rate > 0 || path.rate > 0
+          ? (tf.tensor<tf.Rank>(sampleMasks(ctx, n, perSample, i, drop, path), shape, 'float32') as tf.Tensor<R>)
+          : null;
       masks.push({
         attn: mask<tf.Rank.R3>(H * T * T, { rate: reg.attnDropout ?? 0, site: SITE.attn }, none, [n * H, T, T]),
         proj: mask<tf.Rank.R2>(T * D, dropout(SITE.proj), { rate: pathRate, site: SITE.dropPathAttn }, [n * T, D]),
@@ -416,7 +433,10 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const features = tf.reshape(norm.y, [B, T, D]) as tf.Tensor3D;
     const pooled = this.poolToken(features, 0);
     const pooledDist = distilled ? this.poolToken(features, 1) : null;
-    const heads = { cls: linear(pooled, this.w('head'), this.b('head')), dist: pooledDist && linear(pooledDist, this.w('head_dist'), this.b('head_dist')) };
+    const heads = {
+      cls: linear(pooled, this.w('head'), this.b('head')),
+      dist: pooledDist && linear(pooledDist, this.w('head_dist'), this.b('head_dist')),
+    };
     return { patches, blocks, norm, pooled, pooledDist, heads };
   }
 

@@ -41,7 +41,9 @@ function permute(data: Float32Array, shape: number[], perm: number[]): Float32Ar
 
 function inversePerm(perm: number[]): number[] {
   const inverse = new Array<number>(perm.length);
-  perm.forEach((axis, k) => { inverse[axis] = k; });
+  perm.forEach((axis, k) => {
+    inverse[axis] = k;
+  });
   return inverse;
 }
 
@@ -129,7 +131,8 @@ export function importTimmState(specs: ParamSpec[], tensors: Map<string, Tensor>
         replaced.push({ name: spec.name, fileShape: tensor.shape, modelShape: spec.timmShape });
         continue;
       }
-      const grids = options.allowHeadMismatch && spec.name === 'pos_embed' ? posEmbedGrids(tensor.shape, spec.timmShape, numPrefixTokens) : null;
+      const grids =
+        options.allowHeadMismatch && spec.name === 'pos_embed' ? posEmbedGrids(tensor.shape, spec.timmShape, numPrefixTokens) : null;
       if (grids) {
         // pos_embed has timm's layout internally (no timmPerm): the resampled tensor goes in as is.
         const { from, to } = grids;
@@ -137,7 +140,9 @@ export function importTimmState(specs: ParamSpec[], tensors: Map<string, Tensor>
         posEmbedResampled = { fileShape: tensor.shape, modelShape: spec.timmShape, fromGrid: [from, from], toGrid: [to, to] };
         continue;
       }
-      throw new Error(`tensor "${spec.name}" has shape ${showShape(tensor.shape)} in the file, the model expects ${showShape(spec.timmShape)}`);
+      throw new Error(
+        `tensor "${spec.name}" has shape ${showShape(tensor.shape)} in the file, the model expects ${showShape(spec.timmShape)}`,
+      );
     }
     params.set(spec.timmPerm ? permute(tensor.data, spec.timmShape, inversePerm(spec.timmPerm)) : tensor.data, spec.offset);
   }
@@ -156,10 +161,17 @@ export const META_MODEL_ARGS = 'model_args';
 export const META_DATA = 'data';
 
 /** The data settings a file of weights records: what chose its held-out images, its pipelines (with their normalization), and the class count. */
-export type ExportedData = Pick<RecipeData, 'format' | 'path' | 'holdout' | 'holdoutSeed' | 'trainPipeline' | 'evalPipeline'> & { numClasses: number };
+export type ExportedData = Pick<RecipeData, 'format' | 'path' | 'holdout' | 'holdoutSeed' | 'trainPipeline' | 'evalPipeline'> & {
+  numClasses: number;
+};
 
 /** The metadata of a file of weights: its format, model, model arguments and, when known, data settings, beside `extra`. */
-export function weightsMetadata(model: string, modelArgs: ModelArgs, data: ExportedData | null, extra: Record<string, string>): Record<string, string> {
+export function weightsMetadata(
+  model: string,
+  modelArgs: ModelArgs,
+  data: ExportedData | null,
+  extra: Record<string, string>,
+): Record<string, string> {
   return {
     format: 'pt', // as timm's and transformers' files: the tensors are a PyTorch state_dict
     [META_MODEL]: model,
@@ -176,7 +188,13 @@ export function exportedData(data: RecipeData, numClasses: number): ExportedData
 }
 
 const EXPORTED_DATA_TYPES: Record<keyof ExportedData, 'string' | 'number'> = {
-  format: 'string', path: 'string', holdout: 'number', holdoutSeed: 'number', trainPipeline: 'string', evalPipeline: 'string', numClasses: 'number',
+  format: 'string',
+  path: 'string',
+  holdout: 'number',
+  holdoutSeed: 'number',
+  trainPipeline: 'string',
+  evalPipeline: 'string',
+  numClasses: 'number',
 };
 
 /** The data settings stored under `data`, or null when the file has none (a timm file, an older export). `where` names the file in errors. */
@@ -187,13 +205,17 @@ export function dataFromMetadata(metadata: Record<string, string>, where: string
   try {
     data = JSON.parse(raw);
   } catch (err) {
-    throw new InputError('WEIGHTS_METADATA_INVALID', `${where}: metadata ${META_DATA} is not JSON (${(err as Error).message})`, { cause: err });
+    throw new InputError('WEIGHTS_METADATA_INVALID', `${where}: metadata ${META_DATA} is not JSON (${(err as Error).message})`, {
+      cause: err,
+    });
   }
   const record = (typeof data === 'object' && data !== null ? data : {}) as Record<string, unknown>;
   for (const [key, type] of Object.entries(EXPORTED_DATA_TYPES)) {
-    if (typeof record[key] !== type) throw new InputError('WEIGHTS_METADATA_INVALID', `${where}: metadata ${META_DATA} lacks ${type} "${key}"`);
+    if (typeof record[key] !== type)
+      throw new InputError('WEIGHTS_METADATA_INVALID', `${where}: metadata ${META_DATA} lacks ${type} "${key}"`);
   }
-  if (!(DATA_FORMATS as readonly unknown[]).includes(record.format)) throw new InputError('WEIGHTS_METADATA_INVALID', `${where}: metadata ${META_DATA} names an unknown format "${String(record.format)}"`);
+  if (!(DATA_FORMATS as readonly unknown[]).includes(record.format))
+    throw new InputError('WEIGHTS_METADATA_INVALID', `${where}: metadata ${META_DATA} names an unknown format "${String(record.format)}"`);
   return record as ExportedData;
 }
 

@@ -62,7 +62,9 @@ export async function cookSoups(names: readonly string[], options: CookOptions):
   const { useEma, progress } = options;
   const { infos, uniform } = firstPass(names, useEma);
   const first = infos[0]!;
-  progress(`${infos.length} ingredient${infos.length === 1 ? '' : 's'} of ${first.model}, ${uniform.length.toLocaleString('en-US')} parameters each`);
+  progress(
+    `${infos.length} ingredient${infos.length === 1 ? '' : 's'} of ${first.model}, ${uniform.length.toLocaleString('en-US')} parameters each`,
+  );
   const load = (name: string): Float32Array => {
     const ingredient = loadIngredient(name, { useEma });
     assertSameArchitecture(first, ingredient);
@@ -79,11 +81,15 @@ export async function cookSoups(names: readonly string[], options: CookOptions):
     for (const [i, info] of infos.entries()) {
       const results = await evaluateBoth(load(info.name));
       ingredients.push({ name: info.name, file: info.file, ...results });
-      progress(`ingredient ${i + 1}/${infos.length} ${info.name}: held-out ${percent(results.heldOut.top1)}, test ${percent(results.test.top1)}`);
+      progress(
+        `ingredient ${i + 1}/${infos.length} ${info.name}: held-out ${percent(results.heldOut.top1)}, test ${percent(results.test.top1)}`,
+      );
     }
 
     const uniformResults = await evaluateBoth(uniform);
-    progress(`uniform soup of ${infos.length}: held-out ${percent(uniformResults.heldOut.top1)}, test ${percent(uniformResults.test.top1)}`);
+    progress(
+      `uniform soup of ${infos.length}: held-out ${percent(uniformResults.heldOut.top1)}, test ${percent(uniformResults.test.top1)}`,
+    );
 
     // Each try's full held-out result, in order, so the greedy soup's need not be computed again.
     const tries: EvalResult[] = [];
@@ -95,15 +101,24 @@ export async function cookSoups(names: readonly string[], options: CookOptions):
         tries.push(result);
         return result.top1;
       },
-      (t) => progress(`greedy: + ${t.name} gives held-out ${percent(t.triedAccuracy)}: ${t.kept ? 'kept' : `dropped (the soup has ${percent(t.soupAccuracy)})`}`),
+      (t) =>
+        progress(
+          `greedy: + ${t.name} gives held-out ${percent(t.triedAccuracy)}: ${t.kept ? 'kept' : `dropped (the soup has ${percent(t.soupAccuracy)})`}`,
+        ),
     );
-    const lastKept = greedy.log.map((t, i) => (t.kept ? i : -1)).filter((i) => i > 0).at(-1);
+    const lastKept = greedy.log
+      .map((t, i) => (t.kept ? i : -1))
+      .filter((i) => i > 0)
+      .at(-1);
     const best = ingredients.find((r) => r.name === greedy.ingredients[0])!;
     // A soup of the best ingredient alone is that ingredient: its results are known.
-    const greedyResults: SplitResults = lastKept === undefined
-      ? { heldOut: best.heldOut, test: best.test }
-      : { heldOut: tries[lastKept - 1]!, test: await pool.evaluate(greedy.params, TEST_SPLIT) };
-    progress(`greedy soup of ${greedy.ingredients.length}: held-out ${percent(greedyResults.heldOut.top1)}, test ${percent(greedyResults.test.top1)}`);
+    const greedyResults: SplitResults =
+      lastKept === undefined
+        ? { heldOut: best.heldOut, test: best.test }
+        : { heldOut: tries[lastKept - 1]!, test: await pool.evaluate(greedy.params, TEST_SPLIT) };
+    progress(
+      `greedy soup of ${greedy.ingredients.length}: held-out ${percent(greedyResults.heldOut.top1)}, test ${percent(greedyResults.test.top1)}`,
+    );
 
     return {
       architecture: first,

@@ -50,12 +50,18 @@ export function resolveEvalData(sources: readonly DataSource[], flags: DataFlags
     for (const key of Object.keys(HOLDOUT_KEYS) as (keyof typeof HOLDOUT_KEYS)[]) {
       for (const other of withData.slice(1)) {
         if (other.data[key] !== data[key]) {
-          throw new InputError('HOLDOUT_MISMATCH', `${base.name} and ${other.name} hold out different images (${HOLDOUT_KEYS[key]} ${JSON.stringify(data[key])} and ${JSON.stringify(other.data[key])}): what one held out, the other may have trained on`);
+          throw new InputError(
+            'HOLDOUT_MISMATCH',
+            `${base.name} and ${other.name} hold out different images (${HOLDOUT_KEYS[key]} ${JSON.stringify(data[key])} and ${JSON.stringify(other.data[key])}): what one held out, the other may have trained on`,
+          );
         }
       }
       const flag = flags[key];
       if (flag !== undefined && flag !== data[key]) {
-        throw new InputError('HOLDOUT_MISMATCH', `${FLAG_NAMES[key]} ${flag} differs from ${HOLDOUT_KEYS[key]} ${JSON.stringify(data[key])} in the data settings of ${base.name}: the held-out split would include images it trained on`);
+        throw new InputError(
+          'HOLDOUT_MISMATCH',
+          `${FLAG_NAMES[key]} ${flag} differs from ${HOLDOUT_KEYS[key]} ${JSON.stringify(data[key])} in the data settings of ${base.name}: the held-out split would include images it trained on`,
+        );
       }
     }
   }
@@ -72,10 +78,18 @@ function fromFlagsAlone(sources: readonly DataSource[], flags: DataFlags): EvalD
   const missing = (['data', 'format', 'pipeline'] as const).filter((key) => flags[key] === undefined).map((key) => `--${key}`);
   if (missing.length > 0) {
     const names = sources.map((s) => s.name).join(', ');
-    throw new InputError('USAGE', `${names} carr${sources.length === 1 ? 'ies' : 'y'} no recipe or data settings in its metadata: pass ${missing.join(', ')} (e.g. --data /usr/share/datasets/fashion-mnist --format fashion-mnist --pipeline "normalize(fashion-mnist)"; formats: ${DATA_FORMATS.join(', ')})`);
+    throw new InputError(
+      'USAGE',
+      `${names} carr${sources.length === 1 ? 'ies' : 'y'} no recipe or data settings in its metadata: pass ${missing.join(', ')} (e.g. --data /usr/share/datasets/fashion-mnist --format fashion-mnist --pipeline "normalize(fashion-mnist)"; formats: ${DATA_FORMATS.join(', ')})`,
+    );
   }
   return {
-    spec: { format: flags.format!, path: flags.data!, holdout: flags.holdout ?? DEFAULT_HOLDOUT, holdoutSeed: flags.holdoutSeed ?? DEFAULT_HOLDOUT_SEED },
+    spec: {
+      format: flags.format!,
+      path: flags.data!,
+      holdout: flags.holdout ?? DEFAULT_HOLDOUT,
+      holdoutSeed: flags.holdoutSeed ?? DEFAULT_HOLDOUT_SEED,
+    },
     pipeline: flags.pipeline!,
   };
 }

@@ -51,7 +51,11 @@ export class EvalPool {
   ) {}
 
   static async start(threads: number, setup: EvalThreadSetup): Promise<EvalPool> {
-    const started = await startThreads(threads, (): EvalThread => new RequestThread(THREAD_ENTRY, setup, 'evaluation thread'), 'evaluation thread');
+    const started = await startThreads(
+      threads,
+      (): EvalThread => new RequestThread(THREAD_ENTRY, setup, 'evaluation thread'),
+      'evaluation thread',
+    );
     return new EvalPool(started, setup, (await started[0]!.ready).backend);
   }
 
@@ -70,7 +74,11 @@ export class EvalPool {
   async evaluate(params: Float32Array, split: DataSplit): Promise<EvalResult> {
     const size = await this.size(split);
     const ranges = batchAlignedRanges(size, this.setup.batchSize, this.threads.length);
-    const tallies = await Promise.all(ranges.map((range, t) => (range.end > range.start ? this.threads[t]!.request({ params, split, range }).then((reply) => reply.tally) : null)));
+    const tallies = await Promise.all(
+      ranges.map((range, t) =>
+        range.end > range.start ? this.threads[t]!.request({ params, split, range }).then((reply) => reply.tally) : null,
+      ),
+    );
     const merged = mergeTallies(tallies.filter((t): t is EvalTally => t !== null));
     if (merged.samples !== size) throw new Error(`the evaluation covered ${merged.samples} samples, the ${split} split holds ${size}`);
     return summarize(merged);

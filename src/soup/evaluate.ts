@@ -82,7 +82,8 @@ export async function evaluateModel(model: EvaluableModel, batches: AsyncIterabl
     let lossSum = 0;
     for (let i = 0; i < n; i++) {
       const label = labels[i]!;
-      if (!(Number.isInteger(label) && label >= 0 && label < classes)) throw new Error(`label ${label} of sample ${tally.samples + i} is not one of the model's ${classes} classes`);
+      if (!(Number.isInteger(label) && label >= 0 && label < classes))
+        throw new Error(`label ${label} of sample ${tally.samples + i} is not one of the model's ${classes} classes`);
       const rank = labelRank(logits, i, classes, label);
       if (rank === 0) tally.correctTop1++;
       if (rank < TOP_K) tally.correctTop5++;

@@ -40,7 +40,10 @@ export function loadIngredient(path: string, options: IngredientOptions): Ingred
   const saved = readSavedWeights(path, role);
   let params = saved.params;
   if (options.useEma) {
-    if (saved.recipe === null) throw new Error(`--use-ema: ${role} ${saved.file} is a .safetensors file, which holds one set of weights (export a checkpoint with --use-ema to get its EMA)`);
+    if (saved.recipe === null)
+      throw new Error(
+        `--use-ema: ${role} ${saved.file} is a .safetensors file, which holds one set of weights (export a checkpoint with --use-ema to get its EMA)`,
+      );
     if (saved.ema === null) throw new Error(`--use-ema: checkpoint ${saved.file} holds no EMA of the weights (its recipe keeps none)`);
     params = saved.ema;
   }
@@ -77,7 +80,9 @@ export function assertSameArchitecture(a: IngredientInfo, b: IngredientInfo): vo
     const other = inB.get(spec.name);
     if (!other) throw new Error(`${differ}: tensor "${spec.name}" is in ${a.name} but not in ${b.name}${because}`);
     if (showShape(spec.timmShape) !== showShape(other.timmShape)) {
-      throw new Error(`${differ}: tensor "${spec.name}" is ${showShape(spec.timmShape)} in ${a.name}, ${showShape(other.timmShape)} in ${b.name}${because}`);
+      throw new Error(
+        `${differ}: tensor "${spec.name}" is ${showShape(spec.timmShape)} in ${a.name}, ${showShape(other.timmShape)} in ${b.name}${because}`,
+      );
     }
   }
   const inA = new Set(a.specs.map((s) => s.name));

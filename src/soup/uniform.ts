@@ -47,7 +47,7 @@ export class WeightSum {
   }
 
   private checkLength(params: Float32Array): void {
-    if (params.length !== this.sum.length) throw new Error(`a parameter vector of ${params.length} values cannot join a soup of ${this.sum.length}`);
+    if (params.length !== this.sum.length)
+      throw new Error(`a parameter vector of ${params.length} values cannot join a soup of ${this.sum.length}`);
   }
 }
-

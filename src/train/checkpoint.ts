@@ -111,9 +111,14 @@ export function readCheckpoint(path: string): LoadedCheckpoint {
     throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: not a vit-dist checkpoint (bad magic bytes)`);
   }
   const version = bytes.readUInt32LE(MAGIC.length);
-  if (version !== CHECKPOINT_FORMAT_VERSION) throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: format version ${version}, this build reads ${CHECKPOINT_FORMAT_VERSION}`);
+  if (version !== CHECKPOINT_FORMAT_VERSION)
+    throw new InputError(
+      'CHECKPOINT_INVALID',
+      `checkpoint ${path}: format version ${version}, this build reads ${CHECKPOINT_FORMAT_VERSION}`,
+    );
   const headerLength = bytes.readUInt32LE(MAGIC.length + 4);
-  if (PREAMBLE_BYTES + headerLength > bytes.length) throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: truncated (header runs past the end of the file)`);
+  if (PREAMBLE_BYTES + headerLength > bytes.length)
+    throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: truncated (header runs past the end of the file)`);
   let header: Header;
   try {
     header = JSON.parse(bytes.subarray(PREAMBLE_BYTES, PREAMBLE_BYTES + headerLength).toString('utf8')) as Header;
@@ -122,7 +127,10 @@ export function readCheckpoint(path: string): LoadedCheckpoint {
   }
   const payload = bytes.subarray(PREAMBLE_BYTES + headerLength);
   if (payload.length !== header.payloadBytes) {
-    throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: truncated or padded: payload is ${payload.length} bytes, header says ${header.payloadBytes}`);
+    throw new InputError(
+      'CHECKPOINT_INVALID',
+      `checkpoint ${path}: truncated or padded: payload is ${payload.length} bytes, header says ${header.payloadBytes}`,
+    );
   }
   if (createHash('sha256').update(payload).digest('hex') !== header.payloadSha256) {
     throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: payload checksum mismatch (the file is corrupt)`);
@@ -132,7 +140,11 @@ export function readCheckpoint(path: string): LoadedCheckpoint {
   const state: CheckpointState = { params: new Float32Array(0), optimizerState: {}, ema: null };
   let hasParams = false;
   for (const entry of header.tensors) {
-    if (entry.length !== header.numParams) throw new InputError('CHECKPOINT_INVALID', `checkpoint ${path}: tensor "${entry.name}" has ${entry.length} elements, the model ${header.numParams}`);
+    if (entry.length !== header.numParams)
+      throw new InputError(
+        'CHECKPOINT_INVALID',
+        `checkpoint ${path}: tensor "${entry.name}" has ${entry.length} elements, the model ${header.numParams}`,
+      );
     const tensor = new Float32Array(aligned, entry.offset, entry.length);
     if (entry.name === 'params') [state.params, hasParams] = [tensor, true];
     else if (entry.name === EMA_TENSOR) state.ema = tensor;

@@ -6,5 +6,8 @@ import { createHash } from 'node:crypto';
 const DIGEST_HEX_CHARS = 16;
 
 export function paramDigest(params: Float32Array): string {
-  return createHash('sha256').update(new Uint8Array(params.buffer, params.byteOffset, params.byteLength)).digest('hex').slice(0, DIGEST_HEX_CHARS);
+  return createHash('sha256')
+    .update(new Uint8Array(params.buffer, params.byteOffset, params.byteLength))
+    .digest('hex')
+    .slice(0, DIGEST_HEX_CHARS);
 }

@@ -75,7 +75,10 @@ abstract class ShardOptimizerBase implements ShardOptimizer {
   protected readonly tensors: OptimizerState;
   steps = 0;
 
-  constructor(names: readonly string[], readonly shardLength: number) {
+  constructor(
+    names: readonly string[],
+    readonly shardLength: number,
+  ) {
     this.stateNames = names;
     this.tensors = Object.fromEntries(names.map((n) => [n, new Float32Array(shardLength)]));
   }
@@ -90,11 +93,18 @@ abstract class ShardOptimizerBase implements ShardOptimizer {
     const given = Object.keys(state).sort();
     const expected = [...this.stateNames].sort();
     if (given.join() !== expected.join()) {
-      throw new InputError('OPTIMIZER_STATE_MISMATCH', `optimizer state holds tensors [${given.join(', ')}], this optimizer keeps [${expected.join(', ')}] (was the checkpoint written with another optimizer?)`);
+      throw new InputError(
+        'OPTIMIZER_STATE_MISMATCH',
+        `optimizer state holds tensors [${given.join(', ')}], this optimizer keeps [${expected.join(', ')}] (was the checkpoint written with another optimizer?)`,
+      );
     }
     for (const name of this.stateNames) {
       const tensor = state[name]!;
-      if (tensor.length !== this.shardLength) throw new InputError('OPTIMIZER_STATE_MISMATCH', `optimizer state "${name}" has ${tensor.length} elements, the shard has ${this.shardLength}`);
+      if (tensor.length !== this.shardLength)
+        throw new InputError(
+          'OPTIMIZER_STATE_MISMATCH',
+          `optimizer state "${name}" has ${tensor.length} elements, the shard has ${this.shardLength}`,
+        );
       this.tensors[name]!.set(tensor);
     }
     this.steps = steps;
@@ -102,13 +112,18 @@ abstract class ShardOptimizerBase implements ShardOptimizer {
 
   protected checkLengths(params: Float32Array, grad: Float32Array, decayMask: Uint8Array): void {
     if (params.length !== this.shardLength || grad.length !== this.shardLength || decayMask.length !== this.shardLength) {
-      throw new RangeError(`optimizer shard length mismatch: params ${params.length}, grad ${grad.length}, mask ${decayMask.length}, state ${this.shardLength}`);
+      throw new RangeError(
+        `optimizer shard length mismatch: params ${params.length}, grad ${grad.length}, mask ${decayMask.length}, state ${this.shardLength}`,
+      );
     }
   }
 }
 
 class Adam extends ShardOptimizerBase {
-  constructor(private readonly config: AdamConfig, shardLength: number) {
+  constructor(
+    private readonly config: AdamConfig,
+    shardLength: number,
+  ) {
     super(['m', 'v'], shardLength);
   }
 
@@ -140,7 +155,10 @@ class Adam extends ShardOptimizerBase {
 }
 
 class SgdMomentum extends ShardOptimizerBase {
-  constructor(private readonly config: SgdConfig, shardLength: number) {
+  constructor(
+    private readonly config: SgdConfig,
+    shardLength: number,
+  ) {
     super(['momentum'], shardLength);
   }
 
@@ -162,5 +180,13 @@ class SgdMomentum extends ShardOptimizerBase {
 export function optimizerConfigOf(recipe: Recipe): OptimizerConfig {
   const { name, weightDecay, beta1, beta2, eps, momentum, decayConvention } = recipe.optimizer;
   if (name === 'sgd') return { name, momentum: momentum!, weightDecay };
-  return { name, beta1: beta1!, beta2: beta2!, eps: eps!, weightDecay, decayConvention: decayConvention!, peakLr: peakLearningRate(recipe) };
+  return {
+    name,
+    beta1: beta1!,
+    beta2: beta2!,
+    eps: eps!,
+    weightDecay,
+    decayConvention: decayConvention!,
+    peakLr: peakLearningRate(recipe),
+  };
 }

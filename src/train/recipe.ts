@@ -85,7 +85,6 @@ export interface RecipeData {
   skipCorrupt: boolean;
 }
 
-
 /** timm's Mixup/CutMix (DeiT) or big_vision's mixup (AugReg); label smoothing comes from `regularization`. */
 export type MixupSettings =
   | { kind: 'timm'; mixupAlpha: number; cutmixAlpha: number; prob: number; switchProb: number }
@@ -173,7 +172,10 @@ export const RECIPE_SCHEMA: Schema = {
   },
   clipNorm: { kind: 'number', min: 0 },
   ema: { kind: 'object', nullable: true, fields: { decay: rate } },
-  regularization: { kind: 'object', fields: { dropout: rate, attnDropout: { ...rate, optional: true }, dropPath: rate, labelSmoothing: rate } },
+  regularization: {
+    kind: 'object',
+    fields: { dropout: rate, attnDropout: { ...rate, optional: true }, dropPath: rate, labelSmoothing: rate },
+  },
   distillation: {
     kind: 'object',
     fields: {
@@ -206,7 +208,8 @@ function validateObject(value: unknown, schema: Schema, path: string, where: str
   }
   const record = value as Record<string, unknown>;
   for (const key of Object.keys(record)) {
-    if (!(key in schema)) throw new InputError('RECIPE_UNKNOWN_KEY', `${where}: unknown key "${path}${key}" (known: ${Object.keys(schema).join(', ')})`);
+    if (!(key in schema))
+      throw new InputError('RECIPE_UNKNOWN_KEY', `${where}: unknown key "${path}${key}" (known: ${Object.keys(schema).join(', ')})`);
   }
   for (const [key, type] of Object.entries(schema)) {
     const name = `${path}${key}`;
@@ -223,26 +226,36 @@ function validateField(value: unknown, type: FieldType, name: string, where: str
   const orNull = type.nullable ? ' or null' : '';
   switch (type.kind) {
     case 'string':
-      if (typeof value !== 'string') throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be a string${orNull}, got ${describe(value)}`);
-      if (type.oneOf && !type.oneOf.includes(value)) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be one of ${type.oneOf.join(', ')}, got "${value}"`);
+      if (typeof value !== 'string')
+        throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be a string${orNull}, got ${describe(value)}`);
+      if (type.oneOf && !type.oneOf.includes(value))
+        throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be one of ${type.oneOf.join(', ')}, got "${value}"`);
       return;
     case 'boolean':
-      if (typeof value !== 'boolean') throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be true or false${orNull}, got ${describe(value)}`);
+      if (typeof value !== 'boolean')
+        throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be true or false${orNull}, got ${describe(value)}`);
       return;
     case 'number':
-      if (typeof value !== 'number' || !Number.isFinite(value)) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be a finite number${orNull}, got ${describe(value)}`);
-      if (type.integer && !Number.isInteger(value)) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be an integer, got ${value}`);
-      if (type.min !== undefined && value < type.min) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be at least ${type.min}, got ${value}`);
-      if (type.max !== undefined && value > type.max) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be at most ${type.max}, got ${value}`);
+      if (typeof value !== 'number' || !Number.isFinite(value))
+        throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be a finite number${orNull}, got ${describe(value)}`);
+      if (type.integer && !Number.isInteger(value))
+        throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be an integer, got ${value}`);
+      if (type.min !== undefined && value < type.min)
+        throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be at least ${type.min}, got ${value}`);
+      if (type.max !== undefined && value > type.max)
+        throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be at most ${type.max}, got ${value}`);
       return;
     case 'object':
-      if (type.nullable && (typeof value !== 'object' || Array.isArray(value))) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be an object or null, got ${describe(value)}`);
+      if (type.nullable && (typeof value !== 'object' || Array.isArray(value)))
+        throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be an object or null, got ${describe(value)}`);
       validateObject(value, type.fields, `${name}.`, where);
       return;
     case 'stringMap':
-      if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be an object, got ${describe(value)}`);
+      if (typeof value !== 'object' || value === null || Array.isArray(value))
+        throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}" must be an object, got ${describe(value)}`);
       for (const [k, v] of Object.entries(value)) {
-        if (typeof v !== 'string') throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}.${k}" must be a string, got ${describe(v)}`);
+        if (typeof v !== 'string')
+          throw new InputError('RECIPE_BAD_VALUE', `${where}: "${name}.${k}" must be a string, got ${describe(v)}`);
       }
       return;
   }
@@ -251,18 +264,32 @@ function validateField(value: unknown, type: FieldType, name: string, where: str
 export function validateRecipe(value: unknown, where: string): Recipe {
   validateObject(value, RECIPE_SCHEMA, '', where);
   const recipe = value as Recipe;
-  if (recipe.microBatch > recipe.globalBatch) throw new InputError('RECIPE_INCONSISTENT', `${where}: "microBatch" (${recipe.microBatch}) is larger than "globalBatch" (${recipe.globalBatch})`);
+  if (recipe.microBatch > recipe.globalBatch)
+    throw new InputError(
+      'RECIPE_INCONSISTENT',
+      `${where}: "microBatch" (${recipe.microBatch}) is larger than "globalBatch" (${recipe.globalBatch})`,
+    );
   if (recipe.steps === null && recipe.epochs <= 0) throw new InputError('RECIPE_INCONSISTENT', `${where}: set "epochs" above 0 or "steps"`);
   validateOptimizerFields(recipe.optimizer, where);
   if (recipe.data.mixup) validateMixupFields(recipe.data.mixup, where);
-  if (recipe.data.repeats > recipe.globalBatch) throw new InputError('RECIPE_INCONSISTENT', `${where}: "data.repeats" (${recipe.data.repeats}) is larger than "globalBatch" (${recipe.globalBatch}): each image's repeats share one global batch`);
+  if (recipe.data.repeats > recipe.globalBatch)
+    throw new InputError(
+      'RECIPE_INCONSISTENT',
+      `${where}: "data.repeats" (${recipe.data.repeats}) is larger than "globalBatch" (${recipe.globalBatch}): each image's repeats share one global batch`,
+    );
   const { warmupSteps, warmupEpochs } = recipe.schedule;
   if ((warmupSteps === null) === (warmupEpochs === null)) {
-    throw new InputError('RECIPE_INCONSISTENT', `${where}: set exactly one of "schedule.warmupSteps" and "schedule.warmupEpochs" (the other null), got ${warmupSteps} and ${warmupEpochs}`);
+    throw new InputError(
+      'RECIPE_INCONSISTENT',
+      `${where}: set exactly one of "schedule.warmupSteps" and "schedule.warmupEpochs" (the other null), got ${warmupSteps} and ${warmupEpochs}`,
+    );
   }
   const { mode, teacher } = recipe.distillation;
   if ((mode === 'none') !== (teacher === null)) {
-    throw new InputError('RECIPE_INCONSISTENT', `${where}: "distillation.teacher" must be null when "distillation.mode" is none and a teacher otherwise, got mode ${mode} and teacher ${JSON.stringify(teacher)}`);
+    throw new InputError(
+      'RECIPE_INCONSISTENT',
+      `${where}: "distillation.teacher" must be null when "distillation.mode" is none and a teacher otherwise, got mode ${mode} and teacher ${JSON.stringify(teacher)}`,
+    );
   }
   return recipe;
 }
@@ -272,8 +299,16 @@ function validateOptimizerFields(optimizer: Recipe['optimizer'], where: string):
   const wanted = new Set(OPTIMIZER_FIELDS[optimizer.name]);
   for (const field of OPTIONAL_OPTIMIZER_FIELDS) {
     const present = field in optimizer;
-    if (wanted.has(field) && !present) throw new InputError('RECIPE_MISSING_KEY', `${where}: missing key "optimizer.${field}" (${optimizer.name} needs ${[...wanted].join(', ')})`);
-    if (!wanted.has(field) && present) throw new InputError('RECIPE_KEY_NOT_APPLICABLE', `${where}: "optimizer.${field}" does not apply to ${optimizer.name} (it takes ${[...wanted].join(', ')})`);
+    if (wanted.has(field) && !present)
+      throw new InputError(
+        'RECIPE_MISSING_KEY',
+        `${where}: missing key "optimizer.${field}" (${optimizer.name} needs ${[...wanted].join(', ')})`,
+      );
+    if (!wanted.has(field) && present)
+      throw new InputError(
+        'RECIPE_KEY_NOT_APPLICABLE',
+        `${where}: "optimizer.${field}" does not apply to ${optimizer.name} (it takes ${[...wanted].join(', ')})`,
+      );
   }
 }
 
@@ -287,8 +322,16 @@ function validateMixupFields(mixup: MixupSettings, where: string): void {
   const wanted = MIXUP_FIELDS[mixup.kind];
   for (const field of Object.values(MIXUP_FIELDS).flat()) {
     const present = field in mixup;
-    if (wanted.includes(field) && !present) throw new InputError('RECIPE_MISSING_KEY', `${where}: missing key "data.mixup.${field}" (${mixup.kind} mixing needs ${wanted.join(', ')})`);
-    if (!wanted.includes(field) && present) throw new InputError('RECIPE_KEY_NOT_APPLICABLE', `${where}: "data.mixup.${field}" does not apply to ${mixup.kind} mixing (it takes ${wanted.join(', ')})`);
+    if (wanted.includes(field) && !present)
+      throw new InputError(
+        'RECIPE_MISSING_KEY',
+        `${where}: missing key "data.mixup.${field}" (${mixup.kind} mixing needs ${wanted.join(', ')})`,
+      );
+    if (!wanted.includes(field) && present)
+      throw new InputError(
+        'RECIPE_KEY_NOT_APPLICABLE',
+        `${where}: "data.mixup.${field}" does not apply to ${mixup.kind} mixing (it takes ${wanted.join(', ')})`,
+      );
   }
 }
 
@@ -317,7 +360,8 @@ function isObject(value: unknown): value is Record<string, unknown> {
  * that extend this one, to refuse a cycle.
  */
 function resolveExtends(path: string, chain: string[]): Record<string, unknown> {
-  if (chain.includes(path)) throw new InputError('RECIPE_EXTENDS_CYCLE', `${path}: "extends" forms a cycle: ${[...chain, path].join(' -> ')}`);
+  if (chain.includes(path))
+    throw new InputError('RECIPE_EXTENDS_CYCLE', `${path}: "extends" forms a cycle: ${[...chain, path].join(' -> ')}`);
   let parsed: unknown;
   try {
     parsed = JSON.parse(readFileSync(path, 'utf8'));
@@ -327,7 +371,8 @@ function resolveExtends(path: string, chain: string[]): Record<string, unknown> 
   if (!isObject(parsed)) throw new InputError('RECIPE_BAD_VALUE', `${path}: a recipe must be a JSON object`);
   const { extends: base, ...own } = parsed;
   if (base === undefined) return own;
-  if (typeof base !== 'string') throw new InputError('RECIPE_BAD_VALUE', `${path}: "extends" must be a recipe name or path, got ${describe(base)}`);
+  if (typeof base !== 'string')
+    throw new InputError('RECIPE_BAD_VALUE', `${path}: "extends" must be a recipe name or path, got ${describe(base)}`);
   const basePath = recipePath(base.endsWith('.json') ? join(dirname(path), base) : base);
   return mergeRecipe(resolveExtends(basePath, [...chain, path]), own);
 }
@@ -343,7 +388,10 @@ function mergeRecipe(base: Record<string, unknown>, over: Record<string, unknown
 }
 
 export function listRecipes(): string[] {
-  return readdirSync(RECIPES_DIR).filter((f) => f.endsWith('.json')).map((f) => basename(f, '.json')).sort();
+  return readdirSync(RECIPES_DIR)
+    .filter((f) => f.endsWith('.json'))
+    .map((f) => basename(f, '.json'))
+    .sort();
 }
 
 /**
@@ -357,7 +405,8 @@ export function applyOverrides(recipe: Recipe, overrides: Record<string, string 
     let target = copy;
     for (const part of parts.slice(0, -1)) {
       const next = target[part];
-      if (typeof next !== 'object' || next === null) throw new InputError('RECIPE_BAD_OVERRIDE', `override "${key}": "${part}" is not a section of the recipe`);
+      if (typeof next !== 'object' || next === null)
+        throw new InputError('RECIPE_BAD_OVERRIDE', `override "${key}": "${part}" is not a section of the recipe`);
       target = next as Record<string, unknown>;
     }
     // An unknown last key is caught by the validation below, which names it.

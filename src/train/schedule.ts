@@ -55,5 +55,10 @@ export function warmupStepsOf(schedule: Recipe['schedule'], stepsPerEpoch: numbe
 
 /** The schedule a run of `totalSteps` follows, with `stepsPerEpoch` resolving warmup epochs. */
 export function recipeSchedule(recipe: Recipe, stepsPerEpoch: number, totalSteps: number): ScheduleConfig {
-  return { baseLr: peakLearningRate(recipe), minLr: recipe.schedule.minLr, warmupSteps: warmupStepsOf(recipe.schedule, stepsPerEpoch), totalSteps };
+  return {
+    baseLr: peakLearningRate(recipe),
+    minLr: recipe.schedule.minLr,
+    warmupSteps: warmupStepsOf(recipe.schedule, stepsPerEpoch),
+    totalSteps,
+  };
 }

@@ -101,7 +101,11 @@ export class ShardedTrainer {
     this.ema = options.ema ? new ShardEma(options.ema.decay, this.emaStart(resume)) : null;
     this.shardDecayMask = decayMask(model.params, model.numParams).subarray(this.shard.start, this.shard.end);
     this.imageSize = train.sampleSize;
-    const buffer = (): MicroBatch => ({ images: new Float32Array(options.microBatch * this.imageSize), labels: new Int32Array(options.microBatch), skipped: [] });
+    const buffer = (): MicroBatch => ({
+      images: new Float32Array(options.microBatch * this.imageSize),
+      labels: new Int32Array(options.microBatch),
+      skipped: [],
+    });
     this.buffers = [buffer(), buffer()];
     model.setParams(this.params);
   }
@@ -110,7 +114,10 @@ export class ShardedTrainer {
   private emaStart(resume: ResumeState | null): Float32Array {
     const { start, end } = this.shard;
     if (!resume?.ema) return this.params.subarray(start, end);
-    if (resume.ema.length !== end - start) throw new Error(`resume state for rank ${this.options.rank} has an EMA of ${resume.ema.length} elements, its shard has ${end - start}`);
+    if (resume.ema.length !== end - start)
+      throw new Error(
+        `resume state for rank ${this.options.rank} has an EMA of ${resume.ema.length} elements, its shard has ${end - start}`,
+      );
     return resume.ema;
   }
 
@@ -165,7 +172,17 @@ export class ShardedTrainer {
     const uploadStart = performance.now();
     this.model.setParams(this.params);
     const copyMs = downloadMs + (performance.now() - uploadStart);
-    const report: StepReport = { lossSum, correct, count: indices.length, gradNorm, paramDigest: this.digest(), computeMs, copyMs, commMs, skipped };
+    const report: StepReport = {
+      lossSum,
+      correct,
+      count: indices.length,
+      gradNorm,
+      paramDigest: this.digest(),
+      computeMs,
+      copyMs,
+      commMs,
+      skipped,
+    };
     if (this.model.config.distilled) report.distillationLossSum = distillationLossSum;
     return report;
   }
@@ -174,7 +191,13 @@ export class ShardedTrainer {
    * Forward and backward of every micro-batch of this rank's slice, their gradients added into
    * `gradient`; each one's loss read is pushed to `results` unawaited (see step).
    */
-  private async computeMicroBatches(step: number, samples: StepSamples, gradient: DeviceGradientSum, results: Promise<LossResult>[], skipped: string[]): Promise<void> {
+  private async computeMicroBatches(
+    step: number,
+    samples: StepSamples,
+    gradient: DeviceGradientSum,
+    results: Promise<LossResult>[],
+    skipped: string[],
+  ): Promise<void> {
     const { microBatch } = this.options;
     const { indices } = samples;
     const count = Math.ceil(indices.length / microBatch);
@@ -203,7 +226,11 @@ export class ShardedTrainer {
     const from = m * microBatch;
     const to = Math.min(from + microBatch, samples.indices.length);
     const buffer = this.buffers[m % 2]!;
-    const request = { indices: samples.indices.subarray(from, to), repeats: samples.repeats?.subarray(from, to) ?? null, epoch: samples.epoch };
+    const request = {
+      indices: samples.indices.subarray(from, to),
+      repeats: samples.repeats?.subarray(from, to) ?? null,
+      epoch: samples.epoch,
+    };
     buffer.skipped = (await this.train.load(request, buffer.images, buffer.labels)).skipped;
     return buffer;
   }
@@ -213,7 +240,13 @@ export class ShardedTrainer {
    * in the global batch): masks' seeds, loss weights, the mixed images' soft targets (mixing
    * `images` in place), the teacher's logits.
    */
-  private async trainContext(step: number, position: number, batch: Uint32Array, images: Float32Array, labels: Int32Array): Promise<TrainContext> {
+  private async trainContext(
+    step: number,
+    position: number,
+    batch: Uint32Array,
+    images: Float32Array,
+    labels: Int32Array,
+  ): Promise<TrainContext> {
     const { teacher, mixup, ...training } = this.options.training;
     const n = batch.length;
     // Masks follow (seed, step, data-set index): the same on any number of workers.
@@ -258,6 +291,13 @@ export class ShardedTrainer {
   snapshot(): ShardSnapshot {
     const { start, end } = this.shard;
     const optimizerState = Object.fromEntries(Object.entries(this.optimizer.state()).map(([name, tensor]) => [name, tensor.slice()]));
-    return { start, end, params: this.params.slice(start, end), optimizerState, ema: this.ema?.values.slice() ?? null, optimizerStep: this.optimizer.steps };
+    return {
+      start,
+      end,
+      params: this.params.slice(start, end),
+      optimizerState,
+      ema: this.ema?.values.slice() ?? null,
+      optimizerStep: this.optimizer.steps,
+    };
   }
 }

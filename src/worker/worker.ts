@@ -8,8 +8,15 @@ import { hostname } from 'node:os';
 import { WebSocket } from 'ws';
 import { proveToken } from '../comm/auth.ts';
 import {
-  CLOSE_CODES, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_MESSAGE_BYTES, controlProofContext, decodeCoordinatorMessage,
-  encodeMessage, type CoordinatorMessage, type ResumeState, type WorkerMessage,
+  CLOSE_CODES,
+  CONTROL_PROTOCOL_VERSION,
+  MAX_CONTROL_MESSAGE_BYTES,
+  controlProofContext,
+  decodeCoordinatorMessage,
+  encodeMessage,
+  type CoordinatorMessage,
+  type ResumeState,
+  type WorkerMessage,
 } from '../comm/control.ts';
 import { seconds, watchWebSocket, type Heartbeat } from '../comm/heartbeat.ts';
 import { RingPeer } from '../comm/ring.ts';
@@ -62,13 +69,23 @@ export interface WorkerOptions {
 /** The model must take the pipelines' output and predict the data's classes. */
 function checkDataFitsModel(recipe: Recipe, model: ImageClassifier, train: BatchLoader, test: BatchLoader): void {
   const { imageSize, inChannels, numClasses } = model.config;
-  for (const [name, loader, pipeline] of [['training', train, recipe.data.trainPipeline], ['evaluation', test, recipe.data.evalPipeline]] as const) {
+  for (const [name, loader, pipeline] of [
+    ['training', train, recipe.data.trainPipeline],
+    ['evaluation', test, recipe.data.evalPipeline],
+  ] as const) {
     const { height, width, channels } = loader.shape;
     if (height !== imageSize || width !== imageSize || channels !== inChannels) {
-      throw new FatalError('MODEL_DATA_MISMATCH', `model ${recipe.model} takes ${imageSize}x${imageSize}x${inChannels} images, the ${name} pipeline "${pipeline}" makes ${height}x${width}x${channels} from ${recipe.data.path}`);
+      throw new FatalError(
+        'MODEL_DATA_MISMATCH',
+        `model ${recipe.model} takes ${imageSize}x${imageSize}x${inChannels} images, the ${name} pipeline "${pipeline}" makes ${height}x${width}x${channels} from ${recipe.data.path}`,
+      );
     }
   }
-  if (train.classes.length !== numClasses) throw new FatalError('MODEL_DATA_MISMATCH', `model ${recipe.model} has ${numClasses} classes, the data at ${recipe.data.path} has ${train.classes.length}`);
+  if (train.classes.length !== numClasses)
+    throw new FatalError(
+      'MODEL_DATA_MISMATCH',
+      `model ${recipe.model} has ${numClasses} classes, the data at ${recipe.data.path} has ${train.classes.length}`,
+    );
 }
 
 /** Why a session with the coordinator ended. */
@@ -104,7 +121,11 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
         deadline = Date.now() + options.reconnectTimeoutMs;
         attempt = 0;
       }
-      if (Date.now() >= deadline) throw new FatalError('RECONNECT_TIMEOUT', `${end.reason}; gave up reconnecting after ${Math.round(options.reconnectTimeoutMs / 1000)} s (--reconnect-timeout)`);
+      if (Date.now() >= deadline)
+        throw new FatalError(
+          'RECONNECT_TIMEOUT',
+          `${end.reason}; gave up reconnecting after ${Math.round(options.reconnectTimeoutMs / 1000)} s (--reconnect-timeout)`,
+        );
       const delay = Math.min(RECONNECT_MAX_DELAY_MS, RECONNECT_BASE_DELAY_MS * 2 ** attempt) * (0.5 + Math.random());
       logger.warn({ reason: end.reason, retryInMs: Math.round(delay) }, 'lost the coordinator; reconnecting');
       await new Promise((r) => setTimeout(r, delay));
@@ -165,7 +186,11 @@ class WorkerSession {
         resolve(end);
       };
     });
-    const socket = new WebSocket(options.coordinatorUrl, { maxPayload: MAX_CONTROL_MESSAGE_BYTES, perMessageDeflate: false, ...(options.ca ? { ca: options.ca } : {}) });
+    const socket = new WebSocket(options.coordinatorUrl, {
+      maxPayload: MAX_CONTROL_MESSAGE_BYTES,
+      perMessageDeflate: false,
+      ...(options.ca ? { ca: options.ca } : {}),
+    });
     this.socket = socket;
     // Both ends ping several times per heartbeat timeout; silence means the link was cut. Backward
     // passes block this loop: the heartbeat reads what arrived before it judges (heartbeat.ts).
@@ -180,10 +205,16 @@ class WorkerSession {
     socket.on('close', (code: number, reason: Buffer) => {
       const text = reason.toString() || 'no reason given';
       if (code === CLOSE_CODES.runComplete) return this.settle({ kind: 'stopped' });
-      if (FATAL_CLOSE_CODES.has(code)) return this.settle({ kind: 'fatal', error: new FatalError('COORDINATOR_CLOSED', `the coordinator closed the connection (code ${code}: ${text})`) });
+      if (FATAL_CLOSE_CODES.has(code))
+        return this.settle({
+          kind: 'fatal',
+          error: new FatalError('COORDINATOR_CLOSED', `the coordinator closed the connection (code ${code}: ${text})`),
+        });
       this.settle({ kind: 'lost', reason: `the coordinator closed the connection (code ${code}: ${text})` });
     });
-    socket.on('error', (err: Error) => this.settle({ kind: 'lost', reason: `cannot reach the coordinator at ${options.coordinatorUrl}: ${err.message}` }));
+    socket.on('error', (err: Error) =>
+      this.settle({ kind: 'lost', reason: `cannot reach the coordinator at ${options.coordinatorUrl}: ${err.message}` }),
+    );
   }
 
   async close(): Promise<void> {
@@ -219,7 +250,8 @@ class WorkerSession {
       .then(() => this.handle(message))
       .catch((err: Error) => {
         // Errors of an abandoned generation (the ring closed under a step) are expected.
-        if (generation !== this.generation) return this.options.logger.debug({ err: err.message, generation }, 'order of an abandoned generation failed');
+        if (generation !== this.generation)
+          return this.options.logger.debug({ err: err.message, generation }, 'order of an abandoned generation failed');
         this.options.logger.error({ err: err.message, generation }, 'order failed');
         this.send({ type: 'failed', generation, message: err.message, fatal: errorKind(err) !== 'recoverable' });
       });
@@ -237,7 +269,13 @@ class WorkerSession {
     switch (message.type) {
       case 'challenge': {
         if (message.protocol !== CONTROL_PROTOCOL_VERSION) {
-          return this.settle({ kind: 'fatal', error: new FatalError('PROTOCOL_VERSION', `the coordinator speaks protocol version ${message.protocol}, this worker speaks ${CONTROL_PROTOCOL_VERSION}`) });
+          return this.settle({
+            kind: 'fatal',
+            error: new FatalError(
+              'PROTOCOL_VERSION',
+              `the coordinator speaks protocol version ${message.protocol}, this worker speaks ${CONTROL_PROTOCOL_VERSION}`,
+            ),
+          });
         }
         const proof = proveToken(this.options.token, message.nonce, controlProofContext(message.runId));
         this.send({ type: 'hello', protocol: CONTROL_PROTOCOL_VERSION, proof, backend: this.backend, host: hostname(), pid: process.pid });
@@ -260,15 +298,38 @@ class WorkerSession {
           throw new FatalError('WORKER_SETUP', (err as Error).message, { cause: err });
         }
         if (message.resume && message.resume.params.length !== bench.model.numParams) {
-          throw new FatalError('CHECKPOINT_MODEL_MISMATCH', `the checkpoint holds ${message.resume.params.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`);
+          throw new FatalError(
+            'CHECKPOINT_MODEL_MISMATCH',
+            `the checkpoint holds ${message.resume.params.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`,
+          );
         }
         if (message.init && message.init.length !== bench.model.numParams) {
-          throw new FatalError('INIT_MODEL_MISMATCH', `the initial weights hold ${message.init.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`);
+          throw new FatalError(
+            'INIT_MODEL_MISMATCH',
+            `the initial weights hold ${message.init.length} parameters, model ${bench.recipe.model} has ${bench.model.numParams}`,
+          );
         }
-        logger.info({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, startStep: message.startStep }, 'assigned');
-        this.ring = await RingPeer.listen({ rank: message.rank, worldSize: message.worldSize, generation: message.generation, token: this.options.token, host: this.options.ringHost, port: this.options.ringPort, heartbeatTimeoutMs: this.options.heartbeatTimeoutMs, logger });
+        logger.info(
+          { rank: message.rank, worldSize: message.worldSize, generation: message.generation, startStep: message.startStep },
+          'assigned',
+        );
+        this.ring = await RingPeer.listen({
+          rank: message.rank,
+          worldSize: message.worldSize,
+          generation: message.generation,
+          token: this.options.token,
+          host: this.options.ringHost,
+          port: this.options.ringPort,
+          heartbeatTimeoutMs: this.options.heartbeatTimeoutMs,
+          logger,
+        });
         this.pendingStart = { resume: message.resume, init: message.init };
-        this.send({ type: 'ringListening', generation: message.generation, rank: message.rank, ring: { host: this.options.advertiseHost, port: this.options.advertisePort ?? this.ring.address.port } });
+        this.send({
+          type: 'ringListening',
+          generation: message.generation,
+          rank: message.rank,
+          ring: { host: this.options.advertiseHost, port: this.options.advertisePort ?? this.ring.address.port },
+        });
         return;
       }
       case 'ringPeers': {
@@ -279,20 +340,46 @@ class WorkerSession {
         const { resume, init } = this.pendingStart ?? { resume: null, init: null };
         this.pendingStart = null;
         const { recipe, model, teacher, train, test } = bench;
-        this.trainer = new ShardedTrainer(model, ring, train, {
-          rank: this.rank, worldSize: this.worldSize, globalBatch: recipe.globalBatch, microBatch: recipe.microBatch, clipNorm: recipe.clipNorm, optimizer: optimizerConfigOf(recipe), ema: recipe.ema,
-          training: {
-            seed: recipe.seed, regularization: recipe.regularization, distillationAlpha: recipe.distillation.alpha, loss: recipe.loss ?? 'softmax_xent', teacher,
-            mixup: recipe.data.mixup ? mixConfigOf(recipe.data.mixup, recipe.regularization.labelSmoothing) : null,
+        this.trainer = new ShardedTrainer(
+          model,
+          ring,
+          train,
+          {
+            rank: this.rank,
+            worldSize: this.worldSize,
+            globalBatch: recipe.globalBatch,
+            microBatch: recipe.microBatch,
+            clipNorm: recipe.clipNorm,
+            optimizer: optimizerConfigOf(recipe),
+            ema: recipe.ema,
+            training: {
+              seed: recipe.seed,
+              regularization: recipe.regularization,
+              distillationAlpha: recipe.distillation.alpha,
+              loss: recipe.loss ?? 'softmax_xent',
+              teacher,
+              mixup: recipe.data.mixup ? mixConfigOf(recipe.data.mixup, recipe.regularization.labelSmoothing) : null,
+            },
           },
-        }, resume ? resume.params : init ?? initialParams(model, recipe), resume);
-        this.send({ type: 'ready', generation: this.generation, rank: this.rank, paramDigest: this.trainer.digest(), numParams: model.numParams, trainSize: train.size, testSize: test.size });
+          resume ? resume.params : (init ?? initialParams(model, recipe)),
+          resume,
+        );
+        this.send({
+          type: 'ready',
+          generation: this.generation,
+          rank: this.rank,
+          paramDigest: this.trainer.digest(),
+          numParams: model.numParams,
+          trainSize: train.size,
+          testSize: test.size,
+        });
         return;
       }
       case 'step': {
         const { indices, repeats, offset, epoch } = message;
         const result = await this.requireTrainer().step(message.step, { indices, repeats, offset, epoch }, message.lr);
-        for (const name of result.skipped) logger.warn({ image: name, step: message.step }, 'corrupt image skipped (data.skipCorrupt): its successor took its place');
+        for (const name of result.skipped)
+          logger.warn({ image: name, step: message.step }, 'corrupt image skipped (data.skipCorrupt): its successor took its place');
         this.send({ type: 'stepDone', generation: message.generation, step: message.step, ...result });
         return;
       }
@@ -302,7 +389,13 @@ class WorkerSession {
         return;
       }
       case 'snapshot':
-        this.send({ type: 'snapshotData', generation: message.generation, step: message.step, rank: this.rank, ...this.requireTrainer().snapshot() });
+        this.send({
+          type: 'snapshotData',
+          generation: message.generation,
+          step: message.step,
+          rank: this.rank,
+          ...this.requireTrainer().snapshot(),
+        });
         return;
       case 'stop':
         logger.info({ reason: message.reason }, 'stopping');
@@ -322,9 +415,19 @@ class WorkerSession {
     await closeWorkbench(cached);
     this.state.workbench = null;
     try {
-      checkMicroBatchFits({ model: recipe.model, config: createModelConfig(recipe.model, recipe.modelArgs), microBatch: recipe.microBatch, backend: this.backend, regularization: recipe.regularization });
+      checkMicroBatchFits({
+        model: recipe.model,
+        config: createModelConfig(recipe.model, recipe.modelArgs),
+        microBatch: recipe.microBatch,
+        backend: this.backend,
+        regularization: recipe.regularization,
+      });
     } catch (err) {
-      throw new FatalError('MICRO_BATCH_TOO_LARGE', `recipe ${recipe.name} on this worker's ${this.backend} backend: ${(err as Error).message}`, { cause: err });
+      throw new FatalError(
+        'MICRO_BATCH_TOO_LARGE',
+        `recipe ${recipe.name} on this worker's ${this.backend} backend: ${(err as Error).message}`,
+        { cause: err },
+      );
     }
     const { data } = recipe;
     const spec = { format: data.format, path: data.path, holdout: data.holdout, holdoutSeed: data.holdoutSeed };
@@ -351,24 +454,37 @@ class WorkerSession {
     const { mode, tau, teacher: path } = recipe.distillation;
     if (mode === 'none') return null;
     // DeiT distils through the distillation token's own head; a model without one has nothing to distil into.
-    if (!student.config.distilled) throw new FatalError('TEACHER_NEEDS_DISTILLED_MODEL', `recipe ${recipe.name}: distillation mode "${mode}" needs a distilled model (with a distillation token, e.g. deit_fmnist_tiny_distilled), ${recipe.model} has none`);
+    if (!student.config.distilled)
+      throw new FatalError(
+        'TEACHER_NEEDS_DISTILLED_MODEL',
+        `recipe ${recipe.name}: distillation mode "${mode}" needs a distilled model (with a distillation token, e.g. deit_fmnist_tiny_distilled), ${recipe.model} has none`,
+      );
     let model: ImageClassifier;
     try {
       model = loadTeacher(path!); // validateRecipe: a teacher is set whenever the mode is not none
     } catch (err) {
-      throw new FatalError('TEACHER_UNLOADABLE', `recipe ${recipe.name}: cannot load the distillation teacher: ${(err as Error).message}`, { cause: err });
+      throw new FatalError('TEACHER_UNLOADABLE', `recipe ${recipe.name}: cannot load the distillation teacher: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     const [t, s] = [model.config, student.config];
     if (t.imageSize !== s.imageSize || t.inChannels !== s.inChannels || t.numClasses !== s.numClasses) {
       model.disposeParams();
-      throw new FatalError('TEACHER_MISMATCH', `teacher ${path} takes ${t.imageSize}x${t.imageSize}x${t.inChannels} images into ${t.numClasses} classes, the student ${recipe.model} ${s.imageSize}x${s.imageSize}x${s.inChannels} into ${s.numClasses}`);
+      throw new FatalError(
+        'TEACHER_MISMATCH',
+        `teacher ${path} takes ${t.imageSize}x${t.imageSize}x${t.inChannels} images into ${t.numClasses} classes, the student ${recipe.model} ${s.imageSize}x${s.imageSize}x${s.inChannels} into ${s.numClasses}`,
+      );
     }
-    this.options.logger.info({ teacher: path, mode, tau, alpha: recipe.distillation.alpha, numParams: model.numParams }, 'distillation teacher loaded');
+    this.options.logger.info(
+      { teacher: path, mode, tau, alpha: recipe.distillation.alpha, numParams: model.numParams },
+      'distillation teacher loaded',
+    );
     return { model, mode, tau };
   }
 
   private requireRing(): RingPeer {
-    if (!this.ring) throw new RecoverableError('ORDER_OUT_OF_SEQUENCE', "the coordinator sent the ring's addresses before assigning a rank");
+    if (!this.ring)
+      throw new RecoverableError('ORDER_OUT_OF_SEQUENCE', "the coordinator sent the ring's addresses before assigning a rank");
     return this.ring;
   }
 

@@ -4,15 +4,28 @@ import { resolveRecipe, type RunFlags } from '../../src/cli/options.ts';
 import { loadRecipe } from '../../src/train/recipe.ts';
 
 function flags(extra: Partial<RunFlags>): RunFlags {
-  return { recipe: 'fmnist-vit-tiny', set: {}, joinTimeout: 1, stepTimeout: 1, rejoinTimeout: 1, heartbeatTimeout: 1, maxRestarts: 0, logLevel: 'info', ...extra };
+  return {
+    recipe: 'fmnist-vit-tiny',
+    set: {},
+    joinTimeout: 1,
+    stepTimeout: 1,
+    rejoinTimeout: 1,
+    heartbeatTimeout: 1,
+    maxRestarts: 0,
+    logLevel: 'info',
+    ...extra,
+  };
 }
 
-test('--global-batch below the micro-batch shrinks the micro-batch to each worker\'s share, and says so', (t) => {
+test("--global-batch below the micro-batch shrinks the micro-batch to each worker's share, and says so", (t) => {
   const log = t.mock.method(console, 'log', () => {});
   assert.equal(loadRecipe('fmnist-vit-tiny').microBatch, 128);
   const recipe = resolveRecipe(flags({ globalBatch: 64 }), null, 2);
   assert.deepEqual([recipe.globalBatch, recipe.microBatch], [64, 32]);
-  assert.deepEqual(log.mock.calls.map((c) => c.arguments[0]), ["--global-batch 64 is below the recipe's micro-batch 128: micro-batch 32, each of 2 workers' share"]);
+  assert.deepEqual(
+    log.mock.calls.map((c) => c.arguments[0]),
+    ["--global-batch 64 is below the recipe's micro-batch 128: micro-batch 32, each of 2 workers' share"],
+  );
   assert.equal(resolveRecipe(flags({ globalBatch: 100 }), null, 3).microBatch, 34, 'the share rounds up');
   assert.equal(resolveRecipe(flags({ globalBatch: 64 }), null, 1).microBatch, 64);
 });
@@ -21,6 +34,9 @@ test('--global-batch at or above the micro-batch, or an explicit --micro-batch, 
   const log = t.mock.method(console, 'log', () => {});
   assert.equal(resolveRecipe(flags({ globalBatch: 128 }), null, 4).microBatch, 128);
   assert.equal(resolveRecipe(flags({ globalBatch: 64, microBatch: 16 }), null, 2).microBatch, 16);
-  assert.throws(() => resolveRecipe(flags({ globalBatch: 64, microBatch: 128 }), null, 2), /"microBatch" \(128\) is larger than "globalBatch" \(64\)/);
+  assert.throws(
+    () => resolveRecipe(flags({ globalBatch: 64, microBatch: 128 }), null, 2),
+    /"microBatch" \(128\) is larger than "globalBatch" \(64\)/,
+  );
   assert.equal(log.mock.callCount(), 0);
 });

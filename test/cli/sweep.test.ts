@@ -9,7 +9,17 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeCheckpoint } from '../../src/coordinator/checkpoint.ts';
 import { resolveRecipe } from '../../src/cli/options.ts';
-import { expandGrid, parseGrid, runStatus, runSweep, SWEEP_FILE, type Launch, type LaunchFlags, type SweepFlags, type SweepRecord } from '../../src/cli/sweep.ts';
+import {
+  expandGrid,
+  parseGrid,
+  runStatus,
+  runSweep,
+  SWEEP_FILE,
+  type Launch,
+  type LaunchFlags,
+  type SweepFlags,
+  type SweepRecord,
+} from '../../src/cli/sweep.ts';
 import { applyOverrides, loadRecipe, type Recipe } from '../../src/train/recipe.ts';
 
 const MICRO = fileURLToPath(new URL('../fixtures/fmnist-micro.json', import.meta.url));
@@ -19,16 +29,25 @@ const tempDir = (): string => mkdtempSync(join(tmpdir(), 'vit-dist-sweep-'));
 
 test('the grid expands to every combination, the first --grid varying slowest, each named from its values', () => {
   const axes = parseGrid(['lr=0.001,0.003', 'seed=0,1', 'optimizer.momentum=0.9']);
-  assert.deepEqual(axes.map((a) => a.recipeKey), ['optimizer.lr', 'seed', 'optimizer.momentum']);
+  assert.deepEqual(
+    axes.map((a) => a.recipeKey),
+    ['optimizer.lr', 'seed', 'optimizer.momentum'],
+  );
   const points = expandGrid(axes);
-  assert.deepEqual(points.map((p) => p.name), [
-    'lr=0.001,seed=0,optimizer.momentum=0.9',
-    'lr=0.001,seed=1,optimizer.momentum=0.9',
-    'lr=0.003,seed=0,optimizer.momentum=0.9',
-    'lr=0.003,seed=1,optimizer.momentum=0.9',
-  ]);
+  assert.deepEqual(
+    points.map((p) => p.name),
+    [
+      'lr=0.001,seed=0,optimizer.momentum=0.9',
+      'lr=0.001,seed=1,optimizer.momentum=0.9',
+      'lr=0.003,seed=0,optimizer.momentum=0.9',
+      'lr=0.003,seed=1,optimizer.momentum=0.9',
+    ],
+  );
   assert.deepEqual(points[2]!.overrides, { 'optimizer.lr': '0.003', seed: '0', 'optimizer.momentum': '0.9' });
-  assert.deepEqual(parseGrid(['wd=0,1e-4', 'smoothing=0.1']).map((a) => a.recipeKey), ['optimizer.weightDecay', 'regularization.labelSmoothing']);
+  assert.deepEqual(
+    parseGrid(['wd=0,1e-4', 'smoothing=0.1']).map((a) => a.recipeKey),
+    ['optimizer.weightDecay', 'regularization.labelSmoothing'],
+  );
 });
 
 test('a malformed grid is an error naming the flag', () => {
@@ -44,8 +63,25 @@ test('a malformed grid is an error naming the flag', () => {
 function fabricateRun(dir: string, recipe: Recipe, step: number, options: { ended: boolean; digest?: string }): void {
   const digest = options.digest ?? `digest-${step}`;
   const params = new Float32Array(4);
-  writeCheckpoint(join(dir, 'checkpoints'), { runId: 'fabricated', step, recipe, numParams: params.length, worldSize: 1, optimizerStep: step, sampler: { seed: recipe.seed, step }, paramDigest: `digest-${step}` }, { params, optimizerState: {}, ema: null });
-  const lines = Array.from({ length: step }, (_, i) => ({ kind: 'step', step: i + 1, paramDigest: i + 1 === step ? digest : `digest-${i + 1}` }));
+  writeCheckpoint(
+    join(dir, 'checkpoints'),
+    {
+      runId: 'fabricated',
+      step,
+      recipe,
+      numParams: params.length,
+      worldSize: 1,
+      optimizerStep: step,
+      sampler: { seed: recipe.seed, step },
+      paramDigest: `digest-${step}`,
+    },
+    { params, optimizerState: {}, ema: null },
+  );
+  const lines = Array.from({ length: step }, (_, i) => ({
+    kind: 'step',
+    step: i + 1,
+    paramDigest: i + 1 === step ? digest : `digest-${i + 1}`,
+  }));
   if (options.ended) lines.push({ kind: 'eval', step, paramDigest: digest });
   writeFileSync(join(dir, 'metrics.jsonl'), lines.map((l) => `${JSON.stringify(l)}\n`).join(''));
 }
@@ -63,7 +99,10 @@ test('a run is finished at its last step with metrics that agree, unfinished wit
 
   // A checkpoint at the end whose metrics do not record the end is not taken for finished.
   fabricateRun(at('no-final-eval'), micro, STEPS, { ended: false });
-  await assert.rejects(runStatus(at('no-final-eval')), /no-final-eval: the checkpoint .* is at the run's last step \(20\), but metrics.jsonl does not record the end of the run .*final evaluation missing/);
+  await assert.rejects(
+    runStatus(at('no-final-eval')),
+    /no-final-eval: the checkpoint .* is at the run's last step \(20\), but metrics.jsonl does not record the end of the run .*final evaluation missing/,
+  );
   fabricateRun(at('other-digest'), micro, STEPS, { ended: true, digest: 'another' });
   await assert.rejects(runStatus(at('other-digest')), /digest another against digest-20/);
 
@@ -75,8 +114,20 @@ test('a run is finished at its last step with metrics that agree, unfinished wit
 
 function sweepFlags(out: string, grid: string[], extra: Partial<SweepFlags> = {}): SweepFlags {
   return {
-    recipe: MICRO, set: {}, out, grid, workers: 1, backend: 'wasm', dataThreads: 0,
-    joinTimeout: 300, stepTimeout: 600, rejoinTimeout: 60, heartbeatTimeout: 30, maxRestarts: 3, logLevel: 'info', ...extra,
+    recipe: MICRO,
+    set: {},
+    out,
+    grid,
+    workers: 1,
+    backend: 'wasm',
+    dataThreads: 0,
+    joinTimeout: 300,
+    stepTimeout: 600,
+    rejoinTimeout: 60,
+    heartbeatTimeout: 30,
+    maxRestarts: 3,
+    logLevel: 'info',
+    ...extra,
   };
 }
 
@@ -101,12 +152,24 @@ test('a rerun sweep skips finished runs, continues unfinished ones and starts mi
 
   const first = fakeLaunch();
   const record = await runSweep(flags, first.launch);
-  assert.deepEqual(first.calls.map((c) => c.out), ['seed=0,lr=0.002', 'seed=1,lr=0.001', 'seed=1,lr=0.002', 'seed=2,lr=0.001', 'seed=2,lr=0.002'].map((n) => join(out, n)));
+  assert.deepEqual(
+    first.calls.map((c) => c.out),
+    ['seed=0,lr=0.002', 'seed=1,lr=0.001', 'seed=1,lr=0.002', 'seed=2,lr=0.001', 'seed=2,lr=0.002'].map((n) => join(out, n)),
+  );
   assert.deepEqual(first.calls[2]!.set, { clipNorm: '0.5', seed: '1', 'optimizer.lr': '0.002' });
   assert.equal(first.calls[2]!.init, 'pretrained.safetensors');
   assert.deepEqual(readSweep(out), JSON.parse(JSON.stringify(record)));
-  assert.deepEqual(record.runs.map((r) => r.status), Array(6).fill('finished'));
-  assert.deepEqual(record.grid.map((a) => [a.key, a.recipeKey, a.values]), [['seed', 'seed', ['0', '1', '2']], ['lr', 'optimizer.lr', ['0.001', '0.002']]]);
+  assert.deepEqual(
+    record.runs.map((r) => r.status),
+    Array(6).fill('finished'),
+  );
+  assert.deepEqual(
+    record.grid.map((a) => [a.key, a.recipeKey, a.values]),
+    [
+      ['seed', 'seed', ['0', '1', '2']],
+      ['lr', 'optimizer.lr', ['0.001', '0.002']],
+    ],
+  );
   assert.equal(record.runs[3]!.dir, join(out, 'seed=1,lr=0.002'));
 
   const again = fakeLaunch();
@@ -119,21 +182,39 @@ test('a run stopped on request (SIGTERM) ends the sweep there; a failed one ends
   const stopped = fakeLaunch(5);
   const record = await runSweep(sweepFlags(out, ['seed=0,1']), stopped.launch);
   assert.equal(stopped.calls.length, 1, 'no run starts after a stop');
-  assert.deepEqual(record.runs.map((r) => [r.status, r.step]), [['unfinished', 5], ['missing', 0]]);
+  assert.deepEqual(
+    record.runs.map((r) => [r.status, r.step]),
+    [
+      ['unfinished', 5],
+      ['missing', 0],
+    ],
+  );
   assert.deepEqual(readSweep(out), JSON.parse(JSON.stringify(record)));
 
   const failing: Launch = async () => {
     throw new Error('the workers could not start');
   };
   await assert.rejects(runSweep(sweepFlags(out, ['seed=0,1']), failing), /run 1\/2 seed=0 failed: the workers could not start/);
-  assert.deepEqual(readSweep(out).runs.map((r) => [r.status, r.error]), [['failed', 'the workers could not start'], ['missing', undefined]]);
+  assert.deepEqual(
+    readSweep(out).runs.map((r) => [r.status, r.error]),
+    [
+      ['failed', 'the workers could not start'],
+      ['missing', undefined],
+    ],
+  );
 });
 
 test('grid values another flag would override, bad recipe keys and --resume are refused before any run', async () => {
   const out = tempDir();
   const never: Launch = async () => assert.fail('nothing may be launched');
-  await assert.rejects(runSweep(sweepFlags(out, ['seed=0,1'], { seed: 3 }), never), /--grid seed: run seed=0 would not get seed = 0 \(another flag sets seed/);
-  await assert.rejects(runSweep(sweepFlags(out, ['lr=0.1'], { set: { 'optimizer.lr': '0.2' } }), never), /--set optimizer.lr=... and --grid lr=... both set optimizer.lr/);
+  await assert.rejects(
+    runSweep(sweepFlags(out, ['seed=0,1'], { seed: 3 }), never),
+    /--grid seed: run seed=0 would not get seed = 0 \(another flag sets seed/,
+  );
+  await assert.rejects(
+    runSweep(sweepFlags(out, ['lr=0.1'], { set: { 'optimizer.lr': '0.2' } }), never),
+    /--set optimizer.lr=... and --grid lr=... both set optimizer.lr/,
+  );
   await assert.rejects(runSweep(sweepFlags(out, ['optimizer.nope=1']), never), /unknown key "optimizer.nope"/);
   await assert.rejects(runSweep(sweepFlags(out, ['seed=0'], { resume: out }), never), /--resume does not apply to a sweep/);
   await assert.rejects(runSweep(sweepFlags(out, ['seed=0'], { out: undefined }), never), /--out DIR is required/);

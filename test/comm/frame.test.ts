@@ -57,13 +57,19 @@ test('oversized and out-of-range fields are refused', () => {
   const huge = encoded();
   new DataView(huge.buffer).setUint32(24, MAX_CHUNK_BYTES / 4 + 1, true);
   assert.throws(() => decodeFrameHeader(huge), /MAX_CHUNK_BYTES/);
-  assert.throws(() => encodeFrameHeader({ ...header, step: -1 }, new Uint8Array(FRAME_HEADER_BYTES)), { kind: 'input', code: 'RING_FRAME_FIELD' });
+  assert.throws(() => encodeFrameHeader({ ...header, step: -1 }, new Uint8Array(FRAME_HEADER_BYTES)), {
+    kind: 'input',
+    code: 'RING_FRAME_FIELD',
+  });
   assert.throws(() => encodeFrameHeader({ ...header, count: MAX_CHUNK_BYTES }, new Uint8Array(FRAME_HEADER_BYTES)), /MAX_CHUNK_BYTES/);
 });
 
 test('expectFrame names both frames on a mismatch', () => {
   assert.doesNotThrow(() => expectFrame({ ...header }, header));
-  assert.throws(() => expectFrame({ ...header, step: 5 }, header), /got all-gather generation 9 step 5 .* expected all-gather generation 9 step 123456/);
+  assert.throws(
+    () => expectFrame({ ...header, step: 5 }, header),
+    /got all-gather generation 9 step 5 .* expected all-gather generation 9 step 123456/,
+  );
   assert.throws(() => expectFrame({ ...header, generation: 8 }, header), /unexpected frame/);
   assert.throws(() => expectFrame({ ...header, phase: Phase.ReduceScatter }, header), /reduce-scatter/);
   assert.throws(() => expectFrame({ ...header, chunk: 5 }, header), /chunk 5/);
@@ -106,7 +112,12 @@ function serverBinaryFrame(payload: Buffer): Buffer {
 test('frames split at every byte boundary parse the same', () => {
   const big = Buffer.alloc(70_000, 'x'); // 64-bit length form
   const medium = Buffer.alloc(300, 'm'); // 16-bit length form
-  const stream = Buffer.concat([encodeFrame(Opcode.Text, Buffer.from('hello'), false), serverBinaryFrame(medium), serverBinaryFrame(big), encodeFrame(Opcode.Ping, Buffer.from('p'), false)]);
+  const stream = Buffer.concat([
+    encodeFrame(Opcode.Text, Buffer.from('hello'), false),
+    serverBinaryFrame(medium),
+    serverBinaryFrame(big),
+    encodeFrame(Opcode.Ping, Buffer.from('p'), false),
+  ]);
   const whole = recordingSink();
   new FrameParser({ expectMasked: false, maxTextBytes: 100, maxBinaryBytes: 100_000 }, whole, whole).feed(stream, 0, stream.length);
   assert.deepEqual(whole.events, ['1 hello', 'binary-start 300', `binary ${medium}`, 'binary-start 70000', `binary ${big}`, '9 p']);
@@ -128,7 +139,11 @@ test('masked client frames are unmasked; the parser stops before a binary frame 
   const paused = recordingSink();
   paused.ready = false;
   const stream = Buffer.concat([encodeFrame(Opcode.Text, Buffer.from('a'), false), serverBinaryFrame(Buffer.from('data'))]);
-  const consumed = new FrameParser({ expectMasked: false, maxTextBytes: 100, maxBinaryBytes: 100 }, paused, paused).feed(stream, 0, stream.length);
+  const consumed = new FrameParser({ expectMasked: false, maxTextBytes: 100, maxBinaryBytes: 100 }, paused, paused).feed(
+    stream,
+    0,
+    stream.length,
+  );
   assert.equal(consumed, 3, 'stops at the binary frame');
   assert.deepEqual(paused.events, ['1 a']);
 });
@@ -136,7 +151,11 @@ test('masked client frames are unmasked; the parser stops before a binary frame 
 test('protocol violations are refused with clear messages', () => {
   const parse = (bytes: Buffer, expectMasked = false, acceptsBinary = true) => {
     const sink = recordingSink();
-    return new FrameParser({ expectMasked, maxTextBytes: 10, maxBinaryBytes: 100 }, sink, acceptsBinary ? sink : null).feed(bytes, 0, bytes.length);
+    return new FrameParser({ expectMasked, maxTextBytes: 10, maxBinaryBytes: 100 }, sink, acceptsBinary ? sink : null).feed(
+      bytes,
+      0,
+      bytes.length,
+    );
   };
   assert.throws(() => parse(serverBinaryFrame(Buffer.alloc(101))), /binary frame of 101 bytes exceeds the limit of 100 bytes/);
   assert.throws(() => parse(encodeFrame(Opcode.Text, Buffer.alloc(11), false)), /text frame of 11 bytes exceeds/);

@@ -37,7 +37,14 @@ if (setup.kind === 'control-server') {
   watchWebSocket(socket, { timeoutMs: setup.timeoutMs, onSilence: () => lost('the test thread') });
   socket.on('open', () => report({ connected: true }));
 } else {
-  ring = await RingPeer.listen({ rank: 1, worldSize: 2, token: setup.token, generation: setup.generation, chunkBytes: setup.chunkBytes, heartbeatTimeoutMs: setup.timeoutMs });
+  ring = await RingPeer.listen({
+    rank: 1,
+    worldSize: 2,
+    token: setup.token,
+    generation: setup.generation,
+    chunkBytes: setup.chunkBytes,
+    heartbeatTimeoutMs: setup.timeoutMs,
+  });
   ring.on('error', (err: Error) => lost(err.message));
   report({ ringAddress: ring.address });
 }

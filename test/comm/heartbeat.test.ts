@@ -107,7 +107,11 @@ async function withControlConnection(
     server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
     await once(server, 'listening');
     const accepted = once(server, 'connection');
-    peer = new Peer({ kind: 'control-client', timeoutMs: PEER_HEARTBEAT_MS, url: `ws://127.0.0.1:${(server.address() as { port: number }).port}` });
+    peer = new Peer({
+      kind: 'control-client',
+      timeoutMs: PEER_HEARTBEAT_MS,
+      url: `ws://127.0.0.1:${(server.address() as { port: number }).port}`,
+    });
     [socket] = (await accepted) as [WebSocket];
     watchWebSocket(socket, { timeoutMs: HEARTBEAT_MS, onSilence });
   }
@@ -121,17 +125,21 @@ async function withControlConnection(
 }
 
 for (const thisEnd of ['worker', 'coordinator'] as const) {
-  test(`control connection, the ${thisEnd}'s end: a blocked event loop does not count as a lost peer, a frozen peer does`, TIMEOUT, async () => {
-    await withControlConnection(thisEnd, async (peer, silence) => {
-      await blockEventLoop(BLOCK_MS);
-      await sleep(2 * HEARTBEAT_MS);
-      assert.equal(silence.heard, false, 'the peer kept pinging while this loop was blocked: it is not lost');
-      assert.equal(peer.lost, false);
-      // Now the peer itself goes silent, for longer than this end's timeout.
-      peer.order({ freezeMs: 4 * HEARTBEAT_MS });
-      await silence.lost;
-    });
-  });
+  test(
+    `control connection, the ${thisEnd}'s end: a blocked event loop does not count as a lost peer, a frozen peer does`,
+    TIMEOUT,
+    async () => {
+      await withControlConnection(thisEnd, async (peer, silence) => {
+        await blockEventLoop(BLOCK_MS);
+        await sleep(2 * HEARTBEAT_MS);
+        assert.equal(silence.heard, false, 'the peer kept pinging while this loop was blocked: it is not lost');
+        assert.equal(peer.lost, false);
+        // Now the peer itself goes silent, for longer than this end's timeout.
+        peer.order({ freezeMs: 4 * HEARTBEAT_MS });
+        await silence.lost;
+      });
+    },
+  );
 }
 
 test('ring link: a blocked event loop does not count as a lost neighbour, a frozen neighbour does', TIMEOUT, async () => {
@@ -160,7 +168,10 @@ test('ring link: a blocked event loop does not count as a lost neighbour, a froz
     // Now the neighbour goes silent on both links, for longer than this end's timeout.
     peer.order({ freezeMs: 4 * HEARTBEAT_MS });
     const [failure] = (await once(ring, 'error')) as [Error];
-    assert.match(failure.message, /^rank 0: connection (to successor|from predecessor) rank 1 failed: no heartbeat from (successor|predecessor) rank 1 for 0.2 s$/);
+    assert.match(
+      failure.message,
+      /^rank 0: connection (to successor|from predecessor) rank 1 failed: no heartbeat from (successor|predecessor) rank 1 for 0.2 s$/,
+    );
   } finally {
     await ring.close();
     await peer.stop();

@@ -9,7 +9,14 @@ import { helloContext, RING_PATH, RING_PROTOCOL_VERSION, welcomeContext } from '
 import { RingPeer, type RingOptions } from '../../src/comm/ring.ts';
 import { shardRange } from '../../src/common/shard.ts';
 import { addInto, addIntoScalar, simdAvailable } from '../../src/comm/simd-add.ts';
-import { clientHandshakeRequest, encodeFrame, FrameParser, makeHandshakeKey, Opcode, serverHandshakeResponse } from '../../src/comm/websocket.ts';
+import {
+  clientHandshakeRequest,
+  encodeFrame,
+  FrameParser,
+  makeHandshakeKey,
+  Opcode,
+  serverHandshakeResponse,
+} from '../../src/comm/websocket.ts';
 import { Mulberry32 } from '../../src/common/random.ts';
 
 const TIMEOUT = { timeout: 20_000 };
@@ -18,7 +25,9 @@ const TOKEN = 'test-token-for-the-ring';
 
 async function makeRing(worldSize: number, extra: Partial<RingOptions> = {}): Promise<RingPeer[]> {
   const peers = await Promise.all(
-    Array.from({ length: worldSize }, (_, rank) => RingPeer.listen({ rank, worldSize, token: TOKEN, generation: GENERATION, connectTimeoutMs: 5000, ...extra })),
+    Array.from({ length: worldSize }, (_, rank) =>
+      RingPeer.listen({ rank, worldSize, token: TOKEN, generation: GENERATION, connectTimeoutMs: 5000, ...extra }),
+    ),
   );
   const addresses = peers.map((peer) => peer.address);
   await Promise.all(peers.map((peer) => peer.connect(addresses)));
@@ -81,7 +90,8 @@ describe('ring all-reduce results', () => {
           const buffers = peers.map((_, rank) => rankData(rank, length));
           await Promise.all(peers.map((peer, rank) => peer.allReduce(buffers[rank]!, step)));
           const expected = expectedSum(worldSize, length);
-          for (const [rank, buffer] of buffers.entries()) assertEqualFloats(buffer, expected, `N=${worldSize} length ${length} rank ${rank}`);
+          for (const [rank, buffer] of buffers.entries())
+            assertEqualFloats(buffer, expected, `N=${worldSize} length ${length} rank ${rank}`);
         }
       } finally {
         await closeRing(peers);
@@ -129,7 +139,9 @@ describe('ring all-reduce results', () => {
   test('non-integer sums are bit-identical on all ranks (large frames, read straight into place)', TIMEOUT, async () => {
     const peers = await makeRing(5);
     try {
-      const buffers = peers.map((_, rank) => Float32Array.from({ length: 1_000_003 }, (_, i) => Math.sin(i * (rank + 1)) * 1e-3 + rank / 7));
+      const buffers = peers.map((_, rank) =>
+        Float32Array.from({ length: 1_000_003 }, (_, i) => Math.sin(i * (rank + 1)) * 1e-3 + rank / 7),
+      );
       await Promise.all(peers.map((peer, rank) => peer.allReduce(buffers[rank]!, 9)));
       assertBitIdentical(buffers, 'allReduce');
     } finally {
@@ -167,7 +179,10 @@ describe('ring all-reduce results', () => {
       const expected = new Float64Array(3);
       for (const vector of values) for (let i = 0; i < 3; i++) expected[i]! += vector[i]!;
       for (const result of results) assert.deepEqual(result, expected);
-      assert.deepEqual(await Promise.all(peers.map((peer) => peer.allReduceScalars(new Float64Array(0), 12))), peers.map(() => new Float64Array(0)));
+      assert.deepEqual(
+        await Promise.all(peers.map((peer) => peer.allReduceScalars(new Float64Array(0), 12))),
+        peers.map(() => new Float64Array(0)),
+      );
     } finally {
       await closeRing(peers);
     }
@@ -191,7 +206,11 @@ describe('reduction kernel', () => {
 
 describe('ring connection checks', () => {
   test('a peer with the wrong token is refused', TIMEOUT, async () => {
-    const peers = await Promise.all([0, 1].map((rank) => RingPeer.listen({ rank, worldSize: 2, token: rank === 1 ? 'wrong-token' : TOKEN, generation: GENERATION, connectTimeoutMs: 3000 })));
+    const peers = await Promise.all(
+      [0, 1].map((rank) =>
+        RingPeer.listen({ rank, worldSize: 2, token: rank === 1 ? 'wrong-token' : TOKEN, generation: GENERATION, connectTimeoutMs: 3000 }),
+      ),
+    );
     const addresses = peers.map((peer) => peer.address);
     const results = await Promise.allSettled(peers.map((peer) => peer.connect(addresses)));
     for (const result of results) {
@@ -202,7 +221,9 @@ describe('ring connection checks', () => {
   });
 
   test('a peer of another generation is refused', TIMEOUT, async () => {
-    const peers = await Promise.all([0, 1].map((rank) => RingPeer.listen({ rank, worldSize: 2, token: TOKEN, generation: GENERATION + rank, connectTimeoutMs: 3000 })));
+    const peers = await Promise.all(
+      [0, 1].map((rank) => RingPeer.listen({ rank, worldSize: 2, token: TOKEN, generation: GENERATION + rank, connectTimeoutMs: 3000 })),
+    );
     const addresses = peers.map((peer) => peer.address);
     const results = await Promise.allSettled(peers.map((peer) => peer.connect(addresses)));
     for (const result of results) {
@@ -221,7 +242,18 @@ describe('ring connection checks', () => {
           ws.on('message', (data: Buffer) => {
             const challenge = JSON.parse(data.toString());
             const proof = proveToken(TOKEN, Buffer.from(challenge.nonce, 'hex'), helloContext(GENERATION, hello.rank, 0));
-            ws.send(JSON.stringify({ type: 'hello', protocol: hello.protocol, generation: GENERATION, worldSize: 3, chunkBytes: peer.chunkBytes, rank: hello.rank, nonce: makeNonce().toString('hex'), proof: proof.toString('hex') }));
+            ws.send(
+              JSON.stringify({
+                type: 'hello',
+                protocol: hello.protocol,
+                generation: GENERATION,
+                worldSize: 3,
+                chunkBytes: peer.chunkBytes,
+                rank: hello.rank,
+                nonce: makeNonce().toString('hex'),
+                proof: proof.toString('hex'),
+              }),
+            );
           });
           ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() }));
           ws.on('error', reject);
@@ -240,7 +272,15 @@ describe('ring connection checks', () => {
 
 /** A real rank 1 of a 2-rank ring, facing fakes. */
 function realRankOne(extra: Partial<RingOptions> = {}): Promise<RingPeer> {
-  return RingPeer.listen({ rank: 1, worldSize: 2, token: TOKEN, generation: GENERATION, chunkBytes: CHUNK_BYTES, connectTimeoutMs: 3000, ...extra });
+  return RingPeer.listen({
+    rank: 1,
+    worldSize: 2,
+    token: TOKEN,
+    generation: GENERATION,
+    chunkBytes: CHUNK_BYTES,
+    connectTimeoutMs: 3000,
+    ...extra,
+  });
 }
 
 /**
@@ -252,7 +292,18 @@ function fakeSuccessor(real: RingPeer, autoPong: boolean): WebSocket {
   toReal.once('message', (data: Buffer) => {
     const challenge = JSON.parse(data.toString());
     const proof = proveToken(TOKEN, Buffer.from(challenge.nonce, 'hex'), helloContext(GENERATION, 0, 1));
-    toReal.send(JSON.stringify({ type: 'hello', protocol: RING_PROTOCOL_VERSION, generation: GENERATION, worldSize: 2, chunkBytes: real.chunkBytes, rank: 0, nonce: makeNonce().toString('hex'), proof: proof.toString('hex') }));
+    toReal.send(
+      JSON.stringify({
+        type: 'hello',
+        protocol: RING_PROTOCOL_VERSION,
+        generation: GENERATION,
+        worldSize: 2,
+        chunkBytes: real.chunkBytes,
+        rank: 0,
+        nonce: makeNonce().toString('hex'),
+        proof: proof.toString('hex'),
+      }),
+    );
   });
   return toReal;
 }
@@ -273,8 +324,16 @@ interface FakeSides {
  * A hand-made rank 0 of a 2-rank ring, built on the `ws` library: it authenticates properly both
  * ways, so the real rank 1 accepts it, and then sends whatever a test wants.
  */
-async function fakeRankZero(real: RingPeer, sides: FakeSides = {}): Promise<{ toReal: WebSocket; fromRealServer: WebSocketServer; dataSocket: Promise<WebSocket> }> {
-  const fromRealServer = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false, autoPong: sides.predecessorPongs ?? true });
+async function fakeRankZero(
+  real: RingPeer,
+  sides: FakeSides = {},
+): Promise<{ toReal: WebSocket; fromRealServer: WebSocketServer; dataSocket: Promise<WebSocket> }> {
+  const fromRealServer = new WebSocketServer({
+    host: '127.0.0.1',
+    port: 0,
+    perMessageDeflate: false,
+    autoPong: sides.predecessorPongs ?? true,
+  });
   await new Promise((resolve) => fromRealServer.once('listening', resolve));
   // The real rank 1 connects here (rank 0 is its predecessor); this side sends data to it.
   const dataSocket = new Promise<WebSocket>((resolve) => {
@@ -330,17 +389,21 @@ async function rawPredecessorServer(): Promise<{ port: number; predecessor: Prom
     const raw: RawPredecessor = { socket, received: [] };
     let request: Buffer | null = Buffer.alloc(0);
     let authenticated = false;
-    const parser = new FrameParser({ expectMasked: true, maxTextBytes: 4096, maxBinaryBytes: 0 }, {
-      message(opcode, payload) {
-        if (authenticated) {
-          raw.received.push({ opcode, payload });
-        } else {
-          socket.write(encodeFrame(Opcode.Text, Buffer.from(welcomeFor(JSON.parse(payload.toString()))), false));
-          authenticated = true;
-          resolvePredecessor(raw);
-        }
+    const parser = new FrameParser(
+      { expectMasked: true, maxTextBytes: 4096, maxBinaryBytes: 0 },
+      {
+        message(opcode, payload) {
+          if (authenticated) {
+            raw.received.push({ opcode, payload });
+          } else {
+            socket.write(encodeFrame(Opcode.Text, Buffer.from(welcomeFor(JSON.parse(payload.toString()))), false));
+            authenticated = true;
+            resolvePredecessor(raw);
+          }
+        },
       },
-    }, null);
+      null,
+    );
     socket.on('error', () => undefined);
     socket.on('data', (data: Buffer) => {
       if (!request) return void parser.feed(data, 0, data.length);
@@ -351,7 +414,13 @@ async function rawPredecessorServer(): Promise<{ port: number; predecessor: Prom
       const rest = request.subarray(end + 4);
       request = null;
       socket.write(serverHandshakeResponse(key));
-      socket.write(encodeFrame(Opcode.Text, Buffer.from(JSON.stringify({ type: 'challenge', protocol: RING_PROTOCOL_VERSION, nonce: makeNonce().toString('hex') })), false));
+      socket.write(
+        encodeFrame(
+          Opcode.Text,
+          Buffer.from(JSON.stringify({ type: 'challenge', protocol: RING_PROTOCOL_VERSION, nonce: makeNonce().toString('hex') })),
+          false,
+        ),
+      );
       parser.feed(rest, 0, rest.length);
     });
   });
@@ -367,7 +436,10 @@ async function rawPredecessorServer(): Promise<{ port: number; predecessor: Prom
 }
 
 /** The real rank 1 connected to a raw predecessor and a `ws` successor that answers pings. */
-async function withRawPredecessor(options: Partial<RingOptions>, check: (predecessor: RawPredecessor, real: RingPeer) => Promise<void>): Promise<void> {
+async function withRawPredecessor(
+  options: Partial<RingOptions>,
+  check: (predecessor: RawPredecessor, real: RingPeer) => Promise<void>,
+): Promise<void> {
   const real = await realRankOne(options);
   const server = await rawPredecessorServer();
   const toReal = fakeSuccessor(real, true);
@@ -407,7 +479,10 @@ describe('bad frames and broken peers', () => {
   test('a malformed header fails the pending operation, naming the predecessor', TIMEOUT, async () => {
     await withFakePredecessor(async (fake, real) => {
       (await fake.dataSocket).send(dataFrame(0xdeadbeef, 8, 2));
-      await assert.rejects(real.allReduce(new Float32Array(4), 1), /rank 1: connection from predecessor rank 0 failed: bad frame magic 0xdeadbeef/);
+      await assert.rejects(
+        real.allReduce(new Float32Array(4), 1),
+        /rank 1: connection from predecessor rank 0 failed: bad frame magic 0xdeadbeef/,
+      );
       await assert.rejects(real.allReduce(new Float32Array(4), 2), /bad frame magic/, 'the ring stays broken');
     });
   });
@@ -417,7 +492,10 @@ describe('bad frames and broken peers', () => {
       const frame = dataFrame(FRAME_MAGIC, 8, 2);
       frame.writeUInt32LE(2, 20); // offset 2: the right shard, but the header says step 1
       (await fake.dataSocket).send(frame);
-      await assert.rejects(real.reduceScatter(new Float32Array(4), 5), /unexpected frame: got reduce-scatter generation 7 step 1 .*expected reduce-scatter generation 7 step 5/);
+      await assert.rejects(
+        real.reduceScatter(new Float32Array(4), 5),
+        /unexpected frame: got reduce-scatter generation 7 step 1 .*expected reduce-scatter generation 7 step 5/,
+      );
     });
   });
 
@@ -444,7 +522,10 @@ describe('bad frames and broken peers', () => {
     const results = await settled;
     for (const [rank, result] of results.entries()) {
       assert.equal(result.status, 'rejected', `rank ${rank}`);
-      assert.match((result as PromiseRejectedResult).reason.message, new RegExp(`^rank ${rank}: connection (to successor|from predecessor) rank \\d`));
+      assert.match(
+        (result as PromiseRejectedResult).reason.message,
+        new RegExp(`^rank ${rank}: connection (to successor|from predecessor) rank \\d`),
+      );
     }
     await closeRing(peers);
   });
@@ -486,7 +567,10 @@ describe('ring heartbeats', () => {
         const started = Date.now();
         const [error] = (await once(real, 'error')) as [Error];
         const elapsed = Date.now() - started;
-        assert.equal(error.message, `rank 1: connection to successor rank 0 failed: no heartbeat from successor rank 0 for ${HEARTBEAT_MS / 1000} s`);
+        assert.equal(
+          error.message,
+          `rank 1: connection to successor rank 0 failed: no heartbeat from successor rank 0 for ${HEARTBEAT_MS / 1000} s`,
+        );
         assert.ok(elapsed < DETECTION_BOUND_MS, `detected after ${elapsed} ms`);
         await assert.rejects(real.allReduce(new Float32Array(8), 1), error);
       },
@@ -507,7 +591,8 @@ describe('ring heartbeats', () => {
           const buffers = peers.map((_, rank) => rankData(rank, length));
           await Promise.all(peers.map((peer, rank) => peer.allReduce(buffers[rank]!, step)));
           const expected = expectedSum(worldSize, length);
-          for (const [rank, buffer] of buffers.entries()) assertEqualFloats(buffer, expected, `chunk ${chunkBytes} length ${length} rank ${rank}`);
+          for (const [rank, buffer] of buffers.entries())
+            assertEqualFloats(buffer, expected, `chunk ${chunkBytes} length ${length} rank ${rank}`);
         }
       } finally {
         await closeRing(peers);
@@ -563,7 +648,17 @@ describe('ring heartbeats', () => {
       const dataFrameBytes = pieces[0]!.length;
       const frameAt = (k: number) => k * (dataFrameBytes + ping.length + pong.length);
       const pingAt = (k: number) => frameAt(k) + dataFrameBytes;
-      const cuts = [3, 1000, pingAt(0) - 5, pingAt(0) + 1, pingAt(0) + 4, frameAt(1) + 20, pingAt(1) + 2, frameAt(2) + 100_000, stream.length];
+      const cuts = [
+        3,
+        1000,
+        pingAt(0) - 5,
+        pingAt(0) + 1,
+        pingAt(0) + 4,
+        frameAt(1) + 20,
+        pingAt(1) + 2,
+        frameAt(2) + 100_000,
+        stream.length,
+      ];
       const startCollectiveAfter = 3;
       const buffer = new Float32Array(length).fill(-1);
       let pending: Promise<void> | null = null;
@@ -576,7 +671,10 @@ describe('ring heartbeats', () => {
       for (let i = start; i < end; i++) if (buffer[i] !== i + 0.5) assert.fail(`element ${i} is ${buffer[i]}`);
       for (let i = end; i < length; i++) assert.equal(buffer[i], -1, 'rank 1 keeps its own shard');
       await waitFor(() => predecessor.received.length >= frames, 'a pong for every ping');
-      assert.deepEqual(predecessor.received, Array.from({ length: frames }, () => ({ opcode: Opcode.Pong, payload: Buffer.from('beat') })));
+      assert.deepEqual(
+        predecessor.received,
+        Array.from({ length: frames }, () => ({ opcode: Opcode.Pong, payload: Buffer.from('beat') })),
+      );
     });
   });
 });
@@ -655,9 +753,16 @@ describe('ring fuzz', () => {
         // A well-formed WebSocket frame whose data frame declares another element count.
         const declared = rng.nextUint32() % 9;
         const payload = Buffer.alloc(FRAME_HEADER_BYTES + (rng.nextUint32() % 9) * 4);
-        encodeFrameHeader({ phase: Phase.ReduceScatter, generation: GENERATION, step: 1, chunk: 0, offset: LENGTH / 2, count: declared }, payload);
+        encodeFrameHeader(
+          { phase: Phase.ReduceScatter, generation: GENERATION, step: 1, chunk: 0, offset: LENGTH / 2, count: declared },
+          payload,
+        );
         const wellFormed = declared === LENGTH / 2 && payload.length === FRAME_HEADER_BYTES + declared * 4;
-        return { name: `count ${declared} with ${payload.length - FRAME_HEADER_BYTES} payload bytes`, bytes: encodeFrame(Opcode.Binary, payload, false), mayComplete: wellFormed };
+        return {
+          name: `count ${declared} with ${payload.length - FRAME_HEADER_BYTES} payload bytes`,
+          bytes: encodeFrame(Opcode.Binary, payload, false),
+          mayComplete: wellFormed,
+        };
       }
       default: {
         const cut = rng.nextUint32() % valid.length;
@@ -682,7 +787,11 @@ describe('ring fuzz', () => {
         return { name: `upgrade request, bit flipped at byte ${at}`, bytes: mutated, end: true };
       }
       default:
-        return { name: 'upgrade, then random bytes', bytes: Buffer.concat([upgrade, randomBytes(rng, 1 + (rng.nextUint32() % 200))]), end: false };
+        return {
+          name: 'upgrade, then random bytes',
+          bytes: Buffer.concat([upgrade, randomBytes(rng, 1 + (rng.nextUint32() % 200))]),
+          end: false,
+        };
     }
   }
 
@@ -712,7 +821,18 @@ describe('ring fuzz', () => {
 
   /** A stranger botches the handshake with a ring server; afterwards the server still forms its ring. */
   async function handshakeCase(rng: Mulberry32, label: string): Promise<void> {
-    const peers = await Promise.all([0, 1].map((rank) => RingPeer.listen({ rank, worldSize: 2, token: TOKEN, generation: GENERATION, chunkBytes: CHUNK_BYTES, connectTimeoutMs: FUZZ_AUTH_TIMEOUT_MS })));
+    const peers = await Promise.all(
+      [0, 1].map((rank) =>
+        RingPeer.listen({
+          rank,
+          worldSize: 2,
+          token: TOKEN,
+          generation: GENERATION,
+          chunkBytes: CHUNK_BYTES,
+          connectTimeoutMs: FUZZ_AUTH_TIMEOUT_MS,
+        }),
+      ),
+    );
     try {
       const attack = handshakeAttack(rng, peers[0]!.address.port);
       const what = `${label}: ${attack.name}`;
@@ -732,7 +852,9 @@ describe('ring fuzz', () => {
     }
   }
 
-  test(`random and mutated frames are refused without crashing or hanging, and a fresh ring still sums exactly (seed 0x${SEED.toString(16)})`, { timeout: 30_000 }, async (t) => {
+  test(`random and mutated frames are refused without crashing or hanging, and a fresh ring still sums exactly (seed 0x${SEED.toString(16)})`, {
+    timeout: 30_000,
+  }, async (t) => {
     const rng = new Mulberry32(SEED);
     const deadline = Date.now() + TIME_BUDGET_MS;
     let cases = 0;
@@ -750,7 +872,8 @@ describe('ring fuzz', () => {
       for (const [step, length] of [LENGTH, 100_003].entries()) {
         const buffers = peers.map((_, rank) => rankData(rank, length));
         await Promise.all(peers.map((peer, rank) => peer.allReduce(buffers[rank]!, step)));
-        for (const buffer of buffers) assertEqualFloats(buffer, expectedSum(worldSize, length), `fresh ring after ${cases} cases, length ${length}`);
+        for (const buffer of buffers)
+          assertEqualFloats(buffer, expectedSum(worldSize, length), `fresh ring after ${cases} cases, length ${length}`);
       }
     } finally {
       await closeRing(peers);

@@ -20,11 +20,14 @@ test('shards are contiguous, cover everything and differ in size by at most one'
 });
 
 test('the first length % N shards get the extra element', () => {
-  assert.deepEqual([0, 1, 2].map((rank) => shardRange(8, 3, rank)), [
-    { start: 0, end: 3 },
-    { start: 3, end: 6 },
-    { start: 6, end: 8 },
-  ]);
+  assert.deepEqual(
+    [0, 1, 2].map((rank) => shardRange(8, 3, rank)),
+    [
+      { start: 0, end: 3 },
+      { start: 3, end: 6 },
+      { start: 6, end: 8 },
+    ],
+  );
   assert.deepEqual(shardRange(2, 4, 3), { start: 2, end: 2 });
 });
 

@@ -17,7 +17,9 @@ function pixel(seed: number, c: number, p: number): number {
 /** One record as the binary CIFAR files store it: label byte(s), then the red, green and blue planes. */
 function record(labels: number[], seed: number): Buffer {
   const out = Buffer.alloc(labels.length + 3 * PLANE);
-  labels.forEach((l, i) => { out[i] = l; });
+  labels.forEach((l, i) => {
+    out[i] = l;
+  });
   for (let c = 0; c < 3; c++) for (let p = 0; p < PLANE; p++) out[labels.length + c * PLANE + p] = pixel(seed, c, p);
   return out;
 }
@@ -27,7 +29,8 @@ function makeCifar10(): string {
   const root = mkdtempSync(join(tmpdir(), 'cifar10-'));
   const dir = join(root, 'cifar-10-batches-bin');
   mkdirSync(dir);
-  for (let b = 1; b <= 5; b++) writeFileSync(join(dir, `data_batch_${b}.bin`), Buffer.concat([record([b - 1], 10 * b), record([b + 4], 10 * b + 1)]));
+  for (let b = 1; b <= 5; b++)
+    writeFileSync(join(dir, `data_batch_${b}.bin`), Buffer.concat([record([b - 1], 10 * b), record([b + 4], 10 * b + 1)]));
   writeFileSync(join(dir, 'test_batch.bin'), Buffer.concat([record([3], 100), record([9], 101), record([0], 102)]));
   writeFileSync(join(dir, 'batches.meta.txt'), `${CIFAR10_CLASSES.join('\n')}\n\n`);
   return root;
@@ -61,7 +64,10 @@ test('CIFAR-10: labels in batch order, class names, and the planar records read 
   assert.deepEqual(train.classes, CIFAR10_CLASSES);
   assert.deepEqual(train.fixedSize, { height: 32, width: 32 });
   assert.equal(train.channels, 3);
-  assert.deepEqual(Array.from({ length: 10 }, (_, i) => train.label(i)), [0, 5, 1, 6, 2, 7, 3, 8, 4, 9]);
+  assert.deepEqual(
+    Array.from({ length: 10 }, (_, i) => train.label(i)),
+    [0, 5, 1, 6, 2, 7, 3, 8, 4, 9],
+  );
   const image = await train.read(5); // data_batch_3.bin, record 1
   assert.deepEqual({ height: image.height, width: image.width, channels: image.channels }, { height: 32, width: 32, channels: 3 });
   assertImage(image.data, 31);
@@ -72,7 +78,10 @@ test('CIFAR-10: labels in batch order, class names, and the planar records read 
   // The extracted folder itself is accepted as well as its parent.
   const val = openCifarSource(join(root, 'cifar-10-batches-bin'), 'val', 'cifar10');
   assert.equal(val.size, 3);
-  assert.deepEqual([0, 1, 2].map((i) => val.label(i)), [3, 9, 0]);
+  assert.deepEqual(
+    [0, 1, 2].map((i) => val.label(i)),
+    [3, 9, 0],
+  );
   assertImage((await val.read(2)).data, 102);
   await assert.rejects(val.read(3), /sample index 3 is outside 0..2 of the val split/);
   assert.ok(cifarSplitExists(root, 'val', 'cifar10'));
@@ -96,17 +105,26 @@ test('a file that is not a whole number of records is an error naming it', () =>
   const root = makeCifar10();
   const bad = join(root, 'cifar-10-batches-bin', 'data_batch_4.bin');
   writeFileSync(bad, Buffer.concat([record([1], 0), Buffer.alloc(100)]));
-  assert.throws(() => openCifarSource(root, 'train', 'cifar10'), (err: Error) => err.message.startsWith(`${bad}: is 3173 bytes, not a whole, non-zero number of cifar10 records of 3073 bytes`));
+  assert.throws(
+    () => openCifarSource(root, 'train', 'cifar10'),
+    (err: Error) => err.message.startsWith(`${bad}: is 3173 bytes, not a whole, non-zero number of cifar10 records of 3073 bytes`),
+  );
   // CIFAR-10 files read as CIFAR-100 (records one byte shorter) are caught the same way.
   const mixed = makeCifar100();
   writeFileSync(join(mixed, 'cifar-100-binary', 'test.bin'), Buffer.concat([record([1], 0), record([2], 0)]));
-  assert.throws(() => openCifarSource(mixed, 'val', 'cifar100'), /test\.bin: is 6146 bytes, not a whole, non-zero number of cifar100 records of 3074 bytes/);
+  assert.throws(
+    () => openCifarSource(mixed, 'val', 'cifar100'),
+    /test\.bin: is 6146 bytes, not a whole, non-zero number of cifar100 records of 3074 bytes/,
+  );
   writeFileSync(join(mixed, 'cifar-100-binary', 'test.bin'), '');
   assert.throws(() => openCifarSource(mixed, 'val', 'cifar100'), /test\.bin: is 0 bytes/);
 });
 
 test('other bad inputs: not a CIFAR folder, a missing batch, wrong class names, a label out of range', () => {
-  assert.throws(() => openCifarSource('/nonexistent/cifar', 'train', 'cifar10'), /\/nonexistent\/cifar: not a cifar10 binary data set: neither it nor \/nonexistent\/cifar\/cifar-10-batches-bin holds batches\.meta\.txt/);
+  assert.throws(
+    () => openCifarSource('/nonexistent/cifar', 'train', 'cifar10'),
+    /\/nonexistent\/cifar: not a cifar10 binary data set: neither it nor \/nonexistent\/cifar\/cifar-10-batches-bin holds batches\.meta\.txt/,
+  );
   const root = makeCifar10();
   const dir = join(root, 'cifar-10-batches-bin');
   unlinkSync(join(dir, 'data_batch_2.bin'));

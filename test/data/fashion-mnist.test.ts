@@ -7,7 +7,6 @@ import { DEFAULT_FASHION_MNIST_DIR, readIdxSplit } from '../../src/data/fashion-
 import { idxFile } from './helpers.ts';
 import { needsData } from '../e2e/cluster.ts';
 
-
 test('reads the real test split as stored', { skip: needsData }, () => {
   const split = readIdxSplit(DEFAULT_FASHION_MNIST_DIR, 'test');
   assert.deepEqual([split.n, split.height, split.width], [10000, 28, 28]);

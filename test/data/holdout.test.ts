@@ -17,7 +17,13 @@ function countingSource(size: number): ImageSource {
 }
 
 test('the held-out indices are sorted, distinct, in range and ceil(fraction * n) many', () => {
-  for (const [n, fraction, expected] of [[1000, 0.01, 10], [1001, 0.01, 11], [100, 0.07, 7], [60000, 0.1, 6000], [3, 0.5, 2]] as const) {
+  for (const [n, fraction, expected] of [
+    [1000, 0.01, 10],
+    [1001, 0.01, 11],
+    [100, 0.07, 7],
+    [60000, 0.1, 6000],
+    [3, 0.5, 2],
+  ] as const) {
     const held = holdoutIndices(n, fraction, 17);
     assert.equal(held.length, expected, `${fraction} of ${n}`);
     for (let i = 1; i < held.length; i++) assert.ok(held[i - 1]! < held[i]!, 'sorted and distinct');
@@ -63,7 +69,10 @@ test('a subset source maps its indices to the source samples', async () => {
   const subset = subsetSource(countingSource(10), Uint32Array.of(2, 5, 9));
   assert.equal(subset.size, 3);
   assert.deepEqual(subset.classes, ['a', 'b', 'c']);
-  assert.deepEqual([0, 1, 2].map((i) => subset.label(i)), [2, 2, 0]);
+  assert.deepEqual(
+    [0, 1, 2].map((i) => subset.label(i)),
+    [2, 2, 0],
+  );
   assert.deepEqual([...(await subset.read(1)).data], [5]);
   assert.equal(subset.describe(2), 'sample 9');
   assert.throws(() => subset.label(3), /sample index 3 is outside 0..2 of a subset of 3 samples/);
@@ -85,5 +94,8 @@ test('a subset passes a decode-time crop through to its source, and only when th
   const subset = subsetSource(cropping, Uint32Array.of(4, 7));
   assert.deepEqual([...(await subset.readRegion!(1, () => null)).data], [7]);
   assert.deepEqual(asked, [7]);
-  await assert.rejects(subset.readRegion!(2, () => null), /sample index 2 is outside 0..1/);
+  await assert.rejects(
+    subset.readRegion!(2, () => null),
+    /sample index 2 is outside 0..1/,
+  );
 });

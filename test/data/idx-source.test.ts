@@ -10,8 +10,6 @@ import { idxSplitExists, openIdxSource } from '../../src/data/idx-source.ts';
 import { idxFile } from './helpers.ts';
 import { needsData } from '../e2e/cluster.ts';
 
-
-
 /** An MNIST-family directory of 3x2 images: train has labels `trainLabels`, t10k `valLabels`; pixel p of image i is 10 * i + p. */
 function makeIdxDir(trainLabels: number[], valLabels: number[]): string {
   const dir = mkdtempSync(join(tmpdir(), 'idx-source-'));
@@ -46,7 +44,10 @@ test('generic idx: pixels, labels and class names "0".."K-1" from the training l
   const dir = makeIdxDir([0, 3, 1], [2, 0]);
   const train = openIdxSource(dir, 'train', 'idx');
   assert.deepEqual(train.classes, ['0', '1', '2', '3']);
-  assert.deepEqual([0, 1, 2].map((i) => train.label(i)), [0, 3, 1]);
+  assert.deepEqual(
+    [0, 1, 2].map((i) => train.label(i)),
+    [0, 3, 1],
+  );
   const image = await train.read(2);
   assert.deepEqual([...image.data], [20, 21, 22, 23, 24, 25]);
   assert.deepEqual({ height: image.height, width: image.width }, { height: 3, width: 2 });
@@ -64,13 +65,19 @@ test('generic idx: pixels, labels and class names "0".."K-1" from the training l
 
 test('a label outside the classes is an error naming the labels file', () => {
   const dir = makeIdxDir([0, 1], [2]);
-  assert.throws(() => openIdxSource(dir, 'val', 'idx'), /t10k-labels-idx1-ubyte\.gz: label 2 at index 0 is outside 0..1 \(the classes of idx\)/);
+  assert.throws(
+    () => openIdxSource(dir, 'val', 'idx'),
+    /t10k-labels-idx1-ubyte\.gz: label 2 at index 0 is outside 0..1 \(the classes of idx\)/,
+  );
   const fashion = makeIdxDir([0, 10], [0]);
   assert.throws(() => openIdxSource(fashion, 'train', 'fashion-mnist'), /train-labels-idx1-ubyte: label 10 at index 1 is outside 0..9/);
 });
 
 test('missing files are errors naming the path', () => {
-  assert.throws(() => openIdxSource('/nonexistent/mnist', 'train', 'idx'), /\/nonexistent\/mnist\/train-images-idx3-ubyte\.gz: file not found .*an idx data set holds/);
+  assert.throws(
+    () => openIdxSource('/nonexistent/mnist', 'train', 'idx'),
+    /\/nonexistent\/mnist\/train-images-idx3-ubyte\.gz: file not found .*an idx data set holds/,
+  );
   const dir = makeIdxDir([0], [0]);
   writeFileSync(join(dir, 'train-labels-idx1-ubyte'), idxFile([2], [0, 1]));
   assert.throws(() => openIdxSource(dir, 'train', 'idx'), /holds 2 labels but .* holds 1 images/);

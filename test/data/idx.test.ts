@@ -7,7 +7,6 @@ import { gzipSync } from 'node:zlib';
 import { parseIdx, readIdx } from '../../src/data/idx.ts';
 import { idxFile } from './helpers.ts';
 
-
 test('parses plain and gzip idx files', () => {
   const dir = mkdtempSync(join(tmpdir(), 'idx-'));
   const bytes = idxFile([2, 2, 3], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);

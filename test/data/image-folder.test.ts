@@ -5,7 +5,13 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import sharp from 'sharp';
 import {
-  CorruptImageError, decodeImage, imageFolderClasses, imageFolderSplitExists, jpegRegionSize, openImageFolder, resizeRegion,
+  CorruptImageError,
+  decodeImage,
+  imageFolderClasses,
+  imageFolderSplitExists,
+  jpegRegionSize,
+  openImageFolder,
+  resizeRegion,
 } from '../../src/data/image-folder.ts';
 import type { ImageRegion, ImageSource, RawImage } from '../../src/data/source.ts';
 import { centerCropRegion, resizeShortCenterCropRegion } from '../../src/data/transforms/geometry.ts';
@@ -25,7 +31,14 @@ function gradient(height: number, width: number, seed: number): Uint8Array {
   return data;
 }
 
-async function writeImage(path: string, data: Uint8Array, height: number, width: number, channels: 1 | 2 | 3 | 4, format: 'png' | 'jpeg' | 'webp'): Promise<void> {
+async function writeImage(
+  path: string,
+  data: Uint8Array,
+  height: number,
+  width: number,
+  channels: 1 | 2 | 3 | 4,
+  format: 'png' | 'jpeg' | 'webp',
+): Promise<void> {
   mkdirSync(dirname(path), { recursive: true });
   const image = sharp(data, { raw: { height, width, channels } });
   const encoded = format === 'png' ? image.png() : format === 'jpeg' ? image.jpeg({ quality: 95 }) : image.webp({ lossless: true });
@@ -59,8 +72,18 @@ test('classes are the sorted train folders; files in sorted order; pixels exact 
   assert.equal(train.channels, 3);
   assert.equal(train.fixedSize, null);
   const described = Array.from({ length: 6 }, (_, i) => train.describe(i).slice(root.length + 1));
-  assert.deepEqual(described, ['train/ant/gray.png', 'train/ant/rgba.png', 'train/cat/a.png', 'train/cat/b.png', 'train/cat/sub/c.webp', 'train/dog/n0001_1.JPEG']);
-  assert.deepEqual(Array.from({ length: 6 }, (_, i) => train.label(i)), [0, 0, 1, 1, 1, 2]);
+  assert.deepEqual(described, [
+    'train/ant/gray.png',
+    'train/ant/rgba.png',
+    'train/cat/a.png',
+    'train/cat/b.png',
+    'train/cat/sub/c.webp',
+    'train/dog/n0001_1.JPEG',
+  ]);
+  assert.deepEqual(
+    Array.from({ length: 6 }, (_, i) => train.label(i)),
+    [0, 0, 1, 1, 1, 2],
+  );
 
   const b = await train.read(3);
   assert.deepEqual({ height: b.height, width: b.width, channels: b.channels }, { height: 4, width: 6, channels: 3 });
@@ -92,18 +115,37 @@ test('val numbers its classes as train does', async () => {
 test('CMYK is converted to RGB; the EXIF orientation is not applied', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'decode-'));
   const cmyk = join(dir, 'cmyk.jpg');
-  writeFileSync(cmyk, await sharp(gradient(8, 8, 7), { raw: { height: 8, width: 8, channels: 3 } }).toColourspace('cmyk').jpeg().toBuffer());
+  writeFileSync(
+    cmyk,
+    await sharp(gradient(8, 8, 7), { raw: { height: 8, width: 8, channels: 3 } })
+      .toColourspace('cmyk')
+      .jpeg()
+      .toBuffer(),
+  );
   assert.equal((await sharp(cmyk).metadata()).channels, 4);
   const decoded = await decodeImage(cmyk);
-  assert.deepEqual({ height: decoded.height, width: decoded.width, channels: decoded.channels, bytes: decoded.data.length }, { height: 8, width: 8, channels: 3, bytes: 192 });
+  assert.deepEqual(
+    { height: decoded.height, width: decoded.width, channels: decoded.channels, bytes: decoded.data.length },
+    { height: 8, width: 8, channels: 3, bytes: 192 },
+  );
   const rotated = join(dir, 'rotated.jpg');
   // Orientation 6 means "rotate 90 degrees clockwise to display"; the stored 4x10 pixels must stay 4x10.
-  writeFileSync(rotated, await sharp(gradient(4, 10, 8), { raw: { height: 4, width: 10, channels: 3 } }).jpeg().withMetadata({ orientation: 6 }).toBuffer());
+  writeFileSync(
+    rotated,
+    await sharp(gradient(4, 10, 8), { raw: { height: 4, width: 10, channels: 3 } })
+      .jpeg()
+      .withMetadata({ orientation: 6 })
+      .toBuffer(),
+  );
   assert.equal((await sharp(rotated).metadata()).orientation, 6);
   const stored = await decodeImage(rotated);
   assert.deepEqual({ height: stored.height, width: stored.width }, { height: 4, width: 10 });
   const oriented = await sharp(rotated, { autoOrient: true }).raw().toBuffer({ resolveWithObject: true });
-  assert.deepEqual({ height: oriented.info.height, width: oriented.info.width }, { height: 10, width: 4 }, 'the file does carry a rotation');
+  assert.deepEqual(
+    { height: oriented.info.height, width: oriented.info.width },
+    { height: 10, width: 4 },
+    'the file does carry a rotation',
+  );
 });
 
 test('a corrupt or unreadable image rejects with CorruptImageError naming the file', async () => {
@@ -161,9 +203,22 @@ test("readRegion decodes a region: read()'s pixels cropped and resized (libvips 
   const root = mkdtempSync(join(tmpdir(), 'image-folder-'));
   // A JPEG, a grayscale JPEG, a PNG (decoded whole, then cropped and resized) and a CMYK JPEG, all 60x80.
   await writeImage(join(root, 'train/a/rgb.jpg'), waves(60, 80), 60, 80, 3, 'jpeg');
-  await writeImage(join(root, 'train/a/gray.jpg'), waves(60, 80).filter((_, i) => i % 3 === 0), 60, 80, 1, 'jpeg');
+  await writeImage(
+    join(root, 'train/a/gray.jpg'),
+    waves(60, 80).filter((_, i) => i % 3 === 0),
+    60,
+    80,
+    1,
+    'jpeg',
+  );
   await writeImage(join(root, 'train/b/c.png'), waves(60, 80), 60, 80, 3, 'png');
-  writeFileSync(join(root, 'train/b/cmyk.jpg'), await sharp(waves(60, 80), { raw: { height: 60, width: 80, channels: 3 } }).toColourspace('cmyk').jpeg().toBuffer());
+  writeFileSync(
+    join(root, 'train/b/cmyk.jpg'),
+    await sharp(waves(60, 80), { raw: { height: 60, width: 80, channels: 3 } })
+      .toColourspace('cmyk')
+      .jpeg()
+      .toBuffer(),
+  );
   const train = openImageFolder(root, 'train');
   const box = (top: number, left: number, height: number, width: number) => ({ top, left, height, width });
   const regions: ImageRegion[] = [
@@ -181,7 +236,11 @@ test("readRegion decodes a region: read()'s pixels cropped and resized (libvips 
       const { image, asked } = await readRegion(train, index, region);
       assert.deepEqual(asked, [[whole.height, whole.width]], 'choose is asked once, with the stored size');
       const expected = await resizeRegion(whole, region);
-      assert.deepEqual({ ...image, data: [...image.data] }, { ...expected, data: [...expected.data] }, `${train.describe(index)} ${JSON.stringify(region)}`);
+      assert.deepEqual(
+        { ...image, data: [...image.data] },
+        { ...expected, data: [...expected.data] },
+        `${train.describe(index)} ${JSON.stringify(region)}`,
+      );
       assert.equal(image.channels, 3);
     }
     assert.deepEqual((await readRegion(train, index, null)).image.data, whole.data, 'no region: the whole image');
@@ -195,7 +254,10 @@ test("readRegion decodes a region: read()'s pixels cropped and resized (libvips 
     const meanDiff = ours.reduce((sum, v, i) => sum + Math.abs(v - pil[i]!), 0) / ours.length;
     assert.ok(meanDiff < 0.6, `${interpolation}: mean difference from PIL's resize ${meanDiff}`);
   }
-  await assert.rejects(readRegion(train, 0, { ...regions[0]!, box: box(50, 0, 20, 80) }), /region box top=50 left=0 height=20 width=80 is not inside the 60x80 image/);
+  await assert.rejects(
+    readRegion(train, 0, { ...regions[0]!, box: box(50, 0, 20, 80) }),
+    /region box top=50 left=0 height=20 width=80 is not inside the 60x80 image/,
+  );
 });
 
 test('jpegRegionSize reads the frame header of a whole JPEG only; a truncated JPEG still fails by region', async () => {
@@ -204,38 +266,66 @@ test('jpegRegionSize reads the frame header of a whole JPEG only; a truncated JP
   await writeImage(path, gradient(40, 60, 3), 40, 60, 3, 'jpeg');
   const bytes = readFileSync(path);
   assert.deepEqual(jpegRegionSize(bytes), { height: 40, width: 60 });
-  const progressive = await sharp(gradient(40, 60, 3), { raw: { height: 40, width: 60, channels: 3 } }).jpeg({ progressive: true }).withMetadata().toBuffer();
+  const progressive = await sharp(gradient(40, 60, 3), { raw: { height: 40, width: 60, channels: 3 } })
+    .jpeg({ progressive: true })
+    .withMetadata()
+    .toBuffer();
   assert.deepEqual(jpegRegionSize(progressive), { height: 40, width: 60 });
-  assert.equal(jpegRegionSize(await sharp(gradient(4, 4, 1), { raw: { height: 4, width: 4, channels: 3 } }).png().toBuffer()), null);
+  assert.equal(
+    jpegRegionSize(
+      await sharp(gradient(4, 4, 1), { raw: { height: 4, width: 4, channels: 3 } })
+        .png()
+        .toBuffer(),
+    ),
+    null,
+  );
   assert.equal(jpegRegionSize(bytes.subarray(0, bytes.length - 100)), null, 'no end-of-image marker');
   assert.equal(jpegRegionSize(Buffer.from('not a JPEG at all')), null);
   // Cut short: a decode that stopped at the region's last row would not notice; readRegion does.
   writeFileSync(path, bytes.subarray(0, Math.floor(bytes.length * 0.6)));
   const train = openImageFolder(root, 'train');
-  await assert.rejects(readRegion(train, 0, { box: { top: 0, left: 0, height: 4, width: 4 }, height: 2, width: 2, interpolation: 'bicubic' }), (err: unknown) => {
-    assert.ok(err instanceof CorruptImageError);
-    assert.equal(err.path, path);
-    return true;
-  });
+  await assert.rejects(
+    readRegion(train, 0, { box: { top: 0, left: 0, height: 4, width: 4 }, height: 2, width: 2, interpolation: 'bicubic' }),
+    (err: unknown) => {
+      assert.ok(err instanceof CorruptImageError);
+      assert.equal(err.path, path);
+      return true;
+    },
+  );
   writeFileSync(path, 'garbage');
   await assert.rejects(readRegion(train, 0, null), CorruptImageError);
 });
 
 test('bad layouts are errors naming the folder', async () => {
   const root = await makeFolder();
-  assert.throws(() => openImageFolder(join(root, 'train'), 'train'), (err: Error) => err.message.startsWith(`${join(root, 'train', 'train')}: no train/ folder`));
+  assert.throws(
+    () => openImageFolder(join(root, 'train'), 'train'),
+    (err: Error) => err.message.startsWith(`${join(root, 'train', 'train')}: no train/ folder`),
+  );
 
   mkdirSync(join(root, 'val/zebra'));
   writeFileSync(join(root, 'val/zebra/z.png'), '');
-  assert.throws(() => openImageFolder(root, 'val'), (err: Error) => err.message.startsWith(`${join(root, 'val', 'zebra')}: class "zebra" is in val/ but not in train/`));
+  assert.throws(
+    () => openImageFolder(root, 'val'),
+    (err: Error) => err.message.startsWith(`${join(root, 'val', 'zebra')}: class "zebra" is in val/ but not in train/`),
+  );
 
   mkdirSync(join(root, 'train/empty/sub'), { recursive: true });
   writeFileSync(join(root, 'train/empty/readme.txt'), 'no images here');
-  assert.throws(() => openImageFolder(root, 'train'), (err: Error) => err.message.startsWith(`${join(root, 'train', 'empty')}: empty class folder`));
+  assert.throws(
+    () => openImageFolder(root, 'train'),
+    (err: Error) => err.message.startsWith(`${join(root, 'train', 'empty')}: empty class folder`),
+  );
 
   const noVal = mkdtempSync(join(tmpdir(), 'image-folder-'));
   await writeImage(join(noVal, 'train/a/x.png'), gradient(1, 1, 0), 1, 1, 3, 'png');
-  assert.throws(() => openImageFolder(noVal, 'val'), (err: Error) => err.message.startsWith(`${join(noVal, 'val')}: no val/ folder`));
+  assert.throws(
+    () => openImageFolder(noVal, 'val'),
+    (err: Error) => err.message.startsWith(`${join(noVal, 'val')}: no val/ folder`),
+  );
   mkdirSync(join(noVal, 'val'));
-  assert.throws(() => openImageFolder(noVal, 'val'), (err: Error) => err.message.startsWith(`${join(noVal, 'val')}: holds no class folders`));
+  assert.throws(
+    () => openImageFolder(noVal, 'val'),
+    (err: Error) => err.message.startsWith(`${join(noVal, 'val')}: holds no class folders`),
+  );
 });

@@ -15,9 +15,18 @@ import { needsData } from '../e2e/cluster.ts';
 
 const FMNIST: DataSpec = { format: 'fashion-mnist', path: '/usr/share/datasets/fashion-mnist', holdout: 0, holdoutSeed: 0 };
 const AUGMENT = 'inception_crop(28)|flip_lr|randaug(2,15,12.5,5)|normalize(fashion-mnist)';
-const request = (indices: number[], epoch = 0, repeats: number[] | null = null) => ({ indices: Uint32Array.from(indices), repeats: repeats ? Uint8Array.from(repeats) : null, epoch });
+const request = (indices: number[], epoch = 0, repeats: number[] | null = null) => ({
+  indices: Uint32Array.from(indices),
+  repeats: repeats ? Uint8Array.from(repeats) : null,
+  epoch,
+});
 
-async function load(loader: BatchLoader, indices: number[], epoch = 0, repeats: number[] | null = null): Promise<{ images: Float32Array; labels: Int32Array }> {
+async function load(
+  loader: BatchLoader,
+  indices: number[],
+  epoch = 0,
+  repeats: number[] | null = null,
+): Promise<{ images: Float32Array; labels: Int32Array }> {
   const images = new Float32Array(indices.length * loader.sampleSize);
   const labels = new Int32Array(indices.length);
   await loader.load(request(indices, epoch, repeats), images, labels);
@@ -55,7 +64,14 @@ test('evalBatches walks a range of a split in batches; splitSize counts the spli
   }
   assert.deepEqual(sizes, [4, 4, 2]);
   const direct = await BatchLoader.open(FMNIST, 'val', 'normalize(fashion-mnist)', { threads: 0, seed: 0, skipCorrupt: false });
-  assert.deepEqual(labels, [...(await load(direct, Array.from({ length: 10 }, (_, i) => 10 + i))).labels]);
+  assert.deepEqual(labels, [
+    ...(
+      await load(
+        direct,
+        Array.from({ length: 10 }, (_, i) => 10 + i),
+      )
+    ).labels,
+  ]);
   await direct.close();
   await assert.rejects(async () => {
     for await (const _ of evalBatches(FMNIST, 'val', 'normalize(fashion-mnist)', 4, { start: 9_999, end: 10_001 })) void _;
@@ -72,7 +88,9 @@ async function imageFolder(corrupt: boolean): Promise<string> {
       for (let i = 0; i < 2; i++) {
         const [width, height] = [20 + 7 * i, 16 + 5 * c];
         const pixels = Buffer.alloc(width * height * 3, 40 + 100 * c + 20 * i);
-        await sharp(pixels, { raw: { width, height, channels: 3 } }).png().toFile(join(dir, `img${i}.png`));
+        await sharp(pixels, { raw: { width, height, channels: 3 } })
+          .png()
+          .toFile(join(dir, `img${i}.png`));
       }
     }
   }
@@ -91,15 +109,21 @@ async function jpegFolder(count: number): Promise<string> {
     const [height, width] = [180 + 37 * i, 320 - 23 * i];
     const pixels = Buffer.alloc(height * width * 3);
     for (let p = 0; p < pixels.length; p++) pixels[p] = (Math.imul(p, 2654435761) >>> 27) + 60 * Math.sin(p / (3 * width)) + 100;
-    await sharp(pixels, { raw: { width, height, channels: 3 } }).jpeg({ quality: 90 }).toFile(join(dir, `img${i}.jpg`));
+    await sharp(pixels, { raw: { width, height, channels: 3 } })
+      .jpeg({ quality: 90 })
+      .toFile(join(dir, `img${i}.jpg`));
   }
   return root;
 }
 
-test("DeiT's pipeline on a JPEG folder (the crop done while decoding): the same pixels inline and in any thread count", { timeout: 60_000 }, async () => {
+test("DeiT's pipeline on a JPEG folder (the crop done while decoding): the same pixels inline and in any thread count", {
+  timeout: 60_000,
+}, async () => {
   const root = await jpegFolder(6);
   const spec: DataSpec = { format: 'imagefolder', path: root, holdout: 0, holdoutSeed: 0 };
-  const loaders = await Promise.all([0, 1, 3].map((threads) => BatchLoader.open(spec, 'train', DEIT, { threads, seed: 11, skipCorrupt: false })));
+  const loaders = await Promise.all(
+    [0, 1, 3].map((threads) => BatchLoader.open(spec, 'train', DEIT, { threads, seed: 11, skipCorrupt: false })),
+  );
   try {
     const [inline] = loaders;
     assert.deepEqual(inline!.shape, { height: 224, width: 224, channels: 3 });
@@ -109,7 +133,11 @@ test("DeiT's pipeline on a JPEG folder (the crop done while decoding): the same 
     const size = inline!.sampleSize;
     const alone = await load(inline!, [4], 2);
     assert.deepEqual(alone.images, reference.images.subarray(5 * size, 6 * size), 'a sample does not depend on its batch');
-    assert.notDeepEqual(reference.images.subarray(2 * size, 3 * size), reference.images.subarray(3 * size, 4 * size), 'another repeat, another crop');
+    assert.notDeepEqual(
+      reference.images.subarray(2 * size, 3 * size),
+      reference.images.subarray(3 * size, 4 * size),
+      'another repeat, another crop',
+    );
     assert.ok(reference.images.every(Number.isFinite));
   } finally {
     await Promise.all(loaders.map((loader) => loader.close()));
@@ -120,7 +148,11 @@ test("DeiT's pipeline on a JPEG folder (the crop done while decoding): the same 
 test('the crop done while decoding makes nearly the whole-image pixels: the same box, the same flip', async () => {
   const root = await jpegFolder(6);
   const text = 'random_resized_crop(224)|flip_lr|normalize(imagenet)';
-  const loader = await BatchLoader.open({ format: 'imagefolder', path: root, holdout: 0, holdoutSeed: 0 }, 'train', text, { threads: 0, seed: 5, skipCorrupt: false });
+  const loader = await BatchLoader.open({ format: 'imagefolder', path: root, holdout: 0, holdoutSeed: 0 }, 'train', text, {
+    threads: 0,
+    seed: 5,
+    skipCorrupt: false,
+  });
   try {
     const indices = [0, 1, 2, 3, 4, 5];
     const { images } = await load(loader, indices, 1);
@@ -144,7 +176,10 @@ test('images of varying size need a pipeline that makes one size', async () => {
   const root = await imageFolder(false);
   try {
     const spec: DataSpec = { format: 'imagefolder', path: root, holdout: 0, holdoutSeed: 0 };
-    await assert.rejects(BatchLoader.open(spec, 'train', 'normalize(imagenet)', { threads: 0, seed: 0, skipCorrupt: false }), /keeps each image's own size, but the images' sizes vary/);
+    await assert.rejects(
+      BatchLoader.open(spec, 'train', 'normalize(imagenet)', { threads: 0, seed: 0, skipCorrupt: false }),
+      /keeps each image's own size, but the images' sizes vary/,
+    );
     const loader = await BatchLoader.open(spec, 'train', 'resize(12,12)|normalize(imagenet)', { threads: 0, seed: 0, skipCorrupt: false });
     assert.deepEqual(loader.shape, { height: 12, width: 12, channels: 3 });
     assert.deepEqual([...(await load(loader, [0, 1, 2, 3])).labels], [0, 0, 1, 1]);

@@ -1,7 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Mulberry32 } from '../../src/common/random.ts';
-import { cutmixBox, mixBatch, mixConfigOf, mixRng, plainTargets, sampleBeta, type ImageShape, type MixConfig, type MixResult } from '../../src/data/mixup.ts';
+import {
+  cutmixBox,
+  mixBatch,
+  mixConfigOf,
+  mixRng,
+  plainTargets,
+  sampleBeta,
+  type ImageShape,
+  type MixConfig,
+  type MixResult,
+} from '../../src/data/mixup.ts';
 
 const SHAPE: ImageShape = { height: 6, width: 5, channels: 3 };
 const IMAGE_SIZE = SHAPE.height * SHAPE.width * SHAPE.channels;
@@ -16,7 +26,9 @@ const CUTMIX_ONLY: MixConfig = { kind: 'timm', mixupAlpha: 0, cutmixAlpha: 1, pr
 /** n images, image i filled with constants[i]. */
 function constantImages(constants: number[]): Float32Array {
   const images = new Float32Array(constants.length * IMAGE_SIZE);
-  constants.forEach((c, i) => { images.fill(c, i * IMAGE_SIZE, (i + 1) * IMAGE_SIZE); });
+  constants.forEach((c, i) => {
+    images.fill(c, i * IMAGE_SIZE, (i + 1) * IMAGE_SIZE);
+  });
   return images;
 }
 
@@ -26,7 +38,8 @@ function codedImages(n: number): Float32Array {
   for (let i = 0; i < n; i++) {
     for (let y = 0; y < SHAPE.height; y++) {
       for (let x = 0; x < SHAPE.width; x++) {
-        for (let c = 0; c < SHAPE.channels; c++) images[i * IMAGE_SIZE + (y * SHAPE.width + x) * SHAPE.channels + c] = i * 1000 + y * 100 + x * 10 + c;
+        for (let c = 0; c < SHAPE.channels; c++)
+          images[i * IMAGE_SIZE + (y * SHAPE.width + x) * SHAPE.channels + c] = i * 1000 + y * 100 + x * 10 + c;
       }
     }
   }
@@ -39,7 +52,9 @@ function mixMany(config: MixConfig, n: number, numClasses: number, count: number
 }
 
 function rowSums(targets: Float32Array, numClasses: number): number[] {
-  return Array.from({ length: targets.length / numClasses }, (_, i) => targets.subarray(i * numClasses, (i + 1) * numClasses).reduce((a, b) => a + b, 0));
+  return Array.from({ length: targets.length / numClasses }, (_, i) =>
+    targets.subarray(i * numClasses, (i + 1) * numClasses).reduce((a, b) => a + b, 0),
+  );
 }
 
 test('targets are n × numClasses rows in [0, 1] that sum to 1, for every kind and mode', () => {
@@ -87,10 +102,12 @@ test('label smoothing folds in as timm does: off = s/K, on = 1 - s + s/K, target
     [mixed(0.05, 0.05), mixed(0.05, 0.05), mixed(0.85, 0.85), mixed(0.05, 0.05)],
     [mixed(0.05, 0.85), mixed(0.85, 0.05), mixed(0.05, 0.05), mixed(0.05, 0.05)],
   ].flat();
-  expected.forEach((v, k) => { assert.ok(Math.abs(result.targets[k]! - v) < TOLERANCE, `target ${k}: ${result.targets[k]} vs ${v}`); });
+  expected.forEach((v, k) => {
+    assert.ok(Math.abs(result.targets[k]! - v) < TOLERANCE, `target ${k}: ${result.targets[k]} vs ${v}`);
+  });
 });
 
-test('mixup of constant images gives the lam-weighted constants, with timm\'s flip partner and big_vision\'s roll partner', () => {
+test("mixup of constant images gives the lam-weighted constants, with timm's flip partner and big_vision's roll partner", () => {
   const constants = [2, -1, 0.5, 4, -3];
   const cases: { config: MixConfig; partner: (i: number) => number }[] = [
     { config: MIXUP_ONLY, partner: (i) => constants.length - 1 - i },
@@ -110,20 +127,31 @@ test('mixup of constant images gives the lam-weighted constants, with timm\'s fl
         const j = partner(i);
         if (j === i) assert.ok(Math.abs(row[i]! - 1) < TOLERANCE);
         else {
-          assert.ok(Math.abs(row[i]! - lam) < TOLERANCE && Math.abs(row[j]! - (1 - lam)) < TOLERANCE, `${config.kind} target ${i} mixes with ${j}`);
+          assert.ok(
+            Math.abs(row[i]! - lam) < TOLERANCE && Math.abs(row[j]! - (1 - lam)) < TOLERANCE,
+            `${config.kind} target ${i} mixes with ${j}`,
+          );
         }
       });
     }
   }
 });
 
-test('CutMix pastes one box from each image\'s flip partner and lam is 1 - box area / image area', () => {
+test("CutMix pastes one box from each image's flip partner and lam is 1 - box area / image area", () => {
   let nonEmpty = 0;
   for (const n of [4, 5]) {
     for (let m = 0; m < 30; m++) {
       const images = codedImages(n);
       const original = codedImages(n);
-      const { lam, mode } = mixBatch(images, Int32Array.from({ length: n }, () => 0), n, SHAPE, 2, CUTMIX_ONLY, mixRng(4, 8, m));
+      const { lam, mode } = mixBatch(
+        images,
+        Int32Array.from({ length: n }, () => 0),
+        n,
+        SHAPE,
+        2,
+        CUTMIX_ONLY,
+        mixRng(4, 8, m),
+      );
       assert.equal(mode, 'cutmix');
       let box: { top: number; bottom: number; left: number; right: number } | null = null;
       const fromPartner = (i: number, y: number, x: number): boolean => {
@@ -141,7 +169,14 @@ test('CutMix pastes one box from each image\'s flip partner and lam is 1 - box a
       for (let y = 0; y < SHAPE.height; y++) {
         for (let x = 0; x < SHAPE.width; x++) {
           if (!fromPartner(0, y, x)) continue;
-          box = box ? { top: Math.min(box.top, y), bottom: Math.max(box.bottom, y + 1), left: Math.min(box.left, x), right: Math.max(box.right, x + 1) } : { top: y, bottom: y + 1, left: x, right: x + 1 };
+          box = box
+            ? {
+                top: Math.min(box.top, y),
+                bottom: Math.max(box.bottom, y + 1),
+                left: Math.min(box.left, x),
+                right: Math.max(box.right, x + 1),
+              }
+            : { top: y, bottom: y + 1, left: x, right: x + 1 };
         }
       }
       const area = box ? (box.bottom - box.top) * (box.right - box.left) : 0;
@@ -175,9 +210,16 @@ test('cutmixBox follows rand_bbox: sqrt(1 - lam) of each side, centred on a unif
   }
 });
 
-test('Beta draws have the distribution\'s mean and variance within 6 standard errors', () => {
+test("Beta draws have the distribution's mean and variance within 6 standard errors", () => {
   const draws = 20_000;
-  for (const [a, b] of [[0.2, 0.2], [0.5, 0.5], [0.8, 0.8], [1, 1], [2, 5], [0.3, 3]] as const) {
+  for (const [a, b] of [
+    [0.2, 0.2],
+    [0.5, 0.5],
+    [0.8, 0.8],
+    [1, 1],
+    [2, 5],
+    [0.3, 3],
+  ] as const) {
     const rng = new Mulberry32(1234);
     const xs = Float64Array.from({ length: draws }, () => sampleBeta(rng, a, b));
     assert.ok(xs.every((x) => x >= 0 && x <= 1));
@@ -208,7 +250,10 @@ test('the same seed, step and micro-batch mix identically; another micro-batch m
   // Mixup's lam is continuous, so another seed, step or micro-batch shows in it.
   const lam = run(MIXUP_ONLY, 42, 10, 3)[1].lam;
   const others = [run(MIXUP_ONLY, 42, 10, 2), run(MIXUP_ONLY, 42, 11, 3), run(MIXUP_ONLY, 43, 10, 3)].map(([, r]) => r.lam);
-  assert.ok(others.every((other) => other !== lam), `lam ${lam} vs ${others}`);
+  assert.ok(
+    others.every((other) => other !== lam),
+    `lam ${lam} vs ${others}`,
+  );
 });
 
 test('bad batches and configs are refused with the problem named', () => {

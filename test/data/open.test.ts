@@ -12,17 +12,27 @@ import type { ImageSource } from '../../src/data/source.ts';
 import { idxFile } from './helpers.ts';
 import { needsData } from '../e2e/cluster.ts';
 
-
 function spec(format: DataFormat, path: string, holdout = 0, holdoutSeed = 0): DataSpec {
   return { format, path, holdout, holdoutSeed };
 }
 
-
 /** An idx directory of `n` 2x2 training images (image i all pixels i, label i % 4) and 2 test images. */
 function makeIdxDir(n: number): string {
   const dir = mkdtempSync(join(tmpdir(), 'open-idx-'));
-  writeFileSync(join(dir, 'train-images-idx3-ubyte'), idxFile([n, 2, 2], Array.from({ length: 4 * n }, (_, k) => Math.floor(k / 4))));
-  writeFileSync(join(dir, 'train-labels-idx1-ubyte'), idxFile([n], Array.from({ length: n }, (_, i) => i % 4)));
+  writeFileSync(
+    join(dir, 'train-images-idx3-ubyte'),
+    idxFile(
+      [n, 2, 2],
+      Array.from({ length: 4 * n }, (_, k) => Math.floor(k / 4)),
+    ),
+  );
+  writeFileSync(
+    join(dir, 'train-labels-idx1-ubyte'),
+    idxFile(
+      [n],
+      Array.from({ length: n }, (_, i) => i % 4),
+    ),
+  );
   writeFileSync(join(dir, 't10k-images-idx3-ubyte'), idxFile([2, 2, 2], [7, 7, 7, 7, 8, 8, 8, 8]));
   writeFileSync(join(dir, 't10k-labels-idx1-ubyte'), idxFile([2], [3, 1]));
   return dir;
@@ -55,10 +65,18 @@ test('the holdout is fixed by the holdout seed: the same images from any copy of
   const fromPack = await firstPixels(await openImageSource(spec('packed', packedDir, 0.05, 11), 'holdout'));
   assert.equal(fromIdx.length, 10);
   assert.deepEqual(fromPack, fromIdx);
-  assert.notDeepEqual(await firstPixels(await openImageSource(spec('idx', dir, 0.05, 12), 'holdout')), fromIdx, 'another holdout seed holds out other images');
+  assert.notDeepEqual(
+    await firstPixels(await openImageSource(spec('idx', dir, 0.05, 12), 'holdout')),
+    fromIdx,
+    'another holdout seed holds out other images',
+  );
   const train = await firstPixels(await openImageSource(spec('idx', dir, 0.05, 11), 'train'));
   assert.equal(train.length, 190);
-  assert.deepEqual([...train, ...fromIdx].sort((a, b) => a - b), Array.from({ length: 200 }, (_, i) => i), 'train and holdout partition the training files');
+  assert.deepEqual(
+    [...train, ...fromIdx].sort((a, b) => a - b),
+    Array.from({ length: 200 }, (_, i) => i),
+    'train and holdout partition the training files',
+  );
   const val = await openImageSource(spec('idx', dir, 0.05, 11), 'val');
   assert.deepEqual(await firstPixels(val), [7, 8], 'val is the t10k files, untouched by the holdout');
 });
@@ -84,7 +102,12 @@ test('every format opens through the same entry point', async () => {
   const folder = join(root, 'folder');
   for (const name of ['train/x/1.png', 'train/y/2.png', 'val/y/3.png']) {
     mkdirSync(dirname(join(folder, name)), { recursive: true });
-    writeFileSync(join(folder, name), await sharp({ create: { width: 3, height: 2, channels: 3, background: '#102030' } }).png().toBuffer());
+    writeFileSync(
+      join(folder, name),
+      await sharp({ create: { width: 3, height: 2, channels: 3, background: '#102030' } })
+        .png()
+        .toBuffer(),
+    );
   }
   const folderVal = await openImageSource(spec('imagefolder', folder), 'val');
   assert.deepEqual([folderVal.classes, folderVal.label(0)], [['x', 'y'], 1]);
@@ -98,11 +121,26 @@ test('every format opens through the same entry point', async () => {
 
 test('errors name the path', async () => {
   const dir = makeIdxDir(10);
-  await assert.rejects(openImageSource(spec('idx', dir), 'holdout'), (err: Error) => err.message.startsWith(`${dir}: the holdout split is empty`));
-  await assert.rejects(openImageSource(spec('idx', dir, 1), 'train'), (err: Error) => err.message.startsWith(`${dir}: holdout fraction must be in [0, 1), got 1`));
-  await assert.rejects(openImageSource(spec('idx', dir, 0.95), 'train'), (err: Error) => err.message.startsWith(`${dir}: holdout fraction 0.95 of 10 training images leaves none to train on`));
-  await assert.rejects(openImageSource(spec('imagefolder', '/nonexistent/imagenet'), 'val'), /^InputError: \/nonexistent\/imagenet\/train: no train\/ folder/);
-  await assert.rejects(openImageSource(spec('packed', '/nonexistent/shards'), 'train'), /\/nonexistent\/shards\/train\.index: no packed train split here/);
+  await assert.rejects(openImageSource(spec('idx', dir), 'holdout'), (err: Error) =>
+    err.message.startsWith(`${dir}: the holdout split is empty`),
+  );
+  await assert.rejects(openImageSource(spec('idx', dir, 1), 'train'), (err: Error) =>
+    err.message.startsWith(`${dir}: holdout fraction must be in [0, 1), got 1`),
+  );
+  await assert.rejects(openImageSource(spec('idx', dir, 0.95), 'train'), (err: Error) =>
+    err.message.startsWith(`${dir}: holdout fraction 0.95 of 10 training images leaves none to train on`),
+  );
+  await assert.rejects(
+    openImageSource(spec('imagefolder', '/nonexistent/imagenet'), 'val'),
+    /^InputError: \/nonexistent\/imagenet\/train: no train\/ folder/,
+  );
+  await assert.rejects(
+    openImageSource(spec('packed', '/nonexistent/shards'), 'train'),
+    /\/nonexistent\/shards\/train\.index: no packed train split here/,
+  );
   await assert.rejects(openImageSource(spec('cifar100', dir), 'train'), new RegExp(`^InputError: ${dir}: not a cifar100 binary data set`));
-  await assert.rejects(openImageSource({ ...spec('idx', dir), format: 'jpeg-zip' as DataFormat }, 'val'), new RegExp(`^InputError: ${dir}: unknown data format "jpeg-zip"`));
+  await assert.rejects(
+    openImageSource({ ...spec('idx', dir), format: 'jpeg-zip' as DataFormat }, 'val'),
+    new RegExp(`^InputError: ${dir}: unknown data format "jpeg-zip"`),
+  );
 });

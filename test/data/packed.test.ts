@@ -21,7 +21,12 @@ function noise(length: number, seed: number): Uint8Array {
 /** Image folder: train/a (40x60 and 10x30 PNGs), train/b (50x20 PNG), val/b (a 16x16 JPEG). */
 async function makeFolder(): Promise<{ root: string; files: string[] }> {
   const root = mkdtempSync(join(tmpdir(), 'packed-src-'));
-  const specs = [['train/a/1.png', 40, 60], ['train/a/2.png', 10, 30], ['train/b/3.png', 50, 20], ['val/b/4.jpg', 16, 16]] as const;
+  const specs = [
+    ['train/a/1.png', 40, 60],
+    ['train/a/2.png', 10, 30],
+    ['train/b/3.png', 50, 20],
+    ['val/b/4.jpg', 16, 16],
+  ] as const;
   for (const [name, height, width] of specs) {
     const path = join(root, name);
     mkdirSync(dirname(path), { recursive: true });
@@ -60,14 +65,24 @@ test('folder -> packed keeps classes and labels and stores the pixels sharp resi
   const summary = await packSplit(train, out, 'train', { size: 16, onProgress: (done) => progress.push(done) });
   assert.deepEqual(progress, [1, 2, 3]);
   // 16x24, 10x30 (kept: its shorter side is below 16) and 40x16 RGB.
-  assert.deepEqual({ ...summary, shards: [...summary.shards] }, { split: 'train', images: 3, skipped: 0, bytes: 3 * (16 * 24 + 10 * 30 + 40 * 16), shards: ['train-00000.bin'] });
+  assert.deepEqual(
+    { ...summary, shards: [...summary.shards] },
+    { split: 'train', images: 3, skipped: 0, bytes: 3 * (16 * 24 + 10 * 30 + 40 * 16), shards: ['train-00000.bin'] },
+  );
   const packed = openPacked(out, 'train');
   assert.equal(packed.size, 3);
   assert.deepEqual(packed.classes, ['a', 'b']);
   assert.equal(packed.channels, 3);
   assert.equal(packed.fixedSize, null);
-  assert.deepEqual([0, 1, 2].map((i) => packed.label(i)), [0, 0, 1]);
-  const expectedSizes = [[16, 24], [10, 30], [40, 16]];
+  assert.deepEqual(
+    [0, 1, 2].map((i) => packed.label(i)),
+    [0, 0, 1],
+  );
+  const expectedSizes = [
+    [16, 24],
+    [10, 30],
+    [40, 16],
+  ];
   for (let i = 0; i < 3; i++) {
     const [height, width] = expectedSizes[i]!;
     const image = await packed.read(i);
@@ -92,7 +107,12 @@ test('folder -> packed keeps classes and labels and stores the pixels sharp resi
 
 test('grayscale stays one channel; shards roll over at the limit', async () => {
   const out = mkdtempSync(join(tmpdir(), 'packed-'));
-  const sizes: [number, number][] = [[28, 28], [28, 28], [56, 42], [28, 28]];
+  const sizes: [number, number][] = [
+    [28, 28],
+    [28, 28],
+    [56, 42],
+    [28, 28],
+  ];
   const source = graySource(sizes);
   const summary = await packSplit(source, out, 'train', { size: 28, shardBytes: 1600, concurrency: 2 });
   // 784, 784 (1568 <= 1600), then 1176 (would pass the limit: new shard), then 784 (new shard).
@@ -104,9 +124,15 @@ test('grayscale stays one channel; shards roll over at the limit', async () => {
   const resized = await packed.read(2);
   assert.deepEqual({ height: resized.height, width: resized.width, channels: resized.channels }, { height: 37, width: 28, channels: 1 });
   const reference = await sharp(noise(56 * 42, 3), { raw: { height: 56, width: 42, channels: 1 } })
-    .resize({ height: 37, width: 28, fit: 'fill', kernel: 'lanczos3' }).toColourspace('b-w').raw().toBuffer();
+    .resize({ height: 37, width: 28, fit: 'fill', kernel: 'lanczos3' })
+    .toColourspace('b-w')
+    .raw()
+    .toBuffer();
   assert.deepEqual(resized.data, new Uint8Array(reference));
-  assert.deepEqual([0, 1, 2, 3].map((i) => packed.label(i)), [0, 1, 0, 1]);
+  assert.deepEqual(
+    [0, 1, 2, 3].map((i) => packed.label(i)),
+    [0, 1, 0, 1],
+  );
   packed.close();
   // Packing again replaces the whole split: no shard of the earlier pack is left.
   await packSplit(source, out, 'train', { size: 28 });
@@ -124,7 +150,13 @@ test("readRegion: the record cropped and resized as an image folder's region; a 
     { box: { top: 1, left: 2, height: 9, width: 18 }, height: 5, width: 7, interpolation: 'bicubic' },
     { box: { top: 0, left: 0, height: 4, width: 6 }, height: 9, width: 13, interpolation: 'bilinear' },
     { box: { top: 2, left: 3, height: 8, width: 4 }, height: 5, width: 9, interpolation: 'bicubic' },
-    { box: { top: 0, left: 0, height: 10, width: 20 }, height: 8, width: 16, interpolation: 'bicubic', crop: { top: 1, left: 4, height: 6, width: 6 } },
+    {
+      box: { top: 0, left: 0, height: 10, width: 20 },
+      height: 8,
+      width: 16,
+      interpolation: 'bicubic',
+      crop: { top: 1, left: 4, height: 6, width: 6 },
+    },
   ];
   for (let i = 0; i < packed.size; i++) {
     for (const region of regions) {
@@ -136,7 +168,15 @@ test("readRegion: the record cropped and resized as an image folder's region; a 
   }
   packed.close();
   const gray = mkdtempSync(join(tmpdir(), 'packed-'));
-  await packSplit(graySource([[28, 28], [56, 42]]), gray, 'train', { size: 64 });
+  await packSplit(
+    graySource([
+      [28, 28],
+      [56, 42],
+    ]),
+    gray,
+    'train',
+    { size: 64 },
+  );
   const grayPacked = openPacked(gray, 'train');
   for (const region of regions) {
     const image = await grayPacked.readRegion!(1, () => region);
@@ -148,10 +188,21 @@ test("readRegion: the record cropped and resized as an image folder's region; a 
 
 test('a truncated shard is an error naming the file and both sizes', async () => {
   const out = mkdtempSync(join(tmpdir(), 'packed-'));
-  await packSplit(graySource([[4, 4], [4, 4]]), out, 'val', { size: 8 });
+  await packSplit(
+    graySource([
+      [4, 4],
+      [4, 4],
+    ]),
+    out,
+    'val',
+    { size: 8 },
+  );
   const shard = join(out, 'val-00000.bin');
   truncateSync(shard, 20);
-  assert.throws(() => openPacked(out, 'val'), (err: Error) => err.message === `${shard}: truncated shard: 20 bytes, the index ${join(out, 'val.index')} expects 32`);
+  assert.throws(
+    () => openPacked(out, 'val'),
+    (err: Error) => err.message === `${shard}: truncated shard: 20 bytes, the index ${join(out, 'val.index')} expects 32`,
+  );
   writeFileSync(shard, Buffer.alloc(40));
   assert.throws(() => openPacked(out, 'val'), /shard of the wrong size: 40 bytes, the index .* expects 32/);
 });
@@ -162,7 +213,10 @@ test('a damaged index is an error naming it', async () => {
   const index = join(out, 'train.index');
   const bytes = readFileSync(index);
   writeFileSync(index, bytes.subarray(0, bytes.length - 1));
-  assert.throws(() => openPacked(out, 'train'), (err: Error) => err.message.startsWith(`${index}: is ${bytes.length - 1} bytes, its header of 1 records needs ${bytes.length}`));
+  assert.throws(
+    () => openPacked(out, 'train'),
+    (err: Error) => err.message.startsWith(`${index}: is ${bytes.length - 1} bytes, its header of 1 records needs ${bytes.length}`),
+  );
   const future = Buffer.from(bytes);
   future.writeUInt32LE(PACK_FORMAT_VERSION + 1, 8);
   writeFileSync(index, future);
@@ -180,17 +234,27 @@ test('a corrupt image fails the pack and leaves no index; --skip-corrupt skips a
   // A whole earlier pack of the split is replaced: if the new one fails, none is left.
   await packSplit(graySource([[4, 4]]), out, 'train', { size: 8 });
   assert.ok(packedSplitExists(out, 'train'));
-  await assert.rejects(packSplit(openImageFolder(root, 'train'), out, 'train', { size: 16 }), (err: unknown) => err instanceof CorruptImageError && err.path === corrupt);
+  await assert.rejects(
+    packSplit(openImageFolder(root, 'train'), out, 'train', { size: 16 }),
+    (err: unknown) => err instanceof CorruptImageError && err.path === corrupt,
+  );
   assert.ok(!packedSplitExists(out, 'train'));
   assert.deepEqual(readdirSync(out), [], 'no shard or partial file is left behind');
 
   const skippedPaths: string[] = [];
-  const summary = await packSplit(openImageFolder(root, 'train'), out, 'train', { size: 16, skipCorrupt: true, onSkip: (err) => skippedPaths.push(err.path) });
+  const summary = await packSplit(openImageFolder(root, 'train'), out, 'train', {
+    size: 16,
+    skipCorrupt: true,
+    onSkip: (err) => skippedPaths.push(err.path),
+  });
   assert.deepEqual(skippedPaths, [corrupt]);
   assert.equal(summary.skipped, 1);
   assert.equal(summary.images, 3);
   const packed = openPacked(out, 'train');
-  assert.deepEqual([0, 1, 2].map((i) => packed.label(i)), [0, 0, 1]);
+  assert.deepEqual(
+    [0, 1, 2].map((i) => packed.label(i)),
+    [0, 0, 1],
+  );
   assert.equal((await packed.read(1)).width, 30);
   packed.close();
   assert.ok(!existsSync(join(out, 'train.index.partial')));

@@ -16,8 +16,17 @@ test('each epoch is a seeded permutation; steps take consecutive batches, the ta
 test('one repeat keeps the batches the sampler drew before repeated augmentation existed', () => {
   // Pinned from the sampler without the repeats option: runs and their digests must not change.
   const sampler = new EpochSampler(20, 6, 3);
-  const pinned = [[3, 12, 1, 4, 14, 5], [17, 18, 11, 6, 10, 15], [9, 7, 8, 13, 19, 2], [15, 6, 0, 5, 2, 8], [19, 17, 7, 1, 13, 11]];
-  assert.deepEqual([0, 1, 2, 3, 4].map((step) => [...sampler.batch(step)]), pinned);
+  const pinned = [
+    [3, 12, 1, 4, 14, 5],
+    [17, 18, 11, 6, 10, 15],
+    [9, 7, 8, 13, 19, 2],
+    [15, 6, 0, 5, 2, 8],
+    [19, 17, 7, 1, 13, 11],
+  ];
+  assert.deepEqual(
+    [0, 1, 2, 3, 4].map((step) => [...sampler.batch(step)]),
+    pinned,
+  );
   assert.deepEqual([...new EpochSampler(20, 6, 3, 1).batch(4)], pinned[4]);
   const slice = sampler.slice(4, 1, 4);
   assert.deepEqual([...slice.indices], [7, 1]);
@@ -29,7 +38,10 @@ test('rank slices are contiguous, balanced and cover the batch whatever the work
   const sampler = new EpochSampler(1000, 10, 1);
   for (const worldSize of [1, 2, 3, 4, 7]) {
     const slices = Array.from({ length: worldSize }, (_, r) => sampler.slice(5, r, worldSize));
-    assert.deepEqual(slices.flatMap((s) => [...s.indices]), [...sampler.batch(5)]);
+    assert.deepEqual(
+      slices.flatMap((s) => [...s.indices]),
+      [...sampler.batch(5)],
+    );
     const sizes = slices.map((s) => s.indices.length);
     assert.ok(Math.max(...sizes) - Math.min(...sizes) <= 1, `balanced for N=${worldSize}: ${sizes}`);
   }
@@ -77,13 +89,21 @@ test('the repeats of an image land on different ranks when the world size is at 
   assert.ok(new Set(indices).size < indices.length, 'N=2 < 3 repeats puts repeats on a shared rank');
 });
 
-test('with repeats the ranks\' slices and offsets put the global batch back together whatever the world size', () => {
+test("with repeats the ranks' slices and offsets put the global batch back together whatever the world size", () => {
   const sampler = new EpochSampler(1000, 48, 2, 3);
   const repeats = Array.from({ length: 48 }, (_, p) => Math.floor(p / 16));
   for (const worldSize of [1, 2, 3, 4, 5, 8]) {
     const slices = Array.from({ length: worldSize }, (_, r) => sampler.slice(9, r, worldSize));
-    assert.deepEqual(slices.flatMap((s) => [...s.indices]), [...sampler.batch(9)], `indices for N=${worldSize}`);
-    assert.deepEqual(slices.flatMap((s) => [...s.repeats]), repeats, `repeats for N=${worldSize}`);
+    assert.deepEqual(
+      slices.flatMap((s) => [...s.indices]),
+      [...sampler.batch(9)],
+      `indices for N=${worldSize}`,
+    );
+    assert.deepEqual(
+      slices.flatMap((s) => [...s.repeats]),
+      repeats,
+      `repeats for N=${worldSize}`,
+    );
     let offset = 0;
     for (const s of slices) {
       assert.equal(s.offset, offset);
@@ -95,7 +115,8 @@ test('with repeats the ranks\' slices and offsets put the global batch back toge
 test('bad batch sizes and repeat counts are refused', () => {
   assert.throws(() => new EpochSampler(10, 0, 0), /positive integer/);
   assert.throws(() => new EpochSampler(10, 11, 0), /larger than the training set/);
-  for (const repeats of [0, 1.5, 256]) assert.throws(() => new EpochSampler(1000, 510, 0, repeats), /repeated augmentation count must be an integer/);
+  for (const repeats of [0, 1.5, 256])
+    assert.throws(() => new EpochSampler(1000, 510, 0, repeats), /repeated augmentation count must be an integer/);
 });
 
 test('a global batch that the repeats do not divide drops the last copies of its last images', () => {

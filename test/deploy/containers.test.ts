@@ -43,7 +43,11 @@ function dockerApi(method: string, path: string, timeoutMs = 30_000): Promise<{ 
       res.on('end', () => {
         const raw = Buffer.concat(chunks);
         let body: unknown = raw.toString('utf8');
-        try { body = JSON.parse(body as string); } catch { /* not JSON */ }
+        try {
+          body = JSON.parse(body as string);
+        } catch {
+          /* not JSON */
+        }
         resolve({ status: res.statusCode ?? 0, body, raw });
       });
     });
@@ -57,7 +61,8 @@ function dockerApi(method: string, path: string, timeoutMs = 30_000): Promise<{ 
 async function containerLogs(id: string): Promise<string> {
   const { raw } = await dockerApi('GET', `/containers/${id}/logs?stdout=1&stderr=1`);
   let text = '';
-  for (let at = 0; at + 8 <= raw.length; at += 8 + raw.readUInt32BE(at + 4)) text += raw.subarray(at + 8, at + 8 + raw.readUInt32BE(at + 4)).toString('utf8');
+  for (let at = 0; at + 8 <= raw.length; at += 8 + raw.readUInt32BE(at + 4))
+    text += raw.subarray(at + 8, at + 8 + raw.readUInt32BE(at + 4)).toString('utf8');
   return text;
 }
 
@@ -77,7 +82,8 @@ async function skipReason(): Promise<string | false> {
   if ((await dockerApi('GET', `/images/${BASE_IMAGE}/json`)).status !== 200) {
     return `base image ${BASE_IMAGE} is not in the local engine and no registry is reachable; .ci/docker.sh builds it`;
   }
-  if (!existsSync(join(FMNIST, 'train-images-idx3-ubyte.gz'))) return `Fashion-MNIST is not installed at ${FMNIST} (apt-get install dataset-fashion-mnist)`;
+  if (!existsSync(join(FMNIST, 'train-images-idx3-ubyte.gz')))
+    return `Fashion-MNIST is not installed at ${FMNIST} (apt-get install dataset-fashion-mnist)`;
   return false;
 }
 
@@ -86,7 +92,11 @@ function ensureNpmCache(): void {
   const scratch = mkdtempSync(join(tmpdir(), 'vit-dist-npm-'));
   try {
     for (const f of ['package.json', 'package-lock.json']) cpSync(join(ROOT, f), join(scratch, f));
-    const r = spawnSync('npm', ['ci', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--prefer-offline', '--cache', NPM_CACHE], { cwd: scratch, encoding: 'utf8', timeout: 300_000 });
+    const r = spawnSync(
+      'npm',
+      ['ci', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--prefer-offline', '--cache', NPM_CACHE],
+      { cwd: scratch, encoding: 'utf8', timeout: 300_000 },
+    );
     assert.equal(r.status, 0, `filling the npm cache failed:\n${r.stderr}`);
   } finally {
     rmSync(scratch, { recursive: true, force: true });
@@ -107,7 +117,10 @@ if (reason) console.log(`SKIP deploy containers: ${reason}`);
 
 const cleanups: Array<() => Promise<unknown> | unknown> = [];
 after(async () => {
-  for (const cleanup of cleanups.reverse()) await Promise.resolve().then(cleanup).catch((err) => console.log(`# cleanup: ${err}`));
+  for (const cleanup of cleanups.reverse())
+    await Promise.resolve()
+      .then(cleanup)
+      .catch((err) => console.log(`# cleanup: ${err}`));
 });
 
 test('the image trains: a coordinator and 2 workers as containers on one network', { skip: reason, timeout: 300_000 }, async () => {
@@ -143,7 +156,21 @@ test('the image trains: a coordinator and 2 workers as containers on one network
       { source: runs, target: '/runs' },
       { source: MICRO_RECIPE, target: '/fixtures/fmnist-micro.json', mode: 'ro' },
     ])
-    .withCommand(['coordinator', '--workers', '2', '--recipe', '/fixtures/fmnist-micro.json', '--out', '/runs/micro', '--steps', String(STEPS), '--checkpoint-every', '3', '--join-timeout', '120'])
+    .withCommand([
+      'coordinator',
+      '--workers',
+      '2',
+      '--recipe',
+      '/fixtures/fmnist-micro.json',
+      '--out',
+      '/runs/micro',
+      '--steps',
+      String(STEPS),
+      '--checkpoint-every',
+      '3',
+      '--join-timeout',
+      '120',
+    ])
     .withWaitStrategy(Wait.forLogMessage(/coordinator listening on ws:\/\/0\.0\.0\.0:29500/))
     .withStartupTimeout(60_000)
     .start();
@@ -160,7 +187,17 @@ test('the image trains: a coordinator and 2 workers as containers on one network
       .withNetworkAliases(`worker-${i}`)
       .withEnvironment({ VIT_DIST_TOKEN: TOKEN, VIT_DIST_HEALTH_PORT: '8080' })
       .withBindMounts([{ source: FMNIST, target: FMNIST, mode: 'ro' }])
-      .withCommand(['worker', '--coordinator', 'ws://coordinator:29500', '--ring-host', '0.0.0.0', '--advertise', `worker-${i}`, '--health-port', '8080'])
+      .withCommand([
+        'worker',
+        '--coordinator',
+        'ws://coordinator:29500',
+        '--ring-host',
+        '0.0.0.0',
+        '--advertise',
+        `worker-${i}`,
+        '--health-port',
+        '8080',
+      ])
       .withWaitStrategy(Wait.forLogMessage(/joined the coordinator/))
       .withStartupTimeout(60_000)
       .start();
@@ -177,18 +214,31 @@ test('the image trains: a coordinator and 2 workers as containers on one network
   assert.equal(exited.body.StatusCode, 0, `coordinator exited ${exited.body.StatusCode}:\n${logs}`);
   assert.match(logs, new RegExp(`done: ${STEPS} steps`));
 
-  const lines = readFileSync(join(runs, 'micro/metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const lines = readFileSync(join(runs, 'micro/metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   const steps = lines.filter((l) => l.kind === 'step');
-  assert.deepEqual(steps.map((s) => s.step), Array.from({ length: STEPS }, (_, k) => k + 1));
+  assert.deepEqual(
+    steps.map((s) => s.step),
+    Array.from({ length: STEPS }, (_, k) => k + 1),
+  );
   for (const s of steps) {
     assert.equal(s.workers, 2);
     assert.ok(Number.isFinite(s.loss) && s.loss > 0, `step ${s.step}: loss ${s.loss}`);
   }
-  assert.ok(readdirSync(join(runs, 'micro/checkpoints')).some((f) => f.endsWith('.ckpt')), 'no checkpoint written');
+  assert.ok(
+    readdirSync(join(runs, 'micro/checkpoints')).some((f) => f.endsWith('.ckpt')),
+    'no checkpoint written',
+  );
 
   // The run is over: both workers leave by themselves.
   for (const worker of workers) {
     const done = await dockerApi('POST', `/containers/${worker.getId()}/wait`, 60_000);
-    assert.equal(done.body.StatusCode, 0, `worker ${worker.getName()} exited ${done.body.StatusCode}:\n${await containerLogs(worker.getId())}`);
+    assert.equal(
+      done.body.StatusCode,
+      0,
+      `worker ${worker.getName()} exited ${done.body.StatusCode}:\n${await containerLogs(worker.getId())}`,
+    );
   }
 });

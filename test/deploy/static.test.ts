@@ -54,16 +54,21 @@ describe('Dockerfile', () => {
     assert.match(dockerfile, /^HEALTHCHECK .*\n\s+CMD \["node", "-e", ".*process\.env\.VIT_DIST_HEALTH_PORT.*\/healthz/m);
     assert.match(dockerfile, /^STOPSIGNAL SIGTERM$/m);
   });
-  test('carries the Vulkan loader and asks the NVIDIA runtime for the driver\'s Vulkan ICD (the webgpu engine)', () => {
+  test("carries the Vulkan loader and asks the NVIDIA runtime for the driver's Vulkan ICD (the webgpu engine)", () => {
     assert.match(dockerfile, /apt-get install [^\n]*\blibvulkan1\b/);
-    assert.ok(graphicsCapable(dockerfile.match(/^ENV NVIDIA_DRIVER_CAPABILITIES=(\S+)$/m)?.[1]), 'ENV NVIDIA_DRIVER_CAPABILITIES must include graphics');
+    assert.ok(
+      graphicsCapable(dockerfile.match(/^ENV NVIDIA_DRIVER_CAPABILITIES=(\S+)$/m)?.[1]),
+      'ENV NVIDIA_DRIVER_CAPABILITIES must include graphics',
+    );
   });
   test('tsx, which bin/vit-dist.js loads at run time, is a production dependency', () => {
     const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
     assert.ok(pkg.dependencies?.tsx, 'tsx must be in dependencies, or `npm ci --omit=dev` leaves it out of the image');
   });
   test('.dockerignore keeps node_modules, runs and .git out of the build context', () => {
-    const ignored = readFileSync(join(ROOT, '.dockerignore'), 'utf8').split('\n').map((l) => l.trim());
+    const ignored = readFileSync(join(ROOT, '.dockerignore'), 'utf8')
+      .split('\n')
+      .map((l) => l.trim());
     for (const entry of ['node_modules', 'runs', '.git']) assert.ok(ignored.includes(entry), `${entry} not ignored`);
   });
 });
@@ -99,7 +104,10 @@ describe('docker-compose.yml', () => {
       const devices = svc.deploy.resources.reservations.devices as Obj[];
       assert.equal(devices.length, 1, name);
       assert.ok(devices[0]!.capabilities.includes('gpu'), `${name}: a GPU request needs the gpu capability`);
-      assert.ok(graphicsCapable(devices[0]!.capabilities.filter((c: string) => c !== 'gpu').join(',')), `${name}: the device request must include graphics (Vulkan)`);
+      assert.ok(
+        graphicsCapable(devices[0]!.capabilities.filter((c: string) => c !== 'gpu').join(',')),
+        `${name}: the device request must include graphics (Vulkan)`,
+      );
       assert.ok(graphicsCapable(svc.environment?.NVIDIA_DRIVER_CAPABILITIES), `${name}: NVIDIA_DRIVER_CAPABILITIES must include graphics`);
       assert.equal(devices[0]!.device_ids.length, 1, name);
       const id = String(devices[0]!.device_ids[0]);
@@ -110,7 +118,10 @@ describe('docker-compose.yml', () => {
       assert.equal(flag(svc.command, 'coordinator'), 'ws://coordinator:29500', name);
       assert.equal(svc.restart, 'on-failure', name);
       assert.equal(svc.env_file, 'vit-dist.env', name);
-      assert.ok((svc.volumes as string[]).some((v) => v.endsWith(':/usr/share/datasets/fashion-mnist:ro')), `${name}: data mounted read-only`);
+      assert.ok(
+        (svc.volumes as string[]).some((v) => v.endsWith(':/usr/share/datasets/fashion-mnist:ro')),
+        `${name}: data mounted read-only`,
+      );
       gpus.add(id);
     }
     assert.equal(gpus.size, 8, 'GPU ids must be distinct');
@@ -227,7 +238,9 @@ describe('Kubernetes manifests (deploy/k8s)', () => {
   const viaKubectl = renderKubectl(K8S);
   if (typeof viaKubectl === 'string') console.log(`rendering deploy/k8s with the built-in subset renderer only: ${viaKubectl}`);
 
-  test('kubectl kustomize renders the same objects as the built-in renderer', { skip: typeof viaKubectl === 'string' ? viaKubectl : false }, () => {
+  test('kubectl kustomize renders the same objects as the built-in renderer', {
+    skip: typeof viaKubectl === 'string' ? viaKubectl : false,
+  }, () => {
     assert.deepEqual((viaKubectl as Obj[]).sort(byKindName), objects);
   });
 
@@ -252,7 +265,8 @@ describe('Kubernetes manifests (deploy/k8s)', () => {
 
   test('Service selectors and workload selectors match their pods', () => {
     const workloads = podsOf(objects);
-    for (const w of workloads) assert.ok(matches(w.spec.selector.matchLabels, w.spec.template.metadata.labels), `${w.metadata.name}: selector`);
+    for (const w of workloads)
+      assert.ok(matches(w.spec.selector.matchLabels, w.spec.template.metadata.labels), `${w.metadata.name}: selector`);
     for (const svc of objects.filter((o) => o.kind === 'Service')) {
       const targets = workloads.filter((w) => matches(svc.spec.selector, w.spec.template.metadata.labels));
       assert.equal(targets.length, 1, `Service ${svc.metadata.name} selects ${targets.length} workloads`);
@@ -283,7 +297,10 @@ describe('Kubernetes manifests (deploy/k8s)', () => {
       }
       for (const v of spec.volumes ?? []) {
         if (!v.persistentVolumeClaim) continue;
-        assert.ok(objects.some((o) => o.kind === 'PersistentVolumeClaim' && o.metadata.name === v.persistentVolumeClaim.claimName), v.name);
+        assert.ok(
+          objects.some((o) => o.kind === 'PersistentVolumeClaim' && o.metadata.name === v.persistentVolumeClaim.claimName),
+          v.name,
+        );
       }
     }
   });
@@ -308,13 +325,19 @@ describe('Kubernetes manifests (deploy/k8s)', () => {
     const url = new URL(flag(wArgs, 'coordinator')!);
     const control = objects.find((o) => o.kind === 'Service' && o.metadata.name === url.hostname);
     assert.ok(control, `no Service ${url.hostname}`);
-    assert.ok(control.spec.ports.some((p: Obj) => p.port === Number(url.port)), `Service ${url.hostname} has no port ${url.port}`);
+    assert.ok(
+      control.spec.ports.some((p: Obj) => p.port === Number(url.port)),
+      `Service ${url.hostname} has no port ${url.port}`,
+    );
     assert.ok(matches(control.spec.selector, coordinator.spec.template.metadata.labels));
 
     // One card per pod: inside the pod it is index 0, reached through the driver's Vulkan ICD.
     assert.equal(String(wContainer.resources.limits['nvidia.com/gpu']), '1');
     assert.equal(flag(wArgs, 'gpu'), '0');
     assert.ok(GPU_BACKENDS.includes(flag(wArgs, 'backend')!), '--backend must be auto or webgpu');
-    assert.ok(graphicsCapable(wContainer.env.find((e: Obj) => e.name === 'NVIDIA_DRIVER_CAPABILITIES')?.value), 'NVIDIA_DRIVER_CAPABILITIES must include graphics');
+    assert.ok(
+      graphicsCapable(wContainer.env.find((e: Obj) => e.name === 'NVIDIA_DRIVER_CAPABILITIES')?.value),
+      'NVIDIA_DRIVER_CAPABILITIES must include graphics',
+    );
   });
 });

@@ -19,7 +19,25 @@ const MAX_RELATIVE_DIFFERENCE = 1e-4;
 
 async function losses(workers: number, dataThreads: number, extra: string[] = []): Promise<number[]> {
   const out = tempRunDir(`augment${workers}-${dataThreads}`);
-  const result = await run(['launch', '--workers', String(workers), '--recipe', RECIPE, '--steps', String(STEPS), '--backend', 'wasm', '--data-threads', String(dataThreads), ...extra, '--out', out], { timeoutMs: 240_000 });
+  const result = await run(
+    [
+      'launch',
+      '--workers',
+      String(workers),
+      '--recipe',
+      RECIPE,
+      '--steps',
+      String(STEPS),
+      '--backend',
+      'wasm',
+      '--data-threads',
+      String(dataThreads),
+      ...extra,
+      '--out',
+      out,
+    ],
+    { timeoutMs: 240_000 },
+  );
   assert.equal(result.code, 0, `launch --workers ${workers} failed:\n${result.stdout}\n${result.stderr}`);
   const steps = stepRecords(out);
   assert.equal(steps.length, STEPS);
@@ -33,7 +51,10 @@ function assertSameLosses(actual: number[], reference: number[], what: string): 
   });
 }
 
-test('AugReg medium augmentation: 1 and 2 workers, threads or none, give the same loss at every step', { skip: needsData, timeout: 600_000 }, async () => {
+test('AugReg medium augmentation: 1 and 2 workers, threads or none, give the same loss at every step', {
+  skip: needsData,
+  timeout: 600_000,
+}, async () => {
   const one = await losses(1, 0);
   assertSameLosses(await losses(2, 1), one, '2 workers with a loader thread each');
   assertSameLosses(await losses(1, 2), one, '1 worker with 2 loader threads');
@@ -42,7 +63,10 @@ test('AugReg medium augmentation: 1 and 2 workers, threads or none, give the sam
   assert.notEqual(plain[0], one[0]);
 });
 
-test('repeated augmentation: 3 repeats per image on 1 and 3 workers give the same loss at every step', { skip: needsData, timeout: 600_000 }, async () => {
+test('repeated augmentation: 3 repeats per image on 1 and 3 workers give the same loss at every step', {
+  skip: needsData,
+  timeout: 600_000,
+}, async () => {
   const repeats = ['--set', 'data.repeats=3', '--global-batch', '384', '--micro-batch', '128'];
   const one = await losses(1, 0, repeats);
   assertSameLosses(await losses(3, 0, repeats), one, '3 workers');
@@ -64,7 +88,8 @@ function fakeCifar10(perFile: number): string {
       const record = records.subarray(r * 3073);
       record[0] = labels[next]!;
       for (let plane = 0; plane < 3; plane++) {
-        for (let y = 0; y < 28; y++) record.set(images.subarray(next * 784 + y * 28, next * 784 + (y + 1) * 28), 1 + plane * 1024 + (y + 2) * 32 + 2);
+        for (let y = 0; y < 28; y++)
+          record.set(images.subarray(next * 784 + y * 28, next * 784 + (y + 1) * 28), 1 + plane * 1024 + (y + 2) * 32 + 2);
       }
     }
     writeFileSync(join(dir, name), records);
@@ -79,7 +104,28 @@ test('the CIFAR-style recipe trains on CIFAR-10 binary files on 2 workers', { sk
   const data = fakeCifar10(100);
   try {
     const out = tempRunDir('cifar');
-    const result = await run(['launch', '--workers', '2', '--recipe', 'cifar10-vit-tiny-augreg-medium', '--data', data, '--steps', '3', '--global-batch', '64', '--micro-batch', '32', '--backend', 'wasm', '--out', out], { timeoutMs: 240_000 });
+    const result = await run(
+      [
+        'launch',
+        '--workers',
+        '2',
+        '--recipe',
+        'cifar10-vit-tiny-augreg-medium',
+        '--data',
+        data,
+        '--steps',
+        '3',
+        '--global-batch',
+        '64',
+        '--micro-batch',
+        '32',
+        '--backend',
+        'wasm',
+        '--out',
+        out,
+      ],
+      { timeoutMs: 240_000 },
+    );
     assert.equal(result.code, 0, `${result.stdout}\n${result.stderr}`);
     const steps = stepRecords(out);
     assert.equal(steps.length, 3);
@@ -90,7 +136,9 @@ test('the CIFAR-style recipe trains on CIFAR-10 binary files on 2 workers', { sk
   }
 });
 
-test("an ImageNet recipe (deit-tiny: DeiT's pipeline, Mixup/CutMix, 3 repeats) trains on a JPEG image folder and on its packed shards", { timeout: 300_000 }, async () => {
+test("an ImageNet recipe (deit-tiny: DeiT's pipeline, Mixup/CutMix, 3 repeats) trains on a JPEG image folder and on its packed shards", {
+  timeout: 300_000,
+}, async () => {
   const root = mkdtempSync(join(tmpdir(), 'vit-dist-imagenet-'));
   try {
     // Two classes of ImageNet-sized JPEGs; the recipe's model cut to one block and two classes so one step is quick.
@@ -100,18 +148,52 @@ test("an ImageNet recipe (deit-tiny: DeiT's pipeline, Mixup/CutMix, 3 repeats) t
         for (let i = 0; i < 4; i++) {
           const [width, height] = [300 + 40 * i, 260 + 30 * c];
           const pixels = Buffer.alloc(width * height * 3).map((_, k) => (k * (7 + c) + i * 31) % 251);
-          await sharp(pixels, { raw: { width, height, channels: 3 } }).jpeg().toFile(join(root, split, name, `img_${i}.JPEG`));
+          await sharp(pixels, { raw: { width, height, channels: 3 } })
+            .jpeg()
+            .toFile(join(root, split, name, `img_${i}.JPEG`));
         }
       }
     }
-    const small = ['--set', 'modelArgs.depth=1', '--set', 'modelArgs.numClasses=2', '--global-batch', '6', '--micro-batch', '3', '--steps', '2'];
+    const small = [
+      '--set',
+      'modelArgs.depth=1',
+      '--set',
+      'modelArgs.numClasses=2',
+      '--global-batch',
+      '6',
+      '--micro-batch',
+      '3',
+      '--steps',
+      '2',
+    ];
     // The folder as it is, and packed into shards.
     const packed = join(root, 'packed');
     const pack = await run(['pack', '--data', root, '--format', 'imagefolder', '--out', packed, '--size', '256'], { timeoutMs: 120_000 });
     assert.equal(pack.code, 0, `${pack.stdout}\n${pack.stderr}`);
-    for (const [format, data] of [['imagefolder', root], ['packed', packed]]) {
+    for (const [format, data] of [
+      ['imagefolder', root],
+      ['packed', packed],
+    ]) {
       const out = tempRunDir(`deit-tiny-${format}`);
-      const result = await run(['launch', '--workers', '2', '--recipe', 'deit-tiny', '--data', data!, '--set', `data.format=${format}`, ...small, '--backend', 'wasm', '--out', out], { timeoutMs: 240_000 });
+      const result = await run(
+        [
+          'launch',
+          '--workers',
+          '2',
+          '--recipe',
+          'deit-tiny',
+          '--data',
+          data!,
+          '--set',
+          `data.format=${format}`,
+          ...small,
+          '--backend',
+          'wasm',
+          '--out',
+          out,
+        ],
+        { timeoutMs: 240_000 },
+      );
       assert.equal(result.code, 0, `${format}: ${result.stdout}\n${result.stderr}`);
       assert.equal(stepRecords(out).length, 2);
       assert.match(result.stdout, /final test accuracy/);

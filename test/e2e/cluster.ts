@@ -42,17 +42,33 @@ export interface Running {
 /** Starts `vit-dist ARGS`; the process is killed if it outlives `timeoutMs`. */
 export function start(args: string[], options: { timeoutMs: number; env?: Record<string, string>; detached?: boolean }): Running {
   // detached: the child leads a process group, so killGroup() reaches the workers it spawns too.
-  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'], detached: options.detached ?? false });
+  const child = spawn(process.execPath, [BIN, ...args], {
+    env: { ...process.env, ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: options.detached ?? false,
+  });
   let stdout = '';
   let stderr = '';
   const listeners = new Set<() => void>();
-  child.stdout!.on('data', (d: Buffer) => { stdout += d; listeners.forEach((l) => { l(); }); });
-  child.stderr!.on('data', (d: Buffer) => { stderr += d; listeners.forEach((l) => { l(); }); });
+  child.stdout!.on('data', (d: Buffer) => {
+    stdout += d;
+    listeners.forEach((l) => {
+      l();
+    });
+  });
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr += d;
+    listeners.forEach((l) => {
+      l();
+    });
+  });
   const killer = setTimeout(() => (options.detached ? killGroup(child) : child.kill('SIGKILL')), options.timeoutMs);
   const finished = new Promise<Finished>((resolve) => {
     child.on('close', (code, signal) => {
       clearTimeout(killer);
-      listeners.forEach((l) => { l(); });
+      listeners.forEach((l) => {
+        l();
+      });
       resolve({ code, signal, stdout, stderr });
     });
   });
@@ -65,10 +81,15 @@ export function start(args: string[], options: { timeoutMs: number; env?: Record
       return new Promise((resolve, reject) => {
         const check = (): void => {
           if (pattern.test(stdout + stderr)) return done(resolve);
-          if (child.exitCode !== null || child.signalCode !== null) done(() => reject(new Error(`process ended before printing ${pattern}:\n${stdout}\n${stderr}`)));
+          if (child.exitCode !== null || child.signalCode !== null)
+            done(() => reject(new Error(`process ended before printing ${pattern}:\n${stdout}\n${stderr}`)));
         };
         const timer = setTimeout(() => done(() => reject(new Error(`timed out waiting for ${pattern}:\n${stdout}\n${stderr}`))), timeoutMs);
-        const done = (f: () => void): void => { clearTimeout(timer); listeners.delete(check); f(); };
+        const done = (f: () => void): void => {
+          clearTimeout(timer);
+          listeners.delete(check);
+          f();
+        };
         listeners.add(check);
         check();
       });
@@ -81,7 +102,10 @@ export async function run(args: string[], options: { timeoutMs: number; env?: Re
 }
 
 export function readMetrics(runDir: string): MetricsRecord[] {
-  return readFileSync(join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as MetricsRecord);
+  return readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as MetricsRecord);
 }
 
 export function stepRecords(runDir: string): StepRecord[] {
@@ -144,7 +168,11 @@ export function checkpointAt(runDir: string, step: number): () => boolean {
 /** Steps 1..steps recorded exactly once, the last one with `digest`, and the newest checkpoint agrees. */
 export function assertCompleteRun(runDir: string, steps: number, digest: string): void {
   const records = stepRecords(runDir);
-  assert.deepEqual(records.map((s) => s.step), Array.from({ length: steps }, (_, i) => i + 1), 'each step recorded once');
+  assert.deepEqual(
+    records.map((s) => s.step),
+    Array.from({ length: steps }, (_, i) => i + 1),
+    'each step recorded once',
+  );
   assert.equal(records.at(-1)!.paramDigest, digest);
   const latest = latestCheckpoint(runDir);
   assert.ok(latest, 'a checkpoint exists');

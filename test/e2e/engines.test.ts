@@ -12,15 +12,24 @@ import { tensorflowUnavailable } from '../model/helpers.ts';
 const STEPS = 20;
 const MAX_RELATIVE_DIFFERENCE = 1e-3;
 
-test('wasm and tensorflow train the same 20 steps to the same loss at every step', { skip: needsData || tensorflowUnavailable, timeout: 300_000 }, async () => {
+test('wasm and tensorflow train the same 20 steps to the same loss at every step', {
+  skip: needsData || tensorflowUnavailable,
+  timeout: 300_000,
+}, async () => {
   const losses = new Map<string, number[]>();
   for (const backend of ['wasm', 'tensorflow']) {
     const out = tempRunDir(`engine-${backend}`);
-    const result = await run(['launch', '--workers', '2', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--backend', backend, '--out', out], { timeoutMs: 240_000 });
+    const result = await run(
+      ['launch', '--workers', '2', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--backend', backend, '--out', out],
+      { timeoutMs: 240_000 },
+    );
     assert.equal(result.code, 0, `launch --backend ${backend} failed:\n${result.stdout}\n${result.stderr}`);
     assert.match(result.stdout, new RegExp(`backends: ${backend}, ${backend}\\)`));
     if (backend === 'tensorflow') {
-      assert.match(result.stdout, /launching 2 local workers x \d+ TensorFlow threads? each \(\d+ cores shared among 2 workers; --threads overrides\)/);
+      assert.match(
+        result.stdout,
+        /launching 2 local workers x \d+ TensorFlow threads? each \(\d+ cores shared among 2 workers; --threads overrides\)/,
+      );
       assert.doesNotMatch(result.stderr, /oneDNN|cpu_feature_guard/, "TensorFlow's INFO lines stay off launch's console");
     }
     for (const worker of [0, 1]) {
@@ -28,7 +37,10 @@ test('wasm and tensorflow train the same 20 steps to the same loss at every step
       assert.match(log, new RegExp(`"backend":"${backend}"`));
       if (backend === 'tensorflow') assert.match(log, /native TensorFlow [\d.]+ via @tensorflow\/tfjs-node on CPU, \d+ intra-op threads?/);
     }
-    losses.set(backend, stepRecords(out).map((s) => s.loss));
+    losses.set(
+      backend,
+      stepRecords(out).map((s) => s.loss),
+    );
   }
   const wasm = losses.get('wasm')!;
   const tensorflow = losses.get('tensorflow')!;
@@ -40,11 +52,22 @@ test('wasm and tensorflow train the same 20 steps to the same loss at every step
   });
 });
 
-test('a worker on another engine than rank 0 is a warning on the coordinator console', { skip: needsData || tensorflowUnavailable, timeout: 120_000 }, async () => {
-  const { coordinator, url } = await startCoordinator(['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', '2', '--out', tempRunDir('mixed')], 100_000);
-  const workers = ['wasm', 'tensorflow'].map((backend) => start(['worker', '--coordinator', url, '--token', TOKEN, '--backend', backend], { timeoutMs: 100_000 }));
+test('a worker on another engine than rank 0 is a warning on the coordinator console', {
+  skip: needsData || tensorflowUnavailable,
+  timeout: 120_000,
+}, async () => {
+  const { coordinator, url } = await startCoordinator(
+    ['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', '2', '--out', tempRunDir('mixed')],
+    100_000,
+  );
+  const workers = ['wasm', 'tensorflow'].map((backend) =>
+    start(['worker', '--coordinator', url, '--token', TOKEN, '--backend', backend], { timeoutMs: 100_000 }),
+  );
   const finished = await coordinator.finished;
   await Promise.all(workers.map((w) => w.finished));
   assert.equal(finished.code, 0, finished.stdout + finished.stderr);
-  assert.match(finished.stdout, /warning: rank 0 runs (wasm|tensorflow) but rank 1 runs (tensorflow|wasm): their gradients round differently/);
+  assert.match(
+    finished.stdout,
+    /warning: rank 0 runs (wasm|tensorflow) but rank 1 runs (tensorflow|wasm): their gradients round differently/,
+  );
 });

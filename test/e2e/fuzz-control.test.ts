@@ -32,19 +32,45 @@ function mutate(bytes: Buffer, rng: Mulberry32): Buffer {
 function fuzzOnce(url: string, strategy: Strategy, rng: Mulberry32): Promise<number> {
   return new Promise((resolve) => {
     const ws = new WebSocket(url);
-    const timer = setTimeout(() => { ws.terminate(); resolve(0); }, CONNECTION_TIMEOUT_MS);
+    const timer = setTimeout(() => {
+      ws.terminate();
+      resolve(0);
+    }, CONNECTION_TIMEOUT_MS);
     ws.on('error', () => undefined);
-    ws.on('close', (code) => { clearTimeout(timer); resolve(code); });
+    ws.on('close', (code) => {
+      clearTimeout(timer);
+      resolve(code);
+    });
     ws.once('message', (data: Buffer) => {
       const challenge = decodeCoordinatorMessage(data, 'coordinator');
       if (challenge.type !== 'challenge') return ws.terminate();
-      const hello = encodeMessage({ type: 'hello', protocol: CONTROL_PROTOCOL_VERSION, proof: proveToken(TOKEN, challenge.nonce, controlProofContext(challenge.runId)), backend: 'fuzz', host: 'fuzz', pid: 1 });
+      const hello = encodeMessage({
+        type: 'hello',
+        protocol: CONTROL_PROTOCOL_VERSION,
+        proof: proveToken(TOKEN, challenge.nonce, controlProofContext(challenge.runId)),
+        backend: 'fuzz',
+        host: 'fuzz',
+        pid: 1,
+      });
       if (strategy === 'random-bytes') return ws.send(randomBytes(rng, 300));
       if (strategy === 'mutated-hello') return ws.send(mutate(hello, rng));
       ws.send(hello);
       ws.once('message', () => {
         // Welcomed: now misbehave as a member would.
-        const report = encodeMessage({ type: 'stepDone', generation: -1, step: 0, lossSum: 1, correct: 0, count: 1, gradNorm: 1, paramDigest: 'x', computeMs: 1, copyMs: 0, commMs: 1, skipped: [] });
+        const report = encodeMessage({
+          type: 'stepDone',
+          generation: -1,
+          step: 0,
+          lossSum: 1,
+          correct: 0,
+          count: 1,
+          gradNorm: 1,
+          paramDigest: 'x',
+          computeMs: 1,
+          copyMs: 0,
+          commMs: 1,
+          skipped: [],
+        });
         ws.send(strategy === 'garbage-after-hello' ? randomBytes(rng, 300) : mutate(report, rng));
         // A message the coordinator happens to accept is closed from our side after a moment.
         setTimeout(() => ws.close(), 200);
@@ -53,9 +79,15 @@ function fuzzOnce(url: string, strategy: Strategy, rng: Mulberry32): Promise<num
   });
 }
 
-test('random and mutated messages never crash the coordinator; a real run then succeeds', { skip: needsData, timeout: 180_000 }, async () => {
+test('random and mutated messages never crash the coordinator; a real run then succeeds', {
+  skip: needsData,
+  timeout: 180_000,
+}, async () => {
   const out = tempRunDir('fuzz');
-  const { coordinator, url } = await startCoordinator(['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', '5', '--out', out, '--join-timeout', '120'], 170_000);
+  const { coordinator, url } = await startCoordinator(
+    ['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', '5', '--out', out, '--join-timeout', '120'],
+    170_000,
+  );
   const rng = new Mulberry32(20261127);
   const codes = new Map<number, number>();
   try {
@@ -68,7 +100,11 @@ test('random and mutated messages never crash the coordinator; a real run then s
       connections++;
     }
     assert.ok(connections >= STRATEGIES.length, `fuzzed ${connections} connections`);
-    assert.equal(coordinator.child.exitCode, null, `the coordinator is still running after ${connections} fuzz connections:\n${coordinator.stderr()}`);
+    assert.equal(
+      coordinator.child.exitCode,
+      null,
+      `the coordinator is still running after ${connections} fuzz connections:\n${coordinator.stderr()}`,
+    );
     assert.ok((codes.get(4003) ?? 0) > 0, `malformed messages are refused with 4003: ${JSON.stringify([...codes])}`);
     const health = await fetch(`${url.replace('ws://', 'http://')}/healthz`);
     assert.equal(health.status, 200);

@@ -49,7 +49,12 @@ export class FaultProxy {
           }, chunk.length),
         );
         from.on('end', () => enqueue(() => to.end()));
-        from.on('close', () => enqueue(() => { to.destroy(); this.pairs.delete(pair); }));
+        from.on('close', () =>
+          enqueue(() => {
+            to.destroy();
+            this.pairs.delete(pair);
+          }),
+        );
         // A reset travels at once, as it would on a network.
         from.on('error', () => to.destroy());
       };

@@ -6,7 +6,20 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import {
-  MICRO_RECIPE, TOKEN, assertCompleteRun, checkpointAt, killGroup, needsData, pickPort, restartRecords, start, stepRecords, tempRunDir, uninterruptedDigest, waitUntil, type Running,
+  MICRO_RECIPE,
+  TOKEN,
+  assertCompleteRun,
+  checkpointAt,
+  killGroup,
+  needsData,
+  pickPort,
+  restartRecords,
+  start,
+  stepRecords,
+  tempRunDir,
+  uninterruptedDigest,
+  waitUntil,
+  type Running,
 } from './cluster.ts';
 import { FaultProxy } from './proxy.ts';
 
@@ -22,13 +35,22 @@ async function stopAll(processes: Running[]): Promise<void> {
   await Promise.all(processes.map((p) => p.finished));
 }
 
-test('launch replaces a worker killed with -9 mid-run; the run ends as if nothing happened', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
+test('launch replaces a worker killed with -9 mid-run; the run ends as if nothing happened', {
+  skip: needsData,
+  timeout: TIMEOUT_MS * 2,
+}, async () => {
   const expected = await expectedDigest();
   const out = tempRunDir('respawn');
-  const launch = start(['launch', '--workers', '2', '--backend', 'wasm', ...RUN, ...FAST_FAILURE, '--out', out], { timeoutMs: TIMEOUT_MS, detached: true });
+  const launch = start(['launch', '--workers', '2', '--backend', 'wasm', ...RUN, ...FAST_FAILURE, '--out', out], {
+    timeoutMs: TIMEOUT_MS,
+    detached: true,
+  });
   try {
     await waitUntil(checkpointAt(out, 10), TIMEOUT_MS, 'the checkpoint at step 10');
-    const workers = execFileSync('pgrep', ['-P', String(launch.child.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+    const workers = execFileSync('pgrep', ['-P', String(launch.child.pid)], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .map(Number);
     assert.equal(workers.length, 2, 'launch runs two worker processes');
     process.kill(workers[1]!, 'SIGKILL');
     const result = await launch.finished;
@@ -42,16 +64,42 @@ test('launch replaces a worker killed with -9 mid-run; the run ends as if nothin
   }
 });
 
-test('a control link cut silently is detected by heartbeat; the worker reconnects and the run ends exactly', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
+test('a control link cut silently is detected by heartbeat; the worker reconnects and the run ends exactly', {
+  skip: needsData,
+  timeout: TIMEOUT_MS * 2,
+}, async () => {
   const expected = await expectedDigest();
   const out = tempRunDir('cut');
   const port = pickPort();
-  const coordinator = start(['coordinator', '--workers', '2', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, ...RUN, ...FAST_FAILURE, '--out', out], { timeoutMs: TIMEOUT_MS });
+  const coordinator = start(
+    [
+      'coordinator',
+      '--workers',
+      '2',
+      '--host',
+      '127.0.0.1',
+      '--port',
+      String(port),
+      '--token',
+      TOKEN,
+      ...RUN,
+      ...FAST_FAILURE,
+      '--out',
+      out,
+    ],
+    { timeoutMs: TIMEOUT_MS },
+  );
   await coordinator.waitFor(/listening on/, 30_000);
   const proxy = await FaultProxy.start(port);
   const env = { VIT_DIST_TOKEN: TOKEN };
-  const direct = start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', '--heartbeat-timeout', '3'], { timeoutMs: TIMEOUT_MS, env });
-  const proxied = start(['worker', '--coordinator', `ws://127.0.0.1:${proxy.port}`, '--backend', 'wasm', '--heartbeat-timeout', '3'], { timeoutMs: TIMEOUT_MS, env });
+  const direct = start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', '--heartbeat-timeout', '3'], {
+    timeoutMs: TIMEOUT_MS,
+    env,
+  });
+  const proxied = start(['worker', '--coordinator', `ws://127.0.0.1:${proxy.port}`, '--backend', 'wasm', '--heartbeat-timeout', '3'], {
+    timeoutMs: TIMEOUT_MS,
+    env,
+  });
   try {
     await waitUntil(checkpointAt(out, 10), TIMEOUT_MS, 'the checkpoint at step 10');
     assert.equal(proxy.freezeOpenConnections(), 1, 'one control connection goes through the proxy');
@@ -73,12 +121,17 @@ test('a slow control link (every chunk delayed) changes nothing in the result', 
   const expected = await expectedDigest();
   const out = tempRunDir('slow');
   const port = pickPort();
-  const coordinator = start(['coordinator', '--workers', '2', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, ...RUN, '--out', out], { timeoutMs: TIMEOUT_MS });
+  const coordinator = start(
+    ['coordinator', '--workers', '2', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, ...RUN, '--out', out],
+    { timeoutMs: TIMEOUT_MS },
+  );
   await coordinator.waitFor(/listening on/, 30_000);
   const proxy = await FaultProxy.start(port);
   proxy.delayMs = 40;
   const env = { VIT_DIST_TOKEN: TOKEN };
-  const workers = [port, proxy.port].map((p) => start(['worker', '--coordinator', `ws://127.0.0.1:${p}`, '--backend', 'wasm'], { timeoutMs: TIMEOUT_MS, env }));
+  const workers = [port, proxy.port].map((p) =>
+    start(['worker', '--coordinator', `ws://127.0.0.1:${p}`, '--backend', 'wasm'], { timeoutMs: TIMEOUT_MS, env }),
+  );
   try {
     const result = await coordinator.finished;
     assert.equal(result.code, 0, result.stdout + result.stderr);
@@ -90,15 +143,37 @@ test('a slow control link (every chunk delayed) changes nothing in the result', 
   }
 });
 
-test('a coordinator killed with -9 and started again resumes from the run directory; workers reconnect', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
+test('a coordinator killed with -9 and started again resumes from the run directory; workers reconnect', {
+  skip: needsData,
+  timeout: TIMEOUT_MS * 2,
+}, async () => {
   const expected = await expectedDigest();
   const out = tempRunDir('coordinator-restart');
   const port = pickPort();
-  const args = ['coordinator', '--workers', '2', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, ...RUN, ...FAST_FAILURE, '--out', out];
+  const args = [
+    'coordinator',
+    '--workers',
+    '2',
+    '--host',
+    '127.0.0.1',
+    '--port',
+    String(port),
+    '--token',
+    TOKEN,
+    ...RUN,
+    ...FAST_FAILURE,
+    '--out',
+    out,
+  ];
   const first = start(args, { timeoutMs: TIMEOUT_MS });
   await first.waitFor(/listening on/, 30_000);
   const env = { VIT_DIST_TOKEN: TOKEN };
-  const workers = [0, 1].map(() => start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', '--heartbeat-timeout', '3', '--reconnect-timeout', '60'], { timeoutMs: TIMEOUT_MS, env }));
+  const workers = [0, 1].map(() =>
+    start(
+      ['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', '--heartbeat-timeout', '3', '--reconnect-timeout', '60'],
+      { timeoutMs: TIMEOUT_MS, env },
+    ),
+  );
   let second: Running | null = null;
   try {
     await waitUntil(checkpointAt(out, 20), TIMEOUT_MS, 'the checkpoint at step 20');
@@ -115,16 +190,49 @@ test('a coordinator killed with -9 and started again resumes from the run direct
   }
 });
 
-test('--min-workers: the run carries on with fewer workers, then takes a late replacement in at a checkpoint', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
+test('--min-workers: the run carries on with fewer workers, then takes a late replacement in at a checkpoint', {
+  skip: needsData,
+  timeout: TIMEOUT_MS * 2,
+}, async () => {
   // Long enough that one worker is still training when the late one has started up (seconds).
   const steps = 400;
   const out = tempRunDir('min-workers');
   const port = pickPort();
-  const coordinator = start(['coordinator', '--workers', '2', '--min-workers', '1', '--host', '127.0.0.1', '--port', String(port), '--token', TOKEN,
-    '--recipe', MICRO_RECIPE, '--steps', String(steps), '--checkpoint-every', '10', '--heartbeat-timeout', '3', '--rejoin-timeout', '1', '--out', out], { timeoutMs: TIMEOUT_MS });
+  const coordinator = start(
+    [
+      'coordinator',
+      '--workers',
+      '2',
+      '--min-workers',
+      '1',
+      '--host',
+      '127.0.0.1',
+      '--port',
+      String(port),
+      '--token',
+      TOKEN,
+      '--recipe',
+      MICRO_RECIPE,
+      '--steps',
+      String(steps),
+      '--checkpoint-every',
+      '10',
+      '--heartbeat-timeout',
+      '3',
+      '--rejoin-timeout',
+      '1',
+      '--out',
+      out,
+    ],
+    { timeoutMs: TIMEOUT_MS },
+  );
   await coordinator.waitFor(/listening on/, 30_000);
   const env = { VIT_DIST_TOKEN: TOKEN };
-  const worker = (): Running => start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', '--heartbeat-timeout', '3'], { timeoutMs: TIMEOUT_MS, env });
+  const worker = (): Running =>
+    start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', '--heartbeat-timeout', '3'], {
+      timeoutMs: TIMEOUT_MS,
+      env,
+    });
   const survivor = worker();
   const victim = worker();
   let late: Running | null = null;
@@ -136,12 +244,21 @@ test('--min-workers: the run carries on with fewer workers, then takes a late re
     const result = await coordinator.finished;
     assert.equal(result.code, 0, result.stdout + result.stderr);
     const records = stepRecords(out);
-    assert.deepEqual(records.map((s) => s.step), Array.from({ length: steps }, (_, i) => i + 1));
+    assert.deepEqual(
+      records.map((s) => s.step),
+      Array.from({ length: steps }, (_, i) => i + 1),
+    );
     assert.equal(records[0]!.workers, 2);
-    assert.ok(records.some((s) => s.workers === 1), 'some steps ran on one worker');
+    assert.ok(
+      records.some((s) => s.workers === 1),
+      'some steps ran on one worker',
+    );
     assert.equal(records.at(-1)!.workers, 2, 'the late worker was taken in');
     const causes = restartRecords(out).map((r) => r.cause);
-    assert.ok(causes.some((c) => /new workers join at the checkpoint/.test(c)), causes.join('\n'));
+    assert.ok(
+      causes.some((c) => /new workers join at the checkpoint/.test(c)),
+      causes.join('\n'),
+    );
     assert.ok(records.every((s) => s.paramDigest.length === 16));
   } finally {
     await stopAll([coordinator, survivor, victim, ...(late ? [late] : [])]);

@@ -4,7 +4,18 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MICRO_RECIPE, checkpointAt, killGroup, needsData, run, start, stepRecords, tempRunDir, uninterruptedDigest, waitUntil } from './cluster.ts';
+import {
+  MICRO_RECIPE,
+  checkpointAt,
+  killGroup,
+  needsData,
+  run,
+  start,
+  stepRecords,
+  tempRunDir,
+  uninterruptedDigest,
+  waitUntil,
+} from './cluster.ts';
 
 const STEPS = 40;
 const common = ['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--checkpoint-every', '10', '--backend', 'auto'];
@@ -22,14 +33,20 @@ test('kill -9 after a checkpoint and resume: the same final digest as a straight
   const resumed = await run(['launch', '--workers', '2', '--backend', 'auto', '--resume', crashed], { timeoutMs: 180_000 });
   assert.equal(resumed.code, 0, resumed.stdout + resumed.stderr);
   const steps = stepRecords(crashed);
-  assert.deepEqual(steps.map((s) => s.step), Array.from({ length: STEPS }, (_, i) => i + 1), 'each step recorded once');
+  assert.deepEqual(
+    steps.map((s) => s.step),
+    Array.from({ length: STEPS }, (_, i) => i + 1),
+    'each step recorded once',
+  );
   assert.equal(steps.at(-1)!.paramDigest, expected);
 });
 
 test('a corrupt checkpoint is refused with a clear error', { skip: needsData, timeout: 60_000 }, async () => {
   const dir = tempRunDir('corrupt');
   const checkpoints = join(dir, 'checkpoints');
-  await run(['launch', '--workers', '1', '--recipe', MICRO_RECIPE, '--steps', '1', '--backend', 'auto', '--out', dir], { timeoutMs: 60_000 });
+  await run(['launch', '--workers', '1', '--recipe', MICRO_RECIPE, '--steps', '1', '--backend', 'auto', '--out', dir], {
+    timeoutMs: 60_000,
+  });
   const path = join(checkpoints, 'step-000000001.ckpt');
   assert.ok(existsSync(path));
   writeFileSync(path, 'not a checkpoint');
@@ -38,7 +55,10 @@ test('a corrupt checkpoint is refused with a clear error', { skip: needsData, ti
   assert.match(result.stderr, /vit-dist: error: checkpoint .*step-000000001.ckpt: not a vit-dist checkpoint/);
 });
 
-test('SIGTERM stops the coordinator after a checkpoint (exit 0); --resume finishes with the straight run digest', { skip: needsData, timeout: 400_000 }, async () => {
+test('SIGTERM stops the coordinator after a checkpoint (exit 0); --resume finishes with the straight run digest', {
+  skip: needsData,
+  timeout: 400_000,
+}, async () => {
   const expected = await uninterruptedDigest(common, 180_000);
 
   const out = tempRunDir('sigterm');

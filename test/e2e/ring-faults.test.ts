@@ -6,7 +6,19 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  MICRO_RECIPE, TOKEN, assertCompleteRun, checkpointAt, needsData, pickPort, restartRecords, start, startCoordinator, tempRunDir, uninterruptedDigest, waitUntil, type Running,
+  MICRO_RECIPE,
+  TOKEN,
+  assertCompleteRun,
+  checkpointAt,
+  needsData,
+  pickPort,
+  restartRecords,
+  start,
+  startCoordinator,
+  tempRunDir,
+  uninterruptedDigest,
+  waitUntil,
+  type Running,
 } from './cluster.ts';
 import { FaultProxy } from './proxy.ts';
 
@@ -33,12 +45,16 @@ interface Cluster {
  */
 async function startCluster(out: string, configure: (proxy: FaultProxy) => void): Promise<Cluster> {
   const startedAt = Date.now();
-  const { coordinator, url } = await startCoordinator(['--workers', '2', ...RUN, ...HEARTBEAT, '--rejoin-timeout', '30', '--out', out], TIMEOUT_MS);
+  const { coordinator, url } = await startCoordinator(
+    ['--workers', '2', ...RUN, ...HEARTBEAT, '--rejoin-timeout', '30', '--out', out],
+    TIMEOUT_MS,
+  );
   const ringPort = pickPort();
   const proxy = await FaultProxy.start(ringPort);
   configure(proxy);
   const env = { VIT_DIST_TOKEN: TOKEN };
-  const worker = (extra: string[]): Running => start(['worker', '--coordinator', url, '--backend', 'wasm', ...HEARTBEAT, ...extra], { timeoutMs: TIMEOUT_MS, env });
+  const worker = (extra: string[]): Running =>
+    start(['worker', '--coordinator', url, '--backend', 'wasm', ...HEARTBEAT, ...extra], { timeoutMs: TIMEOUT_MS, env });
   const workers = [worker([]), worker(['--ring-port', String(ringPort), '--advertise', `127.0.0.1:${proxy.port}`])];
   return { coordinator, workers, proxy, startedAt };
 }
@@ -50,7 +66,10 @@ async function stopCluster({ coordinator, workers, proxy }: Cluster): Promise<vo
   await proxy.close();
 }
 
-test('a ring link cut silently is caught by the ring heartbeat; the ring restarts from the checkpoint and ends exactly', { skip: needsData, timeout: TIMEOUT_MS * 2 }, async () => {
+test('a ring link cut silently is caught by the ring heartbeat; the ring restarts from the checkpoint and ends exactly', {
+  skip: needsData,
+  timeout: TIMEOUT_MS * 2,
+}, async () => {
   const expected = await expectedDigest();
   const out = tempRunDir('ring-cut');
   const cluster = await startCluster(out, () => undefined);
@@ -97,7 +116,10 @@ test('a throttled ring link changes nothing in the result', { skip: needsData, t
     assert.equal(result.code, 0, result.stdout + result.stderr);
     // Each direction carries at most THROTTLE_BYTES_PER_SECOND: the run cannot have been faster.
     const minimumMs = (cluster.proxy.bytesForwarded / (2 * THROTTLE_BYTES_PER_SECOND)) * 1000;
-    assert.ok(cluster.proxy.bytesForwarded > 0 && elapsedMs >= minimumMs, `${cluster.proxy.bytesForwarded} bytes through the proxy in ${elapsedMs} ms`);
+    assert.ok(
+      cluster.proxy.bytesForwarded > 0 && elapsedMs >= minimumMs,
+      `${cluster.proxy.bytesForwarded} bytes through the proxy in ${elapsedMs} ms`,
+    );
     assert.equal(restartRecords(out).length, 0);
     assertCompleteRun(out, STEPS, expected);
   } finally {

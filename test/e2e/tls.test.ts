@@ -12,22 +12,74 @@ function selfSignedCertificate(): { cert: string; key: string } {
   const dir = mkdtempSync(join(tmpdir(), 'vit-dist-tls-'));
   const cert = join(dir, 'cert.pem');
   const key = join(dir, 'key.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost', '-keyout', key, '-out', cert], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      '/CN=localhost',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+    ],
+    { stdio: 'ignore' },
+  );
   return { cert, key };
 }
 
-test('a coordinator with --tls-cert serves wss://; workers with --ca train, others are refused', { skip: needsData, timeout: 120_000 }, async () => {
+test('a coordinator with --tls-cert serves wss://; workers with --ca train, others are refused', {
+  skip: needsData,
+  timeout: 120_000,
+}, async () => {
   const { cert, key } = selfSignedCertificate();
   const out = tempRunDir('tls');
-  const coordinator = start(['coordinator', '--workers', '1', '--host', '127.0.0.1', '--port', '0', '--token', TOKEN, '--tls-cert', cert, '--tls-key', key, '--recipe', MICRO_RECIPE, '--steps', '3', '--out', out], { timeoutMs: 110_000 });
+  const coordinator = start(
+    [
+      'coordinator',
+      '--workers',
+      '1',
+      '--host',
+      '127.0.0.1',
+      '--port',
+      '0',
+      '--token',
+      TOKEN,
+      '--tls-cert',
+      cert,
+      '--tls-key',
+      key,
+      '--recipe',
+      MICRO_RECIPE,
+      '--steps',
+      '3',
+      '--out',
+      out,
+    ],
+    { timeoutMs: 110_000 },
+  );
   try {
     await coordinator.waitFor(/listening on wss:\/\/127\.0\.0\.1:\d+/, 30_000);
     const port = /listening on wss:\/\/127\.0\.0\.1:(\d+)/.exec(coordinator.stdout())![1];
     const env = { VIT_DIST_TOKEN: TOKEN };
-    const untrusting = await run(['worker', '--coordinator', `wss://127.0.0.1:${port}`, '--backend', 'cpu', '--reconnect-timeout', '1'], { timeoutMs: 60_000, env });
+    const untrusting = await run(['worker', '--coordinator', `wss://127.0.0.1:${port}`, '--backend', 'cpu', '--reconnect-timeout', '1'], {
+      timeoutMs: 60_000,
+      env,
+    });
     assert.equal(untrusting.code, 1);
     assert.match(untrusting.stderr, /self-signed certificate/);
-    const trusting = await run(['worker', '--coordinator', `wss://127.0.0.1:${port}`, '--ca', cert, '--backend', 'wasm'], { timeoutMs: 100_000, env });
+    const trusting = await run(['worker', '--coordinator', `wss://127.0.0.1:${port}`, '--ca', cert, '--backend', 'wasm'], {
+      timeoutMs: 100_000,
+      env,
+    });
     assert.equal(trusting.code, 0, trusting.stderr);
     assert.equal((await coordinator.finished).code, 0);
     assert.equal(stepRecords(out).length, 3);

@@ -27,7 +27,10 @@ function testFilesOfCommand(): string[] {
   assert.ok(at >= 0, `package.json's test script lacks "${marker.trim()}": ${script}`);
   const args = script.slice(at + marker.length);
   const expanded = execFileSync('sh', ['-c', `printf '%s\\n' ${args}`], { cwd: root, encoding: 'utf8' });
-  return expanded.split('\n').filter((line) => line !== '').map((file) => relative(root, join(root, file)));
+  return expanded
+    .split('\n')
+    .filter((line) => line !== '')
+    .map((file) => relative(root, join(root, file)));
 }
 
 test('npm test runs every *.test.ts under test/, at any depth', () => {

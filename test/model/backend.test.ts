@@ -58,10 +58,15 @@ test('auto with a GPU tries tfjs-node-gpu first', { skip: hasTfjsNodeGpu && 'tfj
   assert.equal(chosen.name, hasTfjsNode ? 'tensorflow' : 'wasm');
 });
 
-test('requesting tensorflow without the package fails with the package name and the reason', { skip: hasTfjsNode && 'tfjs-node is installed' }, async () => {
+test('requesting tensorflow without the package fails with the package name and the reason', {
+  skip: hasTfjsNode && 'tfjs-node is installed',
+}, async () => {
   await assert.rejects(selectBackend({ requested: 'tensorflow' }), (err: Error) => {
     assert.match(err.message, /backend 'tensorflow' requested but unavailable/);
-    assert.match(err.message, /@tensorflow\/tfjs-node is not installed \(npm install @tensorflow\/tfjs-node; its install step downloads libtensorflow\)/);
+    assert.match(
+      err.message,
+      /@tensorflow\/tfjs-node is not installed \(npm install @tensorflow\/tfjs-node; its install step downloads libtensorflow\)/,
+    );
     return true;
   });
 });
@@ -70,18 +75,26 @@ test('unknown backend names are rejected', async () => {
   await assert.rejects(selectBackend({ requested: 'webgl' as never }), /unknown backend 'webgl'/);
 });
 
-test('an engine that failed its smoke test at install is not loaded: auto falls back to wasm and says why', { skip: !hasTfjsNode && 'tfjs-node is not installed' }, () => {
+test('an engine that failed its smoke test at install is not loaded: auto falls back to wasm and says why', {
+  skip: !hasTfjsNode && 'tfjs-node is not installed',
+}, () => {
   // The status file scripts/build-tensorflow-engine.mjs writes; replaced for one child process.
   const status = join(dirname(createRequire(import.meta.url).resolve('@tensorflow/tfjs-node/package.json')), 'vit-dist-engine.json');
   const saved = existsSync(status) ? readFileSync(status) : null;
   writeFileSync(status, JSON.stringify({ ok: false, failure: 'smoke test: matMul gave 1,2,3,4' }));
   try {
     const script = `const { selectBackend } = await import(${JSON.stringify(new URL('../../src/model/backend.ts', import.meta.url).href)}); console.log(JSON.stringify(await selectBackend({ requested: 'auto' })));`;
-    const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+    const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
     assert.equal(child.status, 0, child.stderr);
     const chosen = JSON.parse(child.stdout.trim().split('\n').at(-1)!) as { name: string; reason: string };
     assert.equal(chosen.name, 'wasm');
-    assert.match(chosen.reason, /@tensorflow\/tfjs-node was not built or failed its smoke test at install \(smoke test: matMul gave 1,2,3,4\); rebuild with node scripts\/build-tensorflow-engine.mjs/);
+    assert.match(
+      chosen.reason,
+      /@tensorflow\/tfjs-node was not built or failed its smoke test at install \(smoke test: matMul gave 1,2,3,4\); rebuild with node scripts\/build-tensorflow-engine.mjs/,
+    );
   } finally {
     if (saved) writeFileSync(status, saved);
     else rmSync(status);

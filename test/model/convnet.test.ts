@@ -12,19 +12,43 @@ import type { TrainContext } from '../../src/model/model.ts';
 import { createModelConfig } from '../../src/model/registry.ts';
 import { writeSafetensors } from '../../src/model/safetensors.ts';
 import { exportTimmState } from '../../src/model/weights.ts';
-import { ENGINES, assertBackendsAgree, assertClose, checkGradients as checkModelGradients, lossAndGrad, randomBatch, scrambledParams } from './helpers.ts';
+import {
+  ENGINES,
+  assertBackendsAgree,
+  assertClose,
+  checkGradients as checkModelGradients,
+  lossAndGrad,
+  randomBatch,
+  scrambledParams,
+} from './helpers.ts';
 
 // Two stages, one 3x3 convolution each: 8x8x2 -> stem 4x4x3 -> 3x3 conv -> downsample 2x2x4 -> 3x3 conv.
-const TINY: ConvNetConfig = { family: 'convnet', imageSize: 8, inChannels: 2, numClasses: 3, widths: [3, 4], depths: [1, 1], distilled: false };
+const TINY: ConvNetConfig = {
+  family: 'convnet',
+  imageSize: 8,
+  inChannels: 2,
+  numClasses: 3,
+  widths: [3, 4],
+  depths: [1, 1],
+  distilled: false,
+};
 /** The units of TINY in order: [name, kind]. */
-const TINY_UNITS = [['stem', 'patch'], ['stages.0.blocks.0', 'same'], ['stages.1.downsample', 'patch'], ['stages.1.blocks.0', 'same']] as const;
+const TINY_UNITS = [
+  ['stem', 'patch'],
+  ['stages.0.blocks.0', 'same'],
+  ['stages.1.downsample', 'patch'],
+  ['stages.1.blocks.0', 'same'],
+] as const;
 
 await selectBackend({ requested: 'cpu' });
 
 test('parameters have PyTorch names, [out, in, kh, kw] convolutions and a contiguous flat layout', () => {
   const model = new ConvNet(TINY);
   const unitParams = (name: string) => ['conv.weight', 'conv.bias', 'norm.weight', 'norm.bias'].map((p) => `${name}.${p}`);
-  assert.deepEqual(model.params.map((p) => p.name), [...TINY_UNITS.flatMap(([name]) => unitParams(name)), 'head.fc.weight', 'head.fc.bias']);
+  assert.deepEqual(
+    model.params.map((p) => p.name),
+    [...TINY_UNITS.flatMap(([name]) => unitParams(name)), 'head.fc.weight', 'head.fc.bias'],
+  );
   const spec = Object.fromEntries(model.params.map((p) => [p.name, p]));
   assert.deepEqual(spec['stem.conv.weight']!.shape, [2, 2, 2, 3]);
   assert.deepEqual(spec['stem.conv.weight']!.timmShape, [3, 2, 2, 2]);
@@ -40,7 +64,11 @@ test('parameters have PyTorch names, [out, in, kh, kw] convolutions and a contig
   let offset = 0;
   for (const p of model.params) {
     assert.equal(p.offset, offset, p.name);
-    assert.equal(p.size, p.shape.reduce((a, b) => a * b, 1), p.name);
+    assert.equal(
+      p.size,
+      p.shape.reduce((a, b) => a * b, 1),
+      p.name,
+    );
     offset += p.size;
   }
   assert.equal(model.numParams, offset);
@@ -69,11 +97,22 @@ test('init: seeded and deterministic; truncated normal weights, zero biases, uni
   const weights: number[] = [];
   for (const p of model.params) {
     const values = flat.subarray(p.offset, p.offset + p.size);
-    if (p.init === 'zeros') assert.ok(values.every((v) => v === 0), p.name);
-    else if (p.init === 'ones') assert.ok(values.every((v) => v === 1), p.name);
+    if (p.init === 'zeros')
+      assert.ok(
+        values.every((v) => v === 0),
+        p.name,
+      );
+    else if (p.init === 'ones')
+      assert.ok(
+        values.every((v) => v === 1),
+        p.name,
+      );
     else weights.push(...values);
   }
-  assert.deepEqual(model.params.filter((p) => p.init === 'trunc_normal').map((p) => p.name), model.params.filter((p) => p.name.endsWith('.weight') && !p.name.includes('norm')).map((p) => p.name));
+  assert.deepEqual(
+    model.params.filter((p) => p.init === 'trunc_normal').map((p) => p.name),
+    model.params.filter((p) => p.name.endsWith('.weight') && !p.name.includes('norm')).map((p) => p.name),
+  );
   const std = Math.sqrt(weights.reduce((s, v) => s + v * v, 0) / weights.length);
   assert.ok(weights.length > 20_000);
   assert.ok(Math.abs(std / (0.02 * 0.87962) - 1) < 0.03, `std ${std}`);
@@ -96,7 +135,10 @@ test('the forward pass is conv (stride 2 patches, 3x3 same), channel LayerNorm, 
       const kernel = param(`${name}.conv.weight`) as tf.Tensor4D;
       const y = tf.add(kind === 'patch' ? tf.conv2d(x, kernel, 2, 'valid') : tf.conv2d(x, kernel, 1, 'same'), param(`${name}.conv.bias`));
       const { mean, variance } = tf.moments(y, -1, true);
-      const normed = tf.add(tf.mul(tf.div(tf.sub(y, mean), tf.sqrt(tf.add(variance, 1e-6))), param(`${name}.norm.weight`)), param(`${name}.norm.bias`));
+      const normed = tf.add(
+        tf.mul(tf.div(tf.sub(y, mean), tf.sqrt(tf.add(variance, 1e-6))), param(`${name}.norm.weight`)),
+        param(`${name}.norm.bias`),
+      );
       x = tf.relu(normed) as tf.Tensor4D;
     }
     return tf.add(tf.reshape(tf.conv2d(x, param('head.fc.weight') as tf.Tensor4D, 1, 'valid'), [n, 3]), param('head.fc.bias'));
@@ -165,7 +207,10 @@ test('no batch statistics: micro-batches add up to the whole batch and an image 
   const whole = lossAndGrad(model, images, labels, n);
   const parts = new Float32Array(model.numParams);
   let lossSum = 0;
-  for (const [from, to] of [[0, 2], [2, 5]] as const) {
+  for (const [from, to] of [
+    [0, 2],
+    [2, 5],
+  ] as const) {
     lossSum += model.lossAndGrad(images.subarray(from * perImage, to * perImage), labels.subarray(from, to), to - from, parts).lossSum;
   }
   assert.ok(Math.abs(lossSum - whole.lossSum) < 1e-5 * whole.lossSum, `${lossSum} vs ${whole.lossSum}`);
@@ -214,10 +259,24 @@ test('dropout and stochastic depth have no site here: a context asking for them 
   model.setParams(model.initParams(0));
   const { images, labels } = randomBatch(TINY, 2, 51);
   const grad = new Float32Array(model.numParams);
-  const ctx = (regularization: TrainContext['regularization']): TrainContext => ({ step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1), regularization });
-  assert.throws(() => model.lossAndGrad(images, labels, 2, grad, ctx({ dropout: 0.1, dropPath: 0, labelSmoothing: 0 })), /ConvNet has no dropout or stochastic depth: regularization\.dropout is 0\.1, expected 0/);
-  assert.throws(() => model.lossAndGrad(images, labels, 2, grad, ctx({ dropout: 0, dropPath: 0.2, labelSmoothing: 0 })), /regularization\.dropPath is 0\.2/);
-  assert.throws(() => model.lossAndGrad(images, labels, 2, grad, ctx({ dropout: 0, attnDropout: 0.1, dropPath: 0, labelSmoothing: 0 })), /regularization\.attnDropout is 0\.1/);
+  const ctx = (regularization: TrainContext['regularization']): TrainContext => ({
+    step: 0,
+    seed: 0,
+    sampleIndices: Uint32Array.of(0, 1),
+    regularization,
+  });
+  assert.throws(
+    () => model.lossAndGrad(images, labels, 2, grad, ctx({ dropout: 0.1, dropPath: 0, labelSmoothing: 0 })),
+    /ConvNet has no dropout or stochastic depth: regularization\.dropout is 0\.1, expected 0/,
+  );
+  assert.throws(
+    () => model.lossAndGrad(images, labels, 2, grad, ctx({ dropout: 0, dropPath: 0.2, labelSmoothing: 0 })),
+    /regularization\.dropPath is 0\.2/,
+  );
+  assert.throws(
+    () => model.lossAndGrad(images, labels, 2, grad, ctx({ dropout: 0, attnDropout: 0.1, dropPath: 0, labelSmoothing: 0 })),
+    /regularization\.attnDropout is 0\.1/,
+  );
   model.lossAndGrad(images, labels, 2, grad, ctx({ dropout: 0, attnDropout: 0, dropPath: 0, labelSmoothing: 0.1 }));
   model.disposeParams();
 });
@@ -232,13 +291,21 @@ test('no tensors leak across calls, errors included', async () => {
     model.setParams(model.initParams(1));
     const withParams = tf.memory().numTensors;
     assert.equal(withParams - before, model.params.length);
-    const refused: TrainContext = { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1, 2, 3), regularization: { dropout: 0.5, dropPath: 0, labelSmoothing: 0 } };
+    const refused: TrainContext = {
+      step: 0,
+      seed: 0,
+      sampleIndices: Uint32Array.of(0, 1, 2, 3),
+      regularization: { dropout: 0.5, dropPath: 0, labelSmoothing: 0 },
+    };
     for (let i = 0; i < 2; i++) {
       model.lossAndGrad(images, labels, 4, grad);
       model.evaluate(images, labels, 4);
       model.logits(images, 4);
       assert.throws(() => model.lossAndGrad(images, labels, 4, grad, refused));
-      assert.throws(() => model.lossAndGrad(images, labels, 4, grad, { ...refused, regularization: undefined, softTargets: new Float32Array(12) }), /sums to 0/);
+      assert.throws(
+        () => model.lossAndGrad(images, labels, 4, grad, { ...refused, regularization: undefined, softTargets: new Float32Array(12) }),
+        /sums to 0/,
+      );
       assert.equal(tf.memory().numTensors, withParams, backend);
     }
     model.disposeParams();
@@ -266,10 +333,15 @@ const LOGIT_TOLERANCE = 1e-4;
 
 const torchMissing = ((): string | false => {
   const probe = spawnSync(PYTHON, ['-c', 'import torch, numpy'], { encoding: 'utf8' });
-  return probe.status === 0 ? false : `PyTorch is not importable by ${PYTHON} (apt-get install python3-torch): ${(probe.stderr || probe.error?.message || '').trim().split('\n').at(-1)}`;
+  return probe.status === 0
+    ? false
+    : `PyTorch is not importable by ${PYTHON} (apt-get install python3-torch): ${(probe.stderr || probe.error?.message || '').trim().split('\n').at(-1)}`;
 })();
 
-test('exported weights load strictly into the PyTorch reference module and give the same logits', { skip: torchMissing, timeout: 120_000 }, () => {
+test('exported weights load strictly into the PyTorch reference module and give the same logits', {
+  skip: torchMissing,
+  timeout: 120_000,
+}, () => {
   // Two input channels and an extra stage exercise the kernel's channel axes and every naming rule.
   const config = createModelConfig('convnet_fmnist_small', { imageSize: 16, inChannels: 2, widths: [8, 12, 16], depths: [1, 0, 2] });
   const model = new ConvNet(config);
@@ -278,10 +350,17 @@ test('exported weights load strictly into the PyTorch reference module and give 
   const n = 4;
   const { images } = randomBatch(config, n, 82);
   const dir = mkdtempSync(join(tmpdir(), 'vit-dist-convnet-'));
-  const [weights, imagesPath, logitsPath] = ['model.safetensors', 'images.f32', 'logits.f32'].map((f) => join(dir, f)) as [string, string, string];
+  const [weights, imagesPath, logitsPath] = ['model.safetensors', 'images.f32', 'logits.f32'].map((f) => join(dir, f)) as [
+    string,
+    string,
+    string,
+  ];
   writeSafetensors(weights, exportTimmState(model.params, params));
   writeFileSync(imagesPath, new Uint8Array(images.buffer));
-  const ref = spawnSync(PYTHON, [REFERENCE, weights, JSON.stringify(config), imagesPath, logitsPath], { encoding: 'utf8', timeout: 120_000 });
+  const ref = spawnSync(PYTHON, [REFERENCE, weights, JSON.stringify(config), imagesPath, logitsPath], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   assert.equal(ref.status, 0, ref.stderr);
   const bytes = readFileSync(logitsPath);
   const reference = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);

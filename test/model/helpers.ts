@@ -89,11 +89,17 @@ export function checkGradients(model: ImageClassifier, params: Float32Array, see
 
 export function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what = ''): void {
   assert.equal(got.length, want.length);
-  for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - want[i]!) <= tol, `${what}[${i}]: ${got[i]} vs ${want[i]} (tol ${tol})`);
+  for (let i = 0; i < got.length; i++)
+    assert.ok(Math.abs(got[i]! - want[i]!) <= tol, `${what}[${i}]: ${got[i]} vs ${want[i]} (tol ${tol})`);
 }
 
 /** `engine` and the plain-JS cpu backend give one loss, one count and one gradient (to float32 rounding) for `model` at `params`. */
-export async function assertBackendsAgree(model: ImageClassifier, params: Float32Array, seed: number, engine: EngineName = 'wasm'): Promise<void> {
+export async function assertBackendsAgree(
+  model: ImageClassifier,
+  params: Float32Array,
+  seed: number,
+  engine: EngineName = 'wasm',
+): Promise<void> {
   const { images, labels } = randomBatch(model.config, 4, seed);
   const run = async (backend: 'cpu' | EngineName) => {
     await selectBackend({ requested: backend });

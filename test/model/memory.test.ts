@@ -44,7 +44,9 @@ test('a micro-batch that cannot fit the wasm heap is refused, naming the model, 
   const largest = largestWasmMicroBatch(config);
   const plan = { model: 'deit_base_patch16_224', config, microBatch: largest + 1, backend: 'wasm' };
   assert.throws(() => checkMicroBatchFits(plan), {
-    message: new RegExp(`^model deit_base_patch16_224 at micro-batch ${largest + 1} needs about [\\d.]+ GiB of wasm heap per training pass, more than the 4\\.0 GiB a wasm32 module can address: use micro-batch ${largest} or less \\(the recipe's microBatch, or --micro-batch of run, launch and sweep`),
+    message: new RegExp(
+      `^model deit_base_patch16_224 at micro-batch ${largest + 1} needs about [\\d.]+ GiB of wasm heap per training pass, more than the 4\\.0 GiB a wasm32 module can address: use micro-batch ${largest} or less \\(the recipe's microBatch, or --micro-batch of run, launch and sweep`,
+    ),
   });
   checkMicroBatchFits({ ...plan, microBatch: largest });
   // Native TensorFlow and the plain-JS backend have no such ceiling.

@@ -31,7 +31,10 @@ test('modelParamSpecs and modelFlops are the family functions', () => {
 test('both families train, evaluate and predict through ImageClassifier', () => {
   for (const config of [VIT, CONVNET] as ModelConfig[]) {
     const model: ImageClassifier = createModel(config);
-    assert.equal(model.numParams, modelParamSpecs(config).reduce((n, p) => n + p.size, 0));
+    assert.equal(
+      model.numParams,
+      modelParamSpecs(config).reduce((n, p) => n + p.size, 0),
+    );
     assert.deepEqual(model.config, config);
     model.setParams(model.initParams(0));
     const n = 3;
@@ -49,14 +52,21 @@ test('both families train, evaluate and predict through ImageClassifier', () => 
   }
 });
 
-test('initialParams: the seeded init, with every classifier head\'s bias at initHeadBias when the recipe sets one', () => {
+test("initialParams: the seeded init, with every classifier head's bias at initHeadBias when the recipe sets one", () => {
   for (const config of [VIT, CONVNET]) {
     const model = createModel(config);
     const plain = model.initParams(3);
     assert.deepEqual(initialParams(model, { seed: 3 }), plain);
     const biased = initialParams(model, { seed: 3, initHeadBias: -6.9 });
     const heads = model.params.filter((p) => biased.subarray(p.offset, p.offset + p.size).some((v, i) => v !== plain[p.offset + i]));
-    assert.deepEqual(heads.map((p) => p.name), config === VIT ? ['head.bias', 'head_dist.bias'] : ['head.fc.bias']);
-    for (const p of heads) assert.ok(biased.subarray(p.offset, p.offset + p.size).every((v) => v === Math.fround(-6.9)), p.name);
+    assert.deepEqual(
+      heads.map((p) => p.name),
+      config === VIT ? ['head.bias', 'head_dist.bias'] : ['head.fc.bias'],
+    );
+    for (const p of heads)
+      assert.ok(
+        biased.subarray(p.offset, p.offset + p.size).every((v) => v === Math.fround(-6.9)),
+        p.name,
+      );
   }
 });

@@ -76,7 +76,10 @@ for (const engine of ['wasm', 'tensorflow'] as const) {
       model.disposeParams();
       assert.ok(Number.isFinite(lossSum) && lossSum > 0, `loss ${lossSum}`);
       assert.ok(grad.every(Number.isFinite), 'every gradient entry is finite');
-      assert.ok(grad.some((g) => g !== 0), 'the gradient is not all zero');
+      assert.ok(
+        grad.some((g) => g !== 0),
+        'the gradient is not all zero',
+      );
     });
   }
 }

@@ -55,13 +55,24 @@ test('listModels reports config, params and FLOPs for every variant', () => {
   for (const size of ['tiny', 'small', 'base', 'large']) assert.ok(names.includes(`vit_${size}_patch16_224`), size);
   for (const m of models) {
     assert.equal(m.flopsPerImage, modelFlops(m.config));
-    assert.equal(m.numParams, modelParamSpecs(m.config).reduce((n, p) => n + p.size, 0));
+    assert.equal(
+      m.numParams,
+      modelParamSpecs(m.config).reduce((n, p) => n + p.size, 0),
+    );
   }
   const base = models.find((m) => m.name === 'vit_base_patch16_224')!;
   // ViT-B/16 is commonly quoted at 17.6 GMACs per 224x224 image.
   assert.ok(Math.abs(base.flopsPerImage / 2 / 17.56e9 - 1) < 0.01, `${base.flopsPerImage}`);
   assert.deepEqual(base.config, {
-    imageSize: 224, patchSize: 16, inChannels: 3, numClasses: 1000, embedDim: 768, depth: 12, numHeads: 12, mlpRatio: 4, distilled: false,
+    imageSize: 224,
+    patchSize: 16,
+    inChannels: 3,
+    numClasses: 1000,
+    embedDim: 768,
+    depth: 12,
+    numHeads: 12,
+    mlpRatio: 4,
+    distilled: false,
   });
 });
 
@@ -75,11 +86,14 @@ test('createModelConfig applies overrides without touching the registry', () => 
 });
 
 test('unknown model names list the known ones', () => {
-  assert.throws(() => createModelConfig('vit_huge_patch14_224'), (err: Error) => {
-    assert.match(err.message, /unknown model 'vit_huge_patch14_224'/);
-    for (const m of listModels()) assert.ok(err.message.includes(m.name), m.name);
-    return true;
-  });
+  assert.throws(
+    () => createModelConfig('vit_huge_patch14_224'),
+    (err: Error) => {
+      assert.match(err.message, /unknown model 'vit_huge_patch14_224'/);
+      for (const m of listModels()) assert.ok(err.message.includes(m.name), m.name);
+      return true;
+    },
+  );
   assert.throws(() => createModelConfig('toString'), /unknown model/);
 });
 
@@ -99,7 +113,15 @@ test('vit_fmnist_tiny fits Fashion-MNIST', () => {
 
 test('convnet_fmnist_small: a convnet for Fashion-MNIST, listed with its parameters and FLOPs', () => {
   const cfg = createModelConfig('convnet_fmnist_small');
-  assert.deepEqual(cfg, { family: 'convnet', imageSize: 28, inChannels: 1, numClasses: 10, widths: [32, 64], depths: [1, 2], distilled: false });
+  assert.deepEqual(cfg, {
+    family: 'convnet',
+    imageSize: 28,
+    inChannels: 1,
+    numClasses: 10,
+    widths: [32, 64],
+    depths: [1, 2],
+    distilled: false,
+  });
   const info = listModels().find((m) => m.name === 'convnet_fmnist_small')!;
   // Convolutions (weight, bias, norm weight and bias): stem 2x2 1->32, 3x3 32->32, 2x2 32->64, two 3x3 64->64; head 7x7x64->10.
   const conv = (k: number, i: number, o: number) => k * k * i * o + 3 * o;
@@ -109,7 +131,10 @@ test('convnet_fmnist_small: a convnet for Fashion-MNIST, listed with its paramet
 
 test('overrides must be arguments of the named model', () => {
   assert.equal(createModelConfig('convnet_fmnist_small', { numClasses: 100 }).numClasses, 100);
-  assert.throws(() => createModelConfig('convnet_fmnist_small', { patchSize: 4 } as never), /model 'convnet_fmnist_small' has no argument patchSize \(its arguments: imageSize, inChannels, numClasses, widths, depths, distilled\)/);
+  assert.throws(
+    () => createModelConfig('convnet_fmnist_small', { patchSize: 4 } as never),
+    /model 'convnet_fmnist_small' has no argument patchSize \(its arguments: imageSize, inChannels, numClasses, widths, depths, distilled\)/,
+  );
   assert.throws(() => createModelConfig('convnet_fmnist_small', { family: 'vit' } as never), /has no argument family/);
   assert.throws(() => createModelConfig('vit_fmnist_tiny' as string, { widths: [8] }), /model 'vit_fmnist_tiny' has no argument widths/);
 });

@@ -56,27 +56,59 @@ const f32 = (n: number): Uint8Array => new Uint8Array(4 * n);
 
 const MALFORMED: [string, () => Buffer, RegExp][] = [
   ['shorter than the length field', () => Buffer.alloc(5), /weights\.safetensors: too short/],
-  ['header length past the end', () => rawFile({ x: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, f32(1), 1000), /header length 1000 runs past the end/],
+  [
+    'header length past the end',
+    () => rawFile({ x: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, f32(1), 1000),
+    /header length 1000 runs past the end/,
+  ],
   ['header not JSON', () => Buffer.from([3, 0, 0, 0, 0, 0, 0, 0, ...Buffer.from('{x}')]), /not valid JSON/],
   ['header not an object', () => rawFile([1, 2], new Uint8Array(0)), /not a JSON object/],
-  ['unknown dtype', () => rawFile({ w: { dtype: 'I64', shape: [1], data_offsets: [0, 8] } }, f32(2)), /tensor "w": dtype "I64" is not supported/],
+  [
+    'unknown dtype',
+    () => rawFile({ w: { dtype: 'I64', shape: [1], data_offsets: [0, 8] } }, f32(2)),
+    /tensor "w": dtype "I64" is not supported/,
+  ],
   ['bad shape', () => rawFile({ w: { dtype: 'F32', shape: [-1], data_offsets: [0, 4] } }, f32(1)), /tensor "w": shape \[-1\]/],
   ['bad offsets', () => rawFile({ w: { dtype: 'F32', shape: [1], data_offsets: [4, 0] } }, f32(1)), /tensor "w": data_offsets \[4,0\]/],
-  ['shape does not match the bytes', () => rawFile({ w: { dtype: 'F32', shape: [2, 2], data_offsets: [0, 12] } }, f32(3)), /tensor "w": shape \[2, 2\] of F32 needs 16 bytes, data_offsets span 12/],
-  ['a gap between tensors', () => rawFile({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, b: { dtype: 'F32', shape: [1], data_offsets: [8, 12] } }, f32(3)), /tensor "b" starts at data offset 8, expected 4/],
-  ['overlapping tensors', () => rawFile({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, f32(2)), /tensor "b" starts at data offset 4, expected 8/],
-  ['a tensor past the data', () => rawFile({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } }, f32(1)), /tensor "a" ends at data offset 8, past the 4 bytes/],
-  ['trailing bytes', () => rawFile({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, f32(2)), /cover 4 bytes of data, the file holds 8/],
+  [
+    'shape does not match the bytes',
+    () => rawFile({ w: { dtype: 'F32', shape: [2, 2], data_offsets: [0, 12] } }, f32(3)),
+    /tensor "w": shape \[2, 2\] of F32 needs 16 bytes, data_offsets span 12/,
+  ],
+  [
+    'a gap between tensors',
+    () =>
+      rawFile({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, b: { dtype: 'F32', shape: [1], data_offsets: [8, 12] } }, f32(3)),
+    /tensor "b" starts at data offset 8, expected 4/,
+  ],
+  [
+    'overlapping tensors',
+    () => rawFile({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, f32(2)),
+    /tensor "b" starts at data offset 4, expected 8/,
+  ],
+  [
+    'a tensor past the data',
+    () => rawFile({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } }, f32(1)),
+    /tensor "a" ends at data offset 8, past the 4 bytes/,
+  ],
+  [
+    'trailing bytes',
+    () => rawFile({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, f32(2)),
+    /cover 4 bytes of data, the file holds 8/,
+  ],
   ['metadata not strings', () => rawFile({ __metadata__: { step: 3 } }, new Uint8Array(0)), /__metadata__\.step is not a string/],
 ];
 
 for (const [what, make, error] of MALFORMED) {
   test(`a malformed file is refused with a clear error: ${what}`, () => {
-    assert.throws(() => parseSafetensors(make(), FILE), (err: Error) => {
-      assert.match(err.message, /^safetensors file weights\.safetensors: /);
-      assert.match(err.message, error);
-      return true;
-    });
+    assert.throws(
+      () => parseSafetensors(make(), FILE),
+      (err: Error) => {
+        assert.match(err.message, /^safetensors file weights\.safetensors: /);
+        assert.match(err.message, error);
+        return true;
+      },
+    );
   });
 }
 
@@ -86,7 +118,10 @@ test('a missing file is an error naming it', () => {
 });
 
 test('writing refuses a tensor whose data does not match its shape', () => {
-  assert.throws(() => encodeSafetensors(new Map([['w', { shape: [2, 2], data: new Float32Array(3) }]])), /tensor "w": shape \[2, 2\] needs 4 values, got 3/);
+  assert.throws(
+    () => encodeSafetensors(new Map([['w', { shape: [2, 2], data: new Float32Array(3) }]])),
+    /tensor "w": shape \[2, 2\] needs 4 values, got 3/,
+  );
 });
 
 test('a file written by our encoder parses back from bytes at any alignment', () => {

@@ -4,12 +4,41 @@ import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../src/model/backend.ts';
 import type { TrainContext } from '../../src/model/model.ts';
 import { VisionTransformer, countFlops, type VitConfig } from '../../src/model/vit.ts';
-import { ENGINES, assertBackendsAgree, assertClose, checkGradients as checkModelGradients, lcg, lossAndGrad, randomBatch, scrambledParams } from './helpers.ts';
+import {
+  ENGINES,
+  assertBackendsAgree,
+  assertClose,
+  checkGradients as checkModelGradients,
+  lcg,
+  lossAndGrad,
+  randomBatch,
+  scrambledParams,
+} from './helpers.ts';
 
 // Small enough for finite differences, big enough to have several patches, heads, blocks and classes.
-const TINY: VitConfig = { imageSize: 8, patchSize: 4, inChannels: 2, numClasses: 3, embedDim: 8, depth: 2, numHeads: 2, mlpRatio: 2, distilled: false };
+const TINY: VitConfig = {
+  imageSize: 8,
+  patchSize: 4,
+  inChannels: 2,
+  numClasses: 3,
+  embedDim: 8,
+  depth: 2,
+  numHeads: 2,
+  mlpRatio: 2,
+  distilled: false,
+};
 const TINY_DISTILLED: VitConfig = { ...TINY, distilled: true };
-const FMNIST_LIKE: VitConfig = { imageSize: 28, patchSize: 7, inChannels: 1, numClasses: 10, embedDim: 64, depth: 4, numHeads: 4, mlpRatio: 2, distilled: false };
+const FMNIST_LIKE: VitConfig = {
+  imageSize: 28,
+  patchSize: 7,
+  inChannels: 1,
+  numClasses: 10,
+  embedDim: 64,
+  depth: 4,
+  numHeads: 4,
+  mlpRatio: 2,
+  distilled: false,
+};
 
 await selectBackend({ requested: 'cpu' });
 
@@ -26,8 +55,32 @@ test('parameters have timm names, shapes and a contiguous flat layout', () => {
   const model = new VisionTransformer(TINY);
   const names = model.params.map((p) => p.name);
   const block = (i: number) =>
-    ['norm1.weight', 'norm1.bias', 'attn.qkv.weight', 'attn.qkv.bias', 'attn.proj.weight', 'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc1.weight', 'mlp.fc1.bias', 'mlp.fc2.weight', 'mlp.fc2.bias'].map((n) => `blocks.${i}.${n}`);
-  assert.deepEqual(names, ['cls_token', 'pos_embed', 'patch_embed.proj.weight', 'patch_embed.proj.bias', ...block(0), ...block(1), 'norm.weight', 'norm.bias', 'head.weight', 'head.bias']);
+    [
+      'norm1.weight',
+      'norm1.bias',
+      'attn.qkv.weight',
+      'attn.qkv.bias',
+      'attn.proj.weight',
+      'attn.proj.bias',
+      'norm2.weight',
+      'norm2.bias',
+      'mlp.fc1.weight',
+      'mlp.fc1.bias',
+      'mlp.fc2.weight',
+      'mlp.fc2.bias',
+    ].map((n) => `blocks.${i}.${n}`);
+  assert.deepEqual(names, [
+    'cls_token',
+    'pos_embed',
+    'patch_embed.proj.weight',
+    'patch_embed.proj.bias',
+    ...block(0),
+    ...block(1),
+    'norm.weight',
+    'norm.bias',
+    'head.weight',
+    'head.bias',
+  ]);
 
   const spec = Object.fromEntries(model.params.map((p) => [p.name, p]));
   // Internal layouts, and timm's after the documented permutation.
@@ -45,7 +98,11 @@ test('parameters have timm names, shapes and a contiguous flat layout', () => {
   let offset = 0;
   for (const p of model.params) {
     assert.equal(p.offset, offset, p.name);
-    assert.equal(p.size, p.shape.reduce((a, b) => a * b, 1), p.name);
+    assert.equal(
+      p.size,
+      p.shape.reduce((a, b) => a * b, 1),
+      p.name,
+    );
     offset += p.size;
   }
   assert.equal(model.numParams, offset);
@@ -82,8 +139,16 @@ test('init statistics: truncated normal std 0.02 at +-2 std, zero biases, unit L
   let maxAbs = 0;
   for (const p of model.params) {
     const values = flat.subarray(p.offset, p.offset + p.size);
-    if (p.init === 'zeros') assert.ok(values.every((v) => v === 0), p.name);
-    if (p.init === 'ones') assert.ok(values.every((v) => v === 1), p.name);
+    if (p.init === 'zeros')
+      assert.ok(
+        values.every((v) => v === 0),
+        p.name,
+      );
+    if (p.init === 'ones')
+      assert.ok(
+        values.every((v) => v === 1),
+        p.name,
+      );
     if (p.init !== 'trunc_normal') continue;
     for (const v of values) {
       n++;
@@ -151,11 +216,19 @@ for (const engine of ENGINES) {
     await selectBackend({ requested: 'cpu' });
   });
 
-  test(`${engine.name}: analytic gradients match finite differences, also distilled with dropout, drop path and label smoothing`, { skip: engine.skip }, async () => {
+  test(`${engine.name}: analytic gradients match finite differences, also distilled with dropout, drop path and label smoothing`, {
+    skip: engine.skip,
+  }, async () => {
     await selectBackend({ requested: engine.name });
     try {
       checkGradients(TINY, 11);
-      checkGradients(TINY_DISTILLED, 17, { step: 5, seed: 9, sampleIndices: Uint32Array.of(100, 7, 42), regularization: HEAVY, distillationAlpha: 0.3 });
+      checkGradients(TINY_DISTILLED, 17, {
+        step: 5,
+        seed: 9,
+        sampleIndices: Uint32Array.of(100, 7, 42),
+        regularization: HEAVY,
+        distillationAlpha: 0.3,
+      });
     } finally {
       await selectBackend({ requested: 'cpu' });
     }
@@ -172,7 +245,10 @@ test('gradients accumulate: two calls add up to the two separate gradients', () 
   const acc = new Float32Array(model.numParams);
   model.lossAndGrad(a.images, a.labels, 3, acc);
   model.lossAndGrad(b.images, b.labels, 2, acc);
-  assert.deepEqual(acc, ga.map((g, i) => g + gb[i]!));
+  assert.deepEqual(
+    acc,
+    ga.map((g, i) => g + gb[i]!),
+  );
   model.disposeParams();
 });
 
@@ -249,8 +325,14 @@ test('misuse fails loudly', () => {
   assert.throws(() => model.evaluate(images, labels, 3), /images holds/);
   assert.throws(() => model.lossAndGrad(images, labels, 2, new Float32Array(1)), /gradAccum has length/);
   const grad = new Float32Array(model.numParams);
-  assert.throws(() => model.lossAndGrad(images, labels, 2, grad, { step: 0, seed: 0, sampleIndices: Uint32Array.of(0), regularization: HEAVY }), /sampleIndices holds 1 values, expected 2/);
-  assert.throws(() => model.lossAndGrad(images, labels, 2, grad, { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1), distillationAlpha: 2 }), /distillationAlpha must be in \[0, 1\]/);
+  assert.throws(
+    () => model.lossAndGrad(images, labels, 2, grad, { step: 0, seed: 0, sampleIndices: Uint32Array.of(0), regularization: HEAVY }),
+    /sampleIndices holds 1 values, expected 2/,
+  );
+  assert.throws(
+    () => model.lossAndGrad(images, labels, 2, grad, { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1), distillationAlpha: 2 }),
+    /distillationAlpha must be in \[0, 1\]/,
+  );
   model.disposeParams();
 });
 
@@ -302,7 +384,11 @@ test('distilled inference averages the two heads; evaluate reports each head and
   });
   const [c, d] = [cls.dataSync(), dist.dataSync()];
   tf.dispose([cls, dist]);
-  assertClose(model.logits(images, n), Array.from(c, (v, i) => (v + d[i]!) / 2), 1e-6);
+  assertClose(
+    model.logits(images, n),
+    Array.from(c, (v, i) => (v + d[i]!) / 2),
+    1e-6,
+  );
   const hits = (values: ArrayLike<number>) =>
     labels.filter((label, i) => {
       const row = Array.from({ length: 3 }, (_, k) => values[i * 3 + k]!);
@@ -329,12 +415,17 @@ test('regularization masks follow the sample index, not the micro-batch or the p
   // The same samples in two micro-batches, reordered: samples 3, 0 then 2, 1.
   const pick = (order: number[]) => {
     const imgs = new Float32Array(order.length * perImage);
-    order.forEach((s, j) => { imgs.set(images.subarray(s * perImage, (s + 1) * perImage), j * perImage); });
+    order.forEach((s, j) => {
+      imgs.set(images.subarray(s * perImage, (s + 1) * perImage), j * perImage);
+    });
     return { imgs, lbls: Int32Array.from(order, (s) => labels[s]!), idx: Uint32Array.from(order, (s) => indices[s]!) };
   };
   const grad = new Float32Array(model.numParams);
   let lossSum = 0;
-  for (const order of [[3, 0], [2, 1]]) {
+  for (const order of [
+    [3, 0],
+    [2, 1],
+  ]) {
     const { imgs, lbls, idx } = pick(order);
     lossSum += model.lossAndGrad(imgs, lbls, order.length, grad, ctx(idx)).lossSum;
   }
@@ -372,7 +463,12 @@ test('stochastic depth rises linearly from 0: a one-block model never drops its 
   const model = new VisionTransformer(config);
   model.setParams(scrambledParams(model, 111));
   const { images, labels } = randomBatch(config, 4, 112);
-  const ctx = { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1, 2, 3), regularization: { dropout: 0, dropPath: 0.9, labelSmoothing: 0 } };
+  const ctx = {
+    step: 0,
+    seed: 0,
+    sampleIndices: Uint32Array.of(0, 1, 2, 3),
+    regularization: { dropout: 0, dropPath: 0.9, labelSmoothing: 0 },
+  };
   assert.deepEqual(lossAndGrad(model, images, labels, 4, ctx).grad, lossAndGrad(model, images, labels, 4).grad);
   // With two blocks the last one drops at the full rate 0.9.
   const deeper = new VisionTransformer(TINY);
@@ -388,14 +484,21 @@ test('label smoothing: the loss is cross entropy against (1 - eps) onehot + eps 
   const n = 3;
   const { images, labels } = randomBatch(TINY, n, 122);
   const eps = 0.1;
-  const ctx = { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1, 2), regularization: { dropout: 0, dropPath: 0, labelSmoothing: eps } };
+  const ctx = {
+    step: 0,
+    seed: 0,
+    sampleIndices: Uint32Array.of(0, 1, 2),
+    regularization: { dropout: 0, dropPath: 0, labelSmoothing: eps },
+  };
   const logits = model.logits(images, n);
   let want = 0;
   for (let i = 0; i < n; i++) {
     const row = Array.from(logits.subarray(i * 3, i * 3 + 3));
     const max = Math.max(...row);
     const logZ = max + Math.log(row.reduce((s, v) => s + Math.exp(v - max), 0));
-    row.forEach((v, k) => { want -= ((k === labels[i] ? 1 - eps : 0) + eps / 3) * (v - logZ); });
+    row.forEach((v, k) => {
+      want -= ((k === labels[i] ? 1 - eps : 0) + eps / 3) * (v - logZ);
+    });
   }
   const got = lossAndGrad(model, images, labels, n, ctx).lossSum;
   assert.ok(Math.abs(got - want) < 1e-5 * want, `${got} vs ${want}`);
@@ -505,11 +608,15 @@ test('soft distillation is tau^2 KL(teacher || distillation head) at temperature
   const { images, labels } = randomBatch(TINY_DISTILLED, n, 98);
   const teacher = teacherLogits(n, K, 99);
   const { cls, dist } = headLogits(model, images, n);
-  const soft = (tau: number, logits = teacher) => lossAndGrad(model, images, labels, n, distillationContext(n, { mode: 'soft', tau, teacherLogits: logits }, 0.5));
+  const soft = (tau: number, logits = teacher) =>
+    lossAndGrad(model, images, labels, n, distillationContext(n, { mode: 'soft', tau, teacherLogits: logits }, 0.5));
   const losses = [1, 3].map((tau) => {
     const result = soft(tau);
     const expected = softDistillation(teacher, dist, n, K, tau);
-    assert.ok(Math.abs(result.distillationLossSum! - expected) < 1e-4 * expected, `tau ${tau}: ${result.distillationLossSum} vs ${expected}`);
+    assert.ok(
+      Math.abs(result.distillationLossSum! - expected) < 1e-4 * expected,
+      `tau ${tau}: ${result.distillationLossSum} vs ${expected}`,
+    );
     const total = 0.5 * crossEntropy(cls, labels, n, K) + 0.5 * expected;
     assert.ok(Math.abs(result.lossSum - total) < 1e-5 * total, `tau ${tau}: lossSum ${result.lossSum} vs ${total}`);
     return result.distillationLossSum!;
@@ -519,7 +626,11 @@ test('soft distillation is tau^2 KL(teacher || distillation head) at temperature
   const echo = soft(2, dist);
   assert.ok(Math.abs(echo.distillationLossSum!) < 1e-5, `KL of a distribution with itself: ${echo.distillationLossSum}`);
   const headDist = model.params.filter((p) => p.name.startsWith('head_dist.'));
-  for (const p of headDist) assert.ok(echo.grad.subarray(p.offset, p.offset + p.size).every((g) => Math.abs(g) < 1e-6), `${p.name} has no gradient`);
+  for (const p of headDist)
+    assert.ok(
+      echo.grad.subarray(p.offset, p.offset + p.size).every((g) => Math.abs(g) < 1e-6),
+      `${p.name} has no gradient`,
+    );
   model.disposeParams();
 });
 
@@ -530,9 +641,15 @@ test('distillation misuse fails loudly', () => {
   const { images, labels } = randomBatch(TINY_DISTILLED, n, 100);
   const grad = new Float32Array(model.numParams);
   const short = new Float32Array(n * TINY_DISTILLED.numClasses - 1);
-  assert.throws(() => model.lossAndGrad(images, labels, n, grad, distillationContext(n, { mode: 'hard', tau: 1, teacherLogits: short })), /teacherLogits holds 5 values, 2 images of 3 classes need 6/);
+  assert.throws(
+    () => model.lossAndGrad(images, labels, n, grad, distillationContext(n, { mode: 'hard', tau: 1, teacherLogits: short })),
+    /teacherLogits holds 5 values, 2 images of 3 classes need 6/,
+  );
   const teacher = teacherLogits(n, TINY_DISTILLED.numClasses, 101);
-  assert.throws(() => model.lossAndGrad(images, labels, n, grad, distillationContext(n, { mode: 'soft', tau: 0, teacherLogits: teacher })), /tau must be positive, got 0/);
+  assert.throws(
+    () => model.lossAndGrad(images, labels, n, grad, distillationContext(n, { mode: 'soft', tau: 0, teacherLogits: teacher })),
+    /tau must be positive, got 0/,
+  );
   model.disposeParams();
 });
 
@@ -551,7 +668,14 @@ function softTargets(labels: Int32Array, n: number, k: number): Float32Array {
 
 test('gradients with soft targets match finite differences, with and without a distillation token', () => {
   const { labels } = randomBatch(TINY, 3, 12); // checkGradients' batch (seed + 1)
-  const ctx = (): TrainContext => ({ step: 2, seed: 4, sampleIndices: Uint32Array.of(9, 8, 7), regularization: HEAVY, distillationAlpha: 0.3, softTargets: softTargets(labels, 3, TINY.numClasses) });
+  const ctx = (): TrainContext => ({
+    step: 2,
+    seed: 4,
+    sampleIndices: Uint32Array.of(9, 8, 7),
+    regularization: HEAVY,
+    distillationAlpha: 0.3,
+    softTargets: softTargets(labels, 3, TINY.numClasses),
+  });
   checkGradients(TINY, 11, ctx());
   checkGradients(TINY_DISTILLED, 11, ctx());
 });
@@ -563,7 +687,9 @@ test('one-hot soft targets train exactly as the integer labels; correct counts t
     const n = 4;
     const { images, labels } = randomBatch(config, n, 132);
     const oneHot = new Float32Array(n * config.numClasses);
-    labels.forEach((label, i) => { oneHot[i * config.numClasses + label] = 1; });
+    labels.forEach((label, i) => {
+      oneHot[i * config.numClasses + label] = 1;
+    });
     const ctx: TrainContext = { step: 0, seed: 0, sampleIndices: Uint32Array.of(0, 1, 2, 3), regularization: HEAVY };
     // labelSmoothing 0.1 in HEAVY applies to the labels only: compare with it off.
     const unsmoothed = { ...ctx, regularization: { ...HEAVY, labelSmoothing: 0 } };
@@ -573,7 +699,14 @@ test('one-hot soft targets train exactly as the integer labels; correct counts t
     assert.deepEqual(fromSoft.grad, fromLabels.grad);
     assert.equal(fromSoft.correct, fromLabels.correct);
     // Targets of other classes change the loss, not the count of hits on the labels.
-    const shifted = lossAndGrad(model, images, labels, n, { ...ctx, softTargets: softTargets(labels.map((l) => (l + 1) % config.numClasses), n, config.numClasses) });
+    const shifted = lossAndGrad(model, images, labels, n, {
+      ...ctx,
+      softTargets: softTargets(
+        labels.map((l) => (l + 1) % config.numClasses),
+        n,
+        config.numClasses,
+      ),
+    });
     assert.notEqual(shifted.lossSum, fromLabels.lossSum);
     assert.equal(shifted.correct, fromLabels.correct);
     model.disposeParams();

@@ -48,7 +48,7 @@ test('1 and 3 threads give exactly what one pass on this thread gives', { skip: 
   }
 });
 
-test('a failed evaluation rejects with the thread\'s error, and the pool goes on', { skip: dataMissing }, async () => {
+test("a failed evaluation rejects with the thread's error, and the pool goes on", { skip: dataMissing }, async () => {
   const pool = await EvalPool.start(2, setup);
   try {
     await assert.rejects(pool.evaluate(new Float32Array(3), 'holdout'), /expected \d+ parameters, got 3/);

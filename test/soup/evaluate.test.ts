@@ -19,7 +19,10 @@ const SAMPLES = 203; // not a multiple of the batch: the last batch is short
 const BATCH = 16;
 
 /** SAMPLES random images and labels for `model`, as in-memory batches of the split's [start, end). */
-function dataset(model: ImageClassifier, seed: number): { batches: (start: number, end: number) => AsyncIterable<EvalBatch>; images: Float32Array; labels: Int32Array } {
+function dataset(
+  model: ImageClassifier,
+  seed: number,
+): { batches: (start: number, end: number) => AsyncIterable<EvalBatch>; images: Float32Array; labels: Int32Array } {
   const { imageSize, inChannels, numClasses } = model.config;
   const size = imageSize * imageSize * inChannels;
   const rng = new Mulberry32(seed);
@@ -41,7 +44,7 @@ function trainedLookingModel(distilled: boolean): ImageClassifier {
   return model;
 }
 
-test('top-1 and the loss agree with the model\'s own evaluation; top-5 is at least top-1', async () => {
+test("top-1 and the loss agree with the model's own evaluation; top-5 is at least top-1", async () => {
   for (const distilled of [false, true]) {
     const model = trainedLookingModel(distilled);
     const data = dataset(model, 1);
@@ -49,7 +52,10 @@ test('top-1 and the loss agree with the model\'s own evaluation; top-5 is at lea
     const own = model.evaluate(data.images, data.labels, SAMPLES);
     assert.equal(result.samples, SAMPLES);
     assert.equal(result.top1, own.correct / SAMPLES);
-    assert.ok(Math.abs(result.loss - own.lossSum / SAMPLES) < 1e-4 * result.loss, `loss ${result.loss} vs the model's ${own.lossSum / SAMPLES}`);
+    assert.ok(
+      Math.abs(result.loss - own.lossSum / SAMPLES) < 1e-4 * result.loss,
+      `loss ${result.loss} vs the model's ${own.lossSum / SAMPLES}`,
+    );
     assert.ok(result.top5 >= result.top1 && result.top5 <= 1, `top-5 ${result.top5}, top-1 ${result.top1}`);
     assert.ok(result.top1 > 0 && result.top5 < 1, 'the test needs hits and misses');
     if (distilled) {
@@ -78,7 +84,12 @@ test('the numbers do not depend on how many batch-aligned pieces the split is ev
 });
 
 test('batch-aligned ranges cover the split in order, each starting on a batch boundary', () => {
-  for (const [size, batch, parts] of [[203, 16, 3], [10, 4, 5], [64, 16, 4], [1, 8, 2]] as const) {
+  for (const [size, batch, parts] of [
+    [203, 16, 3],
+    [10, 4, 5],
+    [64, 16, 4],
+    [1, 8, 2],
+  ] as const) {
     const ranges = batchAlignedRanges(size, batch, parts);
     assert.equal(ranges.length, parts);
     let next = 0;
@@ -90,7 +101,10 @@ test('batch-aligned ranges cover the split in order, each starting on a batch bo
     }
     assert.equal(next, size);
   }
-  assert.deepEqual(batchAlignedRanges(10, 4, 5).map((r) => r.end - r.start), [4, 4, 2, 0, 0]);
+  assert.deepEqual(
+    batchAlignedRanges(10, 4, 5).map((r) => r.end - r.start),
+    [4, 4, 2, 0, 0],
+  );
 });
 
 /** A model whose logits are given: for checking the ranking rule on exact values. */

@@ -33,7 +33,9 @@ test('per-shard averages laid end to end equal the average of the whole vector',
   const n = 101;
   const weights = (step: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i + step));
   const whole = new ShardEma(0.99996, weights(0));
-  const shards = [0, 1, 2].map((r) => shardRange(n, 3, r)).map(({ start, end }) => ({ start, end, ema: new ShardEma(0.99996, weights(0).subarray(start, end)) }));
+  const shards = [0, 1, 2]
+    .map((r) => shardRange(n, 3, r))
+    .map(({ start, end }) => ({ start, end, ema: new ShardEma(0.99996, weights(0).subarray(start, end)) }));
   for (let step = 1; step <= 5; step++) {
     const w = weights(step);
     whole.update(w);

@@ -29,7 +29,10 @@ for (const [name, { config, reference, trajectory }] of Object.entries(fixture.c
       optimizer.step(params, Float32Array.from(g), mask, fixture.gradScales[k]!, fixture.lrs[k]!);
       const expected = trajectory[k]!;
       for (let i = 0; i < params.length; i++) {
-        assert.ok(Math.abs(params[i]! - expected[i]!) <= TORCH_TOLERANCE * Math.max(1, Math.abs(expected[i]!)), `step ${k} element ${i}: ${params[i]} vs torch ${expected[i]}`);
+        assert.ok(
+          Math.abs(params[i]! - expected[i]!) <= TORCH_TOLERANCE * Math.max(1, Math.abs(expected[i]!)),
+          `step ${k} element ${i}: ${params[i]} vs torch ${expected[i]}`,
+        );
       }
     });
     assert.equal(optimizer.steps, fixture.grads.length);
@@ -37,7 +40,14 @@ for (const [name, { config, reference, trajectory }] of Object.entries(fixture.c
 }
 
 const adam = (overrides: Partial<Extract<OptimizerConfig, { name: 'adam' | 'adamw' }>> = {}): OptimizerConfig => ({
-  name: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.05, decayConvention: 'lr-scaled', peakLr: 1e-3, ...overrides,
+  name: 'adamw',
+  beta1: 0.9,
+  beta2: 0.999,
+  eps: 1e-8,
+  weightDecay: 0.05,
+  decayConvention: 'lr-scaled',
+  peakLr: 1e-3,
+  ...overrides,
 });
 
 test('decay conventions: lr-scaled removes lr x wd, absolute removes wd x lr / peak lr (zero gradient)', () => {
@@ -48,7 +58,13 @@ test('decay conventions: lr-scaled removes lr x wd, absolute removes wd x lr / p
   assert.equal(scaled[0], Math.fround(1 - 0.1 * 0.5));
   assert.equal(scaled[1], 1, 'no decay where the mask is 0');
   const absolute = Float32Array.of(1, 1);
-  createShardOptimizer(adam({ name: 'adam', weightDecay: 1e-4, decayConvention: 'absolute', peakLr: 0.4 }), 2).step(absolute, zero, mask, 1, 0.1);
+  createShardOptimizer(adam({ name: 'adam', weightDecay: 1e-4, decayConvention: 'absolute', peakLr: 0.4 }), 2).step(
+    absolute,
+    zero,
+    mask,
+    1,
+    0.1,
+  );
   assert.equal(absolute[0], Math.fround(1 - 1e-4 * (0.1 / 0.4)));
   assert.equal(absolute[1], 1);
 });
@@ -99,17 +115,31 @@ for (const config of SHARDING_CASES) {
         const shardedNorm = Math.sqrt(ranks.reduce((total, { start, end }) => total + sumOfSquares(grad.subarray(start, end)), 0));
         assert.ok(Math.abs(shardedNorm - norm) < 1e-9 * norm, 'the norm from shards equals the whole norm');
         for (const { start, end, optimizer } of ranks) {
-          optimizer.step(sharded.subarray(start, end), grad.subarray(start, end), mask.subarray(start, end), clipFactor(shardedNorm, maxNorm), lr);
+          optimizer.step(
+            sharded.subarray(start, end),
+            grad.subarray(start, end),
+            mask.subarray(start, end),
+            clipFactor(shardedNorm, maxNorm),
+            lr,
+          );
         }
         // The clip factor can differ in its last bit when the float64 sums associate differently;
         // the parameters must still agree to float32 rounding.
-        for (let i = 0; i < n; i++) assert.ok(Math.abs(sharded[i]! - reference[i]!) <= 1e-7 * Math.max(1, Math.abs(reference[i]!)), `N=${worldSize} step ${step} element ${i}`);
+        for (let i = 0; i < n; i++)
+          assert.ok(
+            Math.abs(sharded[i]! - reference[i]!) <= 1e-7 * Math.max(1, Math.abs(reference[i]!)),
+            `N=${worldSize} step ${step} element ${i}`,
+          );
       }
       // The shards' state tensors laid end to end are the whole optimizer's state.
       for (const name of whole.stateNames) {
         const joined = new Float32Array(n);
         for (const { start, optimizer } of ranks) joined.set(optimizer.state()[name]!, start);
-        for (let i = 0; i < n; i++) assert.ok(Math.abs(joined[i]! - whole.state()[name]![i]!) <= 1e-6 * Math.max(1e-3, Math.abs(whole.state()[name]![i]!)), `N=${worldSize} state ${name} element ${i}`);
+        for (let i = 0; i < n; i++)
+          assert.ok(
+            Math.abs(joined[i]! - whole.state()[name]![i]!) <= 1e-6 * Math.max(1e-3, Math.abs(whole.state()[name]![i]!)),
+            `N=${worldSize} state ${name} element ${i}`,
+          );
       }
     }
   });
@@ -132,11 +162,27 @@ test('restore continues a run exactly, and refuses state of another optimizer or
   assert.equal(c.steps, 3);
 
   assert.deepEqual(createShardOptimizer({ name: 'sgd', momentum: 0.9, weightDecay: 0 }, n).stateNames, ['momentum']);
-  assert.throws(() => createShardOptimizer({ name: 'sgd', momentum: 0.9, weightDecay: 0 }, n).restore(saved, 2), /holds tensors \[m, v\], this optimizer keeps \[momentum\]/);
+  assert.throws(
+    () => createShardOptimizer({ name: 'sgd', momentum: 0.9, weightDecay: 0 }, n).restore(saved, 2),
+    /holds tensors \[m, v\], this optimizer keeps \[momentum\]/,
+  );
   assert.throws(() => createShardOptimizer(adam(), n + 1).restore(saved, 2), /"m" has 50 elements, the shard has 51/);
 });
 
 test('a shard of the wrong length is refused', () => {
-  assert.throws(() => createShardOptimizer(adam(), 3).step(new Float32Array(4), new Float32Array(4), new Uint8Array(4), 1, 1), /length mismatch/);
-  assert.throws(() => createShardOptimizer({ name: 'sgd', momentum: 0.9, weightDecay: 0 }, 3).step(new Float32Array(3), new Float32Array(2), new Uint8Array(3), 1, 1), /length mismatch/);
+  assert.throws(
+    () => createShardOptimizer(adam(), 3).step(new Float32Array(4), new Float32Array(4), new Uint8Array(4), 1, 1),
+    /length mismatch/,
+  );
+  assert.throws(
+    () =>
+      createShardOptimizer({ name: 'sgd', momentum: 0.9, weightDecay: 0 }, 3).step(
+        new Float32Array(3),
+        new Float32Array(2),
+        new Uint8Array(3),
+        1,
+        1,
+      ),
+    /length mismatch/,
+  );
 });

@@ -9,7 +9,9 @@ import { listRecipes, loadRecipe, type Recipe } from '../../src/train/recipe.ts'
  * Every shipped recipe as loadRecipe resolved it before recipes could extend one another (written
  * from the files of commit fd9fa56, before any of them changed).
  */
-const BEFORE: Record<string, Recipe> = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'fixtures', 'recipes-resolved.json'), 'utf8'));
+const BEFORE: Record<string, Recipe> = JSON.parse(
+  readFileSync(join(import.meta.dirname, '..', 'fixtures', 'recipes-resolved.json'), 'utf8'),
+);
 
 /**
  * What changed on purpose since: augreg-vit-b16-i1k follows big_vision's vit_i1k.py as it is now;
@@ -22,14 +24,18 @@ const CHANGED: Record<string, Partial<Recipe>> = {
 /** Citations added for those changes. */
 const ADDED_SOURCES: Record<string, string[]> = { 'augreg-vit-b16-i1k': ['loss', 'initHeadBias'] };
 
-test('every shipped recipe resolves to what it was before extends, but for the citations\' wording', () => {
+test("every shipped recipe resolves to what it was before extends, but for the citations' wording", () => {
   assert.deepEqual(listRecipes(), Object.keys(BEFORE).sort());
   for (const name of listRecipes()) {
     const { sources, ...resolved } = loadRecipe(name);
     const { sources: sourcesBefore, ...before } = BEFORE[name]!;
     assert.deepEqual(resolved, { ...before, ...CHANGED[name] }, name);
     // Pinning the citations rewrote their text; each cites the same keys.
-    assert.deepEqual(Object.keys(sources).sort(), [...Object.keys(sourcesBefore), ...(ADDED_SOURCES[name] ?? [])].sort(), `${name}: cited keys`);
+    assert.deepEqual(
+      Object.keys(sources).sort(),
+      [...Object.keys(sourcesBefore), ...(ADDED_SOURCES[name] ?? [])].sort(),
+      `${name}: cited keys`,
+    );
   }
 });
 
@@ -70,7 +76,12 @@ test('extends: a cycle, a missing base and an unknown key after the merge are er
     'typo.json': { extends: 'deit-tiny', optimiser: { lr: 1 } },
     'number.json': { extends: 3 },
   });
-  assert.throws(() => loadRecipe(join(dir, 'a.json')), (err: Error & { code?: string }) => err.code === 'RECIPE_EXTENDS_CYCLE' && err.message.includes(`${join(dir, 'a.json')} -> ${join(dir, 'b.json')} -> ${join(dir, 'a.json')}`));
+  assert.throws(
+    () => loadRecipe(join(dir, 'a.json')),
+    (err: Error & { code?: string }) =>
+      err.code === 'RECIPE_EXTENDS_CYCLE' &&
+      err.message.includes(`${join(dir, 'a.json')} -> ${join(dir, 'b.json')} -> ${join(dir, 'a.json')}`),
+  );
   assert.throws(() => loadRecipe(join(dir, 'lost.json')), /no recipe "no-such-recipe"/);
   assert.throws(() => loadRecipe(join(dir, 'typo.json')), /unknown key "optimiser"/);
   assert.throws(() => loadRecipe(join(dir, 'number.json')), /"extends" must be a recipe name or path, got number/);

@@ -43,9 +43,22 @@ test('warmup in epochs resolves to whole steps; warmup in steps is taken as is',
 test("a recipe's schedule: scaled peak, resolved warmup, its floor and length", () => {
   const deit = loadRecipe('deit-tiny');
   const stepsPerEpoch = Math.floor(1_281_167 / deit.globalBatch);
-  assert.deepEqual(recipeSchedule(deit, stepsPerEpoch, 300 * stepsPerEpoch), { baseLr: 1e-3, minLr: 1e-5, warmupSteps: 5 * stepsPerEpoch, totalSteps: 300 * stepsPerEpoch });
+  assert.deepEqual(recipeSchedule(deit, stepsPerEpoch, 300 * stepsPerEpoch), {
+    baseLr: 1e-3,
+    minLr: 1e-5,
+    warmupSteps: 5 * stepsPerEpoch,
+    totalSteps: 300 * stepsPerEpoch,
+  });
   const fmnist = loadRecipe('fmnist-vit-tiny');
-  const steps = { ...fmnist, optimizer: { ...fmnist.optimizer, lr: 0.002 }, schedule: { warmupSteps: 50, warmupEpochs: null, minLr: 1e-5 } };
-  assert.deepEqual(recipeSchedule(steps, 117, 351), { baseLr: 0.002, minLr: 1e-5, warmupSteps: 50, totalSteps: 351 }, 'warmup given in steps is taken as is');
+  const steps = {
+    ...fmnist,
+    optimizer: { ...fmnist.optimizer, lr: 0.002 },
+    schedule: { warmupSteps: 50, warmupEpochs: null, minLr: 1e-5 },
+  };
+  assert.deepEqual(
+    recipeSchedule(steps, 117, 351),
+    { baseLr: 0.002, minLr: 1e-5, warmupSteps: 50, totalSteps: 351 },
+    'warmup given in steps is taken as is',
+  );
   assert.equal(peakLearningRate({ ...steps, globalBatch: 2048, lrScaling: { rule: 'sqrt', referenceBatch: 512 } }), 0.004);
 });

@@ -6,7 +6,8 @@ import { selectBackend } from '../../src/model/backend.ts';
 import { isSoftwareAdapter, parseAdapterListing } from '../../src/model/webgpu/device.ts';
 
 test("Dawn's adapter listing is parsed into backend and name", () => {
-  const message = "no adapter with name '\u0001x' found\nAvailable adapters:\n * backend: 'vulkan', name: 'NVIDIA H200'\n * backend: 'vulkan', name: 'llvmpipe (LLVM 15.0.6, 256 bits)'";
+  const message =
+    "no adapter with name '\u0001x' found\nAvailable adapters:\n * backend: 'vulkan', name: 'NVIDIA H200'\n * backend: 'vulkan', name: 'llvmpipe (LLVM 15.0.6, 256 bits)'";
   assert.deepEqual(parseAdapterListing(message), [
     { backend: 'vulkan', name: 'NVIDIA H200' },
     { backend: 'vulkan', name: 'llvmpipe (LLVM 15.0.6, 256 bits)' },

@@ -38,7 +38,10 @@ for (const size of [1001, 128 * 65535 + 77]) {
       const phi = 0.5 * (1 + erf(xs[i]! / Math.SQRT2));
       const pdf = Math.exp(-0.5 * xs[i]! ** 2) / Math.sqrt(2 * Math.PI);
       assert.ok(Math.abs(cdfs[i]! - phi) < 1e-6, `cdf[${i}] of ${xs[i]}: ${cdfs[i]} vs ${phi}`);
-      assert.ok(Math.abs(grads[i]! - dys[i]! * (phi + xs[i]! * pdf)) < 1e-6, `grad[${i}]: ${grads[i]} vs ${dys[i]! * (phi + xs[i]! * pdf)}`);
+      assert.ok(
+        Math.abs(grads[i]! - dys[i]! * (phi + xs[i]! * pdf)) < 1e-6,
+        `grad[${i}]: ${grads[i]} vs ${dys[i]! * (phi + xs[i]! * pdf)}`,
+      );
     }
     tf.dispose([x, dy, cdf, grad]);
   });

@@ -19,7 +19,11 @@ function assertNear(got: ArrayLike<number>, want: number, tol: number, what: str
   assert.ok(Math.abs((got as number[])[0]! - want) <= tol, `${what}: ${(got as number[])[0]} vs ${want}`);
 }
 
-for (const [rows, cols] of [[7, 5], [37, 200], [65536 + 3, 3]] as const) {
+for (const [rows, cols] of [
+  [7, 5],
+  [37, 200],
+  [65536 + 3, 3],
+] as const) {
   test(`LayerNorm forward and input gradient match float64 on [${rows}, ${cols}]`, { skip }, async () => {
     // Rows off zero, so the mean matters; a weight and bias far from 1 and 0.
     const [xs, dys, ws, bs] = [values(rows * cols, 1, 2, 0.5), values(rows * cols, 2, 1), values(cols, 3, 0.5, 1), values(cols, 4, 0.3)];

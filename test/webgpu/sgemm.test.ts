@@ -29,7 +29,8 @@ function reference(a: Float32Array, b: Float32Array, c: Case, bias?: Float32Arra
     for (let i = 0; i < m; i++) {
       for (let j = 0; j < n; j++) {
         let sum = bias ? bias[j]! : 0;
-        for (let q = 0; q < k; q++) sum += a[aBase + (c.transposeA ? q * m + i : i * k + q)]! * b[bBase + (c.transposeB ? j * k + q : q * n + j)]!;
+        for (let q = 0; q < k; q++)
+          sum += a[aBase + (c.transposeA ? q * m + i : i * k + q)]! * b[bBase + (c.transposeB ? j * k + q : q * n + j)]!;
         out[p * m * n + i * n + j] = relu ? Math.max(sum, 0) : sum;
       }
     }
@@ -46,13 +47,26 @@ function assertNear(got: ArrayLike<number>, want: Float64Array, what: string): v
 function operands(c: Case, seed: number) {
   const aShape = [c.batchA, c.transposeA ? c.k : c.m, c.transposeA ? c.m : c.k];
   const bShape = [c.batchB, c.transposeB ? c.n : c.k, c.transposeB ? c.k : c.n];
-  const aValues = randomValues(aShape.reduce((x, y) => x * y), seed);
-  const bValues = randomValues(bShape.reduce((x, y) => x * y), seed + 1);
+  const aValues = randomValues(
+    aShape.reduce((x, y) => x * y),
+    seed,
+  );
+  const bValues = randomValues(
+    bShape.reduce((x, y) => x * y),
+    seed + 1,
+  );
   return { aValues, bValues, a: tf.tensor(aValues, aShape), b: tf.tensor(bValues, bShape) };
 }
 
 /** Every tile of both layouts (vec4 has tiles of 128 and 64 only). */
-const TILES: Array<[number, SgemmLayout]> = [[8, 'strided'], [4, 'strided'], [2, 'strided'], [1, 'strided'], [8, 'vec4'], [4, 'vec4']];
+const TILES: Array<[number, SgemmLayout]> = [
+  [8, 'strided'],
+  [4, 'strided'],
+  [2, 'strided'],
+  [1, 'strided'],
+  [8, 'vec4'],
+  [4, 'vec4'],
+];
 
 const SHAPES: Array<[number, number, number]> = [
   [1, 1, 1],
@@ -79,8 +93,15 @@ test('every tile and transpose form matches a float64 product, odd shapes and ba
 });
 
 test('batched products, one operand broadcast across the batch', { skip }, async () => {
-  for (const [batchA, batchB] of [[3, 3], [1, 3], [3, 1]] as const) {
-    for (const [transposeA, transposeB] of [[false, true], [true, false]] as const) {
+  for (const [batchA, batchB] of [
+    [3, 3],
+    [1, 3],
+    [3, 1],
+  ] as const) {
+    for (const [transposeA, transposeB] of [
+      [false, true],
+      [true, false],
+    ] as const) {
       const c: Case = { batchA, batchB, m: 21, n: 18, k: 13, transposeA, transposeB };
       const { aValues, bValues, a, b } = operands(c, batchA * 7 + batchB);
       for (const layout of SGEMM_LAYOUTS) {
@@ -111,7 +132,16 @@ test('split K: x^T dy cut along K into chunks summed after equals the whole prod
 });
 
 test('split K is chosen for DeiT-B weight gradients on a GPU, and only there', () => {
-  const shape = (m: number, n: number, k: number, transposeA: boolean) => ({ batch: 1, batchA: 1, batchB: 1, m, n, k, transposeA, transposeB: false });
+  const shape = (m: number, n: number, k: number, transposeA: boolean) => ({
+    batch: 1,
+    batchA: 1,
+    batchB: 1,
+    m,
+    n,
+    k,
+    transposeA,
+    transposeB: false,
+  });
   assert.equal(chooseSplitK(shape(768, 3072, 12544, true), GPU_MIN_WORKGROUPS), 2); // fc1: 144 tiles of 128
   assert.equal(chooseSplitK(shape(768, 2304, 12544, true), GPU_MIN_WORKGROUPS), 4); // qkv: 108 tiles; 12544 has no factor 3
   assert.equal(chooseSplitK(shape(768, 3072, 12544, false), GPU_MIN_WORKGROUPS), 1); // x dy: not a contiguous split
@@ -128,7 +158,11 @@ test('tf.matMul and tf.fused.matMul (bias, relu) give the product through our re
   const b2 = tf.reshape(b, [c.k, c.n]) as tf.Tensor2D;
   assertNear(await tf.matMul(a2, b2).data(), reference(aValues, bValues, c), 'matMul');
   assertNear(await tf.fused.matMul({ a: a2, b: b2, bias }).data(), reference(aValues, bValues, c, biasValues), 'fused bias');
-  assertNear(await tf.fused.matMul({ a: a2, b: b2, bias, activation: 'relu' }).data(), reference(aValues, bValues, c, biasValues, true), 'fused bias relu');
+  assertNear(
+    await tf.fused.matMul({ a: a2, b: b2, bias, activation: 'relu' }).data(),
+    reference(aValues, bValues, c, biasValues, true),
+    'fused bias relu',
+  );
   // Per-axis broadcasting and int32 are tfjs's kernel (the fallback).
   assert.equal(sgemmShapeOf([2, 1, 4, 3], [1, 3, 3, 5], false, false), null);
   const x = tf.ones([4, 3], 'int32') as tf.Tensor2D;

@@ -10,7 +10,11 @@ import { skipWithoutWebGPU } from './helpers.ts';
 const skip = await skipWithoutWebGPU();
 const SCALE = 0.125;
 
-for (const shape of [[2, 7, 7], [3, 5, 197], [1, 65536 + 5, 3]]) {
+for (const shape of [
+  [2, 7, 7],
+  [3, 5, 197],
+  [1, 65536 + 5, 3],
+]) {
   test(`scaled softmax and its gradient match float64 on [${shape}]`, { skip }, async () => {
     const rand = lcg(shape[1]!);
     const size = shape.reduce((a, b) => a * b);

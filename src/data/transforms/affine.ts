@@ -17,7 +17,7 @@ const ROTATE_DECIMALS = 1e15;
 
 /** Image.rotate(degrees) of Pillow: counter-clockwise about the image centre, same size. */
 export function pilRotateMatrix(height: number, width: number, degrees: number): AffineMatrix {
-  const angle = -degrees * Math.PI / 180;
+  const angle = (-degrees * Math.PI) / 180;
   const round15 = (v: number): number => Math.round(v * ROTATE_DECIMALS) / ROTATE_DECIMALS;
   const a = round15(Math.cos(angle));
   const b = round15(Math.sin(angle));
@@ -42,11 +42,11 @@ export function fromIndexConvention(m: AffineMatrix): AffineMatrix {
  * ((w - 1) / 2, (h - 1) / 2), in pixel-index coordinates (convert with fromIndexConvention).
  */
 export function tfRotateMatrix(height: number, width: number, degrees: number): AffineMatrix {
-  const radians = degrees * Math.PI / 180;
+  const radians = (degrees * Math.PI) / 180;
   const cos = Math.cos(radians);
   const sin = Math.sin(radians);
-  const xOffset = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2;
-  const yOffset = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2;
+  const xOffset = (width - 1 - (cos * (width - 1) - sin * (height - 1))) / 2;
+  const yOffset = (height - 1 - (sin * (width - 1) + cos * (height - 1))) / 2;
   return [cos, -sin, xOffset, sin, cos, yOffset];
 }
 

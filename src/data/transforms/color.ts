@@ -29,7 +29,8 @@ function blended(base: number, value: number, products: Float32Array): number {
 /** Image.blend(degenerate, img, factor), `degenerate` being an image of img's shape. */
 export function blend(degenerate: Uint8Array, img: RawImage, factor: number): RawImage {
   checkImage(img, 'blend');
-  if (degenerate.length !== img.data.length) throw new RangeError(`blend: degenerate image has ${degenerate.length} values, the image ${img.data.length}`);
+  if (degenerate.length !== img.data.length)
+    throw new RangeError(`blend: degenerate image has ${degenerate.length} values, the image ${img.data.length}`);
   const products = blendProducts(factor);
   const out = createImage(img.height, img.width, img.channels);
   const src = img.data;
@@ -115,9 +116,16 @@ export function smooth(img: RawImage): Uint8Array {
       const center = y * stride + x * channels;
       for (let c = 0; c < channels; c++) {
         const p = center + c;
-        const sum = data[p - stride - channels]! + data[p - stride]! + data[p - stride + channels]! +
-          data[p - channels]! + SMOOTH_CENTER_WEIGHT * data[p]! + data[p + channels]! +
-          data[p + stride - channels]! + data[p + stride]! + data[p + stride + channels]!;
+        const sum =
+          data[p - stride - channels]! +
+          data[p - stride]! +
+          data[p - stride + channels]! +
+          data[p - channels]! +
+          SMOOTH_CENTER_WEIGHT * data[p]! +
+          data[p + channels]! +
+          data[p + stride - channels]! +
+          data[p + stride]! +
+          data[p + stride + channels]!;
         // round(sum / 13) exactly: no sum is a tie, and float32 cannot land on the other side.
         out[p] = Math.floor((2 * sum + SMOOTH_SCALE) / (2 * SMOOTH_SCALE));
       }
@@ -147,7 +155,8 @@ const JITTER_ADJUSTMENTS = [adjustBrightness, adjustContrast, adjustSaturation] 
 export function colorJitter(img: RawImage, rng: Mulberry32, options: ColorJitterOptions): RawImage {
   const strengths = [options.brightness, options.contrast, options.saturation];
   for (const s of strengths) {
-    if (!(Number.isFinite(s) && s >= 0)) throw new RangeError(`colorJitter: strengths must be finite and >= 0, got ${strengths.join(', ')}`);
+    if (!(Number.isFinite(s) && s >= 0))
+      throw new RangeError(`colorJitter: strengths must be finite and >= 0, got ${strengths.join(', ')}`);
   }
   const order = permutation(rng, JITTER_ADJUSTMENTS.length);
   const factors = strengths.map((s) => (s > 0 ? uniform(rng, Math.max(0, 1 - s), 1 + s) : null));

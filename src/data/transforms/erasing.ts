@@ -24,8 +24,13 @@ const ERASING_ATTEMPTS = 10;
  * normal values of the box.
  */
 export function randomErasing(
-  data: Float32Array, offset: number, height: number, width: number, channels: number,
-  rng: Mulberry32, options: RandomErasingOptions,
+  data: Float32Array,
+  offset: number,
+  height: number,
+  width: number,
+  channels: number,
+  rng: Mulberry32,
+  options: RandomErasingOptions,
 ): void {
   const { probability, minArea = ERASING_MIN_AREA, maxArea = ERASING_MAX_AREA, minAspect = ERASING_MIN_ASPECT } = options;
   if (offset + height * width * channels > data.length) {

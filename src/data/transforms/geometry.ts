@@ -28,8 +28,11 @@ export const DEFAULT_CROP_RATIO: readonly [number, number] = [3 / 4, 4 / 3];
  * clamped to the ratio range. Draws: 2 per attempt, 2 more for the position of a box that fits.
  */
 export function randomResizedCropBox(
-  height: number, width: number, rng: Mulberry32,
-  scale: readonly [number, number] = DEFAULT_CROP_SCALE, ratio: readonly [number, number] = DEFAULT_CROP_RATIO,
+  height: number,
+  width: number,
+  rng: Mulberry32,
+  scale: readonly [number, number] = DEFAULT_CROP_SCALE,
+  ratio: readonly [number, number] = DEFAULT_CROP_RATIO,
 ): Box {
   const area = height * width;
   const logRatio = [Math.log(ratio[0]), Math.log(ratio[1])] as const;
@@ -139,7 +142,12 @@ export function evalResizeSize(size: number, cropPct: number): number {
  * timm's evaluation transform: the short side resized to floor(size / cropPct) keeping the aspect
  * ratio (the long side truncated, as torchvision's Resize(int)), bicubic, then the centre crop.
  */
-export function resizeShortCenterCrop(img: RawImage, size: number, cropPct: number = DEFAULT_CROP_PCT, interpolation: Interpolation = 'bicubic'): RawImage {
+export function resizeShortCenterCrop(
+  img: RawImage,
+  size: number,
+  cropPct: number = DEFAULT_CROP_PCT,
+  interpolation: Interpolation = 'bicubic',
+): RawImage {
   checkImage(img, 'resizeShortCenterCrop');
   const [height, width] = evalResizeShape(img.height, img.width, size, cropPct);
   return centerCrop(resize(img, height, width, interpolation), size);
@@ -148,7 +156,7 @@ export function resizeShortCenterCrop(img: RawImage, size: number, cropPct: numb
 /** The size resizeShortCenterCrop resizes a height x width image to before its crop. */
 function evalResizeShape(height: number, width: number, size: number, cropPct: number): [number, number] {
   const short = evalResizeSize(size, cropPct);
-  return height <= width ? [short, Math.trunc(short * width / height)] : [Math.trunc(short * height / width), short];
+  return height <= width ? [short, Math.trunc((short * width) / height)] : [Math.trunc((short * height) / width), short];
 }
 
 /**
@@ -157,12 +165,19 @@ function evalResizeShape(height: number, width: number, size: number, cropPct: n
  * smaller than the crop (only with cropPct above 1, which pipelines refuse).
  */
 export function resizeShortCenterCropRegion(
-  height: number, width: number, size: number, cropPct: number = DEFAULT_CROP_PCT, interpolation: Interpolation = 'bicubic',
+  height: number,
+  width: number,
+  size: number,
+  cropPct: number = DEFAULT_CROP_PCT,
+  interpolation: Interpolation = 'bicubic',
 ): ImageRegion | null {
   const [resizedHeight, resizedWidth] = evalResizeShape(height, width, size, cropPct);
   if (resizedHeight < size || resizedWidth < size) return null;
   return {
-    box: { top: 0, left: 0, height, width }, height: resizedHeight, width: resizedWidth, interpolation,
+    box: { top: 0, left: 0, height, width },
+    height: resizedHeight,
+    width: resizedWidth,
+    interpolation,
     crop: centerCropBox(resizedHeight, resizedWidth, size),
   };
 }

@@ -42,7 +42,8 @@ export function normalizationTable(stats: NormalizationStats): Float32Array {
 export function normalizeInto(img: RawImage, table: Float32Array, out: Float32Array, offset: number): void {
   checkImage(img, 'normalize');
   const { channels, data } = img;
-  if (table.length !== channels * LEVELS) throw new RangeError(`normalize: statistics for ${table.length / LEVELS} channels, image has ${channels}`);
+  if (table.length !== channels * LEVELS)
+    throw new RangeError(`normalize: statistics for ${table.length / LEVELS} channels, image has ${channels}`);
   if (!(Number.isInteger(offset) && offset >= 0 && offset + data.length <= out.length)) {
     throw new RangeError(`normalize: ${data.length} values at offset ${offset} do not fit an output of ${out.length}`);
   }

@@ -14,12 +14,26 @@ import type { ImageRegion, RawImage } from '../source.ts';
 import { colorJitter } from './color.ts';
 import { randomErasing } from './erasing.ts';
 import {
-  DEFAULT_CROP_PCT, DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, centerCrop, centerCropRegion, flipLeftRight, padRandomCrop,
-  randomResizedCrop, randomResizedCropRegion, resizeShortCenterCrop, resizeShortCenterCropRegion,
+  DEFAULT_CROP_PCT,
+  DEFAULT_CROP_RATIO,
+  DEFAULT_CROP_SCALE,
+  centerCrop,
+  centerCropRegion,
+  flipLeftRight,
+  padRandomCrop,
+  randomResizedCrop,
+  randomResizedCropRegion,
+  resizeShortCenterCrop,
+  resizeShortCenterCropRegion,
 } from './geometry.ts';
 import { NORMALIZATIONS, type NormalizationStats, normalizationTable, normalizeInto } from './normalize.ts';
 import {
-  BIG_VISION_RANDAUG_HPARAMS, bigVisionRandAugment, bigVisionRandaugOps, parseTimmRandAugmentConfig, timmFill, timmRandAugment,
+  BIG_VISION_RANDAUG_HPARAMS,
+  bigVisionRandAugment,
+  bigVisionRandaugOps,
+  parseTimmRandAugmentConfig,
+  timmFill,
+  timmRandAugment,
 } from './rand-augment.ts';
 import { INTERPOLATIONS, type Interpolation, resize } from './resize.ts';
 
@@ -98,7 +112,12 @@ type OpSpec =
 const BAD_ARGUMENT = 'PIPELINE_BAD_ARGUMENT';
 
 const sizeArg = (name: string): ArgSpec => ({ name, type: 'integer', min: 1 });
-const interpolationArg = (fallback: Interpolation): ArgSpec => ({ name: 'interpolation', type: 'string', choices: INTERPOLATIONS, default: fallback });
+const interpolationArg = (fallback: Interpolation): ArgSpec => ({
+  name: 'interpolation',
+  type: 'string',
+  choices: INTERPOLATIONS,
+  default: fallback,
+});
 const square = (size: number) => (): readonly [number, number] => [size, size];
 const sameSize = (height: number, width: number): readonly [number, number] => [height, width];
 
@@ -118,11 +137,21 @@ const FLIP_PROBABILITY = 0.5;
 export const PIPELINE_OPS: Readonly<Record<string, OpSpec>> = {
   random_resized_crop: {
     stage: 'uint8',
-    args: [sizeArg('size'), { name: 'scale_min', type: 'number', above: 0, max: 1, default: DEFAULT_CROP_SCALE[0] },
-      { name: 'scale_max', type: 'number', above: 0, max: 1, default: DEFAULT_CROP_SCALE[1] }, interpolationArg('bicubic')],
+    args: [
+      sizeArg('size'),
+      { name: 'scale_min', type: 'number', above: 0, max: 1, default: DEFAULT_CROP_SCALE[0] },
+      { name: 'scale_max', type: 'number', above: 0, max: 1, default: DEFAULT_CROP_SCALE[1] },
+      interpolationArg('bicubic'),
+    ],
     build: ([size, scaleMin, scaleMax, interpolation]) => {
-      if ((scaleMin as number) > (scaleMax as number)) throw new InputError(BAD_ARGUMENT, `scale_min ${scaleMin} is above scale_max ${scaleMax}`);
-      const options = { size: size as number, scale: [scaleMin as number, scaleMax as number] as const, ratio: DEFAULT_CROP_RATIO, interpolation: interpolation as Interpolation };
+      if ((scaleMin as number) > (scaleMax as number))
+        throw new InputError(BAD_ARGUMENT, `scale_min ${scaleMin} is above scale_max ${scaleMax}`);
+      const options = {
+        size: size as number,
+        scale: [scaleMin as number, scaleMax as number] as const,
+        ratio: DEFAULT_CROP_RATIO,
+        interpolation: interpolation as Interpolation,
+      };
       return {
         apply: (img, rng) => randomResizedCrop(img, rng, options),
         outputSize: square(options.size),
@@ -136,13 +165,18 @@ export const PIPELINE_OPS: Readonly<Record<string, OpSpec>> = {
   // (big_vision's default method; this resize antialiases when downscaling, TF's default does not).
   inception_crop: {
     stage: 'uint8',
-    args: [sizeArg('size'), { name: 'area_min', type: 'number', above: 0, max: PERCENT, default: INCEPTION_AREA_MIN_PCT },
-      { name: 'area_max', type: 'number', above: 0, max: PERCENT, default: INCEPTION_AREA_MAX_PCT }],
+    args: [
+      sizeArg('size'),
+      { name: 'area_min', type: 'number', above: 0, max: PERCENT, default: INCEPTION_AREA_MIN_PCT },
+      { name: 'area_max', type: 'number', above: 0, max: PERCENT, default: INCEPTION_AREA_MAX_PCT },
+    ],
     build: ([size, areaMin, areaMax]) => {
       if ((areaMin as number) > (areaMax as number)) throw new InputError(BAD_ARGUMENT, `area_min ${areaMin} is above area_max ${areaMax}`);
       const options = {
-        size: size as number, scale: [(areaMin as number) / PERCENT, (areaMax as number) / PERCENT] as const,
-        ratio: INCEPTION_RATIO, interpolation: 'bilinear' as const,
+        size: size as number,
+        scale: [(areaMin as number) / PERCENT, (areaMax as number) / PERCENT] as const,
+        ratio: INCEPTION_RATIO,
+        interpolation: 'bilinear' as const,
       };
       return {
         apply: (img, rng) => randomResizedCrop(img, rng, options),
@@ -174,10 +208,12 @@ export const PIPELINE_OPS: Readonly<Record<string, OpSpec>> = {
   // sized for 224 px) let small images keep a proportionate augmentation.
   randaug: {
     stage: 'uint8',
-    args: [{ name: 'num_layers', type: 'integer', min: 1, default: RANDAUG_DEFAULT_LAYERS },
+    args: [
+      { name: 'num_layers', type: 'integer', min: 1, default: RANDAUG_DEFAULT_LAYERS },
       { name: 'magnitude', type: 'number', min: 0, default: RANDAUG_DEFAULT_MAGNITUDE },
       { name: 'translate_const', type: 'number', min: 0, default: BIG_VISION_RANDAUG_HPARAMS.translateConst },
-      { name: 'cutout_const', type: 'number', min: 0, default: BIG_VISION_RANDAUG_HPARAMS.cutoutConst }],
+      { name: 'cutout_const', type: 'number', min: 0, default: BIG_VISION_RANDAUG_HPARAMS.cutoutConst },
+    ],
     build: ([numLayers, magnitude, translateConst, cutoutConst]) => {
       const ops = bigVisionRandaugOps({ translateConst: translateConst as number, cutoutConst: cutoutConst as number });
       return {
@@ -188,7 +224,11 @@ export const PIPELINE_OPS: Readonly<Record<string, OpSpec>> = {
   },
   color_jitter: {
     stage: 'uint8',
-    args: [{ name: 'brightness', type: 'number', min: 0 }, { name: 'contrast', type: 'number', min: 0 }, { name: 'saturation', type: 'number', min: 0 }],
+    args: [
+      { name: 'brightness', type: 'number', min: 0 },
+      { name: 'contrast', type: 'number', min: 0 },
+      { name: 'saturation', type: 'number', min: 0 },
+    ],
     build: ([brightness, contrast, saturation]) => {
       const options = { brightness: brightness as number, contrast: contrast as number, saturation: saturation as number };
       return { apply: (img, rng) => colorJitter(img, rng, options), outputSize: sameSize };
@@ -202,7 +242,9 @@ export const PIPELINE_OPS: Readonly<Record<string, OpSpec>> = {
       outputSize: () => [height as number, width as number],
       region: (storedHeight, storedWidth) => ({
         box: { top: 0, left: 0, height: storedHeight, width: storedWidth },
-        height: height as number, width: width as number, interpolation: interpolation as Interpolation,
+        height: height as number,
+        width: width as number,
+        interpolation: interpolation as Interpolation,
       }),
     }),
   },
@@ -236,15 +278,23 @@ export const PIPELINE_OPS: Readonly<Record<string, OpSpec>> = {
   // mean and std for every channel (big_vision's value_range(-1, 1) is normalize(0.5, 0.5)).
   normalize: {
     stage: 'normalize',
-    args: [{ name: 'stats', type: 'string' }, { name: 'std', type: 'number', above: 0, optional: true }],
+    args: [
+      { name: 'stats', type: 'string' },
+      { name: 'std', type: 'number', above: 0, optional: true },
+    ],
     build: ([stats, std], channels) => {
       if (std === undefined) {
         const named = NORMALIZATIONS[stats as string];
-        if (!named) throw new InputError(BAD_ARGUMENT, `argument stats must be one of ${Object.keys(NORMALIZATIONS).join(', ')} or a mean followed by a std, got "${stats}"`);
+        if (!named)
+          throw new InputError(
+            BAD_ARGUMENT,
+            `argument stats must be one of ${Object.keys(NORMALIZATIONS).join(', ')} or a mean followed by a std, got "${stats}"`,
+          );
         return named;
       }
       const mean = Number(stats);
-      if (stats === '' || !Number.isFinite(mean)) throw new InputError(BAD_ARGUMENT, `argument stats must be a number when a std follows, got "${stats}"`);
+      if (stats === '' || !Number.isFinite(mean))
+        throw new InputError(BAD_ARGUMENT, `argument stats must be a number when a std follows, got "${stats}"`);
       return { mean: new Array<number>(channels).fill(mean), std: new Array<number>(channels).fill(std as number) };
     },
   },
@@ -288,8 +338,12 @@ function coerce(raw: string, arg: ArgSpec, fail: (why: string) => never): ArgVal
   const bounds = [
     arg.above !== undefined ? `> ${arg.above}` : arg.min !== undefined ? `>= ${arg.min}` : '',
     arg.max !== undefined ? `<= ${arg.max}` : '',
-  ].filter(Boolean).join(' and ');
-  const outside = (arg.above !== undefined && !(value > arg.above)) || (arg.min !== undefined && value < arg.min) ||
+  ]
+    .filter(Boolean)
+    .join(' and ');
+  const outside =
+    (arg.above !== undefined && !(value > arg.above)) ||
+    (arg.min !== undefined && value < arg.min) ||
     (arg.max !== undefined && value > arg.max);
   if (outside) fail(`argument ${arg.name} must be ${bounds}, got ${raw}`);
   return value;
@@ -326,28 +380,45 @@ function parseCall(source: string, index: number, pipelineText: string): OpCall 
  */
 export function parsePipeline(text: string, input: { channels: number }): Pipeline {
   const { channels } = input;
-  if (channels !== 1 && channels !== 3) throw new InputError('PIPELINE_INVALID', `pipeline "${text}": input images have 1 or 3 channels, got ${channels}`);
+  if (channels !== 1 && channels !== 3)
+    throw new InputError('PIPELINE_INVALID', `pipeline "${text}": input images have 1 or 3 channels, got ${channels}`);
   const calls = text.split('|').map((source, i) => parseCall(source, i, text));
   const normalizeAt = calls.map((c, i) => (c.spec.stage === 'normalize' ? i : -1)).filter((i) => i >= 0);
-  if (normalizeAt.length === 0) throw new InputError('PIPELINE_INVALID', `pipeline "${text}": no normalize op; a pipeline must end its uint8 ops with normalize(${Object.keys(NORMALIZATIONS).join('|')})`);
-  if (normalizeAt.length > 1) throw new InputError('PIPELINE_INVALID', `pipeline "${text}": normalize appears ${normalizeAt.length} times (ops ${normalizeAt.map((i) => i + 1).join(', ')}); it must appear once`);
+  if (normalizeAt.length === 0)
+    throw new InputError(
+      'PIPELINE_INVALID',
+      `pipeline "${text}": no normalize op; a pipeline must end its uint8 ops with normalize(${Object.keys(NORMALIZATIONS).join('|')})`,
+    );
+  if (normalizeAt.length > 1)
+    throw new InputError(
+      'PIPELINE_INVALID',
+      `pipeline "${text}": normalize appears ${normalizeAt.length} times (ops ${normalizeAt.map((i) => i + 1).join(', ')}); it must appear once`,
+    );
   const split = normalizeAt[0]!;
   for (const [i, call] of calls.entries()) {
-    if (i < split && call.spec.stage === 'float') throw new InputError('PIPELINE_INVALID', `${call.label} works on normalized float pixels and must come after normalize`);
-    if (i > split && call.spec.stage === 'uint8') throw new InputError('PIPELINE_INVALID', `${call.label} works on uint8 pixels and must come before normalize`);
+    if (i < split && call.spec.stage === 'float')
+      throw new InputError('PIPELINE_INVALID', `${call.label} works on normalized float pixels and must come after normalize`);
+    if (i > split && call.spec.stage === 'uint8')
+      throw new InputError('PIPELINE_INVALID', `${call.label} works on uint8 pixels and must come before normalize`);
   }
   const build = <T>(call: OpCall, make: () => T): T => {
     try {
       return make();
     } catch (error) {
-      if (error instanceof InputError && error.code === BAD_ARGUMENT) throw new InputError(BAD_ARGUMENT, `${call.label}: ${error.message}`, { cause: error });
+      if (error instanceof InputError && error.code === BAD_ARGUMENT)
+        throw new InputError(BAD_ARGUMENT, `${call.label}: ${error.message}`, { cause: error });
       throw error;
     }
   };
   const normalizeCall = calls[split]!;
-  const stats = build(normalizeCall, () => (normalizeCall.spec as Extract<OpSpec, { stage: 'normalize' }>).build(normalizeCall.args, channels));
+  const stats = build(normalizeCall, () =>
+    (normalizeCall.spec as Extract<OpSpec, { stage: 'normalize' }>).build(normalizeCall.args, channels),
+  );
   if (stats.mean.length !== channels) {
-    throw new InputError('PIPELINE_INVALID', `${normalizeCall.label}: argument stats "${normalizeCall.args[0]}" is for ${stats.mean.length}-channel images, the input has ${channels}`);
+    throw new InputError(
+      'PIPELINE_INVALID',
+      `${normalizeCall.label}: argument stats "${normalizeCall.args[0]}" is for ${stats.mean.length}-channel images, the input has ${channels}`,
+    );
   }
   const table = normalizationTable(stats);
   const ctx: BuildContext = { channels, stats };
@@ -364,7 +435,8 @@ export function parsePipeline(text: string, input: { channels: number }): Pipeli
     return { height: size[0], width: size[1], channels };
   };
   const run = (img: RawImage, rng: Mulberry32, out: Float32Array, offset: number, firstStage: number): void => {
-    if (img.channels !== channels) throw new RangeError(`pipeline "${text}": built for ${channels}-channel images, got ${img.channels} channels`);
+    if (img.channels !== channels)
+      throw new RangeError(`pipeline "${text}": built for ${channels}-channel images, got ${img.channels} channels`);
     let current = img;
     for (let s = firstStage; s < uint8Stages.length; s++) current = uint8Stages[s]!.apply(current, rng);
     normalizeInto(current, table, out, offset);

@@ -18,9 +18,7 @@ import { type AffineMatrix, fromIndexConvention, pilRotateMatrix, tfRotateMatrix
 import { adjustBrightness, adjustContrast, adjustSaturation, adjustSharpness } from './color.ts';
 import { randomInt, roundHalfEven, uniform } from './draws.ts';
 import { createImage } from './image.ts';
-import {
-  PIL_EQUALIZE_DIVISOR, TF_EQUALIZE_DIVISOR, autocontrast, equalize, invert, posterize, solarize, solarizeAdd,
-} from './tone.ts';
+import { PIL_EQUALIZE_DIVISOR, TF_EQUALIZE_DIVISOR, autocontrast, equalize, invert, posterize, solarize, solarizeAdd } from './tone.ts';
 
 /** One RandAugment op: the image, the (noisy) magnitude, the generator for its sign or position draws, the fill per channel. */
 export type RandAugmentOp = (img: RawImage, magnitude: number, rng: Mulberry32, fill: readonly number[]) => RawImage;
@@ -104,14 +102,39 @@ export const TIMM_RAND_AUGMENT_OPS: Readonly<Record<TimmOpName, RandAugmentOp>> 
 
 /** timm's _RAND_TRANSFORMS. */
 export const TIMM_RAND_TRANSFORMS: readonly TimmOpName[] = [
-  'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'SolarizeAdd', 'Color', 'Contrast',
-  'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel',
+  'AutoContrast',
+  'Equalize',
+  'Invert',
+  'Rotate',
+  'Posterize',
+  'Solarize',
+  'SolarizeAdd',
+  'Color',
+  'Contrast',
+  'Brightness',
+  'Sharpness',
+  'ShearX',
+  'ShearY',
+  'TranslateXRel',
+  'TranslateYRel',
 ];
 /** timm's _RAND_INCREASING_TRANSFORMS (config 'inc1'): severity grows with the magnitude for every op. */
 export const TIMM_RAND_INCREASING_TRANSFORMS: readonly TimmOpName[] = [
-  'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing', 'SolarizeIncreasing', 'SolarizeAdd',
-  'ColorIncreasing', 'ContrastIncreasing', 'BrightnessIncreasing', 'SharpnessIncreasing', 'ShearX', 'ShearY',
-  'TranslateXRel', 'TranslateYRel',
+  'AutoContrast',
+  'Equalize',
+  'Invert',
+  'Rotate',
+  'PosterizeIncreasing',
+  'SolarizeIncreasing',
+  'SolarizeAdd',
+  'ColorIncreasing',
+  'ContrastIncreasing',
+  'BrightnessIncreasing',
+  'SharpnessIncreasing',
+  'ShearX',
+  'ShearY',
+  'TranslateXRel',
+  'TranslateYRel',
 ];
 
 export interface TimmRandAugmentConfig {
@@ -135,7 +158,9 @@ export interface TimmRandAugmentConfig {
  */
 export function parseTimmRandAugmentConfig(text: string): TimmRandAugmentConfig {
   const fail = (why: string): never => {
-    throw new Error(`RandAugment config "${text}": ${why} (expected e.g. rand-m9-mstd0.5-inc1: m magnitude, n ops, mstd magnitude noise, mmax magnitude ceiling, inc 0|1)`);
+    throw new Error(
+      `RandAugment config "${text}": ${why} (expected e.g. rand-m9-mstd0.5-inc1: m magnitude, n ops, mstd magnitude noise, mmax magnitude ceiling, inc 0|1)`,
+    );
   };
   const [head, ...sections] = text.trim().split('-');
   if (head !== 'rand') fail(`must start with "rand", got "${head}"`);
@@ -154,9 +179,15 @@ export function parseTimmRandAugmentConfig(text: string): TimmRandAugmentConfig 
     if (!match) fail(`section "${section}" is not a key followed by a number`);
     const [, key, value] = match!;
     switch (key) {
-      case 'm': magnitude = integer(key, value!, 0); break;
-      case 'n': numLayers = integer(key, value!, 1); break;
-      case 'mmax': magnitudeMax = integer(key, value!, 1); break;
+      case 'm':
+        magnitude = integer(key, value!, 0);
+        break;
+      case 'n':
+        numLayers = integer(key, value!, 1);
+        break;
+      case 'mmax':
+        magnitudeMax = integer(key, value!, 1);
+        break;
       case 'inc': {
         const v = integer(key, value!, 0);
         if (v > 1) fail(`section "${section}" must be inc0 or inc1`);
@@ -169,8 +200,11 @@ export function parseTimmRandAugmentConfig(text: string): TimmRandAugmentConfig 
         magnitudeStd = v > TIMM_UNIFORM_MSTD ? Infinity : v;
         break;
       }
-      case 'w': fail('weighted op choice ("w") is not supported'); break;
-      default: fail(`unknown section "${section}"`);
+      case 'w':
+        fail('weighted op choice ("w") is not supported');
+        break;
+      default:
+        fail(`unknown section "${section}"`);
     }
   }
   return { magnitude, numLayers, magnitudeStd, magnitudeMax, increasing };
@@ -252,8 +286,22 @@ function cutout(img: RawImage, pad: number, rng: Mulberry32, fill: readonly numb
 
 /** distort_image_with_randaugment's available_ops, in its order. */
 export const BIG_VISION_RANDAUG_TRANSFORMS = [
-  'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'Color', 'Contrast', 'Brightness',
-  'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Cutout', 'SolarizeAdd',
+  'AutoContrast',
+  'Equalize',
+  'Invert',
+  'Rotate',
+  'Posterize',
+  'Solarize',
+  'Color',
+  'Contrast',
+  'Brightness',
+  'Sharpness',
+  'ShearX',
+  'ShearY',
+  'TranslateX',
+  'TranslateY',
+  'Cutout',
+  'SolarizeAdd',
 ] as const;
 
 export type BigVisionOpName = (typeof BIG_VISION_RANDAUG_TRANSFORMS)[number];
@@ -290,7 +338,10 @@ export const BIG_VISION_RANDAUG_OPS = bigVisionRandaugOps(BIG_VISION_RANDAUG_HPA
  * sign or position draws. Geometric ops and cutout fill with 128 in every channel.
  */
 export function bigVisionRandAugment(
-  img: RawImage, rng: Mulberry32, numLayers: number, magnitude: number,
+  img: RawImage,
+  rng: Mulberry32,
+  numLayers: number,
+  magnitude: number,
   ops: Readonly<Record<BigVisionOpName, RandAugmentOp>> = BIG_VISION_RANDAUG_OPS,
 ): RawImage {
   const fill = new Array<number>(img.channels).fill(BIG_VISION_FILL_LEVEL);

@@ -106,8 +106,14 @@ function clip8(sum: number): number {
  * columns from `colStart`, resampled to `c.bounds.length / 2` columns into `dst`.
  */
 function resampleRows(
-  src: Uint8Array, srcWidth: number, channels: number, rowStart: number, rows: number, colStart: number,
-  c: Coefficients, dst: Uint8Array,
+  src: Uint8Array,
+  srcWidth: number,
+  channels: number,
+  rowStart: number,
+  rows: number,
+  colStart: number,
+  c: Coefficients,
+  dst: Uint8Array,
 ): void {
   const outWidth = c.bounds.length >> 1;
   const { taps, bounds, weights } = c;
@@ -119,7 +125,9 @@ function resampleRows(
         const count = bounds[2 * x + 1]!;
         const kBase = x * taps;
         let p = rowBase + bounds[2 * x]! * 3;
-        let s0 = HALF, s1 = HALF, s2 = HALF;
+        let s0 = HALF,
+          s1 = HALF,
+          s2 = HALF;
         let k = 0;
         for (; k + 2 <= count; k += 2, p += 6) {
           const w = weights[kBase + k]!;
@@ -162,8 +170,14 @@ function resampleRows(
  * (sequential reads) into `acc`.
  */
 function resampleColumns(
-  src: Uint8Array, srcWidth: number, channels: number, rowOffset: number, colStart: number, cols: number,
-  c: Coefficients, dst: Uint8Array,
+  src: Uint8Array,
+  srcWidth: number,
+  channels: number,
+  rowOffset: number,
+  colStart: number,
+  cols: number,
+  c: Coefficients,
+  dst: Uint8Array,
 ): void {
   const outHeight = c.bounds.length >> 1;
   const { taps, bounds, weights } = c;
@@ -178,13 +192,21 @@ function resampleColumns(
     // Four, then two, then one source row per sweep: fewer loads and stores of `acc`.
     let k = 0;
     for (; k + 4 <= count; k += 4) {
-      const b0 = base + k * stride, b1 = b0 + stride, b2 = b1 + stride, b3 = b2 + stride;
-      const w0 = weights[kBase + k]!, w1 = weights[kBase + k + 1]!, w2 = weights[kBase + k + 2]!, w3 = weights[kBase + k + 3]!;
+      const b0 = base + k * stride,
+        b1 = b0 + stride,
+        b2 = b1 + stride,
+        b3 = b2 + stride;
+      const w0 = weights[kBase + k]!,
+        w1 = weights[kBase + k + 1]!,
+        w2 = weights[kBase + k + 2]!,
+        w3 = weights[kBase + k + 3]!;
       for (let i = 0; i < lineLength; i++) acc[i] += src[b0 + i]! * w0 + src[b1 + i]! * w1 + src[b2 + i]! * w2 + src[b3 + i]! * w3;
     }
     for (; k + 2 <= count; k += 2) {
-      const b0 = base + k * stride, b1 = b0 + stride;
-      const w0 = weights[kBase + k]!, w1 = weights[kBase + k + 1]!;
+      const b0 = base + k * stride,
+        b1 = b0 + stride;
+      const w0 = weights[kBase + k]!,
+        w1 = weights[kBase + k + 1]!;
       for (let i = 0; i < lineLength; i++) acc[i] += src[b0 + i]! * w0 + src[b1 + i]! * w1;
     }
     for (; k < count; k++) {
@@ -207,9 +229,18 @@ export interface Box {
 
 function checkBox(img: RawImage, box: Box, where: string): void {
   const { top, left, height, width } = box;
-  const ok = [top, left, height, width].every(Number.isInteger) && top >= 0 && left >= 0 && height > 0 && width > 0 &&
-    top + height <= img.height && left + width <= img.width;
-  if (!ok) throw new RangeError(`${where}: box top=${top} left=${left} height=${height} width=${width} is not inside the ${img.height}x${img.width} image`);
+  const ok =
+    [top, left, height, width].every(Number.isInteger) &&
+    top >= 0 &&
+    left >= 0 &&
+    height > 0 &&
+    width > 0 &&
+    top + height <= img.height &&
+    left + width <= img.width;
+  if (!ok)
+    throw new RangeError(
+      `${where}: box top=${top} left=${left} height=${height} width=${width} is not inside the ${img.height}x${img.width} image`,
+    );
 }
 
 /**

@@ -110,19 +110,32 @@ function lut(map: (v: number) => number): Uint8Array {
 }
 
 export function invert(img: RawImage): RawImage {
-  return applyLut(img, lut((v) => 255 - v));
+  return applyLut(
+    img,
+    lut((v) => 255 - v),
+  );
 }
 
 /** Keeps the `bits` most significant bits (0 gives black; 8 or more leaves the image as it is). */
 export function posterize(img: RawImage, bits: number): RawImage {
-  if (bits >= 8) return applyLut(img, lut((v) => v));
+  if (bits >= 8)
+    return applyLut(
+      img,
+      lut((v) => v),
+    );
   const mask = ~((1 << (8 - Math.max(bits, 0))) - 1) & 0xff;
-  return applyLut(img, lut((v) => v & mask));
+  return applyLut(
+    img,
+    lut((v) => v & mask),
+  );
 }
 
 /** Inverts the values at or above `threshold` (a threshold of 256 or more changes nothing). */
 export function solarize(img: RawImage, threshold: number): RawImage {
-  return applyLut(img, lut((v) => (v < threshold ? v : 255 - v)));
+  return applyLut(
+    img,
+    lut((v) => (v < threshold ? v : 255 - v)),
+  );
 }
 
 /** SolarizeAdd's threshold, in timm and big_vision alike. */
@@ -130,5 +143,8 @@ export const SOLARIZE_ADD_THRESHOLD = 128;
 
 /** Adds `add` (clipped to 255) to the values below `threshold`. */
 export function solarizeAdd(img: RawImage, add: number, threshold: number = SOLARIZE_ADD_THRESHOLD): RawImage {
-  return applyLut(img, lut((v) => (v < threshold ? Math.min(255, Math.max(0, v + add)) : v)));
+  return applyLut(
+    img,
+    lut((v) => (v < threshold ? Math.min(255, Math.max(0, v + add)) : v)),
+  );
 }

@@ -42,8 +42,16 @@ export async function gpuIdle(): Promise<void> {
   await backend.device.queue.onSubmittedWorkDone();
 }
 
-export async function benchMatMul(m: number, n: number, k: number, transposeA: boolean, transposeB: boolean, opts: { batch?: number; iterations?: number; layout?: SgemmLayout } = {}): Promise<MatMulBench> {
-  if (tf.getBackend() !== 'webgpu') throw new Error(`benchMatMul needs the 'webgpu' backend active (activateWebGPU), not '${tf.getBackend()}'`);
+export async function benchMatMul(
+  m: number,
+  n: number,
+  k: number,
+  transposeA: boolean,
+  transposeB: boolean,
+  opts: { batch?: number; iterations?: number; layout?: SgemmLayout } = {},
+): Promise<MatMulBench> {
+  if (tf.getBackend() !== 'webgpu')
+    throw new Error(`benchMatMul needs the 'webgpu' backend active (activateWebGPU), not '${tf.getBackend()}'`);
   const batch = opts.batch ?? 1;
   const iterations = opts.iterations ?? 20;
   const layout = opts.layout ?? 'strided';
@@ -69,7 +77,12 @@ export async function benchMatMul(m: number, n: number, k: number, transposeA: b
   }
 }
 
-function sampledError(a: ArrayLike<number>, b: ArrayLike<number>, c: ArrayLike<number>, s: { batch: number; m: number; n: number; k: number; transposeA: boolean; transposeB: boolean }): number {
+function sampledError(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  c: ArrayLike<number>,
+  s: { batch: number; m: number; n: number; k: number; transposeA: boolean; transposeB: boolean },
+): number {
   const { batch, m, n, k } = s;
   let seed = 12345;
   const next = (limit: number) => {

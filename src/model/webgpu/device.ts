@@ -72,11 +72,19 @@ interface FoundAdapter {
 /** The K-th real GPU adapter, or an error saying why there is none. */
 async function findGpuAdapter(dawn: Dawn, index: number): Promise<FoundAdapter> {
   const listed = (await listGpuAdapters()).filter((a) => a.backend !== 'null' && !isSoftwareAdapter(a.name, undefined));
-  if (listed.length === 0) throw new NoWebGPUAdapter('Dawn found no GPU adapter (no Vulkan driver with a GPU: libvulkan1 and the NVIDIA ICD, with NVIDIA_DRIVER_CAPABILITIES including graphics)');
+  if (listed.length === 0)
+    throw new NoWebGPUAdapter(
+      'Dawn found no GPU adapter (no Vulkan driver with a GPU: libvulkan1 and the NVIDIA ICD, with NVIDIA_DRIVER_CAPABILITIES including graphics)',
+    );
   const chosen = listed[index];
-  if (!chosen) throw new NoWebGPUAdapter(`--gpu ${index} asked for, but Dawn lists ${listed.length} GPU adapter(s): ${listed.map((a) => a.name).join(', ')}`);
+  if (!chosen)
+    throw new NoWebGPUAdapter(
+      `--gpu ${index} asked for, but Dawn lists ${listed.length} GPU adapter(s): ${listed.map((a) => a.name).join(', ')}`,
+    );
   if (listed.findIndex((a) => a.name === chosen.name) !== index) {
-    throw new NoWebGPUAdapter(`--gpu ${index}: adapters ${listed.map((a) => a.name).join(', ')} share the name '${chosen.name}', and Dawn selects by name; give each worker one GPU (NVIDIA_VISIBLE_DEVICES) and use --gpu 0`);
+    throw new NoWebGPUAdapter(
+      `--gpu ${index}: adapters ${listed.map((a) => a.name).join(', ')} share the name '${chosen.name}', and Dawn selects by name; give each worker one GPU (NVIDIA_VISIBLE_DEVICES) and use --gpu 0`,
+    );
   }
   const gpu = dawn.create([`adapter=${chosen.name}`, `backend=${chosen.backend}`]);
   const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
@@ -88,7 +96,9 @@ async function findGpuAdapter(dawn: Dawn, index: number): Promise<FoundAdapter> 
 async function findSoftwareAdapter(dawn: Dawn): Promise<FoundAdapter> {
   const gpu = dawn.create(['backend=opengles']);
   const adapter = await gpu.requestAdapter({ featureLevel: 'compatibility' } as GPURequestAdapterOptions).catch((err: Error) => {
-    throw new NoWebGPUAdapter(`no OpenGL ES adapter (Debian: apt-get install libegl1 libegl-mesa0 libgles2): ${err.message}`, { cause: err });
+    throw new NoWebGPUAdapter(`no OpenGL ES adapter (Debian: apt-get install libegl1 libegl-mesa0 libgles2): ${err.message}`, {
+      cause: err,
+    });
   });
   if (!adapter) throw new NoWebGPUAdapter('no OpenGL ES adapter (Debian: apt-get install libegl1 libegl-mesa0 libgles2)');
   const name = `${adapter.info.device} (${adapter.info.description})`;
@@ -98,7 +108,8 @@ async function findSoftwareAdapter(dawn: Dawn): Promise<FoundAdapter> {
 /** Our kernels' needs: 16x16 workgroups, and buffers as large as the adapter allows (DeiT-B activations). */
 function requiredLimits(adapter: GPUAdapter): Record<string, number> {
   const { limits } = adapter;
-  if (limits.maxComputeInvocationsPerWorkgroup < 256) throw new NoWebGPUAdapter(`adapter allows ${limits.maxComputeInvocationsPerWorkgroup} invocations per workgroup; our kernels need 256`);
+  if (limits.maxComputeInvocationsPerWorkgroup < 256)
+    throw new NoWebGPUAdapter(`adapter allows ${limits.maxComputeInvocationsPerWorkgroup} invocations per workgroup; our kernels need 256`);
   return {
     maxComputeInvocationsPerWorkgroup: limits.maxComputeInvocationsPerWorkgroup,
     maxComputeWorkgroupSizeX: limits.maxComputeWorkgroupSizeX,
@@ -115,7 +126,8 @@ export const SGEMM_LAYOUT_ENV = 'VIT_DIST_SGEMM_LAYOUT';
 
 function sgemmLayoutFromEnv(): SgemmLayout {
   const value = process.env[SGEMM_LAYOUT_ENV] ?? 'strided';
-  if (!(SGEMM_LAYOUTS as readonly string[]).includes(value)) throw new Error(`${SGEMM_LAYOUT_ENV}=${value}: expected one of ${SGEMM_LAYOUTS.join(', ')}`);
+  if (!(SGEMM_LAYOUTS as readonly string[]).includes(value))
+    throw new Error(`${SGEMM_LAYOUT_ENV}=${value}: expected one of ${SGEMM_LAYOUTS.join(', ')}`);
   return value as SgemmLayout;
 }
 

@@ -44,7 +44,9 @@ function run(program: WebGPUProgram, inputs: tf.Tensor[]): tf.Tensor {
 
 /** Phi(x), the standard normal CDF, in one pass. */
 export function geluCdf<T extends tf.Tensor>(x: T): T {
-  return run(elementwise('vitdist_gelu_cdf', x.shape, ['X'], 'result[index] = 0.5 * (1.0 + erfApprox(X[index] * 0.7071067811865476));'), [x]) as T;
+  return run(elementwise('vitdist_gelu_cdf', x.shape, ['X'], 'result[index] = 0.5 * (1.0 + erfApprox(X[index] * 0.7071067811865476));'), [
+    x,
+  ]) as T;
 }
 
 /** dy (Phi(x) + x phi(x)) in one pass, phi the standard normal density. */

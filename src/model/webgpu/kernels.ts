@@ -3,7 +3,15 @@
 // fallback for what ours does not cover (sgemm.ts's header lists it).
 
 import * as tf from '@tensorflow/tfjs-core';
-import { choosePerThread, sgemmProgram, sgemmUniforms, type FusedActivation, type ProgramBackend, type SgemmLayout, type SgemmShape } from './sgemm.ts';
+import {
+  choosePerThread,
+  sgemmProgram,
+  sgemmUniforms,
+  type FusedActivation,
+  type ProgramBackend,
+  type SgemmLayout,
+  type SgemmShape,
+} from './sgemm.ts';
 
 const BACKEND = 'webgpu';
 
@@ -17,13 +25,21 @@ interface MatMulArgs {
 }
 
 /** The product's shape in sgemm.ts's terms, or null when ours does not cover it. */
-export function sgemmShapeOf(a: readonly number[], b: readonly number[], transposeA: boolean, transposeB: boolean): (SgemmShape & { outShape: number[] }) | null {
+export function sgemmShapeOf(
+  a: readonly number[],
+  b: readonly number[],
+  transposeA: boolean,
+  transposeB: boolean,
+): (SgemmShape & { outShape: number[] }) | null {
   if (a.length < 2 || b.length < 2) return null;
   const m = transposeA ? a[a.length - 1]! : a[a.length - 2]!;
   const k = transposeA ? a[a.length - 2]! : a[a.length - 1]!;
   const kB = transposeB ? b[b.length - 1]! : b[b.length - 2]!;
   const n = transposeB ? b[b.length - 2]! : b[b.length - 1]!;
-  if (k !== kB) throw new Error(`matMul: inner sizes differ (${k} and ${kB}) for shapes [${a}] and [${b}] with transposeA=${transposeA}, transposeB=${transposeB}`);
+  if (k !== kB)
+    throw new Error(
+      `matMul: inner sizes differ (${k} and ${kB}) for shapes [${a}] and [${b}] with transposeA=${transposeA}, transposeB=${transposeB}`,
+    );
   const outerA = a.slice(0, -2);
   const outerB = b.slice(0, -2);
   const batchA = tf.util.sizeFromShape(outerA);
@@ -60,14 +76,26 @@ export function chooseSplitK(shape: SgemmShape, minWorkgroups: number): number {
 }
 
 /** The S partial products of a split K, summed: [M, N] (or the product's own output shape). */
-function splitKProduct(backend: ProgramBackend, a: tf.TensorInfo, b: tf.TensorInfo, shape: SgemmShape & { outShape: number[] }, split: number, perThread: number, layout: SgemmLayout): tf.TensorInfo {
+function splitKProduct(
+  backend: ProgramBackend,
+  a: tf.TensorInfo,
+  b: tf.TensorInfo,
+  shape: SgemmShape & { outShape: number[] },
+  split: number,
+  perThread: number,
+  layout: SgemmLayout,
+): tf.TensorInfo {
   const parts: SgemmShape = { ...shape, batch: split, batchA: split, batchB: split, k: shape.k / split };
   const partial = backend.runWebGPUProgram(sgemmProgram(parts, false, null, perThread, layout), [a, b], 'float32', sgemmUniforms(parts));
   const backendArg = backend as unknown as tf.KernelBackend;
-  const sum = tf.getKernel(tf.Sum, BACKEND)!.kernelFunc({ inputs: { x: partial }, backend: backendArg, attrs: { axis: 0, keepDims: false } }) as tf.TensorInfo;
+  const sum = tf
+    .getKernel(tf.Sum, BACKEND)!
+    .kernelFunc({ inputs: { x: partial }, backend: backendArg, attrs: { axis: 0, keepDims: false } }) as tf.TensorInfo;
   backend.disposeData(partial.dataId);
   if (tf.util.arraysEqual(sum.shape, shape.outShape)) return sum;
-  const reshaped = tf.getKernel(tf.Reshape, BACKEND)!.kernelFunc({ inputs: { x: sum }, backend: backendArg, attrs: { shape: shape.outShape } }) as tf.TensorInfo;
+  const reshaped = tf
+    .getKernel(tf.Reshape, BACKEND)!
+    .kernelFunc({ inputs: { x: sum }, backend: backendArg, attrs: { shape: shape.outShape } }) as tf.TensorInfo;
   backend.disposeData(sum.dataId);
   return reshaped;
 }
@@ -79,18 +107,33 @@ function sgemm(backend: ProgramBackend, args: MatMulArgs, forced?: ForcedChoice)
   if (activation !== null && activation !== 'linear' && activation !== 'relu') return null;
   const shape = sgemmShapeOf(a.shape, b.shape, args.transposeA, args.transposeB);
   if (shape === null) return null;
-  if (bias && (bias.dtype !== 'float32' || tf.util.sizeFromShape(bias.shape) !== shape.n || bias.shape[bias.shape.length - 1] !== shape.n)) return null;
+  if (bias && (bias.dtype !== 'float32' || tf.util.sizeFromShape(bias.shape) !== shape.n || bias.shape[bias.shape.length - 1] !== shape.n))
+    return null;
   const layout = forced?.layout ?? config.layout;
   const split = bias || activation === 'relu' ? 1 : (forced?.splitK ?? chooseSplitK(shape, config.minWorkgroups));
   if (split > 1) return splitKProduct(backend, a, b, shape, split, forced?.perThread ?? 8, layout);
-  const program = sgemmProgram(shape, bias !== undefined, activation, forced?.perThread ?? choosePerThread(shape, config.minWorkgroups), layout);
+  const program = sgemmProgram(
+    shape,
+    bias !== undefined,
+    activation,
+    forced?.perThread ?? choosePerThread(shape, config.minWorkgroups),
+    layout,
+  );
   program.outputShape = shape.outShape;
   return backend.runWebGPUProgram(program, bias ? [a, b, bias] : [a, b], 'float32', sgemmUniforms(shape));
 }
 
 /** Runs our kernel with a given tile (PER_THREAD 8, 4, 2 or 1), layout and split of K on the active 'webgpu' backend: for tests that cover every choice. */
-export function sgemmWithTile(a: tf.Tensor, b: tf.Tensor, opts: { transposeA: boolean; transposeB: boolean; bias?: tf.Tensor; activation?: FusedActivation } & ForcedChoice): tf.Tensor {
-  const out = sgemm(tf.backend() as unknown as ProgramBackend, { a, b, transposeA: opts.transposeA, transposeB: opts.transposeB, bias: opts.bias, activation: opts.activation ?? null }, opts);
+export function sgemmWithTile(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  opts: { transposeA: boolean; transposeB: boolean; bias?: tf.Tensor; activation?: FusedActivation } & ForcedChoice,
+): tf.Tensor {
+  const out = sgemm(
+    tf.backend() as unknown as ProgramBackend,
+    { a, b, transposeA: opts.transposeA, transposeB: opts.transposeB, bias: opts.bias, activation: opts.activation ?? null },
+    opts,
+  );
   if (out === null) throw new Error(`sgemmWithTile: our kernel does not cover [${a.shape}] x [${b.shape}]`);
   return tf.engine().makeTensorFromTensorInfo(out);
 }
@@ -113,7 +156,8 @@ export function registerWebGPUKernels(opts: KernelConfig): void {
   if (registered) return;
   const tfjsBatchMatMul = tf.getKernel(tf.BatchMatMul, BACKEND);
   const tfjsFusedMatMul = tf.getKernel(tf._FusedMatMul, BACKEND);
-  if (!tfjsBatchMatMul || !tfjsFusedMatMul) throw new Error('tfjs-backend-webgpu did not register BatchMatMul and _FusedMatMul: import it first');
+  if (!tfjsBatchMatMul || !tfjsFusedMatMul)
+    throw new Error('tfjs-backend-webgpu did not register BatchMatMul and _FusedMatMul: import it first');
   tf.unregisterKernel(tf.BatchMatMul, BACKEND);
   tf.unregisterKernel(tf._FusedMatMul, BACKEND);
   tf.registerKernel({
@@ -122,16 +166,22 @@ export function registerWebGPUKernels(opts: KernelConfig): void {
     kernelFunc: (call) => {
       const { a, b } = call.inputs as Record<'a' | 'b', tf.TensorInfo>;
       const { transposeA, transposeB } = call.attrs as unknown as tf.BatchMatMulAttrs;
-      return sgemm(call.backend as unknown as ProgramBackend, { a, b, transposeA, transposeB, activation: null }) ?? tfjsBatchMatMul.kernelFunc(call);
+      return (
+        sgemm(call.backend as unknown as ProgramBackend, { a, b, transposeA, transposeB, activation: null }) ??
+        tfjsBatchMatMul.kernelFunc(call)
+      );
     },
   });
   tf.registerKernel({
     kernelName: tf._FusedMatMul,
     backendName: BACKEND,
     kernelFunc: (call) => {
-      const { a, b, bias, preluActivationWeights } = call.inputs as Record<'a' | 'b', tf.TensorInfo> & Partial<Record<'bias' | 'preluActivationWeights', tf.TensorInfo>>;
+      const { a, b, bias, preluActivationWeights } = call.inputs as Record<'a' | 'b', tf.TensorInfo> &
+        Partial<Record<'bias' | 'preluActivationWeights', tf.TensorInfo>>;
       const { transposeA, transposeB, activation } = call.attrs as unknown as tf._FusedMatMulAttrs;
-      const ours = preluActivationWeights ? null : sgemm(call.backend as unknown as ProgramBackend, { a, b, bias, transposeA, transposeB, activation: activation ?? null });
+      const ours = preluActivationWeights
+        ? null
+        : sgemm(call.backend as unknown as ProgramBackend, { a, b, bias, transposeA, transposeB, activation: activation ?? null });
       return ours ?? tfjsFusedMatMul.kernelFunc(call);
     },
   });

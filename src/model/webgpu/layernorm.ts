@@ -7,10 +7,20 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ROW_THREADS, rowProgram, runRows, workgroupSum } from './rows.ts';
 
 /** y = xHat * weight + bias with xHat = (x - mean) * rstd per row; also xHat and rstd [M, 1] for the backward pass. */
-export function layerNormForward(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor, eps: number): { y: tf.Tensor2D; xHat: tf.Tensor2D; rstd: tf.Tensor2D } {
+export function layerNormForward(
+  x: tf.Tensor2D,
+  weight: tf.Tensor,
+  bias: tf.Tensor,
+  eps: number,
+): { y: tf.Tensor2D; xHat: tf.Tensor2D; rstd: tf.Tensor2D } {
   const [rows, cols] = x.shape;
   const stats = runRows(
-    rowProgram('vitdist_ln_stats', [rows, 2], rows, ['X'], `
+    rowProgram(
+      'vitdist_ln_stats',
+      [rows, 2],
+      rows,
+      ['X'],
+      `
     var sum = 0.0;
     for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { sum = sum + X[base + j]; }
     ${workgroupSum('rowSum', 'vec2<f32>(sum, 0.0)')}
@@ -22,17 +32,32 @@ export function layerNormForward(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Ten
     if (lid == 0 && cols > 0) {
       result[row * 2] = mean;
       result[row * 2 + 1] = inverseSqrt(variance + uniforms.scalar);
-    }`),
-    [x], rows, cols, eps,
+    }`,
+    ),
+    [x],
+    rows,
+    cols,
+    eps,
   );
   const normalized = (key: string, inputs: tf.Tensor[], value: string) =>
-    runRows(rowProgram(key, [rows, cols], rows, ['X', 'STATS', 'W', 'B'].slice(0, inputs.length), `
+    runRows(
+      rowProgram(
+        key,
+        [rows, cols],
+        rows,
+        ['X', 'STATS', 'W', 'B'].slice(0, inputs.length),
+        `
     let mean = STATS[row * 2];
     let rstd = STATS[row * 2 + 1];
     for (var j = lid; j < cols; j = j + ${ROW_THREADS}) {
       let xHat = (X[base + j] - mean) * rstd;
       result[base + j] = ${value};
-    }`), inputs, rows, cols) as tf.Tensor2D;
+    }`,
+      ),
+      inputs,
+      rows,
+      cols,
+    ) as tf.Tensor2D;
   const xHat = normalized('vitdist_ln_xhat', [x, stats], 'xHat');
   const y = normalized('vitdist_ln_affine', [x, stats, weight, bias], 'xHat * W[j] + B[j]');
   const rstd = tf.slice(stats, [0, 1], [rows, 1]) as tf.Tensor2D;
@@ -44,7 +69,12 @@ export function layerNormForward(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Ten
 export function layerNormInputGrad(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.Tensor, weight: tf.Tensor): tf.Tensor2D {
   const [rows, cols] = dy.shape;
   return runRows(
-    rowProgram('vitdist_ln_dx', [rows, cols], rows, ['DY', 'XHAT', 'RSTD', 'W'], `
+    rowProgram(
+      'vitdist_ln_dx',
+      [rows, cols],
+      rows,
+      ['DY', 'XHAT', 'RSTD', 'W'],
+      `
     var sums = vec2<f32>(0.0);
     for (var j = lid; j < cols; j = j + ${ROW_THREADS}) {
       let g = DY[base + j] * W[j];
@@ -56,7 +86,10 @@ export function layerNormInputGrad(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.
     for (var j = lid; j < cols; j = j + ${ROW_THREADS}) {
       let g = DY[base + j] * W[j];
       result[base + j] = rstd * (g - means.x - XHAT[base + j] * means.y);
-    }`),
-    [dy, xHat, rstd as tf.Tensor, weight], rows, cols,
+    }`,
+    ),
+    [dy, xHat, rstd as tf.Tensor, weight],
+    rows,
+    cols,
   ) as tf.Tensor2D;
 }

@@ -81,4 +81,3 @@ export function runRows(program: WebGPUProgram, inputs: tf.Tensor[], rows: numbe
   ];
   return tf.engine().makeTensorFromTensorInfo(backend.runWebGPUProgram(program, inputs, 'float32', uniforms));
 }
-

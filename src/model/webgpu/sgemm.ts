@@ -18,7 +18,12 @@ import type * as tf from '@tensorflow/tfjs-core';
 
 /** The part of tfjs-backend-webgpu's WebGPUBackend that our kernels use (its WebGPUProgram API). */
 export interface ProgramBackend {
-  runWebGPUProgram(program: WebGPUProgram, inputs: tf.TensorInfo[], outputDtype: tf.DataType, programDefinedUniform?: ProgramUniform[]): tf.TensorInfo;
+  runWebGPUProgram(
+    program: WebGPUProgram,
+    inputs: tf.TensorInfo[],
+    outputDtype: tf.DataType,
+    programDefinedUniform?: ProgramUniform[],
+  ): tf.TensorInfo;
   disposeData(dataId: tf.DataId): boolean;
 }
 
@@ -120,7 +125,18 @@ function epilogue(value: string, hasBias: boolean, activation: FusedActivation):
 }
 
 /** The kernel around a layout's parts: stage K_STEP columns of A and rows of B, accumulate, store. */
-function kernelSource(parts: { tile: number; element: string; tileWidth: number; declarations: string[]; loads: number; loadLimit: number; loadIndex: string; loadBody: string; inner: string[]; stores: string[] }): string {
+function kernelSource(parts: {
+  tile: number;
+  element: string;
+  tileWidth: number;
+  declarations: string[];
+  loads: number;
+  loadLimit: number;
+  loadIndex: string;
+  loadBody: string;
+  inner: string[];
+  stores: string[];
+}): string {
   // Rows padded by 4 floats: the loads that walk K fastest store 8 values of k for 4 rows per 32
   // threads; with rows 128 floats apart those hit 4 of the 32 banks (8-way conflicts), 132 apart all 32.
   const padded = parts.tileWidth + (parts.element === 'f32' ? 4 : 1);
@@ -225,7 +241,13 @@ export type SgemmLayout = 'strided' | 'vec4';
 export const SGEMM_LAYOUTS: readonly SgemmLayout[] = ['strided', 'vec4'];
 
 /** The tfjs program for one product; `bias` (when given) holds one value per output column. The vec4 layout needs PER_THREAD 4 or 8; smaller tiles are strided. */
-export function sgemmProgram(shape: SgemmShape, hasBias: boolean, activation: FusedActivation, perThread: number, layout: SgemmLayout = 'strided'): WebGPUProgram {
+export function sgemmProgram(
+  shape: SgemmShape,
+  hasBias: boolean,
+  activation: FusedActivation,
+  perThread: number,
+  layout: SgemmLayout = 'strided',
+): WebGPUProgram {
   const tile = WORKGROUP_SIDE * perThread;
   const vec4 = layout === 'vec4' && perThread % 4 === 0;
   return {

@@ -11,15 +11,24 @@ export function scaledSoftmax<T extends tf.Tensor>(scores: T, scale: number): T 
   const cols = scores.shape[scores.rank - 1]!;
   const rows = scores.size / cols;
   return runRows(
-    rowProgram('vitdist_softmax', scores.shape, rows, ['S'], `
+    rowProgram(
+      'vitdist_softmax',
+      scores.shape,
+      rows,
+      ['S'],
+      `
     var localMax = -3.402823e38;
     for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { localMax = max(localMax, S[base + j] * uniforms.scalar); }
     ${workgroupMax('rowMax', 'vec2<f32>(localMax, 0.0)')}
     var localSum = 0.0;
     for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { localSum = localSum + exp(S[base + j] * uniforms.scalar - rowMax.x); }
     ${workgroupSum('rowSum', 'vec2<f32>(localSum, 0.0)')}
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { result[base + j] = exp(S[base + j] * uniforms.scalar - rowMax.x) / rowSum.x; }`),
-    [scores], rows, cols, scale,
+    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { result[base + j] = exp(S[base + j] * uniforms.scalar - rowMax.x) / rowSum.x; }`,
+    ),
+    [scores],
+    rows,
+    cols,
+    scale,
   ) as T;
 }
 
@@ -28,11 +37,20 @@ export function scaledSoftmaxGrad<T extends tf.Tensor>(att: T, dAtt: T, scale: n
   const cols = att.shape[att.rank - 1]!;
   const rows = att.size / cols;
   return runRows(
-    rowProgram('vitdist_softmax_grad', att.shape, rows, ['ATT', 'DATT'], `
+    rowProgram(
+      'vitdist_softmax_grad',
+      att.shape,
+      rows,
+      ['ATT', 'DATT'],
+      `
     var localDot = 0.0;
     for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { localDot = localDot + DATT[base + j] * ATT[base + j]; }
     ${workgroupSum('rowDot', 'vec2<f32>(localDot, 0.0)')}
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { result[base + j] = uniforms.scalar * ATT[base + j] * (DATT[base + j] - rowDot.x); }`),
-    [att, dAtt], rows, cols, scale,
+    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { result[base + j] = uniforms.scalar * ATT[base + j] * (DATT[base + j] - rowDot.x); }`,
+    ),
+    [att, dAtt],
+    rows,
+    cols,
+    scale,
   ) as T;
 }

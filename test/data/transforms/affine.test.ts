@@ -1,6 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { type AffineMatrix, fromIndexConvention, pilRotateMatrix, tfRotateMatrix, warpAffine } from '../../../src/data/transforms/affine.ts';
+import {
+  type AffineMatrix,
+  fromIndexConvention,
+  pilRotateMatrix,
+  tfRotateMatrix,
+  warpAffine,
+} from '../../../src/data/transforms/affine.ts';
 import { compare, decode, fixtureImage, texturedImage, vectors } from './helpers.ts';
 
 test('affine warps and rotations match PIL (nearest, bilinear, bicubic, with fill)', () => {
@@ -11,7 +17,11 @@ test('affine warps and rotations match PIL (nearest, bilinear, bicubic, with fil
     const matrix = c.rotate !== undefined ? pilRotateMatrix(img.height, img.width, c.rotate) : (c.matrix as unknown as AffineMatrix);
     const out = warpAffine(img, matrix, c.interpolation, fill);
     const { maxDiff, differing } = compare(out.data, decode(c.expected));
-    assert.equal(differing, 0, `${c.image} ${c.interpolation} ${c.rotate ?? JSON.stringify(c.matrix)}: ${differing} values differ, by up to ${maxDiff}`);
+    assert.equal(
+      differing,
+      0,
+      `${c.image} ${c.interpolation} ${c.rotate ?? JSON.stringify(c.matrix)}: ${differing} values differ, by up to ${maxDiff}`,
+    );
   }
 });
 

@@ -1,8 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  adjustBrightness, adjustContrast, adjustSaturation, adjustSharpness, colorJitter,
-} from '../../../src/data/transforms/color.ts';
+import { adjustBrightness, adjustContrast, adjustSaturation, adjustSharpness, colorJitter } from '../../../src/data/transforms/color.ts';
 import { Mulberry32 } from '../../../src/common/random.ts';
 import type { RawImage } from '../../../src/data/source.ts';
 import { ScriptedRng, compare, decode, fixtureImage, texturedImage, vectors } from './helpers.ts';

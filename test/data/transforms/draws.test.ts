@@ -19,6 +19,9 @@ test('randomInt covers both ends, uniform stays in [low, high), permutation is o
   }
   assert.equal(seen.size, 5);
   const p = permutation(rng, 9);
-  assert.deepEqual([...p].sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6, 7, 8]);
+  assert.deepEqual(
+    [...p].sort((a, b) => a - b),
+    [0, 1, 2, 3, 4, 5, 6, 7, 8],
+  );
   assert.notDeepEqual(permutation(new Mulberry32(1), 9), permutation(new Mulberry32(2), 9));
 });

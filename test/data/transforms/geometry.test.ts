@@ -1,8 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  centerCrop, centerCropRegion, evalResizeSize, flipLeftRight, padRandomCrop, randomResizedCrop, randomResizedCropBox,
-  randomResizedCropRegion, resizeShortCenterCrop, resizeShortCenterCropRegion,
+  centerCrop,
+  centerCropRegion,
+  evalResizeSize,
+  flipLeftRight,
+  padRandomCrop,
+  randomResizedCrop,
+  randomResizedCropBox,
+  randomResizedCropRegion,
+  resizeShortCenterCrop,
+  resizeShortCenterCropRegion,
 } from '../../../src/data/transforms/geometry.ts';
 import { crop, resize } from '../../../src/data/transforms/resize.ts';
 import { Mulberry32 } from '../../../src/common/random.ts';
@@ -43,14 +51,19 @@ function takeRegion(img: RawImage, region: ImageRegion): RawImage {
 test('the crops as regions: the same draws and, taken with resize and crop, the same pixels as the ops', () => {
   const img = texturedImage(60, 80, 3);
   for (let seed = 0; seed < 20; seed++) {
-    const options = { size: 32, interpolation: seed % 2 ? 'bilinear' as const : 'bicubic' as const };
+    const options = { size: 32, interpolation: seed % 2 ? ('bilinear' as const) : ('bicubic' as const) };
     const a = new Mulberry32(seed);
     const b = new Mulberry32(seed);
     const region = randomResizedCropRegion(60, 80, a, options);
     assert.deepEqual(takeRegion(img, region).data, randomResizedCrop(img, b, options).data);
     assert.equal(a.next(), b.next(), 'as many draws');
   }
-  for (const [height, width] of [[60, 80], [80, 60], [256, 300], [20, 30]]) {
+  for (const [height, width] of [
+    [60, 80],
+    [80, 60],
+    [256, 300],
+    [20, 30],
+  ]) {
     const tall = texturedImage(height!, width!, 3);
     const region = resizeShortCenterCropRegion(height!, width!, 16, 0.875)!;
     assert.deepEqual(region.box, { top: 0, left: 0, height, width });

@@ -6,11 +6,32 @@ import type { RawImage } from '../../../src/data/source.ts';
 
 export interface Vectors {
   images: Record<string, { height: number; width: number; channels: number; data: string }>;
-  resize: { image: string; interpolation: 'bilinear' | 'bicubic'; height: number; width: number; box: { top: number; left: number; height: number; width: number } | null; expected: string }[];
-  warp: { image: string; interpolation: 'nearest' | 'bilinear' | 'bicubic'; matrix?: number[]; rotate?: number; fill: number | number[]; expected: string }[];
+  resize: {
+    image: string;
+    interpolation: 'bilinear' | 'bicubic';
+    height: number;
+    width: number;
+    box: { top: number; left: number; height: number; width: number } | null;
+    expected: string;
+  }[];
+  warp: {
+    image: string;
+    interpolation: 'nearest' | 'bilinear' | 'bicubic';
+    matrix?: number[];
+    rotate?: number;
+    fill: number | number[];
+    expected: string;
+  }[];
   enhance: { image: string; op: 'color' | 'contrast' | 'brightness' | 'sharpness'; factor: number; expected: string }[];
   tone: { image: string; op: string; expected: string }[];
-  rrc: { height: number; width: number; scale: [number, number]; ratio: [number, number]; draws: number[]; box: { top: number; left: number; height: number; width: number } }[];
+  rrc: {
+    height: number;
+    width: number;
+    scale: [number, number];
+    ratio: [number, number];
+    draws: number[];
+    box: { top: number; left: number; height: number; width: number };
+  }[];
   eval: { image: string; size: number; cropPct: number; expected: string }[];
 }
 

@@ -1,7 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, NORMALIZATIONS, normalizationTable, normalizeInto,
+  IMAGENET_DEFAULT_MEAN,
+  IMAGENET_DEFAULT_STD,
+  NORMALIZATIONS,
+  normalizationTable,
+  normalizeInto,
 } from '../../../src/data/transforms/normalize.ts';
 import { FASHION_MNIST_MEAN, FASHION_MNIST_STD } from '../../../src/data/fashion-mnist.ts';
 import { texturedImage } from './helpers.ts';

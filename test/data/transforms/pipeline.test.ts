@@ -25,7 +25,10 @@ test('the DeiT, AugReg, evaluation and Fashion-MNIST pipelines give their shapes
     const out = run(text, 3, 300, 400, 1);
     assert.ok(out.every(Number.isFinite), text);
     // ImageNet normalization maps [0, 255] to about [-2.12, 2.64]; erased pixels are standard normal.
-    assert.ok(out.every((v) => v > -8 && v < 8), text);
+    assert.ok(
+      out.every((v) => v > -8 && v < 8),
+      text,
+    );
   }
   const fm = parsePipeline('normalize(fashion-mnist)', { channels: 1 });
   assert.deepEqual(fm.outputShape(28, 28), { height: 28, width: 28, channels: 1 });
@@ -33,7 +36,11 @@ test('the DeiT, AugReg, evaluation and Fashion-MNIST pipelines give their shapes
   assert.deepEqual(cifar.outputShape(32, 32), { height: 32, width: 32, channels: 3 });
   const out = run('pad_random_crop(32,4)|flip_lr|color_jitter(0.4,0.4,0.4)|normalize(inception)', 3, 32, 32, 2);
   assert.ok(out.every((v) => v >= -1 && v <= 1));
-  assert.deepEqual(parsePipeline('resize(20, 30, bicubic)|center_crop(16)|normalize(imagenet)', { channels: 3 }).outputShape(50, 50), { height: 16, width: 16, channels: 3 });
+  assert.deepEqual(parsePipeline('resize(20, 30, bicubic)|center_crop(16)|normalize(imagenet)', { channels: 3 }).outputShape(50, 50), {
+    height: 16,
+    width: 16,
+    channels: 3,
+  });
 });
 
 test('same seed, same pixels; another seed, other pixels (every random pipeline)', () => {
@@ -62,7 +69,10 @@ test('apply writes at the offset and checks the input', () => {
 
 test('a leading crop or resize is the head: region() then rest() draw and make what apply() does', () => {
   const heads = [
-    DEIT_TRAIN, AUGREG_TRAIN, EVAL, 'resize(40, 30, bicubic)|flip_lr|normalize(imagenet)|random_erasing(1)',
+    DEIT_TRAIN,
+    AUGREG_TRAIN,
+    EVAL,
+    'resize(40, 30, bicubic)|flip_lr|normalize(imagenet)|random_erasing(1)',
     'center_crop(48)|randaug(2, 9)|normalize(inception)',
   ];
   for (const text of heads) {
@@ -89,7 +99,11 @@ test('a leading crop or resize is the head: region() then rest() draw and make w
   const rng = new Mulberry32(3);
   assert.equal(parsePipeline('center_crop(48)|normalize(imagenet)', { channels: 3 }).head!.region(40, 60, rng), null);
   assert.equal(rng.next(), new Mulberry32(3).next());
-  for (const text of ['flip_lr|random_resized_crop(32)|normalize(imagenet)', 'pad_random_crop(32,4)|normalize(inception)', 'normalize(imagenet)']) {
+  for (const text of [
+    'flip_lr|random_resized_crop(32)|normalize(imagenet)',
+    'pad_random_crop(32,4)|normalize(inception)',
+    'normalize(imagenet)',
+  ]) {
     assert.equal(parsePipeline(text, { channels: 3 }).head, null, text);
   }
 });
@@ -102,12 +116,24 @@ test('parse errors name the op and the argument', () => {
     ['random_resized_crop(22.5)|normalize(imagenet)', 3, /op 1 \(random_resized_crop\): argument size must be an integer, got "22.5"/],
     ['random_resized_crop(224, 0, 1)|normalize(imagenet)', 3, /argument scale_min must be > 0 and <= 1, got 0/],
     ['random_resized_crop(224, 0.5, 0.2)|normalize(imagenet)', 3, /op 1 \(random_resized_crop\): scale_min 0.5 is above scale_max 0.2/],
-    ['random_resized_crop(224, 0.1, 1, lanczos)|normalize(imagenet)', 3, /argument interpolation must be one of bilinear, bicubic, got "lanczos"/],
+    [
+      'random_resized_crop(224, 0.1, 1, lanczos)|normalize(imagenet)',
+      3,
+      /argument interpolation must be one of bilinear, bicubic, got "lanczos"/,
+    ],
     ['randaug(two, 15)|normalize(imagenet)', 3, /op 1 \(randaug\): argument num_layers must be an integer, got "two"/],
     ['color_jitter(0.4, -1, 0)|normalize(imagenet)', 3, /op 1 \(color_jitter\): argument contrast must be >= 0, got -1/],
     ['normalize(imagenet)|random_erasing(1.5)', 3, /op 2 \(random_erasing\): argument probability must be >= 0 and <= 1, got 1.5/],
-    ['flip_lr|rand_augment(rand-m9-foo)|normalize(imagenet)', 3, /op 2 \(rand_augment\): RandAugment config "rand-m9-foo": section "foo" is not a key/],
-    ['normalize(cifar)', 3, /op 1 \(normalize\): argument stats must be one of imagenet, inception, fashion-mnist or a mean followed by a std, got "cifar"/],
+    [
+      'flip_lr|rand_augment(rand-m9-foo)|normalize(imagenet)',
+      3,
+      /op 2 \(rand_augment\): RandAugment config "rand-m9-foo": section "foo" is not a key/,
+    ],
+    [
+      'normalize(cifar)',
+      3,
+      /op 1 \(normalize\): argument stats must be one of imagenet, inception, fashion-mnist or a mean followed by a std, got "cifar"/,
+    ],
     ['normalize(half, 0.5)', 3, /op 1 \(normalize\): argument stats must be a number when a std follows, got "half"/],
     ['normalize(0.5, 0)', 3, /op 1 \(normalize\): argument std must be > 0, got 0/],
     ['normalize(0.5, 0.5, 1)', 3, /takes 1 to 2 argument\(s\) \(stats, \[std\]\), got 3/],
@@ -116,7 +142,11 @@ test('parse errors name the op and the argument', () => {
     ['flip_lr|center_crop(8)', 3, /no normalize op/],
     ['normalize(imagenet)|normalize(imagenet)', 3, /normalize appears 2 times \(ops 1, 2\)/],
     ['normalize(imagenet)|flip_lr', 3, /op 2 \(flip_lr\) works on uint8 pixels and must come before normalize/],
-    ['random_erasing(0.25)|normalize(imagenet)', 3, /op 1 \(random_erasing\) works on normalized float pixels and must come after normalize/],
+    [
+      'random_erasing(0.25)|normalize(imagenet)',
+      3,
+      /op 1 \(random_erasing\) works on normalized float pixels and must come after normalize/,
+    ],
     ['flip_lr||normalize(imagenet)', 3, /op 2 is empty/],
     ['flip_lr|resize(3,4|normalize(imagenet)', 3, /op 2 "resize\(3,4" is not NAME or NAME\(ARG, \.\.\.\)/],
     ['normalize(imagenet)', 2, /input images have 1 or 3 channels, got 2/],
@@ -130,7 +160,10 @@ test('normalize(MEAN, STD) applies one mean and std to every channel', () => {
   const out = new Float32Array(2 * 2 * 3);
   const img = { height: 2, width: 2, channels: 3, data: Uint8Array.from([0, 255, 51, 0, 255, 51, 0, 255, 51, 0, 255, 51]) };
   parsePipeline('normalize(0.5, 0.5)', { channels: 3 }).apply(img, new Mulberry32(1), out, 0);
-  assert.deepEqual([...out.subarray(0, 3)].map((v) => Math.round(v * 1e4) / 1e4), [-1, 1, -0.6]);
+  assert.deepEqual(
+    [...out.subarray(0, 3)].map((v) => Math.round(v * 1e4) / 1e4),
+    [-1, 1, -0.6],
+  );
 });
 
 test("randaug's optional translate and cutout sizes shrink the geometric ops for small images", () => {
@@ -151,10 +184,23 @@ test("randaug's optional translate and cutout sizes shrink the geometric ops for
 });
 
 test('arguments: quoted strings, spaces and defaults are accepted; every op is in the table', () => {
-  const p = parsePipeline(" inception_crop( 224 , 8 ) | flip_lr() | rand_augment('rand-m9-mstd0.5-inc1') | normalize(\"imagenet\") | random_erasing ", { channels: 3 });
+  const p = parsePipeline(
+    ' inception_crop( 224 , 8 ) | flip_lr() | rand_augment(\'rand-m9-mstd0.5-inc1\') | normalize("imagenet") | random_erasing ',
+    { channels: 3 },
+  );
   assert.deepEqual(p.outputShape(10, 10), { height: 224, width: 224, channels: 3 });
   assert.deepEqual(Object.keys(PIPELINE_OPS).sort(), [
-    'center_crop', 'color_jitter', 'flip_lr', 'inception_crop', 'normalize', 'pad_random_crop', 'rand_augment', 'randaug',
-    'random_erasing', 'random_resized_crop', 'resize', 'resize_short_center_crop',
+    'center_crop',
+    'color_jitter',
+    'flip_lr',
+    'inception_crop',
+    'normalize',
+    'pad_random_crop',
+    'rand_augment',
+    'randaug',
+    'random_erasing',
+    'random_resized_crop',
+    'resize',
+    'resize_short_center_crop',
   ]);
 });

@@ -1,8 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  BIG_VISION_RANDAUG_OPS, BIG_VISION_RANDAUG_TRANSFORMS, TIMM_RAND_AUGMENT_OPS, TIMM_RAND_INCREASING_TRANSFORMS,
-  TIMM_RAND_TRANSFORMS, type RandAugmentOp, bigVisionRandAugment, parseTimmRandAugmentConfig, tfContrastMean, timmFill,
+  BIG_VISION_RANDAUG_OPS,
+  BIG_VISION_RANDAUG_TRANSFORMS,
+  TIMM_RAND_AUGMENT_OPS,
+  TIMM_RAND_INCREASING_TRANSFORMS,
+  TIMM_RAND_TRANSFORMS,
+  type RandAugmentOp,
+  bigVisionRandAugment,
+  parseTimmRandAugmentConfig,
+  tfContrastMean,
+  timmFill,
   timmRandAugment,
 } from '../../../src/data/transforms/rand-augment.ts';
 import { adjustBrightness, adjustSaturation } from '../../../src/data/transforms/color.ts';
@@ -24,7 +32,13 @@ function assertChanges(name: string, op: RandAugmentOp, img: RawImage, magnitude
 
 test("timm's config strings parse as timm reads them", () => {
   assert.deepEqual(parseTimmRandAugmentConfig(DEIT), { magnitude: 9, numLayers: 2, magnitudeStd: 0.5, magnitudeMax: 10, increasing: true });
-  assert.deepEqual(parseTimmRandAugmentConfig('rand-m15-n3-mmax20-inc0'), { magnitude: 15, numLayers: 3, magnitudeStd: 0, magnitudeMax: 20, increasing: false });
+  assert.deepEqual(parseTimmRandAugmentConfig('rand-m15-n3-mmax20-inc0'), {
+    magnitude: 15,
+    numLayers: 3,
+    magnitudeStd: 0,
+    magnitudeMax: 20,
+    increasing: false,
+  });
   assert.equal(parseTimmRandAugmentConfig('rand-mstd101').magnitudeStd, Infinity, 'mstd above 100 means uniform');
   assert.equal(parseTimmRandAugmentConfig('rand').magnitude, 10);
   assert.throws(() => parseTimmRandAugmentConfig('augmix-m9'), /must start with "rand"/);
@@ -82,8 +96,14 @@ test("timm's level functions: DeiT magnitudes give timm's arguments", () => {
   // SolarizeIncreasing at 9: threshold 256 - int(0.9 * 256) = 26.
   assert.deepEqual(TIMM_RAND_AUGMENT_OPS.SolarizeIncreasing(img, 9, new ScriptedRng([]), IMAGENET_FILL).data, solarize(img, 26).data);
   // BrightnessIncreasing at 5: 1 + 0.45, or 1 - 0.45 when negated (a draw above 0.5 negates in timm).
-  assert.deepEqual(TIMM_RAND_AUGMENT_OPS.BrightnessIncreasing(img, 5, new ScriptedRng([0.2]), IMAGENET_FILL).data, adjustBrightness(img, 1.45).data);
-  assert.deepEqual(TIMM_RAND_AUGMENT_OPS.BrightnessIncreasing(img, 5, new ScriptedRng([0.8]), IMAGENET_FILL).data, adjustBrightness(img, 0.55).data);
+  assert.deepEqual(
+    TIMM_RAND_AUGMENT_OPS.BrightnessIncreasing(img, 5, new ScriptedRng([0.2]), IMAGENET_FILL).data,
+    adjustBrightness(img, 1.45).data,
+  );
+  assert.deepEqual(
+    TIMM_RAND_AUGMENT_OPS.BrightnessIncreasing(img, 5, new ScriptedRng([0.8]), IMAGENET_FILL).data,
+    adjustBrightness(img, 0.55).data,
+  );
   // Plain Color at 9: 0.9 * 1.8 + 0.1 = 1.72.
   assert.deepEqual(TIMM_RAND_AUGMENT_OPS.Color(img, 9, new ScriptedRng([]), IMAGENET_FILL).data, adjustSaturation(img, 1.72).data);
 });

@@ -21,9 +21,18 @@ test('a constant image stays constant whatever the size and filter', () => {
   for (const channels of [1, 3]) {
     const img = { height: 23, width: 31, channels, data: new Uint8Array(23 * 31 * channels).fill(173) };
     for (const interpolation of ['bilinear', 'bicubic'] as const) {
-      for (const [h, w] of [[7, 5], [64, 80], [23, 9], [50, 31], [1, 1]] as const) {
+      for (const [h, w] of [
+        [7, 5],
+        [64, 80],
+        [23, 9],
+        [50, 31],
+        [1, 1],
+      ] as const) {
         const out = resize(img, h, w, interpolation);
-        assert.ok(out.data.every((v) => v === 173), `${channels}ch ${interpolation} ${h}x${w}`);
+        assert.ok(
+          out.data.every((v) => v === 173),
+          `${channels}ch ${interpolation} ${h}x${w}`,
+        );
       }
     }
   }

@@ -1,7 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  TF_EQUALIZE_DIVISOR, autocontrast, equalize, invert, posterize, solarize, solarizeAdd,
+  TF_EQUALIZE_DIVISOR,
+  autocontrast,
+  equalize,
+  invert,
+  posterize,
+  solarize,
+  solarizeAdd,
 } from '../../../src/data/transforms/tone.ts';
 import type { RawImage } from '../../../src/data/source.ts';
 import { compare, decode, fixtureImage, vectors } from './helpers.ts';
