@@ -19,12 +19,12 @@ function flags(extra: Partial<RunFlags>): RunFlags {
 
 test("--global-batch below the micro-batch shrinks the micro-batch to each worker's share, and says so", (t) => {
   const log = t.mock.method(console, 'log', () => {});
-  assert.equal(loadRecipe('fmnist-vit-tiny').microBatch, 128);
+  assert.equal(loadRecipe('fmnist-vit-tiny').microBatch, 256);
   const recipe = resolveRecipe(flags({ globalBatch: 64 }), null, 2);
   assert.deepEqual([recipe.globalBatch, recipe.microBatch], [64, 32]);
   assert.deepEqual(
     log.mock.calls.map((c) => c.arguments[0]),
-    ["--global-batch 64 is below the recipe's micro-batch 128: micro-batch 32, each of 2 workers' share"],
+    ["--global-batch 64 is below the recipe's micro-batch 256: micro-batch 32, each of 2 workers' share"],
   );
   assert.equal(resolveRecipe(flags({ globalBatch: 100 }), null, 3).microBatch, 34, 'the share rounds up');
   assert.equal(resolveRecipe(flags({ globalBatch: 64 }), null, 1).microBatch, 64);
@@ -32,7 +32,7 @@ test("--global-batch below the micro-batch shrinks the micro-batch to each worke
 
 test('--global-batch at or above the micro-batch, or an explicit --micro-batch, leave the micro-batch as given', (t) => {
   const log = t.mock.method(console, 'log', () => {});
-  assert.equal(resolveRecipe(flags({ globalBatch: 128 }), null, 4).microBatch, 128);
+  assert.equal(resolveRecipe(flags({ globalBatch: 256 }), null, 4).microBatch, 256);
   assert.equal(resolveRecipe(flags({ globalBatch: 64, microBatch: 16 }), null, 2).microBatch, 16);
   assert.throws(
     () => resolveRecipe(flags({ globalBatch: 64, microBatch: 128 }), null, 2),

@@ -133,7 +133,7 @@ test('the image trains: a coordinator and 2 workers as containers on one network
   await dockerApi('DELETE', `/images/${IMAGE}?noprune=1`);
   const started = Date.now();
   const image = await GenericContainer.fromDockerfile(ctx, 'deploy/Dockerfile')
-    .withBuildArgs({ WITH_FASHION_MNIST: '0', NPM_OFFLINE: '1' })
+    .withBuildArgs({ WITH_FASHION_MNIST: '0', NPM_OFFLINE: '1', WITH_VULKAN: '0' })
     .withCache(true)
     .build(IMAGE, { deleteOnExit: false });
   console.log(`image built in ${((Date.now() - started) / 1000).toFixed(1)} s`);
