@@ -206,7 +206,8 @@ export async function selectBackend(opts: SelectBackendOptions): Promise<Selecte
       const cpuNative = 'reason' in onGpu ? onGpu : await tryTensorflow(undefined);
       const native = 'reason' in cpuNative ? cpuNative : { failures: [...gpuFailures, ...cpuNative.failures] };
       if ('reason' in native) {
-        reason = `auto: ${native.reason}`;
+        // On a GPU worker that ends on the CPU engine, say why each GPU path was passed over.
+        reason = gpuFailures.length > 0 ? `auto: ${native.reason}, because ${gpuFailures.join('; ')}` : `auto: ${native.reason}`;
       } else if (await activateWasm()) {
         reason = `auto: ${await wasmReason()}, because ${native.failures.join('; ')}`;
       } else if (await activate('cpu')) {
