@@ -46,7 +46,7 @@ program
   .command('worker')
   .description('join a coordinator as one worker (one per GPU)')
   .requiredOption('--coordinator <url>', 'the coordinator, e.g. ws://host:29500')
-  .option('--gpu <k>', 'GPU index: sets CUDA_VISIBLE_DEVICES=K before TensorFlow.js loads', nonNegativeInt)
+  .option('--gpu <k>', 'GPU index: the K-th WebGPU adapter (Dawn, Vulkan), and CUDA_VISIBLE_DEVICES=K for tfjs-node-gpu', nonNegativeInt)
   .addOption(new Option('--backend <name>', 'compute backend').choices(BACKENDS).default('auto'))
   .option(
     '--threads <n>',
