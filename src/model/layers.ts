@@ -64,7 +64,15 @@ export function layerNorm(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor) {
   const centered = tf.sub(x, tf.mean(x, -1, true));
   const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), LN_EPS)); // [M, 1]
   const xHat = tf.mul(centered, rstd) as tf.Tensor2D;
-  return { y: tf.add(tf.mul(xHat, weight), bias) as tf.Tensor2D, xHat, rstd };
+  return { y: layerNormAffine(xHat, weight, bias), xHat, rstd };
+}
+
+/**
+ * LayerNorm's output from its normalized input, xHat * weight + bias: what layerNorm returns off
+ * webgpu, bit for bit, so a backward pass may recompute it instead of keeping it.
+ */
+export function layerNormAffine(xHat: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor): tf.Tensor2D {
+  return tf.add(tf.mul(xHat, weight), bias) as tf.Tensor2D;
 }
 
 /** dx = rstd * (g - mean(g) - xHat * mean(g * xHat)) with g = dy * weight, per row, from tfjs ops. */

@@ -15,7 +15,16 @@ import { Mulberry32, mixSeed } from '../common/random.ts';
 import { FlatParamClassifier, type TrainPass } from './classifier.ts';
 import { patchify } from './conv.ts';
 import { scaledSoftmax, scaledSoftmaxGrad } from './webgpu/softmax.ts';
-import { gelu, geluBackward, layerNorm, layerNormBackward, linear, linearBackward, transposeFlagsAreFree } from './layers.ts';
+import {
+  gelu,
+  geluBackward,
+  layerNorm,
+  layerNormAffine,
+  layerNormBackward,
+  linear,
+  linearBackward,
+  transposeFlagsAreFree,
+} from './layers.ts';
 import type { HeadLogits } from './loss.ts';
 import type { ParamSpec, TrainContext } from './model.ts';
 import { ParamTable } from './param-table.ts';
@@ -216,7 +225,8 @@ function sampleMasks(
 /**
  * Activations of one block kept for its backward pass. The LayerNorms' outputs (xHat * weight +
  * bias) and GELU's (fc1 * cdf) are not kept, to save memory: the backward pass recomputes them
- * with the forward's own ops, so bit for bit.
+ * with the forward's own ops, so bit for bit (on webgpu, whose forward LayerNorm is one fused
+ * kernel, to float32 rounding).
  */
 interface BlockActs {
   norm1: { xHat: tf.Tensor2D; rstd: tf.Tensor };
@@ -328,9 +338,9 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     return [out, { ...kept, q, k, v, att, attDropped, merged, fc1, masks }];
   }
 
-  /** A LayerNorm's output from its normalized input, computed as layers.ts layerNorm does (bit for bit). */
+  /** A LayerNorm's output recomputed from its normalized input (layerNormAffine; on webgpu within rounding of the fused kernel). */
   private normOutput(name: string, xHat: tf.Tensor2D): tf.Tensor2D {
-    return tf.add(tf.mul(xHat, this.w(name)), this.b(name));
+    return layerNormAffine(xHat, this.w(name), this.b(name));
   }
 
   /** Backward through one block: takes d(out), records parameter gradients, returns d(x). */
