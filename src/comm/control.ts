@@ -45,7 +45,15 @@ export interface StepReport {
   computeMs: number;
   /** Model device <-> host copies: the step's summed gradient down, the updated weights up (GPU workers: PCIe). */
   copyMs: number;
+  /** From the summed gradient on the host to the updated weights: ring collectives and the optimizer. */
   commMs: number;
+  /** Of commMs, the time spent waiting on the ring's collectives (the communication the step did not hide). */
+  exposedCommMs: number;
+  /** Time the model waited for the loader's next micro-batch. */
+  dataWaitMs: number;
+  /** Bytes this rank's ring sockets wrote and read during the step (frames, headers and heartbeats). */
+  bytesSent: number;
+  bytesReceived: number;
   /** Distilled models only: the sum over this rank's samples of the distillation head's loss term (before alpha). */
   distillationLossSum?: number;
   /** Corrupt images replaced by their successors in this step (data.skipCorrupt), by name. */

@@ -91,6 +91,12 @@ function asLinkError(err: unknown): LinkError {
   return new LinkError(code, err instanceof Error ? err.message : String(err), CloseCode.ProtocolError, { cause: err });
 }
 
+/** Bytes on the wire, both directions of one socket or a sum of them. */
+export interface WireTraffic {
+  sent: number;
+  received: number;
+}
+
 /** Sends a close frame and ends the socket, destroying it if the peer does not close in time. */
 function closeSocket(socket: net.Socket, code: number, reason: string, masked: boolean): void {
   if (socket.destroyed) return;
@@ -131,6 +137,11 @@ export abstract class LinkEnd implements MessageSink {
         this.fail(new LinkError('RING_HEARTBEAT', `no heartbeat from ${peerName} for ${seconds(heartbeatTimeoutMs)}`, CloseCode.GoingAway)),
       notReading: () => this.pausedWithData(),
     });
+  }
+
+  /** Bytes written to and read from this link's socket so far, WebSocket framing and heartbeats included. */
+  traffic(): WireTraffic {
+    return { sent: this.socket?.bytesWritten ?? 0, received: this.socket?.bytesRead ?? 0 };
   }
 
   /** Called once by the ring after authentication: `onBroken` hears of any later failure. */

@@ -53,7 +53,7 @@ import type net from 'node:net';
 import { FatalError, InputError, RecoverableError } from '../common/errors.ts';
 import { Collective, type CollectivePlan } from './collective.ts';
 import { elementBytes, FRAME_HEADER_BYTES, type FrameHeader, MAX_CHUNK_BYTES, MAX_U32, Phase } from './frame.ts';
-import { type LinkConfig, predecessorOf, successorOf } from './link.ts';
+import { type LinkConfig, predecessorOf, successorOf, type WireTraffic } from './link.ts';
 import { DataReceiver } from './receiver.ts';
 import { RecvLink } from './recv-link.ts';
 import { SendLink } from './send-link.ts';
@@ -275,6 +275,15 @@ export class RingPeer extends EventEmitter {
       this.successorArrived = () => settle();
       this.stopWaitingForSuccessor = settle;
     });
+  }
+
+  /** Bytes both ring links have written and read since they connected (their sockets' counters). */
+  traffic(): WireTraffic {
+    const links = [this.sendLink, this.recvLink].filter((link) => link !== null);
+    return {
+      sent: links.reduce((sum, link) => sum + link.traffic().sent, 0),
+      received: links.reduce((sum, link) => sum + link.traffic().received, 0),
+    };
   }
 
   async reduceScatter(buf: Float32Array, step: number): Promise<void> {

@@ -158,6 +158,18 @@ export class Generation {
         computeMs: Math.max(...reports.map((r) => r.computeMs)),
         copyMs: Math.max(...reports.map((r) => r.copyMs)),
         commMs: Math.max(...reports.map((r) => r.commMs)),
+        exposedCommMs: Math.max(...reports.map((r) => r.exposedCommMs)),
+        dataWaitMs: Math.max(...reports.map((r) => r.dataWaitMs)),
+        ranks: reports.map(({ computeMs, copyMs, commMs, exposedCommMs, dataWaitMs, bytesSent, bytesReceived }, rank) => ({
+          rank,
+          computeMs,
+          copyMs,
+          commMs,
+          exposedCommMs,
+          dataWaitMs,
+          bytesSent,
+          bytesReceived,
+        })),
         time: new Date().toISOString(),
       };
       this.context.metrics.append(record);

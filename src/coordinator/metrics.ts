@@ -21,7 +21,24 @@ export interface StepRecord {
   /** The slowest rank's device <-> host copies (gradient down, weights up). */
   copyMs: number;
   commMs: number;
+  /** The slowest rank's wait on the ring's collectives and on its loader. */
+  exposedCommMs: number;
+  dataWaitMs: number;
+  /** Each rank's own figures, in rank order: stragglers show here. */
+  ranks: RankStepRecord[];
   time: string;
+}
+
+/** One rank's timings and ring traffic for one step (its StepReport's figures). */
+export interface RankStepRecord {
+  rank: number;
+  computeMs: number;
+  copyMs: number;
+  commMs: number;
+  exposedCommMs: number;
+  dataWaitMs: number;
+  bytesSent: number;
+  bytesReceived: number;
 }
 
 export interface EvalRecord {

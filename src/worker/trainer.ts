@@ -82,6 +82,8 @@ export class ShardedTrainer {
   /** Two micro-batch buffers: the loader fills one while the model reads the other. */
   private readonly buffers: [MicroBatch, MicroBatch];
   private readonly imageSize: number;
+  /** This step's time blocked on the loader (computeMicroBatches adds to it). */
+  private dataWaitMs = 0;
 
   constructor(
     private readonly model: ImageClassifier,
@@ -130,6 +132,8 @@ export class ShardedTrainer {
     const { globalBatch, clipNorm } = this.options;
     const { indices } = samples;
     const computeStart = performance.now();
+    const trafficBefore = this.ring.traffic();
+    this.dataWaitMs = 0;
     let lossSum = 0;
     let correct = 0;
     let distillationLossSum = 0;
@@ -156,22 +160,30 @@ export class ShardedTrainer {
     const computeMs = downloadStart - computeStart;
 
     const commStart = performance.now();
+    let ringStart = commStart;
     await this.ring.reduceScatter(this.grad, step);
+    let exposedCommMs = performance.now() - ringStart;
     // The model returned gradients of the loss SUM; the training loss is the mean over the global batch.
     const grad = this.grad.subarray(this.shard.start, this.shard.end);
     const inverseBatch = 1 / globalBatch;
     for (let i = 0; i < grad.length; i++) grad[i]! *= inverseBatch;
-    const [sumSquares] = await this.ring.allReduceScalars(Float64Array.of(sumOfSquares(grad)), step);
+    const squares = sumOfSquares(grad);
+    ringStart = performance.now();
+    const [sumSquares] = await this.ring.allReduceScalars(Float64Array.of(squares), step);
+    exposedCommMs += performance.now() - ringStart;
     const gradNorm = Math.sqrt(sumSquares!);
     const shardParams = this.params.subarray(this.shard.start, this.shard.end);
     this.optimizer.step(shardParams, grad, this.shardDecayMask, clipFactor(gradNorm, clipNorm), lr);
     this.ema?.update(shardParams);
+    ringStart = performance.now();
     await this.ring.allGather(this.params, step);
     const commMs = performance.now() - commStart;
+    exposedCommMs += performance.now() - ringStart;
 
     const uploadStart = performance.now();
     this.model.setParams(this.params);
     const copyMs = downloadMs + (performance.now() - uploadStart);
+    const traffic = this.ring.traffic();
     const report: StepReport = {
       lossSum,
       correct,
@@ -181,6 +193,10 @@ export class ShardedTrainer {
       computeMs,
       copyMs,
       commMs,
+      exposedCommMs,
+      dataWaitMs: this.dataWaitMs,
+      bytesSent: traffic.sent - trafficBefore.sent,
+      bytesReceived: traffic.received - trafficBefore.received,
       skipped,
     };
     if (this.model.config.distilled) report.distillationLossSum = distillationLossSum;
@@ -203,7 +219,9 @@ export class ShardedTrainer {
     const count = Math.ceil(indices.length / microBatch);
     let next = this.loadMicroBatch(samples, 0);
     for (let m = 0; m < count; m++) {
+      const waitStart = performance.now();
       const loaded = await next;
+      this.dataWaitMs += performance.now() - waitStart;
       // Start on the next micro-batch now: loader threads make it while the model computes this one.
       if (m + 1 < count) next = this.loadMicroBatch(samples, m + 1);
       const from = m * microBatch;

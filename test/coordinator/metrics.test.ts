@@ -23,6 +23,9 @@ test('truncateAfter keeps the history up to the resumed checkpoint', () => {
       computeMs: 1,
       copyMs: 0,
       commMs: 1,
+      exposedCommMs: 1,
+      dataWaitMs: 0,
+      ranks: [],
       time,
     });
   }

@@ -37,6 +37,20 @@ test('wasm and tensorflow train the same 20 steps to the same loss at every step
       assert.match(log, new RegExp(`"backend":"${backend}"`));
       if (backend === 'tensorflow') assert.match(log, /native TensorFlow [\d.]+ via @tensorflow\/tfjs-node on CPU, \d+ intra-op threads?/);
     }
+    for (const record of stepRecords(out)) {
+      assert.deepEqual(
+        record.ranks.map((r) => r.rank),
+        [0, 1],
+        `step ${record.step} has each rank's figures`,
+      );
+      for (const r of record.ranks) {
+        assert.ok(r.bytesSent > 0 && r.bytesReceived > 0, `step ${record.step}, rank ${r.rank}: the ring's traffic is counted`);
+        assert.ok(
+          r.exposedCommMs <= r.commMs && r.dataWaitMs >= 0,
+          `step ${record.step}, rank ${r.rank}: exposed communication within commMs`,
+        );
+      }
+    }
     losses.set(
       backend,
       stepRecords(out).map((s) => s.loss),

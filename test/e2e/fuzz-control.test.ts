@@ -69,6 +69,10 @@ function fuzzOnce(url: string, strategy: Strategy, rng: Mulberry32): Promise<num
           computeMs: 1,
           copyMs: 0,
           commMs: 1,
+          exposedCommMs: 1,
+          dataWaitMs: 0,
+          bytesSent: 0,
+          bytesReceived: 0,
           skipped: [],
         });
         ws.send(strategy === 'garbage-after-hello' ? randomBytes(rng, 300) : mutate(report, rng));
