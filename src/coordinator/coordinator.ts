@@ -25,7 +25,7 @@ import { FatalError, VitDistError } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import type { LoadedCheckpoint } from '../train/checkpoint.ts';
 import { Generation, MembershipChange, type RunContext, type RunSummary, type StartState } from './generation.ts';
-import { MetricsLog } from './metrics.ts';
+import { MetricsLog, type RecordListener } from './metrics.ts';
 import { ProgressPrinter } from './progress.ts';
 import { WorkerLink } from './worker-link.ts';
 
@@ -61,6 +61,9 @@ export interface CoordinatorOptions {
   progress: boolean;
 }
 
+/** A handler for one HTTP path of the coordinator's port. */
+export type HttpRoute = (req: IncomingMessage, res: ServerResponse) => void;
+
 type Phase = 'waiting' | 'training' | 'recovering' | 'done' | 'failed';
 
 export class Coordinator {
@@ -77,6 +80,7 @@ export class Coordinator {
   private phase: Phase = 'waiting';
   private stopRequested = false;
   private readonly context: RunContext;
+  private readonly routes = new Map<string, HttpRoute>();
 
   constructor(private readonly options: CoordinatorOptions) {
     this.outDir = options.outDir;
@@ -99,10 +103,26 @@ export class Coordinator {
     };
   }
 
+  /** Serves `path` (without its query) on the coordinator's port, beside the WebSocket and /healthz; call before listen. */
+  route(path: string, handler: HttpRoute): void {
+    if (path === HEALTH_PATH || this.routes.has(path)) throw new Error(`the coordinator already serves ${path}`);
+    this.routes.set(path, handler);
+  }
+
+  /** Every record the run appends to metrics.jsonl, as it is appended. */
+  onRecord(listener: RecordListener): void {
+    this.context.metrics.onAppend(listener);
+  }
+
   /** Starts listening (WebSocket for workers, GET /healthz for probes); resolves with the bound address. */
   async listen(): Promise<AddressInfo> {
     const { host, port, workers, logger } = this.options;
     const respond = (req: IncomingMessage, res: ServerResponse): void => {
+      const route = this.routes.get(new URL(req.url ?? '/', 'http://coordinator').pathname);
+      if (route) {
+        route(req, res);
+        return;
+      }
       const ok = req.method === 'GET' && req.url === HEALTH_PATH && this.phase !== 'failed';
       res.writeHead(ok ? 200 : req.url === HEALTH_PATH ? 503 : 404, { 'content-type': 'application/json' });
       res.end(JSON.stringify(this.health()));

@@ -69,11 +69,21 @@ export interface RestartRecord {
 
 export type MetricsRecord = StepRecord | EvalRecord | RestartRecord;
 
+/** Hears each record once it is on disk (the status page, Prometheus, TensorBoard). */
+export type RecordListener = (record: MetricsRecord) => void;
+
 export class MetricsLog {
+  private readonly listeners: RecordListener[] = [];
+
   constructor(readonly path: string) {}
+
+  onAppend(listener: RecordListener): void {
+    this.listeners.push(listener);
+  }
 
   append(record: MetricsRecord): void {
     appendFileSync(this.path, `${JSON.stringify(record)}\n`);
+    for (const listener of this.listeners) listener(record);
   }
 
   read(): MetricsRecord[] {
