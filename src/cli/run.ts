@@ -9,6 +9,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { latestCheckpoint, readCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.ts';
 import { Coordinator } from '../coordinator/coordinator.ts';
+import { observeRun } from '../coordinator/observe.ts';
 import type { RunSummary } from '../coordinator/generation.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { readSafetensors } from '../model/safetensors.ts';
@@ -98,14 +99,17 @@ function readInitialParams(path: string, recipe: Recipe): Float32Array {
   }
 }
 
-/** A configured coordinator, and `release` to drop its SIGTERM handler once the run is over (a sweep runs many in one process). */
+/**
+ * A configured coordinator, and `release` to drop its SIGTERM handler and flush its TensorBoard
+ * scalars once the run is over (a sweep runs many in one process).
+ */
 function prepareRun(
   flags: RunFlags & { workers: number },
   host: string,
   port: number,
   generateToken: boolean,
   tls: Coordinator['tls'] = null,
-): { coordinator: Coordinator; release: () => void } {
+): { coordinator: Coordinator; release: () => Promise<void> } {
   const resumePath = findResume(flags);
   const resume: LoadedCheckpoint | null = resumePath ? readCheckpoint(resumePath) : null;
   const recipe = resolveRecipe(flags, resume ? validateRecipe(resume.meta.recipe, `the recipe in ${resumePath}`) : null, flags.workers);
@@ -137,13 +141,18 @@ function prepareRun(
     logger,
     progress: true,
   });
+  const observers = observeRun(coordinator, recipe, logger, [coordinator.token]);
   // SIGTERM (docker stop, a Kubernetes pod deletion): checkpoint at the next step, then exit 0.
   const onSigterm = (): void => {
     console.log('SIGTERM: stopping after the next step and a checkpoint');
     coordinator.requestStop();
   };
   process.once('SIGTERM', onSigterm);
-  return { coordinator, release: () => process.off('SIGTERM', onSigterm) };
+  const release = async (): Promise<void> => {
+    process.off('SIGTERM', onSigterm);
+    await observers.close();
+  };
+  return { coordinator, release };
 }
 
 function printSummary(summary: RunSummary, outDir: string): void {
@@ -164,7 +173,7 @@ export async function runCoordinatorCommand(flags: CoordinatorFlags): Promise<vo
     );
     printSummary(await coordinator.run(), coordinator.outDir);
   } finally {
-    release();
+    await release();
   }
 }
 
@@ -242,7 +251,7 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
     finished = true;
     for (const child of children.values()) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await coordinator.close();
-    release();
+    await release();
   }
 }
 

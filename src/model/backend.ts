@@ -11,11 +11,8 @@
 // postinstall), which smoke-tests it in a child process and records the outcome beside the package:
 // an engine that failed there is not loaded here, and the reason is part of the logged choice.
 
-import { existsSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { quietTensorflowByDefault } from './tensorflow-env.ts';
+import { installStatus, quietTensorflowByDefault } from './tensorflow-env.ts';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 import { activateWebGPU, NoWebGPUAdapter } from './webgpu/device.ts';
@@ -44,23 +41,6 @@ const TFJS_NODE_GPU = '@tensorflow/tfjs-node-gpu';
 
 /** Outcome of trying to load one of the optional native packages. */
 type NativeLoad = { ok: true } | { ok: false; why: string };
-
-/** What scripts/build-tensorflow-engine.mjs recorded about the package's smoke test, if it ran. */
-interface EngineStatus {
-  ok: boolean;
-  failure?: string;
-}
-
-function installStatus(pkg: string): EngineStatus | null {
-  let packageDir: string;
-  try {
-    packageDir = dirname(createRequire(import.meta.url).resolve(`${pkg}/package.json`));
-  } catch {
-    return null;
-  }
-  const file = join(packageDir, 'vit-dist-engine.json');
-  return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as EngineStatus) : null;
-}
 
 async function loadNative(pkg: string): Promise<NativeLoad> {
   const status = installStatus(pkg);
