@@ -5,6 +5,7 @@ import { runCoordinatorCommand, runLaunchCommand } from './run.ts';
 import { runWorkerCommand } from './worker-command.ts';
 import { registerDataBenchCommand } from './data-bench.ts';
 import { registerDataCommands } from './data-commands.ts';
+import { registerPlotCommand } from './plot-command.ts';
 import { registerSoupCommands } from './soup-commands.ts';
 import { registerSweepCommand } from './sweep.ts';
 import { DEFAULT_PREDICT_BATCH, runExportCommand, runPredictCommand } from './weights-commands.ts';
@@ -170,6 +171,7 @@ registerDataCommands(program);
 registerSoupCommands(program);
 registerSweepCommand(program);
 registerDataBenchCommand(program);
+registerPlotCommand(program);
 
 try {
   await program.parseAsync(process.argv);
