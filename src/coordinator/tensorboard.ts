@@ -3,6 +3,7 @@
 // `tensorboard --logdir` expects by construction. The coordinator computes nothing with TensorFlow:
 // tfjs-node is loaded here only, lazily, and only when the install recorded a working engine
 // (scripts/build-tensorflow-engine.mjs); without it the run goes on without TensorBoard files.
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { installStatus } from '../model/tensorflow-env.ts';
 import type { EvalRecord, MetricsRecord, RestartRecord, StepRecord } from './metrics.ts';
@@ -37,14 +38,14 @@ async function loadTfjsNode(): Promise<TfjsNode> {
     throw new Error(`the TensorFlow engine failed at install (${status.failure}); rebuild with node scripts/build-tensorflow-engine.mjs`);
   // TensorFlow announces oneDNN on stderr as it loads, before TF_CPP_MIN_LOG_LEVEL applies; only
   // this variable silences it, and it changes no number here (the writer runs no kernel that does
-  // arithmetic). It is set for the load only, so workers that `launch` starts later keep oneDNN.
+  // arithmetic). It must not reach the workers `launch` spawns from this process' environment: their
+  // kernels, and so their bits, would change. So it is set around a synchronous require (tfjs-node
+  // is CommonJS), which no spawn can interleave with, as it could with an awaited import.
   const onednn = process.env.TF_ENABLE_ONEDNN_OPTS;
   process.env.TF_ENABLE_ONEDNN_OPTS ??= '0';
   let tf: TfjsNode;
   try {
-    // A variable module name keeps the native package out of the static module graph (as backend.ts does).
-    const moduleName: string = TFJS_NODE;
-    tf = (await import(moduleName)) as TfjsNode;
+    tf = createRequire(import.meta.url)(TFJS_NODE) as TfjsNode;
   } catch (err) {
     throw new Error(`${TFJS_NODE} failed to load: ${(err as Error).message}`, { cause: err });
   } finally {

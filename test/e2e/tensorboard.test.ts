@@ -4,11 +4,11 @@
 // (event.proto, summary.proto), so a writer that broke the format would fail it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import protobuf from 'protobufjs';
 import { installStatus } from '../../src/model/tensorflow-env.ts';
-import { MICRO_RECIPE, evalRecords, needsData, run, stepRecords, tempRunDir } from './cluster.ts';
+import { MICRO_RECIPE, evalRecords, needsData, start, stepRecords, tempRunDir } from './cluster.ts';
 
 const engine = installStatus('@tensorflow/tfjs-node');
 const needsEngine = engine?.ok
@@ -98,12 +98,39 @@ function readScalars(file: string): { version: string | undefined; series: Map<s
   return { version, series };
 }
 
+/** The environments of `pid`'s child processes, from /proc. */
+function childEnvironments(pid: number): string[][] {
+  return readdirSync('/proc')
+    .filter((entry) => /^\d+$/.test(entry))
+    .flatMap((entry) => {
+      try {
+        // /proc/N/stat: "N (name) state ppid ...", the name in parentheses may hold spaces.
+        const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+        const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+        return ppid === pid ? [readFileSync(`/proc/${entry}/environ`, 'utf8').split('\0')] : [];
+      } catch {
+        return []; // The process ended while we looked.
+      }
+    });
+}
+
 test('a run writes its loss, accuracy and evaluations to RUN_DIR/tb as TensorBoard event files', {
   skip: needsData || needsEngine,
   timeout: 180_000,
 }, async () => {
   const out = tempRunDir('tensorboard');
-  const result = await run(['launch', '--workers', '2', '--recipe', MICRO_RECIPE, '--steps', '12', '--out', out], { timeoutMs: 170_000 });
+  const launch = start(['launch', '--workers', '2', '--recipe', MICRO_RECIPE, '--steps', '40', '--out', out], { timeoutMs: 170_000 });
+  await launch.waitFor(/ring of 2 workers formed/, 160_000);
+  // The coordinator silences TensorFlow's oneDNN notice while it loads the writer; the workers it
+  // spawns must not inherit that setting, which would change their kernels and so their bits.
+  if (process.env.TF_ENABLE_ONEDNN_OPTS === undefined && existsSync('/proc/self/environ')) {
+    // Read as soon as the ring forms, long before the 40 steps end and the workers exit.
+    const workers = childEnvironments(launch.child.pid!);
+    assert.ok(workers.length > 0, 'the local workers are found');
+    for (const env of workers)
+      assert.ok(!env.some((v) => v.startsWith('TF_ENABLE_ONEDNN_OPTS=')), 'a worker inherited TF_ENABLE_ONEDNN_OPTS');
+  }
+  const result = await launch.finished;
   assert.equal(result.code, 0, result.stdout + result.stderr);
 
   const files = readdirSync(join(out, 'tb')).filter((f) => f.startsWith('events.out.tfevents.'));
