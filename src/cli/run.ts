@@ -9,6 +9,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { latestCheckpoint, readCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.ts';
 import { Coordinator } from '../coordinator/coordinator.ts';
+import { routeStatusPage } from '../coordinator/status-page.ts';
 import type { RunSummary } from '../coordinator/generation.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { readSafetensors } from '../model/safetensors.ts';
@@ -143,6 +144,11 @@ function prepareRun(
     coordinator.requestStop();
   };
   process.once('SIGTERM', onSigterm);
+  const statusTokens = [coordinator.token, ...(flags.statusToken ? [flags.statusToken] : [])];
+  routeStatusPage((path, handler) => coordinator.route(path, handler), coordinator.status, {
+    tokens: statusTokens,
+    secureCookie: tls !== null,
+  });
   return { coordinator, release: () => process.off('SIGTERM', onSigterm) };
 }
 
@@ -162,6 +168,9 @@ export async function runCoordinatorCommand(flags: CoordinatorFlags): Promise<vo
     console.log(
       `coordinator listening on ${coordinator.tls ? 'wss' : 'ws'}://${address.address}:${address.port}, waiting for ${flags.workers} workers (run dir ${coordinator.outDir})`,
     );
+    console.log(
+      `status page: ${coordinator.tls ? 'https' : 'http'}://${address.address}:${address.port}/ (log in with the run's token${flags.statusToken ? ' or --status-token' : ''})`,
+    );
     printSummary(await coordinator.run(), coordinator.outDir);
   } finally {
     release();
@@ -177,6 +186,11 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   const engineThreads =
     flags.backend === 'wasm' || flags.backend === 'cpu' ? '' : ` x ${threads} TensorFlow thread${threads === 1 ? '' : 's'} each (${why})`;
   console.log(`launching ${flags.workers} local workers${engineThreads} against ${url} (run dir ${coordinator.outDir})`);
+  const madeToken = !flags.token && !process.env[TOKEN_ENV];
+  const login = [...(madeToken ? [] : [`$${TOKEN_ENV}`]), ...(flags.statusToken ? ['--status-token'] : [])];
+  console.log(
+    `status page: http://127.0.0.1:${address.port}/ (${login.length > 0 ? `log in with ${login.join(' or ')}` : `pass --status-token or set ${TOKEN_ENV} to log in`})`,
+  );
   const showTensorflowInfo = process.env.TF_CPP_MIN_LOG_LEVEL === '0';
   const children = new Map<number, ChildProcess>();
   let finished = false;
