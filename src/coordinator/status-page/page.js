@@ -50,7 +50,8 @@ function chartWidth() {
   return Math.floor(grid.clientWidth / columns) - 16;
 }
 
-function makeChart(id, title, seriesLabels, data, points) {
+/** `lastStep`: draw the x axis to it (evaluations are few: their axis spans the run, not just them). */
+function makeChart(id, title, seriesLabels, data, points, lastStep = null) {
   charts[id]?.destroy();
   let holder = document.getElementById(`chart-${id}`);
   if (!holder) {
@@ -69,7 +70,7 @@ function makeChart(id, title, seriesLabels, data, points) {
       title,
       width: chartWidth(),
       height: 220,
-      scales: { x: { time: false } },
+      scales: { x: lastStep ? { time: false, range: [0, lastStep] } : { time: false } },
       series: [{ label: 'step' }, ...series],
       axes: [{}, { size: 60, values: (_, splits) => splits.map(tick) }],
     },
@@ -93,8 +94,9 @@ function redraw() {
     ['test accuracy'],
     [evalRecords.map((r) => r.step), evalRecords.map((r) => r.testAccuracy * 100)],
     true,
+    view.totalSteps,
   );
-  ranksCharted = Math.max(0, ...stepRecords.map((r) => r.ranks.length));
+  ranksCharted = stepRecords.reduce((most, r) => Math.max(most, r.ranks.length), 0);
   const ranks = Array.from({ length: ranksCharted }, (_, rank) => rank);
   makeChart(
     'compute',
