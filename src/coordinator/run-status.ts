@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { InputError } from '../common/errors.ts';
 import type { Recipe } from '../train/recipe.ts';
 import type { MetricsRecord, RestartRecord, StepRecord } from './metrics.ts';
-import { type StragglerChange, StragglerDetector, stragglerScores } from './straggler.ts';
+import { STRAGGLER_WINDOW, type StragglerChange, StragglerDetector, stragglerScores } from './straggler.ts';
 
 export const RUN_INFO_FILE = 'run.json';
 
@@ -55,8 +55,8 @@ export interface WorkerRow extends MemberInfo {
   exposedCommMs: number | null;
   /** Of the latest step (NVIDIA's definition: fastest compute time / this rank's). */
   score: number | null;
-  /** Over the straggler detector's window. */
-  meanScore: number | null;
+  /** The median over the straggler detector's window. */
+  windowScore: number | null;
   straggler: boolean;
 }
 
@@ -167,7 +167,7 @@ export class RunStatus {
     const generation = this.info.generation;
     const step = last?.step ?? generation?.startStep ?? 0;
     const scores = last ? stragglerScores(last.ranks) : [];
-    const means = this.detector.meanScores();
+    const windowScores = this.detector.windowScores();
     const named = new Set(this.detector.stragglers());
     const members: MemberInfo[] =
       generation?.members ?? (last?.ranks.map((r) => ({ rank: r.rank, host: '?', pid: 0, backend: '?', gpu: null })) || []);
@@ -180,7 +180,7 @@ export class RunStatus {
         commMs: figures?.commMs ?? null,
         exposedCommMs: figures?.exposedCommMs ?? null,
         score: scores[member.rank] ?? null,
-        meanScore: means[member.rank] ?? null,
+        windowScore: windowScores[member.rank] ?? null,
         straggler: named.has(member.rank),
       };
     });
@@ -230,8 +230,8 @@ export function readRunInfo(runDir: string): RunInfo {
 /** The console's line for a straggler named or cleared. */
 export function stragglerNote(change: StragglerChange, member: MemberInfo | null): string {
   const who = `rank ${change.rank}${member ? ` (${member.host} pid ${member.pid})` : ''}`;
-  const score = change.meanScore.toFixed(2);
+  const score = change.windowScore.toFixed(2);
   return change.straggling
-    ? `straggler: ${who} computes at ${score} of the fastest rank's speed over the last steps (step ${change.step})`
-    : `${who} is no longer a straggler: ${score} of the fastest rank's speed (step ${change.step})`;
+    ? `straggler: ${who} computes at ${score} of the fastest rank's speed (median of the last ${STRAGGLER_WINDOW} steps, step ${change.step})`
+    : `${who} is no longer a straggler: ${score} of the fastest rank's speed (median of the last ${STRAGGLER_WINDOW} steps, step ${change.step})`;
 }

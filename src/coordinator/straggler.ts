@@ -9,23 +9,32 @@ export function stragglerScores(ranks: readonly Pick<RankStepRecord, 'computeMs'
   return ranks.map((r) => (r.computeMs > 0 ? fastest / r.computeMs : 1));
 }
 
-/** A rank whose score stays below this over the whole window is a straggler (2 ranks: 1.43x slower). */
+/** A rank whose median score over the window is below this is a straggler (2 ranks: 1.43x slower). */
 export const STRAGGLER_THRESHOLD = 0.7;
-/** Steps a score must stay below (or, to clear, at or above) the threshold: short enough to name a slow rank within a few steps, long enough that one noisy step names nobody. */
-export const STRAGGLER_WINDOW = 5;
+/**
+ * Steps whose median score judges a rank: the median ignores the odd step that a loaded machine makes
+ * slow or fast, and a rank slowed for good is named after about half the window.
+ */
+export const STRAGGLER_WINDOW = 10;
 
-/** A rank that became a straggler at `step` (or stopped being one), with its mean score over the window. */
+/** A rank that became a straggler at `step` (or stopped being one), with its median score over the window. */
 export interface StragglerChange {
   rank: number;
   straggling: boolean;
   step: number;
-  meanScore: number;
+  windowScore: number;
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 /**
- * Names stragglers from the step records of one ring: a rank is named once its score has been below
- * the threshold for `window` steps in a row, and cleared once it has been at or above it as long.
- * A new ring (another generation) has other ranks: `reset` forgets everything.
+ * Names stragglers from the step records of one ring: a rank is named once the median of its scores
+ * over the last `window` steps is below the threshold, and cleared once that median is back at or
+ * above it. A new ring (another generation) has other ranks: `reset` forgets everything.
  */
 export class StragglerDetector {
   private recent: number[][] = [];
@@ -48,15 +57,12 @@ export class StragglerDetector {
       scores.push(score);
       if (scores.length > this.window) scores.shift();
       if (scores.length < this.window) return;
-      const meanScore = scores.reduce((a, s) => a + s, 0) / scores.length;
-      const slow = scores.every((s) => s < this.threshold);
-      const fast = scores.every((s) => s >= this.threshold);
-      if (slow && !this.named.has(rank)) {
-        this.named.add(rank);
-        changes.push({ rank, straggling: true, step, meanScore });
-      } else if (fast && this.named.has(rank)) {
-        this.named.delete(rank);
-        changes.push({ rank, straggling: false, step, meanScore });
+      const windowScore = median(scores);
+      const slow = windowScore < this.threshold;
+      if (slow !== this.named.has(rank)) {
+        if (slow) this.named.add(rank);
+        else this.named.delete(rank);
+        changes.push({ rank, straggling: slow, step, windowScore });
       }
     });
     return changes;
@@ -67,9 +73,9 @@ export class StragglerDetector {
     return [...this.named].sort((a, b) => a - b);
   }
 
-  /** Each rank's mean score over the steps seen in the window so far (1 before any step). */
-  meanScores(): number[] {
-    return this.recent.map((scores) => (scores.length === 0 ? 1 : scores.reduce((a, s) => a + s, 0) / scores.length));
+  /** Each rank's median score over the steps of the window seen so far (1 before any step). */
+  windowScores(): number[] {
+    return this.recent.map((scores) => (scores.length === 0 ? 1 : median(scores)));
   }
 
   reset(worldSize = 0): void {

@@ -83,13 +83,15 @@ test('the live status keeps run.json, the workers, the ETA and the stragglers, a
   assert.equal(view.step, 10);
   assert.equal(view.etaSeconds, 10, 'one second a step, ten steps to go');
   assert.deepEqual(
-    view.workers.map((w) => [w.rank, w.host, w.backend, w.gpu, w.computeMs, w.score, w.meanScore, w.straggler]),
+    view.workers.map((w) => [w.rank, w.host, w.backend, w.gpu, w.computeMs, w.score, w.windowScore, w.straggler]),
     [
       [0, 'a', 'tensorflow', null, 100, 1, 1, false],
       [1, 'b', 'webgpu', 3, 250, 0.4, 0.4, true],
     ],
   );
-  assert.deepEqual(notes, ["straggler: rank 1 (b pid 11) computes at 0.40 of the fastest rank's speed over the last steps (step 5)"]);
+  assert.deepEqual(notes, [
+    "straggler: rank 1 (b pid 11) computes at 0.40 of the fastest rank's speed (median of the last 10 steps, step 10)",
+  ]);
   assert.equal(events.length, 11);
   assert.equal(events.at(-1)!.type, 'update');
 
@@ -102,7 +104,7 @@ test('a restart drops the steps after its checkpoint, as metrics.jsonl does, and
   const info = runInfo();
   const status = new RunStatus(info, true);
   status.generationStarted({ generation: 0, startStep: 0, totalSteps: 20, members: MEMBERS });
-  for (let step = 1; step <= 7; step++) status.record(stepRecord(step, [100, 300], new Date().toISOString()));
+  for (let step = 1; step <= 10; step++) status.record(stepRecord(step, [100, 300], new Date().toISOString()));
   assert.equal(status.view().workers[1]!.straggler, true);
   const restart: MetricsRecord = {
     kind: 'restart',

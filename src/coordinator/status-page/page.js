@@ -191,7 +191,7 @@ function showGeneration() {
 
 function showWorkers() {
   const rows = view.workers.map((w) => {
-    const score = w.score === null ? '' : `${w.score.toFixed(2)} / ${w.meanScore.toFixed(2)}`;
+    const score = w.score === null ? '' : `${w.score.toFixed(2)} / ${w.windowScore.toFixed(2)}`;
     const comm = w.commMs === null ? '' : `${ms(w.commMs)} (${ms(w.exposedCommMs)})`;
     const flag = w.straggler ? el('span', { class: 'badge' }, 'straggler') : '';
     const attributes = { 'data-rank': w.rank, class: w.straggler ? 'straggler' : '' };
@@ -217,7 +217,7 @@ function showWorkers() {
       el(
         'p',
         { class: 'straggler-alert' },
-        `Straggler: rank ${w.rank} (${w.host} pid ${w.pid}) computes at ${w.meanScore.toFixed(2)} of the fastest rank's speed.`,
+        `Straggler: rank ${w.rank} (${w.host} pid ${w.pid}) computes at ${w.windowScore.toFixed(2)} of the fastest rank's speed.`,
       ),
     );
   if (view.failure) alerts.unshift(el('p', {}, `The run failed: ${view.failure}`));
