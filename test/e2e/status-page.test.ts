@@ -1,15 +1,27 @@
 // The live status page (issue #14) in Debian's headless Chromium: the coordinator serves it at / behind
 // a login, it shows the run's steps live as they come (server-sent events into uPlot charts), the
-// workers that joined, and after the run `vit-dist status RUN_DIR` serves the same page from the run
+// workers, a restart after a worker is killed (and the replayed steps once), and after the run `vit-dist status RUN_DIR` serves the same page from the run
 // directory. Screenshots of both stay in the test's temporary directory.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { chartData, logIn, needsChromium, openChromium } from './browser.ts';
-import { MICRO_RECIPE, TOKEN, evalRecords, needsData, start, startCoordinator, stepRecords, tempRunDir } from './cluster.ts';
+import {
+  MICRO_RECIPE,
+  TOKEN,
+  evalRecords,
+  needsData,
+  restartRecords,
+  start,
+  startCoordinator,
+  stepRecords,
+  tempRunDir,
+} from './cluster.ts';
 
-const STEPS = 40;
+const STEPS = 60;
+/** The worker is killed after this step (or soon after); the ring restarts from the checkpoint before it. */
+const KILL_AFTER = 12;
 const READ_ONLY_TOKEN = 'read-only-status-token';
 const TIMEOUT_MS = 150_000;
 
@@ -27,7 +39,20 @@ test('the status page shows a live run in Chromium, and `vit-dist status` shows 
   const artifacts = dirname(runDir);
   const browser = await openChromium();
   const { coordinator, url } = await startCoordinator(
-    ['--workers', '2', '--recipe', MICRO_RECIPE, '--steps', String(STEPS), '--out', runDir, '--status-token', READ_ONLY_TOKEN],
+    [
+      '--workers',
+      '2',
+      '--recipe',
+      MICRO_RECIPE,
+      '--steps',
+      String(STEPS),
+      '--checkpoint-every',
+      '10',
+      '--out',
+      runDir,
+      '--status-token',
+      READ_ONLY_TOKEN,
+    ],
     TIMEOUT_MS,
   );
   const workers: ReturnType<typeof start>[] = [];
@@ -52,13 +77,28 @@ test('the status page shows a live run in Chromium, and `vit-dist status` shows 
 
     // Live: the page follows the run while it trains, pushed, never reloaded.
     await page.waitForSelector('#progress[data-phase=training]', { timeout: 90_000 });
+    await page.waitForFunction((step) => Number(document.querySelector<HTMLElement>('#progress')!.dataset.step) >= step, KILL_AFTER, {
+      timeout: 90_000,
+    });
+    const killed = workers[1]!;
+    killed.child.kill('SIGKILL');
+    workers.push(start(['worker', '--coordinator', url, '--token', TOKEN, '--threads', '1'], { timeoutMs: TIMEOUT_MS }));
+    const restart = await page.waitForSelector('#restarts tbody tr:has(td:nth-child(6):text-matches("rank"))', { timeout: 90_000 });
+    const [count, generation, fromStep] = await restart.$$eval('td', (tds) => tds.map((td) => td.textContent));
+    const [restartRecord] = restartRecords(runDir);
+    assert.ok(restartRecord && restartRecord.step >= 10, 'the ring restarts from a checkpoint');
+    assert.deepEqual(
+      [count, generation, fromStep],
+      ['1', '1', String(restartRecord.step)],
+      'restart 1 starts generation 1 from its checkpoint',
+    );
     await page.waitForSelector(`#progress[data-step="${STEPS}"]`, { timeout: 90_000 });
     const records = stepRecords(runDir);
     const [steps, losses] = await chartData(page, 'loss');
     assert.deepEqual(
       steps,
       records.map((r) => r.step),
-      'the loss chart shows every step of the run',
+      "the loss chart shows every step of the run once, the replayed ones with the new ring's figures",
     );
     assert.deepEqual(
       losses,
@@ -71,7 +111,10 @@ test('the status page shows a live run in Chromium, and `vit-dist status` shows 
       trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent)),
     );
     assert.equal(rows.length, 2);
-    const pids = workers.map((w) => String(w.child.pid)).sort();
+    const pids = workers
+      .filter((w) => w !== killed)
+      .map((w) => String(w.child.pid))
+      .sort();
     assert.deepEqual(rows.map((row) => row[2]).sort(), pids, 'the page lists the workers by pid');
     for (const [i, row] of rows.entries()) {
       assert.equal(row[0], String(i));

@@ -170,8 +170,10 @@ function showProgress() {
 
 function showGeneration() {
   const generation = info.generation;
+  // A restart record counts the failures recovered so far; taking in new workers restarts the ring without one.
+  const failures = view.restarts.at(-1)?.restarts ?? 0;
   document.getElementById('generation').textContent = generation
-    ? `${generation.generation} (from step ${generation.startStep}, ${generation.members.length} workers, ${view.restarts.length === 0 ? 'no restarts' : `${view.restarts.at(-1).restarts} restarts`})`
+    ? `${generation.generation} (from step ${generation.startStep}, ${generation.members.length} workers, ${failures === 0 ? 'no' : failures} failure${failures === 1 ? '' : 's'} recovered)`
     : '(no ring yet)';
   const rows = view.restarts.map((r, i) =>
     el(
