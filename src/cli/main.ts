@@ -3,6 +3,7 @@
 import { Command, Option } from 'commander';
 import { runCoordinatorCommand, runLaunchCommand } from './run.ts';
 import { runWorkerCommand } from './worker-command.ts';
+import { runStatusCommand } from './status-command.ts';
 import { registerDataBenchCommand } from './data-bench.ts';
 import { registerDataCommands } from './data-commands.ts';
 import { registerPlotCommand } from './plot-command.ts';
@@ -101,6 +102,16 @@ addRunOptions(
     .addOption(new Option('--backend <name>', 'compute backend of the workers').choices(BACKENDS).default('auto'))
     .option('--threads <n>', "each worker's TensorFlow intra-op threads (default: the cores divided among the workers)", positiveInt),
 ).action(runLaunchCommand);
+
+program
+  .command('status')
+  .description("serve a run's status page (charts, workers, restarts) from its directory, e.g. a finished run")
+  .argument('<run-dir>', 'the run directory (run.json, metrics.jsonl)')
+  .option('--host <address>', 'address to bind', '127.0.0.1')
+  .option('--port <port>', 'port to listen on (0: a free one)', port, 0)
+  .option('--token <token>', `a token that may log in (default: $${TOKEN_ENV})`)
+  .option('--status-token <token>', 'another token that may log in')
+  .action(runStatusCommand);
 
 program
   .command('export')

@@ -96,6 +96,7 @@ export function addRunOptions(command: Command): Command {
       'start from these weights (.safetensors with timm names, e.g. from `vit-dist export` or timm/DeiT) at step 0 with a fresh optimizer; a head of another class count is freshly initialized (fine-tuning); a checkpoint to resume from takes precedence',
     )
     .option('--token <token>', `shared secret every worker and ring peer must prove (default: $${TOKEN_ENV})`)
+    .option('--status-token <token>', 'a read-only token for the status page at / (the run token is accepted too)')
     .option('--join-timeout <seconds>', 'how long to wait for all workers to join', positiveNumber, DEFAULT_JOIN_TIMEOUT_S)
     .option('--step-timeout <seconds>', 'how long to wait for every worker to finish a step', positiveNumber, DEFAULT_STEP_TIMEOUT_S)
     .option(
@@ -140,6 +141,7 @@ export interface RunFlags {
   resume?: string;
   init?: string;
   token?: string;
+  statusToken?: string;
   joinTimeout: number;
   stepTimeout: number;
   minWorkers?: number;

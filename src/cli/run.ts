@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { latestCheckpoint, readCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.ts';
 import { Coordinator } from '../coordinator/coordinator.ts';
 import { observeRun } from '../coordinator/observe.ts';
+import { routeStatusPage } from '../coordinator/status-page.ts';
 import type { RunSummary } from '../coordinator/generation.ts';
 import { createModelConfig } from '../model/registry.ts';
 import { readSafetensors } from '../model/safetensors.ts';
@@ -141,13 +142,19 @@ function prepareRun(
     logger,
     progress: true,
   });
-  const observers = observeRun(coordinator, recipe, logger, [coordinator.token]);
+  // The page and /metrics take the run's token or the read-only status token.
+  const statusTokens = [coordinator.token, ...(flags.statusToken ? [flags.statusToken] : [])];
+  const observers = observeRun(coordinator, recipe, logger, statusTokens);
   // SIGTERM (docker stop, a Kubernetes pod deletion): checkpoint at the next step, then exit 0.
   const onSigterm = (): void => {
     console.log('SIGTERM: stopping after the next step and a checkpoint');
     coordinator.requestStop();
   };
   process.once('SIGTERM', onSigterm);
+  routeStatusPage((path, handler) => coordinator.route(path, handler), coordinator.status, {
+    tokens: statusTokens,
+    secureCookie: tls !== null,
+  });
   const release = async (): Promise<void> => {
     process.off('SIGTERM', onSigterm);
     await observers.close();
@@ -171,6 +178,9 @@ export async function runCoordinatorCommand(flags: CoordinatorFlags): Promise<vo
     console.log(
       `coordinator listening on ${coordinator.tls ? 'wss' : 'ws'}://${address.address}:${address.port}, waiting for ${flags.workers} workers (run dir ${coordinator.outDir})`,
     );
+    console.log(
+      `status page: ${coordinator.tls ? 'https' : 'http'}://${address.address}:${address.port}/ (log in with the run's token${flags.statusToken ? ' or --status-token' : ''})`,
+    );
     printSummary(await coordinator.run(), coordinator.outDir);
   } finally {
     await release();
@@ -186,6 +196,11 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   const engineThreads =
     flags.backend === 'wasm' || flags.backend === 'cpu' ? '' : ` x ${threads} TensorFlow thread${threads === 1 ? '' : 's'} each (${why})`;
   console.log(`launching ${flags.workers} local workers${engineThreads} against ${url} (run dir ${coordinator.outDir})`);
+  const madeToken = !flags.token && !process.env[TOKEN_ENV];
+  const login = [...(madeToken ? [] : [`$${TOKEN_ENV}`]), ...(flags.statusToken ? ['--status-token'] : [])];
+  console.log(
+    `status page: http://127.0.0.1:${address.port}/ (${login.length > 0 ? `log in with ${login.join(' or ')}` : `pass --status-token or set ${TOKEN_ENV} to log in`})`,
+  );
   const showTensorflowInfo = process.env.TF_CPP_MIN_LOG_LEVEL === '0';
   const children = new Map<number, ChildProcess>();
   let finished = false;

@@ -116,7 +116,8 @@ export type CoordinatorMessage =
   | { type: 'stop'; reason: string };
 
 export type WorkerMessage =
-  | { type: 'hello'; protocol: number; proof: Uint8Array; backend: string; host: string; pid: number }
+  /** `gpu`: the worker's --gpu index (null without one); workers before it was added send none. */
+  | { type: 'hello'; protocol: number; proof: Uint8Array; backend: string; host: string; pid: number; gpu?: number | null }
   /** The worker dropped the abandoned generation's ring and waits for a new `assign`. */
   | { type: 'aborted'; generation: number }
   | { type: 'ringListening'; generation: number; rank: number; ring: Address }

@@ -27,6 +27,7 @@ import type { LoadedCheckpoint } from '../train/checkpoint.ts';
 import { Generation, MembershipChange, type RunContext, type RunSummary, type StartState } from './generation.ts';
 import { MetricsLog, type RecordListener } from './metrics.ts';
 import { ProgressPrinter } from './progress.ts';
+import { RunStatus, stragglerNote } from './run-status.ts';
 import { WorkerLink } from './worker-link.ts';
 
 /** How long a connecting worker has to answer the challenge. */
@@ -81,12 +82,29 @@ export class Coordinator {
   private stopRequested = false;
   private readonly context: RunContext;
   private readonly routes = new Map<string, HttpRoute>();
+  /** What the status page shows; kept from the run's records and rings. */
+  readonly status: RunStatus;
 
   constructor(private readonly options: CoordinatorOptions) {
     this.outDir = options.outDir;
     this.token = options.token;
     this.tls = options.tls;
     mkdirSync(options.outDir, { recursive: true });
+    const metrics = new MetricsLog(join(options.outDir, 'metrics.jsonl'));
+    this.status = new RunStatus(
+      {
+        runId: this.runId,
+        recipe: options.recipe,
+        outDir: options.outDir,
+        startedAt: new Date().toISOString(),
+        workers: options.workers,
+        generation: null,
+        ended: null,
+      },
+      true,
+      metrics.read(),
+    );
+    metrics.onAppend((record) => this.status.record(record));
     this.context = {
       runId: this.runId,
       recipe: options.recipe,
@@ -94,13 +112,18 @@ export class Coordinator {
       stepTimeoutMs: options.stepTimeoutMs,
       checkpointDir: join(options.outDir, 'checkpoints'),
       logger: options.logger,
-      metrics: new MetricsLog(join(options.outDir, 'metrics.jsonl')),
+      metrics,
       progress: new ProgressPrinter(options.progress),
       restarts: 0,
       lastCheckpoint: options.resume,
       stopRequested: () => this.stopRequested,
       waitingJoiners: () => this.links.filter((l) => l.rank < 0).length,
+      generationStarted: (start) => this.status.generationStarted(start),
     };
+    this.status.onStragglerChange((change, member) => {
+      options.logger.warn({ ...change, member }, change.straggling ? 'straggler' : 'straggler recovered');
+      this.context.progress.note(stragglerNote(change, member));
+    });
   }
 
   /** Serves `path` (without its query) on the coordinator's port, beside the WebSocket and /healthz; call before listen. */
@@ -194,7 +217,7 @@ export class Coordinator {
       const link = new WorkerLink(
         socket,
         this.nextWorkerId++,
-        { host: hello.host, pid: hello.pid, backend: hello.backend },
+        { host: hello.host, pid: hello.pid, backend: hello.backend, gpu: hello.gpu ?? null },
         heartbeatTimeoutMs,
       );
       this.links.push(link);
@@ -245,6 +268,7 @@ export class Coordinator {
       this.phase = 'training';
       const summary = await this.supervise();
       this.phase = 'done';
+      this.status.end(summary.stopped ? 'stopped' : 'finished');
       for (const link of this.links) {
         link.send({ type: 'stop', reason: summary.stopped ? 'run stopped on request' : 'run complete' });
         link.close(CLOSE_CODES.runComplete, 'run complete');
@@ -253,6 +277,7 @@ export class Coordinator {
     } catch (err) {
       this.phase = 'failed';
       const message = (err as Error).message;
+      this.status.end('failed', message);
       this.options.logger.error({ err: message }, 'run failed');
       for (const link of this.links) link.close(CLOSE_CODES.runFailed, `run failed: ${message}`);
       throw err;

@@ -17,6 +17,7 @@ import type { CheckpointMeta, CheckpointState } from '../train/checkpoint.ts';
 import { writeCheckpoint } from './checkpoint.ts';
 import type { EvalRecord, MetricsLog, StepRecord } from './metrics.ts';
 import type { ProgressPrinter } from './progress.ts';
+import type { GenerationStart } from './run-status.ts';
 import type { WorkerLink } from './worker-link.ts';
 
 /** How long workers get to load data, build the model and connect the ring. */
@@ -79,6 +80,8 @@ export interface RunContext {
   lastCheckpoint: { meta: CheckpointMeta; state: CheckpointState; path: string } | null;
   stopRequested(): boolean;
   waitingJoiners(): number;
+  /** The ring formed and knows how many steps the run has (the status page). */
+  generationStarted(start: Omit<GenerationStart, 'time'>): void;
 }
 
 export class Generation {
@@ -115,6 +118,12 @@ export class Generation {
     // The recipe's lr scaled for its global batch; warmup epochs resolved to steps.
     const schedule = recipeSchedule(recipe, sampler.stepsPerEpoch, steps);
     progress.begin(steps, this.start.step);
+    this.context.generationStarted({
+      generation,
+      startStep: this.start.step,
+      totalSteps: steps,
+      members: this.members.map((link) => ({ rank: link.rank, ...link.info })),
+    });
     let testAccuracy: number | null = null;
     let optimizerStep = this.start.checkpoint?.meta.optimizerStep ?? 0;
 

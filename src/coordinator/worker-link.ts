@@ -15,6 +15,8 @@ export interface WorkerInfo {
   host: string;
   pid: number;
   backend: string;
+  /** The worker's --gpu index; null without one. */
+  gpu: number | null;
 }
 
 export class WorkerLink {

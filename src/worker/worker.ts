@@ -278,7 +278,15 @@ class WorkerSession {
           });
         }
         const proof = proveToken(this.options.token, message.nonce, controlProofContext(message.runId));
-        this.send({ type: 'hello', protocol: CONTROL_PROTOCOL_VERSION, proof, backend: this.backend, host: hostname(), pid: process.pid });
+        this.send({
+          type: 'hello',
+          protocol: CONTROL_PROTOCOL_VERSION,
+          proof,
+          backend: this.backend,
+          host: hostname(),
+          pid: process.pid,
+          gpu: this.options.gpu,
+        });
         return;
       }
       case 'welcome':
