@@ -15,7 +15,7 @@
 // so every Linear is one 2-D product and every LayerNorm normalizes the last axis.
 
 import * as tf from '@tensorflow/tfjs-core';
-import { add, addBias, erf, exp, matMul, meanLastAxis, mul, rsqrt, square, sub, sumRows } from './tensorflow-ops.ts';
+import { add, addBias, exp, matMul, meanLastAxis, mul, normalCdf, rsqrt, square, sub, sumRows } from './tensorflow-ops.ts';
 import { geluCdf, geluGrad } from './webgpu/gelu.ts';
 import { layerNormForward, layerNormInputGrad } from './webgpu/layernorm.ts';
 
@@ -95,7 +95,7 @@ export function layerNormBackward(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.T
  * has erf, so no tanh approximation). Returns Phi(x) too: erf is slow on wasm, the backward reuses it.
  */
 export function gelu(x: tf.Tensor2D): { y: tf.Tensor2D; cdf: tf.Tensor2D } {
-  const cdf: tf.Tensor2D = tf.getBackend() === 'webgpu' ? geluCdf(x) : mul(add(erf(mul(x, Math.SQRT1_2)), 1), 0.5);
+  const cdf: tf.Tensor2D = tf.getBackend() === 'webgpu' ? geluCdf(x) : normalCdf(x);
   return { y: mul(x, cdf), cdf };
 }
 

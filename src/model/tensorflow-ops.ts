@@ -165,8 +165,11 @@ export function rsqrt<R extends tf.Tensor>(x: R): R {
   return native()?.elementwise<R>('Rsqrt', x) ?? tf.rsqrt(x);
 }
 
-export function erf<R extends tf.Tensor>(x: R): R {
-  return native()?.elementwise<R>('Erf', x) ?? tf.erf(x);
+/** The standard normal CDF, 0.5 (1 + erf(x / sqrt 2)); on TensorFlow 0.5 erfc(-x / sqrt 2), one pass fewer. */
+export function normalCdf<R extends tf.Tensor>(x: R): R {
+  const ops = native();
+  if (ops === null) return tf.mul(tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1), 0.5);
+  return ops.elementwise<R>('Mul', ops.elementwise('Erfc', ops.elementwise('Mul', x, -Math.SQRT1_2)), 0.5);
 }
 
 export function exp<R extends tf.Tensor>(x: R): R {

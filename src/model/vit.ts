@@ -224,20 +224,40 @@ function sampleMasks(
 // ---------------------------------------------------------------------------------------------
 
 /**
- * Activations of one block kept for its backward pass. The LayerNorms' outputs (xHat * weight +
- * bias) and GELU's (fc1 * cdf) are not kept, to save memory: the backward pass recomputes them
- * with the forward's own ops, so bit for bit (on webgpu, whose forward LayerNorm is one fused
- * kernel, to float32 rounding).
+ * Whether a block keeps its LayerNorms' outputs for the backward pass. On TensorFlow it does: memory
+ * is the host's, and two [B*T, D] tensors per block (4.8 MB for ViT-Ti/16 at batch 16) cost less than
+ * the four full passes that recompute them in a step that is mostly memory-bound elementwise work.
+ * Elsewhere memory is the tighter bound (the wasm heap's 4 GiB), and the backward pass recomputes them.
+ */
+function keepsNormOutputs(): boolean {
+  return tf.getBackend() === 'tensorflow';
+}
+
+/**
+ * A LayerNorm's activations for the backward pass: its normalized input and reciprocal standard
+ * deviation, and its output where keepsNormOutputs (null otherwise).
+ */
+interface NormActs {
+  xHat: tf.Tensor2D;
+  rstd: tf.Tensor;
+  y: tf.Tensor2D | null;
+}
+
+/**
+ * Activations of one block kept for its backward pass. GELU's output (fc1 * cdf), and off TensorFlow
+ * the LayerNorms' outputs (xHat * weight + bias), are not kept, to save memory: the backward pass
+ * recomputes them with the forward's own ops, so bit for bit (on webgpu, whose forward LayerNorm is
+ * one fused kernel, to float32 rounding).
  */
 interface BlockActs {
-  norm1: { xHat: tf.Tensor2D; rstd: tf.Tensor };
+  norm1: NormActs;
   q: tf.Tensor3D; // [B*H, T, hd]
   k: tf.Tensor3D;
   v: tf.Tensor3D;
   att: tf.Tensor3D; // softmax(q k^T) [B*H, T, T]
   attDropped: tf.Tensor3D; // att after attention dropout (att itself without)
   merged: tf.Tensor2D; // attention output before proj, heads merged [B*T, D]
-  norm2: { xHat: tf.Tensor2D; rstd: tf.Tensor };
+  norm2: NormActs;
   fc1: tf.Tensor2D; // pre-activation [B*T, hidden]
   cdf: tf.Tensor2D; // Phi(fc1): gelu(fc1) = fc1 * cdf
   masks: BlockMasks | null;
@@ -335,13 +355,18 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const act = gelu(fc1);
     const hidden = masked(act.y, masks?.act);
     const out = add(x1, masked(linear(hidden, this.w(`${name}.mlp.fc2`), this.b(`${name}.mlp.fc2`)), masks?.fc2));
-    const kept = { norm1: { xHat: norm1.xHat, rstd: norm1.rstd }, norm2: { xHat: norm2.xHat, rstd: norm2.rstd }, cdf: act.cdf };
+    const normActs = (norm: { y: tf.Tensor2D; xHat: tf.Tensor2D; rstd: tf.Tensor }) => ({
+      xHat: norm.xHat,
+      rstd: norm.rstd,
+      y: keepsNormOutputs() ? norm.y : null,
+    });
+    const kept = { norm1: normActs(norm1), norm2: normActs(norm2), cdf: act.cdf };
     return [out, { ...kept, q, k, v, att, attDropped, merged, fc1, masks }];
   }
 
-  /** A LayerNorm's output recomputed from its normalized input (layerNormAffine; on webgpu within rounding of the fused kernel). */
-  private normOutput(name: string, xHat: tf.Tensor2D): tf.Tensor2D {
-    return layerNormAffine(xHat, this.w(name), this.b(name));
+  /** A LayerNorm's output, kept or recomputed from its normalized input (layerNormAffine; on webgpu within rounding of the fused kernel). */
+  private normOutput(name: string, norm: NormActs): tf.Tensor2D {
+    return norm.y ?? layerNormAffine(norm.xHat, this.w(name), this.b(name));
   }
 
   /** Backward through one block: takes d(out), records parameter gradients, returns d(x). */
@@ -360,7 +385,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
       record('mlp.fc2', fc2);
       const fc1 = linearBackward(
         geluBackward(masked(fc2.dx, a.masks?.act), a.fc1, a.cdf),
-        this.normOutput(`${name}.norm2`, a.norm2.xHat),
+        this.normOutput(`${name}.norm2`, a.norm2),
         this.w(`${name}.mlp.fc1`),
       );
       record('mlp.fc1', fc1);
@@ -378,7 +403,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const dScores = attentionSoftmaxBackward(a.att, dAtt, this.headDim ** -0.5);
     const dq = batchMatMul(dScores, a.k);
     const dk = batchMatMul(dScores, a.q, true, false);
-    const qkv = linearBackward(this.mergeQkv(dq, dk, dv, B), this.normOutput(`${name}.norm1`, a.norm1.xHat), this.w(`${name}.attn.qkv`));
+    const qkv = linearBackward(this.mergeQkv(dq, dk, dv, B), this.normOutput(`${name}.norm1`, a.norm1), this.w(`${name}.attn.qkv`));
     record('attn.qkv', qkv);
     const norm1 = layerNormBackward(qkv.dx, a.norm1.xHat, a.norm1.rstd, this.w(`${name}.norm1`));
     record('norm1', { dw: norm1.dWeight, db: norm1.dBias });
