@@ -7,6 +7,7 @@ import type { DeviceGradientSum } from './gradient-sum.ts';
 import { initFlatParams } from './init.ts';
 import { checkLabels, countCorrectIn, crossEntropySum, jointLogits, oneHotLabels, trainingObjective, type HeadLogits } from './loss.ts';
 import type { ImageClassifier, LossResult, ModelConfig, ParamSpec, TrainContext } from './model.ts';
+import { reshape } from './tensorflow-ops.ts';
 
 /** A training forward pass: the heads' logits, and the backward pass from d(loss)/d(logits) to the flat gradient. */
 export interface TrainPass {
@@ -81,7 +82,7 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
   /** Per-parameter gradients (by name, any shape of the parameter's size) as one flat vector in the params' order. */
   protected flatGradient(grads: Map<string, tf.Tensor>): tf.Tensor1D {
     // A reshape is an op of its own on TensorFlow: skip the ones that would change nothing.
-    const flat = (spec: ParamSpec, g: tf.Tensor) => (g.rank === 1 && g.size === spec.size ? g : tf.reshape(g, [spec.size]));
+    const flat = (spec: ParamSpec, g: tf.Tensor) => (g.rank === 1 && g.size === spec.size ? g : reshape(g, [spec.size]));
     return tf.concat(this.params.map((spec) => flat(spec, grads.get(spec.name)!))) as tf.Tensor1D;
   }
 

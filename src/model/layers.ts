@@ -15,6 +15,7 @@
 // so every Linear is one 2-D product and every LayerNorm normalizes the last axis.
 
 import * as tf from '@tensorflow/tfjs-core';
+import { add, addBias, exp, matMul, meanLastAxis, mul, normalCdf, rsqrt, square, sub, sumRows } from './tensorflow-ops.ts';
 import { geluCdf, geluGrad } from './webgpu/gelu.ts';
 import { layerNormForward, layerNormInputGrad } from './webgpu/layernorm.ts';
 
@@ -32,8 +33,9 @@ export function transposeFlagsAreFree(): boolean {
 
 /** y = x @ w + b for x [M, in], w [in, out], b [out]. */
 export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D {
-  // tfjs-node has no fused kernel: its _FusedMatMul is a matMul and an add after three reshapes to 3-D.
-  if (tf.getBackend() === 'tensorflow') return tf.add(tf.matMul(x, w), b);
+  // tfjs-node has no fused kernel (its _FusedMatMul is a matMul and an add after three reshapes to 3-D),
+  // and the binding cannot pass TensorFlow's own _FusedMatMul its list of fused ops: MatMul and BiasAdd.
+  if (tf.getBackend() === 'tensorflow') return addBias(matMul(x, w), b);
   return tf.fused.matMul({ a: x, b: w, bias: b }) as tf.Tensor2D;
 }
 
@@ -49,21 +51,21 @@ export interface LinearGrads {
  * 154 MB); wasm gets explicit transposes (see the header).
  */
 function matMulT(a: tf.Tensor2D, b: tf.Tensor2D, transposeA: boolean, transposeB: boolean): tf.Tensor2D {
-  if (transposeFlagsAreFree()) return tf.matMul(a, b, transposeA, transposeB);
+  if (transposeFlagsAreFree()) return matMul(a, b, transposeA, transposeB);
   return tf.matMul(transposeA ? tf.transpose(a) : a, transposeB ? tf.transpose(b) : b);
 }
 
 export function linearBackward(dy: tf.Tensor2D, x: tf.Tensor2D, w: tf.Tensor2D): LinearGrads {
-  return { dx: matMulT(dy, w, false, true), dw: matMulT(x, dy, true, false), db: tf.sum(dy, 0) };
+  return { dx: matMulT(dy, w, false, true), dw: matMulT(x, dy, true, false), db: sumRows(dy) };
 }
 
 /** LayerNorm over the last axis; also returns what the backward pass needs. */
 export function layerNorm(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor) {
   if (tf.getBackend() === 'webgpu') return layerNormForward(x, weight, bias, LN_EPS); // 3 passes instead of ~10
   // tf.moments' arithmetic (mean of squared deviations), with the centered x computed once, not twice.
-  const centered = tf.sub(x, tf.mean(x, -1, true));
-  const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), LN_EPS)); // [M, 1]
-  const xHat = tf.mul(centered, rstd) as tf.Tensor2D;
+  const centered = sub(x, meanLastAxis(x));
+  const rstd = rsqrt(add(meanLastAxis(square(centered)), LN_EPS)); // [M, 1]
+  const xHat = mul(centered, rstd);
   return { y: layerNormAffine(xHat, weight, bias), xHat, rstd };
 }
 
@@ -72,20 +74,20 @@ export function layerNorm(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor) {
  * webgpu, bit for bit, so a backward pass may recompute it instead of keeping it.
  */
 export function layerNormAffine(xHat: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor): tf.Tensor2D {
-  return tf.add(tf.mul(xHat, weight), bias) as tf.Tensor2D;
+  return addBias(mul(xHat, weight), bias);
 }
 
 /** dx = rstd * (g - mean(g) - xHat * mean(g * xHat)) with g = dy * weight, per row, from tfjs ops. */
 function layerNormInputGradOps(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.Tensor, weight: tf.Tensor): tf.Tensor2D {
-  const g = tf.mul(dy, weight);
-  const centered = tf.sub(g, tf.mean(g, -1, true));
-  return tf.mul(tf.sub(centered, tf.mul(xHat, tf.mean(tf.mul(g, xHat), -1, true))), rstd) as tf.Tensor2D;
+  const g = mul(dy, weight);
+  const centered = sub(g, meanLastAxis(g));
+  return mul(sub(centered, mul(xHat, meanLastAxis(mul(g, xHat)))), rstd);
 }
 
 /** LayerNorm's gradients: dx (above; one pass on webgpu), and the affine's. */
 export function layerNormBackward(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.Tensor, weight: tf.Tensor) {
   const dx = tf.getBackend() === 'webgpu' ? layerNormInputGrad(dy, xHat, rstd, weight) : layerNormInputGradOps(dy, xHat, rstd, weight);
-  return { dx, dWeight: tf.sum(tf.mul(dy, xHat), 0) as tf.Tensor1D, dBias: tf.sum(dy, 0) as tf.Tensor1D };
+  return { dx, dWeight: sumRows(mul(dy, xHat)), dBias: sumRows(dy) };
 }
 
 /**
@@ -93,15 +95,15 @@ export function layerNormBackward(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.T
  * has erf, so no tanh approximation). Returns Phi(x) too: erf is slow on wasm, the backward reuses it.
  */
 export function gelu(x: tf.Tensor2D): { y: tf.Tensor2D; cdf: tf.Tensor2D } {
-  const cdf: tf.Tensor2D = tf.getBackend() === 'webgpu' ? geluCdf(x) : tf.mul(0.5, tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
-  return { y: tf.mul(x, cdf), cdf };
+  const cdf: tf.Tensor2D = tf.getBackend() === 'webgpu' ? geluCdf(x) : normalCdf(x);
+  return { y: mul(x, cdf), cdf };
 }
 
 /** d/dx [x Phi(x)] = Phi(x) + x phi(x), phi the standard normal density. */
 export function geluBackward(dy: tf.Tensor2D, x: tf.Tensor2D, cdf: tf.Tensor2D): tf.Tensor2D {
   if (tf.getBackend() === 'webgpu') return geluGrad(dy, x, cdf); // one pass instead of seven
-  const pdf = tf.mul(1 / Math.sqrt(2 * Math.PI), tf.exp(tf.mul(tf.square(x), -0.5)));
-  return tf.mul(dy, tf.add(cdf, tf.mul(x, pdf)));
+  const pdf = mul(exp(mul(square(x), -0.5)), 1 / Math.sqrt(2 * Math.PI));
+  return mul(dy, add(cdf, mul(x, pdf)));
 }
 
 /** Backward of y = tf.relu(x): dy where y is positive, 0 elsewhere (the subgradient 0 at 0, as PyTorch's). */

@@ -28,6 +28,7 @@ import {
 import type { HeadLogits } from './loss.ts';
 import type { ParamSpec, TrainContext } from './model.ts';
 import { ParamTable } from './param-table.ts';
+import { add, matMul, mul, reshape, softmax, sub, sumLastAxis, transpose } from './tensorflow-ops.ts';
 import { tensorsIn, tidyKeeping } from './scope.ts';
 
 export interface VitConfig {
@@ -148,7 +149,7 @@ function validateConfig(config: VitConfig): void {
  * T=197, hd=64 as in ViT/16 at 224 px: similar ratio). Other backends keep tf.matMul.
  */
 function batchMatMul(a: tf.Tensor3D, b: tf.Tensor3D, transposeA = false, transposeB = false): tf.Tensor3D {
-  if (tf.getBackend() !== 'wasm') return tf.matMul(a, b, transposeA, transposeB);
+  if (tf.getBackend() !== 'wasm') return matMul(a, b, transposeA, transposeB);
   const [C, I, K] = transposeA ? [a.shape[0], a.shape[2], a.shape[1]] : a.shape;
   const J = transposeB ? b.shape[1] : b.shape[2];
   const filter = tf.reshape(tf.transpose(a, transposeA ? [1, 0, 2] : [2, 0, 1]), [1, K, C, I]) as tf.Tensor4D;
@@ -159,18 +160,18 @@ function batchMatMul(a: tf.Tensor3D, b: tf.Tensor3D, transposeA = false, transpo
 
 /** softmax(scale * scores) over the last axis: one row kernel on webgpu (webgpu/softmax.ts), tfjs ops elsewhere. */
 function attentionSoftmax(scores: tf.Tensor3D, scale: number): tf.Tensor3D {
-  return tf.getBackend() === 'webgpu' ? scaledSoftmax(scores, scale) : tf.softmax(tf.mul(scores, scale));
+  return tf.getBackend() === 'webgpu' ? scaledSoftmax(scores, scale) : softmax(mul(scores, scale));
 }
 
 /** Softmax backward, row-wise: dS = att * (dAtt - sum(dAtt * att)), times the scale. */
 function attentionSoftmaxBackward(att: tf.Tensor3D, dAtt: tf.Tensor3D, scale: number): tf.Tensor3D {
   if (tf.getBackend() === 'webgpu') return scaledSoftmaxGrad(att, dAtt, scale);
-  return tf.mul(tf.mul(att, tf.sub(dAtt, tf.sum(tf.mul(dAtt, att), -1, true))), scale);
+  return mul(mul(att, sub(dAtt, sumLastAxis(mul(dAtt, att)))), scale);
 }
 
 /** x * mask, or x itself without a mask: a rate of 0 computes exactly what the model did before regularization. */
 function masked<T extends tf.Tensor>(x: T, mask: T | null | undefined): T {
-  return mask ? tf.mul(x, mask) : x;
+  return mask ? mul(x, mask) : x;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -223,20 +224,40 @@ function sampleMasks(
 // ---------------------------------------------------------------------------------------------
 
 /**
- * Activations of one block kept for its backward pass. The LayerNorms' outputs (xHat * weight +
- * bias) and GELU's (fc1 * cdf) are not kept, to save memory: the backward pass recomputes them
- * with the forward's own ops, so bit for bit (on webgpu, whose forward LayerNorm is one fused
- * kernel, to float32 rounding).
+ * Whether a block keeps its LayerNorms' outputs for the backward pass. On TensorFlow it does: memory
+ * is the host's, and two [B*T, D] tensors per block (4.8 MB for ViT-Ti/16 at batch 16) cost less than
+ * the four full passes that recompute them in a step that is mostly memory-bound elementwise work.
+ * Elsewhere memory is the tighter bound (the wasm heap's 4 GiB), and the backward pass recomputes them.
+ */
+function keepsNormOutputs(): boolean {
+  return tf.getBackend() === 'tensorflow';
+}
+
+/**
+ * A LayerNorm's activations for the backward pass: its normalized input and reciprocal standard
+ * deviation, and its output where keepsNormOutputs (null otherwise).
+ */
+interface NormActs {
+  xHat: tf.Tensor2D;
+  rstd: tf.Tensor;
+  y: tf.Tensor2D | null;
+}
+
+/**
+ * Activations of one block kept for its backward pass. GELU's output (fc1 * cdf), and off TensorFlow
+ * the LayerNorms' outputs (xHat * weight + bias), are not kept, to save memory: the backward pass
+ * recomputes them with the forward's own ops, so bit for bit (on webgpu, whose forward LayerNorm is
+ * one fused kernel, to float32 rounding).
  */
 interface BlockActs {
-  norm1: { xHat: tf.Tensor2D; rstd: tf.Tensor };
+  norm1: NormActs;
   q: tf.Tensor3D; // [B*H, T, hd]
   k: tf.Tensor3D;
   v: tf.Tensor3D;
   att: tf.Tensor3D; // softmax(q k^T) [B*H, T, T]
   attDropped: tf.Tensor3D; // att after attention dropout (att itself without)
   merged: tf.Tensor2D; // attention output before proj, heads merged [B*T, D]
-  norm2: { xHat: tf.Tensor2D; rstd: tf.Tensor };
+  norm2: NormActs;
   fc1: tf.Tensor2D; // pre-activation [B*T, hidden]
   cdf: tf.Tensor2D; // Phi(fc1): gelu(fc1) = fc1 * cdf
   masks: BlockMasks | null;
@@ -274,7 +295,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
   private splitHeads(x: tf.Tensor2D, B: number): tf.Tensor3D {
     const { numHeads: H } = this.config;
     const [T, hd] = [this.numTokens, this.headDim];
-    return tf.reshape(tf.transpose(tf.reshape(x, [B, T, H, hd]), [0, 2, 1, 3]), [B * H, T, hd]);
+    return reshape(transpose(reshape(x, [B, T, H, hd]), [0, 2, 1, 3]), [B * H, T, hd]);
   }
 
   /**
@@ -291,8 +312,8 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const b = this.b(`${name}.attn.qkv`);
     if (transposeFlagsAreFree()) {
       // Output features are ordered (q|k|v, head, headDim) as in timm.
-      const qkv = tf.transpose(tf.reshape(linear(x, w, b), [B, T, 3, H, hd]), [2, 0, 3, 1, 4]);
-      return tf.unstack(tf.reshape(qkv, [3, B * H, T, hd])) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
+      const qkv = transpose(reshape(linear(x, w, b), [B, T, 3, H, hd]), [2, 0, 3, 1, 4]);
+      return tf.unstack(reshape(qkv, [3, B * H, T, hd])) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
     }
     const wqkv = tf.split<tf.Tensor2D>(w, 3, 1);
     const bqkv = tf.split<tf.Tensor1D>(b, 3);
@@ -304,15 +325,15 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const { numHeads: H, embedDim: D } = this.config;
     const [T, hd] = [this.numTokens, this.headDim];
     if (!transposeFlagsAreFree()) return tf.concat([this.mergeHeads(dq, B), this.mergeHeads(dk, B), this.mergeHeads(dv, B)], 1);
-    const stacked = tf.reshape(tf.stack([dq, dk, dv]), [3, B, H, T, hd]);
-    return tf.reshape(tf.transpose(stacked, [1, 3, 0, 2, 4]), [B * T, 3 * D]);
+    const stacked = reshape(tf.stack([dq, dk, dv]), [3, B, H, T, hd]);
+    return reshape(transpose(stacked, [1, 3, 0, 2, 4]), [B * T, 3 * D]);
   }
 
   /** Inverse of splitHeads. */
   private mergeHeads(x: tf.Tensor3D, B: number): tf.Tensor2D {
     const { numHeads: H, embedDim: D } = this.config;
     const [T, hd] = [this.numTokens, this.headDim];
-    return tf.reshape(tf.transpose(tf.reshape(x, [B, H, T, hd]), [0, 2, 1, 3]), [B * T, D]);
+    return reshape(transpose(reshape(x, [B, H, T, hd]), [0, 2, 1, 3]), [B * T, D]);
   }
 
   /**
@@ -327,20 +348,25 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const attDropped = masked(att, masks?.attn);
     const merged = this.mergeHeads(batchMatMul(attDropped, v), B);
     const attnOut = masked(linear(merged, this.w(`${name}.attn.proj`), this.b(`${name}.attn.proj`)), masks?.proj);
-    const x1: tf.Tensor2D = tf.add(x, attnOut);
+    const x1 = add(x, attnOut);
 
     const norm2 = layerNorm(x1, this.w(`${name}.norm2`), this.b(`${name}.norm2`));
     const fc1 = linear(norm2.y, this.w(`${name}.mlp.fc1`), this.b(`${name}.mlp.fc1`));
     const act = gelu(fc1);
     const hidden = masked(act.y, masks?.act);
-    const out: tf.Tensor2D = tf.add(x1, masked(linear(hidden, this.w(`${name}.mlp.fc2`), this.b(`${name}.mlp.fc2`)), masks?.fc2));
-    const kept = { norm1: { xHat: norm1.xHat, rstd: norm1.rstd }, norm2: { xHat: norm2.xHat, rstd: norm2.rstd }, cdf: act.cdf };
+    const out = add(x1, masked(linear(hidden, this.w(`${name}.mlp.fc2`), this.b(`${name}.mlp.fc2`)), masks?.fc2));
+    const normActs = (norm: { y: tf.Tensor2D; xHat: tf.Tensor2D; rstd: tf.Tensor }) => ({
+      xHat: norm.xHat,
+      rstd: norm.rstd,
+      y: keepsNormOutputs() ? norm.y : null,
+    });
+    const kept = { norm1: normActs(norm1), norm2: normActs(norm2), cdf: act.cdf };
     return [out, { ...kept, q, k, v, att, attDropped, merged, fc1, masks }];
   }
 
-  /** A LayerNorm's output recomputed from its normalized input (layerNormAffine; on webgpu within rounding of the fused kernel). */
-  private normOutput(name: string, xHat: tf.Tensor2D): tf.Tensor2D {
-    return layerNormAffine(xHat, this.w(name), this.b(name));
+  /** A LayerNorm's output, kept or recomputed from its normalized input (layerNormAffine; on webgpu within rounding of the fused kernel). */
+  private normOutput(name: string, norm: NormActs): tf.Tensor2D {
+    return norm.y ?? layerNormAffine(norm.xHat, this.w(name), this.b(name));
   }
 
   /** Backward through one block: takes d(out), records parameter gradients, returns d(x). */
@@ -354,18 +380,18 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     // MLP branch: out = x1 + fc2(gelu(fc1(norm2(x1)))), each mask applied where the forward applied it.
     // Its own scope: its temporaries are freed before the attention branch's (lower peak memory).
     const { dx1 } = tidyKeeping(() => {
-      const hidden = masked(tf.mul<tf.Tensor2D>(a.fc1, a.cdf), a.masks?.act); // as gelu() and the forward's dropout
+      const hidden = masked(mul(a.fc1, a.cdf), a.masks?.act); // as gelu() and the forward's dropout
       const fc2 = linearBackward(masked(dOut, a.masks?.fc2), hidden, this.w(`${name}.mlp.fc2`));
       record('mlp.fc2', fc2);
       const fc1 = linearBackward(
         geluBackward(masked(fc2.dx, a.masks?.act), a.fc1, a.cdf),
-        this.normOutput(`${name}.norm2`, a.norm2.xHat),
+        this.normOutput(`${name}.norm2`, a.norm2),
         this.w(`${name}.mlp.fc1`),
       );
       record('mlp.fc1', fc1);
       const norm2 = layerNormBackward(fc1.dx, a.norm2.xHat, a.norm2.rstd, this.w(`${name}.norm2`));
       record('norm2', { dw: norm2.dWeight, db: norm2.dBias });
-      return { dx1: tf.add(dOut, norm2.dx) as tf.Tensor2D, grads };
+      return { dx1: add(dOut, norm2.dx), grads };
     });
 
     // Attention branch: x1 = x + proj(attention(qkv(norm1(x)))).
@@ -377,11 +403,11 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const dScores = attentionSoftmaxBackward(a.att, dAtt, this.headDim ** -0.5);
     const dq = batchMatMul(dScores, a.k);
     const dk = batchMatMul(dScores, a.q, true, false);
-    const qkv = linearBackward(this.mergeQkv(dq, dk, dv, B), this.normOutput(`${name}.norm1`, a.norm1.xHat), this.w(`${name}.attn.qkv`));
+    const qkv = linearBackward(this.mergeQkv(dq, dk, dv, B), this.normOutput(`${name}.norm1`, a.norm1), this.w(`${name}.attn.qkv`));
     record('attn.qkv', qkv);
     const norm1 = layerNormBackward(qkv.dx, a.norm1.xHat, a.norm1.rstd, this.w(`${name}.norm1`));
     record('norm1', { dw: norm1.dWeight, db: norm1.dBias });
-    return tf.add(dx1, norm1.dx);
+    return add(dx1, norm1.dx);
   }
 
   /** This step's masks for n samples, one entry per block; null when every rate is 0. */
