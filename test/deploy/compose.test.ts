@@ -90,32 +90,45 @@ interface RunResult {
 async function composeRun(dir: string, project: string, killWorker: boolean): Promise<RunResult> {
   const started = Date.now();
   cleanups.push(() => compose(dir, project, ['down', '-v', '-t', '5']));
-  compose(dir, project, ['up', '-d']);
+  // The undisturbed run starts with one worker, so the coordinator waits, and checks the image's HEALTHCHECK in
+  // both roles meanwhile (a worker's answers while it holds its coordinator connection); `up` again adds the rest.
+  compose(dir, project, killWorker ? ['up', '-d'] : ['up', '-d', '--scale', 'worker=1']);
   const coordinator = compose(dir, project, ['ps', '-q', 'coordinator']).trim();
+  if (!killWorker) {
+    const first = compose(dir, project, ['ps', '-q', 'worker']).trim();
+    let healthy = false;
+    for (let attempt = 0; attempt < 90 && !healthy; attempt++) {
+      healthy = (await runHealthcheck(coordinator)) === 0 && (await runHealthcheck(first)) === 0;
+      if (!healthy) await sleep(1000);
+    }
+    assert.ok(healthy, `the HEALTHCHECK did not pass in the coordinator and a waiting worker:\n${await containerLogs(first)}`);
+    compose(dir, project, ['up', '-d']);
+  }
   const workers = compose(dir, project, ['ps', '-q', 'worker']).trim().split('\n');
   assert.equal(workers.length, WORKERS, `docker-compose started ${workers.length} workers`);
   const runDir = await runDirectory(project);
 
-  if (!killWorker) {
-    // The image's HEALTHCHECK answers in both roles once the worker holds its coordinator connection.
-    let healthy = false;
-    for (let attempt = 0; attempt < 60 && !healthy; attempt++) {
-      healthy = (await runHealthcheck(coordinator)) === 0 && (await runHealthcheck(workers[0]!)) === 0;
-      if (!healthy) await sleep(1000);
-    }
-    assert.ok(healthy, 'the HEALTHCHECK did not pass in the coordinator and a worker within a minute');
-  } else {
+  if (killWorker) {
     const deadline = Date.now() + 300_000;
     while (!readMetrics(runDir).some((l) => l.kind === 'step' && l.step >= KILL_AFTER_STEP)) {
       assert.ok(Date.now() < deadline, `no step ${KILL_AFTER_STEP} within 300 s:\n${await containerLogs(coordinator)}`);
       await sleep(200);
     }
-    assert.ok(!readMetrics(runDir).some((l) => l.kind === 'eval'), 'the run ended before the worker could be killed');
-    // kill -9 from outside, as the kernel's OOM killer would: `docker kill` would count as a deliberate stop,
-    // which restart policies honour by staying down.
-    const victim = (await dockerApi('GET', `/containers/${workers[1]}/json`)).body;
-    process.kill(victim.State.Pid as number, 'SIGKILL');
-    console.log(`killed ${victim.Name} (pid ${victim.State.Pid}) after step ${KILL_AFTER_STEP}`);
+    // The coordinator is frozen for the kill, so the run cannot end before the worker is gone.
+    await dockerApi('POST', `/containers/${coordinator}/pause`);
+    try {
+      const last = readMetrics(runDir)
+        .filter((l) => l.kind === 'step')
+        .at(-1);
+      assert.ok(last.step < STEPS, 'the run ended before the worker could be killed');
+      // kill -9 from outside, as the kernel's OOM killer would: `docker kill` would count as a deliberate stop,
+      // which restart policies honour by staying down.
+      const victim = (await dockerApi('GET', `/containers/${workers[1]}/json`)).body;
+      process.kill(victim.State.Pid as number, 'SIGKILL');
+      console.log(`killed ${victim.Name} (pid ${victim.State.Pid}) after step ${last.step}`);
+    } finally {
+      await dockerApi('POST', `/containers/${coordinator}/unpause`);
+    }
   }
 
   const code = await waitExit(coordinator, 600_000);

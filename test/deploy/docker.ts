@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -114,8 +114,16 @@ export async function dockerSkipReason(): Promise<string | false> {
   return false;
 }
 
-/** npm's cache holding every production dependency, so `npm ci --offline` works in the network-less build. */
+/**
+ * npm's cache holding every production dependency, so `npm ci --offline` works in the network-less build. Filled
+ * once per package-lock.json (a stamp beside it says for which): each fill rewrites index entries, and a changed
+ * cache would invalidate the image's `npm ci` layer, minutes of build.
+ */
 function ensureNpmCache(): void {
+  const lock = readFileSync(join(ROOT, 'package-lock.json'));
+  const stamp = `${NPM_CACHE}.filled-for`;
+  const lockHash = createHash('sha256').update(lock).digest('hex');
+  if (existsSync(stamp) && readFileSync(stamp, 'utf8') === lockHash) return;
   const scratch = mkdtempSync(join(tmpdir(), 'vit-dist-npm-'));
   try {
     for (const f of ['package.json', 'package-lock.json']) cpSync(join(ROOT, f), join(scratch, f));
@@ -125,6 +133,7 @@ function ensureNpmCache(): void {
       { cwd: scratch, encoding: 'utf8', timeout: 300_000 },
     );
     assert.equal(r.status, 0, `filling the npm cache failed:\n${r.stderr}`);
+    writeFileSync(stamp, lockHash);
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
@@ -172,7 +181,8 @@ export function ensureTestImage(): void {
   const ctx = mkdtempSync(join(tmpdir(), 'vit-dist-ctx-'));
   try {
     for (const f of files) cpSync(join(ROOT, f), join(ctx, f));
-    cpSync(NPM_CACHE, join(ctx, '.npm-cache'), { recursive: true });
+    // npm's own logs stay out: they change with every npm run, and the layer cache with them.
+    cpSync(NPM_CACHE, join(ctx, '.npm-cache'), { recursive: true, filter: (path) => !path.startsWith(join(NPM_CACHE, '_logs')) });
     // Untag the previous image first (its layers stay as cache), so a failed build cannot pass as the old image.
     spawnSync('docker', ['rmi', '--no-prune', TEST_IMAGE], { encoding: 'utf8' });
     docker(
