@@ -21,6 +21,7 @@ const CHECKPOINT_EVERY = 4;
 const KILL_AFTER_STEP = 6;
 const WORKERS = 2;
 const RUN_DIR = 'fmnist-vit-tiny'; // the CPU file's --out=/runs/fmnist-vit-tiny
+const HOST_PORT = 30_000 + (process.pid % 20_000);
 
 async function skipReason(): Promise<string | false> {
   const r = spawnSync('docker-compose', ['version'], { encoding: 'utf8', timeout: 30_000 });
@@ -58,7 +59,8 @@ function compose(dir: string, project: string, args: string[], timeoutMs = 180_0
     cwd: dir,
     encoding: 'utf8',
     timeout: timeoutMs,
-    env: { ...process.env, VIT_DIST_IMAGE: TEST_IMAGE, VIT_DIST_WORKERS: String(WORKERS) },
+    // A host port of its own (in the engine's network namespace on CI), so a cluster already up there does not collide.
+    env: { ...process.env, VIT_DIST_IMAGE: TEST_IMAGE, VIT_DIST_WORKERS: String(WORKERS), VIT_DIST_PORT: String(HOST_PORT) },
   });
   assert.equal(r.status, 0, `docker-compose ${args.join(' ')} failed (${r.error?.message ?? `exit ${r.status}`}):\n${r.stderr}`);
   return r.stdout;
