@@ -117,7 +117,7 @@ async function composeRun(dir: string, project: string, killWorker: boolean): Pr
       await sleep(200);
     }
     // The coordinator is frozen for the kill, so the run cannot end before the worker is gone.
-    await dockerApi('POST', `/containers/${coordinator}/pause`);
+    assert.equal((await dockerApi('POST', `/containers/${coordinator}/pause`)).status, 204, 'pausing the coordinator');
     try {
       const last = readMetrics(runDir)
         .filter((l) => l.kind === 'step')
