@@ -223,7 +223,14 @@ test("containers made from the cpu overlay's rendered pod specs train a short ru
   assert.equal((metrics.filter((l) => l.kind === 'eval').at(-1).testAccuracy * 100).toFixed(2), done[1]);
   for (const s of steps) assert.equal(s.workers, sts.spec.replicas);
   // Each worker was told the run is over and left cleanly (the StatefulSet's Always policy starts it again).
-  for (const w of workers) assert.match(await containerLogs(w.id), /worker finished/);
+  for (const w of workers) {
+    let logs = '';
+    for (let attempt = 0; attempt < 60 && !/worker finished/.test(logs); attempt++) {
+      if (attempt > 0) await sleep(1000);
+      logs = await containerLogs(w.id);
+    }
+    assert.match(logs, /worker finished/);
+  }
   console.log(
     `${sts.spec.replicas} workers, ${STEPS} steps, test accuracy ${done[1]}%, digest ${done[2]}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
   );
