@@ -61,7 +61,7 @@ program
   .option('--ring-port <port>', 'port the ring server binds to (default: a free one)', port, 0)
   .option(
     '--advertise <host[:port]>',
-    'address ring neighbours use to reach this worker (default: --ring-host and the bound port); a port here is for NAT or a proxy in front of --ring-port',
+    'address ring neighbours use to reach this worker (default: --ring-host, or the host name when --ring-host is 0.0.0.0 or ::, and the bound port); a port here is for NAT or a proxy in front of --ring-port',
   )
   .option('--data <dir>', "dataset directory on this host (overrides the recipe's data.path)")
   .option(

@@ -1,5 +1,6 @@
 // `vit-dist worker`: one process per GPU, joining a coordinator.
 import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { createLogger, type LogLevel } from './logging.ts';
 import { resolveToken } from './options.ts';
 import type { BackendChoice } from '../model/backend.ts';
@@ -33,6 +34,14 @@ function parseAdvertise(value: string): { advertiseHost: string; advertisePort: 
   return { advertiseHost: match[1]!.replace(/^\[|\]$/g, ''), advertisePort };
 }
 
+/**
+ * Without --advertise: the --ring-host, unless it is a wildcard, which no neighbour can dial; then this
+ * machine's host name, which is what a container's peers resolve it by (compose replicas, pods).
+ */
+function defaultAdvertise(ringHost: string): string {
+  return ringHost === '0.0.0.0' || ringHost === '::' ? hostname() : ringHost;
+}
+
 export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
   // Must happen before TensorFlow.js binds a device: tfjs-node-gpu reads it when it loads.
   if (flags.gpu !== undefined) process.env.CUDA_VISIBLE_DEVICES = String(flags.gpu);
@@ -61,7 +70,7 @@ export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
     gpu: flags.gpu ?? null,
     ringHost: flags.ringHost,
     ringPort: flags.ringPort,
-    ...parseAdvertise(flags.advertise ?? flags.ringHost),
+    ...parseAdvertise(flags.advertise ?? defaultAdvertise(flags.ringHost)),
     dataPath: flags.data ?? null,
     dataThreads: flags.dataThreads,
     reconnectTimeoutMs: flags.reconnectTimeout * 1000,

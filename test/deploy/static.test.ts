@@ -1,7 +1,8 @@
-// Static checks of deploy/: the Dockerfile's essentials, the compose file (validated by docker-compose
-// itself when installed, then cross-checked), and the Kubernetes manifests: rendered, every object
-// validated against the Kubernetes schemas (kubernetes-models), no field the schema does not know, and
-// the references between objects (selectors, Secret keys, claims, ports, worker count) consistent.
+// Static checks of deploy/: the Dockerfile's essentials, the compose files (validated by docker-compose
+// itself when installed, then cross-checked: the GPU file is the CPU file plus what GPUs need), and the
+// Kubernetes overlays: rendered, every object validated against the Kubernetes schemas (kubernetes-models),
+// no field the schema does not know, and the references between objects (selectors, Secret keys, claims,
+// ports, worker count) consistent.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -11,13 +12,12 @@ import { fileURLToPath } from 'node:url';
 import { describe, test } from 'node:test';
 import yaml from 'js-yaml';
 import { Namespace, PersistentVolumeClaim, Secret, Service } from 'kubernetes-models/v1';
-import { Deployment, StatefulSet } from 'kubernetes-models/apps/v1';
+import { StatefulSet } from 'kubernetes-models/apps/v1';
+import { Job } from 'kubernetes-models/batch/v1';
+import { byKindName, flag, K8S, matches, OVERLAYS, type Obj, podsOf, renderKubectl, renderSubset } from './k8s-render.ts';
 
 const DEPLOY = fileURLToPath(new URL('../../deploy/', import.meta.url));
-const K8S = join(DEPLOY, 'k8s');
 const ROOT = join(DEPLOY, '..');
-
-type Obj = Record<string, any>;
 
 function has(command: string, args: string[]): boolean {
   const r = spawnSync(command, args, { encoding: 'utf8', timeout: 30_000 });
@@ -32,15 +32,6 @@ function graphicsCapable(capabilities: string | undefined): boolean {
 
 /** Workers pick a GPU engine: auto (which takes the GPU adapter) or webgpu. */
 const GPU_BACKENDS = ['auto', 'webgpu'];
-
-/** `--name=value` or `--name value` from an argument list. */
-function flag(args: string[], name: string): string | undefined {
-  for (let i = 0; i < args.length; i++) {
-    if (args[i] === `--${name}`) return args[i + 1];
-    if (args[i]!.startsWith(`--${name}=`)) return args[i]!.slice(name.length + 3);
-  }
-  return undefined;
-}
 
 describe('Dockerfile', () => {
   const dockerfile = readFileSync(join(DEPLOY, 'Dockerfile'), 'utf8');
@@ -73,34 +64,70 @@ describe('Dockerfile', () => {
   });
 });
 
-describe('docker-compose.yml', () => {
-  const text = readFileSync(join(DEPLOY, 'docker-compose.yml'), 'utf8');
-  const compose = yaml.load(text) as Obj;
+/** `docker-compose config` of `files` (copied with the env file into a scratch directory), parsed; or its error. */
+function composeConfig(
+  files: Record<string, string>,
+  env: Record<string, string> = {},
+): { status: number | null; config: Obj; stderr: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'vit-dist-compose-'));
+  try {
+    copyFileSync(join(DEPLOY, 'vit-dist.env.example'), join(dir, 'vit-dist.env'));
+    for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
+    const r = spawnSync('docker-compose', ['-f', Object.keys(files)[0]!, 'config'], {
+      cwd: dir,
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, ...env },
+    });
+    return { status: r.status, config: r.status === 0 ? (yaml.load(r.stdout) as Obj) : {}, stderr: r.stderr };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('compose files: docker-compose.cpu.yml and the GPU file docker-compose.yml that extends it', () => {
+  const cpuText = readFileSync(join(DEPLOY, 'docker-compose.cpu.yml'), 'utf8');
+  const gpuText = readFileSync(join(DEPLOY, 'docker-compose.yml'), 'utf8');
+  const cpu = yaml.load(cpuText) as Obj;
+  const gpu = yaml.load(gpuText) as Obj;
+  const both = { 'docker-compose.yml': gpuText, 'docker-compose.cpu.yml': cpuText };
+  const gpuWorkers = Object.entries(gpu.services as Record<string, Obj>).filter(([name]) => name.startsWith('worker-'));
 
   const noCompose = has('docker-compose', ['version']) ? false : 'docker-compose is not installed (apt-get install docker-compose)';
   if (noCompose) console.log(`SKIP docker-compose validation: ${noCompose}`);
-  test('docker-compose config -q accepts it, and refuses a broken copy', { skip: noCompose }, () => {
-    // The compose file names env_file vit-dist.env, which users copy from the example: do that in a scratch dir.
-    const dir = mkdtempSync(join(tmpdir(), 'vit-dist-compose-'));
-    try {
-      copyFileSync(join(DEPLOY, 'vit-dist.env.example'), join(dir, 'vit-dist.env'));
-      copyFileSync(join(DEPLOY, 'docker-compose.yml'), join(dir, 'docker-compose.yml'));
-      const ok = spawnSync('docker-compose', ['config', '-q'], { cwd: dir, encoding: 'utf8', timeout: 60_000 });
-      assert.equal(ok.status, 0, `docker-compose config -q failed:\n${ok.stderr}`);
-      // The negative control shows the validator does look at the services.
-      writeFileSync(join(dir, 'docker-compose.yml'), text.replace('  coordinator:\n', '  coordinator:\n    no_such_key: 1\n'));
-      const bad = spawnSync('docker-compose', ['config', '-q'], { cwd: dir, encoding: 'utf8', timeout: 60_000 });
-      assert.notEqual(bad.status, 0, 'docker-compose accepted an unknown service key');
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+
+  test('docker-compose config accepts both files, and refuses a broken copy', { skip: noCompose }, () => {
+    const ok = composeConfig(both);
+    assert.equal(ok.status, 0, `docker-compose config (GPU) failed:\n${ok.stderr}`);
+    const okCpu = composeConfig({ 'docker-compose.cpu.yml': cpuText });
+    assert.equal(okCpu.status, 0, `docker-compose config (CPU) failed:\n${okCpu.stderr}`);
+    // The negative control shows the validator does look at the services.
+    const bad = composeConfig({ 'docker-compose.cpu.yml': cpuText.replace('  coordinator:\n', '  coordinator:\n    no_such_key: 1\n') });
+    assert.notEqual(bad.status, 0, 'docker-compose accepted an unknown service key');
   });
 
-  test('8 workers, each pinned to its own card, advertising its own service name', () => {
-    const workers = Object.entries(compose.services as Record<string, Obj>).filter(([name]) => name.startsWith('worker-'));
-    assert.equal(workers.length, 8);
-    const gpus = new Set<string>();
-    for (const [name, svc] of workers) {
+  test('CPU: VIT_DIST_WORKERS alone sets the worker count, and nothing asks for a GPU', { skip: noCompose }, () => {
+    for (const workers of ['2', '5']) {
+      const { status, config, stderr } = composeConfig({ 'docker-compose.cpu.yml': cpuText }, { VIT_DIST_WORKERS: workers });
+      assert.equal(status, 0, stderr);
+      assert.equal(flag(config.services.coordinator.command, 'workers'), workers);
+      assert.equal(String(config.services.worker.scale), workers);
+    }
+    assert.deepEqual(Object.keys(cpu.services).sort(), ['coordinator', 'worker']);
+    assert.doesNotMatch(cpuText, /nvidia|device_ids|--gpu/, 'the CPU file must not mention GPUs');
+  });
+
+  test('GPU: the same services plus one per card, each pinned to its own card with the Vulkan capability', () => {
+    assert.equal(gpuWorkers.length, 8);
+    const cards = new Set<string>();
+    const cpuWorker = cpu.services.worker as Obj;
+    for (const [name, svc] of gpuWorkers) {
+      assert.deepEqual(svc.extends, { file: 'docker-compose.cpu.yml', service: 'worker' }, name);
+      assert.equal(svc.scale, 1, `${name}: one container per card`);
+      // Its command is the CPU worker's plus --gpu=0: the container is given one card, which Vulkan and CUDA list as 0.
+      assert.deepEqual(svc.command, [...cpuWorker.command.slice(0, 2), '--gpu=0', ...cpuWorker.command.slice(2)], name);
+      assert.ok(GPU_BACKENDS.includes(flag(svc.command, 'backend')!), `${name}: --backend must be auto or webgpu`);
+      assert.ok(graphicsCapable(svc.environment?.NVIDIA_DRIVER_CAPABILITIES), `${name}: NVIDIA_DRIVER_CAPABILITIES must include graphics`);
       const devices = svc.deploy.resources.reservations.devices as Obj[];
       assert.equal(devices.length, 1, name);
       assert.ok(devices[0]!.capabilities.includes('gpu'), `${name}: a GPU request needs the gpu capability`);
@@ -108,67 +135,57 @@ describe('docker-compose.yml', () => {
         graphicsCapable(devices[0]!.capabilities.filter((c: string) => c !== 'gpu').join(',')),
         `${name}: the device request must include graphics (Vulkan)`,
       );
-      assert.ok(graphicsCapable(svc.environment?.NVIDIA_DRIVER_CAPABILITIES), `${name}: NVIDIA_DRIVER_CAPABILITIES must include graphics`);
       assert.equal(devices[0]!.device_ids.length, 1, name);
-      const id = String(devices[0]!.device_ids[0]);
-      // The container is given that one card, which Vulkan and CUDA then list as index 0.
-      assert.equal(flag(svc.command, 'gpu'), '0', `${name}: its one reserved card is GPU 0 inside the container`);
-      assert.ok(GPU_BACKENDS.includes(flag(svc.command, 'backend')!), `${name}: --backend must be auto or webgpu`);
-      assert.equal(flag(svc.command, 'advertise'), name, `${name}: ring neighbours reach it by service name`);
-      assert.equal(flag(svc.command, 'coordinator'), 'ws://coordinator:29500', name);
+      cards.add(String(devices[0]!.device_ids[0]));
+      const extra = Object.keys(svc).filter((k) => !['extends', 'scale', 'command', 'environment', 'deploy'].includes(k));
+      assert.deepEqual(extra, [], `${name}: differs from the CPU worker only in what GPUs need`);
+    }
+    assert.equal(cards.size, 8, 'GPU ids must be distinct');
+  });
+
+  test("GPU: the coordinator is the CPU file's with --workers set to the worker services defined", () => {
+    const coordinator = gpu.services.coordinator as Obj;
+    assert.deepEqual(coordinator.extends, { file: 'docker-compose.cpu.yml', service: 'coordinator' });
+    assert.deepEqual(Object.keys(coordinator).sort(), ['command', 'extends']);
+    const expected = (cpu.services.coordinator.command as string[]).map((a) =>
+      a.startsWith('--workers=') ? `--workers=${gpuWorkers.length}` : a,
+    );
+    assert.deepEqual(coordinator.command, expected);
+  });
+
+  test('GPU, resolved: workers carry the token, the data and the restart policy of the CPU worker', { skip: noCompose }, () => {
+    const { status, config, stderr } = composeConfig(both);
+    assert.equal(status, 0, stderr);
+    for (const [name] of gpuWorkers) {
+      const svc = config.services[name] as Obj;
       assert.equal(svc.restart, 'on-failure', name);
-      assert.equal(svc.env_file, 'vit-dist.env', name);
+      assert.ok(svc.environment.VIT_DIST_TOKEN, `${name}: token from vit-dist.env`);
       assert.ok(
         (svc.volumes as string[]).some((v) => v.endsWith(':/usr/share/datasets/fashion-mnist:ro')),
         `${name}: data mounted read-only`,
       );
-      gpus.add(id);
     }
-    assert.equal(gpus.size, 8, 'GPU ids must be distinct');
   });
 
-  test('the coordinator waits for exactly the workers defined, writes to the named volume, reads the token file', () => {
-    const coordinator = compose.services.coordinator as Obj;
-    const workers = Object.keys(compose.services).filter((n) => n.startsWith('worker-')).length;
-    assert.equal(Number(flag(coordinator.command, 'workers')), workers);
+  test('the coordinator writes to the named volume and reads the token file', () => {
+    const coordinator = cpu.services.coordinator as Obj;
     assert.equal(coordinator.env_file, 'vit-dist.env');
+    assert.equal(cpu.services.worker.env_file, 'vit-dist.env');
     assert.match(readFileSync(join(DEPLOY, 'vit-dist.env.example'), 'utf8'), /^VIT_DIST_TOKEN=/m);
     const out = flag(coordinator.command, 'out')!;
     const runVolume = (coordinator.volumes as string[]).map((v) => v.split(':')).find(([, target]) => out.startsWith(`${target}/`));
     assert.ok(runVolume, `--out ${out} is not on a volume`);
-    assert.ok(runVolume[0]! in compose.volumes, `${runVolume[0]} is not a named volume`);
+    assert.ok(runVolume[0]! in cpu.volumes && runVolume[0]! in gpu.volumes, `${runVolume[0]} is not a named volume in both files`);
+    // Replicas of one service reach each other by host name: they bind the ring on a wildcard and advertise nothing.
+    const worker = cpu.services.worker.command as string[];
+    assert.equal(flag(worker, 'ring-host'), '0.0.0.0');
+    assert.equal(flag(worker, 'advertise'), undefined);
+    assert.equal(flag(worker, 'coordinator'), 'ws://coordinator:29500');
+    assert.equal(cpu.services.worker.restart, 'on-failure');
   });
 });
 
 // ---- Kubernetes -------------------------------------------------------------------------------------
-
-const CLUSTER_SCOPED = new Set(['Namespace']);
-
-/**
- * A renderer for the subset of kustomize that deploy/k8s uses (`namespace` and a list of resource files),
- * for machines without kubectl. It refuses anything else, so it cannot silently render a kustomization
- * it does not understand; where kubectl is installed the test checks both renderings agree.
- */
-function renderSubset(dir: string): Obj[] {
-  const k = yaml.load(readFileSync(join(dir, 'kustomization.yaml'), 'utf8')) as Obj;
-  const unsupported = Object.keys(k).filter((key) => !['apiVersion', 'kind', 'namespace', 'resources'].includes(key));
-  assert.deepEqual(unsupported, [], `the built-in renderer handles only namespace and resources; use kubectl kustomize`);
-  return (k.resources as string[]).flatMap((file) =>
-    (yaml.loadAll(readFileSync(join(dir, file), 'utf8')) as Obj[]).filter(Boolean).map((o) => {
-      if (k.namespace && !CLUSTER_SCOPED.has(o.kind)) o.metadata = { ...o.metadata, namespace: k.namespace };
-      return o;
-    }),
-  );
-}
-
-function renderKubectl(dir: string): Obj[] | string {
-  const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8', timeout: 60_000 });
-  if (r.error) return `kubectl is not installed (${(r.error as NodeJS.ErrnoException).code})`;
-  assert.equal(r.status, 0, `kubectl kustomize failed:\n${r.stderr}`);
-  return (yaml.loadAll(r.stdout) as Obj[]).filter(Boolean);
-}
-
-const byKindName = (a: Obj, b: Obj) => `${a.kind}/${a.metadata.name}`.localeCompare(`${b.kind}/${b.metadata.name}`);
 
 // The schema classes of the kinds deploy/k8s may contain.
 const MODELS: Record<string, { prototype: { validate(): void }; new (data: any): { validate(): void } }> = {
@@ -176,8 +193,8 @@ const MODELS: Record<string, { prototype: { validate(): void }; new (data: any):
   'v1/Secret': Secret,
   'v1/Service': Service,
   'v1/PersistentVolumeClaim': PersistentVolumeClaim,
-  'apps/v1/Deployment': Deployment,
   'apps/v1/StatefulSet': StatefulSet,
+  'batch/v1/Job': Job,
 };
 
 /**
@@ -229,115 +246,144 @@ function modelOf(o: Obj) {
   return model;
 }
 
-const podsOf = (objects: Obj[]) => objects.filter((o) => o.kind === 'Deployment' || o.kind === 'StatefulSet');
-const matches = (selector: Record<string, string>, labels: Record<string, string> = {}) =>
-  Object.entries(selector).every(([k, v]) => labels[k] === v);
+/** The labels a workload's pods carry, and the selector it finds them by (a Job's is generated from its uid). */
+const podLabels = (w: Obj): Record<string, string> => w.spec.template.metadata.labels;
 
-describe('Kubernetes manifests (deploy/k8s)', () => {
-  const objects = renderSubset(K8S).sort(byKindName);
-  const viaKubectl = renderKubectl(K8S);
-  if (typeof viaKubectl === 'string') console.log(`rendering deploy/k8s with the built-in subset renderer only: ${viaKubectl}`);
-
-  test('kubectl kustomize renders the same objects as the built-in renderer', {
-    skip: typeof viaKubectl === 'string' ? viaKubectl : false,
-  }, () => {
-    assert.deepEqual((viaKubectl as Obj[]).sort(byKindName), objects);
-  });
-
-  test('every object validates against its Kubernetes schema', () => {
-    assert.ok(objects.length >= 7);
-    for (const o of objects) assert.doesNotThrow(() => new (modelOf(o))(o).validate(), `${o.kind}/${o.metadata?.name}`);
-  });
-
-  test('no object carries a field its schema does not know', () => {
-    const unknown = objects.flatMap((o) => unknownFields(modelOf(o), o).map((f) => `${o.metadata.name}: ${f}`));
-    assert.deepEqual(unknown, []);
-  });
-
-  test('the checks above catch a wrong type and a misspelt field', () => {
-    const sts = structuredClone(objects.find((o) => o.kind === 'StatefulSet')!);
-    sts.spec.replicas = 'eight';
-    assert.throws(() => new StatefulSet(sts).validate());
-    sts.spec.replicas = 8;
-    sts.spec.template.spec.containers[0].livenesProbe = { httpGet: { path: '/healthz', port: 8080 } };
-    assert.deepEqual(unknownFields(StatefulSet, sts), ['StatefulSet.spec.template.spec.containers[0].livenesProbe']);
-  });
-
-  test('Service selectors and workload selectors match their pods', () => {
-    const workloads = podsOf(objects);
-    for (const w of workloads)
-      assert.ok(matches(w.spec.selector.matchLabels, w.spec.template.metadata.labels), `${w.metadata.name}: selector`);
-    for (const svc of objects.filter((o) => o.kind === 'Service')) {
-      const targets = workloads.filter((w) => matches(svc.spec.selector, w.spec.template.metadata.labels));
-      assert.equal(targets.length, 1, `Service ${svc.metadata.name} selects ${targets.length} workloads`);
-      for (const p of svc.spec.ports ?? []) {
-        const names = targets[0]!.spec.template.spec.containers.flatMap((c: Obj) => c.ports ?? []).map((cp: Obj) => cp.name);
-        assert.ok(typeof p.targetPort !== 'string' || names.includes(p.targetPort), `${svc.metadata.name}: targetPort ${p.targetPort}`);
-      }
-    }
-  });
-
-  test('Secret keys, claims and probe ports that the pods name exist', () => {
-    for (const w of podsOf(objects)) {
-      const spec = w.spec.template.spec;
-      for (const c of spec.containers as Obj[]) {
-        for (const e of c.env ?? []) {
-          const ref = e.valueFrom?.secretKeyRef;
-          if (!ref) continue;
-          const secret = objects.find((o) => o.kind === 'Secret' && o.metadata.name === ref.name);
-          assert.ok(secret, `${w.metadata.name}: no Secret ${ref.name}`);
-          assert.ok(ref.key in { ...secret.data, ...secret.stringData }, `${w.metadata.name}: Secret ${ref.name} has no key ${ref.key}`);
-        }
-        const ports = (c.ports ?? []).map((p: Obj) => p.name);
-        for (const probe of [c.readinessProbe, c.livenessProbe]) {
-          assert.ok(probe?.httpGet?.path === '/healthz', `${w.metadata.name}: needs readiness and liveness probes on /healthz`);
-          assert.ok(ports.includes(probe.httpGet.port), `${w.metadata.name}: probe port ${probe.httpGet.port}`);
-        }
-        assert.ok(c.resources?.requests && c.resources?.limits, `${w.metadata.name}: requests and limits`);
-      }
-      for (const v of spec.volumes ?? []) {
-        if (!v.persistentVolumeClaim) continue;
-        assert.ok(
-          objects.some((o) => o.kind === 'PersistentVolumeClaim' && o.metadata.name === v.persistentVolumeClaim.claimName),
-          v.name,
-        );
-      }
-    }
-  });
-
-  test('workers: the coordinator waits for the StatefulSet replicas, and peers reach each other through the headless Service', () => {
-    const coordinator = objects.find((o) => o.kind === 'Deployment' && o.metadata.name === 'vit-dist-coordinator')!;
+for (const overlay of OVERLAYS) {
+  describe(`Kubernetes manifests (deploy/k8s/${overlay})`, () => {
+    const objects = renderSubset(join(K8S, overlay)).sort(byKindName);
+    const viaKubectl = renderKubectl(join(K8S, overlay));
+    if (typeof viaKubectl === 'string')
+      console.log(`rendering deploy/k8s/${overlay} with the built-in subset renderer only: ${viaKubectl}`);
+    const coordinator = objects.find((o) => o.kind === 'Job' && o.metadata.name === 'vit-dist-coordinator')!;
     const workers = objects.find((o) => o.kind === 'StatefulSet')!;
-    const cArgs = coordinator.spec.template.spec.containers[0].args as string[];
     const wContainer = workers.spec.template.spec.containers[0] as Obj;
     const wArgs = wContainer.args as string[];
-    assert.equal(Number(flag(cArgs, 'workers')), workers.spec.replicas);
-    assert.equal(workers.spec.podManagementPolicy, 'Parallel');
 
-    const headless = objects.find((o) => o.kind === 'Service' && o.metadata.name === workers.spec.serviceName)!;
-    assert.equal(headless?.spec.clusterIP, 'None', 'serviceName must be a headless Service');
-    assert.ok(matches(headless.spec.selector, workers.spec.template.metadata.labels));
-    assert.equal(flag(wArgs, 'advertise'), `$(POD_NAME).${workers.spec.serviceName}.$(NAMESPACE).svc.cluster.local`);
-    const fieldOf = (name: string) => wContainer.env.find((e: Obj) => e.name === name)?.valueFrom?.fieldRef?.fieldPath;
-    assert.equal(fieldOf('POD_NAME'), 'metadata.name');
-    assert.equal(fieldOf('NAMESPACE'), 'metadata.namespace');
+    test('kubectl kustomize renders the same objects as the built-in renderer', {
+      skip: typeof viaKubectl === 'string' ? viaKubectl : false,
+    }, () => {
+      assert.deepEqual((viaKubectl as Obj[]).sort(byKindName), objects);
+    });
 
-    const url = new URL(flag(wArgs, 'coordinator')!);
-    const control = objects.find((o) => o.kind === 'Service' && o.metadata.name === url.hostname);
-    assert.ok(control, `no Service ${url.hostname}`);
-    assert.ok(
-      control.spec.ports.some((p: Obj) => p.port === Number(url.port)),
-      `Service ${url.hostname} has no port ${url.port}`,
-    );
-    assert.ok(matches(control.spec.selector, coordinator.spec.template.metadata.labels));
+    test('every object validates against its Kubernetes schema', () => {
+      assert.ok(objects.length >= 7);
+      for (const o of objects) assert.doesNotThrow(() => new (modelOf(o))(o).validate(), `${o.kind}/${o.metadata?.name}`);
+    });
 
-    // One card per pod: inside the pod it is index 0, reached through the driver's Vulkan ICD.
-    assert.equal(String(wContainer.resources.limits['nvidia.com/gpu']), '1');
-    assert.equal(flag(wArgs, 'gpu'), '0');
-    assert.ok(GPU_BACKENDS.includes(flag(wArgs, 'backend')!), '--backend must be auto or webgpu');
-    assert.ok(
-      graphicsCapable(wContainer.env.find((e: Obj) => e.name === 'NVIDIA_DRIVER_CAPABILITIES')?.value),
-      'NVIDIA_DRIVER_CAPABILITIES must include graphics',
-    );
+    test('no object carries a field its schema does not know', () => {
+      const unknown = objects.flatMap((o) => unknownFields(modelOf(o), o).map((f) => `${o.metadata.name}: ${f}`));
+      assert.deepEqual(unknown, []);
+    });
+
+    test('the checks above catch a wrong type and a misspelt field', () => {
+      const sts = structuredClone(workers);
+      sts.spec.replicas = 'eight';
+      assert.throws(() => new StatefulSet(sts).validate());
+      sts.spec.replicas = 8;
+      sts.spec.template.spec.containers[0].livenesProbe = { httpGet: { path: '/healthz', port: 8080 } };
+      assert.deepEqual(unknownFields(StatefulSet, sts), ['StatefulSet.spec.template.spec.containers[0].livenesProbe']);
+      const job = structuredClone(coordinator);
+      job.spec.template.spec.restartPolicy = 'Sometimes';
+      assert.throws(() => new Job(job).validate());
+    });
+
+    test('the coordinator is a Job: one pod, run once, restarted in place after a crash', () => {
+      assert.ok(coordinator, 'no Job vit-dist-coordinator');
+      assert.equal(objects.filter((o) => o.kind === 'Deployment').length, 0);
+      assert.equal(coordinator.spec.parallelism, 1);
+      assert.equal(coordinator.spec.completions, 1);
+      assert.equal(coordinator.spec.template.spec.restartPolicy, 'OnFailure');
+      assert.ok(coordinator.spec.backoffLimit >= 1);
+    });
+
+    test('Service selectors and workload selectors match their pods', () => {
+      const workloads = podsOf(objects);
+      for (const w of workloads.filter((o) => o.spec.selector))
+        assert.ok(matches(w.spec.selector.matchLabels, podLabels(w)), `${w.metadata.name}: selector`);
+      for (const svc of objects.filter((o) => o.kind === 'Service')) {
+        const targets = workloads.filter((w) => matches(svc.spec.selector, podLabels(w)));
+        assert.equal(targets.length, 1, `Service ${svc.metadata.name} selects ${targets.length} workloads`);
+        for (const p of svc.spec.ports ?? []) {
+          const names = targets[0]!.spec.template.spec.containers.flatMap((c: Obj) => c.ports ?? []).map((cp: Obj) => cp.name);
+          assert.ok(typeof p.targetPort !== 'string' || names.includes(p.targetPort), `${svc.metadata.name}: targetPort ${p.targetPort}`);
+        }
+      }
+    });
+
+    test('Secret keys, claims and probe ports that the pods name exist', () => {
+      for (const w of podsOf(objects)) {
+        const spec = w.spec.template.spec;
+        for (const c of spec.containers as Obj[]) {
+          for (const e of c.env ?? []) {
+            const ref = e.valueFrom?.secretKeyRef;
+            if (!ref) continue;
+            const secret = objects.find((o) => o.kind === 'Secret' && o.metadata.name === ref.name);
+            assert.ok(secret, `${w.metadata.name}: no Secret ${ref.name}`);
+            assert.ok(ref.key in { ...secret.data, ...secret.stringData }, `${w.metadata.name}: Secret ${ref.name} has no key ${ref.key}`);
+          }
+          const ports = (c.ports ?? []).map((p: Obj) => p.name);
+          for (const probe of [c.readinessProbe, c.livenessProbe]) {
+            assert.ok(probe?.httpGet?.path === '/healthz', `${w.metadata.name}: needs readiness and liveness probes on /healthz`);
+            assert.ok(ports.includes(probe.httpGet.port), `${w.metadata.name}: probe port ${probe.httpGet.port}`);
+          }
+          assert.ok(c.resources?.requests && c.resources?.limits, `${w.metadata.name}: requests and limits`);
+        }
+        for (const v of spec.volumes ?? []) {
+          if (!v.persistentVolumeClaim) continue;
+          assert.ok(
+            objects.some((o) => o.kind === 'PersistentVolumeClaim' && o.metadata.name === v.persistentVolumeClaim.claimName),
+            v.name,
+          );
+        }
+      }
+    });
+
+    test("the workers' liveness probe asks the worker's own /healthz on its --health-port, with generous timing", () => {
+      const port = wContainer.ports.find((p: Obj) => p.name === wContainer.livenessProbe.httpGet.port);
+      assert.equal(String(port.containerPort), flag(wArgs, 'health-port'));
+      const { periodSeconds = 10, failureThreshold = 3 } = wContainer.livenessProbe;
+      assert.ok(periodSeconds * failureThreshold >= 120, 'a worker must be silent for minutes before it is restarted');
+    });
+
+    test('workers: the coordinator waits for the StatefulSet replicas, and peers reach each other through the headless Service', () => {
+      const cArgs = coordinator.spec.template.spec.containers[0].args as string[];
+      assert.equal(Number(flag(cArgs, 'workers')), workers.spec.replicas);
+      assert.equal(workers.spec.podManagementPolicy, 'Parallel');
+
+      const headless = objects.find((o) => o.kind === 'Service' && o.metadata.name === workers.spec.serviceName)!;
+      assert.equal(headless?.spec.clusterIP, 'None', 'serviceName must be a headless Service');
+      assert.ok(matches(headless.spec.selector, podLabels(workers)));
+      assert.equal(flag(wArgs, 'advertise'), `$(POD_NAME).${workers.spec.serviceName}.$(NAMESPACE).svc.cluster.local`);
+      const fieldOf = (name: string) => wContainer.env.find((e: Obj) => e.name === name)?.valueFrom?.fieldRef?.fieldPath;
+      assert.equal(fieldOf('POD_NAME'), 'metadata.name');
+      assert.equal(fieldOf('NAMESPACE'), 'metadata.namespace');
+
+      const url = new URL(flag(wArgs, 'coordinator')!);
+      const control = objects.find((o) => o.kind === 'Service' && o.metadata.name === url.hostname);
+      assert.ok(control, `no Service ${url.hostname}`);
+      assert.ok(
+        control.spec.ports.some((p: Obj) => p.port === Number(url.port)),
+        `Service ${url.hostname} has no port ${url.port}`,
+      );
+      assert.ok(matches(control.spec.selector, podLabels(coordinator)));
+    });
+
+    if (overlay === 'gpu')
+      test('GPU: one card per pod, index 0 inside it, reached through the driver Vulkan ICD', () => {
+        assert.equal(workers.spec.replicas, 8);
+        assert.equal(String(wContainer.resources.limits['nvidia.com/gpu']), '1');
+        assert.equal(String(wContainer.resources.requests['nvidia.com/gpu']), '1');
+        assert.equal(flag(wArgs, 'gpu'), '0');
+        assert.ok(GPU_BACKENDS.includes(flag(wArgs, 'backend')!), '--backend must be auto or webgpu');
+        assert.ok(
+          graphicsCapable(wContainer.env.find((e: Obj) => e.name === 'NVIDIA_DRIVER_CAPABILITIES')?.value),
+          'NVIDIA_DRIVER_CAPABILITIES must include graphics',
+        );
+      });
+    else
+      test('CPU: nothing asks for a GPU', () => {
+        assert.doesNotMatch(JSON.stringify(objects), /nvidia|--gpu/);
+      });
   });
-});
+}
