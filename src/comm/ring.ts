@@ -64,6 +64,7 @@ import { DataReceiver } from './receiver.ts';
 import { RecvLink } from './recv-link.ts';
 import { SendLink } from './send-link.ts';
 import { chunkRanges, type ElementRange, shardRange } from '../common/shard.ts';
+import { WIRE_FORMATS, type WireFormat } from '../common/wire.ts';
 import { CloseCode, LinkError } from './websocket.ts';
 
 export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
@@ -107,10 +108,6 @@ export interface RingOptions {
   heartbeatTimeoutMs?: number;
   logger?: RingLogger;
 }
-
-/** How reduce-scatter chunks travel: float32, or bf16 (rounded to nearest even, added in float32). */
-export type WireFormat = 'fp32' | 'bf16';
-export const WIRE_FORMATS: readonly WireFormat[] = ['fp32', 'bf16'];
 
 export interface ReduceScatterOptions {
   /** Only these elements (a gradient bucket); default the whole buffer. */
@@ -317,7 +314,8 @@ export class RingPeer extends EventEmitter {
       throw badArgument(`reduce-scatter range [${range.start}, ${range.end}) is not within the buffer of ${buf.length} elements`);
     }
     const wire = opts.wire ?? 'fp32';
-    if (!WIRE_FORMATS.includes(wire)) throw badArgument(`unknown wire format ${JSON.stringify(wire)} (known: ${WIRE_FORMATS.join(', ')})`);
+    if (!(WIRE_FORMATS as readonly string[]).includes(wire))
+      throw badArgument(`unknown wire format ${JSON.stringify(wire)} (known: ${WIRE_FORMATS.join(', ')})`);
     if (this.worldSize === 1) return;
     const { rank, worldSize } = this;
     await this.runGradientPhase(

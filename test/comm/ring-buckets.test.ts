@@ -2,7 +2,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { bf16ToFloat32, float32ToBf16 } from '../../src/comm/bf16.ts';
-import { RingPeer, type WireFormat } from '../../src/comm/ring.ts';
+import { RingPeer } from '../../src/comm/ring.ts';
+import type { WireFormat } from '../../src/common/wire.ts';
 import { Mulberry32 } from '../../src/common/random.ts';
 import { type ElementRange, shardRange } from '../../src/common/shard.ts';
 
