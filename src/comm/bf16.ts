@@ -3,9 +3,12 @@
  * PyTorch's `.to(torch.bfloat16)`), and bf16 values added into float32 sums. A bf16 is the high
  * half of the float32 with the same bits, so widening is exact (`bits << 16`).
  *
- * Every function is a pure element-wise loop: the same inputs give the same bits on every machine,
+ * Every function is a pure element-wise loop (the bf16 add runs on simd-add.ts's WebAssembly SIMD
+ * kernel where available): the same inputs give the same bits on every machine,
  * which keeps reduce-scatter with `--wire bf16` deterministic for a given worker count.
  */
+
+import { addBf16BytesSimd } from './simd-add.ts';
 
 /** One float32's bits, reused by the scalar forms. */
 const scalarFloat = new Float32Array(1);
@@ -58,6 +61,8 @@ export function addBf16Into(dst: Float32Array, src: Uint16Array): void {
  * `start` need not be aligned (socket reads land anywhere).
  */
 export function addBf16BytesInto(dst: Float32Array, source: Uint8Array, start: number): void {
+  // WebAssembly SIMD where available (simd-add.ts), else the loop below: the same bits.
+  if (addBf16BytesSimd(dst, source, start)) return;
   const address = source.byteOffset + start;
   if ((address & 1) === 0) {
     addBf16Into(dst, new Uint16Array(source.buffer, address, dst.length));

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { addBf16BytesInto, addBf16Into, bf16ToFloat32, float32ToBf16, roundToBf16 } from '../../src/comm/bf16.ts';
+import { simdAvailable } from '../../src/comm/simd-add.ts';
 
 interface Fixture {
   float32_bits: number[];
@@ -50,4 +51,27 @@ test('addBf16Into and addBf16BytesInto accumulate in float32 as PyTorch does, fr
 test('roundToBf16 and addBf16Into refuse buffers that are too short', () => {
   assert.throws(() => roundToBf16(new Float32Array(4), new Uint16Array(3)), /holds 3 values/);
   assert.throws(() => addBf16Into(new Float32Array(4), new Uint16Array(3)), /holds 3 values/);
+});
+
+test('addBf16BytesInto (the SIMD kernel where available) gives addBf16Into’s bits over blocks and ragged tails', () => {
+  for (const length of [1, 3, 63, 16 * 1024 + 5, 40_003]) {
+    const addend = new Uint16Array(length);
+    const acc = new Float32Array(length);
+    for (let i = 0; i < length; i++) {
+      addend[i] = float32ToBf16(Math.sin(i) * 2 ** ((i % 40) - 20));
+      acc[i] = Math.cos(i) * 2 ** ((i % 30) - 15);
+    }
+    const expected = acc.slice();
+    addBf16Into(expected, addend);
+    for (const start of [0, 1]) {
+      const bytes = new Uint8Array(start + addend.byteLength);
+      bytes.set(new Uint8Array(addend.buffer), start);
+      const into = acc.slice();
+      addBf16BytesInto(into, bytes, start);
+      assert.ok(
+        Buffer.from(into.buffer).equals(Buffer.from(expected.buffer)),
+        `length ${length}, start ${start}${simdAvailable ? ' (SIMD)' : ''}`,
+      );
+    }
+  }
 });
