@@ -3,12 +3,12 @@
  * PyTorch's `.to(torch.bfloat16)`), and bf16 values added into float32 sums. A bf16 is the high
  * half of the float32 with the same bits, so widening is exact (`bits << 16`).
  *
- * Every function is a pure element-wise loop (the bf16 add runs on simd-add.ts's WebAssembly SIMD
- * kernel where available): the same inputs give the same bits on every machine,
+ * Every function is a pure element-wise loop (the rounding and the bf16 add run on simd-add.ts's
+ * WebAssembly SIMD kernels where available): the same inputs give the same bits on every machine,
  * which keeps reduce-scatter with `--wire bf16` deterministic for a given worker count.
  */
 
-import { addBf16BytesSimd } from './simd-add.ts';
+import { addBf16BytesSimd, roundToBf16Simd } from './simd-add.ts';
 
 /** One float32's bits, reused by the scalar forms. */
 const scalarFloat = new Float32Array(1);
@@ -37,8 +37,10 @@ export function bf16ToFloat32(bits: number): number {
 /** dst[i] = bf16(src[i]) for i < src.length (dst at least as long). */
 export function roundToBf16(src: Float32Array, dst: Uint16Array): void {
   if (dst.length < src.length) throw new RangeError(`bf16 destination holds ${dst.length} values, the source ${src.length}`);
+  // WebAssembly SIMD for whole groups of four where available (simd-add.ts), the same bits.
+  const done = roundToBf16Simd(src, dst);
   const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
-  for (let i = 0; i < bits.length; i++) dst[i] = bf16BitsOf(bits[i]!);
+  for (let i = done; i < bits.length; i++) dst[i] = bf16BitsOf(bits[i]!);
 }
 
 /** Widening scratch for addBf16Into: 16 Ki floats per pass stay in cache. */

@@ -75,3 +75,21 @@ test('addBf16BytesInto (the SIMD kernel where available) gives addBf16Into’s b
     }
   }
 });
+
+test('roundToBf16 (the SIMD kernel where available) gives the scalar rounding’s bits for any float32 bits, NaNs included', () => {
+  const bits = new Uint32Array(40_003);
+  let state = 12345;
+  for (let i = 0; i < bits.length; i++) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    bits[i] = state;
+  }
+  bits.set([0x7fc00000, 0x7f800001, 0xffffffff, 0x7f7fffff, 0x3f808000, 0x3f818000, 0x80000000, 0x00008000], 0);
+  const src = new Float32Array(bits.buffer);
+  const dst = new Uint16Array(src.length);
+  roundToBf16(src, dst);
+  for (let i = 0; i < src.length; i++) {
+    const want = float32ToBf16(src[i]!);
+    if (dst[i] !== want)
+      assert.fail(`element ${i} (0x${bits[i]!.toString(16)}): 0x${dst[i]!.toString(16)}, expected 0x${want.toString(16)}`);
+  }
+});
