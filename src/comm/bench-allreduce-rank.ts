@@ -26,6 +26,8 @@ export type ChildMessage =
   | { type: 'result'; millis: number[] }
   | { type: 'error'; message: string };
 
+const BENCH_HEARTBEAT_TIMEOUT_MS = 10 * 60 * 1000;
+
 /** Integer-valued test data: every partial sum is exact in float32, so the check is exact. */
 export function benchValue(rank: number, index: number): number {
   return ((index * 7 + rank * 13) % 1001) - 500;
@@ -64,6 +66,8 @@ async function runRank(job: RankJob): Promise<number[]> {
     token: job.token,
     generation: job.generation,
     chunkBytes: job.chunkBytes,
+    // Making and checking 86M-float buffers blocks a rank's event loop for long on a loaded machine.
+    heartbeatTimeoutMs: BENCH_HEARTBEAT_TIMEOUT_MS,
   });
   try {
     const peersMessage = nextMessage('peers');
