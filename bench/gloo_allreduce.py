@@ -1,10 +1,10 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """PyTorch gloo all-reduce on loopback: the reference for src/comm/bench-allreduce.ts.
 
 N processes all-reduce a float32 tensor of S elements; prints one JSON line with the median ms
 per all-reduce (per iteration, the slowest rank) and bus bandwidth 2(N-1)/N * 4S bytes / time.
-The first result is checked against the exact sum. Needs Debian's python3-torch: run with
-/usr/bin/python3.
+The first result is checked against the exact sum. Any PyTorch with gloo: bench/allreduce-vs-gloo.sh
+runs it with PyTorch 2.13 CPU from bench/torch-venv.sh.
 
 usage: gloo_allreduce.py --workers N --floats S [--iterations K] [--warmup W]
 """

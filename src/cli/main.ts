@@ -24,6 +24,7 @@ import {
   TOKEN_ENV,
 } from './options.ts';
 import { listRecipes, loadRecipe } from '../train/recipe.ts';
+import { WIRE_FORMATS, type WireFormat } from '../common/wire.ts';
 import { listModels } from '../model/registry.ts';
 import { quietTensorflowByDefault } from '../model/tensorflow-env.ts';
 
@@ -167,15 +168,14 @@ program
   .option('--workers <n>', 'ring size', positiveInt, 2)
   .option('--floats <s>', 'float32 elements per all-reduce', positiveInt, 5_000_000)
   .option('--iterations <k>', 'timed all-reduces', positiveInt, 10)
+  .addOption(
+    new Option('--wire <format>', 'reduce-scatter payloads: fp32, or bf16 added into fp32 sums').choices(WIRE_FORMATS).default('fp32'),
+  )
   .option('--json', 'print one JSON line')
-  .action(async (opts: { workers: number; floats: number; iterations: number; json?: boolean }) => {
-    const { benchAllreduce } = await import('../comm/bench-allreduce.ts');
-    const result = await benchAllreduce({ workers: opts.workers, floats: opts.floats, iterations: opts.iterations });
-    if (opts.json) console.log(JSON.stringify(result));
-    else
-      console.log(
-        `workers ${result.workers}, ${result.floats} floats: ${result.msPerAllreduce.toFixed(1)} ms per all-reduce (median), bus ${result.busGBps.toFixed(3)} GB/s`,
-      );
+  .action(async (opts: { workers: number; floats: number; iterations: number; wire: WireFormat; json?: boolean }) => {
+    const { benchAllreduce, formatResult } = await import('../comm/bench-allreduce.ts');
+    const result = await benchAllreduce({ workers: opts.workers, floats: opts.floats, iterations: opts.iterations, wire: opts.wire });
+    console.log(opts.json ? JSON.stringify(result) : formatResult(result));
   });
 
 registerDataCommands(program);

@@ -5,7 +5,8 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { latestCheckpoint } from '../train/checkpoint.ts';
-import { applyOverrides, loadRecipe, type Recipe } from '../train/recipe.ts';
+import { applyOverrides, DEFAULT_BUCKET_MB, loadRecipe, type Recipe } from '../train/recipe.ts';
+import { WIRE_FORMATS, type WireFormat } from '../common/wire.ts';
 import { InputError } from '../common/errors.ts';
 
 /** torchrun's default rendezvous port. */
@@ -45,6 +46,12 @@ export function positiveNumber(value: string): number {
 export function port(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError(`expected a port number 0-65535, got "${value}"`);
+  return n;
+}
+
+export function nonNegativeNumber(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`expected a non-negative number, got "${value}"`);
   return n;
 }
 
@@ -88,6 +95,16 @@ export function addRunOptions(command: Command): Command {
     .option(
       '--teacher <path>',
       'the distillation teacher: a run directory or checkpoint file of vit-dist, or a .safetensors file from `vit-dist export` (sets distillation.teacher)',
+    )
+    .addOption(
+      new Option('--wire <format>', 'reduce-scatter gradient chunks in fp32, or in bf16 added into fp32 sums (sets comm.wire)').choices(
+        WIRE_FORMATS,
+      ),
+    )
+    .option(
+      '--bucket-mb <mb>',
+      `gradient bucket size in MiB for overlapping the ring with the last micro-batch's backward pass (default ${DEFAULT_BUCKET_MB}); 0 starts the ring after the whole gradient (sets comm.bucketMb)`,
+      nonNegativeNumber,
     )
     .option('--set <key=value>', 'override any recipe value by its dotted key (repeatable), e.g. --set optimizer.lr=0.002', keyValue, {})
     .option('--resume <dir>', 'continue from the newest checkpoint in this run directory (or from this checkpoint file)')
@@ -137,6 +154,8 @@ export interface RunFlags {
   checkpointEvery?: number;
   distillation?: Recipe['distillation']['mode'];
   teacher?: string;
+  wire?: WireFormat;
+  bucketMb?: number;
   set: Record<string, string>;
   resume?: string;
   init?: string;
@@ -185,6 +204,15 @@ export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null, work
     if (flags.distillation === 'none' && flags.teacher === undefined) overrides['distillation.teacher'] = null;
   }
   if (flags.teacher !== undefined) overrides['distillation.teacher'] = JSON.stringify(flags.teacher);
+  if (flags.wire !== undefined || flags.bucketMb !== undefined) {
+    // The whole section (JSON), as a recipe need not have one for --set comm.KEY to reach into.
+    const comm = {
+      ...base.comm,
+      ...(flags.wire !== undefined && { wire: flags.wire }),
+      ...(flags.bucketMb !== undefined && { bucketMb: flags.bucketMb }),
+    };
+    overrides.comm = JSON.stringify(comm);
+  }
   return applyOverrides(base, overrides);
 }
 

@@ -4,6 +4,7 @@
  * Parent -> child: {type:'start', ...RankJob}, then {type:'peers', peers}.
  * Child -> parent: {type:'address', address}, then {type:'result', millis} or {type:'error', message}.
  */
+import type { WireFormat } from '../common/wire.ts';
 import { RingPeer, type PeerAddress } from './ring.ts';
 
 export interface RankJob {
@@ -15,6 +16,8 @@ export interface RankJob {
   chunkBytes: number;
   token: string;
   generation: number;
+  /** Reduce-scatter payloads in float32 or bf16 (the all-gather is float32 either way). */
+  wire: WireFormat;
 }
 
 export type ParentMessage = ({ type: 'start' } & RankJob) | { type: 'peers'; peers: PeerAddress[] };
@@ -22,6 +25,8 @@ export type ChildMessage =
   | { type: 'address'; address: PeerAddress }
   | { type: 'result'; millis: number[] }
   | { type: 'error'; message: string };
+
+const BENCH_HEARTBEAT_TIMEOUT_MS = 10 * 60 * 1000;
 
 /** Integer-valued test data: every partial sum is exact in float32, so the check is exact. */
 export function benchValue(rank: number, index: number): number {
@@ -43,11 +48,14 @@ function nextMessage<T extends ParentMessage['type']>(type: T): Promise<Extract<
   });
 }
 
+/** Exact for float32; with bf16 on the wire, within bf16's rounding (2^-9 relative) of every partial sum. */
 function verify(result: Float32Array, job: RankJob): void {
+  const tolerance = job.wire === 'bf16' ? job.workers * job.workers * 500 * 2 ** -8 : 0;
   for (let i = 0; i < result.length; i++) {
     let expected = 0;
     for (let rank = 0; rank < job.workers; rank++) expected += benchValue(rank, i);
-    if (result[i] !== expected) throw new Error(`rank ${job.rank}: element ${i} is ${result[i]}, expected ${expected}`);
+    if (Math.abs(result[i]! - expected) > tolerance)
+      throw new Error(`rank ${job.rank}: element ${i} is ${result[i]}, expected ${expected}`);
   }
 }
 
@@ -58,6 +66,8 @@ async function runRank(job: RankJob): Promise<number[]> {
     token: job.token,
     generation: job.generation,
     chunkBytes: job.chunkBytes,
+    // Making and checking 86M-float buffers blocks a rank's event loop for long on a loaded machine.
+    heartbeatTimeoutMs: BENCH_HEARTBEAT_TIMEOUT_MS,
   });
   try {
     const peersMessage = nextMessage('peers');
@@ -70,7 +80,8 @@ async function runRank(job: RankJob): Promise<number[]> {
       buffer.set(original);
       await peer.allReduceScalars(new Float64Array(1), iteration); // barrier: start timing together
       const started = process.hrtime.bigint();
-      await peer.allReduce(buffer, iteration);
+      await peer.reduceScatter(buffer, iteration, { wire: job.wire });
+      await peer.allGather(buffer, iteration);
       const elapsed = Number(process.hrtime.bigint() - started) / 1e6;
       if (iteration === 0) verify(buffer, job);
       if (iteration >= job.warmup) millis.push(elapsed);

@@ -2,8 +2,9 @@
  * Ring all-reduce benchmark: N ranks as N OS processes on loopback, each all-reducing a
  * Float32Array of `floats` elements. Reports the median wall time of one all-reduce (per
  * iteration, the slowest rank's time) and the bus bandwidth 2(N-1)/N × 4·floats bytes / time,
- * the figure NCCL and the gloo comparison (bench/gloo_allreduce.py) use. The first iteration's
- * result is checked against the exact sum on every rank.
+ * the figure NCCL and the gloo comparison (bench/gloo_allreduce.py) use (for `wire: 'bf16'` too,
+ * so that it compares with float32 at equal payload). The first iteration's result is checked
+ * against the exact sum on every rank (within bf16 rounding for bf16).
  *
  * Run directly: node --import tsx src/comm/bench-allreduce.ts --workers 2 --floats 1000000 [--json]
  */
@@ -12,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { ChildMessage, ParentMessage, RankJob } from './bench-allreduce-rank.ts';
+import type { WireFormat } from '../common/wire.ts';
 import type { PeerAddress } from './ring.ts';
 import { DEFAULT_CHUNK_BYTES } from './ring.ts';
 
@@ -21,6 +23,8 @@ export interface BenchAllreduceOptions {
   iterations?: number;
   warmup?: number;
   chunkBytes?: number;
+  /** Reduce-scatter payloads, default 'fp32'. */
+  wire?: WireFormat;
   /** Also print the result as one JSON line on stdout. */
   json?: boolean;
 }
@@ -28,6 +32,7 @@ export interface BenchAllreduceOptions {
 export interface BenchAllreduceResult {
   workers: number;
   floats: number;
+  wire: WireFormat;
   msPerAllreduce: number;
   busGBps: number;
 }
@@ -64,6 +69,7 @@ export async function benchAllreduce(opts: BenchAllreduceOptions): Promise<Bench
     chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES,
     token: randomBytes(16).toString('hex'),
     generation: 1,
+    wire: opts.wire ?? 'fp32',
   };
   // Children load TypeScript through the same tsx this process was started with.
   const execArgv = ['--import', import.meta.resolve('tsx')];
@@ -108,7 +114,7 @@ export async function benchAllreduce(opts: BenchAllreduceOptions): Promise<Bench
     const slowest = perRank[0]!.map((_, iteration) => Math.max(...perRank.map((millis) => millis[iteration]!)));
     const msPerAllreduce = median(slowest);
     const busBytes = workers === 1 ? 0 : ((2 * (workers - 1)) / workers) * 4 * floats;
-    const result = { workers, floats, msPerAllreduce, busGBps: busBytes / (msPerAllreduce / 1000) / 1e9 };
+    const result = { workers, floats, wire: base.wire, msPerAllreduce, busGBps: busBytes / (msPerAllreduce / 1000) / 1e9 };
     if (opts.json) console.log(JSON.stringify(result));
     return result;
   } finally {
@@ -133,8 +139,8 @@ async function stopChildren(children: ChildProcess[]): Promise<void> {
   );
 }
 
-function formatResult(result: BenchAllreduceResult): string {
-  return `workers ${result.workers}, ${result.floats} floats: ${result.msPerAllreduce.toFixed(1)} ms per all-reduce (median), bus ${result.busGBps.toFixed(3)} GB/s`;
+export function formatResult(result: BenchAllreduceResult): string {
+  return `workers ${result.workers}, ${result.floats} floats, ${result.wire} wire: ${result.msPerAllreduce.toFixed(1)} ms per all-reduce (median), bus ${result.busGBps.toFixed(3)} GB/s`;
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
@@ -145,6 +151,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
       iterations: { type: 'string' },
       warmup: { type: 'string' },
       'chunk-bytes': { type: 'string' },
+      wire: { type: 'string', default: 'fp32' },
       json: { type: 'boolean', default: false },
     },
   });
@@ -155,6 +162,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     iterations: numberOrUndefined(values.iterations),
     warmup: numberOrUndefined(values.warmup),
     chunkBytes: numberOrUndefined(values['chunk-bytes']),
+    wire: values.wire as WireFormat,
     json: values.json,
   });
   if (!values.json) console.log(formatResult(result));

@@ -13,6 +13,11 @@ import type { SendLink } from './send-link.ts';
 export type CollectivePlan = Omit<ReceivePlan, 'onFrame'> & {
   /** frames[i] is forwarded to the successor once landed when i < forwardedFrames (all hops but the last). */
   forwardedFrames: number;
+  /**
+   * The payload to send for a frame when it is not `target`'s bytes (bf16 on the wire: the frame's
+   * float32 values rounded into a staging buffer that outlives the write); null: read from `target`.
+   */
+  encode: ((frame: FrameHeader) => Uint8Array) | null;
 };
 
 export class Collective implements ReceivePlan {
@@ -21,6 +26,7 @@ export class Collective implements ReceivePlan {
   readonly accumulate: Float32Array | null;
   readonly elementBytes: number;
   private readonly forwardedFrames: number;
+  private readonly encode: ((frame: FrameHeader) => Uint8Array) | null;
   private received = 0;
   private writesPending = 0;
   /** The successor closed normally: it has everything it needs, nothing more is sent. */
@@ -38,6 +44,7 @@ export class Collective implements ReceivePlan {
     this.accumulate = plan.accumulate;
     this.elementBytes = plan.elementBytes;
     this.forwardedFrames = plan.forwardedFrames;
+    this.encode = plan.encode;
   }
 
   onFrame(index: number): void {
@@ -46,12 +53,13 @@ export class Collective implements ReceivePlan {
     this.onProgress();
   }
 
-  /** Sends `frame`, its payload read from `target` (a frame covers offset × elementBytes onwards). */
+  /** Sends `frame`, its payload read from `target` (a frame covers offset × elementBytes onwards) or encoded. */
   send(frame: FrameHeader): void {
     if (this.successorFinished) return;
     this.writesPending++;
     const start = frame.offset * this.elementBytes;
-    this.sendLink.sendData(frame, this.target.subarray(start, start + frame.count * this.elementBytes), (err) => {
+    const payload = this.encode ? this.encode(frame) : this.target.subarray(start, start + frame.count * this.elementBytes);
+    this.sendLink.sendData(frame, payload, (err) => {
       this.writesPending--;
       if (err && !this.successorFinished) this.onSendError(err);
       else this.onProgress();

@@ -45,9 +45,9 @@ export interface StepReport {
   computeMs: number;
   /** Model device <-> host copies: the step's summed gradient down, the updated weights up (GPU workers: PCIe). */
   copyMs: number;
-  /** From the summed gradient on the host to the updated weights: ring collectives and the optimizer. */
+  /** From the summed gradient on the host (with overlap: the end of the last backward pass) to the updated weights: ring collectives and the optimizer. */
   commMs: number;
-  /** Of commMs, the time spent waiting on the ring's collectives (the communication the step did not hide). */
+  /** Of commMs, the time spent waiting on the ring's collectives after the last gradient was computed (the communication the step did not hide). */
   exposedCommMs: number;
   /** Time the model waited for the loader's next micro-batch. */
   dataWaitMs: number;

@@ -4,14 +4,14 @@
  *   offset size field
  *        0    4 magic       FRAME_MAGIC ("VDRG" little-endian)
  *        4    1 version     FRAME_VERSION
- *        5    1 phase       0 reduce-scatter, 1 all-gather, 2 scalar all-reduce
+ *        5    1 phase       0 reduce-scatter, 1 all-gather, 2 scalar all-reduce, 3 reduce-scatter in bf16
  *        6    2 reserved    must be 0
  *        8    4 generation  run generation (a restarted ring gets a new one)
  *       12    4 step        training step of the collective
  *       16    4 chunk       index of the chunk within its shard
  *       20    4 offset      element offset of the payload in the flat buffer
  *       24    4 count       number of elements in the payload
- *       28  ... payload     count little-endian float32 (float64 for the scalar phase)
+ *       28  ... payload     count little-endian float32 (float64 for the scalar phase, bf16 for phase 3)
  *
  * All integers are little-endian. The header length is a multiple of 8, so a payload is aligned
  * whenever the frame is.
@@ -30,6 +30,8 @@ export const Phase = {
   ReduceScatter: 0,
   AllGather: 1,
   ScalarAllReduce: 2,
+  /** Reduce-scatter with bf16 payloads (`--wire bf16`), added into float32 sums on receipt. */
+  ReduceScatterBf16: 3,
 } as const;
 export type Phase = (typeof Phase)[keyof typeof Phase];
 
@@ -37,15 +39,17 @@ const PHASE_NAMES: Record<Phase, string> = {
   [Phase.ReduceScatter]: 'reduce-scatter',
   [Phase.AllGather]: 'all-gather',
   [Phase.ScalarAllReduce]: 'scalar all-reduce',
+  [Phase.ReduceScatterBf16]: 'reduce-scatter (bf16)',
 };
 
 export function phaseName(phase: Phase): string {
   return PHASE_NAMES[phase];
 }
 
-/** Bytes per payload element: float32 for the gradient phases, float64 for scalars. */
+/** Bytes per payload element: float32 for the gradient phases, float64 for scalars, 2 for bf16. */
 export function elementBytes(phase: Phase): number {
-  return phase === Phase.ScalarAllReduce ? 8 : 4;
+  if (phase === Phase.ScalarAllReduce) return 8;
+  return phase === Phase.ReduceScatterBf16 ? 2 : 4;
 }
 
 export interface FrameHeader {
@@ -68,7 +72,7 @@ function badField(message: string): InputError {
 }
 
 function isPhase(value: number): value is Phase {
-  return value === Phase.ReduceScatter || value === Phase.AllGather || value === Phase.ScalarAllReduce;
+  return value === Phase.ReduceScatter || value === Phase.AllGather || value === Phase.ScalarAllReduce || value === Phase.ReduceScatterBf16;
 }
 
 function checkU32(name: string, value: number): void {

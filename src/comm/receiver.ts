@@ -1,9 +1,11 @@
 /**
  * Lands incoming data frames in place: each frame must be exactly the next one the current
  * collective expects. Reduce-scatter payloads are added into the destination straight from the
- * socket's read buffer (which lives in WebAssembly memory for the SIMD add); all-gather and
- * scalar payloads are read by the kernel directly into the destination (nextReadBuffer).
+ * socket's read buffer (which lives in WebAssembly memory for the SIMD add), float32 or bf16
+ * (`--wire bf16`: widened and added in float32); all-gather and scalar payloads are read by the
+ * kernel directly into the destination (nextReadBuffer).
  */
+import { addBf16BytesInto, bf16ToFloat32 } from './bf16.ts';
 import { badFrame, decodeFrameHeader, expectFrame, FRAME_HEADER_BYTES, type FrameHeader } from './frame.ts';
 import { addBytesInto } from './simd-add.ts';
 import type { BinarySink } from './websocket.ts';
@@ -23,7 +25,11 @@ export interface ReceivePlan {
   frames: FrameHeader[];
   /** Destination bytes; a frame's payload lands at offset × element size. */
   target: Uint8Array;
-  /** When set, float32 payloads are added into this view of `target` instead of copied. */
+  /**
+   * When set, payloads are added into this float32 view of `target` instead of copied: a frame's
+   * element i goes to accumulate[offset + i]. Payload elements are float32, or bf16 when
+   * elementBytes is 2.
+   */
   accumulate: Float32Array | null;
   /** Bytes per element of the payload. */
   elementBytes: number;
@@ -43,9 +49,12 @@ export class DataReceiver implements DataSink {
   private payloadEnd = 0;
   /** Byte position in `plan.target` where the next payload byte goes. */
   private writeAt = 0;
-  /** A float split across two reads: its first bytes wait here. */
+  /** Element of `plan.accumulate` the next added payload element goes to. */
+  private addAt = 0;
+  /** An element split across two reads: its first bytes wait here. */
   private readonly carry = new Uint8Array(4);
   private readonly carryFloat = new Float32Array(this.carry.buffer);
+  private readonly carryBf16 = new Uint16Array(this.carry.buffer, 0, 1);
   private carryHave = 0;
 
   start(plan: ReceivePlan): void {
@@ -84,6 +93,7 @@ export class DataReceiver implements DataSink {
       const actual = decodeFrameHeader(this.header, 0, this.payloadBytes);
       expectFrame(actual, plan.frames[this.next]!);
       this.writeAt = actual.offset * plan.elementBytes;
+      this.addAt = actual.offset;
       this.payloadEnd = this.writeAt + this.payloadBytes;
       this.inPayload = true;
     }
@@ -114,29 +124,32 @@ export class DataReceiver implements DataSink {
     return upcoming.count * plan.elementBytes >= MIN_DIRECT_READ_BYTES ? shared.subarray(0, LARGE_FRAME_HEADERS_BYTES) : shared;
   }
 
-  /** Adds source[start..end) as float32 into `dst` at writeAt, handling floats split across reads. */
+  /** Adds source[start..end) (float32, or bf16 for 2-byte elements) into `dst` at addAt, handling elements split across reads. */
   private addPayload(dst: Float32Array, source: Uint8Array, start: number, end: number): void {
+    const bytes = this.plan!.elementBytes;
     let pos = start;
-    let element = this.writeAt >> 2;
+    let element = this.addAt;
     if (this.carryHave > 0) {
-      const take = Math.min(4 - this.carryHave, end - pos);
+      const take = Math.min(bytes - this.carryHave, end - pos);
       this.carry.set(source.subarray(pos, pos + take), this.carryHave);
       this.carryHave += take;
       pos += take;
-      if (this.carryHave < 4) return;
-      dst[element]! += this.carryFloat[0]!;
+      if (this.carryHave < bytes) return;
+      dst[element]! += bytes === 2 ? bf16ToFloat32(this.carryBf16[0]!) : this.carryFloat[0]!;
       element++;
       this.carryHave = 0;
     }
-    const whole = (end - pos) >> 2;
+    const whole = Math.floor((end - pos) / bytes);
     if (whole > 0) {
-      addBytesInto(dst.subarray(element, element + whole), source, pos);
+      const into = dst.subarray(element, element + whole);
+      if (bytes === 2) addBf16BytesInto(into, source, pos);
+      else addBytesInto(into, source, pos);
       element += whole;
-      pos += whole * 4;
+      pos += whole * bytes;
     }
     this.carry.set(source.subarray(pos, end));
     this.carryHave = end - pos;
-    this.writeAt = element * 4 + this.carryHave;
+    this.addAt = element;
   }
 
   binaryEnd(): void {

@@ -7,9 +7,14 @@
  *   peer.connect(peers: { host: string; port: number }[]): Promise<void>
  *       peers[i] is the address of rank i. Connects to the predecessor's server and waits until
  *       the successor has connected and authenticated.
- *   peer.reduceScatter(buf: Float32Array, step: number): Promise<void>
+ *   peer.reduceScatter(buf: Float32Array, step: number, opts?: { range?, wire? }): Promise<void>
  *       afterwards buf[shardRange(buf.length, N, rank)] holds the element-wise sum over all ranks;
- *       the rest of buf is scratch.
+ *       the rest of buf is scratch. With `range` (a gradient bucket) only the elements of that
+ *       range travel, each still summed towards the owner of its shard in the same order as
+ *       without a range, so reduce-scattering a buffer's buckets one by one gives the same bits as
+ *       reduce-scattering it whole. With `wire: 'bf16'` the chunks travel as bf16 (round to
+ *       nearest even) and are added into the float32 sums on receipt: half the bytes, and the
+ *       same bits on every run with the same worker count.
  *   peer.allGather(buf: Float32Array, step: number): Promise<void>
  *       each rank's own shard is authoritative before; afterwards every rank holds every shard,
  *       bit for bit equal to its owner's.
@@ -51,6 +56,7 @@ import { EventEmitter } from 'node:events';
 import http from 'node:http';
 import type net from 'node:net';
 import { FatalError, InputError, RecoverableError } from '../common/errors.ts';
+import { roundToBf16 } from './bf16.ts';
 import { Collective, type CollectivePlan } from './collective.ts';
 import { elementBytes, FRAME_HEADER_BYTES, type FrameHeader, MAX_CHUNK_BYTES, MAX_U32, Phase } from './frame.ts';
 import { type LinkConfig, predecessorOf, successorOf, type WireTraffic } from './link.ts';
@@ -58,6 +64,7 @@ import { DataReceiver } from './receiver.ts';
 import { RecvLink } from './recv-link.ts';
 import { SendLink } from './send-link.ts';
 import { chunkRanges, type ElementRange, shardRange } from '../common/shard.ts';
+import { WIRE_FORMATS, type WireFormat } from '../common/wire.ts';
 import { CloseCode, LinkError } from './websocket.ts';
 
 export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
@@ -102,6 +109,13 @@ export interface RingOptions {
   logger?: RingLogger;
 }
 
+export interface ReduceScatterOptions {
+  /** Only these elements (a gradient bucket); default the whole buffer. */
+  range?: ElementRange;
+  /** Default 'fp32'. */
+  wire?: WireFormat;
+}
+
 export interface PeerAddress {
   host: string;
   port: number;
@@ -140,6 +154,8 @@ export class RingPeer extends EventEmitter {
   private failure: Error | null = null;
   private closedByPeer: Error | null = null;
   private closed = false;
+  /** bf16 payloads being sent, by element offset; reused by every collective (one runs at a time). */
+  private bf16Staging = new Uint16Array(0);
 
   private constructor(opts: RingOptions) {
     super();
@@ -286,13 +302,27 @@ export class RingPeer extends EventEmitter {
     };
   }
 
-  async reduceScatter(buf: Float32Array, step: number): Promise<void> {
+  async reduceScatter(buf: Float32Array, step: number, opts: ReduceScatterOptions = {}): Promise<void> {
+    const range = opts.range ?? { start: 0, end: buf.length };
+    if (
+      !Number.isSafeInteger(range.start) ||
+      !Number.isSafeInteger(range.end) ||
+      range.start < 0 ||
+      range.start > range.end ||
+      range.end > buf.length
+    ) {
+      throw badArgument(`reduce-scatter range [${range.start}, ${range.end}) is not within the buffer of ${buf.length} elements`);
+    }
+    const wire = opts.wire ?? 'fp32';
+    if (!(WIRE_FORMATS as readonly string[]).includes(wire))
+      throw badArgument(`unknown wire format ${JSON.stringify(wire)} (known: ${WIRE_FORMATS.join(', ')})`);
     if (this.worldSize === 1) return;
     const { rank, worldSize } = this;
     await this.runGradientPhase(
-      Phase.ReduceScatter,
+      wire === 'bf16' ? Phase.ReduceScatterBf16 : Phase.ReduceScatter,
       buf,
       step,
+      range,
       (rank + worldSize - 1) % worldSize,
       (hop) => (rank - hop - 2 + 2 * worldSize) % worldSize,
     );
@@ -301,7 +331,8 @@ export class RingPeer extends EventEmitter {
   async allGather(buf: Float32Array, step: number): Promise<void> {
     if (this.worldSize === 1) return;
     const { rank, worldSize } = this;
-    await this.runGradientPhase(Phase.AllGather, buf, step, rank, (hop) => (rank - hop - 1 + worldSize) % worldSize);
+    const whole = { start: 0, end: buf.length };
+    await this.runGradientPhase(Phase.AllGather, buf, step, whole, rank, (hop) => (rank - hop - 1 + worldSize) % worldSize);
   }
 
   async allReduce(buf: Float32Array, step: number): Promise<void> {
@@ -334,7 +365,14 @@ export class RingPeer extends EventEmitter {
       const frames: FrameHeader[] = [];
       for (let hop = 0; hop < worldSize - 1; hop++) frames.push(frameOf((rank - hop - 1 + worldSize) % worldSize));
       // One frame per hop: all but the last hop's are forwarded.
-      const plan = { frames, forwardedFrames: worldSize - 2, target: new Uint8Array(gathered.buffer), accumulate: null, elementBytes: 8 };
+      const plan = {
+        frames,
+        forwardedFrames: worldSize - 2,
+        target: new Uint8Array(gathered.buffer),
+        accumulate: null,
+        elementBytes: 8,
+        encode: null,
+      };
       await this.run(step, plan, [frameOf(rank)]);
     }
     const sum = new Float64Array(length);
@@ -344,18 +382,25 @@ export class RingPeer extends EventEmitter {
     return sum;
   }
 
+  /** A gradient phase over the elements of `range`, each shard's part travelling as in the whole buffer's phase. */
   private runGradientPhase(
     phase: Phase,
     buf: Float32Array,
     step: number,
+    range: ElementRange,
     firstShard: number,
     shardAtHop: (hop: number) => number,
   ): Promise<void> {
     if (buf.length > MAX_U32) throw badArgument(`buffer of ${buf.length} elements exceeds the u32 offsets of the wire format`);
     const { worldSize } = this;
     const chunkElements = this.chunkBytes / elementBytes(phase);
+    const partOfShard = (shard: number): ElementRange => {
+      const whole = shardRange(buf.length, worldSize, shard);
+      const start = Math.max(whole.start, range.start);
+      return { start, end: Math.max(start, Math.min(whole.end, range.end)) };
+    };
     const framesOfShard = (shard: number): FrameHeader[] =>
-      chunkRanges(shardRange(buf.length, worldSize, shard), chunkElements).map((range: ElementRange, chunk) => ({
+      chunkRanges(partOfShard(shard), chunkElements).map((range: ElementRange, chunk) => ({
         phase,
         generation: this.config.generation,
         step,
@@ -370,9 +415,27 @@ export class RingPeer extends EventEmitter {
       // All hops but the last are forwarded.
       if (hop < worldSize - 2) forwardedFrames = frames.length;
     }
-    const target = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-    const accumulate = phase === Phase.ReduceScatter ? buf : null;
-    return this.run(step, { frames, forwardedFrames, target, accumulate, elementBytes: 4 }, framesOfShard(firstShard));
+    const bf16 = phase === Phase.ReduceScatterBf16;
+    const plan: CollectivePlan = {
+      frames,
+      forwardedFrames,
+      target: new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength),
+      accumulate: phase === Phase.AllGather ? null : buf,
+      elementBytes: elementBytes(phase),
+      encode: bf16 ? this.bf16Encoder(buf) : null,
+    };
+    return this.run(step, plan, framesOfShard(firstShard));
+  }
+
+  /** Rounds a frame's float32 values (its partial sums, when forwarded) to bf16 in the staging buffer, which outlives the write. */
+  private bf16Encoder(buf: Float32Array): (frame: FrameHeader) => Uint8Array {
+    if (this.bf16Staging.length < buf.length) this.bf16Staging = new Uint16Array(buf.length);
+    const staging = this.bf16Staging;
+    return (frame) => {
+      const values = staging.subarray(frame.offset, frame.offset + frame.count);
+      roundToBf16(buf.subarray(frame.offset, frame.offset + frame.count), values);
+      return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+    };
   }
 
   /** Runs one collective: sends `initial`, then lands and forwards the expected frames. */

@@ -24,81 +24,84 @@ const SRC_AT = BLOCK_BYTES;
 const INPUT_AT = 2 * BLOCK_BYTES;
 const MEMORY_PAGES = Math.ceil((INPUT_AT + WASM_INPUT_BYTES) / WASM_PAGE_BYTES);
 
-/** Hand-assembled module: (import "env" "memory") (func (export "add") (param dst src n) ...). */
-function simdAddModule(): Uint8Array<ArrayBuffer> {
-  const section = (id: number, content: number[]) => [id, content.length, ...content];
-  const name = (text: string) => [text.length, ...Array.from(text, (c) => c.charCodeAt(0))];
+/**
+ * One hand-assembled loop over n elements, 4 per iteration: [dst] = [dst] + widen([src]), dst
+ * advancing 16 bytes and src `srcStep` bytes; `load` is the opcode (after 0xfd) that reads src
+ * and `widen` what turns it into four float32.
+ */
+function simdLoop(load: number, srcStep: number, widen: number[]): number[] {
   const I32 = 0x7f;
   const [DST, SRC, N, END] = [0, 1, 2, 3];
-  const body = [
-    0x01,
-    0x01,
-    I32, //                 one local: end (i32)
-    0x20,
-    DST,
-    0x20,
-    N,
-    0x41,
-    2,
-    0x74,
-    0x6a,
-    0x21,
-    END, // end = dst + (n << 2)
-    0x02,
-    0x40, //                      block
-    0x20,
-    DST,
-    0x20,
-    END,
-    0x4f,
-    0x0d,
-    0, // if dst >= end: break
-    0x03,
-    0x40, //                      loop
-    0x20,
-    DST, //                       (address for the store)
-    0x20,
-    DST,
-    0xfd,
-    0x00,
-    0x00,
-    0x00, // v128.load [dst] (align 1: any alignment)
-    0x20,
-    SRC,
-    0xfd,
-    0x00,
-    0x00,
-    0x00, // v128.load [src]
-    0xfd,
-    0xe4,
-    0x01, //                f32x4.add
-    0xfd,
-    0x0b,
-    0x00,
-    0x00, //          v128.store [dst]
-    0x20,
-    SRC,
-    0x41,
-    16,
-    0x6a,
-    0x21,
-    SRC, // src += 16
-    0x20,
-    DST,
-    0x41,
-    16,
-    0x6a,
-    0x22,
-    DST, // dst += 16
-    0x20,
-    END,
-    0x49,
-    0x0d,
-    0, //        continue while dst < end
-    0x0b,
-    0x0b, //                      end loop, end block
-    0x0b, //                            end function
+  // biome-ignore format: one instruction per line
+  return [
+    0x01, 0x01, I32, //                                   one local: end (i32)
+    0x20, DST, 0x20, N, 0x41, 2, 0x74, 0x6a, 0x21, END, // end = dst + (n << 2)
+    0x02, 0x40, //                                        block
+    0x20, DST, 0x20, END, 0x4f, 0x0d, 0, //                if dst >= end: break
+    0x03, 0x40, //                                        loop
+    0x20, DST, //                                         (address for the store)
+    0x20, DST, 0xfd, 0x00, 0x00, 0x00, //                 v128.load [dst] (align 1: any alignment)
+    0x20, SRC, 0xfd, load, 0x00, 0x00, //                 load [src]
+    ...widen,
+    0xfd, 0xe4, 0x01, //                                  f32x4.add
+    0xfd, 0x0b, 0x00, 0x00, //                            v128.store [dst]
+    0x20, SRC, 0x41, srcStep, 0x6a, 0x21, SRC, //         src += srcStep
+    0x20, DST, 0x41, 16, 0x6a, 0x22, DST, //              dst += 16
+    0x20, END, 0x49, 0x0d, 0, //                          continue while dst < end
+    0x0b, 0x0b, //                                        end loop, end block
+    0x0b, //                                              end function
   ];
+}
+
+/**
+ * The hand-assembled float32 -> bf16 loop, 4 per iteration (src advancing 16 bytes, dst 8), as
+ * bf16.ts rounds: bits + 0x7fff + ((bits >>> 16) & 1), >>> 16; a NaN keeps its top half with the
+ * quiet bit set (bitselect on f32x4.ne(x, x)); i16x8.narrow_i32x4_u and v128.store64_lane write
+ * the four halves.
+ */
+function toBf16Loop(): number[] {
+  const [I32, V128] = [0x7f, 0x7b];
+  const [DST, SRC, N, END, X] = [0, 1, 2, 3, 4];
+  const splat = (leb: number[]) => [0x41, ...leb, 0xfd, 0x11]; // i32.const; i32x4.splat
+  const shr16 = [0x41, 16, 0xfd, 0xad, 0x01]; // i32.const 16; i32x4.shr_u
+  // biome-ignore format: one instruction per line
+  return [
+    0x02, 0x01, I32, 0x01, V128, //                       locals: end (i32), x (v128)
+    0x20, SRC, 0x20, N, 0x41, 2, 0x74, 0x6a, 0x21, END, // end = src + (n << 2)
+    0x02, 0x40, //                                        block
+    0x20, SRC, 0x20, END, 0x4f, 0x0d, 0, //                if src >= end: break
+    0x03, 0x40, //                                        loop
+    0x20, DST, //                                         (address for the store)
+    0x20, SRC, 0xfd, 0x00, 0x00, 0x00, 0x21, X, //        x = v128.load [src]
+    0x20, X, ...shr16, ...splat([0xc0, 0x00]), 0xfd, 0x50, // quiet NaN: (x >>> 16) | 0x40
+    0x20, X, 0x20, X, ...shr16, ...splat([1]), 0xfd, 0x4e, // x, (x >>> 16) & 1
+    ...splat([0xff, 0xff, 0x01]), 0xfd, 0xae, 0x01, //    + 0x7fff
+    0xfd, 0xae, 0x01, ...shr16, //                        rounded: (x + bias) >>> 16
+    0x20, X, 0x20, X, 0xfd, 0x42, //                      NaN mask: f32x4.ne(x, x)
+    0xfd, 0x52, //                                        v128.bitselect(quiet NaN, rounded, mask)
+    0x22, X, 0x20, X, 0xfd, 0x86, 0x01, //                i16x8.narrow_i32x4_u(it, it)
+    0xfd, 0x5b, 0x00, 0x00, 0x00, //                     v128.store64_lane [dst] lane 0
+    0x20, SRC, 0x41, 16, 0x6a, 0x21, SRC, //              src += 16
+    0x20, DST, 0x41, 8, 0x6a, 0x21, DST, //               dst += 8
+    0x20, SRC, 0x20, END, 0x49, 0x0d, 0, //               continue while src < end
+    0x0b, 0x0b, //                                        end loop, end block
+    0x0b, //                                              end function
+  ];
+}
+
+/**
+ * Hand-assembled module: (import "env" "memory"), (func (export "add") (param dst src n)) adding
+ * float32, (func (export "addBf16") (param dst src n)) adding bf16 widened to float32
+ * (v128.load16x4_u, then i32x4.shl by 16: exact), and (func (export "toBf16") (param dst src n)).
+ */
+function simdAddModule(): Uint8Array<ArrayBuffer> {
+  const section = (id: number, content: number[]) => [id, ...leb128(content.length), ...content];
+  const name = (text: string) => [text.length, ...Array.from(text, (c) => c.charCodeAt(0))];
+  const I32 = 0x7f;
+  const add = simdLoop(0x00, 16, []);
+  const addBf16 = simdLoop(0x04, 8, [0x41, 16, 0xfd, 0xab, 0x01]); // v128.load16x4_u; i32.const 16; i32x4.shl
+  const toBf16 = toBf16Loop();
+  const code = (body: number[]) => [...leb128(body.length), ...body];
   return new Uint8Array([
     0x00,
     0x61,
@@ -110,15 +113,29 @@ function simdAddModule(): Uint8Array<ArrayBuffer> {
     0x00, // magic, version 1
     ...section(1, [1, 0x60, 3, I32, I32, I32, 0]), // type: (i32 i32 i32) -> ()
     ...section(2, [1, ...name('env'), ...name('memory'), 0x02, 0x00, MEMORY_PAGES]), // import memory
-    ...section(3, [1, 0]), // one function of type 0
-    ...section(7, [1, ...name('add'), 0x00, 0]), // export it as "add"
-    ...section(10, [1, body.length, ...body]), // its code
+    ...section(3, [3, 0, 0, 0]), // three functions of type 0
+    ...section(7, [3, ...name('add'), 0x00, 0, ...name('addBf16'), 0x00, 1, ...name('toBf16'), 0x00, 2]), // export them
+    ...section(10, [3, ...code(add), ...code(addBf16), ...code(toBf16)]), // their code
   ]);
+}
+
+/** Unsigned LEB128, as WebAssembly encodes sizes. */
+function leb128(value: number): number[] {
+  const bytes: number[] = [];
+  do {
+    let byte = value & 0x7f;
+    value >>>= 7;
+    if (value !== 0) byte |= 0x80;
+    bytes.push(byte);
+  } while (value !== 0);
+  return bytes;
 }
 
 interface SimdKernel {
   memory: Uint8Array;
   add: (dst: number, src: number, n: number) => void;
+  addBf16: (dst: number, src: number, n: number) => void;
+  toBf16: (dst: number, src: number, n: number) => void;
 }
 
 function loadSimdKernel(): SimdKernel | null {
@@ -127,7 +144,8 @@ function loadSimdKernel(): SimdKernel | null {
   const memory = new WebAssembly.Memory({ initial: MEMORY_PAGES, maximum: MEMORY_PAGES });
   const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
   // The memory never grows (maximum = initial), so this view stays valid.
-  return { memory: new Uint8Array(memory.buffer), add: instance.exports.add as SimdKernel['add'] };
+  const { add, addBf16, toBf16 } = instance.exports as unknown as Omit<SimdKernel, 'memory'>;
+  return { memory: new Uint8Array(memory.buffer), add, addBf16, toBf16 };
 }
 
 const kernel = process.env.VIT_DIST_NO_SIMD ? null : loadSimdKernel();
@@ -166,30 +184,76 @@ export function addBytesInto(dst: Float32Array, source: Uint8Array, start: numbe
     addIntoScalar(dst, src);
     return;
   }
+  addStaged(kernel, dst, source, start, 4);
+}
+
+/**
+ * The SIMD form of bf16.ts's addBf16BytesInto: dst[i] += float32(the bf16 at source bytes
+ * [start + 2i, start + 2i + 2)). Returns false, doing nothing, without SIMD.
+ */
+export function addBf16BytesSimd(dst: Float32Array, source: Uint8Array, start: number): boolean {
+  if (!kernel) return false;
+  addStaged(kernel, dst, source, start, 2);
+  return true;
+}
+
+/**
+ * bf16.ts's roundToBf16 on the SIMD kernel: dst[i] = bf16 bits of src[i] for the first
+ * `src.length & ~3` elements, block by block through WebAssembly memory; returns how many it did
+ * (0 without SIMD), the caller rounds the rest.
+ */
+export function roundToBf16Simd(src: Float32Array, dst: Uint16Array): number {
+  if (!kernel) return 0;
+  const memory = kernel.memory;
+  const vectorTotal = src.length & ~3;
+  const srcBytes = new Uint8Array(src.buffer, src.byteOffset, vectorTotal * 4);
+  const dstBytes = new Uint8Array(dst.buffer, dst.byteOffset, vectorTotal * 2);
+  for (let done = 0; done < vectorTotal; done += BLOCK_FLOATS) {
+    const count = Math.min(BLOCK_FLOATS, vectorTotal - done);
+    memory.set(srcBytes.subarray(done * 4, (done + count) * 4), SRC_AT);
+    kernel.toBf16(DST_AT, SRC_AT, count);
+    dstBytes.set(memory.subarray(DST_AT, DST_AT + count * 2), done * 2);
+  }
+  return vectorTotal;
+}
+
+/** Adds `elementBytes`-wide source elements (float32 or bf16) into dst, staged block by block in WebAssembly memory. */
+function addStaged(kernel: SimdKernel, dst: Float32Array, source: Uint8Array, start: number, elementBytes: 2 | 4): void {
   const memory = kernel.memory;
   const resident = source.buffer === memory.buffer;
   const dstBytes = new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength);
+  const vectorAdd = elementBytes === 4 ? kernel.add : kernel.addBf16;
   for (let done = 0; done < dst.length; done += BLOCK_FLOATS) {
     const count = Math.min(BLOCK_FLOATS, dst.length - done);
     const vectorCount = count & ~3;
     const byteStart = done * 4;
+    const srcStart = start + done * elementBytes;
     memory.set(dstBytes.subarray(byteStart, byteStart + count * 4), DST_AT);
     let srcAt: number;
     if (resident) {
-      srcAt = source.byteOffset + start + byteStart;
+      srcAt = source.byteOffset + srcStart;
     } else {
-      memory.set(source.subarray(start + byteStart, start + byteStart + count * 4), SRC_AT);
+      memory.set(source.subarray(srcStart, srcStart + count * elementBytes), SRC_AT);
       srcAt = SRC_AT;
     }
-    kernel.add(DST_AT, srcAt, vectorCount);
+    vectorAdd(DST_AT, srcAt, vectorCount);
     if (vectorCount < count) {
-      // The last 1-3 floats: scalar, through float32 views of the staged block.
+      // The last 1-3 elements: scalar, through a float32 view of the staged block.
       const dstBlock = new Float32Array(memory.buffer, DST_AT, count);
       const view = new DataView(memory.buffer);
-      for (let i = vectorCount; i < count; i++) dstBlock[i]! += view.getFloat32(srcAt + i * 4, true);
+      for (let i = vectorCount; i < count; i++) {
+        const at = srcAt + i * elementBytes;
+        dstBlock[i]! += elementBytes === 4 ? view.getFloat32(at, true) : widenBf16(view.getUint16(at, true));
+      }
     }
     dstBytes.set(memory.subarray(DST_AT, DST_AT + count * 4), byteStart);
   }
+}
+
+const widenScratch = new DataView(new ArrayBuffer(4));
+function widenBf16(bits: number): number {
+  widenScratch.setUint32(0, bits << 16);
+  return widenScratch.getFloat32(0);
 }
 
 /** dst[i] += src[i] for i < dst.length (src must be at least as long). */

@@ -3,6 +3,7 @@
 // passes (targets, loss, gradient download and accumulation, correct counts).
 
 import * as tf from '@tensorflow/tfjs-core';
+import { BucketSink } from './gradient-buckets.ts';
 import type { DeviceGradientSum } from './gradient-sum.ts';
 import { initFlatParams } from './init.ts';
 import { checkLabels, countCorrectIn, crossEntropySum, jointLogits, oneHotLabels, trainingObjective, type HeadLogits } from './loss.ts';
@@ -12,7 +13,11 @@ import { reshape } from './tensorflow-ops.ts';
 /** A training forward pass: the heads' logits, and the backward pass from d(loss)/d(logits) to the flat gradient. */
 export interface TrainPass {
   heads: HeadLogits;
-  backward(dLogits: HeadLogits): tf.Tensor1D;
+  /**
+   * `grads`, when given, is where the pass records each parameter's gradient as soon as it has it
+   * (a BucketSink hands finished buckets to the ring); the flat gradient is still returned.
+   */
+  backward(dLogits: HeadLogits, grads?: Map<string, tf.Tensor>): tf.Tensor1D;
 }
 
 /** A training pass's outputs that outlive its tidy. */
@@ -81,6 +86,8 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
 
   /** Per-parameter gradients (by name, any shape of the parameter's size) as one flat vector in the params' order. */
   protected flatGradient(grads: Map<string, tf.Tensor>): tf.Tensor1D {
+    // Every bucket already went to the ring: a flat copy would only cost time.
+    if (grads instanceof BucketSink && grads.complete) return tf.zeros([0]);
     // A reshape is an op of its own on TensorFlow: skip the ones that would change nothing.
     const flat = (spec: ParamSpec, g: tf.Tensor) => (g.rank === 1 && g.size === spec.size ? g : reshape(g, [spec.size]));
     return tf.concat(this.params.map((spec) => flat(spec, grads.get(spec.name)!))) as tf.Tensor1D;
@@ -102,6 +109,7 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
     n: number,
     gradLength: number,
     ctx: TrainContext | undefined,
+    sink: BucketSink | null = null,
   ): TrainTensors {
     if (gradLength !== this.numParams) throw new Error(`gradAccum has length ${gradLength}, expected ${this.numParams}`);
     if (ctx && ctx.sampleIndices.length < n) throw new Error(`sampleIndices holds ${ctx.sampleIndices.length} values, expected ${n}`);
@@ -110,7 +118,11 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
     return tf.tidy(() => {
       const pass = this.trainPass(this.imagesTensor(images, n), n, ctx);
       const objective = trainingObjective(pass.heads, labels, n, this.config.numClasses, ctx);
-      const tensors: TrainTensors = { grad: pass.backward(objective.dLogits), lossSum: objective.lossSum, logits: jointLogits(pass.heads) };
+      const tensors: TrainTensors = {
+        grad: pass.backward(objective.dLogits, sink ?? undefined),
+        lossSum: objective.lossSum,
+        logits: jointLogits(pass.heads),
+      };
       if (objective.distillationLossSum) tensors.distillationLossSum = objective.distillationLossSum;
       return tensors;
     });
@@ -152,7 +164,7 @@ export abstract class FlatParamClassifier<C extends ModelConfig> implements Imag
     into: DeviceGradientSum,
     ctx?: TrainContext,
   ): Promise<LossResult> {
-    const { grad, ...read } = this.trainTensors(images, labels, n, into.length, ctx);
+    const { grad, ...read } = this.trainTensors(images, labels, n, into.length, ctx, into.sink);
     into.add(grad);
     // Everything above ran before the first await; the caller may refill `labels` while the reads wait.
     const ownLabels = labels.slice(0, n);

@@ -496,10 +496,9 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
   }
 
   /** Gradient of the loss sum w.r.t. every parameter, concatenated in the flat layout. */
-  private backward(acts: ForwardActs, dLogits: HeadLogits, B: number): tf.Tensor1D {
+  private backward(acts: ForwardActs, dLogits: HeadLogits, B: number, grads = new Map<string, tf.Tensor>()): tf.Tensor1D {
     const { embedDim: D, patchSize: p, inChannels: C, depth } = this.config;
     const [N, T] = [this.numPatches, this.numTokens];
-    const grads = new Map<string, tf.Tensor>();
 
     const head = linearBackward(dLogits.cls, acts.pooled, this.w('head'));
     grads.set('head.weight', head.dw).set('head.bias', head.db);
@@ -539,7 +538,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
 
   protected trainPass(x: tf.Tensor4D, n: number, ctx: TrainContext | undefined): TrainPass {
     const acts = this.forwardActs(x, ctx ? this.blockMasks(ctx, n) : null);
-    return { heads: acts.heads, backward: (dLogits) => this.backward(acts, dLogits, n) };
+    return { heads: acts.heads, backward: (dLogits, grads) => this.backward(acts, dLogits, n, grads) };
   }
 
   protected inferenceHeads(x: tf.Tensor4D): HeadLogits {

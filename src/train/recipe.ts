@@ -7,6 +7,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InputError } from '../common/errors.ts';
+import { WIRE_FORMATS, type WireFormat } from '../common/wire.ts';
 import { DATA_FORMATS, type DataFormat } from '../data/source.ts';
 import type { DecayConvention, OptimizerName } from './optimizer.ts';
 import type { LrScalingRule } from './schedule.ts';
@@ -59,11 +60,23 @@ export interface Recipe {
   seed: number;
   /** Write a checkpoint every this many steps (and always at the end). */
   checkpointEvery: number;
+  /** How gradients travel around the ring (absent: float32, 25 MB buckets); `recipeComm` fills the defaults. */
+  comm?: { wire?: WireFormat; bucketMb?: number };
   /** Where each value came from: a dotted key to a citation. */
   sources: Record<string, string>;
 }
 
 export const LOSS_NAMES = ['softmax_xent', 'sigmoid_xent'] as const;
+/** DDP's default bucket_cap_mb. */
+export const DEFAULT_BUCKET_MB = 25;
+
+/**
+ * The recipe's `comm` with its defaults: the wire format, and the gradient bucket size in MiB
+ * (DDP's bucket_cap_mb) for overlapping the ring with the backward pass; 0 turns overlap off.
+ */
+export function recipeComm(recipe: Recipe): { wire: WireFormat; bucketMb: number } {
+  return { wire: recipe.comm?.wire ?? 'fp32', bucketMb: recipe.comm?.bucketMb ?? DEFAULT_BUCKET_MB };
+}
 export type LossName = (typeof LOSS_NAMES)[number];
 
 export interface RecipeData {
@@ -187,6 +200,11 @@ export const RECIPE_SCHEMA: Schema = {
   },
   seed: { kind: 'number', integer: true, min: 0 },
   checkpointEvery: positiveInteger,
+  comm: {
+    kind: 'object',
+    optional: true,
+    fields: { wire: { kind: 'string', oneOf: WIRE_FORMATS, optional: true }, bucketMb: { kind: 'number', min: 0, optional: true } },
+  },
   sources: { kind: 'stringMap' },
 };
 

@@ -2,21 +2,27 @@
 //   data (loader, batch mixing) -> model (forward/backward per micro-batch, gradients summed) -> ring reduce-scatter ->
 //   mean and global-norm clip -> the optimizer (and the weights' EMA) on this rank's shard ->
 //   ring all-gather -> weights.
+// With overlap (the default), the last micro-batch's backward pass hands the gradient sum to the
+// ring bucket by bucket as it finishes them (bucket-reduce.ts); the earlier micro-batches only
+// accumulate. The sums are the same bits either way.
 // Every rank ends a step holding the same parameter bits, which `paramDigest` lets the
 // coordinator check.
 import type { EvalCounts, ResumeState, ShardSnapshot, StepReport } from '../comm/control.ts';
 import type { RingPeer } from '../comm/ring.ts';
+import type { WireFormat } from '../common/wire.ts';
 import { shardRange, type ElementRange } from '../common/shard.ts';
 import type { BatchLoader } from '../data/loader.ts';
 import { mixBatch, mixRng, type MixConfig } from '../data/mixup.ts';
+import { type GradientBucket, planGradientBuckets } from '../model/gradient-buckets.ts';
 import { DeviceGradientSum } from '../model/gradient-sum.ts';
 import type { ImageClassifier, LossResult, Regularization, TrainContext } from '../model/model.ts';
-import type { LossName, Recipe } from '../train/recipe.ts';
+import { type LossName, type Recipe, recipeComm } from '../train/recipe.ts';
 import { clipFactor, sumOfSquares } from '../train/clip.ts';
 import { paramDigest } from '../train/digest.ts';
 import { ShardEma } from '../train/ema.ts';
 import { createShardOptimizer, type OptimizerConfig, type ShardOptimizer } from '../train/optimizer.ts';
 import { decayMask } from '../train/weight-decay.ts';
+import { BucketedReduceScatter } from './bucket-reduce.ts';
 
 export interface TrainerOptions {
   rank: number;
@@ -27,6 +33,12 @@ export interface TrainerOptions {
   optimizer: OptimizerConfig;
   /** The weights' moving average, or null for none. */
   ema: { decay: number } | null;
+  /**
+   * How gradients travel: reduce-scatter chunks in float32 or bf16, and the bucket size in
+   * elements for overlapping the ring with the last micro-batch's backward pass (null: no overlap,
+   * the ring starts once the whole gradient is summed).
+   */
+  comm: { wire: WireFormat; bucketElements: number | null };
   /**
    * The recipe's seed, `regularization`, `distillation` (alpha, and the teacher: null when the
    * distillation head learns the labels) and loss, for the model's per-sample masks and loss.
@@ -40,6 +52,12 @@ export interface TrainerOptions {
     /** Batch-level mixing of each micro-batch (label smoothing folded into its soft targets), or null. */
     mixup: MixConfig | null;
   };
+}
+
+/** The recipe's `comm` as the trainer takes it: bucket MiB to float32 elements (0 MiB: no overlap). */
+export function commOptionsOf(recipe: Recipe): TrainerOptions['comm'] {
+  const { wire, bucketMb } = recipeComm(recipe);
+  return { wire, bucketElements: bucketMb > 0 ? Math.max(1, Math.round((bucketMb * 2 ** 20) / 4)) : null };
 }
 
 /** Rank's part of a global batch: data-set indices, their repeat numbers, where the part starts in the global batch, and the epoch. */
@@ -84,6 +102,10 @@ export class ShardedTrainer {
   private readonly imageSize: number;
   /** This step's time blocked on the loader (computeMicroBatches adds to it). */
   private dataWaitMs = 0;
+  /** The overlapped step's gradient buckets, head first; null without overlap. */
+  private readonly buckets: GradientBucket[] | null;
+  /** When this step's last backward pass returned (computeMicroBatches sets it). */
+  private lastGradientAt = 0;
 
   constructor(
     private readonly model: ImageClassifier,
@@ -109,6 +131,8 @@ export class ShardedTrainer {
       skipped: [],
     });
     this.buffers = [buffer(), buffer()];
+    const { bucketElements } = options.comm;
+    this.buckets = bucketElements === null ? null : planGradientBuckets(model.params, bucketElements);
     model.setParams(this.params);
   }
 
@@ -142,8 +166,11 @@ export class ShardedTrainer {
     // awaiting them in the loop would leave a GPU idle while the host records the next micro-batch.
     const results: Promise<LossResult>[] = [];
     const gradient = new DeviceGradientSum(this.model.numParams);
+    const { wire } = this.options.comm;
+    // A rank without samples this step has no backward pass to hand buckets over: it takes the plain path.
+    const bucketed = this.buckets && indices.length > 0 ? new BucketedReduceScatter(this.ring, this.grad, step, this.buckets, wire) : null;
     try {
-      await this.computeMicroBatches(step, samples, gradient, results, skipped);
+      await this.computeMicroBatches(step, samples, gradient, results, skipped, bucketed);
       for (const result of await Promise.all(results)) {
         lossSum += result.lossSum;
         correct += result.correct;
@@ -151,17 +178,28 @@ export class ShardedTrainer {
       }
     } catch (err) {
       gradient.dispose();
+      bucketed?.abandon(err as Error);
       throw err;
     }
-    // The gradient summed on the model's device comes to the host once per step, for the ring.
-    const downloadStart = performance.now();
-    await gradient.take(this.grad);
-    const downloadMs = performance.now() - downloadStart;
-    const computeMs = downloadStart - computeStart;
-
-    const commStart = performance.now();
-    let ringStart = commStart;
-    await this.ring.reduceScatter(this.grad, step);
+    let downloadMs = 0;
+    let computeMs: number;
+    // exposedCommMs: the time the step waits on the ring after its last gradient was computed.
+    let ringStart: number;
+    if (bucketed) {
+      // The buckets came to the host inside the last backward pass, and are in the ring already.
+      computeMs = this.lastGradientAt - computeStart;
+      ringStart = this.lastGradientAt;
+      await bucketed.done;
+    } else {
+      // The gradient summed on the model's device comes to the host once per step, for the ring.
+      const downloadStart = performance.now();
+      await gradient.take(this.grad);
+      downloadMs = performance.now() - downloadStart;
+      computeMs = downloadStart - computeStart;
+      ringStart = performance.now();
+      await this.ring.reduceScatter(this.grad, step, { wire });
+    }
+    const commStart = ringStart;
     let exposedCommMs = performance.now() - ringStart;
     // The model returned gradients of the loss SUM; the training loss is the mean over the global batch.
     const grad = this.grad.subarray(this.shard.start, this.shard.end);
@@ -213,6 +251,7 @@ export class ShardedTrainer {
     gradient: DeviceGradientSum,
     results: Promise<LossResult>[],
     skipped: string[],
+    bucketed: BucketedReduceScatter | null,
   ): Promise<void> {
     const { microBatch } = this.options;
     const { indices } = samples;
@@ -229,7 +268,10 @@ export class ShardedTrainer {
       const images = loaded.images.subarray(0, n * this.imageSize);
       const labels = loaded.labels.subarray(0, n);
       const context = await this.trainContext(step, samples.offset + from, indices.subarray(from, from + n), images, labels);
+      // The last micro-batch hands its buckets (with the earlier ones' sum) to the ring as its backward pass finishes them.
+      if (bucketed && m === count - 1) gradient.handOffBuckets(this.buckets!, this.grad, bucketed);
       const result = this.model.accumulateGradient(images, labels, n, gradient, context);
+      this.lastGradientAt = performance.now();
       result.catch(() => {}); // rejections surface at step's Promise.all, not as unhandled ones
       results.push(result);
       skipped.push(...loaded.skipped);

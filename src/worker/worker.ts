@@ -32,7 +32,7 @@ import { FatalError, RecoverableError, errorKind } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import { optimizerConfigOf } from '../train/optimizer.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
-import { ShardedTrainer, type Teacher } from './trainer.ts';
+import { commOptionsOf, ShardedTrainer, type Teacher } from './trainer.ts';
 
 /** First reconnect delay; doubled per attempt up to RECONNECT_MAX_DELAY_MS, with ±50% jitter. */
 const RECONNECT_BASE_DELAY_MS = 250;
@@ -360,6 +360,7 @@ class WorkerSession {
             clipNorm: recipe.clipNorm,
             optimizer: optimizerConfigOf(recipe),
             ema: recipe.ema,
+            comm: commOptionsOf(recipe),
             training: {
               seed: recipe.seed,
               regularization: recipe.regularization,

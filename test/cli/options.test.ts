@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { resolveRecipe, type RunFlags } from '../../src/cli/options.ts';
 import { loadRecipe } from '../../src/train/recipe.ts';
+import { commOptionsOf } from '../../src/worker/trainer.ts';
 
 function flags(extra: Partial<RunFlags>): RunFlags {
   return {
@@ -39,4 +40,15 @@ test('--global-batch at or above the micro-batch, or an explicit --micro-batch, 
     /"microBatch" \(128\) is larger than "globalBatch" \(64\)/,
   );
   assert.equal(log.mock.callCount(), 0);
+});
+
+test('--wire and --bucket-mb set the recipe comm section, keeping what the other leaves; trainer defaults fill the rest', () => {
+  const plain = resolveRecipe(flags({}), null, 2);
+  assert.equal(plain.comm, undefined);
+  assert.deepEqual(commOptionsOf(plain), { wire: 'fp32', bucketElements: (25 * 2 ** 20) / 4 });
+  const bf16 = resolveRecipe(flags({ wire: 'bf16' }), null, 2);
+  assert.deepEqual(bf16.comm, { wire: 'bf16' });
+  const both = resolveRecipe(flags({ bucketMb: 0 }), bf16, 2);
+  assert.deepEqual(commOptionsOf(both), { wire: 'bf16', bucketElements: null });
+  assert.throws(() => resolveRecipe(flags({ set: { comm: '{"wire":"fp8"}' } }), null, 2), /"comm.wire" must be one of fp32, bf16/);
 });
