@@ -5,7 +5,8 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { latestCheckpoint } from '../train/checkpoint.ts';
-import { applyOverrides, loadRecipe, type Recipe } from '../train/recipe.ts';
+import { applyOverrides, DEFAULT_DILOCO, loadRecipe, SYNC_MODES, type Recipe, type SyncSettings } from '../train/recipe.ts';
+import { PSEUDO_GRADIENT_WIRES } from '../comm/pseudo-gradient-wire.ts';
 import { InputError } from '../common/errors.ts';
 
 /** torchrun's default rendezvous port. */
@@ -33,6 +34,12 @@ export function positiveInt(value: string): number {
 export function nonNegativeInt(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`expected a non-negative integer, got "${value}"`);
+  return n;
+}
+
+export function nonNegativeNumber(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`expected a non-negative number, got "${value}"`);
   return n;
 }
 
@@ -89,6 +96,29 @@ export function addRunOptions(command: Command): Command {
       '--teacher <path>',
       'the distillation teacher: a run directory or checkpoint file of vit-dist, or a .safetensors file from `vit-dist export` (sets distillation.teacher)',
     )
+    .addOption(
+      new Option(
+        '--sync <mode>',
+        "lockstep: all-reduce every step; diloco: --inner-steps local steps per worker, then an outer Nesterov step on the workers' mean weight change (sets sync.mode)",
+      ).choices(SYNC_MODES),
+    )
+    .option('--inner-steps <h>', `DiLoCo: local steps per round (default ${DEFAULT_DILOCO.innerSteps}; sets sync.innerSteps)`, positiveInt)
+    .option(
+      '--outer-lr <lr>',
+      `DiLoCo: the outer SGD's learning rate (default ${DEFAULT_DILOCO.outerLr}; sets sync.outerLr)`,
+      nonNegativeNumber,
+    )
+    .option(
+      '--outer-momentum <m>',
+      `DiLoCo: the outer SGD's Nesterov momentum (default ${DEFAULT_DILOCO.outerMomentum}; sets sync.outerMomentum)`,
+      nonNegativeNumber,
+    )
+    .addOption(
+      new Option(
+        '--wire <format>',
+        'DiLoCo: how pseudo-gradients and outer updates travel: fp32, bf16 (round to nearest even) or int8 (per-chunk scales, error feedback) (sets sync.wire)',
+      ).choices(PSEUDO_GRADIENT_WIRES),
+    )
     .option('--set <key=value>', 'override any recipe value by its dotted key (repeatable), e.g. --set optimizer.lr=0.002', keyValue, {})
     .option('--resume <dir>', 'continue from the newest checkpoint in this run directory (or from this checkpoint file)')
     .option(
@@ -136,6 +166,11 @@ export interface RunFlags {
   checkpointEvery?: number;
   distillation?: Recipe['distillation']['mode'];
   teacher?: string;
+  sync?: SyncSettings['mode'];
+  innerSteps?: number;
+  outerLr?: number;
+  outerMomentum?: number;
+  wire?: SyncSettings['wire'];
   set: Record<string, string>;
   resume?: string;
   init?: string;
@@ -183,7 +218,22 @@ export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null, work
     if (flags.distillation === 'none' && flags.teacher === undefined) overrides['distillation.teacher'] = null;
   }
   if (flags.teacher !== undefined) overrides['distillation.teacher'] = JSON.stringify(flags.teacher);
+  const sync = syncOverride(flags, base.sync);
+  if (sync) overrides.sync = JSON.stringify(sync);
   return applyOverrides(base, overrides);
+}
+
+/** The recipe's sync section after --sync and the DiLoCo flags, or null when none is given; DiLoCo's knobs need DiLoCo. */
+function syncOverride(flags: RunFlags, base: SyncSettings | undefined): SyncSettings | null {
+  const knobs = { innerSteps: flags.innerSteps, outerLr: flags.outerLr, outerMomentum: flags.outerMomentum, wire: flags.wire };
+  const given = Object.fromEntries(Object.entries(knobs).filter(([, value]) => value !== undefined));
+  if (flags.sync === undefined && Object.keys(given).length === 0) return null;
+  const mode = flags.sync ?? base?.mode ?? 'lockstep';
+  if (mode !== 'diloco' && Object.keys(given).length > 0)
+    throw new InputError('USAGE', `--inner-steps, --outer-lr, --outer-momentum and --wire set DiLoCo's knobs: add --sync diloco`);
+  if (flags.outerMomentum !== undefined && flags.outerMomentum >= 1)
+    throw new InputError('USAGE', `--outer-momentum must be below 1, got ${flags.outerMomentum}`);
+  return { ...DEFAULT_DILOCO, ...base, ...given, mode };
 }
 
 /** The checkpoint file that --resume names: a checkpoint file, or the newest one in a run directory. */
