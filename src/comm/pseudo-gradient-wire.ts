@@ -60,7 +60,7 @@ export function packInPlace(wire: PseudoGradientWire, values: Float32Array, word
     for (let i = start; i < end; i++) {
       const q = scale > 0 ? Math.max(-127, Math.min(127, Math.round(values[i]! / scale))) : 0;
       bytes[i] = q;
-      values[i] = q * scale;
+      values[i] = bytes[i]! * scale; // the stored byte: no -0 that the receiver cannot see
     }
   }
 }

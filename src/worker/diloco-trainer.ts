@@ -23,7 +23,7 @@ import { shardRange, type ElementRange } from '../common/shard.ts';
 import type { BatchLoader } from '../data/loader.ts';
 import type { ImageClassifier } from '../model/model.ts';
 import { paramDigest } from '../train/digest.ts';
-import { createShardOptimizer, type ShardOptimizer } from '../train/optimizer.ts';
+import { OuterOptimizer, pseudoGradient } from '../train/outer-optimizer.ts';
 import type { SyncSettings } from '../train/recipe.ts';
 import { ShardedTrainer, type StepSamples, type TrainerOptions } from './trainer.ts';
 
@@ -48,8 +48,7 @@ export class DilocoTrainer {
   /** The outer weights: identical on every rank; the local weights return to them after every round. */
   private readonly outer: Float32Array;
   private readonly shard: ElementRange;
-  private readonly outerOptimizer: ShardOptimizer;
-  private readonly noDecay: Uint8Array;
+  private readonly outerOptimizer: OuterOptimizer;
   /** The pseudo-gradient, reduced in place. */
   private readonly pseudo: Float32Array;
   /** Error feedback of the packed pseudo-gradient (whole; int8) and of the packed outer update (this shard; bf16, int8); null when not packed. */
@@ -70,8 +69,7 @@ export class DilocoTrainer {
     this.outer = inner.params.slice();
     this.shard = shardRange(n, options.worldSize, options.rank);
     const shardLength = this.shard.end - this.shard.start;
-    this.outerOptimizer = createShardOptimizer({ name: 'sgd', momentum: sync.outerMomentum, weightDecay: 0, nesterov: true }, shardLength);
-    this.noDecay = new Uint8Array(shardLength);
+    this.outerOptimizer = new OuterOptimizer(sync, shardLength);
     this.pseudo = new Float32Array(n);
     const packed = sync.wire !== 'fp32';
     this.innerFeedback = sync.wire === 'int8' ? new Float32Array(n) : null;
@@ -81,8 +79,7 @@ export class DilocoTrainer {
       const momentum = state[DILOCO_STATE.outerMomentum];
       if (!momentum)
         throw new FatalError('DILOCO_RESUME', 'the checkpoint holds no outer optimizer state: it was not written by a DiLoCo run');
-      // Its update does not depend on its step count (SGD has no bias correction).
-      this.outerOptimizer.restore({ momentum }, 0);
+      this.outerOptimizer.restore(momentum);
       // A checkpoint written with another wire has no feedback for this one: it starts at zero.
       const outerFeedback = state[DILOCO_STATE.outerFeedback];
       if (this.outerFeedback && outerFeedback) this.outerFeedback.set(outerFeedback);
@@ -157,17 +154,15 @@ export class DilocoTrainer {
     const { worldSize } = this.options;
     const local = this.inner.params;
     const { pseudo, outer, innerFeedback } = this;
-    for (let i = 0; i < pseudo.length; i++) pseudo[i] = outer[i]! - local[i]! + (innerFeedback ? innerFeedback[i]! : 0);
+    pseudoGradient(outer, local, innerFeedback, pseudo);
     const { wire } = this.sync;
     const packed = wire !== 'fp32' && worldSize > 1;
     if (wire === 'int8' && worldSize > 1) await this.reducePacked(step);
     else await this.ring.reduceScatter(pseudo, step, { wire: wire === 'bf16' ? 'bf16' : 'fp32' });
     const { start, end } = this.shard;
-    const mean = pseudo.subarray(start, end);
-    for (let i = 0; i < mean.length; i++) mean[i] = mean[i]! / worldSize;
     const shardOuter = outer.subarray(start, end);
     const previous = packed ? shardOuter.slice() : null;
-    this.outerOptimizer.step(shardOuter, mean, this.noDecay, 1, this.sync.outerLr);
+    this.outerOptimizer.step(shardOuter, pseudo.subarray(start, end), worldSize);
     if (previous) await this.gatherPackedUpdates(step, previous);
     else await this.ring.allGather(outer, step);
     local.set(outer);
@@ -250,7 +245,7 @@ export class DilocoTrainer {
     const { start, end } = this.shard;
     const inner = this.inner.snapshot();
     const optimizerState: Record<string, Float32Array> = {
-      [DILOCO_STATE.outerMomentum]: this.outerOptimizer.state().momentum!.slice(),
+      [DILOCO_STATE.outerMomentum]: this.outerOptimizer.momentum.slice(),
     };
     for (const [name, tensor] of Object.entries(inner.optimizerState)) optimizerState[DILOCO_STATE.innerPrefix + name] = tensor;
     if (this.outerFeedback) optimizerState[DILOCO_STATE.outerFeedback] = this.outerFeedback.slice();
