@@ -7,17 +7,21 @@ import assert from 'node:assert/strict';
 import { readCheckpoint, latestCheckpoint } from '../../src/train/checkpoint.ts';
 import {
   MICRO_RECIPE,
+  TOKEN,
   assertCompleteRun,
   checkpointAt,
   evalRecords,
   killGroup,
   needsData,
+  pickPort,
+  restartRecords,
   run,
   start,
   stepRecords,
   tempRunDir,
   uninterruptedDigest,
   waitUntil,
+  type Running,
 } from './cluster.ts';
 
 const base = ['--recipe', MICRO_RECIPE, '--backend', 'auto'];
@@ -124,6 +128,53 @@ test('kill -9 after a checkpoint and resume: the digest of a straight DiLoCo run
   const resumed = await run(['launch', '--workers', '2', '--backend', 'auto', '--resume', crashed], { timeoutMs: 180_000 });
   assert.equal(resumed.code, 0, resumed.stdout + resumed.stderr);
   assertCompleteRun(crashed, 16, expected);
+});
+
+test('a worker leaves mid-round: the round restarts from the last round end with one worker (its inner state kept), and a late worker joins at a checkpoint with fresh inner state', {
+  skip: needsData,
+  timeout: 500_000,
+}, async () => {
+  const steps = 300;
+  const out = tempRunDir('diloco-churn');
+  const port = pickPort();
+  const timeoutMs = 400_000;
+  const fast = ['--heartbeat-timeout', '3'];
+  const coordinator = start(
+    ['coordinator', '--workers', '2', '--min-workers', '1', '--rejoin-timeout', '1', '--host', '127.0.0.1', '--port', String(port)]
+      .concat(['--token', TOKEN, '--recipe', MICRO_RECIPE, '--steps', String(steps), '--checkpoint-every', '10', '--out', out], fast)
+      .concat(['--sync', 'diloco', '--inner-steps', '5', '--wire', 'int8']),
+    { timeoutMs },
+  );
+  await coordinator.waitFor(/listening on/, 30_000);
+  const worker = (): Running =>
+    start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'auto', ...fast], {
+      timeoutMs,
+      env: { VIT_DIST_TOKEN: TOKEN },
+    });
+  const processes = [worker(), worker()];
+  try {
+    await waitUntil(checkpointAt(out, 10), timeoutMs, 'the checkpoint at step 10');
+    processes[1]!.child.kill('SIGKILL');
+    await waitUntil(() => stepRecords(out).some((s) => s.workers === 1), timeoutMs, 'a step with one worker');
+    processes.push(worker());
+    const result = await coordinator.finished;
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    const records = stepRecords(out);
+    assert.deepEqual(
+      records.map((s) => s.step),
+      Array.from({ length: steps }, (_, i) => i + 1),
+    );
+    const counts = records.map((s) => s.workers);
+    assert.ok(counts[0] === 2 && counts.includes(1) && counts.at(-1) === 2, `workers per step: ${[...new Set(counts)].join(', ')}`);
+    // Membership changes only where the weights agree: the restarts resume at round ends.
+    assert.ok(restartRecords(out).every((r) => r.step % 5 === 0));
+    const checkpoint = readCheckpoint(latestCheckpoint(out)!);
+    assert.equal(checkpoint.meta.worldSize, 2);
+    assert.equal(checkpoint.meta.paramDigest, records.at(-1)!.paramDigest);
+  } finally {
+    for (const p of [coordinator, ...processes]) p.child.kill('SIGKILL');
+    await Promise.all([coordinator, ...processes].map((p) => p.finished));
+  }
 });
 
 test('DiLoCo knobs without --sync diloco are refused, naming the flag', async () => {
