@@ -138,7 +138,7 @@ test('a worker leaves mid-round: the round restarts from the last round end with
   const out = tempRunDir('diloco-churn');
   const port = pickPort();
   const timeoutMs = 400_000;
-  const fast = ['--heartbeat-timeout', '3'];
+  const fast = ['--heartbeat-timeout', '10'];
   const coordinator = start(
     ['coordinator', '--workers', '2', '--min-workers', '1', '--rejoin-timeout', '1', '--host', '127.0.0.1', '--port', String(port)]
       .concat(['--token', TOKEN, '--recipe', MICRO_RECIPE, '--steps', String(steps), '--checkpoint-every', '10', '--out', out], fast)
