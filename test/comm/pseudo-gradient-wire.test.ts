@@ -27,7 +27,9 @@ test('bf16 packs each element rounded to nearest even (bf16.ts), and decodes to 
   const words = new Uint32Array(packedWords('bf16', values.length));
   assert.equal(words.length, 501);
   packInPlace('bf16', values, words);
-  original.forEach((x, i) => assert.equal(values[i], bf16ToFloat32(float32ToBf16(x)), `element ${i}`));
+  original.forEach((x, i) => {
+    assert.equal(values[i], bf16ToFloat32(float32ToBf16(x)), `element ${i}`);
+  });
   const out = new Float32Array(values.length);
   unpack('bf16', words, out, false);
   assert.deepEqual(out, values);
@@ -60,7 +62,9 @@ test('unpack with add adds the decoded values in float32', () => {
   const base = randomVector(100, 5);
   const sum = base.slice();
   unpack('int8', words, sum, true);
-  sum.forEach((s, i) => assert.equal(s, Math.fround(base[i]! + values[i]!)));
+  sum.forEach((s, i) => {
+    assert.equal(s, Math.fround(base[i]! + values[i]!));
+  });
 });
 
 test('with error feedback, int8 packing loses nothing over many rounds: the decoded sum tracks the true sum', () => {
@@ -85,7 +89,9 @@ test('with error feedback, int8 packing loses nothing over many rounds: the deco
     });
   }
   // What is still owed is the last round's feedback only: at most half a step, not 50 of them.
-  trueSum.forEach((s, i) => assert.ok(Math.abs(s - decodedSum[i]! - feedback[i]!) < 1e-5, `element ${i}`));
+  trueSum.forEach((s, i) => {
+    assert.ok(Math.abs(s - decodedSum[i]! - feedback[i]!) < 1e-5, `element ${i}`);
+  });
   const worst = Math.max(...trueSum.map((s, i) => Math.abs(s - decodedSum[i]!)));
   assert.ok(worst < 0.05, `largest drift ${worst}`);
 });

@@ -59,7 +59,9 @@ test('1 worker, H = 1, outer lr 1, no momentum: the losses of plain training wit
   const [a, b] = [stepRecords(plain), stepRecords(diloco)];
   assert.equal(a.length, 8);
   assert.equal(b.length, 8);
-  a.forEach((record, i) => assert.ok(relative(record.loss, b[i]!.loss) <= 1e-6, `step ${record.step}: ${record.loss} vs ${b[i]!.loss}`));
+  a.forEach((record, i) => {
+    assert.ok(relative(record.loss, b[i]!.loss) <= 1e-6, `step ${record.step}: ${record.loss} vs ${b[i]!.loss}`);
+  });
   const [ea, eb] = [evalRecords(plain).at(-1)!, evalRecords(diloco).at(-1)!];
   assert.ok(relative(ea.testLoss, eb.testLoss) <= 1e-6, `test loss ${ea.testLoss} vs ${eb.testLoss}`);
 });

@@ -30,7 +30,9 @@ function outerTrajectory(shards: number): Float32Array[] {
       pseudoGradient(outer, Float32Array.from(local), null, pseudo);
       for (let i = 0; i < sum.length; i++) sum[i]! += pseudo[i]!;
     }
-    ranges.forEach(({ start, end }, rank) => optimizers[rank]!.step(outer.subarray(start, end), sum.subarray(start, end), workers.length));
+    ranges.forEach(({ start, end }, rank) => {
+      optimizers[rank]!.step(outer.subarray(start, end), sum.subarray(start, end), workers.length);
+    });
     return outer.slice();
   });
 }
