@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job's recipe (fmnist-vit-tiny, its 6 epochs) trained on WORKERS local workers in
 # lockstep and with DiLoCo, one after the other on loopback: for each, the bytes the ring sent
-# (all ranks, all steps, from metrics.jsonl), the wall time and the final test accuracy, and the
-# ratio of lockstep's bytes to each DiLoCo run's.
+# (all ranks, all steps, from metrics.jsonl), the wall time, compute utilisation and the final
+# test accuracy, and the ratio of lockstep's bytes to each DiLoCo run's (bench/run-summary.mjs).
 #   WORKERS=2 (default)   DILOCO="50:bf16 50:int8" (inner steps:wire per DiLoCo run)
 #   OUTER_LR, OUTER_MOMENTUM: DiLoCo's outer optimizer (defaults 0.7 and 0.9); EXTRA: more flags for every run
 set -euo pipefail
@@ -24,17 +24,7 @@ train() { # name, flags...
   timeout 3600 node bin/vit-dist.js launch --workers "$WORKERS" --recipe fmnist-vit-tiny --out "$OUT/$name" $EXTRA "$@" >"$OUT/$name.log" 2>&1 ||
     { echo "$name failed:"; tail -20 "$OUT/$name.log"; exit 1; }
   end=$(date +%s.%N)
-  node -e '
-    const fs = require("fs");
-    const [file, name, seconds] = process.argv.slice(1);
-    const records = fs.readFileSync(file, "utf8").trim().split("\n").map((l) => JSON.parse(l));
-    const steps = records.filter((r) => r.kind === "step");
-    const bytes = steps.reduce((a, s) => a + s.ranks.reduce((b, r) => b + r.bytesSent, 0), 0);
-    const evals = records.filter((r) => r.kind === "eval");
-    const compute = steps.reduce((a, s) => a + s.computeMs, 0) / 1000;
-    console.log(JSON.stringify({ name, steps: steps.length, bytesSent: bytes, wallSeconds: +(+seconds).toFixed(1),
-      computeSeconds: +compute.toFixed(1), testAccuracy: evals.at(-1).testAccuracy, perEpoch: evals.map((e) => e.testAccuracy) }));
-  ' "$OUT/$name/metrics.jsonl" "$name" "$(echo "$end - $start" | bc)" | tee -a "$OUT/results.jsonl"
+  node bench/run-summary.mjs "$OUT/$name" "$name" "$(echo "$end - $start" | bc)" | tee -a "$OUT/results.jsonl"
 }
 
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -45,11 +35,4 @@ for run in $DILOCO; do
   train "diloco-h$h-$wire" --sync diloco --inner-steps "$h" --wire "$wire" --outer-lr "$OUTER_LR" --outer-momentum "$OUTER_MOMENTUM"
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-node -e '
-  const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => JSON.parse(l));
-  const lock = rows[0];
-  console.log("| run | bytes sent | lockstep / run | wall s | test accuracy | vs lockstep (points) |");
-  console.log("|---|---|---|---|---|---|");
-  for (const r of rows)
-    console.log(`| ${r.name} | ${r.bytesSent} | ${(lock.bytesSent / r.bytesSent).toFixed(1)} | ${r.wallSeconds} | ${(100 * r.testAccuracy).toFixed(2)}% | ${(100 * (r.testAccuracy - lock.testAccuracy)).toFixed(2)} |`);
-' "$OUT/results.jsonl"
+node bench/run-summary.mjs --table "$OUT/results.jsonl"

@@ -87,24 +87,11 @@ train() { # name, flags...
   wait "$coordinator" || { echo "$name failed:"; tail -20 "$run.log"; exit 1; }
   for pid in "${workers[@]}"; do wait "$pid" || true; done
   end=$(date +%s.%N)
-  node -e '
-    const fs = require("fs");
-    const [file, name, seconds] = process.argv.slice(1);
-    const records = fs.readFileSync(file, "utf8").trim().split("\n").map((l) => JSON.parse(l));
-    const steps = records.filter((r) => r.kind === "step");
-    const bytes = steps.reduce((a, s) => a + s.ranks.reduce((b, r) => b + r.bytesSent, 0), 0);
-    const ranks = steps[0].ranks.length;
-    const loop = (Date.parse(steps.at(-1).time) - Date.parse(steps[0].time)) / 1000;
-    const compute = steps.slice(1).reduce((a, s) => a + s.ranks.reduce((b, r) => b + r.computeMs, 0), 0) / ranks / 1000;
-    const evals = records.filter((r) => r.kind === "eval");
-    console.log(`| ${name} | ${bytes} | ${(+seconds).toFixed(1)} | ${(100 * compute / loop).toFixed(1)}% | ${(100 * evals.at(-1).testAccuracy).toFixed(2)}% |`);
-  ' "$run/metrics.jsonl" "$name" "$(echo "$end - $start" | bc)" >>"$OUT/table.md"
+  node bench/run-summary.mjs "$run" "$name" "$(echo "$end - $start" | bc)" >>"$OUT/results.jsonl"
 }
 
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); $WORKERS workers, $RATE links, ${DELAY_MS} ms proxy delay per hop"
 train lockstep
 train "diloco-h$INNER_STEPS-$WIRE" --sync diloco --inner-steps "$INNER_STEPS" --wire "$WIRE"
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| run | bytes sent | wall s | compute utilisation | test accuracy |"
-echo "|---|---|---|---|---|"
-cat "$OUT/table.md"
+node bench/run-summary.mjs --table "$OUT/results.jsonl"
