@@ -13,6 +13,7 @@ import type { ResumeState, WorkerMessage } from '../comm/control.ts';
 import { FatalError } from '../common/errors.ts';
 import { shardRange } from '../common/shard.ts';
 import type { CheckpointMeta, CheckpointState } from '../train/checkpoint.ts';
+import { isRoundEnd } from '../train/outer-optimizer.ts';
 import type { Recipe } from '../train/recipe.ts';
 
 type Snapshot = Extract<WorkerMessage, { type: 'snapshotData' }>;
@@ -35,8 +36,7 @@ export function isDiloco(recipe: Recipe): boolean {
  */
 export function weightsAgreeAt(recipe: Recipe, completed: number, totalSteps: number): boolean {
   const { sync } = recipe;
-  if (sync?.mode !== 'diloco') return true;
-  return completed % sync.innerSteps === 0 || completed === totalSteps;
+  return sync?.mode !== 'diloco' || isRoundEnd(sync, completed, totalSteps);
 }
 
 /** The DiLoCo checkpoint state from every rank's snapshot (rank order), checked against the shard layout. */

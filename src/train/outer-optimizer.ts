@@ -7,6 +7,11 @@
 import { createShardOptimizer, type ShardOptimizer } from './optimizer.ts';
 import type { SyncSettings } from './recipe.ts';
 
+/** Is `completed` (steps done) the end of a round: every innerSteps steps, and the run's last step. */
+export function isRoundEnd(sync: Pick<SyncSettings, 'innerSteps'>, completed: number, totalSteps: number): boolean {
+  return completed % sync.innerSteps === 0 || completed === totalSteps;
+}
+
 /** out = outer - local (+ feedback: what packing lost last round), element by element. */
 export function pseudoGradient(outer: Float32Array, local: Float32Array, feedback: Float32Array | null, out: Float32Array): void {
   for (let i = 0; i < out.length; i++) out[i] = outer[i]! - local[i]! + (feedback ? feedback[i]! : 0);

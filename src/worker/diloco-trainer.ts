@@ -23,7 +23,7 @@ import { shardRange, type ElementRange } from '../common/shard.ts';
 import type { BatchLoader } from '../data/loader.ts';
 import type { ImageClassifier } from '../model/model.ts';
 import { paramDigest } from '../train/digest.ts';
-import { OuterOptimizer, pseudoGradient } from '../train/outer-optimizer.ts';
+import { isRoundEnd, OuterOptimizer, pseudoGradient } from '../train/outer-optimizer.ts';
 import type { SyncSettings } from '../train/recipe.ts';
 import { ShardedTrainer, type StepSamples, type TrainerOptions } from './trainer.ts';
 
@@ -38,11 +38,6 @@ export const DILOCO_STATE = {
   /** What packing this rank's pseudo-gradient lost (bf16, int8; whole). */
   innerFeedback: 'inner.feedback',
 } as const;
-
-/** Is `completed` (steps done) the end of a round: every H steps and at the run's last step. */
-export function isRoundEnd(sync: SyncSettings, completed: number, totalSteps: number): boolean {
-  return completed % sync.innerSteps === 0 || completed === totalSteps;
-}
 
 export class DilocoTrainer {
   /** The outer weights: identical on every rank; the local weights return to them after every round. */
