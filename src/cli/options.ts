@@ -5,8 +5,16 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { latestCheckpoint } from '../train/checkpoint.ts';
-import { applyOverrides, DEFAULT_BUCKET_MB, loadRecipe, type Recipe } from '../train/recipe.ts';
-import { WIRE_FORMATS, type WireFormat } from '../common/wire.ts';
+import {
+  applyOverrides,
+  DEFAULT_BUCKET_MB,
+  DEFAULT_DILOCO,
+  loadRecipe,
+  SYNC_MODES,
+  type Recipe,
+  type SyncSettings,
+} from '../train/recipe.ts';
+import { PSEUDO_GRADIENT_WIRES } from '../comm/pseudo-gradient-wire.ts';
 import { InputError } from '../common/errors.ts';
 
 /** torchrun's default rendezvous port. */
@@ -37,6 +45,12 @@ export function nonNegativeInt(value: string): number {
   return n;
 }
 
+export function nonNegativeNumber(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`expected a non-negative number, got "${value}"`);
+  return n;
+}
+
 export function positiveNumber(value: string): number {
   const n = Number(value);
   if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected a positive number, got "${value}"`);
@@ -46,12 +60,6 @@ export function positiveNumber(value: string): number {
 export function port(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError(`expected a port number 0-65535, got "${value}"`);
-  return n;
-}
-
-export function nonNegativeNumber(value: string): number {
-  const n = Number(value);
-  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`expected a non-negative number, got "${value}"`);
   return n;
 }
 
@@ -97,13 +105,31 @@ export function addRunOptions(command: Command): Command {
       'the distillation teacher: a run directory or checkpoint file of vit-dist, or a .safetensors file from `vit-dist export` (sets distillation.teacher)',
     )
     .addOption(
-      new Option('--wire <format>', 'reduce-scatter gradient chunks in fp32, or in bf16 added into fp32 sums (sets comm.wire)').choices(
-        WIRE_FORMATS,
-      ),
+      new Option(
+        '--wire <format>',
+        'how gradients travel: fp32, or bf16 (rounded to nearest even, added into fp32 sums) in the reduce-scatter (sets comm.wire); with --sync diloco also int8 (per-chunk scales, error feedback) for the pseudo-gradients and outer updates (sets sync.wire)',
+      ).choices(PSEUDO_GRADIENT_WIRES),
     )
     .option(
       '--bucket-mb <mb>',
       `gradient bucket size in MiB for overlapping the ring with the last micro-batch's backward pass (default ${DEFAULT_BUCKET_MB}); 0 starts the ring after the whole gradient (sets comm.bucketMb)`,
+      nonNegativeNumber,
+    )
+    .addOption(
+      new Option(
+        '--sync <mode>',
+        "lockstep: all-reduce every step; diloco: --inner-steps local steps per worker, then an outer Nesterov step on the workers' mean weight change (sets sync.mode)",
+      ).choices(SYNC_MODES),
+    )
+    .option('--inner-steps <h>', `DiLoCo: local steps per round (default ${DEFAULT_DILOCO.innerSteps}; sets sync.innerSteps)`, positiveInt)
+    .option(
+      '--outer-lr <lr>',
+      `DiLoCo: the outer SGD's learning rate (default ${DEFAULT_DILOCO.outerLr}; sets sync.outerLr)`,
+      nonNegativeNumber,
+    )
+    .option(
+      '--outer-momentum <m>',
+      `DiLoCo: the outer SGD's Nesterov momentum (default ${DEFAULT_DILOCO.outerMomentum}; sets sync.outerMomentum)`,
       nonNegativeNumber,
     )
     .option('--set <key=value>', 'override any recipe value by its dotted key (repeatable), e.g. --set optimizer.lr=0.002', keyValue, {})
@@ -154,8 +180,12 @@ export interface RunFlags {
   checkpointEvery?: number;
   distillation?: Recipe['distillation']['mode'];
   teacher?: string;
-  wire?: WireFormat;
+  wire?: SyncSettings['wire'];
   bucketMb?: number;
+  sync?: SyncSettings['mode'];
+  innerSteps?: number;
+  outerLr?: number;
+  outerMomentum?: number;
   set: Record<string, string>;
   resume?: string;
   init?: string;
@@ -204,16 +234,36 @@ export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null, work
     if (flags.distillation === 'none' && flags.teacher === undefined) overrides['distillation.teacher'] = null;
   }
   if (flags.teacher !== undefined) overrides['distillation.teacher'] = JSON.stringify(flags.teacher);
-  if (flags.wire !== undefined || flags.bucketMb !== undefined) {
+  const sync = syncOverride(flags, base.sync);
+  if (sync) overrides.sync = JSON.stringify(sync);
+  const lockstepWire = (sync ?? base.sync)?.mode === 'diloco' ? undefined : flags.wire;
+  if (lockstepWire === 'int8')
+    throw new InputError('USAGE', '--wire int8 is for DiLoCo pseudo-gradients: add --sync diloco, or use fp32 or bf16');
+  if (lockstepWire !== undefined || flags.bucketMb !== undefined) {
     // The whole section (JSON), as a recipe need not have one for --set comm.KEY to reach into.
     const comm = {
       ...base.comm,
-      ...(flags.wire !== undefined && { wire: flags.wire }),
+      ...(lockstepWire !== undefined && { wire: lockstepWire }),
       ...(flags.bucketMb !== undefined && { bucketMb: flags.bucketMb }),
     };
     overrides.comm = JSON.stringify(comm);
   }
   return applyOverrides(base, overrides);
+}
+
+/** The recipe's sync section after --sync and the DiLoCo flags, or null when none is given; DiLoCo's knobs need DiLoCo. */
+function syncOverride(flags: RunFlags, base: SyncSettings | undefined): SyncSettings | null {
+  const knobs = { innerSteps: flags.innerSteps, outerLr: flags.outerLr, outerMomentum: flags.outerMomentum };
+  const given: Partial<SyncSettings> = Object.fromEntries(Object.entries(knobs).filter(([, value]) => value !== undefined));
+  const mode = flags.sync ?? base?.mode ?? 'lockstep';
+  // --wire is DiLoCo's pseudo-gradient format under --sync diloco, the lockstep ring's otherwise.
+  if (mode === 'diloco' && flags.wire !== undefined) given.wire = flags.wire;
+  if (flags.sync === undefined && Object.keys(given).length === 0) return null;
+  if (mode !== 'diloco' && Object.keys(given).length > 0)
+    throw new InputError('USAGE', `--inner-steps, --outer-lr and --outer-momentum set DiLoCo's knobs: add --sync diloco`);
+  if (flags.outerMomentum !== undefined && flags.outerMomentum >= 1)
+    throw new InputError('USAGE', `--outer-momentum must be below 1, got ${flags.outerMomentum}`);
+  return { ...DEFAULT_DILOCO, ...base, ...given, mode };
 }
 
 /** The checkpoint file that --resume names: a checkpoint file, or the newest one in a run directory. */

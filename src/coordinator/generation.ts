@@ -15,6 +15,7 @@ import { FatalError } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import type { CheckpointMeta, CheckpointState } from '../train/checkpoint.ts';
 import { writeCheckpoint } from './checkpoint.ts';
+import { assembleDilocoState, dilocoResumeShard, isDiloco, weightsAgreeAt } from './diloco-round.ts';
 import type { EvalRecord, MetricsLog, StepRecord } from './metrics.ts';
 import type { ProgressPrinter } from './progress.ts';
 import type { GenerationStart } from './run-status.ts';
@@ -126,6 +127,14 @@ export class Generation {
     });
     let testAccuracy: number | null = null;
     let optimizerStep = this.start.checkpoint?.meta.optimizerStep ?? 0;
+    if (isDiloco(recipe) && recipe.globalBatch % worldSize !== 0)
+      throw new FatalError(
+        'DILOCO_BATCH',
+        `DiLoCo splits the global batch of ${recipe.globalBatch} evenly: ${worldSize} workers do not divide it`,
+      );
+    // An epoch's end or a checkpoint due while DiLoCo's workers hold different weights waits for the round's end.
+    let evaluationDue = false;
+    let checkpointDue = false;
 
     for (let step = this.start.step; step < steps; step++) {
       const started = performance.now();
@@ -187,10 +196,15 @@ export class Generation {
 
       const last = completed === steps;
       const stopping = this.context.stopRequested();
-      if (completed % sampler.stepsPerEpoch === 0 || last) {
+      evaluationDue ||= completed % sampler.stepsPerEpoch === 0 || last;
+      checkpointDue ||= completed % recipe.checkpointEvery === 0 || last || stopping;
+      if (!weightsAgreeAt(recipe, completed, steps)) continue;
+      if (evaluationDue) {
+        evaluationDue = false;
         testAccuracy = await this.evaluate(completed, sampler.epochOf(step), testSize);
       }
-      if (completed % recipe.checkpointEvery === 0 || last || stopping) {
+      if (checkpointDue) {
+        checkpointDue = false;
         await this.saveCheckpoint(completed, numParams, optimizerStep, digest);
         if (stopping && !last) {
           logger.info({ step: completed }, 'stopping on request after a checkpoint');
@@ -233,7 +247,7 @@ export class Generation {
         generation,
         recipe,
         startStep: start.step,
-        resume: start.checkpoint ? resumeShard(start.checkpoint, worldSize, rank) : null,
+        resume: start.checkpoint ? (isDiloco(recipe) ? dilocoResumeShard : resumeShard)(start.checkpoint, worldSize, rank) : null,
         init: start.initialParams,
       });
     });
@@ -326,33 +340,7 @@ export class Generation {
     const { generation, worldSize } = this;
     for (const link of this.members) link.send({ type: 'snapshot', generation, step: completed });
     const shards = await this.gather('snapshotData', this.context.stepTimeoutMs);
-    // Every rank keeps the same optimizer, so rank 0's state names and EMA are what all must send.
-    const names = Object.keys(shards[0]!.optimizerState).sort();
-    const hasEma = shards[0]!.ema !== null;
-    const state: CheckpointState = {
-      params: new Float32Array(numParams),
-      optimizerState: Object.fromEntries(names.map((name) => [name, new Float32Array(numParams)])),
-      ema: hasEma ? new Float32Array(numParams) : null,
-    };
-    shards.forEach((shard, rank) => {
-      const { start, end } = shardRange(numParams, worldSize, rank);
-      const tensors = [shard.params, ...Object.values(shard.optimizerState), ...(shard.ema ? [shard.ema] : [])];
-      if (shard.start !== start || shard.end !== end || tensors.some((t) => t.length !== end - start)) {
-        throw new FatalError(
-          'SNAPSHOT_MISMATCH',
-          `rank ${rank} sent a snapshot of [${shard.start}, ${shard.end}), expected [${start}, ${end})`,
-        );
-      }
-      if (Object.keys(shard.optimizerState).sort().join() !== names.join() || (shard.ema !== null) !== hasEma) {
-        throw new FatalError(
-          'SNAPSHOT_MISMATCH',
-          `rank ${rank} sent optimizer state [${Object.keys(shard.optimizerState).join(', ')}]${shard.ema ? ' and an EMA' : ''}, rank 0 [${names.join(', ')}]${hasEma ? ' and an EMA' : ''}`,
-        );
-      }
-      state.params.set(shard.params, start);
-      for (const name of names) state.optimizerState[name]!.set(shard.optimizerState[name]!, start);
-      if (shard.ema) state.ema!.set(shard.ema, start);
-    });
+    const state = isDiloco(this.context.recipe) ? assembleDilocoState(shards, numParams) : assembleShardedState(shards, numParams);
     const assembled = paramDigest(state.params);
     if (assembled !== digest)
       throw new FatalError(
@@ -374,6 +362,39 @@ export class Generation {
     this.context.lastCheckpoint = { meta, state, path };
     this.context.logger.info({ step: completed, path }, 'checkpoint written');
   }
+}
+
+/** The checkpoint state of a lockstep run from every rank's snapshot (rank order): each tensor assembled whole from its shards. */
+function assembleShardedState(shards: Reply<'snapshotData'>[], numParams: number): CheckpointState {
+  const worldSize = shards.length;
+  // Every rank keeps the same optimizer, so rank 0's state names and EMA are what all must send.
+  const names = Object.keys(shards[0]!.optimizerState).sort();
+  const hasEma = shards[0]!.ema !== null;
+  const state: CheckpointState = {
+    params: new Float32Array(numParams),
+    optimizerState: Object.fromEntries(names.map((name) => [name, new Float32Array(numParams)])),
+    ema: hasEma ? new Float32Array(numParams) : null,
+  };
+  shards.forEach((shard, rank) => {
+    const { start, end } = shardRange(numParams, worldSize, rank);
+    const tensors = [shard.params, ...Object.values(shard.optimizerState), ...(shard.ema ? [shard.ema] : [])];
+    if (shard.start !== start || shard.end !== end || tensors.some((t) => t.length !== end - start)) {
+      throw new FatalError(
+        'SNAPSHOT_MISMATCH',
+        `rank ${rank} sent a snapshot of [${shard.start}, ${shard.end}), expected [${start}, ${end})`,
+      );
+    }
+    if (Object.keys(shard.optimizerState).sort().join() !== names.join() || (shard.ema !== null) !== hasEma) {
+      throw new FatalError(
+        'SNAPSHOT_MISMATCH',
+        `rank ${rank} sent optimizer state [${Object.keys(shard.optimizerState).join(', ')}]${shard.ema ? ' and an EMA' : ''}, rank 0 [${names.join(', ')}]${hasEma ? ' and an EMA' : ''}`,
+      );
+    }
+    state.params.set(shard.params, start);
+    for (const name of names) state.optimizerState[name]!.set(shard.optimizerState[name]!, start);
+    if (shard.ema) state.ema!.set(shard.ema, start);
+  });
+  return state;
 }
 
 /** All ranks must report the same digest; otherwise the run stops with an error naming the ranks. */

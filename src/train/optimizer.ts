@@ -17,7 +17,8 @@
 //         schedule's multiplier but not the peak learning rate
 //         (google-research/big_vision, big_vision/optax.py, `make`).
 //     With no weight decay, both are torch.optim.Adam.
-//   SGD: torch.optim.SGD with momentum and dampening 0: buf <- momentum x buf + g; p <- p - lr x buf.
+//   SGD: torch.optim.SGD with momentum and dampening 0: buf <- momentum x buf + g; p <- p - lr x buf,
+//     or with nesterov (DiLoCo's outer optimizer): p <- p - lr x (g + momentum x buf).
 //     Weight decay is PyTorch's L2 term g <- g + wd x p (coupled, before the momentum).
 // Weight decay applies only where the decay mask is 1 (src/train/weight-decay.ts).
 import type { Recipe } from './recipe.ts';
@@ -42,6 +43,8 @@ export interface SgdConfig {
   name: 'sgd';
   momentum: number;
   weightDecay: number;
+  /** Nesterov momentum (torch.optim.SGD's nesterov=True); absent: plain momentum. */
+  nesterov?: boolean;
 }
 
 export type OptimizerConfig = AdamConfig | SgdConfig;
@@ -166,12 +169,12 @@ class SgdMomentum extends ShardOptimizerBase {
     this.checkLengths(params, grad, decayMask);
     const buf = this.tensors.momentum!;
     this.steps += 1;
-    const { momentum, weightDecay } = this.config;
+    const { momentum, weightDecay, nesterov } = this.config;
     for (let i = 0; i < params.length; i++) {
       const g = grad[i]! * gradScale + (decayMask[i] ? weightDecay * params[i]! : 0);
       // torch starts the buffer as a copy of the first gradient: momentum x 0 + g is the same.
       const b = (buf[i] = momentum * buf[i]! + g);
-      params[i] = params[i]! - lr * b;
+      params[i] = params[i]! - lr * (nesterov ? g + momentum * b : b);
     }
   }
 }

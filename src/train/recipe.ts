@@ -6,6 +6,7 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { PSEUDO_GRADIENT_WIRES, type PseudoGradientWire } from '../comm/pseudo-gradient-wire.ts';
 import { InputError } from '../common/errors.ts';
 import { WIRE_FORMATS, type WireFormat } from '../common/wire.ts';
 import { DATA_FORMATS, type DataFormat } from '../data/source.ts';
@@ -62,9 +63,29 @@ export interface Recipe {
   checkpointEvery: number;
   /** How gradients travel around the ring (absent: float32, 25 MB buckets); `recipeComm` fills the defaults. */
   comm?: { wire?: WireFormat; bucketMb?: number };
+  /** How the workers keep their weights together; absent: lockstep (one all-reduce per step). */
+  sync?: SyncSettings;
   /** Where each value came from: a dotted key to a citation. */
   sources: Record<string, string>;
 }
+
+export const SYNC_MODES = ['lockstep', 'diloco'] as const;
+
+/**
+ * lockstep: every step all-reduces the gradient. diloco (Douillard et al. 2023): each worker takes
+ * `innerSteps` steps of the recipe's optimizer on its own share of the batches, then the workers
+ * average their weight changes (pseudo-gradients) and an outer Nesterov SGD step applies them.
+ */
+export interface SyncSettings {
+  mode: (typeof SYNC_MODES)[number];
+  innerSteps: number;
+  outerLr: number;
+  outerMomentum: number;
+  wire: PseudoGradientWire;
+}
+
+/** OpenDiLoCo's (Prime Intellect, 2024) outer optimizer: SGD, lr 0.7, Nesterov momentum 0.9. */
+export const DEFAULT_DILOCO: SyncSettings = { mode: 'diloco', innerSteps: 50, outerLr: 0.7, outerMomentum: 0.9, wire: 'fp32' };
 
 export const LOSS_NAMES = ['softmax_xent', 'sigmoid_xent'] as const;
 /** DDP's default bucket_cap_mb. */
@@ -204,6 +225,17 @@ export const RECIPE_SCHEMA: Schema = {
     kind: 'object',
     optional: true,
     fields: { wire: { kind: 'string', oneOf: WIRE_FORMATS, optional: true }, bucketMb: { kind: 'number', min: 0, optional: true } },
+  },
+  sync: {
+    kind: 'object',
+    optional: true,
+    fields: {
+      mode: { kind: 'string', oneOf: SYNC_MODES },
+      innerSteps: positiveInteger,
+      outerLr: { kind: 'number', min: 0 },
+      outerMomentum: rate,
+      wire: { kind: 'string', oneOf: PSEUDO_GRADIENT_WIRES },
+    },
   },
   sources: { kind: 'stringMap' },
 };

@@ -31,8 +31,10 @@ import { initialParams } from '../model/init.ts';
 import { FatalError, RecoverableError, errorKind } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import { optimizerConfigOf } from '../train/optimizer.ts';
-import { validateRecipe, type Recipe } from '../train/recipe.ts';
-import { commOptionsOf, ShardedTrainer, type Teacher } from './trainer.ts';
+import { totalSteps, validateRecipe, type Recipe } from '../train/recipe.ts';
+import { EpochSampler } from '../data/sampler.ts';
+import { DilocoTrainer } from './diloco-trainer.ts';
+import { commOptionsOf, ShardedTrainer, type Teacher, type TrainerOptions } from './trainer.ts';
 
 /** First reconnect delay; doubled per attempt up to RECONNECT_MAX_DELAY_MS, with ±50% jitter. */
 const RECONNECT_BASE_DELAY_MS = 250;
@@ -165,7 +167,7 @@ class WorkerSession {
   private generation = -1;
   private rank = -1;
   private ring: RingPeer | null = null;
-  private trainer: ShardedTrainer | null = null;
+  private trainer: ShardedTrainer | DilocoTrainer | null = null;
   private worldSize = 0;
   /** Where an `assign` starts (a checkpoint's state or --init weights), used once the ring is connected. */
   private pendingStart: { resume: ResumeState | null; init: Float32Array | null } | null = null;
@@ -348,31 +350,40 @@ class WorkerSession {
         const { resume, init } = this.pendingStart ?? { resume: null, init: null };
         this.pendingStart = null;
         const { recipe, model, teacher, train, test } = bench;
-        this.trainer = new ShardedTrainer(
-          model,
-          ring,
-          train,
-          {
-            rank: this.rank,
-            worldSize: this.worldSize,
-            globalBatch: recipe.globalBatch,
-            microBatch: recipe.microBatch,
-            clipNorm: recipe.clipNorm,
-            optimizer: optimizerConfigOf(recipe),
-            ema: recipe.ema,
-            comm: commOptionsOf(recipe),
-            training: {
-              seed: recipe.seed,
-              regularization: recipe.regularization,
-              distillationAlpha: recipe.distillation.alpha,
-              loss: recipe.loss ?? 'softmax_xent',
-              teacher,
-              mixup: recipe.data.mixup ? mixConfigOf(recipe.data.mixup, recipe.regularization.labelSmoothing) : null,
-            },
+        const trainerOptions: TrainerOptions = {
+          rank: this.rank,
+          worldSize: this.worldSize,
+          globalBatch: recipe.globalBatch,
+          microBatch: recipe.microBatch,
+          clipNorm: recipe.clipNorm,
+          optimizer: optimizerConfigOf(recipe),
+          ema: recipe.ema,
+          comm: commOptionsOf(recipe),
+          training: {
+            seed: recipe.seed,
+            regularization: recipe.regularization,
+            distillationAlpha: recipe.distillation.alpha,
+            loss: recipe.loss ?? 'softmax_xent',
+            teacher,
+            mixup: recipe.data.mixup ? mixConfigOf(recipe.data.mixup, recipe.regularization.labelSmoothing) : null,
           },
-          resume ? resume.params : (init ?? initialParams(model, recipe)),
-          resume,
-        );
+        };
+        const startParams = resume ? resume.params : (init ?? initialParams(model, recipe));
+        const { sync } = recipe;
+        this.trainer =
+          sync?.mode === 'diloco'
+            ? await DilocoTrainer.create(
+                model,
+                ring,
+                train,
+                trainerOptions,
+                sync,
+                totalSteps(recipe, new EpochSampler(train.size, recipe.globalBatch, recipe.seed, recipe.data.repeats).stepsPerEpoch),
+                this.generation,
+                startParams,
+                resume,
+              )
+            : new ShardedTrainer(model, ring, train, trainerOptions, startParams, resume);
         this.send({
           type: 'ready',
           generation: this.generation,
@@ -497,7 +508,7 @@ class WorkerSession {
     return this.ring;
   }
 
-  private requireTrainer(): ShardedTrainer {
+  private requireTrainer(): ShardedTrainer | DilocoTrainer {
     if (!this.trainer) throw new RecoverableError('ORDER_OUT_OF_SEQUENCE', 'the coordinator sent an order before the ring was formed');
     return this.trainer;
   }

@@ -1,0 +1,48 @@
+// Figures of finished vit-dist runs, for bench/diloco-vs-lockstep.sh and bench/wan.sh.
+//   node bench/run-summary.mjs RUN_DIR NAME WALL_SECONDS   one JSON line: bytes every rank's ring
+//       sockets sent (metrics.jsonl, all steps), wall time, compute utilisation (each rank's compute
+//       time over the training loop's wall time from the end of step 1 to the end of the last step,
+//       the mean over ranks), the final and per-evaluation test accuracy
+//   node bench/run-summary.mjs --table RESULTS.jsonl       a Markdown table of such lines, the first one
+//       (lockstep) the reference for the byte ratio and the accuracy difference
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const lines = (file) =>
+  readFileSync(file, 'utf8')
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line));
+
+if (process.argv[2] === '--table') {
+  const rows = lines(process.argv[3]);
+  const reference = rows[0];
+  console.log('| run | bytes sent | lockstep / run | wall s | compute utilisation | test accuracy | vs lockstep (points) |');
+  console.log('|---|---|---|---|---|---|---|');
+  for (const r of rows) {
+    const ratio = (reference.bytesSent / r.bytesSent).toFixed(1);
+    const points = (100 * (r.testAccuracy - reference.testAccuracy)).toFixed(2);
+    console.log(
+      `| ${r.name} | ${r.bytesSent} | ${ratio} | ${r.wallSeconds} | ${(100 * r.computeUtilisation).toFixed(1)}% | ${(100 * r.testAccuracy).toFixed(2)}% | ${points} |`,
+    );
+  }
+} else {
+  const [runDir, name, seconds] = process.argv.slice(2);
+  const records = lines(join(runDir, 'metrics.jsonl'));
+  const steps = records.filter((r) => r.kind === 'step');
+  const evals = records.filter((r) => r.kind === 'eval');
+  const ranks = steps[0].ranks.length;
+  const loopSeconds = (Date.parse(steps.at(-1).time) - Date.parse(steps[0].time)) / 1000;
+  const computeSeconds = steps.slice(1).reduce((a, s) => a + s.ranks.reduce((b, r) => b + r.computeMs, 0), 0) / ranks / 1000;
+  console.log(
+    JSON.stringify({
+      name,
+      steps: steps.length,
+      bytesSent: steps.reduce((a, s) => a + s.ranks.reduce((b, r) => b + r.bytesSent, 0), 0),
+      wallSeconds: Number(Number(seconds).toFixed(1)),
+      computeUtilisation: computeSeconds / loopSeconds,
+      testAccuracy: evals.at(-1).testAccuracy,
+      perEpoch: evals.map((e) => e.testAccuracy),
+    }),
+  );
+}

@@ -1,0 +1,186 @@
+// DiLoCo (issue #17) end to end on the micro recipe: one worker with H = 1, outer lr 1 and no
+// momentum trains as lockstep does; 1, 2 and 4 workers start every round from the same bits (the
+// coordinator checks the outer weights' digest after every step and fails the run otherwise);
+// only round ends move bytes; a kill -9 and a resume end with the digest of a straight run.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readCheckpoint, latestCheckpoint } from '../../src/train/checkpoint.ts';
+import {
+  MICRO_RECIPE,
+  TOKEN,
+  assertCompleteRun,
+  checkpointAt,
+  evalRecords,
+  killGroup,
+  needsData,
+  pickPort,
+  restartRecords,
+  run,
+  start,
+  stepRecords,
+  tempRunDir,
+  uninterruptedDigest,
+  waitUntil,
+  type Running,
+} from './cluster.ts';
+
+const base = ['--recipe', MICRO_RECIPE, '--backend', 'auto'];
+
+async function launch(args: string[], timeoutMs = 180_000): Promise<string> {
+  const out = tempRunDir('diloco');
+  const result = await run(['launch', ...base, ...args, '--out', out], { timeoutMs });
+  assert.equal(result.code, 0, result.stdout + result.stderr);
+  return out;
+}
+
+function relative(a: number, b: number): number {
+  return Math.abs(a - b) / Math.max(Math.abs(a), Math.abs(b));
+}
+
+test('1 worker, H = 1, outer lr 1, no momentum: the losses of plain training within 1e-6', {
+  skip: needsData,
+  timeout: 400_000,
+}, async () => {
+  const plain = await launch(['--workers', '1', '--steps', '8']);
+  const diloco = await launch([
+    '--workers',
+    '1',
+    '--steps',
+    '8',
+    '--sync',
+    'diloco',
+    '--inner-steps',
+    '1',
+    '--outer-lr',
+    '1',
+    '--outer-momentum',
+    '0',
+  ]);
+  const [a, b] = [stepRecords(plain), stepRecords(diloco)];
+  assert.equal(a.length, 8);
+  assert.equal(b.length, 8);
+  a.forEach((record, i) => {
+    assert.ok(relative(record.loss, b[i]!.loss) <= 1e-6, `step ${record.step}: ${record.loss} vs ${b[i]!.loss}`);
+  });
+  const [ea, eb] = [evalRecords(plain).at(-1)!, evalRecords(diloco).at(-1)!];
+  assert.ok(relative(ea.testLoss, eb.testLoss) <= 1e-6, `test loss ${ea.testLoss} vs ${eb.testLoss}`);
+});
+
+for (const [workers, wire] of [
+  [1, 'fp32'],
+  [2, 'bf16'],
+  [4, 'int8'],
+] as const) {
+  test(`${workers} worker${workers > 1 ? 's' : ''}, --wire ${wire}: every round starts from the same bits; only round ends send`, {
+    skip: needsData,
+    timeout: 400_000,
+  }, async () => {
+    const out = await launch(['--workers', String(workers), '--steps', '10', '--sync', 'diloco', '--inner-steps', '4', '--wire', wire]);
+    const records = stepRecords(out);
+    assert.deepEqual(
+      records.map((r) => r.step),
+      Array.from({ length: 10 }, (_, i) => i + 1),
+    );
+    // Rounds end after steps 4, 8 and 10 (the run's end): the outer weights' digest changes there only.
+    const roundEnds = new Set([4, 8, 10]);
+    for (let i = 1; i < records.length; i++) {
+      const changed = records[i]!.paramDigest !== records[i - 1]!.paramDigest;
+      assert.equal(changed, roundEnds.has(records[i]!.step), `step ${records[i]!.step}: digest changed ${changed}`);
+    }
+    for (const record of records) {
+      const sent = record.ranks.reduce((a, r) => a + r.bytesSent, 0);
+      // Between rounds only heartbeats travel (a few bytes); a round's end moves the model.
+      if (workers > 1 && roundEnds.has(record.step)) assert.ok(sent > 3000, `step ${record.step} sent ${sent} bytes`);
+      if (!roundEnds.has(record.step)) assert.ok(sent < 500, `step ${record.step} sent ${sent} bytes mid-round`);
+    }
+    const checkpoint = readCheckpoint(latestCheckpoint(out)!);
+    assert.equal(checkpoint.meta.paramDigest, records.at(-1)!.paramDigest);
+    const names = Object.keys(checkpoint.state.optimizerState);
+    for (let rank = 0; rank < workers; rank++) assert.ok(names.includes(`rank${rank}.inner.m`), `rank ${rank}'s inner state in ${names}`);
+    assert.ok(names.includes('outer.momentum'));
+  });
+}
+
+test('kill -9 after a checkpoint and resume: the digest of a straight DiLoCo run (int8 error feedback included)', {
+  skip: needsData,
+  timeout: 500_000,
+}, async () => {
+  const args = [
+    '--workers',
+    '2',
+    ...base,
+    '--steps',
+    '16',
+    '--checkpoint-every',
+    '8',
+    '--sync',
+    'diloco',
+    '--inner-steps',
+    '4',
+    '--wire',
+    'int8',
+  ];
+  const expected = await uninterruptedDigest(args, 180_000);
+  const crashed = tempRunDir('diloco-crashed');
+  const b = start(['launch', ...args, '--out', crashed], { timeoutMs: 180_000, detached: true });
+  await waitUntil(checkpointAt(crashed, 8), 170_000, 'the checkpoint at step 8');
+  killGroup(b.child);
+  await b.finished;
+  assert.ok(stepRecords(crashed).at(-1)!.step < 16, 'the run was killed before its end');
+  const resumed = await run(['launch', '--workers', '2', '--backend', 'auto', '--resume', crashed], { timeoutMs: 180_000 });
+  assert.equal(resumed.code, 0, resumed.stdout + resumed.stderr);
+  assertCompleteRun(crashed, 16, expected);
+});
+
+test('a worker leaves mid-round: the round restarts from the last round end with one worker (its inner state kept), and a late worker joins at a checkpoint with fresh inner state', {
+  skip: needsData,
+  timeout: 500_000,
+}, async () => {
+  const steps = 300;
+  const out = tempRunDir('diloco-churn');
+  const port = pickPort();
+  const timeoutMs = 400_000;
+  const fast = ['--heartbeat-timeout', '10'];
+  const coordinator = start(
+    ['coordinator', '--workers', '2', '--min-workers', '1', '--rejoin-timeout', '1', '--host', '127.0.0.1', '--port', String(port)]
+      .concat(['--token', TOKEN, '--recipe', MICRO_RECIPE, '--steps', String(steps), '--checkpoint-every', '10', '--out', out], fast)
+      .concat(['--sync', 'diloco', '--inner-steps', '5', '--wire', 'int8']),
+    { timeoutMs },
+  );
+  await coordinator.waitFor(/listening on/, 30_000);
+  const worker = (): Running =>
+    start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'auto', ...fast], {
+      timeoutMs,
+      env: { VIT_DIST_TOKEN: TOKEN },
+    });
+  const processes = [worker(), worker()];
+  try {
+    await waitUntil(checkpointAt(out, 10), timeoutMs, 'the checkpoint at step 10');
+    processes[1]!.child.kill('SIGKILL');
+    await waitUntil(() => stepRecords(out).some((s) => s.workers === 1), timeoutMs, 'a step with one worker');
+    processes.push(worker());
+    const result = await coordinator.finished;
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    const records = stepRecords(out);
+    assert.deepEqual(
+      records.map((s) => s.step),
+      Array.from({ length: steps }, (_, i) => i + 1),
+    );
+    const counts = records.map((s) => s.workers);
+    assert.ok(counts[0] === 2 && counts.includes(1) && counts.at(-1) === 2, `workers per step: ${[...new Set(counts)].join(', ')}`);
+    // Membership changes only where the weights agree: the restarts resume at round ends.
+    assert.ok(restartRecords(out).every((r) => r.step % 5 === 0));
+    const checkpoint = readCheckpoint(latestCheckpoint(out)!);
+    assert.equal(checkpoint.meta.worldSize, 2);
+    assert.equal(checkpoint.meta.paramDigest, records.at(-1)!.paramDigest);
+  } finally {
+    for (const p of [coordinator, ...processes]) p.child.kill('SIGKILL');
+    await Promise.all([coordinator, ...processes].map((p) => p.finished));
+  }
+});
+
+test('DiLoCo knobs without --sync diloco are refused, naming the flag', async () => {
+  const result = await run(['launch', '--workers', '1', ...base, '--inner-steps', '5'], { timeoutMs: 30_000 });
+  assert.equal(result.code, 1);
+  assert.match(result.stderr, /--inner-steps, --outer-lr, --outer-momentum and --wire set DiLoCo's knobs: add --sync diloco/);
+});
