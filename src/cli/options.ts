@@ -22,6 +22,8 @@ export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu', 'webgpu'] as const
 export const DEFAULT_DATA_THREADS = 1;
 export const DEFAULT_MAX_RESTARTS = 3;
 export const DEFAULT_RECONNECT_TIMEOUT_S = 120;
+/** A worker's step or evaluation in flight this long means its training loop is stuck (its /healthz fails). */
+export const DEFAULT_STALL_TIMEOUT_S = 300;
 export const TOKEN_ENV = 'VIT_DIST_TOKEN';
 
 export function positiveInt(value: string): number {

@@ -61,6 +61,14 @@ export interface CoordinatorOptions {
   progress: boolean;
 }
 
+/** A worker the coordinator declared lost (and fenced), for whoever supervises its process. */
+export interface LostWorker {
+  workerId: number;
+  host: string;
+  pid: number;
+  reason: string;
+}
+
 /** A handler for one HTTP path of the coordinator's port. */
 export type HttpRoute = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -81,6 +89,7 @@ export class Coordinator {
   private stopRequested = false;
   private readonly context: RunContext;
   private readonly routes = new Map<string, HttpRoute>();
+  private readonly lostListeners: ((worker: LostWorker) => void)[] = [];
 
   constructor(private readonly options: CoordinatorOptions) {
     this.outDir = options.outDir;
@@ -112,6 +121,15 @@ export class Coordinator {
   /** Every record the run appends to metrics.jsonl, as it is appended. */
   onRecord(listener: RecordListener): void {
     this.context.metrics.onAppend(listener);
+  }
+
+  /**
+   * Every worker the coordinator declares lost (silent past --heartbeat-timeout, or no abort
+   * acknowledgement), as it is fenced: its generation is over and its connection closed, but its
+   * process may still exist, stopped or hung. `launch` kills and replaces such a process.
+   */
+  onWorkerLost(listener: (worker: LostWorker) => void): void {
+    this.lostListeners.push(listener);
   }
 
   /** Starts listening (WebSocket for workers, GET /healthz for probes); resolves with the bound address. */
@@ -202,6 +220,10 @@ export class Coordinator {
         this.links = this.links.filter((l) => l !== link);
         logger.warn({ worker: link.name }, 'worker left');
       };
+      link.onLost = (reason) => {
+        logger.warn({ worker: link.name, reason }, 'worker declared lost and fenced');
+        for (const listener of this.lostListeners) listener({ workerId: link.workerId, ...who, reason });
+      };
       logger.info({ worker: link.workerId, ...who, backend: hello.backend, joined: this.links.length, of: workers }, 'worker joined');
       link.send({ type: 'welcome', workerId: link.workerId, waitingFor: Math.max(0, workers - this.links.length) });
       this.joinWaiter?.();
@@ -277,6 +299,7 @@ export class Coordinator {
         // Any error not of ours is a bug: it stops the run.
         const recoverable = err instanceof VitDistError && err.kind === 'recoverable';
         if (!(err instanceof MembershipChange) && !recoverable) throw err;
+        logger.warn({ cause: (err as Error).message, generation }, 'generation ended');
         if (recoverable) {
           if (context.restarts >= maxRestarts) {
             throw new FatalError(

@@ -29,6 +29,12 @@ export class WorkerLink {
   private readonly heartbeat: Heartbeat;
   /** Called once when the connection ends, for whoever holds the link in a list. */
   onClose: (() => void) | null = null;
+  /**
+   * Called once when the coordinator declares the worker lost (silent past the heartbeat timeout,
+   * or no acknowledgement of an abort) rather than seeing it leave: the process may still exist,
+   * stopped or hung, and whoever supervises it should replace it.
+   */
+  onLost: ((reason: string) => void) | null = null;
 
   constructor(
     private readonly socket: WebSocket,
@@ -52,13 +58,10 @@ export class WorkerLink {
     this.heartbeat = watchWebSocket(socket, {
       timeoutMs: heartbeatTimeoutMs,
       onSilence: () => {
-        this.end(
-          new RecoverableError(
-            'WORKER_HEARTBEAT',
-            `${this.name} missed its heartbeat for ${seconds(heartbeatTimeoutMs)} (--heartbeat-timeout)`,
-          ),
-        );
+        const reason = `missed its heartbeat for ${seconds(heartbeatTimeoutMs)} (--heartbeat-timeout)`;
+        this.end(new RecoverableError('WORKER_HEARTBEAT', `${this.name} ${reason}`));
         socket.terminate();
+        this.onLost?.(reason);
       },
     });
   }
@@ -73,6 +76,8 @@ export class WorkerLink {
   }
 
   private receive(data: Buffer, isBinary: boolean): void {
+    // Fenced: whatever a worker sends after it was declared lost or left is refused.
+    if (this.closedWith) return;
     let message: WorkerMessage;
     try {
       if (!isBinary)
@@ -175,6 +180,7 @@ export class WorkerLink {
   drop(reason: string): void {
     this.end(new RecoverableError('WORKER_CLOSED', `${this.name}: ${reason}`));
     this.close(CLOSE_CODES.badMessage, reason);
+    this.onLost?.(reason);
   }
 
   /** Closes the connection of a worker that broke the protocol; the run recovers as from a failure. */

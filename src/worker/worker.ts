@@ -3,7 +3,6 @@
 // a time (step, eval, snapshot) until the run ends. When the coordinator abandons a generation
 // (a peer failed), the worker drops its ring and waits for the next assignment. When the
 // coordinator itself goes away, the worker reconnects with backoff and jitter.
-import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { WebSocket } from 'ws';
 import { proveToken } from '../comm/auth.ts';
@@ -32,6 +31,7 @@ import { FatalError, RecoverableError, errorKind } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import { optimizerConfigOf } from '../train/optimizer.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
+import { LoopStallWatch, OrderProgress, serveHealth, type TrackedOrder } from './liveness.ts';
 import { ShardedTrainer, type Teacher } from './trainer.ts';
 
 /** First reconnect delay; doubled per attempt up to RECONNECT_MAX_DELAY_MS, with ±50% jitter. */
@@ -61,8 +61,10 @@ export interface WorkerOptions {
   reconnectTimeoutMs: number;
   /** Without a ping from the coordinator for this long, the connection counts as cut. */
   heartbeatTimeoutMs: number;
-  /** Serves GET /healthz (200 while connected to a coordinator) when set. */
+  /** Serves GET /healthz (liveness: 503 once an order is stuck) and /readyz (200 while connected) when set. */
   healthPort: number | null;
+  /** A step, evaluation or snapshot in flight for longer than this means the training loop is stuck. */
+  stallTimeoutMs: number;
   logger: Logger;
 }
 
@@ -91,6 +93,14 @@ function checkDataFitsModel(recipe: Recipe, model: ImageClassifier, train: Batch
 /** Why a session with the coordinator ended. */
 type SessionEnd = { kind: 'stopped' } | { kind: 'lost'; reason: string } | { kind: 'fatal'; error: Error };
 
+/** What outlives one session with the coordinator. */
+interface SessionState {
+  connected: boolean;
+  workbench: Workbench | null;
+  /** The order in flight, for /healthz; an order stuck in a lost session still counts. */
+  progress: OrderProgress;
+}
+
 /** Data and model survive generations and reconnects: they depend only on the recipe. */
 interface Workbench {
   key: string;
@@ -106,12 +116,18 @@ interface Workbench {
 export async function runWorker(options: WorkerOptions): Promise<void> {
   const { logger } = options;
   const backend = await selectBackend({ requested: options.backend, gpu: options.gpu ?? undefined, logger });
-  const state = { connected: false, workbench: null as Workbench | null };
-  const health = options.healthPort === null ? null : await serveHealth(options.healthPort, () => state.connected);
+  const state: SessionState = { connected: false, workbench: null, progress: new OrderProgress(options.stallTimeoutMs) };
+  const health = options.healthPort === null ? null : await serveHealth(options.healthPort, state.progress, () => state.connected);
+  let session: WorkerSession | null = null;
+  // Stopped or blocked past the heartbeat timeout: the coordinator has given this worker's place away.
+  const stallWatch = new LoopStallWatch(options.heartbeatTimeoutMs, (stalledMs) => {
+    if (session?.wasAdmitted) session.fence(stalledMs);
+    else logger.warn({ stalledMs }, 'this process was stopped or blocked; it held no place in a run');
+  });
   try {
     let deadline = Date.now() + options.reconnectTimeoutMs;
     for (let attempt = 0; ; attempt++) {
-      const session = new WorkerSession(options, backend.name, state);
+      session = new WorkerSession(options, backend.name, state);
       const end = await session.finished;
       await session.close();
       if (end.kind === 'stopped') return;
@@ -131,6 +147,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       await new Promise((r) => setTimeout(r, delay));
     }
   } finally {
+    stallWatch.stop();
     health?.close();
     await closeWorkbench(state.workbench);
   }
@@ -141,18 +158,6 @@ async function closeWorkbench(bench: Workbench | null): Promise<void> {
   await Promise.all([bench.train.close(), bench.test.close()]);
   bench.teacher?.model.disposeParams();
   bench.model.disposeParams();
-}
-
-function serveHealth(port: number, connected: () => boolean): Promise<Server> {
-  const server = createServer((req, res) => {
-    const healthy = connected();
-    res.writeHead(req.url === '/healthz' ? (healthy ? 200 : 503) : 404, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ status: healthy ? 'ok' : 'disconnected' }));
-  });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, () => resolve(server));
-  });
 }
 
 /** One connection to the coordinator. */
@@ -171,11 +176,13 @@ class WorkerSession {
   private pendingStart: { resume: ResumeState | null; init: Float32Array | null } | null = null;
   private readonly heartbeat: Heartbeat;
   wasAdmitted = false;
+  /** Set once this worker learns it was declared lost: nothing more may be sent. */
+  private fenced = false;
 
   constructor(
     private readonly options: WorkerOptions,
     private readonly backend: string,
-    private readonly state: { connected: boolean; workbench: Workbench | null },
+    private readonly state: SessionState,
   ) {
     let settled = false;
     this.finished = new Promise((resolve) => {
@@ -224,7 +231,35 @@ class WorkerSession {
   }
 
   private send(message: WorkerMessage): void {
-    if (this.socket.readyState === WebSocket.OPEN) this.socket.send(encodeMessage(message));
+    if (!this.fenced && this.socket.readyState === WebSocket.OPEN) this.socket.send(encodeMessage(message));
+  }
+
+  /**
+   * This process was stopped or blocked for `stalledMs`, longer than the heartbeat timeout: the
+   * coordinator heard nothing from it for that long, so it has declared it lost, ended its
+   * generation and given its place away. Whatever it was doing is stale; it sends nothing more and
+   * the worker exits (its supervisor starts a fresh one) instead of rejoining as a zombie.
+   */
+  fence(stalledMs: number): void {
+    this.fenced = true;
+    this.socket.terminate();
+    this.settle({
+      kind: 'fatal',
+      error: new FatalError(
+        'FENCED',
+        `this worker was stopped or blocked for ${seconds(Math.round(stalledMs))}, longer than --heartbeat-timeout ${seconds(this.options.heartbeatTimeoutMs)}: the coordinator has declared it lost and fenced it out of the run; exiting instead of rejoining with stale state`,
+      ),
+    });
+  }
+
+  /** Runs one order of the training loop with its progress visible on /healthz. */
+  private async tracked<T>(order: TrackedOrder, step: number, work: () => Promise<T>): Promise<T> {
+    this.state.progress.begin(order, step);
+    try {
+      return await work();
+    } finally {
+      this.state.progress.end();
+    }
   }
 
   private receive(data: Buffer): void {
@@ -377,14 +412,18 @@ class WorkerSession {
       }
       case 'step': {
         const { indices, repeats, offset, epoch } = message;
-        const result = await this.requireTrainer().step(message.step, { indices, repeats, offset, epoch }, message.lr);
+        const result = await this.tracked('step', message.step, () =>
+          this.requireTrainer().step(message.step, { indices, repeats, offset, epoch }, message.lr),
+        );
         for (const name of result.skipped)
           logger.warn({ image: name, step: message.step }, 'corrupt image skipped (data.skipCorrupt): its successor took its place');
         this.send({ type: 'stepDone', generation: message.generation, step: message.step, ...result });
         return;
       }
       case 'eval': {
-        const result = await this.requireTrainer().evaluate(this.state.workbench!.test, message.start, message.end);
+        const result = await this.tracked('eval', message.step, () =>
+          this.requireTrainer().evaluate(this.state.workbench!.test, message.start, message.end),
+        );
         this.send({ type: 'evalDone', generation: message.generation, step: message.step, ...result });
         return;
       }
