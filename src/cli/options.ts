@@ -111,6 +111,12 @@ export function addRunOptions(command: Command): Command {
       positiveNumber,
       DEFAULT_REJOIN_TIMEOUT_S,
     )
+    .option(
+      '--spares <n>',
+      'hot spares: admit this many workers beyond --workers; they wait connected and replace a failed worker at once (launch starts them too)',
+      nonNegativeInt,
+      0,
+    )
     .option('--heartbeat-timeout <seconds>', 'a worker silent for this long counts as lost', positiveNumber, DEFAULT_HEARTBEAT_TIMEOUT_S)
     .option('--max-restarts <n>', 'worker failures to recover from before giving up', nonNegativeInt, DEFAULT_MAX_RESTARTS)
     .option('--log-level <level>', 'debug, info, warn or error', 'info');
@@ -145,6 +151,8 @@ export interface RunFlags {
   joinTimeout: number;
   stepTimeout: number;
   minWorkers?: number;
+  /** Hot spares beyond --workers (0 when absent). */
+  spares?: number;
   rejoinTimeout: number;
   heartbeatTimeout: number;
   maxRestarts: number;

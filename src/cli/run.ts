@@ -126,6 +126,7 @@ function prepareRun(
   const coordinator = new Coordinator({
     workers: flags.workers,
     minWorkers: Math.min(flags.minWorkers ?? flags.workers, flags.workers),
+    spares: flags.spares ?? 0,
     recipe,
     outDir: resolve(outDir),
     token: resolveToken(flags.token, generateToken),
@@ -181,7 +182,9 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   const { threads, why } = threadsPerWorker(flags);
   const engineThreads =
     flags.backend === 'wasm' || flags.backend === 'cpu' ? '' : ` x ${threads} TensorFlow thread${threads === 1 ? '' : 's'} each (${why})`;
-  console.log(`launching ${flags.workers} local workers${engineThreads} against ${url} (run dir ${coordinator.outDir})`);
+  const spareCount = flags.spares ?? 0;
+  const spares = spareCount > 0 ? ` and ${spareCount} spare${spareCount === 1 ? '' : 's'}` : '';
+  console.log(`launching ${flags.workers} local workers${spares}${engineThreads} against ${url} (run dir ${coordinator.outDir})`);
   const showTensorflowInfo = process.env.TF_CPP_MIN_LOG_LEVEL === '0';
   const children = new Map<number, ChildProcess>();
   /** Processes the coordinator declared lost: being killed, already replaced. */
@@ -265,7 +268,7 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
     void (stopped ? waitForExit(child, 0) : waitForExit(child, LOST_WORKER_KILL_GRACE_MS, 'SIGTERM'));
     spawnWorker(slot);
   });
-  for (let slot = 0; slot < flags.workers; slot++) spawnWorker(slot);
+  for (let slot = 0; slot < flags.workers + spareCount; slot++) spawnWorker(slot);
 
   try {
     const summary = await Promise.race([coordinator.run(), gaveUp]);

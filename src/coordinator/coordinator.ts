@@ -35,6 +35,11 @@ export const HEALTH_PATH = '/healthz';
 
 export interface CoordinatorOptions {
   workers: number;
+  /**
+   * Hot spares: workers admitted beyond `workers`, which wait connected and take a failed member's
+   * place in the next generation at once instead of the run waiting for a replacement to start.
+   */
+  spares: number;
   /** The fewest workers a generation may run with after a failure; `workers` by default. */
   minWorkers: number;
   recipe: Recipe;
@@ -180,7 +185,7 @@ export class Coordinator {
 
   /** Challenges a new connection, checks its token proof and protocol version, then adds the worker. */
   private admit(socket: WebSocket): void {
-    const { logger, token, workers, heartbeatTimeoutMs } = this.options;
+    const { logger, token, workers, spares, heartbeatTimeoutMs } = this.options;
     const nonce = makeNonce();
     const refuse = (code: number, reason: string, log: object): void => {
       logger.warn(log, `refused a worker: ${reason}`);
@@ -207,7 +212,12 @@ export class Coordinator {
       if (!(hello.proof instanceof Uint8Array) || !verifyProof(token, nonce, controlProofContext(this.runId), hello.proof)) {
         return refuse(CLOSE_CODES.badToken, 'wrong token', who);
       }
-      if (this.links.length >= workers) return refuse(CLOSE_CODES.runFull, `the run already has its ${workers} workers`, who);
+      if (this.links.length >= workers + spares)
+        return refuse(
+          CLOSE_CODES.runFull,
+          `the run already has its ${workers} workers${spares > 0 ? ` and ${spares} spare${spares === 1 ? '' : 's'}` : ''}`,
+          who,
+        );
       if (this.phase === 'done' || this.phase === 'failed') return refuse(CLOSE_CODES.runComplete, `the run is ${this.phase}`, who);
       const link = new WorkerLink(
         socket,
@@ -221,7 +231,7 @@ export class Coordinator {
         logger.warn({ worker: link.name }, 'worker left');
       };
       link.onLost = (reason) => {
-        logger.warn({ worker: link.name, reason }, 'worker declared lost and fenced');
+        logger.warn({ worker: link.name, ...who, reason }, 'worker declared lost and fenced');
         for (const listener of this.lostListeners) listener({ workerId: link.workerId, ...who, reason });
       };
       logger.info({ worker: link.workerId, ...who, backend: hello.backend, joined: this.links.length, of: workers }, 'worker joined');
@@ -233,7 +243,7 @@ export class Coordinator {
 
   /**
    * Waits until `workers` workers are connected; when `timeoutMs` runs out, goes on with at least
-   * `minWorkers` or fails.
+   * `minWorkers` or fails. The longest connected are taken: survivors, then spares in join order.
    */
   private async waitForWorkers(timeoutMs: number, flag: string): Promise<WorkerLink[]> {
     const { workers, minWorkers } = this.options;

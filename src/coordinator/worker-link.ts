@@ -35,6 +35,7 @@ export class WorkerLink {
    * stopped or hung, and whoever supervises it should replace it.
    */
   onLost: ((reason: string) => void) | null = null;
+  private lost = false;
 
   constructor(
     private readonly socket: WebSocket,
@@ -61,7 +62,7 @@ export class WorkerLink {
         const reason = `missed its heartbeat for ${seconds(heartbeatTimeoutMs)} (--heartbeat-timeout)`;
         this.end(new RecoverableError('WORKER_HEARTBEAT', `${this.name} ${reason}`));
         socket.terminate();
-        this.onLost?.(reason);
+        this.declareLost(reason);
       },
     });
   }
@@ -180,6 +181,12 @@ export class WorkerLink {
   drop(reason: string): void {
     this.end(new RecoverableError('WORKER_CLOSED', `${this.name}: ${reason}`));
     this.close(CLOSE_CODES.badMessage, reason);
+    this.declareLost(reason);
+  }
+
+  private declareLost(reason: string): void {
+    if (this.lost) return;
+    this.lost = true;
     this.onLost?.(reason);
   }
 

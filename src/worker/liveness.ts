@@ -49,13 +49,15 @@ export class OrderProgress {
 
 /**
  * Serves the worker's probes on `port`: `/healthz` (liveness: 503 once the training loop is stuck,
- * see OrderProgress) and `/readyz` (readiness: 200 while connected to a coordinator).
+ * see OrderProgress) and `/readyz` (readiness: 200 while connected to a coordinator); both tell
+ * the worker's rank (-1 while it waits for a generation, as a spare does).
  */
-export function serveHealth(port: number, progress: OrderProgress, connected: () => boolean): Promise<Server> {
+export function serveHealth(port: number, progress: OrderProgress, session: () => { connected: boolean; rank: number }): Promise<Server> {
   const server = createServer((req, res) => {
     const path = new URL(req.url ?? '/', 'http://worker').pathname;
     const stalled = progress.stalled();
-    const body = { status: stalled ? 'stalled' : 'ok', connected: connected(), ...progress.report() };
+    const { connected, rank } = session();
+    const body = { status: stalled ? 'stalled' : 'ok', connected, rank, ...progress.report() };
     const code = path === '/healthz' ? (stalled ? 503 : 200) : path === '/readyz' ? (body.connected ? 200 : 503) : 404;
     res.writeHead(code, { 'content-type': 'application/json' });
     res.end(JSON.stringify(body));

@@ -96,6 +96,8 @@ type SessionEnd = { kind: 'stopped' } | { kind: 'lost'; reason: string } | { kin
 /** What outlives one session with the coordinator. */
 interface SessionState {
   connected: boolean;
+  /** This worker's rank in the generation it trains in; -1 while it waits (a spare, or between generations). */
+  rank: number;
   workbench: Workbench | null;
   /** The order in flight, for /healthz; an order stuck in a lost session still counts. */
   progress: OrderProgress;
@@ -116,22 +118,31 @@ interface Workbench {
 export async function runWorker(options: WorkerOptions): Promise<void> {
   const { logger } = options;
   const backend = await selectBackend({ requested: options.backend, gpu: options.gpu ?? undefined, logger });
-  const state: SessionState = { connected: false, workbench: null, progress: new OrderProgress(options.stallTimeoutMs) };
-  const health = options.healthPort === null ? null : await serveHealth(options.healthPort, state.progress, () => state.connected);
-  let session: WorkerSession | null = null;
-  // Stopped or blocked past the heartbeat timeout: the coordinator has given this worker's place away.
-  const stallWatch = new LoopStallWatch(options.heartbeatTimeoutMs, (stalledMs) => {
-    if (session?.wasAdmitted) session.fence(stalledMs);
-    else logger.warn({ stalledMs }, 'this process was stopped or blocked; it held no place in a run');
+  const state: SessionState = { connected: false, rank: -1, workbench: null, progress: new OrderProgress(options.stallTimeoutMs) };
+  const health = options.healthPort === null ? null : await serveHealth(options.healthPort, state.progress, () => state);
+  // The last time this process was stopped or blocked past the heartbeat timeout, and for how long.
+  const stalls: { last: { at: number; ms: number } | null } = { last: null };
+  const stallWatch = new LoopStallWatch(options.heartbeatTimeoutMs, (ms) => {
+    stalls.last = { at: Date.now(), ms };
+    logger.warn({ stalledMs: ms }, 'this process was stopped or blocked for longer than the heartbeat timeout');
   });
   try {
     let deadline = Date.now() + options.reconnectTimeoutMs;
     for (let attempt = 0; ; attempt++) {
-      session = new WorkerSession(options, backend.name, state);
+      const session = new WorkerSession(options, backend.name, state);
       const end = await session.finished;
       await session.close();
       if (end.kind === 'stopped') return;
       if (end.kind === 'fatal') throw end.error;
+      // Lost right after a stall (the coordinator's close waits in the socket when a stopped process
+      // continues): the coordinator declared this worker lost, fenced its generation and may have
+      // given its place to a replacement. Rejoining would make it a zombie of a run that moved on.
+      const recent = stalls.last;
+      if (session.wasAdmitted && recent && Date.now() - recent.at <= options.heartbeatTimeoutMs)
+        throw new FatalError(
+          'FENCED',
+          `this worker was stopped or blocked for ${seconds(Math.round(recent.ms))}, longer than --heartbeat-timeout ${seconds(options.heartbeatTimeoutMs)}, and lost the coordinator (${end.reason}): it was declared lost and fenced; exiting instead of rejoining with stale state`,
+        );
       if (session.wasAdmitted) {
         // A session that got in resets the budget: this is a new outage, not the same one.
         deadline = Date.now() + options.reconnectTimeoutMs;
@@ -176,8 +187,6 @@ class WorkerSession {
   private pendingStart: { resume: ResumeState | null; init: Float32Array | null } | null = null;
   private readonly heartbeat: Heartbeat;
   wasAdmitted = false;
-  /** Set once this worker learns it was declared lost: nothing more may be sent. */
-  private fenced = false;
 
   constructor(
     private readonly options: WorkerOptions,
@@ -190,6 +199,7 @@ class WorkerSession {
         if (settled) return;
         settled = true;
         state.connected = false;
+        state.rank = -1;
         resolve(end);
       };
     });
@@ -231,25 +241,7 @@ class WorkerSession {
   }
 
   private send(message: WorkerMessage): void {
-    if (!this.fenced && this.socket.readyState === WebSocket.OPEN) this.socket.send(encodeMessage(message));
-  }
-
-  /**
-   * This process was stopped or blocked for `stalledMs`, longer than the heartbeat timeout: the
-   * coordinator heard nothing from it for that long, so it has declared it lost, ended its
-   * generation and given its place away. Whatever it was doing is stale; it sends nothing more and
-   * the worker exits (its supervisor starts a fresh one) instead of rejoining as a zombie.
-   */
-  fence(stalledMs: number): void {
-    this.fenced = true;
-    this.socket.terminate();
-    this.settle({
-      kind: 'fatal',
-      error: new FatalError(
-        'FENCED',
-        `this worker was stopped or blocked for ${seconds(Math.round(stalledMs))}, longer than --heartbeat-timeout ${seconds(this.options.heartbeatTimeoutMs)}: the coordinator has declared it lost and fenced it out of the run; exiting instead of rejoining with stale state`,
-      ),
-    });
+    if (this.socket.readyState === WebSocket.OPEN) this.socket.send(encodeMessage(message));
   }
 
   /** Runs one order of the training loop with its progress visible on /healthz. */
@@ -275,6 +267,7 @@ class WorkerSession {
       if (generation === this.generation) {
         this.options.logger.warn({ generation, reason: message.reason }, 'generation abandoned');
         this.generation = -1;
+        this.state.rank = -1;
       }
       // The acknowledgement tells the coordinator this worker is alive and out of the old ring.
       void this.dropGeneration().then(() => this.send({ type: 'aborted', generation }));
@@ -325,6 +318,7 @@ class WorkerSession {
         await this.dropGeneration();
         this.generation = message.generation;
         this.rank = message.rank;
+        this.state.rank = message.rank;
         this.worldSize = message.worldSize;
         let bench: Workbench;
         try {

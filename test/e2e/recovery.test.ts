@@ -112,7 +112,7 @@ test('a fenced worker that wakes up exits with a clear message instead of rejoin
     assert.equal(woken.code, 1, woken.stdout + woken.stderr);
     assert.match(
       woken.stderr,
-      /vit-dist: error: this worker was stopped or blocked for [\d.]+ s, longer than --heartbeat-timeout 3 s: .*fenced/,
+      /vit-dist: error: this worker was stopped or blocked for [\d.]+ s, longer than --heartbeat-timeout 3 s, and lost the coordinator .*fenced/,
     );
     replacement = worker();
     const result = await coordinator.finished;

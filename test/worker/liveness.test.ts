@@ -9,7 +9,7 @@ import { LoopStallWatch, OrderProgress, serveHealth } from '../../src/worker/liv
 test('an order in flight past the stall timeout makes /healthz answer 503; /readyz follows the connection', async () => {
   const progress = new OrderProgress(60_000);
   let connected = false;
-  const server = await serveHealth(0, progress, () => connected);
+  const server = await serveHealth(0, progress, () => ({ connected, rank: -1 }));
   const url = (path: string) => `http://127.0.0.1:${(server.address() as AddressInfo).port}${path}`;
   try {
     assert.equal((await fetch(url('/healthz'))).status, 200, 'idle between orders is healthy');
@@ -26,12 +26,13 @@ test('an order in flight past the stall timeout makes /healthz answer 503; /read
     const stuck = new OrderProgress(0);
     stuck.begin('step', 7);
     await new Promise((r) => setTimeout(r, 5));
-    const stuckServer = await serveHealth(0, stuck, () => true);
+    const stuckServer = await serveHealth(0, stuck, () => ({ connected: true, rank: 3 }));
     try {
       const response = await fetch(`http://127.0.0.1:${(stuckServer.address() as AddressInfo).port}/healthz`);
       assert.equal(response.status, 503);
-      const body = (await response.json()) as { status: string; inFlight: { order: string; step: number } };
+      const body = (await response.json()) as { status: string; rank: number; inFlight: { order: string; step: number } };
       assert.equal(body.status, 'stalled');
+      assert.equal(body.rank, 3);
       assert.deepEqual([body.inFlight.order, body.inFlight.step], ['step', 7]);
       stuck.end();
       assert.equal((await fetch(`http://127.0.0.1:${(stuckServer.address() as AddressInfo).port}/healthz`)).status, 200, 'the order ended');
