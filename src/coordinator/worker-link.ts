@@ -179,9 +179,11 @@ export class WorkerLink {
 
   /** Drops a worker that stopped answering: it leaves the lists now, and may reconnect as a new worker. */
   drop(reason: string): void {
+    // A worker whose connection closed meanwhile left by itself: it is gone, not lost.
+    const wasAlive = this.alive;
     this.end(new RecoverableError('WORKER_CLOSED', `${this.name}: ${reason}`));
     this.close(CLOSE_CODES.badMessage, reason);
-    this.declareLost(reason);
+    if (wasAlive) this.declareLost(reason);
   }
 
   private declareLost(reason: string): void {

@@ -187,6 +187,8 @@ class WorkerSession {
   private pendingStart: { resume: ResumeState | null; init: Float32Array | null } | null = null;
   private readonly heartbeat: Heartbeat;
   wasAdmitted = false;
+  /** Set once the session is over: an order still running must not leave anything open behind it. */
+  private closed = false;
 
   constructor(
     private readonly options: WorkerOptions,
@@ -235,6 +237,7 @@ class WorkerSession {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     this.heartbeat.stop();
     await this.dropGeneration();
     if (this.socket.readyState <= WebSocket.OPEN) this.socket.terminate();
@@ -342,7 +345,7 @@ class WorkerSession {
           { rank: message.rank, worldSize: message.worldSize, generation: message.generation, startStep: message.startStep },
           'assigned',
         );
-        this.ring = await RingPeer.listen({
+        const ring = await RingPeer.listen({
           rank: message.rank,
           worldSize: message.worldSize,
           generation: message.generation,
@@ -352,6 +355,13 @@ class WorkerSession {
           heartbeatTimeoutMs: this.options.heartbeatTimeoutMs,
           logger,
         });
+        // Abandoned, or this session closed, while the server was starting: nobody else would close
+        // it, and it would hold --ring-port against every later generation.
+        if (this.closed || this.generation !== message.generation) {
+          await ring.close();
+          return;
+        }
+        this.ring = ring;
         this.pendingStart = { resume: message.resume, init: message.init };
         this.send({
           type: 'ringListening',
