@@ -32,7 +32,7 @@ export interface HeartbeatOptions {
 export class Heartbeat {
   private timer: NodeJS.Timeout | null = null;
   private lastHeard = 0;
-  private checks = 0;
+  private lastPing = 0;
 
   constructor(private readonly options: HeartbeatOptions) {}
 
@@ -53,7 +53,13 @@ export class Heartbeat {
   }
 
   private check(): void {
-    if (this.checks++ % CHECKS_PER_PING === 0) this.options.ping();
+    // By time, not by count: the first check after a blocked loop pings at once, as every peer in
+    // this process does, so that the pings the guard below waits for are on their way.
+    const now = Date.now();
+    if (now - this.lastPing >= this.options.timeoutMs / HEARTBEAT_PINGS_PER_TIMEOUT) {
+      this.lastPing = now;
+      this.options.ping();
+    }
     if (this.options.notReading?.()) this.heard();
     if (!this.silentTooLong()) return;
     // The blocked-loop guard (see the header): let this turn's poll phase read what has arrived.
