@@ -36,6 +36,8 @@ export class WorkerLink {
    */
   onLost: ((reason: string) => void) | null = null;
   private lost = false;
+  /** True while the coordinator waits for this worker to leave an abandoned generation. */
+  private abandoning = false;
 
   constructor(
     private readonly socket: WebSocket,
@@ -89,6 +91,8 @@ export class WorkerLink {
     }
     if ('generation' in message && message.generation !== this.generation) return; // from an abandoned generation
     if (message.type === 'failed') {
+      // The ring of a generation being abandoned breaks under every member: expected, not news.
+      if (this.abandoning) return;
       const text = `${this.name} failed: ${message.message}`;
       return this.rejectWaiter(message.fatal ? new FatalError('WORKER_FAILED_FATALLY', text) : new RecoverableError('WORKER_FAILED', text));
     }
@@ -119,14 +123,19 @@ export class WorkerLink {
 
   /**
    * Waits for the worker's acknowledgement that it left the current generation, discarding the
-   * generation's other replies still on their way. A dead worker cannot acknowledge: its link
+   * generation's other replies still on their way, its failure reports included. A dead worker cannot acknowledge: its link
    * closes, misses its heartbeat or times out, which rejects.
    */
   async awaitAbortAck(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const message = await this.next(Math.max(1, deadline - Date.now()), 'aborted');
-      if (message.type === 'aborted') return;
+    this.abandoning = true;
+    try {
+      for (;;) {
+        const message = await this.next(Math.max(1, deadline - Date.now()), 'aborted');
+        if (message.type === 'aborted') return;
+      }
+    } finally {
+      this.abandoning = false;
     }
   }
 
