@@ -21,6 +21,7 @@ import {
   DEFAULT_DATA_THREADS,
   DEFAULT_HEARTBEAT_TIMEOUT_S,
   DEFAULT_RECONNECT_TIMEOUT_S,
+  DEFAULT_STALL_TIMEOUT_S,
   TOKEN_ENV,
 } from './options.ts';
 import { listRecipes, loadRecipe } from '../train/recipe.ts';
@@ -83,7 +84,17 @@ program
     positiveNumber,
     DEFAULT_HEARTBEAT_TIMEOUT_S,
   )
-  .option('--health-port <port>', 'serve GET /healthz on this port (200 while connected to the coordinator)', port)
+  .option(
+    '--health-port <port>',
+    'serve probes on this port: GET /healthz (liveness: 503 once the training loop is stuck, see --stall-timeout) and /readyz (200 while connected to the coordinator)',
+    port,
+  )
+  .option(
+    '--stall-timeout <seconds>',
+    'a step or evaluation in flight this long counts as a stuck training loop (/healthz fails); above your slowest step plus --heartbeat-timeout',
+    positiveNumber,
+    DEFAULT_STALL_TIMEOUT_S,
+  )
   .option('--log-dir <dir>', 'write JSON logs to DIR/NAME.log instead of stderr')
   .option('--log-name <name>', 'log file name', 'worker')
   .option('--log-level <level>', 'debug, info, warn or error', 'info')

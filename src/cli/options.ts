@@ -31,6 +31,8 @@ export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu', 'webgpu'] as const
 export const DEFAULT_DATA_THREADS = 1;
 export const DEFAULT_MAX_RESTARTS = 3;
 export const DEFAULT_RECONNECT_TIMEOUT_S = 120;
+/** A worker's step or evaluation in flight this long means its training loop is stuck (its /healthz fails). */
+export const DEFAULT_STALL_TIMEOUT_S = 300;
 export const TOKEN_ENV = 'VIT_DIST_TOKEN';
 
 export function positiveInt(value: string): number {
@@ -153,6 +155,12 @@ export function addRunOptions(command: Command): Command {
       positiveNumber,
       DEFAULT_REJOIN_TIMEOUT_S,
     )
+    .option(
+      '--spares <n>',
+      'hot spares: admit this many workers beyond --workers; they wait connected and replace a failed worker at once (launch starts them too)',
+      nonNegativeInt,
+      0,
+    )
     .option('--heartbeat-timeout <seconds>', 'a worker silent for this long counts as lost', positiveNumber, DEFAULT_HEARTBEAT_TIMEOUT_S)
     .option('--max-restarts <n>', 'worker failures to recover from before giving up', nonNegativeInt, DEFAULT_MAX_RESTARTS)
     .option('--log-level <level>', 'debug, info, warn or error', 'info');
@@ -194,6 +202,8 @@ export interface RunFlags {
   joinTimeout: number;
   stepTimeout: number;
   minWorkers?: number;
+  /** Hot spares beyond --workers (0 when absent). */
+  spares?: number;
   rejoinTimeout: number;
   heartbeatTimeout: number;
   maxRestarts: number;

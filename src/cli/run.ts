@@ -2,7 +2,7 @@
 // coordinator, and for launch also the local worker processes, restarting any that die (as
 // torchrun does) while the coordinator takes the replacement into the ring.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { createInterface } from 'node:readline';
 import { dirname, join, resolve } from 'node:path';
@@ -24,6 +24,11 @@ import { defaultOutDir, resolveRecipe, resolveResume, resolveToken, tlsFiles, TO
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'vit-dist.js');
 /** How long `launch` gives its workers to exit on their own after the run before killing them. */
 const WORKER_EXIT_GRACE_MS = 10_000;
+/**
+ * How long a worker the coordinator declared lost gets to end on SIGTERM before SIGKILL. A stopped
+ * process handles SIGTERM only once continued; SIGKILL ends it either way.
+ */
+const LOST_WORKER_KILL_GRACE_MS = 5_000;
 
 interface CoordinatorFlags extends RunFlags {
   workers: number;
@@ -126,6 +131,7 @@ function prepareRun(
   const coordinator = new Coordinator({
     workers: flags.workers,
     minWorkers: Math.min(flags.minWorkers ?? flags.workers, flags.workers),
+    spares: flags.spares ?? 0,
     recipe,
     outDir: resolve(outDir),
     token: resolveToken(flags.token, generateToken),
@@ -195,7 +201,9 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   const { threads, why } = threadsPerWorker(flags);
   const engineThreads =
     flags.backend === 'wasm' || flags.backend === 'cpu' ? '' : ` x ${threads} TensorFlow thread${threads === 1 ? '' : 's'} each (${why})`;
-  console.log(`launching ${flags.workers} local workers${engineThreads} against ${url} (run dir ${coordinator.outDir})`);
+  const spareCount = flags.spares ?? 0;
+  const spares = spareCount > 0 ? ` and ${spareCount} spare${spareCount === 1 ? '' : 's'}` : '';
+  console.log(`launching ${flags.workers} local workers${spares}${engineThreads} against ${url} (run dir ${coordinator.outDir})`);
   const madeToken = !flags.token && !process.env[TOKEN_ENV];
   const login = [...(madeToken ? [] : [`$${TOKEN_ENV}`]), ...(flags.statusToken ? ['--status-token'] : [])];
   console.log(
@@ -203,6 +211,8 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
   );
   const showTensorflowInfo = process.env.TF_CPP_MIN_LOG_LEVEL === '0';
   const children = new Map<number, ChildProcess>();
+  /** Processes the coordinator declared lost: being killed, already replaced. */
+  const retired = new Set<ChildProcess>();
   let finished = false;
   let respawns = 0;
   let giveUp: (err: Error) => void = () => undefined;
@@ -240,22 +250,49 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
     if (!showTensorflowInfo) forwardWorkerStderr(child);
     children.set(slot, child);
     child.on('exit', (code, signal) => {
-      if (finished || (code === 0 && !signal)) return;
       const how = signal ?? `code ${code}`;
-      if (respawns >= flags.maxRestarts) {
-        giveUp(
-          new Error(
-            `local worker ${slot} (pid ${child.pid}) exited with ${how}, and --max-restarts ${flags.maxRestarts} restarts are used up; see ${join(logDir, `worker-${slot}.log`)}`,
-          ),
-        );
+      if (retired.delete(child)) {
+        console.log(`local worker ${slot}'s lost process (pid ${child.pid}) ended with ${how}`);
         return;
       }
-      respawns += 1;
+      if (finished || (code === 0 && !signal)) return;
+      if (!withinBudget(slot, child, `exited with ${how}`)) return;
       console.log(`local worker ${slot} (pid ${child.pid}) exited with ${how}; starting a replacement (${respawns}/${flags.maxRestarts})`);
       spawnWorker(slot);
     });
   };
-  for (let slot = 0; slot < flags.workers; slot++) spawnWorker(slot);
+  /** Counts one more replacement for `slot`; when --max-restarts are used up, the launch gives up instead. */
+  const withinBudget = (slot: number, child: ChildProcess, what: string): boolean => {
+    if (respawns >= flags.maxRestarts) {
+      giveUp(
+        new Error(
+          `local worker ${slot} (pid ${child.pid}) ${what}, and --max-restarts ${flags.maxRestarts} restarts are used up; see ${join(logDir, `worker-${slot}.log`)}`,
+        ),
+      );
+      return false;
+    }
+    respawns += 1;
+    return true;
+  };
+  // A worker the coordinator declared lost may be stopped or hung rather than dead: nothing else
+  // would ever end it. Kill it and start the replacement at once, so that it joins while the
+  // coordinator waits for the rejoin.
+  coordinator.onWorkerLost(({ pid, reason }) => {
+    const entry = [...children].find(([, child]) => child.pid === pid);
+    if (finished || !entry) return;
+    const [slot, child] = entry;
+    if (!withinBudget(slot, child, `was declared lost (${reason})`)) return;
+    retired.add(child);
+    // A stopped process would hold SIGTERM until continued: it gets no grace.
+    const stopped = isStopped(pid);
+    const how = stopped ? 'it is stopped: SIGKILL' : `SIGTERM, SIGKILL after ${LOST_WORKER_KILL_GRACE_MS / 1000} s`;
+    console.log(
+      `local worker ${slot} (pid ${pid}) was declared lost (${reason}); killing it (${how}) and starting a replacement (${respawns}/${flags.maxRestarts})`,
+    );
+    void (stopped ? waitForExit(child, 0) : waitForExit(child, LOST_WORKER_KILL_GRACE_MS, 'SIGTERM'));
+    spawnWorker(slot);
+  });
+  for (let slot = 0; slot < flags.workers + spareCount; slot++) spawnWorker(slot);
 
   try {
     const summary = await Promise.race([coordinator.run(), gaveUp]);
@@ -264,14 +301,27 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
     printSummary(summary, coordinator.outDir);
   } finally {
     finished = true;
-    for (const child of children.values()) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    for (const child of [...children.values(), ...retired]) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await coordinator.close();
     await release();
   }
 }
 
-function waitForExit(child: ChildProcess, graceMs: number): Promise<void> {
+/** True when `pid` is a stopped process (SIGSTOP, a debugger); Linux's /proc tells, elsewhere false. */
+function isStopped(pid: number): boolean {
+  try {
+    // The state follows the command name in parentheses, which may itself hold spaces or parentheses.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return /^[Tt]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+  } catch {
+    return false;
+  }
+}
+
+/** Resolves once `child` has exited; sends it `signal` first, if given, and SIGKILL after `graceMs`. */
+function waitForExit(child: ChildProcess, graceMs: number, signal?: NodeJS.Signals): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  if (signal) child.kill(signal);
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');

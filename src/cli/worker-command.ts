@@ -20,6 +20,7 @@ export interface WorkerFlags {
   reconnectTimeout: number;
   heartbeatTimeout: number;
   healthPort?: number;
+  stallTimeout: number;
   logDir?: string;
   logName: string;
   logLevel: LogLevel;
@@ -76,6 +77,7 @@ export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
     reconnectTimeoutMs: flags.reconnectTimeout * 1000,
     heartbeatTimeoutMs: flags.heartbeatTimeout * 1000,
     healthPort: flags.healthPort ?? null,
+    stallTimeoutMs: flags.stallTimeout * 1000,
     logger,
   });
   logger.info('worker finished');

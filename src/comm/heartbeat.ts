@@ -12,14 +12,16 @@
 import type { WebSocket } from 'ws';
 
 /**
- * Checks (and pings) per timeout. A peer whose event loop is blocked sends nothing meanwhile, so a
- * connection tolerates a blocked peer for the timeout minus one check interval.
+ * Pings per timeout. A peer whose event loop is blocked sends nothing meanwhile, so a connection
+ * tolerates a blocked peer for the timeout minus one ping interval.
  */
-export const HEARTBEAT_CHECKS_PER_TIMEOUT = 5;
+export const HEARTBEAT_PINGS_PER_TIMEOUT = 5;
+/** Checks per ping: silence is noticed within a tenth of a ping interval after the timeout, not a whole one. */
+const CHECKS_PER_PING = 10;
 
 export interface HeartbeatOptions {
   timeoutMs: number;
-  /** Sends a ping, at every check: both ends ping, so each finds the other's pings waiting after its own loop was blocked. */
+  /** Sends a ping, HEARTBEAT_PINGS_PER_TIMEOUT times per timeout: both ends ping, so each finds the other's pings waiting after its own loop was blocked. */
   ping: () => void;
   /** Called once the peer has been silent for longer than `timeoutMs`; the heartbeat has stopped. */
   onSilence: () => void;
@@ -30,12 +32,13 @@ export interface HeartbeatOptions {
 export class Heartbeat {
   private timer: NodeJS.Timeout | null = null;
   private lastHeard = 0;
+  private lastPing = 0;
 
   constructor(private readonly options: HeartbeatOptions) {}
 
   start(): void {
     this.lastHeard = Date.now();
-    this.timer = setInterval(() => this.check(), this.options.timeoutMs / HEARTBEAT_CHECKS_PER_TIMEOUT);
+    this.timer = setInterval(() => this.check(), this.options.timeoutMs / HEARTBEAT_PINGS_PER_TIMEOUT / CHECKS_PER_PING);
     // The connection keeps the process alive; the heartbeat alone must not.
     this.timer.unref();
   }
@@ -50,7 +53,13 @@ export class Heartbeat {
   }
 
   private check(): void {
-    this.options.ping();
+    // By time, not by count: the first check after a blocked loop pings at once, as every peer in
+    // this process does, so that the pings the guard below waits for are on their way.
+    const now = Date.now();
+    if (now - this.lastPing >= this.options.timeoutMs / HEARTBEAT_PINGS_PER_TIMEOUT) {
+      this.lastPing = now;
+      this.options.ping();
+    }
     if (this.options.notReading?.()) this.heard();
     if (!this.silentTooLong()) return;
     // The blocked-loop guard (see the header): let this turn's poll phase read what has arrived.
@@ -68,7 +77,7 @@ export class Heartbeat {
 }
 
 /**
- * Watches a `ws` WebSocket (the control connection) with a Heartbeat that pings at every check, as
+ * Watches a `ws` WebSocket (the control connection) with a Heartbeat that pings a few times per timeout, as
  * the ring's links do: `ws` answers pings with pongs by itself, and every message, ping and pong
  * counts as heard. Both ends ping, so an end whose own loop was blocked finds the other's pings
  * waiting when it judges. Starts once the socket is open and stops when it closes.

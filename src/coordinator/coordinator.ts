@@ -36,6 +36,11 @@ export const HEALTH_PATH = '/healthz';
 
 export interface CoordinatorOptions {
   workers: number;
+  /**
+   * Hot spares: workers admitted beyond `workers`, which wait connected and take a failed member's
+   * place in the next generation at once instead of the run waiting for a replacement to start.
+   */
+  spares: number;
   /** The fewest workers a generation may run with after a failure; `workers` by default. */
   minWorkers: number;
   recipe: Recipe;
@@ -62,6 +67,14 @@ export interface CoordinatorOptions {
   progress: boolean;
 }
 
+/** A worker the coordinator declared lost (and fenced), for whoever supervises its process. */
+export interface LostWorker {
+  workerId: number;
+  host: string;
+  pid: number;
+  reason: string;
+}
+
 /** A handler for one HTTP path of the coordinator's port. */
 export type HttpRoute = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -84,6 +97,7 @@ export class Coordinator {
   private readonly routes = new Map<string, HttpRoute>();
   /** What the status page shows; kept from the run's records and rings. */
   readonly status: RunStatus;
+  private readonly lostListeners: ((worker: LostWorker) => void)[] = [];
 
   constructor(private readonly options: CoordinatorOptions) {
     this.outDir = options.outDir;
@@ -137,6 +151,15 @@ export class Coordinator {
     this.context.metrics.onAppend(listener);
   }
 
+  /**
+   * Every worker the coordinator declares lost (silent past --heartbeat-timeout, or no abort
+   * acknowledgement), as it is fenced: its generation is over and its connection closed, but its
+   * process may still exist, stopped or hung. `launch` kills and replaces such a process.
+   */
+  onWorkerLost(listener: (worker: LostWorker) => void): void {
+    this.lostListeners.push(listener);
+  }
+
   /** Starts listening (WebSocket for workers, GET /healthz for probes); resolves with the bound address. */
   async listen(): Promise<AddressInfo> {
     const { host, port, workers, logger } = this.options;
@@ -185,7 +208,7 @@ export class Coordinator {
 
   /** Challenges a new connection, checks its token proof and protocol version, then adds the worker. */
   private admit(socket: WebSocket): void {
-    const { logger, token, workers, heartbeatTimeoutMs } = this.options;
+    const { logger, token, workers, spares, heartbeatTimeoutMs } = this.options;
     const nonce = makeNonce();
     const refuse = (code: number, reason: string, log: object): void => {
       logger.warn(log, `refused a worker: ${reason}`);
@@ -212,7 +235,12 @@ export class Coordinator {
       if (!(hello.proof instanceof Uint8Array) || !verifyProof(token, nonce, controlProofContext(this.runId), hello.proof)) {
         return refuse(CLOSE_CODES.badToken, 'wrong token', who);
       }
-      if (this.links.length >= workers) return refuse(CLOSE_CODES.runFull, `the run already has its ${workers} workers`, who);
+      if (this.links.length >= workers + spares)
+        return refuse(
+          CLOSE_CODES.runFull,
+          `the run already has its ${workers} workers${spares > 0 ? ` and ${spares} spare${spares === 1 ? '' : 's'}` : ''}`,
+          who,
+        );
       if (this.phase === 'done' || this.phase === 'failed') return refuse(CLOSE_CODES.runComplete, `the run is ${this.phase}`, who);
       const link = new WorkerLink(
         socket,
@@ -225,6 +253,10 @@ export class Coordinator {
         this.links = this.links.filter((l) => l !== link);
         logger.warn({ worker: link.name }, 'worker left');
       };
+      link.onLost = (reason) => {
+        logger.warn({ worker: link.name, ...who, reason }, 'worker declared lost and fenced');
+        for (const listener of this.lostListeners) listener({ workerId: link.workerId, ...who, reason });
+      };
       logger.info({ worker: link.workerId, ...who, backend: hello.backend, joined: this.links.length, of: workers }, 'worker joined');
       link.send({ type: 'welcome', workerId: link.workerId, waitingFor: Math.max(0, workers - this.links.length) });
       this.joinWaiter?.();
@@ -234,7 +266,7 @@ export class Coordinator {
 
   /**
    * Waits until `workers` workers are connected; when `timeoutMs` runs out, goes on with at least
-   * `minWorkers` or fails.
+   * `minWorkers` or fails. The longest connected are taken: survivors, then spares in join order.
    */
   private async waitForWorkers(timeoutMs: number, flag: string): Promise<WorkerLink[]> {
     const { workers, minWorkers } = this.options;
@@ -302,6 +334,7 @@ export class Coordinator {
         // Any error not of ours is a bug: it stops the run.
         const recoverable = err instanceof VitDistError && err.kind === 'recoverable';
         if (!(err instanceof MembershipChange) && !recoverable) throw err;
+        logger.warn({ cause: (err as Error).message, generation }, 'generation ended');
         if (recoverable) {
           if (context.restarts >= maxRestarts) {
             throw new FatalError(

@@ -31,6 +31,15 @@ export class WorkerLink {
   private readonly heartbeat: Heartbeat;
   /** Called once when the connection ends, for whoever holds the link in a list. */
   onClose: (() => void) | null = null;
+  /**
+   * Called once when the coordinator declares the worker lost (silent past the heartbeat timeout,
+   * or no acknowledgement of an abort) rather than seeing it leave: the process may still exist,
+   * stopped or hung, and whoever supervises it should replace it.
+   */
+  onLost: ((reason: string) => void) | null = null;
+  private lost = false;
+  /** True while the coordinator waits for this worker to leave an abandoned generation. */
+  private abandoning = false;
 
   constructor(
     private readonly socket: WebSocket,
@@ -54,13 +63,10 @@ export class WorkerLink {
     this.heartbeat = watchWebSocket(socket, {
       timeoutMs: heartbeatTimeoutMs,
       onSilence: () => {
-        this.end(
-          new RecoverableError(
-            'WORKER_HEARTBEAT',
-            `${this.name} missed its heartbeat for ${seconds(heartbeatTimeoutMs)} (--heartbeat-timeout)`,
-          ),
-        );
+        const reason = `missed its heartbeat for ${seconds(heartbeatTimeoutMs)} (--heartbeat-timeout)`;
+        this.end(new RecoverableError('WORKER_HEARTBEAT', `${this.name} ${reason}`));
         socket.terminate();
+        this.declareLost(reason);
       },
     });
   }
@@ -75,6 +81,8 @@ export class WorkerLink {
   }
 
   private receive(data: Buffer, isBinary: boolean): void {
+    // Fenced: whatever a worker sends after it was declared lost or left is refused.
+    if (this.closedWith) return;
     let message: WorkerMessage;
     try {
       if (!isBinary)
@@ -85,6 +93,8 @@ export class WorkerLink {
     }
     if ('generation' in message && message.generation !== this.generation) return; // from an abandoned generation
     if (message.type === 'failed') {
+      // The ring of a generation being abandoned breaks under every member: expected, not news.
+      if (this.abandoning) return;
       const text = `${this.name} failed: ${message.message}`;
       return this.rejectWaiter(message.fatal ? new FatalError('WORKER_FAILED_FATALLY', text) : new RecoverableError('WORKER_FAILED', text));
     }
@@ -115,14 +125,19 @@ export class WorkerLink {
 
   /**
    * Waits for the worker's acknowledgement that it left the current generation, discarding the
-   * generation's other replies still on their way. A dead worker cannot acknowledge: its link
+   * generation's other replies still on their way, its failure reports included. A dead worker cannot acknowledge: its link
    * closes, misses its heartbeat or times out, which rejects.
    */
   async awaitAbortAck(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const message = await this.next(Math.max(1, deadline - Date.now()), 'aborted');
-      if (message.type === 'aborted') return;
+    this.abandoning = true;
+    try {
+      for (;;) {
+        const message = await this.next(Math.max(1, deadline - Date.now()), 'aborted');
+        if (message.type === 'aborted') return;
+      }
+    } finally {
+      this.abandoning = false;
     }
   }
 
@@ -175,8 +190,17 @@ export class WorkerLink {
 
   /** Drops a worker that stopped answering: it leaves the lists now, and may reconnect as a new worker. */
   drop(reason: string): void {
+    // A worker whose connection closed meanwhile left by itself: it is gone, not lost.
+    const wasAlive = this.alive;
     this.end(new RecoverableError('WORKER_CLOSED', `${this.name}: ${reason}`));
     this.close(CLOSE_CODES.badMessage, reason);
+    if (wasAlive) this.declareLost(reason);
+  }
+
+  private declareLost(reason: string): void {
+    if (this.lost) return;
+    this.lost = true;
+    this.onLost?.(reason);
   }
 
   /** Closes the connection of a worker that broke the protocol; the run recovers as from a failure. */

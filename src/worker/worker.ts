@@ -3,7 +3,6 @@
 // a time (step, eval, snapshot) until the run ends. When the coordinator abandons a generation
 // (a peer failed), the worker drops its ring and waits for the next assignment. When the
 // coordinator itself goes away, the worker reconnects with backoff and jitter.
-import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { WebSocket } from 'ws';
 import { proveToken } from '../comm/auth.ts';
@@ -35,6 +34,7 @@ import { totalSteps, validateRecipe, type Recipe } from '../train/recipe.ts';
 import { EpochSampler } from '../data/sampler.ts';
 import { DilocoTrainer } from './diloco-trainer.ts';
 import { commOptionsOf, ShardedTrainer, type Teacher, type TrainerOptions } from './trainer.ts';
+import { LoopStallWatch, OrderProgress, serveHealth, type TrackedOrder } from './liveness.ts';
 
 /** First reconnect delay; doubled per attempt up to RECONNECT_MAX_DELAY_MS, with ±50% jitter. */
 const RECONNECT_BASE_DELAY_MS = 250;
@@ -63,8 +63,10 @@ export interface WorkerOptions {
   reconnectTimeoutMs: number;
   /** Without a ping from the coordinator for this long, the connection counts as cut. */
   heartbeatTimeoutMs: number;
-  /** Serves GET /healthz (200 while connected to a coordinator) when set. */
+  /** Serves GET /healthz (liveness: 503 once an order is stuck) and /readyz (200 while connected) when set. */
   healthPort: number | null;
+  /** A step, evaluation or snapshot in flight for longer than this means the training loop is stuck. */
+  stallTimeoutMs: number;
   logger: Logger;
 }
 
@@ -93,6 +95,16 @@ function checkDataFitsModel(recipe: Recipe, model: ImageClassifier, train: Batch
 /** Why a session with the coordinator ended. */
 type SessionEnd = { kind: 'stopped' } | { kind: 'lost'; reason: string } | { kind: 'fatal'; error: Error };
 
+/** What outlives one session with the coordinator. */
+interface SessionState {
+  connected: boolean;
+  /** This worker's rank in the generation it trains in; -1 while it waits (a spare, or between generations). */
+  rank: number;
+  workbench: Workbench | null;
+  /** The order in flight, for /healthz; an order stuck in a lost session still counts. */
+  progress: OrderProgress;
+}
+
 /** Data and model survive generations and reconnects: they depend only on the recipe. */
 interface Workbench {
   key: string;
@@ -108,8 +120,14 @@ interface Workbench {
 export async function runWorker(options: WorkerOptions): Promise<void> {
   const { logger } = options;
   const backend = await selectBackend({ requested: options.backend, gpu: options.gpu ?? undefined, logger });
-  const state = { connected: false, workbench: null as Workbench | null };
-  const health = options.healthPort === null ? null : await serveHealth(options.healthPort, () => state.connected);
+  const state: SessionState = { connected: false, rank: -1, workbench: null, progress: new OrderProgress(options.stallTimeoutMs) };
+  const health = options.healthPort === null ? null : await serveHealth(options.healthPort, state.progress, () => state);
+  // The last time this process was stopped or blocked past the heartbeat timeout, and for how long.
+  const stalls: { last: { at: number; ms: number } | null } = { last: null };
+  const stallWatch = new LoopStallWatch(options.heartbeatTimeoutMs, (ms) => {
+    stalls.last = { at: Date.now(), ms };
+    logger.warn({ stalledMs: ms }, 'this process was stopped or blocked for longer than the heartbeat timeout');
+  });
   try {
     let deadline = Date.now() + options.reconnectTimeoutMs;
     for (let attempt = 0; ; attempt++) {
@@ -118,6 +136,15 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       await session.close();
       if (end.kind === 'stopped') return;
       if (end.kind === 'fatal') throw end.error;
+      // Lost right after a stall (the coordinator's close waits in the socket when a stopped process
+      // continues): the coordinator declared this worker lost, fenced its generation and may have
+      // given its place to a replacement. Rejoining would make it a zombie of a run that moved on.
+      const recent = stalls.last;
+      if (session.wasAdmitted && recent && Date.now() - recent.at <= options.heartbeatTimeoutMs)
+        throw new FatalError(
+          'FENCED',
+          `this worker was stopped or blocked for ${seconds(Math.round(recent.ms))}, longer than --heartbeat-timeout ${seconds(options.heartbeatTimeoutMs)}, and lost the coordinator (${end.reason}): it was declared lost and fenced; exiting instead of rejoining with stale state`,
+        );
       if (session.wasAdmitted) {
         // A session that got in resets the budget: this is a new outage, not the same one.
         deadline = Date.now() + options.reconnectTimeoutMs;
@@ -133,6 +160,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       await new Promise((r) => setTimeout(r, delay));
     }
   } finally {
+    stallWatch.stop();
     health?.close();
     await closeWorkbench(state.workbench);
   }
@@ -143,18 +171,6 @@ async function closeWorkbench(bench: Workbench | null): Promise<void> {
   await Promise.all([bench.train.close(), bench.test.close()]);
   bench.teacher?.model.disposeParams();
   bench.model.disposeParams();
-}
-
-function serveHealth(port: number, connected: () => boolean): Promise<Server> {
-  const server = createServer((req, res) => {
-    const healthy = connected();
-    res.writeHead(req.url === '/healthz' ? (healthy ? 200 : 503) : 404, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ status: healthy ? 'ok' : 'disconnected' }));
-  });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, () => resolve(server));
-  });
 }
 
 /** One connection to the coordinator. */
@@ -173,11 +189,13 @@ class WorkerSession {
   private pendingStart: { resume: ResumeState | null; init: Float32Array | null } | null = null;
   private readonly heartbeat: Heartbeat;
   wasAdmitted = false;
+  /** Set once the session is over: an order still running must not leave anything open behind it. */
+  private closed = false;
 
   constructor(
     private readonly options: WorkerOptions,
     private readonly backend: string,
-    private readonly state: { connected: boolean; workbench: Workbench | null },
+    private readonly state: SessionState,
   ) {
     let settled = false;
     this.finished = new Promise((resolve) => {
@@ -185,6 +203,7 @@ class WorkerSession {
         if (settled) return;
         settled = true;
         state.connected = false;
+        state.rank = -1;
         resolve(end);
       };
     });
@@ -220,6 +239,7 @@ class WorkerSession {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     this.heartbeat.stop();
     await this.dropGeneration();
     if (this.socket.readyState <= WebSocket.OPEN) this.socket.terminate();
@@ -227,6 +247,16 @@ class WorkerSession {
 
   private send(message: WorkerMessage): void {
     if (this.socket.readyState === WebSocket.OPEN) this.socket.send(encodeMessage(message));
+  }
+
+  /** Runs one order of the training loop with its progress visible on /healthz. */
+  private async tracked<T>(order: TrackedOrder, step: number, work: () => Promise<T>): Promise<T> {
+    this.state.progress.begin(order, step);
+    try {
+      return await work();
+    } finally {
+      this.state.progress.end();
+    }
   }
 
   private receive(data: Buffer): void {
@@ -242,6 +272,7 @@ class WorkerSession {
       if (generation === this.generation) {
         this.options.logger.warn({ generation, reason: message.reason }, 'generation abandoned');
         this.generation = -1;
+        this.state.rank = -1;
       }
       // The acknowledgement tells the coordinator this worker is alive and out of the old ring.
       void this.dropGeneration().then(() => this.send({ type: 'aborted', generation }));
@@ -300,6 +331,7 @@ class WorkerSession {
         await this.dropGeneration();
         this.generation = message.generation;
         this.rank = message.rank;
+        this.state.rank = message.rank;
         this.worldSize = message.worldSize;
         let bench: Workbench;
         try {
@@ -323,7 +355,7 @@ class WorkerSession {
           { rank: message.rank, worldSize: message.worldSize, generation: message.generation, startStep: message.startStep },
           'assigned',
         );
-        this.ring = await RingPeer.listen({
+        const ring = await RingPeer.listen({
           rank: message.rank,
           worldSize: message.worldSize,
           generation: message.generation,
@@ -333,6 +365,13 @@ class WorkerSession {
           heartbeatTimeoutMs: this.options.heartbeatTimeoutMs,
           logger,
         });
+        // Abandoned, or this session closed, while the server was starting: nobody else would close
+        // it, and it would hold --ring-port against every later generation.
+        if (this.closed || this.generation !== message.generation) {
+          await ring.close();
+          return;
+        }
+        this.ring = ring;
         this.pendingStart = { resume: message.resume, init: message.init };
         this.send({
           type: 'ringListening',
@@ -397,14 +436,18 @@ class WorkerSession {
       }
       case 'step': {
         const { indices, repeats, offset, epoch } = message;
-        const result = await this.requireTrainer().step(message.step, { indices, repeats, offset, epoch }, message.lr);
+        const result = await this.tracked('step', message.step, () =>
+          this.requireTrainer().step(message.step, { indices, repeats, offset, epoch }, message.lr),
+        );
         for (const name of result.skipped)
           logger.warn({ image: name, step: message.step }, 'corrupt image skipped (data.skipCorrupt): its successor took its place');
         this.send({ type: 'stepDone', generation: message.generation, step: message.step, ...result });
         return;
       }
       case 'eval': {
-        const result = await this.requireTrainer().evaluate(this.state.workbench!.test, message.start, message.end);
+        const result = await this.tracked('eval', message.step, () =>
+          this.requireTrainer().evaluate(this.state.workbench!.test, message.start, message.end),
+        );
         this.send({ type: 'evalDone', generation: message.generation, step: message.step, ...result });
         return;
       }

@@ -323,8 +323,10 @@ for (const overlay of OVERLAYS) {
             assert.ok(ref.key in { ...secret.data, ...secret.stringData }, `${w.metadata.name}: Secret ${ref.name} has no key ${ref.key}`);
           }
           const ports = (c.ports ?? []).map((p: Obj) => p.name);
+          // A worker is ready while connected to the coordinator (/readyz), alive while its training loop moves (/healthz).
+          assert.ok(['/healthz', '/readyz'].includes(c.readinessProbe?.httpGet?.path), `${w.metadata.name}: needs a readiness probe`);
+          assert.ok(c.livenessProbe?.httpGet?.path === '/healthz', `${w.metadata.name}: needs a liveness probe on /healthz`);
           for (const probe of [c.readinessProbe, c.livenessProbe]) {
-            assert.ok(probe?.httpGet?.path === '/healthz', `${w.metadata.name}: needs readiness and liveness probes on /healthz`);
             assert.ok(ports.includes(probe.httpGet.port), `${w.metadata.name}: probe port ${probe.httpGet.port}`);
           }
           assert.ok(c.resources?.requests && c.resources?.limits, `${w.metadata.name}: requests and limits`);
@@ -340,6 +342,7 @@ for (const overlay of OVERLAYS) {
     });
 
     test("the workers' liveness probe asks the worker's own /healthz on its --health-port, with generous timing", () => {
+      assert.equal(wContainer.readinessProbe.httpGet.path, '/readyz', 'ready while connected to the coordinator');
       const port = wContainer.ports.find((p: Obj) => p.name === wContainer.livenessProbe.httpGet.port);
       assert.equal(String(port.containerPort), flag(wArgs, 'health-port'));
       const { periodSeconds = 10, failureThreshold = 3 } = wContainer.livenessProbe;

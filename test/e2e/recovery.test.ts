@@ -1,5 +1,6 @@
-// Clusters that survive (issue #5): a worker killed mid-step, a control link cut silently, a slow
-// link, a coordinator restart, and fewer workers with --min-workers. Every interrupted run that
+// Clusters that survive (issues #5 and #15): a worker killed mid-step or frozen (SIGSTOP), a fenced
+// worker waking up, a control link cut silently, a slow link, a coordinator restart, and fewer
+// workers with --min-workers. Every interrupted run that
 // keeps its worker count ends with the same parameters as an uninterrupted run: the steps
 // replayed from the last checkpoint are exact.
 import { test } from 'node:test';
@@ -15,6 +16,7 @@ import {
   pickPort,
   restartRecords,
   start,
+  startCoordinator,
   stepRecords,
   tempRunDir,
   uninterruptedDigest,
@@ -35,12 +37,14 @@ async function stopAll(processes: Running[]): Promise<void> {
   await Promise.all(processes.map((p) => p.finished));
 }
 
-test('launch replaces a worker killed with -9 mid-run; the run ends as if nothing happened', {
-  skip: needsData,
-  timeout: TIMEOUT_MS * 2,
-}, async () => {
+/**
+ * A 2-worker launch cluster whose second worker gets `signal` once the checkpoint at step 10 exists.
+ * The run must end exit 0, after one restart, on the uninterrupted run's digest; resolves with
+ * launch's stdout and the pid signalled.
+ */
+async function launchSurvives(signal: NodeJS.Signals, prefix: string): Promise<{ stdout: string; pid: number }> {
   const expected = await expectedDigest();
-  const out = tempRunDir('respawn');
+  const out = tempRunDir(prefix);
   const launch = start(['launch', '--workers', '2', '--backend', 'wasm', ...RUN, ...FAST_FAILURE, '--out', out], {
     timeoutMs: TIMEOUT_MS,
     detached: true,
@@ -52,15 +56,72 @@ test('launch replaces a worker killed with -9 mid-run; the run ends as if nothin
       .split('\n')
       .map(Number);
     assert.equal(workers.length, 2, 'launch runs two worker processes');
-    process.kill(workers[1]!, 'SIGKILL');
+    process.kill(workers[1]!, signal);
     const result = await launch.finished;
     assert.equal(result.code, 0, result.stdout + result.stderr);
-    assert.match(result.stdout, /local worker \d \(pid \d+\) exited with SIGKILL; starting a replacement \(1\/3\)/);
     assert.match(result.stdout, /done: 40 steps, 1 restart/);
     assert.equal(restartRecords(out).length, 1);
     assertCompleteRun(out, STEPS, expected);
+    return { stdout: result.stdout, pid: workers[1]! };
   } finally {
     killGroup(launch.child);
+  }
+}
+
+test('launch replaces a worker killed with -9 mid-run; the run ends as if nothing happened', {
+  skip: needsData,
+  timeout: TIMEOUT_MS * 2,
+}, async () => {
+  const { stdout } = await launchSurvives('SIGKILL', 'respawn');
+  assert.match(stdout, /local worker \d \(pid \d+\) exited with SIGKILL; starting a replacement \(1\/3\)/);
+});
+
+test('launch kills a worker frozen with SIGSTOP (declared lost by heartbeat, fenced) and replaces it; the run ends as if nothing happened', {
+  skip: needsData,
+  timeout: TIMEOUT_MS * 2,
+}, async () => {
+  const { stdout, pid } = await launchSurvives('SIGSTOP', 'frozen');
+  assert.match(stdout, new RegExp(`local worker \\d \\(pid ${pid}\\) was declared lost \\(missed its heartbeat.*it is stopped: SIGKILL`));
+  // Killed while the run went on, not by launch's clean-up at its end.
+  const ended = stdout.indexOf(`lost process (pid ${pid}) ended with SIGKILL`);
+  assert.ok(ended >= 0 && ended < stdout.indexOf('done: 40 steps'), stdout);
+  assert.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, 'the frozen process is gone');
+});
+
+test('a fenced worker that wakes up exits with a clear message instead of rejoining; a replacement finishes the run exactly', {
+  skip: needsData,
+  timeout: TIMEOUT_MS * 2,
+}, async () => {
+  const expected = await expectedDigest();
+  const out = tempRunDir('fenced');
+  const { coordinator, url } = await startCoordinator(['--workers', '2', ...RUN, ...FAST_FAILURE, '--out', out], TIMEOUT_MS);
+  const worker = (): Running =>
+    start(['worker', '--coordinator', url, '--backend', 'wasm', '--heartbeat-timeout', '3'], {
+      timeoutMs: TIMEOUT_MS,
+      env: { VIT_DIST_TOKEN: TOKEN },
+    });
+  const survivor = worker();
+  const sleeper = worker();
+  let replacement: Running | null = null;
+  try {
+    await waitUntil(checkpointAt(out, 10), TIMEOUT_MS, 'the checkpoint at step 10');
+    sleeper.child.kill('SIGSTOP');
+    await coordinator.waitFor(/restart 1: /, TIMEOUT_MS);
+    sleeper.child.kill('SIGCONT');
+    const woken = await sleeper.finished;
+    assert.equal(woken.code, 1, woken.stdout + woken.stderr);
+    assert.match(
+      woken.stderr,
+      /vit-dist: error: this worker was stopped or blocked for [\d.]+ s, longer than --heartbeat-timeout 3 s, and lost the coordinator .*fenced/,
+    );
+    replacement = worker();
+    const result = await coordinator.finished;
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    assertCompleteRun(out, STEPS, expected);
+    assert.equal((await survivor.finished).code, 0);
+  } finally {
+    sleeper.child.kill('SIGCONT');
+    await stopAll([coordinator, survivor, sleeper, ...(replacement ? [replacement] : [])]);
   }
 });
 
