@@ -1,5 +1,6 @@
 // The run's record: OUT/metrics.jsonl, one JSON object per line, per step and per evaluation.
 // Lines are appended synchronously so that a crash loses nothing that was reported.
+import type { StepReport } from '../comm/control.ts';
 import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 
 export interface StepRecord {
@@ -30,16 +31,10 @@ export interface StepRecord {
 }
 
 /** One rank's timings and ring traffic for one step (its StepReport's figures). */
-export interface RankStepRecord {
-  rank: number;
-  computeMs: number;
-  copyMs: number;
-  commMs: number;
-  exposedCommMs: number;
-  dataWaitMs: number;
-  bytesSent: number;
-  bytesReceived: number;
-}
+export type RankStepRecord = { rank: number } & Pick<
+  StepReport,
+  'computeMs' | 'copyMs' | 'commMs' | 'exposedCommMs' | 'dataWaitMs' | 'bytesSent' | 'bytesReceived'
+>;
 
 export interface EvalRecord {
   kind: 'eval';
