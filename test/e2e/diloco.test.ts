@@ -182,5 +182,11 @@ test('a worker leaves mid-round: the round restarts from the last round end with
 test('DiLoCo knobs without --sync diloco are refused, naming the flag', async () => {
   const result = await run(['launch', '--workers', '1', ...base, '--inner-steps', '5'], { timeoutMs: 30_000 });
   assert.equal(result.code, 1);
-  assert.match(result.stderr, /--inner-steps, --outer-lr, --outer-momentum and --wire set DiLoCo's knobs: add --sync diloco/);
+  assert.match(result.stderr, /--inner-steps, --outer-lr and --outer-momentum set DiLoCo's knobs: add --sync diloco/);
+});
+
+test('--wire int8 is refused on the lockstep ring, which sends fp32 or bf16', async () => {
+  const result = await run(['launch', '--workers', '1', ...base, '--wire', 'int8'], { timeoutMs: 30_000 });
+  assert.equal(result.code, 1);
+  assert.match(result.stderr, /--wire int8 is for DiLoCo pseudo-gradients: add --sync diloco, or use fp32 or bf16/);
 });
