@@ -117,13 +117,17 @@ function drawPanel(panel: Panel, runs: RunCurves[], x0: number, y0: number, maxS
 function drawLegend(runs: RunCurves[], x0: number, y0: number): string {
   const parts = [`<text x='${x0 + MARGIN.left}' y='${y0 + 22}' font-size='16' font-weight='bold' ${FONT}>runs</text>`];
   runs.forEach((run, i) => {
-    const y = y0 + MARGIN.top + 14 + i * 26;
+    // Two lines a run (name, then its final test accuracy): a run directory's name fills the cell's width alone.
+    const y = y0 + MARGIN.top + 14 + i * 40;
     const last = run.testAccuracy.at(-1);
-    const label = last ? `${run.name} (test accuracy ${(last[1] * 100).toFixed(2)}% at step ${last[0]})` : run.name;
     parts.push(
       `<rect x='${x0 + MARGIN.left}' y='${y - 10}' width='24' height='12' fill='${RUN_COLORS[i % RUN_COLORS.length]}'/>`,
-      `<text x='${x0 + MARGIN.left + 32}' y='${y}' font-size='13' ${FONT}>${escapeXml(label)}</text>`,
+      `<text x='${x0 + MARGIN.left + 32}' y='${y}' font-size='13' ${FONT}>${escapeXml(run.name)}</text>`,
     );
+    if (last)
+      parts.push(
+        `<text x='${x0 + MARGIN.left + 32}' y='${y + 16}' font-size='12' fill='#444' ${FONT}>test accuracy ${(last[1] * 100).toFixed(2)}% at step ${last[0]}</text>`,
+      );
   });
   return parts.join('\n');
 }
