@@ -73,23 +73,33 @@ const STALL_CHECKS_PER_TIMEOUT = 10;
 
 /**
  * Calls `onStall(ms)` whenever two checks of this process's event loop lie further apart than
- * `thresholdMs` (the heartbeat timeout): the process was stopped or blocked that long. Timers run
- * first when a stopped process continues, so this fires before any socket is read.
+ * `thresholdMs` (the heartbeat timeout): the process was stopped or blocked that long. A continued
+ * process may read a socket before its timers run: `check()` then tells at once.
  */
 export class LoopStallWatch {
   private readonly timer: NodeJS.Timeout;
+  private readonly intervalMs: number;
   private last = Date.now();
 
-  constructor(thresholdMs: number, onStall: (stalledMs: number) => void) {
-    const intervalMs = Math.max(10, thresholdMs / STALL_CHECKS_PER_TIMEOUT);
-    this.timer = setInterval(() => {
-      const now = Date.now();
-      // The loop was away for the gap between two checks, less the interval it was meant to wait.
-      const stalledMs = now - this.last - intervalMs;
-      this.last = now;
-      if (stalledMs > thresholdMs) onStall(stalledMs);
-    }, intervalMs);
+  constructor(
+    private readonly thresholdMs: number,
+    private readonly onStall: (stalledMs: number) => void,
+  ) {
+    this.intervalMs = Math.max(10, thresholdMs / STALL_CHECKS_PER_TIMEOUT);
+    this.timer = setInterval(() => this.check(), this.intervalMs);
     this.timer.unref();
+  }
+
+  /**
+   * Checks now, not at the next tick: a continued process may read its sockets before its timers
+   * run, so whoever acts on a socket's news asks here first.
+   */
+  check(): void {
+    const now = Date.now();
+    // The loop was away for the gap since the last check, less the interval it was meant to wait.
+    const stalledMs = now - this.last - this.intervalMs;
+    this.last = now;
+    if (stalledMs > this.thresholdMs) this.onStall(stalledMs);
   }
 
   stop(): void {

@@ -139,6 +139,7 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       // Lost right after a stall (the coordinator's close waits in the socket when a stopped process
       // continues): the coordinator declared this worker lost, fenced its generation and may have
       // given its place to a replacement. Rejoining would make it a zombie of a run that moved on.
+      stallWatch.check();
       const recent = stalls.last;
       if (session.wasAdmitted && recent && Date.now() - recent.at <= options.heartbeatTimeoutMs)
         throw new FatalError(

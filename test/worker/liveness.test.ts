@@ -60,3 +60,21 @@ test('a blocked event loop is reported as a stall longer than the threshold', as
     watch.stop();
   }
 });
+
+test('check() reports a stall at once, before the watch timer runs (a continued process may read its sockets first)', () => {
+  const stalls: number[] = [];
+  const watch = new LoopStallWatch(100, (ms) => stalls.push(ms));
+  try {
+    const until = Date.now() + 400;
+    while (Date.now() < until) {
+      // Block the loop; no timer can run before the check below.
+    }
+    watch.check();
+    assert.equal(stalls.length, 1);
+    assert.ok(stalls[0]! > 100, `stall of ${stalls[0]} ms`);
+    watch.check();
+    assert.equal(stalls.length, 1, 'a stall is reported once');
+  } finally {
+    watch.stop();
+  }
+});
