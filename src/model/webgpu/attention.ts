@@ -209,7 +209,7 @@ function keyValueGradProgram(d: AttentionDims): WebGPUProgram {
     }
     for (var t0 = 0; t0 < T; t0 = t0 + ${staged}) {
       let count = min(${staged}, T - t0);
-      ${stage(hd, ['qTile', 'QKV[head0 + r * 3 * D + c]'], ['gTile', 'DO[(b * T + r) * D + h * ' + hd + ' + c]'])}
+      ${stage(hd, ['qTile', 'QKV[head0 + r * 3 * D + c]'], ['gTile', `DO[(b * T + r) * D + h * ${hd} + c]`])}
       if (lid < count) {
         lseTile[lid] = LSE[pair * T + t0 + lid];
         deltaTile[lid] = DELTA[pair * T + t0 + lid];
