@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { type AttentionDims, fusedAttention, fusedAttentionBackward } from '../../src/model/webgpu/attention.ts';
-import { scaledSoftmax, scaledSoftmaxGrad } from '../../src/model/webgpu/softmax.ts';
+import { unfusedAttention } from '../../src/model/webgpu/bench-kernels.ts';
 import { lcg } from '../model/helpers.ts';
 import { skipWithoutWebGPU } from './helpers.ts';
 
@@ -55,23 +55,6 @@ function reference(qkv: Float32Array, dOut: Float32Array, d: AttentionDims, scal
     }
   }
   return { out, dqkv };
-}
-
-/** The unfused webgpu path, as vit.ts runs it without the fused kernels. */
-function unfused(qkv: tf.Tensor2D, dOut: tf.Tensor2D, d: AttentionDims, scale: number) {
-  const { batch: B, tokens: T, heads: H, headDim: hd } = d;
-  return tf.tidy(() => {
-    const split = tf.transpose(tf.reshape(qkv, [B, T, 3, H, hd]), [2, 0, 3, 1, 4]);
-    const [q, k, v] = tf.unstack(tf.reshape(split, [3, B * H, T, hd])) as tf.Tensor3D[];
-    const att = scaledSoftmax(tf.matMul(q!, k!, false, true), scale);
-    const merge = (x: tf.Tensor3D) => tf.reshape(tf.transpose(tf.reshape(x, [B, H, T, hd]), [0, 2, 1, 3]), [B * T, H * hd]);
-    const out = merge(tf.matMul(att, v!));
-    const dHeads = tf.reshape(tf.transpose(tf.reshape(dOut, [B, T, H, hd]), [0, 2, 1, 3]), [B * H, T, hd]) as tf.Tensor3D;
-    const dScores = scaledSoftmaxGrad(att, tf.matMul(dHeads, v!, false, true), scale);
-    const stacked = tf.stack([tf.matMul(dScores, k!), tf.matMul(dScores, q!, true, false), tf.matMul(att, dHeads, true, false)]);
-    const dqkv = tf.reshape(tf.transpose(tf.reshape(stacked, [3, B, H, T, hd]), [1, 3, 0, 2, 4]), [B * T, 3 * H * hd]);
-    return { out, dqkv };
-  });
 }
 
 /** max |got - want| / max |want|, with the place of the worst. */
@@ -126,10 +109,10 @@ for (const d of SHAPES) {
     assertClose(outs, want.out, 1e-5, 'output');
     for (const [i, name] of ['dq', 'dk', 'dv'].entries()) assertClose(part(dqkvs, i, B * T, D), part(want.dqkv, i, B * T, D), 1e-5, name);
     if (d.compareUnfused) {
-      const plain = unfused(qkv, dOut, d, scale);
+      const plain = unfusedAttention(qkv, dOut, d, scale);
       assertClose(outs, await plain.out.data(), 1e-5, 'output vs unfused');
-      assertClose(dqkvs, await plain.dqkv.data(), 1e-5, 'd(qkv) vs unfused');
-      tf.dispose([plain.out, plain.dqkv]);
+      assertClose(dqkvs, await plain.dqkv!.data(), 1e-5, 'd(qkv) vs unfused');
+      tf.dispose([plain.out, plain.dqkv!]);
     }
     tf.dispose([qkv, dOut, out, lse, dqkv]);
   });
