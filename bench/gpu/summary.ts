@@ -46,6 +46,29 @@ if (kernels) {
   console.log('our matMul kernels: not measured');
 }
 
+const attention = jsonLines('attention.txt').find((j) => 'attention' in j);
+if (attention) {
+  const cell = (r: Json) =>
+    `${r.forwardBackwardMs.toFixed(2)} ms (${r.forwardBackwardTflops.toPrecision(3)} TFLOP/s), forward ${r.forwardTflops.toPrecision(3)}`;
+  const { batch: images, heads, tokens, headDim } = attention.dims;
+  console.log(
+    `attention forward+backward at ${images} x ${heads} heads x ${tokens} tokens x ${headDim}: fused ${cell(attention.attention.fused)}; unfused ${cell(attention.attention.unfused)}; ${attention.speedup.toFixed(2)}x`,
+  );
+} else {
+  console.log('attention: not measured');
+}
+
+const profile = jsonLines('profile.txt').find((j) => 'timestampQuery' in j);
+if (!profile) console.log('per-kernel GPU times: not measured');
+else if (!profile.timestampQuery) console.log(`per-kernel GPU times: ${profile.message}`);
+else
+  console.log(
+    `per-kernel GPU times, ${profile.model} at batch ${profile.batch} (${profile.totalMs.toFixed(1)} ms timed one by one): ${profile.kernels
+      .slice(0, 8)
+      .map((k: Json) => `${k.name} ${(100 * k.share).toFixed(1)}%`)
+      .join(', ')}`,
+  );
+
 const models = jsonLines('models.txt');
 const ours = (model: string) => models.find((j) => j.model === model && 'backend' in j);
 const torch = (model: string, precision: string) => models.find((j) => j.model === model && j.precision === precision);

@@ -1,6 +1,7 @@
 // The fused softmax cross-entropy row kernel against float64 on the host and against loss.ts's tfjs
 // formulation (crossEntropySum, softmax - target) on the same backend: one-hot, label-smoothed and
-// soft targets, rows narrower and wider than the 64-thread workgroup (10, 1000 classes), batch 1.
+// soft targets, rows narrower and wider than the 64-thread workgroup (10, 1000 classes), batch 1;
+// one-hot targets both as float32 and as the int32 tensor loss.ts's oneHotLabels makes.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
@@ -28,18 +29,21 @@ function targets(kind: Targets, n: number, k: number, rand: () => number): Float
   return t;
 }
 
-for (const [n, k, kind, smoothing] of [
-  [5, 10, 'one-hot', 0],
-  [3, 1000, 'one-hot', 0.1],
-  [1, 1000, 'soft', 0],
-  [4, 37, 'soft', 0],
+for (const [n, k, kind, smoothing, dtype] of [
+  [5, 10, 'one-hot', 0, 'int32'],
+  [3, 1000, 'one-hot', 0.1, 'int32'],
+  [2, 10, 'one-hot', 0.1, 'float32'],
+  [1, 1000, 'soft', 0, 'float32'],
+  [4, 37, 'soft', 0, 'float32'],
 ] as const) {
-  test(`fused cross entropy matches float64 and the tfjs ops: ${n} x ${k}, ${kind} targets, smoothing ${smoothing}`, { skip }, async () => {
+  test(`fused cross entropy matches float64 and the tfjs ops: ${n} x ${k}, ${kind} ${dtype} targets, smoothing ${smoothing}`, {
+    skip,
+  }, async () => {
     const rand = lcg(n * k + 1);
     const zs = new Float32Array(n * k).map(() => 16 * rand() - 8);
     const ts = targets(kind, n, k, rand);
     const logits = tf.tensor2d(zs, [n, k]);
-    const target = tf.tensor2d(ts, [n, k]);
+    const target = tf.tensor2d(dtype === 'int32' ? Int32Array.from(ts) : ts, [n, k], dtype);
     const fused = fusedSoftmaxCrossEntropy(logits, target, smoothing);
     const [loss, grad] = [(await fused.lossSum.data())[0]!, await fused.dLogits.data()];
 

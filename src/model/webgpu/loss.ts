@@ -5,7 +5,7 @@
 // the smoothing and the products each a pass over [n, K]).
 
 import * as tf from '@tensorflow/tfjs-core';
-import { ROW_THREADS, rowProgram, runRows, workgroupMax, workgroupSum } from './rows.ts';
+import { rowProgram, runRows, workgroupMax, workgroupSum } from './rows.ts';
 
 /** The rows' summed loss and d(that sum)/d(logits). */
 export function fusedSoftmaxCrossEntropy(
@@ -28,17 +28,18 @@ export function fusedSoftmaxCrossEntropy(
     let eps = uniforms.scalar;
     let spread = eps / f32(uniforms.cols);
     var localMax = -3.402823e38;
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { localMax = max(localMax, Z[base + j]); }
+    for (var j = lid; j < cols; j = j + ROW_THREADS) { localMax = max(localMax, Z[base + j]); }
     ${workgroupMax('rowMax', 'vec2<f32>(localMax, 0.0)')}
     var localSum = 0.0;
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { localSum = localSum + exp(Z[base + j] - rowMax.x); }
+    for (var j = lid; j < cols; j = j + ROW_THREADS) { localSum = localSum + exp(Z[base + j] - rowMax.x); }
     ${workgroupSum('rowSum', 'vec2<f32>(localSum, 0.0)')}
     let logSum = log(rowSum.x);
     let outBase = row * (uniforms.cols + 1);
     var localLoss = 0.0;
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) {
+    for (var j = lid; j < cols; j = j + ROW_THREADS) {
       let shifted = Z[base + j] - rowMax.x;
-      let t = select(TARGET[base + j], TARGET[base + j] * (1.0 - eps) + spread, eps > 0.0);
+      let label = f32(TARGET[base + j]); // int32 one-hot labels as they come (oneHotLabels), or float32
+      let t = select(label, label * (1.0 - eps) + spread, eps > 0.0);
       localLoss = localLoss - t * (shifted - logSum);
       result[outBase + j] = exp(shifted) / rowSum.x - t;
     }
