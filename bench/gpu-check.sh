@@ -136,7 +136,7 @@ part 'WebGPU adapter' 60 adapter.txt node --import tsx bench/gpu/adapter.ts "${A
 
 if [ -n "$webgpu" ]; then
   part 'our matMul kernels at DeiT-B shapes' 75 kernels.txt node --import tsx bench/gpu/kernels.ts "${KERNEL_ARGS[@]}" "${ALLOW_SOFTWARE[@]}"
-  part 'fused vs unfused attention at DeiT-B shapes' 30 attention.txt node --import tsx bench/gpu/attention.ts "${ATTENTION_ARGS[@]}" "${ALLOW_SOFTWARE[@]}"
+  [ "$MODE" = smoke ] || part 'fused vs unfused attention at DeiT-B shapes' 30 attention.txt node --import tsx bench/gpu/attention.ts "${ATTENTION_ARGS[@]}" "${ALLOW_SOFTWARE[@]}"
 fi
 
 torch_models=()
