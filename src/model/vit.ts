@@ -375,11 +375,11 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
   }
 
   /**
-   * Whether attention runs the fused kernels: on webgpu, for head dims they take, without attention
+   * Whether attention runs the fused kernels: on webgpu, for dims they take (attention.ts), without attention
    * dropout (whose mask multiplies the probabilities the fused kernels never store).
    */
-  private fusesAttention(attnMask: tf.Tensor3D | null): boolean {
-    return tf.getBackend() === 'webgpu' && attnMask === null && fusedAttentionSupports(this.headDim);
+  private fusesAttention(attnMask: tf.Tensor3D | null, B: number): boolean {
+    return tf.getBackend() === 'webgpu' && attnMask === null && fusedAttentionSupports(this.attentionDims(B));
   }
 
   /** Multi-head attention from norm1's output: the merged heads [B*T, D] before proj, and what its backward needs. */
@@ -390,7 +390,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     attnMask: tf.Tensor3D | null,
   ): { merged: tf.Tensor2D; attention: AttentionActs } {
     const scale = this.headDim ** -0.5;
-    if (this.fusesAttention(attnMask)) {
+    if (this.fusesAttention(attnMask, B)) {
       const qkv = linear(x, this.w(`${name}.attn.qkv`), this.b(`${name}.attn.qkv`));
       const { out, lse } = fusedAttention(qkv, this.attentionDims(B), scale);
       return { merged: out, attention: { fused: true, qkv, lse } };

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
-import { type AttentionDims, fusedAttention, fusedAttentionBackward } from '../../src/model/webgpu/attention.ts';
+import { type AttentionDims, fusedAttention, fusedAttentionBackward, fusedAttentionSupports } from '../../src/model/webgpu/attention.ts';
 import { unfusedAttention } from '../../src/model/webgpu/bench-kernels.ts';
 import { lcg } from '../model/helpers.ts';
 import { skipWithoutWebGPU } from './helpers.ts';
@@ -121,6 +121,9 @@ for (const d of SHAPES) {
 test('fused attention names a qkv shape that does not fit its dims', { skip }, () => {
   const qkv = tf.zeros([10, 30]) as tf.Tensor2D;
   assert.throws(() => fusedAttention(qkv, { batch: 2, tokens: 5, heads: 2, headDim: 4 }, 0.5), /qkv is \[10,30\], expected \[10, 24\]/);
-  assert.throws(() => fusedAttention(qkv, { batch: 2, tokens: 5, heads: 1, headDim: 130 }, 0.5), /head dim 130/);
+  assert.throws(() => fusedAttention(qkv, { batch: 2, tokens: 5, heads: 1, headDim: 130 }, 0.5), /head dim 130 must be in \[1, 128\]/);
   qkv.dispose();
+  // Past 65535 (image, head) pairs the model takes the unfused path (vit.ts asks first).
+  assert.equal(fusedAttentionSupports({ batch: 5462, tokens: 197, heads: 12, headDim: 64 }), false);
+  assert.equal(fusedAttentionSupports({ batch: 5461, tokens: 197, heads: 12, headDim: 64 }), true);
 });

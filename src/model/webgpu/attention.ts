@@ -37,19 +37,24 @@ export interface AttentionDims {
   headDim: number;
 }
 
-/** Whether the fused kernels take this head dim. */
-export function fusedAttentionSupports(headDim: number): boolean {
-  return Number.isInteger(headDim) && headDim >= 1 && headDim <= MAX_HEAD_DIM;
+/** One workgroup row per (image, head): WebGPU's guaranteed limit per dispatch dimension. */
+const MAX_PAIRS = 65535;
+
+/** Whether the fused kernels take these dims: a head dim in [1, MAX_HEAD_DIM], at most 65535 (image, head) pairs. */
+export function fusedAttentionSupports(d: AttentionDims): boolean {
+  return Number.isInteger(d.headDim) && d.headDim >= 1 && d.headDim <= MAX_HEAD_DIM && d.batch * d.heads <= MAX_PAIRS;
 }
 
 function checkDims(qkv: tf.Tensor2D, d: AttentionDims): void {
   const D = d.heads * d.headDim;
-  if (!fusedAttentionSupports(d.headDim)) throw new Error(`fused attention: head dim ${d.headDim} is not in [1, ${MAX_HEAD_DIM}]`);
+  if (!fusedAttentionSupports(d))
+    throw new Error(
+      `fused attention: head dim ${d.headDim} must be in [1, ${MAX_HEAD_DIM}] and ${d.batch} images x ${d.heads} heads at most ${MAX_PAIRS}`,
+    );
   if (qkv.shape[0] !== d.batch * d.tokens || qkv.shape[1] !== 3 * D)
     throw new Error(
       `fused attention: qkv is [${qkv.shape}], expected [${d.batch * d.tokens}, ${3 * D}] for ${d.batch} images of ${d.tokens} tokens, ${d.heads} heads of ${d.headDim}`,
     );
-  if (d.batch * d.heads > 65535) throw new Error(`fused attention: ${d.batch} images x ${d.heads} heads exceed 65535 workgroups`);
 }
 
 const UNIFORMS = 'tokens : i32, heads : i32, images : i32, scale : f32,';
