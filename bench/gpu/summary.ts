@@ -31,7 +31,7 @@ const fixed = (x: number | undefined, digits: number) => (x === undefined ? 'not
 
 const adapter = jsonLines('adapter.txt').find((j) => 'adapter' in j);
 console.log(
-  `adapter: ${adapter ? `${adapter.adapter}${adapter.software ? ' [software]' : ''}; features: ${adapter.features.join(', ') || 'none'}` : 'not found'}`,
+  `adapter: ${adapter ? `${adapter.adapter}${adapter.software ? ' [software]' : ''}; features: ${adapter.features.join(', ') || 'none'}; row kernels reduce in ${adapter.rowReduction}` : 'not found'}`,
 );
 
 const kernels = jsonLines('kernels.txt').find((j) => 'results' in j);
@@ -60,7 +60,7 @@ if (attention) {
 
 const profile = jsonLines('profile.txt').find((j) => 'timestampQuery' in j);
 if (!profile) console.log('per-kernel GPU times: not measured');
-else if (!profile.timestampQuery) console.log(`per-kernel GPU times: ${profile.message}`);
+else if (!profile.timestampQuery) console.log(profile.message);
 else
   console.log(
     `per-kernel GPU times, ${profile.model} at batch ${profile.batch} (${profile.totalMs.toFixed(1)} ms timed one by one): ${profile.kernels
