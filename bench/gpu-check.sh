@@ -2,7 +2,10 @@
 # The GPU check (issue #12) for a short lease on a GPU machine that has Python with PyTorch and timm
 # but no Node, no npm and no network. In at most BUDGET_S seconds (default 280) it prints:
 #   1. the WebGPU adapter Dawn binds (Vulkan on NVIDIA), its features and limits;
-#   2. our matMul kernels' TFLOP/s at the products of a DeiT-B step (bench/gpu/kernels.ts);
+#   2. our matMul kernels' TFLOP/s at the products of a DeiT-B step (bench/gpu/kernels.ts), fused
+#      attention beside the unfused path at DeiT-B's shapes (bench/gpu/attention.ts), and per-kernel
+#      GPU times of a DeiT-B forward+backward where the adapter has timestamp-query (bench/gpu/profile.ts;
+#      without the feature it says so);
 #   3. DeiT-Ti/S/B forward+backward images/s: vit-dist on webgpu (bench/model_speed.ts) beside
 #      PyTorch on timm's deit_*_patch16_224, strict fp32 and TF32 allowed, same batch, same GPU;
 #   4. two training steps of a 2-worker ring (`vit-dist launch --backend webgpu`, both workers on the
@@ -19,7 +22,7 @@
 # --smoke: a first look on the GPU in about two minutes: the adapter, one DeiT-B product (fc1) of ours,
 # DeiT-B on webgpu and PyTorch's DeiT-B in strict fp32; no ring.
 # Everything printed also goes to $OUT (default ./gpu-check-out): gpu-check.log, adapter.txt,
-# kernels.txt, models.txt, ring.txt, ring-metrics.jsonl and summary.txt. Exit status: 0 when every
+# kernels.txt, attention.txt, profile.txt, models.txt, ring.txt, ring-metrics.jsonl and summary.txt. Exit status: 0 when every
 # part succeeded.
 set -uo pipefail
 
@@ -42,6 +45,8 @@ exec > >(tee "$OUT/gpu-check.log") 2>&1
 if [ "$MODE" != cpu-test ]; then
   ALLOW_SOFTWARE=()
   KERNEL_ARGS=()
+  ATTENTION_ARGS=()
+  PROFILE_ARGS=(--model deit_base_patch16_224 --batch 64)
   BATCH=${BATCH:-64}
   SECONDS_EACH=${SECONDS_EACH:-4}
   # vit-dist's model name = timm's; the order is the order of the summary.
@@ -63,6 +68,8 @@ if [ "$MODE" != cpu-test ]; then
 else
   ALLOW_SOFTWARE=(--allow-software)
   KERNEL_ARGS=(--tiny)
+  ATTENTION_ARGS=(--tiny)
+  PROFILE_ARGS=(--model vit_fmnist_tiny --batch 8)
   BATCH=${BATCH:-8}
   SECONDS_EACH=${SECONDS_EACH:-1}
   MODELS=(vit_fmnist_tiny)
@@ -129,6 +136,7 @@ part 'WebGPU adapter' 60 adapter.txt node --import tsx bench/gpu/adapter.ts "${A
 
 if [ -n "$webgpu" ]; then
   part 'our matMul kernels at DeiT-B shapes' 75 kernels.txt node --import tsx bench/gpu/kernels.ts "${KERNEL_ARGS[@]}" "${ALLOW_SOFTWARE[@]}"
+  [ "$MODE" = smoke ] || part 'fused vs unfused attention at DeiT-B shapes' 30 attention.txt node --import tsx bench/gpu/attention.ts "${ATTENTION_ARGS[@]}" "${ALLOW_SOFTWARE[@]}"
 fi
 
 torch_models=()
@@ -147,10 +155,11 @@ ours() { # ours MODEL: vit-dist's forward+backward on webgpu, as a worker runs i
 }
 
 if [ -n "$webgpu" ]; then
-  # DeiT-B and the ring first: if the budget runs short, the smaller models are what is lost.
+  # DeiT-B, the ring and DeiT-B's kernel profile first: if the budget runs short, the smaller models are what is lost.
   last=$((${#MODELS[@]} - 1))
   ours "${MODELS[$last]}"
   [ "$MODE" = smoke ] || part 'two steps of a 2-worker ring on the GPU' 100 ring.txt bash bench/gpu/ring-step.sh "$SCRATCH" "$OUT" "$RING_IMAGES" "${RING_RECIPE[@]}"
+  [ "$MODE" = smoke ] || part 'per-kernel GPU times of a forward+backward pass' 40 profile.txt node --import tsx bench/gpu/profile.ts "${PROFILE_ARGS[@]}" "${ALLOW_SOFTWARE[@]}"
   for ((i = last - 1; i >= 0; i--)); do ours "${MODELS[$i]}"; done
 fi
 

@@ -29,4 +29,14 @@ const limits = Object.fromEntries(LIMITS.map((name) => [name, device.limits[name
 console.log(`bound: ${activation.reason}${activation.software ? ' [software]' : ''}`);
 console.log(`device features: ${features.join(', ') || 'none'}`);
 console.log(`device limits: ${LIMITS.map((name) => `${name} ${limits[name]}`).join(', ')}`);
-console.log(JSON.stringify({ listed, adapter: activation.adapterName, software: activation.software, features, limits }));
+console.log(`row kernels (LayerNorm, softmax, loss) reduce in ${activation.rowReduction}`);
+console.log(
+  JSON.stringify({
+    listed,
+    adapter: activation.adapterName,
+    software: activation.software,
+    features,
+    limits,
+    rowReduction: activation.rowReduction,
+  }),
+);

@@ -62,7 +62,10 @@ else
   commit=$(git -C "$REPO" rev-parse HEAD)
 fi
 # npm ls exits non-zero for an extraneous package, which does no harm here; an empty list would.
-(cd "$REPO" && npm ls --omit=dev --all --parseable 2>/dev/null || true) | tail -n +2 | sed "s#^$REPO/##" | sort -u >"$WORK/packages"
+# Not tfjs-node: the GPU check runs the webgpu engine, and tfjs-node carries TensorFlow's libraries
+# (820 MB), far past the 64 MiB; only --backend tensorflow loads it (by name, at run time).
+(cd "$REPO" && npm ls --omit=dev --all --parseable 2>/dev/null || true) | tail -n +2 | sed "s#^$REPO/##" |
+  grep -v -E '^node_modules/@tensorflow/tfjs-node(/|$)' | sort -u >"$WORK/packages"
 [ -s "$WORK/packages" ] || { echo "pack: npm ls listed no production dependencies in $REPO" >&2; exit 1; }
 while read -r package; do
   [ -e "$APP/$package" ] && continue # nested under a package already copied (sorted: parents first)

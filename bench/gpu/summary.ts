@@ -31,7 +31,7 @@ const fixed = (x: number | undefined, digits: number) => (x === undefined ? 'not
 
 const adapter = jsonLines('adapter.txt').find((j) => 'adapter' in j);
 console.log(
-  `adapter: ${adapter ? `${adapter.adapter}${adapter.software ? ' [software]' : ''}; features: ${adapter.features.join(', ') || 'none'}` : 'not found'}`,
+  `adapter: ${adapter ? `${adapter.adapter}${adapter.software ? ' [software]' : ''}; features: ${adapter.features.join(', ') || 'none'}; row kernels reduce in ${adapter.rowReduction}` : 'not found'}`,
 );
 
 const kernels = jsonLines('kernels.txt').find((j) => 'results' in j);
@@ -45,6 +45,29 @@ if (kernels) {
 } else {
   console.log('our matMul kernels: not measured');
 }
+
+const attention = jsonLines('attention.txt').find((j) => 'attention' in j);
+if (attention) {
+  const cell = (r: Json) =>
+    `${r.forwardBackwardMs.toFixed(2)} ms (${r.forwardBackwardTflops.toPrecision(3)} TFLOP/s), forward ${r.forwardTflops.toPrecision(3)}`;
+  const { batch: images, heads, tokens, headDim } = attention.dims;
+  console.log(
+    `attention forward+backward at ${images} x ${heads} heads x ${tokens} tokens x ${headDim}: fused ${cell(attention.attention.fused)}; unfused ${cell(attention.attention.unfused)}; ${attention.speedup.toFixed(2)}x`,
+  );
+} else {
+  console.log('attention: not measured');
+}
+
+const profile = jsonLines('profile.txt').find((j) => 'timestampQuery' in j);
+if (!profile) console.log('per-kernel GPU times: not measured');
+else if (!profile.timestampQuery) console.log(profile.message);
+else
+  console.log(
+    `per-kernel GPU times, ${profile.model} at batch ${profile.batch} (${profile.totalMs.toFixed(1)} ms timed one by one): ${profile.kernels
+      .slice(0, 8)
+      .map((k: Json) => `${k.name} ${(100 * k.share).toFixed(1)}%`)
+      .join(', ')}`,
+  );
 
 const models = jsonLines('models.txt');
 const ours = (model: string) => models.find((j) => j.model === model && 'backend' in j);

@@ -6,6 +6,7 @@
 
 import * as tf from '@tensorflow/tfjs-core';
 import type { TeacherGuidance, TrainContext } from './model.ts';
+import { fusedSoftmaxCrossEntropy } from './webgpu/loss.ts';
 
 /** How far a soft-target row may sum from 1: float32 rounding of the mixing arithmetic, no more. */
 const TARGET_SUM_TOLERANCE = 1e-4;
@@ -27,9 +28,20 @@ export function crossEntropySum(logits: tf.Tensor2D, target: tf.Tensor2D): tf.Sc
   return tf.neg(tf.sum(tf.mul(target, tf.logSoftmax(logits))));
 }
 
-/** Cross entropy and its gradient: d(sum of cross-entropies)/d(logits) = softmax(logits) - target, per sample. */
-function crossEntropyTerm(logits: tf.Tensor2D, target: tf.Tensor2D): LossTerm {
-  return { lossSum: crossEntropySum(logits, target), dLogits: tf.sub(tf.softmax(logits), target) };
+/** (1 - eps) target + eps / K, timm's LabelSmoothingCrossEntropy's target; the target itself when eps is 0. */
+function smoothed(target: tf.Tensor2D, eps: number): tf.Tensor2D {
+  return eps > 0 ? tf.add(tf.mul(target, 1 - eps), eps / target.shape[1]) : target;
+}
+
+/**
+ * Cross entropy against the target label-smoothed by `smoothing`, and its gradient:
+ * d(sum of cross-entropies)/d(logits) = softmax(logits) - target, per sample. One row kernel on
+ * webgpu (webgpu/loss.ts).
+ */
+function crossEntropyTerm(logits: tf.Tensor2D, target: tf.Tensor2D, smoothing = 0): LossTerm {
+  if (tf.getBackend() === 'webgpu') return fusedSoftmaxCrossEntropy(logits, target, smoothing);
+  const t = smoothed(target, smoothing);
+  return { lossSum: crossEntropySum(logits, t), dLogits: tf.sub(tf.softmax(logits), t) };
 }
 
 /**
@@ -140,9 +152,11 @@ export function trainingObjective(
   const smoothing = ctx?.regularization?.labelSmoothing ?? 0;
   // What the heads learn without a teacher: the soft targets as they are, or one-hot labels.
   const unsmoothed = ctx?.softTargets ? softTargetsTensor(ctx.softTargets, n, numClasses) : oneHotLabels(labels, n, numClasses);
-  const target: tf.Tensor2D =
-    !ctx?.softTargets && smoothing > 0 ? tf.add(tf.mul(unsmoothed, 1 - smoothing), smoothing / numClasses) : unsmoothed;
-  const cls = (ctx?.loss === 'sigmoid_xent' ? sigmoidCrossEntropyTerm : crossEntropyTerm)(heads.cls, target);
+  const clsSmoothing = ctx?.softTargets ? 0 : smoothing;
+  const cls =
+    ctx?.loss === 'sigmoid_xent'
+      ? sigmoidCrossEntropyTerm(heads.cls, smoothed(unsmoothed, clsSmoothing))
+      : crossEntropyTerm(heads.cls, unsmoothed, clsSmoothing);
   if (!heads.dist) return { lossSum: cls.lossSum, dLogits: { cls: cls.dLogits, dist: null }, distillationLossSum: null };
   const dist = distillationTerm(heads.dist, unsmoothed, n, numClasses, ctx?.distillation);
   return {

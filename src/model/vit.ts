@@ -14,6 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Mulberry32, mixSeed } from '../common/random.ts';
 import { FlatParamClassifier, type TrainPass } from './classifier.ts';
 import { patchify } from './conv.ts';
+import { fusedAttention, fusedAttentionBackward, fusedAttentionSupports } from './webgpu/attention.ts';
 import { scaledSoftmax, scaledSoftmaxGrad } from './webgpu/softmax.ts';
 import {
   gelu,
@@ -251,17 +252,29 @@ interface NormActs {
  */
 interface BlockActs {
   norm1: NormActs;
-  q: tf.Tensor3D; // [B*H, T, hd]
-  k: tf.Tensor3D;
-  v: tf.Tensor3D;
-  att: tf.Tensor3D; // softmax(q k^T) [B*H, T, T]
-  attDropped: tf.Tensor3D; // att after attention dropout (att itself without)
+  attention: AttentionActs;
   merged: tf.Tensor2D; // attention output before proj, heads merged [B*T, D]
   norm2: NormActs;
   fc1: tf.Tensor2D; // pre-activation [B*T, hidden]
   cdf: tf.Tensor2D; // Phi(fc1): gelu(fc1) = fc1 * cdf
   masks: BlockMasks | null;
 }
+
+/**
+ * What attention's backward needs: the unfused path's per-head q, k, v and probabilities, or the
+ * fused kernels' (webgpu/attention.ts) qkv output and per-row log-sum-exp, O(T) per head instead
+ * of the O(T^2) probabilities.
+ */
+type AttentionActs =
+  | {
+      fused: false;
+      q: tf.Tensor3D; // [B*H, T, hd]
+      k: tf.Tensor3D;
+      v: tf.Tensor3D;
+      att: tf.Tensor3D; // softmax(q k^T) [B*H, T, T]
+      attDropped: tf.Tensor3D; // att after attention dropout (att itself without)
+    }
+  | { fused: true; qkv: tf.Tensor2D; lse: tf.Tensor1D }; // qkv's output [B*T, 3D]; lse [B*H*T]
 
 /** Everything the backward pass needs from a forward pass. */
 interface ForwardActs {
@@ -343,10 +356,7 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
   private block(x: tf.Tensor2D, i: number, B: number, masks: BlockMasks | null): [tf.Tensor2D, BlockActs] {
     const name = `blocks.${i}`;
     const norm1 = layerNorm(x, this.w(`${name}.norm1`), this.b(`${name}.norm1`));
-    const [q, k, v] = this.qkv(norm1.y, name, B);
-    const att = attentionSoftmax(batchMatMul(q, k, false, true), this.headDim ** -0.5); // [B*H, T, T]
-    const attDropped = masked(att, masks?.attn);
-    const merged = this.mergeHeads(batchMatMul(attDropped, v), B);
+    const { merged, attention } = this.attention(norm1.y, name, B, masks?.attn ?? null);
     const attnOut = masked(linear(merged, this.w(`${name}.attn.proj`), this.b(`${name}.attn.proj`)), masks?.proj);
     const x1 = add(x, attnOut);
 
@@ -361,7 +371,53 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
       y: keepsNormOutputs() ? norm.y : null,
     });
     const kept = { norm1: normActs(norm1), norm2: normActs(norm2), cdf: act.cdf };
-    return [out, { ...kept, q, k, v, att, attDropped, merged, fc1, masks }];
+    return [out, { ...kept, attention, merged, fc1, masks }];
+  }
+
+  /**
+   * Whether attention runs the fused kernels: on webgpu, for dims they take (attention.ts), without attention
+   * dropout (whose mask multiplies the probabilities the fused kernels never store).
+   */
+  private fusesAttention(attnMask: tf.Tensor3D | null, B: number): boolean {
+    return tf.getBackend() === 'webgpu' && attnMask === null && fusedAttentionSupports(this.attentionDims(B));
+  }
+
+  /** Multi-head attention from norm1's output: the merged heads [B*T, D] before proj, and what its backward needs. */
+  private attention(
+    x: tf.Tensor2D,
+    name: string,
+    B: number,
+    attnMask: tf.Tensor3D | null,
+  ): { merged: tf.Tensor2D; attention: AttentionActs } {
+    const scale = this.headDim ** -0.5;
+    if (this.fusesAttention(attnMask, B)) {
+      const qkv = linear(x, this.w(`${name}.attn.qkv`), this.b(`${name}.attn.qkv`));
+      const { out, lse } = fusedAttention(qkv, this.attentionDims(B), scale);
+      return { merged: out, attention: { fused: true, qkv, lse } };
+    }
+    const [q, k, v] = this.qkv(x, name, B);
+    const att = attentionSoftmax(batchMatMul(q, k, false, true), scale); // [B*H, T, T]
+    const attDropped = masked(att, attnMask);
+    const merged = this.mergeHeads(batchMatMul(attDropped, v), B);
+    return { merged, attention: { fused: false, q, k, v, att, attDropped } };
+  }
+
+  /** d(qkv output) [B*T, 3D] from d(merged heads) [B*T, D]. */
+  private attentionBackward(dMerged: tf.Tensor2D, a: BlockActs, B: number): tf.Tensor2D {
+    const scale = this.headDim ** -0.5;
+    const acts = a.attention;
+    if (acts.fused) return fusedAttentionBackward(acts.qkv, a.merged, acts.lse, dMerged, this.attentionDims(B), scale);
+    const dHeads = this.splitHeads(dMerged, B); // d(attDropped @ v)
+    const dAtt = masked(batchMatMul(dHeads, acts.v, false, true), a.masks?.attn);
+    const dv = batchMatMul(acts.attDropped, dHeads, true, false);
+    const dScores = attentionSoftmaxBackward(acts.att, dAtt, scale);
+    const dq = batchMatMul(dScores, acts.k);
+    const dk = batchMatMul(dScores, acts.q, true, false);
+    return this.mergeQkv(dq, dk, dv, B);
+  }
+
+  private attentionDims(B: number) {
+    return { batch: B, tokens: this.numTokens, heads: this.config.numHeads, headDim: this.headDim };
   }
 
   /** A LayerNorm's output, kept or recomputed from its normalized input (layerNormAffine; on webgpu within rounding of the fused kernel). */
@@ -397,13 +453,11 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     // Attention branch: x1 = x + proj(attention(qkv(norm1(x)))).
     const proj = linearBackward(masked(dx1, a.masks?.proj), a.merged, this.w(`${name}.attn.proj`));
     record('attn.proj', proj);
-    const dHeads = this.splitHeads(proj.dx, B); // d(attDropped @ v)
-    const dAtt = masked(batchMatMul(dHeads, a.v, false, true), a.masks?.attn);
-    const dv = batchMatMul(a.attDropped, dHeads, true, false);
-    const dScores = attentionSoftmaxBackward(a.att, dAtt, this.headDim ** -0.5);
-    const dq = batchMatMul(dScores, a.k);
-    const dk = batchMatMul(dScores, a.q, true, false);
-    const qkv = linearBackward(this.mergeQkv(dq, dk, dv, B), this.normOutput(`${name}.norm1`, a.norm1), this.w(`${name}.attn.qkv`));
+    const qkv = linearBackward(
+      this.attentionBackward(proj.dx, a, B),
+      this.normOutput(`${name}.norm1`, a.norm1),
+      this.w(`${name}.attn.qkv`),
+    );
     record('attn.qkv', qkv);
     const norm1 = layerNormBackward(qkv.dx, a.norm1.xHat, a.norm1.rstd, this.w(`${name}.norm1`));
     record('norm1', { dw: norm1.dWeight, db: norm1.dBias });

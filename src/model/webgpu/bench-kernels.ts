@@ -10,10 +10,14 @@
 // from the first submit to the queue's completion (GPU work, no host copies); tflops counts
 // 2*batch*m*n*k flops. maxRelError compares 64 sampled outputs with a float64 product on the host,
 // relative to the largest |output| sampled, so a wrong kernel shows up in the figures.
+//   const a = await benchAttention({ batch: 64, tokens: 197, heads: 12, headDim: 64 }, fused, 10)
+//   a = { forwardMs, forwardBackwardMs, forwardTflops, forwardBackwardTflops }, fused or unfused (unfusedAttention)
 
 import * as tf from '@tensorflow/tfjs-core';
+import { type AttentionDims, fusedAttention, fusedAttentionBackward } from './attention.ts';
 import { chooseSplitK, sgemmWithTile } from './kernels.ts';
 import { choosePerThread, GPU_MIN_WORKGROUPS, type SgemmLayout } from './sgemm.ts';
+import { scaledSoftmax, scaledSoftmaxGrad } from './softmax.ts';
 
 export interface MatMulBench {
   ms: number;
@@ -103,4 +107,88 @@ function sampledError(
     maxErr = Math.max(maxErr, Math.abs(sum - c[p * m * n + i * n + j]!));
   }
   return maxErr / Math.max(maxAbs, Number.MIN_VALUE);
+}
+
+/**
+ * Attention from the qkv Linear's output [B*T, 3D] the unfused way, as vit.ts runs it where the fused
+ * kernels do not apply: the head split, Q K^T and P V products with our scaled softmax row kernels
+ * between, the head merge; given d(out), backward the four products and the stacked d(q, k, v)
+ * merged back into qkv's layout (without, no dqkv). What the fused kernels are timed and tested against.
+ */
+export function unfusedAttention(
+  qkv: tf.Tensor2D,
+  dOut: tf.Tensor2D | null,
+  d: AttentionDims,
+  scale: number,
+): { out: tf.Tensor2D; dqkv?: tf.Tensor2D } {
+  const { batch: B, tokens: T, heads: H, headDim: hd } = d;
+  return tf.tidy(() => {
+    const split = tf.transpose(tf.reshape(qkv, [B, T, 3, H, hd]), [2, 0, 3, 1, 4]);
+    const [q, k, v] = tf.unstack(tf.reshape(split, [3, B * H, T, hd])) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
+    const att = scaledSoftmax(tf.matMul(q, k, false, true), scale);
+    const out = tf.reshape(tf.transpose(tf.reshape(tf.matMul(att, v), [B, H, T, hd]), [0, 2, 1, 3]), [B * T, H * hd]) as tf.Tensor2D;
+    if (!dOut) return { out };
+    const dHeads = tf.reshape(tf.transpose(tf.reshape(dOut, [B, T, H, hd]), [0, 2, 1, 3]), [B * H, T, hd]) as tf.Tensor3D;
+    const dScores = scaledSoftmaxGrad(att, tf.matMul(dHeads, v, false, true), scale);
+    const stacked = tf.stack([tf.matMul(dScores, k), tf.matMul(dScores, q, true, false), tf.matMul(att, dHeads, true, false)]);
+    const dqkv = tf.reshape(tf.transpose(tf.reshape(stacked, [3, B, H, T, hd]), [1, 3, 0, 2, 4]), [B * T, 3 * H * hd]) as tf.Tensor2D;
+    return { out, dqkv };
+  });
+}
+
+export interface AttentionBench {
+  /** Mean ms of the forward (qkv -> merged heads) and of forward + backward (-> d(qkv)). */
+  forwardMs: number;
+  forwardBackwardMs: number;
+  /** The products' flops over those times: 4 B H T^2 d forward, 8 more backward (the fused backward's recomputation not counted). */
+  forwardTflops: number;
+  forwardBackwardTflops: number;
+}
+
+/**
+ * Times attention at the given dims, fused (webgpu/attention.ts) or unfused, as benchMatMul times a
+ * product: two warm-up runs, then `iterations` runs to the queue's completion.
+ */
+export async function benchAttention(dims: AttentionDims, fused: boolean, iterations: number): Promise<AttentionBench> {
+  const { batch: B, tokens: T, heads: H, headDim: hd } = dims;
+  const scale = hd ** -0.5;
+  const qkv = tf.randomUniform([B * T, 3 * H * hd], -2, 2, 'float32', 3) as tf.Tensor2D;
+  const dOut = tf.randomUniform([B * T, H * hd], -1, 1, 'float32', 4) as tf.Tensor2D;
+  const run = (backward: boolean): tf.Tensor => {
+    if (!fused) {
+      const { out, dqkv } = unfusedAttention(qkv, backward ? dOut : null, dims, scale);
+      if (!dqkv) return out;
+      out.dispose();
+      return dqkv;
+    }
+    const { out, lse } = fusedAttention(qkv, dims, scale);
+    if (!backward) {
+      lse.dispose();
+      return out;
+    }
+    const dqkv = fusedAttentionBackward(qkv, out, lse, dOut, dims, scale);
+    tf.dispose([out, lse]);
+    return dqkv;
+  };
+  const time = async (backward: boolean) => {
+    for (let i = 0; i < 2; i++) run(backward).dispose();
+    await gpuIdle();
+    const start = performance.now();
+    for (let i = 0; i < iterations; i++) run(backward).dispose();
+    await gpuIdle();
+    return (performance.now() - start) / iterations;
+  };
+  try {
+    const forwardMs = await time(false);
+    const forwardBackwardMs = await time(true);
+    const productFlops = 2 * B * H * T * T * hd;
+    return {
+      forwardMs,
+      forwardBackwardMs,
+      forwardTflops: (2 * productFlops) / (forwardMs * 1e9),
+      forwardBackwardTflops: (6 * productFlops) / (forwardBackwardMs * 1e9),
+    };
+  } finally {
+    tf.dispose([qkv, dOut]);
+  }
 }

@@ -9,6 +9,7 @@
 // apart by giving each worker one GPU (a container's NVIDIA_VISIBLE_DEVICES), where K is 0.
 
 import * as tf from '@tensorflow/tfjs-core';
+import { ENABLE_SUBGROUPS_MARKER } from './rows.ts';
 import { GPU_MIN_WORKGROUPS, SGEMM_LAYOUTS, type SgemmLayout } from './sgemm.ts';
 
 /** An adapter Dawn offers, as its `adapter=` listing names it. */
@@ -22,6 +23,8 @@ export interface WebGPUActivation {
   adapterName: string;
   software: boolean;
   reason: string;
+  /** How the row kernels (LayerNorm, softmax, the loss) reduce on this device: rows.ts's rowReduction. */
+  rowReduction: string;
 }
 
 /** Why no adapter could be used, for auto's log and for a requested backend's error. */
@@ -131,6 +134,38 @@ function sgemmLayoutFromEnv(): SgemmLayout {
   return value as SgemmLayout;
 }
 
+/** VIT_DIST_SUBGROUPS=0 keeps the row kernels off subgroups where the device has them (rows.ts). */
+export const SUBGROUPS_ENV = 'VIT_DIST_SUBGROUPS';
+
+/**
+ * The subgroup size the row kernels may reduce with: the adapter offers `subgroups` with one fixed
+ * size (min = max, as NVIDIA's 32) that a workgroup can be; null otherwise.
+ */
+export function subgroupRowSize(
+  features: ReadonlySet<string>,
+  info: { subgroupMinSize?: number; subgroupMaxSize?: number },
+  env = process.env,
+): number | null {
+  const setting = env[SUBGROUPS_ENV];
+  if (setting !== undefined && setting !== '0' && setting !== '1') throw new Error(`${SUBGROUPS_ENV}=${setting}: expected 0 or 1`);
+  if (setting === '0' || !features.has('subgroups')) return null;
+  const { subgroupMinSize: min, subgroupMaxSize: max } = info;
+  if (min === undefined || min !== max || min < 4 || min > 128 || (min & (min - 1)) !== 0) return null;
+  return min;
+}
+
+/**
+ * WGSL needs `enable subgroups;` before any declaration, and tfjs writes the top of every shader:
+ * the device prepends it to shaders that carry rows.ts's marker.
+ */
+function enableSubgroupsInMarkedShaders(device: GPUDevice): void {
+  const create = device.createShaderModule.bind(device);
+  device.createShaderModule = (descriptor: GPUShaderModuleDescriptor) =>
+    create(
+      descriptor.code.includes(ENABLE_SUBGROUPS_MARKER) ? { ...descriptor, code: `enable subgroups;\n${descriptor.code}` } : descriptor,
+    );
+}
+
 let active: WebGPUActivation | null = null;
 
 /**
@@ -154,21 +189,24 @@ export async function activateWebGPU(opts: { gpu?: number; allowSoftware: boolea
     found = { ...found, name: `${found.name} (software; ${err.message})` };
   }
   const { adapter } = found;
-  const requiredFeatures: GPUFeatureName[] = adapter.features.has('timestamp-query') ? ['timestamp-query'] : [];
-  const device = await adapter.requestDevice({ requiredFeatures, requiredLimits: requiredLimits(adapter) });
   const info = adapter.info;
+  const subgroupRows = subgroupRowSize(adapter.features, info);
+  const requiredFeatures = (['timestamp-query', 'subgroups'] as const).filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+  const device = await adapter.requestDevice({ requiredFeatures, requiredLimits: requiredLimits(adapter) });
+  if (subgroupRows !== null) enableSubgroupsInMarkedShaders(device);
 
   // tfjs-backend-webgpu checks navigator.gpu when it loads and when its backend is made.
   Object.assign(globalThis, dawn.globals);
   Object.defineProperty(globalThis, 'navigator', { value: { gpu: found.gpu }, configurable: true, writable: true });
   const webgpu = await import('@tensorflow/tfjs-backend-webgpu');
   const { registerWebGPUKernels } = await import('./kernels.ts');
-  registerWebGPUKernels({ minWorkgroups: found.software ? 1 : GPU_MIN_WORKGROUPS, layout: sgemmLayoutFromEnv() });
+  registerWebGPUKernels({ minWorkgroups: found.software ? 1 : GPU_MIN_WORKGROUPS, layout: sgemmLayoutFromEnv(), subgroupRows });
   // Its own factory would ask navigator.gpu for the default adapter: ours brings the chosen device.
   if (tf.findBackendFactory('webgpu')) tf.removeBackend('webgpu');
   tf.registerBackend('webgpu', () => new webgpu.WebGPUBackend(device, info));
   if (!(await tf.setBackend('webgpu'))) throw new Error(`the 'webgpu' backend failed to initialize on ${found.name}`);
   await tf.ready();
-  active = { adapterName: found.name, software: found.software, reason: `WebGPU (Dawn) on ${found.name}` };
+  const { rowReduction } = await import('./rows.ts');
+  active = { adapterName: found.name, software: found.software, reason: `WebGPU (Dawn) on ${found.name}`, rowReduction: rowReduction() };
   return active;
 }

@@ -12,6 +12,7 @@ import {
   type SgemmLayout,
   type SgemmShape,
 } from './sgemm.ts';
+import { useSubgroupRows } from './rows.ts';
 
 const BACKEND = 'webgpu';
 
@@ -138,14 +139,16 @@ export function sgemmWithTile(
   return tf.engine().makeTensorFromTensorInfo(out);
 }
 
-/** How the registered kernels choose: the tile (sgemm.ts's choosePerThread: GPU_MIN_WORKGROUPS on a GPU, 1 on a software adapter) and the layout. */
+/** How the registered kernels choose: the tile (sgemm.ts's choosePerThread: GPU_MIN_WORKGROUPS on a GPU, 1 on a software adapter), the layout, and how row kernels reduce. */
 export interface KernelConfig {
   minWorkgroups: number;
   layout: SgemmLayout;
+  /** The subgroup size the row kernels reduce with (rows.ts), or null: workgroup memory. */
+  subgroupRows: number | null;
 }
 
 let registered = false;
-let config: KernelConfig = { minWorkgroups: 1, layout: 'strided' };
+let config: KernelConfig = { minWorkgroups: 1, layout: 'strided', subgroupRows: null };
 
 /**
  * Registers our BatchMatMul and _FusedMatMul for 'webgpu' (once per process), keeping tfjs's as
@@ -153,6 +156,7 @@ let config: KernelConfig = { minWorkgroups: 1, layout: 'strided' };
  */
 export function registerWebGPUKernels(opts: KernelConfig): void {
   config = { ...opts };
+  useSubgroupRows(opts.subgroupRows);
   if (registered) return;
   const tfjsBatchMatMul = tf.getKernel(tf.BatchMatMul, BACKEND);
   const tfjsFusedMatMul = tf.getKernel(tf._FusedMatMul, BACKEND);

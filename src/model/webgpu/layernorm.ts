@@ -4,7 +4,7 @@
 // Statistics as tf.moments computes them: the mean, then the mean of squared deviations.
 
 import * as tf from '@tensorflow/tfjs-core';
-import { ROW_THREADS, rowProgram, runRows, workgroupSum } from './rows.ts';
+import { rowProgram, runRows, workgroupSum } from './rows.ts';
 
 /** y = xHat * weight + bias with xHat = (x - mean) * rstd per row; also xHat and rstd [M, 1] for the backward pass. */
 export function layerNormForward(
@@ -22,11 +22,11 @@ export function layerNormForward(
       ['X'],
       `
     var sum = 0.0;
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { sum = sum + X[base + j]; }
+    for (var j = lid; j < cols; j = j + ROW_THREADS) { sum = sum + X[base + j]; }
     ${workgroupSum('rowSum', 'vec2<f32>(sum, 0.0)')}
     let mean = rowSum.x / f32(uniforms.cols);
     var squares = 0.0;
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { let d = X[base + j] - mean; squares = squares + d * d; }
+    for (var j = lid; j < cols; j = j + ROW_THREADS) { let d = X[base + j] - mean; squares = squares + d * d; }
     ${workgroupSum('rowSquares', 'vec2<f32>(squares, 0.0)')}
     let variance = rowSquares.x / f32(uniforms.cols);
     if (lid == 0 && cols > 0) {
@@ -49,7 +49,7 @@ export function layerNormForward(
         `
     let mean = STATS[row * 2];
     let rstd = STATS[row * 2 + 1];
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) {
+    for (var j = lid; j < cols; j = j + ROW_THREADS) {
       let xHat = (X[base + j] - mean) * rstd;
       result[base + j] = ${value};
     }`,
@@ -76,14 +76,14 @@ export function layerNormInputGrad(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.
       ['DY', 'XHAT', 'RSTD', 'W'],
       `
     var sums = vec2<f32>(0.0);
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) {
+    for (var j = lid; j < cols; j = j + ROW_THREADS) {
       let g = DY[base + j] * W[j];
       sums = sums + vec2<f32>(g, g * XHAT[base + j]);
     }
     ${workgroupSum('rowSums', 'sums')}
     let means = rowSums / f32(uniforms.cols);
     let rstd = RSTD[row];
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) {
+    for (var j = lid; j < cols; j = j + ROW_THREADS) {
       let g = DY[base + j] * W[j];
       result[base + j] = rstd * (g - means.x - XHAT[base + j] * means.y);
     }`,

@@ -4,7 +4,7 @@
 // each [B*H, T, T] tensor is 119 MB.
 
 import type * as tf from '@tensorflow/tfjs-core';
-import { ROW_THREADS, rowProgram, runRows, workgroupMax, workgroupSum } from './rows.ts';
+import { rowProgram, runRows, workgroupMax, workgroupSum } from './rows.ts';
 
 /** softmax(scale * scores) over the last axis. */
 export function scaledSoftmax<T extends tf.Tensor>(scores: T, scale: number): T {
@@ -18,12 +18,12 @@ export function scaledSoftmax<T extends tf.Tensor>(scores: T, scale: number): T 
       ['S'],
       `
     var localMax = -3.402823e38;
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { localMax = max(localMax, S[base + j] * uniforms.scalar); }
+    for (var j = lid; j < cols; j = j + ROW_THREADS) { localMax = max(localMax, S[base + j] * uniforms.scalar); }
     ${workgroupMax('rowMax', 'vec2<f32>(localMax, 0.0)')}
     var localSum = 0.0;
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { localSum = localSum + exp(S[base + j] * uniforms.scalar - rowMax.x); }
+    for (var j = lid; j < cols; j = j + ROW_THREADS) { localSum = localSum + exp(S[base + j] * uniforms.scalar - rowMax.x); }
     ${workgroupSum('rowSum', 'vec2<f32>(localSum, 0.0)')}
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { result[base + j] = exp(S[base + j] * uniforms.scalar - rowMax.x) / rowSum.x; }`,
+    for (var j = lid; j < cols; j = j + ROW_THREADS) { result[base + j] = exp(S[base + j] * uniforms.scalar - rowMax.x) / rowSum.x; }`,
     ),
     [scores],
     rows,
@@ -44,9 +44,9 @@ export function scaledSoftmaxGrad<T extends tf.Tensor>(att: T, dAtt: T, scale: n
       ['ATT', 'DATT'],
       `
     var localDot = 0.0;
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { localDot = localDot + DATT[base + j] * ATT[base + j]; }
+    for (var j = lid; j < cols; j = j + ROW_THREADS) { localDot = localDot + DATT[base + j] * ATT[base + j]; }
     ${workgroupSum('rowDot', 'vec2<f32>(localDot, 0.0)')}
-    for (var j = lid; j < cols; j = j + ${ROW_THREADS}) { result[base + j] = uniforms.scalar * ATT[base + j] * (DATT[base + j] - rowDot.x); }`,
+    for (var j = lid; j < cols; j = j + ROW_THREADS) { result[base + j] = uniforms.scalar * ATT[base + j] * (DATT[base + j] - rowDot.x); }`,
     ),
     [att, dAtt],
     rows,
