@@ -36,6 +36,7 @@ import { DilocoTrainer } from './diloco-trainer.ts';
 import { commOptionsOf, ShardedTrainer, type Teacher, type TrainerOptions } from './trainer.ts';
 import { LoopStallWatch, OrderProgress, serveHealth, type TrackedOrder } from './liveness.ts';
 import { ReconnectSchedule } from './reconnect.ts';
+
 /** Close codes after which reconnecting is pointless: the coordinator will refuse again. */
 const FATAL_CLOSE_CODES = new Set<number>([CLOSE_CODES.badToken, CLOSE_CODES.badProtocol, CLOSE_CODES.runFailed, CLOSE_CODES.runComplete]);
 
