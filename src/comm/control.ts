@@ -85,7 +85,8 @@ export interface ShardSnapshot {
 // the coordinator starts a new generation, and replies of an older one are dropped.
 export type CoordinatorMessage =
   | { type: 'challenge'; protocol: number; runId: string; nonce: Uint8Array }
-  | { type: 'welcome'; workerId: number; waitingFor: number }
+  /** `recipe`: the run's, so that the worker loads its data and builds its model while it waits for an assignment. */
+  | { type: 'welcome'; workerId: number; waitingFor: number; recipe?: unknown }
   /** `init`: the parameters to start from at step 0 instead of the seed's (--init); null when resuming or starting fresh. */
   | {
       type: 'assign';

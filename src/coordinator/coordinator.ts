@@ -258,7 +258,12 @@ export class Coordinator {
         for (const listener of this.lostListeners) listener({ workerId: link.workerId, ...who, reason });
       };
       logger.info({ worker: link.workerId, ...who, backend: hello.backend, joined: this.links.length, of: workers }, 'worker joined');
-      link.send({ type: 'welcome', workerId: link.workerId, waitingFor: Math.max(0, workers - this.links.length) });
+      link.send({
+        type: 'welcome',
+        workerId: link.workerId,
+        waitingFor: Math.max(0, workers - this.links.length),
+        recipe: this.options.recipe,
+      });
       this.joinWaiter?.();
     });
     socket.send(encodeMessage({ type: 'challenge', protocol: CONTROL_PROTOCOL_VERSION, runId: this.runId, nonce }));

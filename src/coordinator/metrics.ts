@@ -1,7 +1,7 @@
 // The run's record: OUT/metrics.jsonl, one JSON object per line, per step and per evaluation.
 // Lines are appended synchronously so that a crash loses nothing that was reported.
 import type { StepReport } from '../comm/control.ts';
-import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync, renameSync, truncateSync, writeFileSync } from 'node:fs';
 
 export interface StepRecord {
   kind: 'step';
@@ -67,8 +67,17 @@ export type MetricsRecord = StepRecord | EvalRecord | RestartRecord;
 /** Hears each record once it is on disk (the status page, Prometheus, TensorBoard). */
 export type RecordListener = (record: MetricsRecord) => void;
 
+/** Where each record's line ends in the file, so that dropping the newest records cuts the file instead of rewriting it. */
+interface LineIndex {
+  /** Each record's step and the offset just past its line, in file order. */
+  records: { step: number; end: number }[];
+  size: number;
+}
+
 export class MetricsLog {
   private readonly listeners: RecordListener[] = [];
+  /** Built by the first truncateAfter, kept by append; null until then (this process is the file's only writer). */
+  private index: LineIndex | null = null;
 
   constructor(readonly path: string) {}
 
@@ -77,7 +86,12 @@ export class MetricsLog {
   }
 
   append(record: MetricsRecord): void {
-    appendFileSync(this.path, `${JSON.stringify(record)}\n`);
+    const line = `${JSON.stringify(record)}\n`;
+    appendFileSync(this.path, line);
+    if (this.index) {
+      this.index.size += Buffer.byteLength(line);
+      this.index.records.push({ step: record.step, end: this.index.size });
+    }
     for (const listener of this.listeners) listener(record);
   }
 
@@ -95,9 +109,36 @@ export class MetricsLog {
    */
   truncateAfter(completedSteps: number): void {
     if (!existsSync(this.path)) return;
+    // A long run's file holds megabytes and every recovery comes here: when the records to drop
+    // are the newest ones (steps are logged in order), cutting the file's end is enough.
+    this.index ??= this.readIndex();
+    const { records } = this.index;
+    let keep = records.length;
+    while (keep > 0 && records[keep - 1]!.step > completedSteps) keep--;
+    if (records.slice(0, keep).every((r) => r.step <= completedSteps)) {
+      const size = keep > 0 ? records[keep - 1]!.end : 0;
+      truncateSync(this.path, size);
+      records.length = keep;
+      this.index.size = size;
+      return;
+    }
     const kept = this.read().filter((r) => r.step <= completedSteps);
     const temp = `${this.path}.tmp`;
     writeFileSync(temp, kept.map((r) => `${JSON.stringify(r)}\n`).join(''));
     renameSync(temp, this.path);
+    this.index = null;
+  }
+
+  private readIndex(): LineIndex {
+    const bytes = readFileSync(this.path);
+    const records: LineIndex['records'] = [];
+    for (let start = 0; start < bytes.length; ) {
+      const newline = bytes.indexOf(0x0a, start);
+      const end = newline < 0 ? bytes.length : newline + 1;
+      const line = bytes.toString('utf8', start, end);
+      if (line.trim() !== '') records.push({ step: (JSON.parse(line) as MetricsRecord).step, end });
+      start = end;
+    }
+    return { records, size: bytes.length };
   }
 }

@@ -2,7 +2,7 @@
 // rank, opens its ring server, connects the ring, then carries out the coordinator's orders one at
 // a time (step, eval, snapshot) until the run ends. When the coordinator abandons a generation
 // (a peer failed), the worker drops its ring and waits for the next assignment. When the
-// coordinator itself goes away, the worker reconnects with backoff and jitter.
+// coordinator itself goes away, the worker reconnects (reconnect.ts: short retries, then backoff).
 import { hostname } from 'node:os';
 import { WebSocket } from 'ws';
 import { proveToken } from '../comm/auth.ts';
@@ -35,10 +35,8 @@ import { EpochSampler } from '../data/sampler.ts';
 import { DilocoTrainer } from './diloco-trainer.ts';
 import { commOptionsOf, ShardedTrainer, type Teacher, type TrainerOptions } from './trainer.ts';
 import { LoopStallWatch, OrderProgress, serveHealth, type TrackedOrder } from './liveness.ts';
+import { ReconnectSchedule } from './reconnect.ts';
 
-/** First reconnect delay; doubled per attempt up to RECONNECT_MAX_DELAY_MS, with ±50% jitter. */
-const RECONNECT_BASE_DELAY_MS = 250;
-const RECONNECT_MAX_DELAY_MS = 5_000;
 /** Close codes after which reconnecting is pointless: the coordinator will refuse again. */
 const FATAL_CLOSE_CODES = new Set<number>([CLOSE_CODES.badToken, CLOSE_CODES.badProtocol, CLOSE_CODES.runFailed, CLOSE_CODES.runComplete]);
 
@@ -130,7 +128,8 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
   });
   try {
     let deadline = Date.now() + options.reconnectTimeoutMs;
-    for (let attempt = 0; ; attempt++) {
+    const schedule = new ReconnectSchedule(Date.now());
+    for (;;) {
       const session = new WorkerSession(options, backend.name, state);
       const end = await session.finished;
       await session.close();
@@ -149,14 +148,14 @@ export async function runWorker(options: WorkerOptions): Promise<void> {
       if (session.wasAdmitted) {
         // A session that got in resets the budget: this is a new outage, not the same one.
         deadline = Date.now() + options.reconnectTimeoutMs;
-        attempt = 0;
+        schedule.outage(Date.now());
       }
       if (Date.now() >= deadline)
         throw new FatalError(
           'RECONNECT_TIMEOUT',
           `${end.reason}; gave up reconnecting after ${Math.round(options.reconnectTimeoutMs / 1000)} s (--reconnect-timeout)`,
         );
-      const delay = Math.min(RECONNECT_MAX_DELAY_MS, RECONNECT_BASE_DELAY_MS * 2 ** attempt) * (0.5 + Math.random());
+      const delay = schedule.nextDelayMs(Date.now());
       logger.warn({ reason: end.reason, retryInMs: Math.round(delay) }, 'lost the coordinator; reconnecting');
       await new Promise((r) => setTimeout(r, delay));
     }
@@ -327,6 +326,7 @@ class WorkerSession {
         this.wasAdmitted = true;
         this.state.connected = true;
         logger.info({ workerId: message.workerId, waitingFor: message.waitingFor }, 'joined the coordinator');
+        if (message.recipe !== undefined) await this.prepare(message.recipe);
         return;
       case 'assign': {
         await this.dropGeneration();
@@ -467,6 +467,21 @@ class WorkerSession {
         return;
       case 'abort':
         return; // handled on arrival, in receive()
+    }
+  }
+
+  /**
+   * Loads the data and builds the model before any assignment, so that a spare (or a replacement)
+   * taking a failed member's place starts its first step at once. A failure here is only logged:
+   * the assignment builds the workbench again and reports the error to the coordinator.
+   */
+  private async prepare(recipe: unknown): Promise<void> {
+    const started = Date.now();
+    try {
+      await this.workbench(validateRecipe(recipe, 'the recipe sent by the coordinator'));
+      this.options.logger.debug({ ms: Date.now() - started }, 'data loaded and model built ahead of an assignment');
+    } catch (err) {
+      this.options.logger.warn({ err: (err as Error).message }, 'could not prepare the data and model ahead of an assignment');
     }
   }
 

@@ -37,3 +37,34 @@ test('truncateAfter keeps the history up to the resumed checkpoint', () => {
     ['step1', 'step2', 'step3', 'eval3'],
   );
 });
+
+test('truncateAfter on a history logged in step order cuts its end, and appending goes on after the cut', () => {
+  const path = join(mkdtempSync(join(tmpdir(), 'metrics-')), 'metrics.jsonl');
+  const time = new Date().toISOString();
+  const restart = (log: MetricsLog, step: number) =>
+    log.append({ kind: 'restart', step, generation: 1, restarts: 1, cause: 'a test', workers: 2, time });
+  const evaluation = (log: MetricsLog, step: number) =>
+    log.append({ kind: 'eval', step, epoch: 0, testAccuracy: 0.5, testLoss: 1, samples: 10, time });
+  const history = (log: MetricsLog) => log.read().map((r) => `${r.kind}${r.step}`);
+
+  const first = new MetricsLog(path);
+  for (let step = 1; step <= 6; step++) evaluation(first, step);
+  first.truncateAfter(6);
+  assert.deepEqual(history(first), ['eval1', 'eval2', 'eval3', 'eval4', 'eval5', 'eval6'], 'nothing after step 6: all kept');
+  first.truncateAfter(4);
+  restart(first, 4);
+  evaluation(first, 5);
+  evaluation(first, 6);
+  first.truncateAfter(5);
+  assert.deepEqual(history(first), ['eval1', 'eval2', 'eval3', 'eval4', 'restart4', 'eval5']);
+
+  // A restarted coordinator reads the file it finds.
+  const second = new MetricsLog(path);
+  evaluation(second, 6);
+  second.truncateAfter(4);
+  assert.deepEqual(history(second), ['eval1', 'eval2', 'eval3', 'eval4', 'restart4']);
+  second.truncateAfter(0);
+  assert.deepEqual(history(second), []);
+  evaluation(second, 1);
+  assert.deepEqual(history(new MetricsLog(path)), ['eval1']);
+});
