@@ -4,6 +4,7 @@
 // requested: the main thread may hand over the next gradient bucket before the last one is done.
 import { parentPort, workerData } from 'node:worker_threads';
 import { RingPeer } from './ring.ts';
+import { adoptKernelMemory } from './simd-add.ts';
 import {
   type LogLevel,
   type RingRequest,
@@ -35,7 +36,16 @@ try {
 peer.on('error', (err: Error) => post({ type: 'error', error: serializeError(err) }));
 peer.on('close', () => post({ type: 'close' }));
 
-const view = (shared: SharedView) => new Float32Array(shared.buffer, shared.byteOffset, shared.length);
+/** The kernel memories seen so far, by id: views on their own buffer object are added in place. */
+const memories = new Map<number, WebAssembly.Memory>();
+function view(shared: SharedView): Float32Array {
+  if (shared.memoryId === undefined) return new Float32Array(shared.buffer, shared.byteOffset, shared.length);
+  if (shared.memory) {
+    memories.set(shared.memoryId, shared.memory);
+    adoptKernelMemory(shared.memory);
+  }
+  return new Float32Array(memories.get(shared.memoryId)!.buffer, shared.byteOffset, shared.length);
+}
 
 async function perform(request: RingRequest): Promise<Float64Array | undefined> {
   switch (request.type) {

@@ -11,6 +11,12 @@ export interface SharedView {
   buffer: SharedArrayBuffer;
   byteOffset: number;
   length: number;
+  /**
+   * Set when the buffer is a kernel memory (simd-add.ts): the thread adds into it in place. The
+   * memory object itself travels with the first request that uses it; later ones name its id.
+   */
+  memoryId?: number;
+  memory?: WebAssembly.Memory;
 }
 
 /** workerData: the ring's options less the logger (log lines come back as messages), and where the traffic counters live. */

@@ -16,6 +16,7 @@ import { Worker } from 'node:worker_threads';
 import { InputError, RecoverableError } from '../common/errors.ts';
 import type { WireTraffic } from './link.ts';
 import type { PeerAddress, ReduceScatterOptions, RingOptions } from './ring.ts';
+import { KERNEL_MEMORY_DATA_AT, kernelMemory } from './simd-add.ts';
 import {
   deserializeError,
   type RingRequest,
@@ -26,16 +27,20 @@ import {
 
 const THREAD_ENTRY = new URL('./ring-thread-entry.mjs', import.meta.url);
 
-/** A zeroed Float32Array in shared memory: a ring thread reads and writes it without copies. */
-export function sharedFloat32Array(length: number): Float32Array {
-  return new Float32Array(new SharedArrayBuffer(length * Float32Array.BYTES_PER_ELEMENT));
-}
+/** The kernel memories behind sharedFloat32Array's arrays, by their buffer. */
+const kernelMemories = new WeakMap<ArrayBufferLike, WebAssembly.Memory>();
 
-/** The thread's view of `buf`; a buffer outside shared memory is the caller's mistake. */
-function shared(buf: Float32Array): SharedView {
-  if (!(buf.buffer instanceof SharedArrayBuffer))
-    throw new InputError('RING_ARGUMENT', 'the ring thread takes buffers in shared memory (sharedFloat32Array), got an ArrayBuffer');
-  return { buffer: buf.buffer, byteOffset: buf.byteOffset, length: buf.length };
+/**
+ * A zeroed Float32Array in shared memory: a ring thread reads and writes it without copies. Where
+ * WebAssembly SIMD runs, it lives in a kernel memory (simd-add.ts), so that the thread's adds
+ * into it and its socket reads for them copy nothing either; its `buffer` then holds more than
+ * the array: use byteOffset and length.
+ */
+export function sharedFloat32Array(length: number): Float32Array {
+  const memory = kernelMemory(length);
+  if (!memory) return new Float32Array(new SharedArrayBuffer(length * Float32Array.BYTES_PER_ELEMENT));
+  kernelMemories.set(memory.buffer, memory);
+  return new Float32Array(memory.buffer, KERNEL_MEMORY_DATA_AT, length);
 }
 
 export class RingThread extends EventEmitter {
@@ -43,6 +48,9 @@ export class RingThread extends EventEmitter {
   readonly worldSize: number;
   private readonly traffics: Float64Array;
   private nextId = 0;
+  /** Ids of the kernel memories already sent to the thread. */
+  private readonly memoryIds = new WeakMap<WebAssembly.Memory, number>();
+  private nextMemoryId = 0;
   private readonly pending = new Map<number, { resolve: (sums?: Float64Array) => void; reject: (err: Error) => void }>();
   /** Set once the thread has gone: every later request rejects with it. */
   private gone: Error | null = null;
@@ -113,11 +121,11 @@ export class RingThread extends EventEmitter {
 
   async reduceScatter(buf: Float32Array, step: number, opts: ReduceScatterOptions = {}): Promise<void> {
     const range = opts.range ?? { start: 0, end: buf.length };
-    await this.request({ id: this.nextId++, type: 'reduceScatter', buf: shared(buf), step, range, wire: opts.wire ?? 'fp32' });
+    await this.request({ id: this.nextId++, type: 'reduceScatter', buf: this.shared(buf), step, range, wire: opts.wire ?? 'fp32' });
   }
 
   async allGather(buf: Float32Array, step: number): Promise<void> {
-    await this.request({ id: this.nextId++, type: 'allGather', buf: shared(buf), step });
+    await this.request({ id: this.nextId++, type: 'allGather', buf: this.shared(buf), step });
   }
 
   async allReduce(buf: Float32Array, step: number): Promise<void> {
@@ -141,6 +149,20 @@ export class RingThread extends EventEmitter {
         await this.worker.terminate();
       }
     }
+  }
+
+  /** The thread's view of `buf`; a buffer outside shared memory is the caller's mistake. */
+  private shared(buf: Float32Array): SharedView {
+    if (!(buf.buffer instanceof SharedArrayBuffer))
+      throw new InputError('RING_ARGUMENT', 'the ring thread takes buffers in shared memory (sharedFloat32Array), got an ArrayBuffer');
+    const view: SharedView = { buffer: buf.buffer, byteOffset: buf.byteOffset, length: buf.length };
+    const memory = kernelMemories.get(buf.buffer);
+    if (!memory) return view;
+    const known = this.memoryIds.get(memory);
+    if (known !== undefined) return { ...view, memoryId: known };
+    const memoryId = this.nextMemoryId++;
+    this.memoryIds.set(memory, memoryId);
+    return { ...view, memoryId, memory };
   }
 
   private request(request: RingRequest): Promise<Float64Array | undefined> {

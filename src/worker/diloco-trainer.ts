@@ -185,7 +185,7 @@ export class DilocoTrainer {
     const wire = 'int8';
     const slot = this.slotWords(wire);
     const region = (worldSize - 1) * slot;
-    const words = new Uint32Array(sharedFloat32Array(worldSize * region).buffer);
+    const words = sharedWords(worldSize * region);
     const slotOf = (owner: number, shard: number): Uint32Array => {
       const { start, end } = shardRange(this.pseudo.length, worldSize, shard);
       const at = owner * region + (shard < owner ? shard : shard - 1) * slot;
@@ -203,7 +203,7 @@ export class DilocoTrainer {
       packInPlace(wire, values, slotOf(rank, s));
       for (let i = start; i < end; i++) feedback[i] = feedback[i]! - this.pseudo[i]!;
     }
-    await this.ring.allGather(new Float32Array(words.buffer), step);
+    await this.ring.allGather(new Float32Array(words.buffer, words.byteOffset, words.length), step);
     const own = this.pseudo.subarray(this.shard.start, this.shard.end);
     for (let q = 0; q < worldSize; q++) if (q !== rank) unpack(wire, slotOf(q, rank), own, true);
   }
@@ -216,7 +216,7 @@ export class DilocoTrainer {
     const { worldSize, rank } = this.options;
     const { wire } = this.sync;
     const slot = this.slotWords(wire);
-    const words = new Uint32Array(sharedFloat32Array(worldSize * slot).buffer);
+    const words = sharedWords(worldSize * slot);
     const { start, end } = this.shard;
     const shardOuter = this.outer.subarray(start, end);
     const feedback = this.outerFeedback!;
@@ -226,7 +226,7 @@ export class DilocoTrainer {
     packInPlace(wire, update, words.subarray(rank * slot, rank * slot + packedWords(wire, update.length)));
     for (let i = 0; i < update.length; i++) feedback[i] = feedback[i]! - update[i]!;
     shardOuter.set(previous);
-    await this.ring.allGather(new Float32Array(words.buffer), step);
+    await this.ring.allGather(new Float32Array(words.buffer, words.byteOffset, words.length), step);
     for (let q = 0; q < worldSize; q++) {
       const range = shardRange(this.outer.length, worldSize, q);
       const target = this.outer.subarray(range.start, range.end);
@@ -260,4 +260,10 @@ function innerResume(resume: ResumeState): ResumeState | null {
   if (entries.length === 0) return null;
   const optimizerState = Object.fromEntries(entries.map(([name, tensor]) => [name.slice(DILOCO_STATE.innerPrefix.length), tensor]));
   return { params: resume.params, optimizerState, ema: null, optimizerStep: resume.optimizerStep };
+}
+
+/** u32 words in shared memory, for the ring thread to all-gather in place. */
+function sharedWords(length: number): Uint32Array {
+  const floats = sharedFloat32Array(length);
+  return new Uint32Array(floats.buffer, floats.byteOffset, floats.length);
 }
