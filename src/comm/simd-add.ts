@@ -267,56 +267,26 @@ export function roundToBf16Simd(src: Float32Array, dst: Uint16Array): number {
 
 /**
  * Adds `elementBytes`-wide source elements (float32 or bf16) into dst: in place when dst lives in
- * an adopted kernel memory, else staged block by block in WebAssembly memory.
+ * an adopted kernel memory, else staged block by block in the kernel's memory. The source is
+ * copied in only when it is not in that memory already.
  */
-function addStaged(kernel: SimdKernel, dst: Float32Array, source: Uint8Array, start: number, elementBytes: 2 | 4): void {
+function addStaged(ownKernel: SimdKernel, dst: Float32Array, source: Uint8Array, start: number, elementBytes: 2 | 4): void {
   const dstKernel = residentKernels.get(dst.buffer);
-  if (dstKernel) {
-    addResident(dstKernel, dst, source, start, elementBytes);
-    return;
-  }
+  const kernel = dstKernel ?? ownKernel;
   const memory = kernel.memory;
-  const resident = source.buffer === memory.buffer;
-  const dstBytes = new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength);
-  const vectorAdd = elementBytes === 4 ? kernel.add : kernel.addBf16;
-  for (let done = 0; done < dst.length; done += BLOCK_FLOATS) {
-    const count = Math.min(BLOCK_FLOATS, dst.length - done);
-    const vectorCount = count & ~3;
-    const byteStart = done * 4;
-    const srcStart = start + done * elementBytes;
-    memory.set(dstBytes.subarray(byteStart, byteStart + count * 4), DST_AT);
-    let srcAt: number;
-    if (resident) {
-      srcAt = source.byteOffset + srcStart;
-    } else {
-      memory.set(source.subarray(srcStart, srcStart + count * elementBytes), SRC_AT);
-      srcAt = SRC_AT;
-    }
-    vectorAdd(DST_AT, srcAt, vectorCount);
-    if (vectorCount < count) {
-      // The last 1-3 elements: scalar, through a float32 view of the staged block.
-      const dstBlock = new Float32Array(memory.buffer, DST_AT, count);
-      const view = new DataView(memory.buffer);
-      for (let i = vectorCount; i < count; i++) {
-        const at = srcAt + i * elementBytes;
-        dstBlock[i]! += elementBytes === 4 ? view.getFloat32(at, true) : widenBf16(view.getUint16(at, true));
-      }
-    }
-    dstBytes.set(memory.subarray(DST_AT, DST_AT + count * 4), byteStart);
-  }
-}
-
-/** addStaged for a dst in `kernel`'s memory: no dst copies; src is copied in only when it is not in that memory already. */
-function addResident(kernel: SimdKernel, dst: Float32Array, source: Uint8Array, start: number, elementBytes: 2 | 4): void {
-  const memory = kernel.memory;
-  const vectorAdd = elementBytes === 4 ? kernel.add : kernel.addBf16;
   const sourceResident = source.buffer === memory.buffer;
+  /** dst's bytes when they must be staged at DST_AT; null when dst is in the kernel's memory. */
+  const dstBytes = dstKernel ? null : new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength);
+  const vectorAdd = elementBytes === 4 ? kernel.add : kernel.addBf16;
   const view = new DataView(memory.buffer);
-  const block = sourceResident ? dst.length : BLOCK_FLOATS;
+  const block = dstKernel && sourceResident ? dst.length : BLOCK_FLOATS;
   for (let done = 0; done < dst.length; done += block) {
     const count = Math.min(block, dst.length - done);
     const vectorCount = count & ~3;
+    const byteStart = done * 4;
     const srcStart = start + done * elementBytes;
+    const dstAt = dstBytes ? DST_AT : dst.byteOffset + byteStart;
+    if (dstBytes) memory.set(dstBytes.subarray(byteStart, byteStart + count * 4), DST_AT);
     let srcAt: number;
     if (sourceResident) {
       srcAt = source.byteOffset + srcStart;
@@ -324,11 +294,16 @@ function addResident(kernel: SimdKernel, dst: Float32Array, source: Uint8Array, 
       memory.set(source.subarray(srcStart, srcStart + count * elementBytes), SRC_AT);
       srcAt = SRC_AT;
     }
-    vectorAdd(dst.byteOffset + done * 4, srcAt, vectorCount);
-    for (let i = vectorCount; i < count; i++) {
-      const at = srcAt + i * elementBytes;
-      dst[done + i]! += elementBytes === 4 ? view.getFloat32(at, true) : widenBf16(view.getUint16(at, true));
+    vectorAdd(dstAt, srcAt, vectorCount);
+    if (vectorCount < count) {
+      // The last 1-3 elements: scalar, through a float32 view of the block.
+      const dstBlock = new Float32Array(memory.buffer, dstAt, count);
+      for (let i = vectorCount; i < count; i++) {
+        const at = srcAt + i * elementBytes;
+        dstBlock[i]! += elementBytes === 4 ? view.getFloat32(at, true) : widenBf16(view.getUint16(at, true));
+      }
     }
+    if (dstBytes) dstBytes.set(memory.subarray(DST_AT, DST_AT + count * 4), byteStart);
   }
 }
 
