@@ -77,19 +77,29 @@ export class RingThread extends EventEmitter {
     };
     worker.on('message', forwardLog);
     const address = await new Promise<PeerAddress>((resolve, reject) => {
-      const onMessage = (message: RingThreadMessage) => {
-        if (message.type === 'listening') resolve(message.address);
-        else if (message.type === 'startFailed') reject(deserializeError(message.error));
-        else return;
+      const settle = (settled: () => void) => {
         worker.off('message', onMessage);
-        worker.off('error', reject);
+        worker.off('error', onError);
+        worker.off('exit', onExit);
+        settled();
       };
+      const onMessage = (message: RingThreadMessage) => {
+        if (message.type === 'listening') settle(() => resolve(message.address));
+        else if (message.type === 'startFailed') settle(() => reject(deserializeError(message.error)));
+      };
+      const onError = (err: Error) =>
+        settle(() =>
+          reject(
+            new RecoverableError('RING_THREAD', `rank ${options.rank}: the ring thread failed to start: ${err.message}`, { cause: err }),
+          ),
+        );
+      const onExit = (code: number) =>
+        settle(() =>
+          reject(new RecoverableError('RING_THREAD', `rank ${options.rank}: the ring thread exited with code ${code} before listening`)),
+        );
       worker.on('message', onMessage);
-      worker.once('error', (err) =>
-        reject(
-          new RecoverableError('RING_THREAD', `rank ${options.rank}: the ring thread failed to start: ${err.message}`, { cause: err }),
-        ),
-      );
+      worker.on('error', onError);
+      worker.on('exit', onExit);
     }).catch(async (err: Error) => {
       await worker.terminate();
       throw err;
