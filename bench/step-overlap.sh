@@ -10,7 +10,8 @@
 # per step. Each run is stopped once its last step is recorded (the final evaluation of a model
 # this size on 10,000 test images is not what is measured).
 #   WORKERS="2 4" STEPS=4 GLOBAL_BATCH=16 MICRO_BATCH=4 BACKEND=tensorflow bench/step-overlap.sh
-# WIRES="fp32" BUCKETS="0 25" narrow the grid (default both wires, overlap off and 25 MB).
+# WIRES="fp32" BUCKETS="0 25" narrow the grid (default both wires, overlap off and 25 MB);
+# HEARTBEAT_TIMEOUT=120 (seconds) keeps workers from being declared lost on a heavily loaded machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,7 @@ MICRO_BATCH=${MICRO_BATCH:-4}
 BACKEND=${BACKEND:-tensorflow}
 WIRES=${WIRES:-"fp32 bf16"}
 BUCKETS=${BUCKETS:-"0 25"}
+HEARTBEAT_TIMEOUT=${HEARTBEAT_TIMEOUT:-30}
 RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-900}
 export TF_CPP_MIN_LOG_LEVEL=2
 
@@ -51,7 +53,7 @@ for n in $WORKERS; do
       setsid node bin/vit-dist.js launch --workers "$n" --recipe fmnist-vit-tiny --backend "$BACKEND" \
         --set modelArgs.embedDim=384 --set modelArgs.depth=12 --set modelArgs.numHeads=6 --set modelArgs.mlpRatio=4 \
         --set modelArgs.patchSize=4 --steps "$STEPS" --global-batch "$GLOBAL_BATCH" --micro-batch "$MICRO_BATCH" \
-        --checkpoint-every 100000 --wire "$wire" --bucket-mb "$bucket" --out "$dir" >"$out/log" 2>&1 &
+        --checkpoint-every 100000 --wire "$wire" --bucket-mb "$bucket" --heartbeat-timeout "$HEARTBEAT_TIMEOUT" --out "$dir" >"$out/log" 2>&1 &
       pid=$!
       started=$SECONDS
       until [[ -f "$dir/metrics.jsonl" ]] && (($(grep -c '"kind":"step"' "$dir/metrics.jsonl") >= STEPS)); do
