@@ -19,11 +19,27 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+CHECK_SLICE = 1 << 22
 
-def bench_value(rank, n):
-    # Same integer-valued data as bench-allreduce-rank.ts: sums are exact in float32.
-    index = torch.arange(n, dtype=torch.int64)
-    return ((index * 7 + rank * 13) % 1001 - 500).to(torch.float32)
+
+def bench_value(rank, start, end):
+    # Same integer-valued data as bench-allreduce-rank.ts: sums are exact in float32. In int32
+    # (index * 7 + rank * 13 < 2^31 below 300M elements), in place: one int32 temporary of the
+    # range, not int64 ones (at 86M floats on 8 ranks those exhausted 24 GiB).
+    values = torch.arange(start, end, dtype=torch.int32)
+    values.mul_(7).add_(rank * 13).remainder_(1001).sub_(500)
+    return values.to(torch.float32)
+
+
+def check(buffer, workers, rank):
+    """The exact sum, built a slice at a time (a whole-length expected tensor is 4 bytes a float more)."""
+    for start in range(0, buffer.numel(), CHECK_SLICE):
+        end = min(start + CHECK_SLICE, buffer.numel())
+        expected = bench_value(0, start, end)
+        for r in range(1, workers):
+            expected.add_(bench_value(r, start, end))
+        if not torch.equal(buffer[start:end], expected):
+            raise SystemExit(f"rank {rank}: wrong all-reduce result")
 
 
 def run_rank(rank, workers, floats, iterations, warmup, port, results):
@@ -31,7 +47,7 @@ def run_rank(rank, workers, floats, iterations, warmup, port, results):
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=workers)
-    original = bench_value(rank, floats)
+    original = bench_value(rank, 0, floats)
     buffer = torch.empty_like(original)
     millis = []
     for iteration in range(warmup + iterations):
@@ -41,9 +57,7 @@ def run_rank(rank, workers, floats, iterations, warmup, port, results):
         dist.all_reduce(buffer)
         elapsed = (time.perf_counter() - started) * 1000
         if iteration == 0:
-            expected = sum(bench_value(r, floats) for r in range(workers))
-            if not torch.equal(buffer, expected):
-                raise SystemExit(f"rank {rank}: wrong all-reduce result")
+            check(buffer, workers, rank)
         if iteration >= warmup:
             millis.append(elapsed)
     results[rank] = millis

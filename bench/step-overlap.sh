@@ -10,6 +10,8 @@
 # per step. Each run is stopped once its last step is recorded (the final evaluation of a model
 # this size on 10,000 test images is not what is measured).
 #   WORKERS="2 4" STEPS=4 GLOBAL_BATCH=16 MICRO_BATCH=4 BACKEND=tensorflow bench/step-overlap.sh
+# WIRES="fp32" BUCKETS="0 25" narrow the grid (default both wires, overlap off and 25 MB);
+# HEARTBEAT_TIMEOUT=120 (seconds) keeps workers from being declared lost on a heavily loaded machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,9 @@ STEPS=${STEPS:-4}
 GLOBAL_BATCH=${GLOBAL_BATCH:-16}
 MICRO_BATCH=${MICRO_BATCH:-4}
 BACKEND=${BACKEND:-tensorflow}
+WIRES=${WIRES:-"fp32 bf16"}
+BUCKETS=${BUCKETS:-"0 25"}
+HEARTBEAT_TIMEOUT=${HEARTBEAT_TIMEOUT:-30}
 RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-900}
 export TF_CPP_MIN_LOG_LEVEL=2
 
@@ -42,13 +47,13 @@ summary() { # summary METRICS_JSONL -> one table row's figures
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-2s %-8s %-5s | %8s %10s %11s %8s | %9s\n' N overlap wire 'step ms' 'compute ms' 'exposed ms' exposed 'MB sent'
 for n in $WORKERS; do
-  for wire in fp32 bf16; do
-    for bucket in 0 25; do
+  for wire in $WIRES; do
+    for bucket in $BUCKETS; do
       dir="$out/n$n-$wire-$bucket"
       setsid node bin/vit-dist.js launch --workers "$n" --recipe fmnist-vit-tiny --backend "$BACKEND" \
         --set modelArgs.embedDim=384 --set modelArgs.depth=12 --set modelArgs.numHeads=6 --set modelArgs.mlpRatio=4 \
         --set modelArgs.patchSize=4 --steps "$STEPS" --global-batch "$GLOBAL_BATCH" --micro-batch "$MICRO_BATCH" \
-        --checkpoint-every 100000 --wire "$wire" --bucket-mb "$bucket" --out "$dir" >"$out/log" 2>&1 &
+        --checkpoint-every 100000 --wire "$wire" --bucket-mb "$bucket" --heartbeat-timeout "$HEARTBEAT_TIMEOUT" --out "$dir" >"$out/log" 2>&1 &
       pid=$!
       started=$SECONDS
       until [[ -f "$dir/metrics.jsonl" ]] && (($(grep -c '"kind":"step"' "$dir/metrics.jsonl") >= STEPS)); do

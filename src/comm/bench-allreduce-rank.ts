@@ -5,7 +5,8 @@
  * Child -> parent: {type:'address', address}, then {type:'result', millis} or {type:'error', message}.
  */
 import type { WireFormat } from '../common/wire.ts';
-import { RingPeer, type PeerAddress } from './ring.ts';
+import type { PeerAddress } from './ring.ts';
+import { RingThread, sharedFloat32Array } from './ring-thread.ts';
 
 export interface RankJob {
   rank: number;
@@ -60,7 +61,8 @@ function verify(result: Float32Array, job: RankJob): void {
 }
 
 async function runRank(job: RankJob): Promise<number[]> {
-  const peer = await RingPeer.listen({
+  // In its own thread, as a worker runs it (ring-thread.ts).
+  const peer = await RingThread.listen({
     rank: job.rank,
     worldSize: job.workers,
     token: job.token,
@@ -74,7 +76,7 @@ async function runRank(job: RankJob): Promise<number[]> {
     send({ type: 'address', address: peer.address });
     await peer.connect((await peersMessage).peers);
     const original = Float32Array.from({ length: job.floats }, (_, i) => benchValue(job.rank, i));
-    const buffer = new Float32Array(job.floats);
+    const buffer = sharedFloat32Array(job.floats);
     const millis: number[] = [];
     for (let iteration = 0; iteration < job.warmup + job.iterations; iteration++) {
       buffer.set(original);

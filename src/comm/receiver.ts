@@ -1,13 +1,14 @@
 /**
  * Lands incoming data frames in place: each frame must be exactly the next one the current
  * collective expects. Reduce-scatter payloads are added into the destination straight from the
- * socket's read buffer (which lives in WebAssembly memory for the SIMD add), float32 or bf16
+ * socket's read buffer (which lives in WebAssembly memory for the SIMD add: the destination's own
+ * kernel memory when it has one, simd-add.ts), float32 or bf16
  * (`--wire bf16`: widened and added in float32); all-gather and scalar payloads are read by the
  * kernel directly into the destination (nextReadBuffer).
  */
 import { addBf16BytesInto, bf16ToFloat32 } from './bf16.ts';
 import { badFrame, decodeFrameHeader, expectFrame, FRAME_HEADER_BYTES, type FrameHeader } from './frame.ts';
-import { addBytesInto } from './simd-add.ts';
+import { addBytesInto, wasmInputOf } from './simd-add.ts';
 import type { BinarySink } from './websocket.ts';
 
 /** Below this many payload bytes left, a read goes to the shared buffer (no tiny reads). */
@@ -111,12 +112,14 @@ export class DataReceiver implements DataSink {
    * Copied payloads (all-gather, scalars) are read by the kernel straight into their destination,
    * saving a copy: between such frames only the headers are read (into `shared`), then the rest
    * of the payload lands in place. That region never extends past the payload, so a read into it
-   * holds nothing else. Everything else (headers, small frames, reduce-scatter payloads, which
-   * are added rather than copied) is read into `shared`.
+   * holds nothing else. Reduce-scatter payloads, which are added rather than copied, are read into
+   * the input region of the destination's kernel memory where it has one (the add then copies
+   * nothing); everything else (headers, small frames) into `shared`.
    */
   nextReadBuffer(shared: Uint8Array): Uint8Array {
     const plan = this.plan;
-    if (!plan || plan.accumulate || this.next >= plan.frames.length) return shared;
+    if (plan?.accumulate) return wasmInputOf(plan.accumulate.buffer) ?? shared;
+    if (!plan || this.next >= plan.frames.length) return shared;
     if (this.inPayload) {
       return this.payloadEnd - this.writeAt >= MIN_DIRECT_READ_BYTES ? plan.target.subarray(this.writeAt, this.payloadEnd) : shared;
     }

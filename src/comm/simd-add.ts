@@ -3,9 +3,11 @@
  *
  * A plain JS loop ran at 3.6-4 ns per float inside the ring; a WebAssembly SIMD loop (f32x4.add)
  * at 0.4-0.8 ns. WebAssembly can only touch its own memory, so the SIMD path stages blocks of
- * `dst` (and of `src`, unless the caller already read it into `wasmInput()`) in that memory. Where
- * WebAssembly SIMD is unavailable, the JS loop is used. Both give the same bits: each element is
- * one IEEE float32 addition.
+ * `dst` (and of `src`, unless the caller already read it into `wasmInput()`) in that memory. A
+ * `dst` that lives in a kernel memory (`kernelMemory`, adopted by the adding thread with
+ * `adoptKernelMemory`) is added in place, and its socket reads land in that memory's own input
+ * region (`wasmInputOf`): no copies at all. Where WebAssembly SIMD is unavailable, the JS loop is
+ * used. All give the same bits: each element is one IEEE float32 addition.
  */
 
 /** Floats staged per SIMD call: small enough to stay in L2, big enough to amortize the call. */
@@ -23,6 +25,10 @@ const DST_AT = 0;
 const SRC_AT = BLOCK_BYTES;
 const INPUT_AT = 2 * BLOCK_BYTES;
 const MEMORY_PAGES = Math.ceil((INPUT_AT + WASM_INPUT_BYTES) / WASM_PAGE_BYTES);
+/** Where a kernel memory's data starts: after the kernel's blocks and input region. */
+export const KERNEL_MEMORY_DATA_AT = MEMORY_PAGES * WASM_PAGE_BYTES;
+/** WebAssembly (32-bit) memories hold at most 65536 pages, 4 GiB. */
+const MAX_MEMORY_PAGES = 65536;
 
 /**
  * One hand-assembled loop over n elements, 4 per iteration: [dst] = [dst] + widen([src]), dst
@@ -94,7 +100,7 @@ function toBf16Loop(): number[] {
  * float32, (func (export "addBf16") (param dst src n)) adding bf16 widened to float32
  * (v128.load16x4_u, then i32x4.shl by 16: exact), and (func (export "toBf16") (param dst src n)).
  */
-function simdAddModule(): Uint8Array<ArrayBuffer> {
+function simdAddModule(sharedMemory: boolean): Uint8Array<ArrayBuffer> {
   const section = (id: number, content: number[]) => [id, ...leb128(content.length), ...content];
   const name = (text: string) => [text.length, ...Array.from(text, (c) => c.charCodeAt(0))];
   const I32 = 0x7f;
@@ -112,7 +118,14 @@ function simdAddModule(): Uint8Array<ArrayBuffer> {
     0x00,
     0x00, // magic, version 1
     ...section(1, [1, 0x60, 3, I32, I32, I32, 0]), // type: (i32 i32 i32) -> ()
-    ...section(2, [1, ...name('env'), ...name('memory'), 0x02, 0x00, MEMORY_PAGES]), // import memory
+    // import memory: at least MEMORY_PAGES; a shared one (limits flag 3) needs a maximum
+    ...section(2, [
+      1,
+      ...name('env'),
+      ...name('memory'),
+      0x02,
+      ...(sharedMemory ? [0x03, ...leb128(MEMORY_PAGES), ...leb128(MAX_MEMORY_PAGES)] : [0x00, ...leb128(MEMORY_PAGES)]),
+    ]),
     ...section(3, [3, 0, 0, 0]), // three functions of type 0
     ...section(7, [3, ...name('add'), 0x00, 0, ...name('addBf16'), 0x00, 1, ...name('toBf16'), 0x00, 2]), // export them
     ...section(10, [3, ...code(add), ...code(addBf16), ...code(toBf16)]), // their code
@@ -138,17 +151,52 @@ interface SimdKernel {
   toBf16: (dst: number, src: number, n: number) => void;
 }
 
-function loadSimdKernel(): SimdKernel | null {
-  const bytes = simdAddModule();
-  if (typeof WebAssembly === 'undefined' || !WebAssembly.validate(bytes)) return null;
-  const memory = new WebAssembly.Memory({ initial: MEMORY_PAGES, maximum: MEMORY_PAGES });
-  const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
-  // The memory never grows (maximum = initial), so this view stays valid.
+function instantiate(module: WebAssembly.Module, memory: WebAssembly.Memory): SimdKernel {
+  const instance = new WebAssembly.Instance(module, { env: { memory } });
+  // The memories never grow (maximum = initial), so this view stays valid.
   const { add, addBf16, toBf16 } = instance.exports as unknown as Omit<SimdKernel, 'memory'>;
   return { memory: new Uint8Array(memory.buffer), add, addBf16, toBf16 };
 }
 
+function loadSimdKernel(): SimdKernel | null {
+  const bytes = simdAddModule(false);
+  if (typeof WebAssembly === 'undefined' || !WebAssembly.validate(bytes)) return null;
+  return instantiate(new WebAssembly.Module(bytes), new WebAssembly.Memory({ initial: MEMORY_PAGES, maximum: MEMORY_PAGES }));
+}
+
 const kernel = process.env.VIT_DIST_NO_SIMD ? null : loadSimdKernel();
+/** The kernels over adopted kernel memories, by their buffer: an array whose buffer is one of these is added in place. */
+const residentKernels = new WeakMap<ArrayBufferLike, SimdKernel>();
+let sharedModule: WebAssembly.Module | null = null;
+
+/**
+ * A shared WebAssembly memory for `length` floats at KERNEL_MEMORY_DATA_AT, after the room a
+ * kernel needs: a thread that adopts it adds into those floats in place. Null without SIMD or
+ * beyond 4 GiB (the caller then uses a plain SharedArrayBuffer, added through staging blocks).
+ */
+export function kernelMemory(length: number): WebAssembly.Memory | null {
+  if (!kernel) return null;
+  const pages = Math.ceil((KERNEL_MEMORY_DATA_AT + length * 4) / WASM_PAGE_BYTES);
+  if (pages > MAX_MEMORY_PAGES) return null;
+  return new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+}
+
+/**
+ * Instantiates the kernel over `memory` (from kernelMemory) in this thread: afterwards adds into
+ * arrays on `memory.buffer` run in place. Two threads must not add through one memory at once
+ * (its blocks and input region are the kernel's scratch): the ring thread is the one that adds.
+ */
+export function adoptKernelMemory(memory: WebAssembly.Memory): void {
+  if (!kernel || residentKernels.has(memory.buffer)) return;
+  sharedModule ??= new WebAssembly.Module(simdAddModule(true));
+  residentKernels.set(memory.buffer, instantiate(sharedModule, memory));
+}
+
+/** The input region of the adopted kernel memory whose buffer is `buffer`, or null. */
+export function wasmInputOf(buffer: ArrayBufferLike): Buffer | null {
+  const resident = residentKernels.get(buffer);
+  return resident ? Buffer.from(resident.memory.buffer, INPUT_AT, WASM_INPUT_BYTES) : null;
+}
 
 /** True when the WebAssembly SIMD kernel is in use. */
 export const simdAvailable = kernel !== null;
@@ -217,36 +265,45 @@ export function roundToBf16Simd(src: Float32Array, dst: Uint16Array): number {
   return vectorTotal;
 }
 
-/** Adds `elementBytes`-wide source elements (float32 or bf16) into dst, staged block by block in WebAssembly memory. */
-function addStaged(kernel: SimdKernel, dst: Float32Array, source: Uint8Array, start: number, elementBytes: 2 | 4): void {
+/**
+ * Adds `elementBytes`-wide source elements (float32 or bf16) into dst: in place when dst lives in
+ * an adopted kernel memory, else staged block by block in the kernel's memory. The source is
+ * copied in only when it is not in that memory already.
+ */
+function addStaged(ownKernel: SimdKernel, dst: Float32Array, source: Uint8Array, start: number, elementBytes: 2 | 4): void {
+  const dstKernel = residentKernels.get(dst.buffer);
+  const kernel = dstKernel ?? ownKernel;
   const memory = kernel.memory;
-  const resident = source.buffer === memory.buffer;
-  const dstBytes = new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength);
+  const sourceResident = source.buffer === memory.buffer;
+  /** dst's bytes when they must be staged at DST_AT; null when dst is in the kernel's memory. */
+  const dstBytes = dstKernel ? null : new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength);
   const vectorAdd = elementBytes === 4 ? kernel.add : kernel.addBf16;
-  for (let done = 0; done < dst.length; done += BLOCK_FLOATS) {
-    const count = Math.min(BLOCK_FLOATS, dst.length - done);
+  const view = new DataView(memory.buffer);
+  const block = dstKernel && sourceResident ? dst.length : BLOCK_FLOATS;
+  for (let done = 0; done < dst.length; done += block) {
+    const count = Math.min(block, dst.length - done);
     const vectorCount = count & ~3;
     const byteStart = done * 4;
     const srcStart = start + done * elementBytes;
-    memory.set(dstBytes.subarray(byteStart, byteStart + count * 4), DST_AT);
+    const dstAt = dstBytes ? DST_AT : dst.byteOffset + byteStart;
+    if (dstBytes) memory.set(dstBytes.subarray(byteStart, byteStart + count * 4), DST_AT);
     let srcAt: number;
-    if (resident) {
+    if (sourceResident) {
       srcAt = source.byteOffset + srcStart;
     } else {
       memory.set(source.subarray(srcStart, srcStart + count * elementBytes), SRC_AT);
       srcAt = SRC_AT;
     }
-    vectorAdd(DST_AT, srcAt, vectorCount);
+    vectorAdd(dstAt, srcAt, vectorCount);
     if (vectorCount < count) {
-      // The last 1-3 elements: scalar, through a float32 view of the staged block.
-      const dstBlock = new Float32Array(memory.buffer, DST_AT, count);
-      const view = new DataView(memory.buffer);
+      // The last 1-3 elements: scalar, through a float32 view of the block.
+      const dstBlock = new Float32Array(memory.buffer, dstAt, count);
       for (let i = vectorCount; i < count; i++) {
         const at = srcAt + i * elementBytes;
         dstBlock[i]! += elementBytes === 4 ? view.getFloat32(at, true) : widenBf16(view.getUint16(at, true));
       }
     }
-    dstBytes.set(memory.subarray(DST_AT, DST_AT + count * 4), byteStart);
+    if (dstBytes) dstBytes.set(memory.subarray(DST_AT, DST_AT + count * 4), byteStart);
   }
 }
 

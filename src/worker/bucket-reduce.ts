@@ -1,8 +1,9 @@
-// The overlapped step's reduce-scatter: the gradient's buckets go into the ring one at a time, in
-// the plan's order, each as soon as the backward pass has handed it over (gradient-buckets.ts).
-// A bucket handed over from inside the backward pass starts its collective there and then: its
-// first chunks are written to the socket before the pass goes on.
-import type { RingPeer } from '../comm/ring.ts';
+// The overlapped step's reduce-scatter: the gradient's buckets go into the ring in the plan's
+// order, each as soon as the backward pass has handed it over (gradient-buckets.ts). The ring
+// thread (comm/ring-thread.ts) runs them one after another and moves their data while the pass
+// goes on: a bucket is requested without waiting for the one before it to settle, since the
+// main thread, busy in the pass, would hear of that only once the pass is over.
+import type { GradientRing } from '../comm/ring-thread.ts';
 import type { WireFormat } from '../common/wire.ts';
 import type { BucketReceiver, GradientBucket } from '../model/gradient-buckets.ts';
 
@@ -12,11 +13,11 @@ export class BucketedReduceScatter implements BucketReceiver {
   private settle!: (err?: Error) => void;
   private readonly handedOver: boolean[];
   private next = 0;
-  private running = false;
+  private readonly requested: Promise<void>[] = [];
   private failure: Error | null = null;
 
   constructor(
-    private readonly ring: RingPeer,
+    private readonly ring: GradientRing,
     private readonly grad: Float32Array,
     private readonly step: number,
     private readonly buckets: readonly GradientBucket[],
@@ -28,12 +29,12 @@ export class BucketedReduceScatter implements BucketReceiver {
     });
     // Awaited by the step once its compute is over; a failure before then must not be unhandled.
     this.done.catch(() => {});
-    this.startNext();
+    this.requestReady();
   }
 
   bucketReady(index: number): void {
     this.handedOver[index] = true;
-    this.startNext();
+    this.requestReady();
   }
 
   bucketFailed(_index: number, err: Error): void {
@@ -47,21 +48,18 @@ export class BucketedReduceScatter implements BucketReceiver {
     this.settle(err);
   }
 
-  private startNext(): void {
-    if (this.running || this.failure) return;
-    if (this.next === this.buckets.length) {
-      this.settle();
-      return;
+  /** Requests every bucket handed over whose predecessors in the plan have all been requested. */
+  private requestReady(): void {
+    while (!this.failure && this.next < this.buckets.length && this.handedOver[this.next]) {
+      const { start, end } = this.buckets[this.next++]!;
+      const reduced = this.ring.reduceScatter(this.grad, this.step, { range: { start, end }, wire: this.wire });
+      reduced.catch((err: Error) => this.abandon(err));
+      this.requested.push(reduced);
     }
-    if (!this.handedOver[this.next]) return;
-    const { start, end } = this.buckets[this.next++]!;
-    this.running = true;
-    this.ring.reduceScatter(this.grad, this.step, { range: { start, end }, wire: this.wire }).then(
-      () => {
-        this.running = false;
-        this.startNext();
-      },
-      (err: Error) => this.abandon(err),
-    );
+    if (this.next === this.buckets.length)
+      Promise.all(this.requested).then(
+        () => this.settle(),
+        () => {},
+      );
   }
 }

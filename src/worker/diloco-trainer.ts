@@ -18,6 +18,7 @@
 import type { EvalCounts, ResumeState, ShardSnapshot, StepReport } from '../comm/control.ts';
 import { packedWords, packInPlace, unpack, type PseudoGradientWire } from '../comm/pseudo-gradient-wire.ts';
 import { RingPeer } from '../comm/ring.ts';
+import { type GradientRing, sharedFloat32Array } from '../comm/ring-thread.ts';
 import { FatalError } from '../common/errors.ts';
 import { shardRange, type ElementRange } from '../common/shard.ts';
 import type { BatchLoader } from '../data/loader.ts';
@@ -53,7 +54,7 @@ export class DilocoTrainer {
 
   private constructor(
     private readonly model: ImageClassifier,
-    private readonly ring: RingPeer,
+    private readonly ring: GradientRing,
     private readonly inner: ShardedTrainer,
     private readonly options: TrainerOptions,
     private readonly sync: SyncSettings,
@@ -61,11 +62,13 @@ export class DilocoTrainer {
     resume: ResumeState | null,
   ) {
     const n = model.numParams;
-    this.outer = inner.params.slice();
+    // What the ring reads and writes is in shared memory, for the ring thread.
+    this.outer = sharedFloat32Array(n);
+    this.outer.set(inner.params);
     this.shard = shardRange(n, options.worldSize, options.rank);
     const shardLength = this.shard.end - this.shard.start;
     this.outerOptimizer = new OuterOptimizer(sync, shardLength);
-    this.pseudo = new Float32Array(n);
+    this.pseudo = sharedFloat32Array(n);
     const packed = sync.wire !== 'fp32';
     this.innerFeedback = sync.wire === 'int8' ? new Float32Array(n) : null;
     this.outerFeedback = packed ? new Float32Array(shardLength) : null;
@@ -90,7 +93,7 @@ export class DilocoTrainer {
    */
   static async create(
     model: ImageClassifier,
-    ring: RingPeer,
+    ring: GradientRing,
     train: BatchLoader,
     options: TrainerOptions,
     sync: SyncSettings,
@@ -182,7 +185,7 @@ export class DilocoTrainer {
     const wire = 'int8';
     const slot = this.slotWords(wire);
     const region = (worldSize - 1) * slot;
-    const words = new Uint32Array(worldSize * region);
+    const words = sharedWords(worldSize * region);
     const slotOf = (owner: number, shard: number): Uint32Array => {
       const { start, end } = shardRange(this.pseudo.length, worldSize, shard);
       const at = owner * region + (shard < owner ? shard : shard - 1) * slot;
@@ -200,7 +203,7 @@ export class DilocoTrainer {
       packInPlace(wire, values, slotOf(rank, s));
       for (let i = start; i < end; i++) feedback[i] = feedback[i]! - this.pseudo[i]!;
     }
-    await this.ring.allGather(new Float32Array(words.buffer), step);
+    await this.ring.allGather(new Float32Array(words.buffer, words.byteOffset, words.length), step);
     const own = this.pseudo.subarray(this.shard.start, this.shard.end);
     for (let q = 0; q < worldSize; q++) if (q !== rank) unpack(wire, slotOf(q, rank), own, true);
   }
@@ -213,7 +216,7 @@ export class DilocoTrainer {
     const { worldSize, rank } = this.options;
     const { wire } = this.sync;
     const slot = this.slotWords(wire);
-    const words = new Uint32Array(worldSize * slot);
+    const words = sharedWords(worldSize * slot);
     const { start, end } = this.shard;
     const shardOuter = this.outer.subarray(start, end);
     const feedback = this.outerFeedback!;
@@ -223,7 +226,7 @@ export class DilocoTrainer {
     packInPlace(wire, update, words.subarray(rank * slot, rank * slot + packedWords(wire, update.length)));
     for (let i = 0; i < update.length; i++) feedback[i] = feedback[i]! - update[i]!;
     shardOuter.set(previous);
-    await this.ring.allGather(new Float32Array(words.buffer), step);
+    await this.ring.allGather(new Float32Array(words.buffer, words.byteOffset, words.length), step);
     for (let q = 0; q < worldSize; q++) {
       const range = shardRange(this.outer.length, worldSize, q);
       const target = this.outer.subarray(range.start, range.end);
@@ -257,4 +260,10 @@ function innerResume(resume: ResumeState): ResumeState | null {
   if (entries.length === 0) return null;
   const optimizerState = Object.fromEntries(entries.map(([name, tensor]) => [name.slice(DILOCO_STATE.innerPrefix.length), tensor]));
   return { params: resume.params, optimizerState, ema: null, optimizerStep: resume.optimizerStep };
+}
+
+/** u32 words in shared memory, for the ring thread to all-gather in place. */
+function sharedWords(length: number): Uint32Array {
+  const floats = sharedFloat32Array(length);
+  return new Uint32Array(floats.buffer, floats.byteOffset, floats.length);
 }

@@ -8,7 +8,7 @@
 // Every rank ends a step holding the same parameter bits, which `paramDigest` lets the
 // coordinator check.
 import type { EvalCounts, ResumeState, ShardSnapshot, StepReport } from '../comm/control.ts';
-import type { RingPeer } from '../comm/ring.ts';
+import { type GradientRing, sharedFloat32Array } from '../comm/ring-thread.ts';
 import type { WireFormat } from '../common/wire.ts';
 import { shardRange, type ElementRange } from '../common/shard.ts';
 import type { BatchLoader } from '../data/loader.ts';
@@ -109,15 +109,16 @@ export class ShardedTrainer {
 
   constructor(
     private readonly model: ImageClassifier,
-    private readonly ring: RingPeer,
+    private readonly ring: GradientRing,
     private readonly train: BatchLoader,
     private readonly options: TrainerOptions,
     initialParams: Float32Array,
     resume: ResumeState | null,
   ) {
-    this.params = new Float32Array(model.numParams);
+    // In shared memory: the ring thread reads and writes them in place.
+    this.params = sharedFloat32Array(model.numParams);
     this.params.set(resume ? resume.params : initialParams);
-    this.grad = new Float32Array(model.numParams);
+    this.grad = sharedFloat32Array(model.numParams);
     this.shard = shardRange(model.numParams, options.worldSize, options.rank);
     const shardLength = this.shard.end - this.shard.start;
     this.optimizer = createShardOptimizer(options.optimizer, shardLength);

@@ -18,7 +18,7 @@ import {
   type WorkerMessage,
 } from '../comm/control.ts';
 import { seconds, watchWebSocket, type Heartbeat } from '../comm/heartbeat.ts';
-import { RingPeer } from '../comm/ring.ts';
+import { RingThread } from '../comm/ring-thread.ts';
 import { BatchLoader } from '../data/loader.ts';
 import { mixConfigOf } from '../data/mixup.ts';
 import { selectBackend, type BackendChoice } from '../model/backend.ts';
@@ -182,7 +182,7 @@ class WorkerSession {
   private queue: Promise<void> = Promise.resolve();
   private generation = -1;
   private rank = -1;
-  private ring: RingPeer | null = null;
+  private ring: RingThread | null = null;
   private trainer: ShardedTrainer | DilocoTrainer | null = null;
   private worldSize = 0;
   /** Where an `assign` starts (a checkpoint's state or --init weights), used once the ring is connected. */
@@ -356,7 +356,7 @@ class WorkerSession {
           { rank: message.rank, worldSize: message.worldSize, generation: message.generation, startStep: message.startStep },
           'assigned',
         );
-        const ring = await RingPeer.listen({
+        const ring = await RingThread.listen({
           rank: message.rank,
           worldSize: message.worldSize,
           generation: message.generation,
@@ -561,7 +561,7 @@ class WorkerSession {
     return { model, mode, tau };
   }
 
-  private requireRing(): RingPeer {
+  private requireRing(): RingThread {
     if (!this.ring)
       throw new RecoverableError('ORDER_OUT_OF_SEQUENCE', "the coordinator sent the ring's addresses before assigning a rank");
     return this.ring;

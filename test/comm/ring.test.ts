@@ -8,7 +8,17 @@ import { encodeFrameHeader, FRAME_HEADER_BYTES, FRAME_MAGIC, Phase } from '../..
 import { helloContext, RING_PATH, RING_PROTOCOL_VERSION, welcomeContext } from '../../src/comm/link.ts';
 import { RingPeer, type RingOptions } from '../../src/comm/ring.ts';
 import { shardRange } from '../../src/common/shard.ts';
-import { addInto, addIntoScalar, simdAvailable } from '../../src/comm/simd-add.ts';
+import { addBf16BytesInto } from '../../src/comm/bf16.ts';
+import {
+  addBytesInto,
+  addInto,
+  addIntoScalar,
+  adoptKernelMemory,
+  KERNEL_MEMORY_DATA_AT,
+  kernelMemory,
+  simdAvailable,
+  wasmInputOf,
+} from '../../src/comm/simd-add.ts';
 import {
   clientHandshakeRequest,
   encodeFrame,
@@ -200,6 +210,44 @@ describe('reduction kernel', () => {
       addIntoScalar(expected, src);
       addInto(dst, src);
       assert.ok(Buffer.from(dst.buffer).equals(Buffer.from(expected.buffer)), `length ${length}`);
+    }
+  });
+
+  test('adds into an adopted kernel memory, from its input region or from elsewhere, float32 and bf16, give the same bits', (t) => {
+    const memory = kernelMemory(200_000);
+    if (!memory) return t.skip('no WebAssembly SIMD (VIT_DIST_NO_SIMD): no kernel memories');
+    adoptKernelMemory(memory);
+    const input = wasmInputOf(memory.buffer)!;
+    assert.ok(input.byteLength >= 64 * 1024, 'a kernel memory has an input region');
+    for (const [length, offset] of [
+      [1, 0],
+      [5, 3],
+      [17, 1],
+      [16 * 1024 + 3, 7],
+      [60_001, 12_345],
+    ] as const) {
+      for (const elementBytes of [4, 2] as const) {
+        const dst = new Float32Array(memory.buffer, KERNEL_MEMORY_DATA_AT + offset * 4, length);
+        for (let i = 0; i < length; i++) dst[i] = Math.sin(i) * 1e3;
+        const expected = dst.slice();
+        const bytes = new Uint8Array(length * elementBytes + 3);
+        for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 37 + 11) & 0x7f; // finite values
+        const start = 3;
+        if (elementBytes === 4) addIntoScalar(expected, new Float32Array(bytes.slice(start, start + length * 4).buffer));
+        else addBf16BytesInto(expected, bytes, start);
+        const sources = length * elementBytes + start <= input.byteLength ? [bytes, input] : [bytes];
+        for (const source of sources) {
+          if (source === input) input.set(bytes);
+          const target = new Float32Array(memory.buffer, KERNEL_MEMORY_DATA_AT + offset * 4, length);
+          target.set(Float32Array.from({ length }, (_, i) => Math.sin(i) * 1e3));
+          if (elementBytes === 4) addBytesInto(target, source, start);
+          else addBf16BytesInto(target, source, start);
+          assert.ok(
+            Buffer.from(target.buffer, target.byteOffset, target.byteLength).equals(Buffer.from(expected.buffer)),
+            `length ${length} at ${offset}, ${elementBytes}-byte elements, from ${source === input ? 'the input region' : 'elsewhere'}`,
+          );
+        }
+      }
     }
   });
 });
