@@ -24,9 +24,13 @@ export function observeRun(coordinator: Coordinator, recipe: Recipe, logger: Log
   coordinator.route(METRICS_PATH, prometheus.handler(acceptedTokens));
   coordinator.onRecord((record) => prometheus.observe(record));
 
-  // Opening loads TensorFlow (about half a second); records that come meanwhile wait for it.
+  // Opening loads TensorFlow with a synchronous require: half a second on an idle machine, seconds
+  // on a loaded one, with the event loop blocked. So it waits for the run's first record: a
+  // coordinator that was just (re)started first listens, takes its workers back and completes a
+  // step (a restart record can come before that), and records that come meanwhile wait in `pending`.
   let tensorboard: TensorBoardScalars | null = null;
   let pending: MetricsRecord[] | null = [];
+  let opened: Promise<void> | null = null;
   const turnOff = (why: string, err: unknown): void => {
     tensorboard = null;
     pending = null;
@@ -40,19 +44,22 @@ export function observeRun(coordinator: Coordinator, recipe: Recipe, logger: Log
       turnOff(`writing to ${tb.dir} failed: ${(err as Error).message}`, err);
     }
   };
-  const opened = TensorBoardScalars.open(coordinator.outDir).then(
-    (tb) => {
-      logger.info({ dir: tb.dir }, 'TensorBoard scalars on');
-      const waiting = pending ?? [];
-      tensorboard = tb;
-      pending = null;
-      for (const record of waiting) write(tb, record);
-    },
-    (err: Error) => turnOff(err.message, err),
-  );
+  const open = (): Promise<void> =>
+    TensorBoardScalars.open(coordinator.outDir).then(
+      (tb) => {
+        logger.info({ dir: tb.dir }, 'TensorBoard scalars on');
+        const waiting = pending ?? [];
+        tensorboard = tb;
+        pending = null;
+        for (const record of waiting) write(tb, record);
+      },
+      (err: Error) => turnOff(err.message, err),
+    );
   coordinator.onRecord((record) => {
     if (tensorboard) write(tensorboard, record);
     else pending?.push(record);
+    // After this turn of the loop, so the record's own work (the step's reply to the workers) goes first.
+    if (record.kind === 'step') opened ??= new Promise<void>((resolve) => setImmediate(resolve)).then(open);
   });
 
   return {
