@@ -206,13 +206,13 @@ let fusedKernelsLoaded = false;
  * the source (a rebuild is needed), or failing to load. Without them the ops above run as before.
  */
 export function loadFusedKernels(build: FusedKernelsBuild | undefined): string | null {
-  if (fusedKernelsLoaded) return null;
   if (!build) return 'they were not built (node scripts/build-tensorflow-engine.mjs builds them)';
   if (!build.ok || !build.file) return `their build failed (${build.failure})`;
   if (!existsSync(build.file)) return `${build.file} is missing; rebuild with node scripts/build-tensorflow-engine.mjs`;
   const sha = createHash('sha256').update(readFileSync(FUSED_KERNELS_SOURCE)).digest('hex');
   if (sha !== build.sourceSha256)
     return 'src/model/native/fused_ops.cc changed since they were built; rebuild with node scripts/build-tensorflow-engine.mjs';
+  if (fusedKernelsLoaded) return null;
   try {
     const module = createRequire(import.meta.url)(build.file) as { failure: string };
     if (module.failure !== '') return `TensorFlow refused them: ${module.failure}`;

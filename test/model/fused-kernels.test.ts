@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../../src/model/backend.ts';
-import { fusedKernels } from '../../src/model/tensorflow-ops.ts';
+import { fusedKernels, loadFusedKernels } from '../../src/model/tensorflow-ops.ts';
 import { erf, lcg, tensorflowUnavailable } from './helpers.ts';
 
 const skip =
@@ -130,3 +130,10 @@ for (const n of [17, 197]) {
     });
   });
 }
+
+test('a build record that is missing, failed, lost its module or is of another source is refused, saying why', () => {
+  assert.match(loadFusedKernels(undefined) ?? '', /not built/);
+  assert.match(loadFusedKernels({ ok: false, failure: 'no compiler' }) ?? '', /build failed \(no compiler\)/);
+  assert.match(loadFusedKernels({ ok: true, file: '/nonexistent/fused.node', sourceSha256: '0' }) ?? '', /missing/);
+  assert.match(loadFusedKernels({ ok: true, file: import.meta.filename, sourceSha256: 'stale' }) ?? '', /fused_ops\.cc changed/);
+});
