@@ -209,6 +209,7 @@ export function loadFusedKernels(build: FusedKernelsBuild | undefined): string |
   if (!build) return 'they were not built (node scripts/build-tensorflow-engine.mjs builds them)';
   if (!build.ok || !build.file) return `their build failed (${build.failure})`;
   if (!existsSync(build.file)) return `${build.file} is missing; rebuild with node scripts/build-tensorflow-engine.mjs`;
+  if (!existsSync(FUSED_KERNELS_SOURCE)) return `their source ${FUSED_KERNELS_SOURCE.pathname} is missing, so the build cannot be checked`;
   const sha = createHash('sha256').update(readFileSync(FUSED_KERNELS_SOURCE)).digest('hex');
   if (sha !== build.sourceSha256)
     return 'src/model/native/fused_ops.cc changed since they were built; rebuild with node scripts/build-tensorflow-engine.mjs';
