@@ -14,7 +14,7 @@
 //    stale. The price is a fresh unpack after each `npm ci`, which wipes node_modules anyway.
 // 3. Smoke test in a child process (a matMul and a gradient), so a crashing addon is contained.
 // 4. Compile the project's fused kernels (src/model/native/fused_ops.cc: LayerNorm, GELU and the
-//    attention softmax, forward and backward, the qkv head split) against the same libraries and headers, into
+//    attention softmax, forward and backward) against the same libraries and headers, into
 //    tfjs-node's folder, and smoke-test them the same way. They are optional: if they cannot be
 //    built (no C++ compiler, no Node headers), the engine runs without them, saying so.
 //

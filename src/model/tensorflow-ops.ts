@@ -12,8 +12,7 @@
 //
 // Where scripts/build-tensorflow-engine.mjs could compile them, LayerNorm, GELU and the attention
 // softmax forward and backward run as fused kernels of our own (src/model/native/fused_ops.cc, loaded
-// once by loadFusedKernels): one op and one or two passes over memory each, instead of 4-11 ops; and
-// the attention's qkv head split and its inverse, one copy each instead of two ops.
+// once by loadFusedKernels): one op and one or two passes over memory each, instead of 4-11 ops.
 //
 // The outputs are ordinary tf.Tensors (the backend's createOutputTensor), so tf.tidy and dispose work as
 // for any op. The constants are raw TensorFlow handles that tfjs does not track (a leak check counting
@@ -33,7 +32,6 @@ interface TensorflowBinding {
   readonly TF_ATTR_BOOL: number;
   readonly TF_ATTR_STRING: number;
   readonly TF_ATTR_FLOAT: number;
-  readonly TF_ATTR_INT: number;
   createTensor(shape: number[], dtype: number, values: Float32Array | Int32Array): number;
   executeOp(name: string, attrs: OpAttr[], inputIds: number[], numOutputs: number): unknown[];
 }
@@ -87,11 +85,6 @@ class NativeOps {
   /** A float attribute, e.g. an epsilon or a scale. */
   floatAttr(name: string, value: number): OpAttr[] {
     return [{ name, type: this.binding.TF_ATTR_FLOAT, value }];
-  }
-
-  /** Integer attributes, e.g. a head count. */
-  intAttrs(values: Record<string, number>): OpAttr[] {
-    return Object.entries(values).map(([name, value]) => ({ name, type: this.binding.TF_ATTR_INT, value }));
   }
 
   /** A float32 scalar, uploaded once. */
@@ -194,16 +187,6 @@ export class FusedKernels {
   /** softmax(scale scores) over the last axis; scale > 0. */
   scaledSoftmax<R extends tf.Tensor>(scores: R, scale: number): R {
     return this.ops.run('VitScaledSoftmax', this.ops.floatAttr('scale', scale), [scores]);
-  }
-
-  /** The qkv Linear's output [B*T, 3*H*hd], features ordered (q|k|v, head, hd), as q, k, v [B*H, T, hd]. */
-  splitQkv(qkv: tf.Tensor2D, heads: number, tokens: number): [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D] {
-    return this.ops.runMany('VitSplitQkv', this.ops.intAttrs({ heads, tokens }), [qkv], 3) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
-  }
-
-  /** splitQkv's inverse: dq, dk, dv [B*H, T, hd] -> [B*T, 3*H*hd]. */
-  mergeQkv(dq: tf.Tensor3D, dk: tf.Tensor3D, dv: tf.Tensor3D, heads: number): tf.Tensor2D {
-    return this.ops.run('VitMergeQkv', this.ops.intAttrs({ heads }), [dq, dk, dv]);
   }
 
   /** The scores' gradient from softmax(scale scores)'s: scale att (dAtt - Σ_row dAtt att). */

@@ -313,8 +313,6 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
     const [T, hd] = [this.numTokens, this.headDim];
     const w = this.w(`${name}.attn.qkv`);
     const b = this.b(`${name}.attn.qkv`);
-    const fused = fusedKernels()?.splitQkv(linear(x, w, b), H, T); // one copy instead of a transpose and an unstack
-    if (fused) return fused;
     if (transposeFlagsAreFree()) {
       // Output features are ordered (q|k|v, head, headDim) as in timm.
       const qkv = transpose(reshape(linear(x, w, b), [B, T, 3, H, hd]), [2, 0, 3, 1, 4]);
@@ -329,8 +327,6 @@ export class VisionTransformer extends FlatParamClassifier<VitConfig> {
   private mergeQkv(dq: tf.Tensor3D, dk: tf.Tensor3D, dv: tf.Tensor3D, B: number): tf.Tensor2D {
     const { numHeads: H, embedDim: D } = this.config;
     const [T, hd] = [this.numTokens, this.headDim];
-    const fused = fusedKernels()?.mergeQkv(dq, dk, dv, H);
-    if (fused) return fused;
     if (!transposeFlagsAreFree()) return tf.concat([this.mergeHeads(dq, B), this.mergeHeads(dk, B), this.mergeHeads(dv, B)], 1);
     const stacked = reshape(tf.stack([dq, dk, dv]), [3, B, H, T, hd]);
     return reshape(transpose(stacked, [1, 3, 0, 2, 4]), [B * T, 3 * D]);

@@ -137,27 +137,3 @@ test('a build record that is missing, failed, lost its module or is of another s
   assert.match(loadFusedKernels({ ok: true, file: '/nonexistent/fused.node', sourceSha256: '0' }) ?? '', /missing/);
   assert.match(loadFusedKernels({ ok: true, file: import.meta.filename, sourceSha256: 'stale' }) ?? '', /fused_ops\.cc changed/);
 });
-
-test("VitSplitQkv splits the qkv Linear's output into heads as timm orders it, and VitMergeQkv inverts it exactly", { skip }, () => {
-  const [B, T, H, hd] = [2, 5, 3, 4];
-  const width = 3 * H * hd;
-  const qkv = randoms(B * T * width, 11, 1);
-  const kernels = fusedKernels()!;
-  tf.tidy(() => {
-    const parts = kernels.splitQkv(tf.tensor2d(qkv, [B * T, width]), H, T);
-    parts.forEach((part, s) => {
-      assert.deepEqual(part.shape, [B * H, T, hd]);
-      const values = part.dataSync();
-      for (let b = 0; b < B; b++)
-        for (let h = 0; h < H; h++)
-          for (let t = 0; t < T; t++)
-            for (let d = 0; d < hd; d++) {
-              const expected = qkv[(b * T + t) * width + (s * H + h) * hd + d]!;
-              assert.equal(values[((b * H + h) * T + t) * hd + d], expected, `part ${s} b${b} h${h} t${t} d${d}`);
-            }
-    });
-    const merged = kernels.mergeQkv(parts[0], parts[1], parts[2], H);
-    assert.deepEqual(merged.shape, [B * T, width]);
-    assert.deepEqual(merged.dataSync(), qkv);
-  });
-});

@@ -5,8 +5,7 @@
 // Why: on a small model each of these layers is 4-11 separate TensorFlow ops, every one a full pass
 // over memory plus tens of microseconds of eager dispatch (vit_fmnist_tiny at batch 128: ~190 such
 // ops per pass, ~20 ms of its ~56). Each kernel here is one pass, or two where a row needs its
-// statistics first. The attention's qkv head split and its inverse are one copy each instead of a
-// transpose and an unstack (a stack and a transpose). Rows are independent, and every reduction runs in a fixed order, so results do
+// statistics first. Rows are independent, and every reduction runs in a fixed order, so results do
 // not depend on anything but the inputs (the same bits on every run; a resumed run stays bit-exact).
 //
 // The file is also an N-API module: loading it with require() registers the ops once (its init
@@ -205,23 +204,6 @@ void* CreateWithEps(TF_OpKernelConstruction* ctx) { return CreateWithFloatAttr(c
 void* CreateWithScale(TF_OpKernelConstruction* ctx) { return CreateWithFloatAttr(ctx, "scale"); }
 void DeleteFloatAttr(void* kernel) { delete static_cast<float*>(kernel); }
 
-/** The head split's shape attributes: heads, and tokens where the op has it (0 otherwise). */
-struct HeadLayout {
-  int64_t heads = 0;
-  int64_t tokens = 0;
-};
-void* CreateHeadLayout(TF_OpKernelConstruction* ctx) {
-  TF_Status* status = TF_NewStatus();
-  auto* layout = new HeadLayout();
-  TF_OpKernelConstruction_GetAttrInt64(ctx, "heads", &layout->heads, status);
-  if (TF_GetCode(status) == TF_OK && TF_OpKernelConstruction_HasAttr(ctx, "tokens", status))
-    TF_OpKernelConstruction_GetAttrInt64(ctx, "tokens", &layout->tokens, status);
-  if (TF_GetCode(status) != TF_OK) TF_OpKernelConstruction_Failure(ctx, status);
-  TF_DeleteStatus(status);
-  return layout;
-}
-void DeleteHeadLayout(void* kernel) { delete static_cast<HeadLayout*>(kernel); }
-
 // ---------------------------------------------------------------------------------------------
 // The kernels. Every float tensor is [rows, n] over its last axis; weights are [n].
 
@@ -372,60 +354,6 @@ void ScaledSoftmaxGradCompute(void* kernel, TF_OpKernelContext* ctx) {
   });
 }
 
-/**
- * VitSplitQkv(qkv [B*T, 3D]; heads H, tokens T) -> q, k, v [B*H, T, hd]: the qkv Linear's output,
- * whose features are ordered (q|k|v, head, hd) as timm's, split into per-head matrices. A copy of
- * each value, as the Transpose and Unpack it replaces.
- */
-void SplitQkvCompute(void* kernel, TF_OpKernelContext* ctx) {
-  const HeadLayout layout = *static_cast<HeadLayout*>(kernel);
-  WithInputs(ctx, 1, [&](const Inputs& in, TF_Status* status) {
-    const int64_t width = in.lastDim(0);
-    const int64_t H = layout.heads, T = layout.tokens;
-    if (!Check(ctx, H > 0 && T > 0 && width % (3 * H) == 0 && in.elements(0) % (T * width) == 0,
-               "VitSplitQkv: qkv must be [B*tokens, 3*heads*hd]"))
-      return;
-    const int64_t hd = width / (3 * H), B = in.elements(0) / (T * width);
-    const int64_t dims[3] = {B * H, T, hd};
-    Output q(ctx, 0, dims, 3, status), k(ctx, 1, dims, 3, status), v(ctx, 2, dims, 3, status);
-    if (!Ok(ctx, status)) return;
-    float* outs[3] = {q.data(), k.data(), v.data()};
-    const float* x = in.data(0);
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t t = 0; t < T; t++) {
-        const float* row = x + (b * T + t) * width;
-        for (int64_t s = 0; s < 3; s++)
-          for (int64_t h = 0; h < H; h++)
-            std::memcpy(outs[s] + ((b * H + h) * T + t) * hd, row + (s * H + h) * hd, hd * sizeof(float));
-      }
-  });
-}
-
-/** VitMergeQkv(dq, dk, dv [B*H, T, hd]; heads H) -> [B*T, 3*H*hd]: VitSplitQkv's inverse, for the gradient. */
-void MergeQkvCompute(void* kernel, TF_OpKernelContext* ctx) {
-  const int64_t H = static_cast<HeadLayout*>(kernel)->heads;
-  WithInputs(ctx, 3, [&](const Inputs& in, TF_Status* status) {
-    const bool rank3 = TF_NumDims(in.tensor(0)) == 3;
-    const int64_t BH = rank3 ? TF_Dim(in.tensor(0), 0) : 0;
-    if (!Check(ctx, rank3 && H > 0 && BH % H == 0 && in.elements(1) == in.elements(0) && in.elements(2) == in.elements(0),
-               "VitMergeQkv: dq, dk and dv must be [B*heads, T, hd] alike"))
-      return;
-    const int64_t T = TF_Dim(in.tensor(0), 1), hd = TF_Dim(in.tensor(0), 2), B = BH / H, width = 3 * H * hd;
-    const int64_t dims[2] = {B * T, width};
-    Output merged(ctx, 0, dims, 2, status);
-    if (!Ok(ctx, status)) return;
-    const float* ins[3] = {in.data(0), in.data(1), in.data(2)};
-    float* y = merged.data();
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t t = 0; t < T; t++) {
-        float* row = y + (b * T + t) * width;
-        for (int64_t s = 0; s < 3; s++)
-          for (int64_t h = 0; h < H; h++)
-            std::memcpy(row + (s * H + h) * hd, ins[s] + ((b * H + h) * T + t) * hd, hd * sizeof(float));
-      }
-  });
-}
-
 // ---------------------------------------------------------------------------------------------
 // Registration.
 
@@ -433,26 +361,22 @@ struct OpSpec {
   const char* name;
   const char* inputs[4];
   const char* outputs[3];
-  const char* attrs[2];  // or nullptr
+  const char* attr;  // or nullptr
   void* (*create)(TF_OpKernelConstruction*);
   void (*compute)(void*, TF_OpKernelContext*);
   void (*destroy)(void*);
 };
 
 const OpSpec kOps[] = {
-    {"VitLayerNorm", {"x: float", "weight: float", "bias: float"}, {"y: float", "x_hat: float", "rstd: float"}, {"eps: float"},
+    {"VitLayerNorm", {"x: float", "weight: float", "bias: float"}, {"y: float", "x_hat: float", "rstd: float"}, "eps: float",
      CreateWithEps, LayerNormCompute, DeleteFloatAttr},
     {"VitLayerNormGrad", {"dy: float", "x_hat: float", "rstd: float", "weight: float"}, {"dx: float", "d_weight: float", "d_bias: float"},
-     {}, nullptr, LayerNormGradCompute, nullptr},
-    {"VitGelu", {"x: float"}, {"y: float", "cdf: float"}, {}, nullptr, GeluCompute, nullptr},
-    {"VitGeluGrad", {"dy: float", "x: float", "cdf: float"}, {"dx: float"}, {}, nullptr, GeluGradCompute, nullptr},
-    {"VitScaledSoftmax", {"scores: float"}, {"y: float"}, {"scale: float"}, CreateWithScale, ScaledSoftmaxCompute, DeleteFloatAttr},
-    {"VitScaledSoftmaxGrad", {"att: float", "d_att: float"}, {"d_scores: float"}, {"scale: float"}, CreateWithScale,
+     nullptr, nullptr, LayerNormGradCompute, nullptr},
+    {"VitGelu", {"x: float"}, {"y: float", "cdf: float"}, nullptr, nullptr, GeluCompute, nullptr},
+    {"VitGeluGrad", {"dy: float", "x: float", "cdf: float"}, {"dx: float"}, nullptr, nullptr, GeluGradCompute, nullptr},
+    {"VitScaledSoftmax", {"scores: float"}, {"y: float"}, "scale: float", CreateWithScale, ScaledSoftmaxCompute, DeleteFloatAttr},
+    {"VitScaledSoftmaxGrad", {"att: float", "d_att: float"}, {"d_scores: float"}, "scale: float", CreateWithScale,
      ScaledSoftmaxGradCompute, DeleteFloatAttr},
-    {"VitSplitQkv", {"qkv: float"}, {"q: float", "k: float", "v: float"}, {"heads: int", "tokens: int"}, CreateHeadLayout, SplitQkvCompute,
-     DeleteHeadLayout},
-    {"VitMergeQkv", {"dq: float", "dk: float", "dv: float"}, {"d_qkv: float"}, {"heads: int"}, CreateHeadLayout, MergeQkvCompute,
-     DeleteHeadLayout},
 };
 
 /** Outputs' shapes are left unknown: eager execution takes them from the kernel. */
@@ -471,8 +395,7 @@ const char* RegisterOps() {
       if (input != nullptr) TF_OpDefinitionBuilderAddInput(def, input);
     for (const char* output : op.outputs)
       if (output != nullptr) TF_OpDefinitionBuilderAddOutput(def, output);
-    for (const char* attr : op.attrs)
-      if (attr != nullptr) TF_OpDefinitionBuilderAddAttr(def, attr);
+    if (op.attr != nullptr) TF_OpDefinitionBuilderAddAttr(def, op.attr);
     TF_OpDefinitionBuilderSetShapeInferenceFunction(def, UnknownShapes);
     TF_RegisterOpDefinition(def, status);
     if (TF_GetCode(status) == TF_OK) {
