@@ -100,8 +100,11 @@ function smokeTest() {
   return JSON.parse(out.trim().split('\n').at(-1)).tensorflow;
 }
 
+/** Written beside and renamed over: a node_modules hard-linked from another checkout keeps its own record. */
 function writeStatus(packageDir, status) {
-  writeFileSync(join(packageDir, STATUS_FILE), `${JSON.stringify({ ...status, checkedAt: new Date().toISOString() }, null, 2)}\n`);
+  const file = join(packageDir, STATUS_FILE);
+  writeFileSync(`${file}.partial`, `${JSON.stringify({ ...status, checkedAt: new Date().toISOString() }, null, 2)}\n`);
+  renameSync(`${file}.partial`, file);
 }
 
 function duSync(path) {
