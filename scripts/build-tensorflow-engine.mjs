@@ -13,6 +13,10 @@
 //    self-contained, `rm -rf node_modules` removes it all, and no cache outside the checkout can go
 //    stale. The price is a fresh unpack after each `npm ci`, which wipes node_modules anyway.
 // 3. Smoke test in a child process (a matMul and a gradient), so a crashing addon is contained.
+// 4. Compile the project's fused kernels (src/model/native/fused_ops.cc: LayerNorm, GELU and the
+//    attention softmax, forward and backward) against the same libraries and headers, into
+//    tfjs-node's folder, and smoke-test them the same way. They are optional: if they cannot be
+//    built (no C++ compiler, no Node headers), the engine runs without them, saying so.
 //
 // The outcome is written to tfjs-node's folder (vit-dist-engine.json), which src/model/backend.ts
 // reads: an engine that failed here is never loaded by a worker. Any failure prints what failed and
@@ -30,11 +34,14 @@ import {
   writeFileSync,
   readdirSync,
 } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 
 const TENSORFLOW_WHEEL = 'tensorflow-cpu==2.21.0';
+/** The one folder of headers that the C kernel API (tensorflow/c/kernels.h) adds to the C API's. */
+const KERNEL_API_HEADERS = 'tensorflow/include/tensorflow/core/common_runtime/next_pluggable_device/c/';
 const WHEEL_PYTHON = '3.11';
 /** Only the two libraries and the C API's header closure are needed (853 MB of the wheel's 1.27 GB). */
 const WHEEL_MEMBERS = [
@@ -44,8 +51,11 @@ const WHEEL_MEMBERS = [
   'tensorflow/include/tensorflow/core/platform/',
   'tensorflow/include/tsl/platform/',
   'tensorflow/include/xla/tsl/c/',
+  KERNEL_API_HEADERS,
 ];
 const STATUS_FILE = 'vit-dist-engine.json';
+const FUSED_KERNELS_SOURCE = 'src/model/native/fused_ops.cc';
+const FUSED_KERNELS_MODULE = 'vit-dist-fused-ops.node';
 const SMOKE_TIMEOUT_MS = 120_000;
 
 const root = resolve(dirname(new URL(import.meta.url).pathname), '..');
@@ -90,8 +100,11 @@ function smokeTest() {
   return JSON.parse(out.trim().split('\n').at(-1)).tensorflow;
 }
 
+/** Written beside and renamed over: a node_modules hard-linked from another checkout keeps its own record. */
 function writeStatus(packageDir, status) {
-  writeFileSync(join(packageDir, STATUS_FILE), `${JSON.stringify({ ...status, checkedAt: new Date().toISOString() }, null, 2)}\n`);
+  const file = join(packageDir, STATUS_FILE);
+  writeFileSync(`${file}.partial`, `${JSON.stringify({ ...status, checkedAt: new Date().toISOString() }, null, 2)}\n`);
+  renameSync(`${file}.partial`, file);
 }
 
 function duSync(path) {
@@ -102,9 +115,8 @@ function duSync(path) {
   return bytes;
 }
 
-/** pip download + selective unpack into a fresh deps/ laid out as tfjs-node's binding.gyp expects. */
-function unpackWheel(packageDir) {
-  const depsDir = join(packageDir, 'deps');
+/** pip download of the wheel into a scratch folder; unpacks `members` of it into `dest`. */
+function unpackFromWheel(members, dest) {
   const scratch = mkdtempSync(join(tmpdir(), 'vit-dist-tensorflow-'));
   try {
     // Only the C libraries are used, and they are the same in every Python version's wheel: ask
@@ -126,26 +138,32 @@ function unpackWheel(packageDir) {
     runStep(`pip download ${TENSORFLOW_WHEEL}`, 'python3', [...pip, TENSORFLOW_WHEEL, '-d', scratch]);
     const wheel = readdirSync(scratch).find((f) => f.endsWith('.whl'));
     if (!wheel) throw new StepError(`pip download ${TENSORFLOW_WHEEL}`, `no wheel in ${scratch}`);
-    const staged = join(packageDir, 'deps.partial');
-    rmSync(staged, { recursive: true, force: true });
     const extract =
       'import sys, zipfile\nwheel, dest, *members = sys.argv[1:]\nwith zipfile.ZipFile(wheel) as z:\n    for name in z.namelist():\n        if any(name == m or (m.endswith("/") and name.startswith(m)) for m in members): z.extract(name, dest)\n';
-    runStep('unpack the wheel', 'python3', ['-c', extract, join(scratch, wheel), staged, ...WHEEL_MEMBERS]);
-    const lib = join(staged, 'lib');
-    mkdirSync(lib);
-    for (const so of ['libtensorflow_cc.so.2', 'libtensorflow_framework.so.2']) renameSync(join(staged, 'tensorflow', so), join(lib, so));
-    renameSync(join(staged, 'tensorflow', 'include'), join(staged, 'include'));
-    rmSync(join(staged, 'tensorflow'), { recursive: true });
-    // The names binding.gyp links against (-ltensorflow -ltensorflow_framework); at run time the
-    // addon asks for the libraries' own sonames, which are the real files.
-    symlinkSync('libtensorflow_cc.so.2', join(lib, 'libtensorflow.so'));
-    symlinkSync('libtensorflow_framework.so.2', join(lib, 'libtensorflow_framework.so'));
-    writeFileSync(join(staged, 'SOURCE'), `${TENSORFLOW_WHEEL}\n`);
-    rmSync(depsDir, { recursive: true, force: true });
-    renameSync(staged, depsDir);
+    runStep('unpack the wheel', 'python3', ['-c', extract, join(scratch, wheel), dest, ...members]);
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
+}
+
+/** pip download + selective unpack into a fresh deps/ laid out as tfjs-node's binding.gyp expects. */
+function unpackWheel(packageDir) {
+  const depsDir = join(packageDir, 'deps');
+  const staged = join(packageDir, 'deps.partial');
+  rmSync(staged, { recursive: true, force: true });
+  unpackFromWheel(WHEEL_MEMBERS, staged);
+  const lib = join(staged, 'lib');
+  mkdirSync(lib);
+  for (const so of ['libtensorflow_cc.so.2', 'libtensorflow_framework.so.2']) renameSync(join(staged, 'tensorflow', so), join(lib, so));
+  renameSync(join(staged, 'tensorflow', 'include'), join(staged, 'include'));
+  rmSync(join(staged, 'tensorflow'), { recursive: true });
+  // The names binding.gyp links against (-ltensorflow -ltensorflow_framework); at run time the
+  // addon asks for the libraries' own sonames, which are the real files.
+  symlinkSync('libtensorflow_cc.so.2', join(lib, 'libtensorflow.so'));
+  symlinkSync('libtensorflow_framework.so.2', join(lib, 'libtensorflow_framework.so'));
+  writeFileSync(join(staged, 'SOURCE'), `${TENSORFLOW_WHEEL}\n`);
+  rmSync(depsDir, { recursive: true, force: true });
+  renameSync(staged, depsDir);
 }
 
 /** node-pre-gyp compiles the binding for this Node's N-API version into lib/napi-vN/. */
@@ -161,6 +179,112 @@ function compileBinding(packageDir) {
   rmSync(join(packageDir, 'build'), { recursive: true, force: true });
 }
 
+const FUSED_SMOKE_TEST = `
+const tf = require('@tensorflow/tfjs-node');
+const ops = require(process.argv[1]);
+if (ops.failure !== '') throw new Error(ops.failure);
+const backend = tf.backend();
+const b = backend.binding;
+const x = tf.tensor2d([[1, 2, 3, 6]]);
+const ids = backend.getInputTensorIds([x, tf.ones([4]), tf.zeros([4])]);
+const [y] = b.executeOp('VitLayerNorm', [{ name: 'eps', type: b.TF_ATTR_FLOAT, value: 0 }], ids, 3).map((m) => backend.createOutputTensor(m));
+const expected = [-1.069045, -0.5345225, 0, 1.6035675]; // (x - 3) / sqrt(3.5)
+const got = y.dataSync();
+if (expected.some((e, i) => Math.abs(got[i] - e) > 1e-6)) throw new Error('VitLayerNorm gave ' + Array.from(got));
+console.log(JSON.stringify({ ops: ops.ops }));
+`;
+
+/** Where Node's own headers are (node_api.h), or null. */
+function nodeIncludeDir() {
+  for (const prefix of [process.env.npm_config_nodedir, resolve(dirname(process.execPath), '..')]) {
+    if (prefix && existsSync(join(prefix, 'include', 'node', 'node_api.h'))) return join(prefix, 'include', 'node');
+  }
+  return null;
+}
+
+/**
+ * Compiles src/model/native/fused_ops.cc into tfjs-node's folder and smoke-tests it in a child
+ * process; returns what src/model/tensorflow-ops.ts's loadFusedKernels reads (ok, file, the
+ * source's SHA-256), or why it failed. Skips the work when the recorded build is of this source
+ * and compile command.
+ */
+function buildFusedKernels(packageDir, previous) {
+  const sourceFile = join(root, FUSED_KERNELS_SOURCE);
+  const file = join(packageDir, FUSED_KERNELS_MODULE);
+  const sourceSha256 = createHash('sha256').update(readFileSync(sourceFile)).digest('hex');
+  const kernelsStarted = Date.now();
+  try {
+    const depsDir = join(packageDir, 'deps');
+    // A deps/ unpacked before the kernels existed lacks the C kernel API's one extra header folder.
+    if (!existsSync(join(depsDir, 'include', KERNEL_API_HEADERS.slice('tensorflow/include/'.length)))) {
+      say('fetching the C kernel API headers from the wheel ...');
+      const staged = join(packageDir, 'headers.partial');
+      rmSync(staged, { recursive: true, force: true });
+      unpackFromWheel([KERNEL_API_HEADERS], staged);
+      const folder = KERNEL_API_HEADERS.slice('tensorflow/include/'.length);
+      mkdirSync(dirname(join(depsDir, 'include', folder)), { recursive: true });
+      renameSync(join(staged, KERNEL_API_HEADERS), join(depsDir, 'include', folder));
+      rmSync(staged, { recursive: true, force: true });
+    }
+    const nodeInclude = nodeIncludeDir();
+    if (nodeInclude === null)
+      throw new StepError('find Node headers', 'no include/node/node_api.h beside this Node (set npm_config_nodedir)');
+    // AVX2 and FMA where the CPU has them (x86-64-v3), not -march=native: node_modules may be copied
+    // to a machine of another CPU generation. No FMA contraction, so each kernel rounds where the op
+    // composition it replaces does (y = xHat weight + bias as a Mul then a BiasAdd). No errno and no
+    // trapping float exceptions (neither changes a result): without them GCC keeps floor() and the
+    // clamps of the exp and erf polynomials scalar, and GELU runs several times slower.
+    const cpuFlags = existsSync('/proc/cpuinfo') ? readFileSync('/proc/cpuinfo', 'utf8') : '';
+    const arch = process.arch === 'x64' && /\bavx2\b/.test(cpuFlags) && /\bfma\b/.test(cpuFlags) ? ['-march=x86-64-v3'] : [];
+    const partial = `${file}.partial`;
+    const compiler = process.env.CXX ?? 'c++';
+    const flags = [
+      '-std=c++17',
+      '-O3',
+      ...arch,
+      '-ffp-contract=off',
+      '-fno-math-errno',
+      '-fno-trapping-math',
+      '-fPIC',
+      '-shared',
+      '-fvisibility=hidden',
+      `-I${join(depsDir, 'include')}`,
+      `-I${nodeInclude}`,
+      sourceFile,
+      '-o',
+      partial,
+      `-L${join(depsDir, 'lib')}`,
+      '-l:libtensorflow_framework.so.2',
+      '-Wl,-rpath,$ORIGIN/deps/lib',
+    ];
+    const command = [compiler, ...flags].join(' ');
+    if (previous?.ok && previous.sourceSha256 === sourceSha256 && previous.command === command && existsSync(file)) return previous;
+    runStep('compile the fused kernels (needs a C++17 compiler)', compiler, flags);
+    renameSync(partial, file);
+    const env = { ...process.env, TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2' };
+    runStep('smoke test of the fused kernels (VitLayerNorm)', process.execPath, ['-e', FUSED_SMOKE_TEST, file], {
+      cwd: root,
+      env,
+      timeout: SMOKE_TIMEOUT_MS,
+    });
+    say(`fused kernels compiled and checked in ${((Date.now() - kernelsStarted) / 1000).toFixed(1)} s (${file}).`);
+    return { ok: true, file, sourceSha256, command };
+  } catch (err) {
+    const failure = err instanceof StepError ? err.message : String(err?.stack ?? err);
+    say(`the fused kernels are NOT available (${failure}); the TensorFlow engine runs without them (slower on small models).`);
+    return { ok: false, failure };
+  }
+}
+
+function readStatus(packageDir) {
+  const file = join(packageDir, STATUS_FILE);
+  try {
+    return JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    return null;
+  }
+}
+
 function main() {
   let packageDir;
   try {
@@ -172,10 +296,13 @@ function main() {
   try {
     const version = smokeTest();
     const source = join(packageDir, 'deps', 'SOURCE');
+    const fromWheel = existsSync(source);
     writeStatus(packageDir, {
       ok: true,
       tensorflow: version,
-      source: existsSync(source) ? readFileSync(source, 'utf8').trim() : "tfjs-node's own install",
+      source: fromWheel ? readFileSync(source, 'utf8').trim() : "tfjs-node's own install",
+      // Only against the wheel's libraries: tfjs-node's own install is TensorFlow 2.9's, which the kernels are not built for.
+      ...(fromWheel && { fusedKernels: buildFusedKernels(packageDir, readStatus(packageDir)?.fusedKernels) }),
     });
     say(`TensorFlow ${version} loads and passes the smoke test (${((Date.now() - started) / 1000).toFixed(1)} s).`);
     return;
@@ -192,7 +319,8 @@ function main() {
     say('compiling the tfjs-node binding against it ...');
     compileBinding(packageDir);
     const version = smokeTest();
-    writeStatus(packageDir, { ok: true, tensorflow: version, source: TENSORFLOW_WHEEL });
+    const fusedKernels = buildFusedKernels(packageDir, null);
+    writeStatus(packageDir, { ok: true, tensorflow: version, source: TENSORFLOW_WHEEL, fusedKernels });
     const megabytes = (duSync(join(packageDir, 'deps')) / 2 ** 20).toFixed(0);
     say(
       `TensorFlow ${version} built from the ${TENSORFLOW_WHEEL} wheel and passes the smoke test in ${((Date.now() - started) / 1000).toFixed(0)} s (${megabytes} MB in ${join(packageDir, 'deps')}).`,

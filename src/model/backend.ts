@@ -13,6 +13,7 @@
 
 import * as tf from '@tensorflow/tfjs-core';
 import { installStatus, quietTensorflowByDefault } from './tensorflow-env.ts';
+import { loadFusedKernels } from './tensorflow-ops.ts';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 import { activateWebGPU, NoWebGPUAdapter } from './webgpu/device.ts';
@@ -93,6 +94,12 @@ function intraOpThreads(): string {
   return threads ? `${threads} intra-op thread${threads === '1' ? '' : 's'}` : "TensorFlow's default thread count";
 }
 
+/** Loads the fused CPU kernels (tensorflow-ops.ts) and says whether they run, or why not. */
+function cpuKernels(pkg: string): string {
+  const why = loadFusedKernels(installStatus(pkg)?.fusedKernels);
+  return why === null ? 'fused ViT kernels' : `without fused ViT kernels: ${why}`;
+}
+
 /** Tries tfjs-node-gpu (only if a GPU was asked for) and then tfjs-node. */
 async function tryTensorflow(gpu: number | undefined): Promise<{ reason: string } | { failures: string[] }> {
   const failures: string[] = [];
@@ -110,7 +117,7 @@ async function tryTensorflow(gpu: number | undefined): Promise<{ reason: string 
     const device =
       pkg === TFJS_NODE_GPU
         ? `GPU ${gpu} (CUDA_VISIBLE_DEVICES=${process.env.CUDA_VISIBLE_DEVICES ?? 'unset'})`
-        : `CPU, ${intraOpThreads()}`;
+        : `CPU, ${intraOpThreads()}, ${cpuKernels(pkg)}`;
     const note = gpu !== undefined && pkg === TFJS_NODE ? ` (GPU ${gpu} was asked for but ${failures[0]})` : '';
     return { reason: `native TensorFlow ${tensorflowVersion()} via ${pkg} on ${device}${note}` };
   }

@@ -15,7 +15,7 @@
 // so every Linear is one 2-D product and every LayerNorm normalizes the last axis.
 
 import * as tf from '@tensorflow/tfjs-core';
-import { add, addBias, exp, matMul, meanLastAxis, mul, normalCdf, rsqrt, square, sub, sumRows } from './tensorflow-ops.ts';
+import { add, addBias, exp, fusedKernels, matMul, meanLastAxis, mul, normalCdf, rsqrt, square, sub, sumRows } from './tensorflow-ops.ts';
 import { geluCdf, geluGrad } from './webgpu/gelu.ts';
 import { layerNormForward, layerNormInputGrad } from './webgpu/layernorm.ts';
 
@@ -62,6 +62,8 @@ export function linearBackward(dy: tf.Tensor2D, x: tf.Tensor2D, w: tf.Tensor2D):
 /** LayerNorm over the last axis; also returns what the backward pass needs. */
 export function layerNorm(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor) {
   if (tf.getBackend() === 'webgpu') return layerNormForward(x, weight, bias, LN_EPS); // 3 passes instead of ~10
+  const fused = fusedKernels()?.layerNorm(x, weight, bias, LN_EPS); // one op instead of 9
+  if (fused) return fused;
   // tf.moments' arithmetic (mean of squared deviations), with the centered x computed once, not twice.
   const centered = sub(x, meanLastAxis(x));
   const rstd = rsqrt(add(meanLastAxis(square(centered)), LN_EPS)); // [M, 1]
@@ -86,6 +88,8 @@ function layerNormInputGradOps(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.Tens
 
 /** LayerNorm's gradients: dx (above; one pass on webgpu), and the affine's. */
 export function layerNormBackward(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.Tensor, weight: tf.Tensor) {
+  const fused = fusedKernels()?.layerNormBackward(dy, xHat, rstd, weight); // one op instead of 11
+  if (fused) return fused;
   const dx = tf.getBackend() === 'webgpu' ? layerNormInputGrad(dy, xHat, rstd, weight) : layerNormInputGradOps(dy, xHat, rstd, weight);
   return { dx, dWeight: sumRows(mul(dy, xHat)), dBias: sumRows(dy) };
 }
@@ -95,6 +99,8 @@ export function layerNormBackward(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.T
  * has erf, so no tanh approximation). Returns Phi(x) too: erf is slow on wasm, the backward reuses it.
  */
 export function gelu(x: tf.Tensor2D): { y: tf.Tensor2D; cdf: tf.Tensor2D } {
+  const fused = fusedKernels()?.gelu(x);
+  if (fused) return fused;
   const cdf: tf.Tensor2D = tf.getBackend() === 'webgpu' ? geluCdf(x) : normalCdf(x);
   return { y: mul(x, cdf), cdf };
 }
@@ -102,6 +108,8 @@ export function gelu(x: tf.Tensor2D): { y: tf.Tensor2D; cdf: tf.Tensor2D } {
 /** d/dx [x Phi(x)] = Phi(x) + x phi(x), phi the standard normal density. */
 export function geluBackward(dy: tf.Tensor2D, x: tf.Tensor2D, cdf: tf.Tensor2D): tf.Tensor2D {
   if (tf.getBackend() === 'webgpu') return geluGrad(dy, x, cdf); // one pass instead of seven
+  const fused = fusedKernels()?.geluBackward(dy, x, cdf);
+  if (fused) return fused;
   const pdf = mul(exp(mul(square(x), -0.5)), 1 / Math.sqrt(2 * Math.PI));
   return mul(dy, add(cdf, mul(x, pdf)));
 }

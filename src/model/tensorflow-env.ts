@@ -14,6 +14,16 @@ export function quietTensorflowByDefault(): void {
 export interface EngineStatus {
   ok: boolean;
   failure?: string;
+  fusedKernels?: FusedKernelsBuild;
+}
+
+/** What the build script records about the fused kernels (src/model/native/fused_ops.cc) it compiled. */
+export interface FusedKernelsBuild {
+  ok: boolean;
+  /** The compiled module, and the SHA-256 of the source it was compiled from. */
+  file?: string;
+  sourceSha256?: string;
+  failure?: string;
 }
 
 export function installStatus(pkg: string): EngineStatus | null {

@@ -10,11 +10,19 @@
 // tfjs does not expose: BiasAdd for a row-vector add and BiasAddGrad for a sum over rows (one pass
 // instead of a broadcast; measured 2x faster than Sum over axis 0).
 //
+// Where scripts/build-tensorflow-engine.mjs could compile them, LayerNorm, GELU and the attention
+// softmax forward and backward run as fused kernels of our own (src/model/native/fused_ops.cc, loaded
+// once by loadFusedKernels): one op and one or two passes over memory each, instead of 4-11 ops.
+//
 // The outputs are ordinary tf.Tensors (the backend's createOutputTensor), so tf.tidy and dispose work as
 // for any op. The constants are raw TensorFlow handles that tfjs does not track (a leak check counting
 // tf.memory().numTensors is not disturbed); they live as long as the engine, a few hundred bytes each.
 
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs-core';
+import type { FusedKernelsBuild } from './tensorflow-env.ts';
 
 /** What this file uses of tfjs-node's N-API binding (its dist/tfjs_binding.d.ts). */
 interface TensorflowBinding {
@@ -23,6 +31,7 @@ interface TensorflowBinding {
   readonly TF_ATTR_TYPE: number;
   readonly TF_ATTR_BOOL: number;
   readonly TF_ATTR_STRING: number;
+  readonly TF_ATTR_FLOAT: number;
   createTensor(shape: number[], dtype: number, values: Float32Array | Int32Array): number;
   executeOp(name: string, attrs: OpAttr[], inputIds: number[], numOutputs: number): unknown[];
 }
@@ -64,9 +73,18 @@ class NativeOps {
 
   /** One op with one output; operands are tensors or handles of constants. */
   run<R extends tf.Tensor>(name: string, attrs: OpAttr[], inputs: (tf.Tensor | number)[]): R {
+    return this.runMany(name, attrs, inputs, 1)[0] as R;
+  }
+
+  /** One op with `outputs` outputs. */
+  runMany(name: string, attrs: OpAttr[], inputs: (tf.Tensor | number)[], outputs: number): tf.Tensor[] {
     const ids = inputs.map((x) => (typeof x === 'number' ? x : this.backend.getInputTensorIds([x])[0]!));
-    const [metadata] = this.binding.executeOp(name, attrs, ids, 1);
-    return this.backend.createOutputTensor(metadata) as R;
+    return this.binding.executeOp(name, attrs, ids, outputs).map((metadata) => this.backend.createOutputTensor(metadata));
+  }
+
+  /** A float attribute, e.g. an epsilon or a scale. */
+  floatAttr(name: string, value: number): OpAttr[] {
+    return [{ name, type: this.binding.TF_ATTR_FLOAT, value }];
   }
 
   /** A float32 scalar, uploaded once. */
@@ -135,14 +153,98 @@ class NativeOps {
   }
 }
 
-let active: { backend: tf.KernelBackend; ops: NativeOps } | null = null;
+/**
+ * The kernels of src/model/native/fused_ops.cc, each one TensorFlow op. Same arithmetic as the op
+ * compositions they replace (layers.ts, vit.ts), up to float rounding and two approximations of
+ * float accuracy: erf (absolute error ~1e-7) and exp (relative error ~2e-7).
+ */
+export class FusedKernels {
+  constructor(private readonly ops: NativeOps) {}
+
+  /** LayerNorm over the last axis: y = xHat weight + bias, xHat = (x - mean) rstd, rstd [rows, 1]. */
+  layerNorm(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor, eps: number) {
+    const [y, xHat, rstd] = this.ops.runMany('VitLayerNorm', this.ops.floatAttr('eps', eps), [x, weight, bias], 3);
+    return { y: y as tf.Tensor2D, xHat: xHat as tf.Tensor2D, rstd: rstd! };
+  }
+
+  /** LayerNorm's gradients: dx, and the affine's dWeight = Σ dy xHat and dBias = Σ dy over rows. */
+  layerNormBackward(dy: tf.Tensor2D, xHat: tf.Tensor2D, rstd: tf.Tensor, weight: tf.Tensor) {
+    const [dx, dWeight, dBias] = this.ops.runMany('VitLayerNormGrad', [], [dy, xHat, rstd, weight], 3);
+    return { dx: dx as tf.Tensor2D, dWeight: dWeight!, dBias: dBias! };
+  }
+
+  /** Exact GELU x Phi(x), and Phi(x) for the backward pass. */
+  gelu(x: tf.Tensor2D): { y: tf.Tensor2D; cdf: tf.Tensor2D } {
+    const [y, cdf] = this.ops.runMany('VitGelu', [], [x], 2);
+    return { y: y as tf.Tensor2D, cdf: cdf as tf.Tensor2D };
+  }
+
+  /** dy (Phi(x) + x phi(x)). */
+  geluBackward(dy: tf.Tensor2D, x: tf.Tensor2D, cdf: tf.Tensor2D): tf.Tensor2D {
+    return this.ops.run('VitGeluGrad', [], [dy, x, cdf]);
+  }
+
+  /** softmax(scale scores) over the last axis; scale > 0. */
+  scaledSoftmax<R extends tf.Tensor>(scores: R, scale: number): R {
+    return this.ops.run('VitScaledSoftmax', this.ops.floatAttr('scale', scale), [scores]);
+  }
+
+  /** The scores' gradient from softmax(scale scores)'s: scale att (dAtt - Σ_row dAtt att). */
+  scaledSoftmaxBackward<R extends tf.Tensor>(att: R, dAtt: R, scale: number): R {
+    return this.ops.run('VitScaledSoftmaxGrad', this.ops.floatAttr('scale', scale), [att, dAtt]);
+  }
+}
+
+/** The kernels' source, as the build script hashes it. */
+export const FUSED_KERNELS_SOURCE = new URL('./native/fused_ops.cc', import.meta.url);
+
+let fusedKernelsLoaded = false;
+
+/**
+ * Registers the fused kernels with TensorFlow (the first call; the registration is process-wide)
+ * and returns null, or returns why they cannot be used: not built, built from another version of
+ * the source (a rebuild is needed), or failing to load. Without them the ops above run as before.
+ */
+export function loadFusedKernels(build: FusedKernelsBuild | undefined): string | null {
+  if (!build) return 'they were not built (node scripts/build-tensorflow-engine.mjs builds them)';
+  if (!build.ok || !build.file) return `their build failed (${build.failure})`;
+  if (!existsSync(build.file)) return `${build.file} is missing; rebuild with node scripts/build-tensorflow-engine.mjs`;
+  if (!existsSync(FUSED_KERNELS_SOURCE)) return `their source ${FUSED_KERNELS_SOURCE.pathname} is missing, so the build cannot be checked`;
+  const sha = createHash('sha256').update(readFileSync(FUSED_KERNELS_SOURCE)).digest('hex');
+  if (sha !== build.sourceSha256)
+    return 'src/model/native/fused_ops.cc changed since they were built; rebuild with node scripts/build-tensorflow-engine.mjs';
+  if (fusedKernelsLoaded) return null;
+  try {
+    const module = createRequire(import.meta.url)(build.file) as { failure: string };
+    if (module.failure !== '') return `TensorFlow refused them: ${module.failure}`;
+  } catch (err) {
+    return `${build.file} failed to load: ${(err as Error).message}`;
+  }
+  fusedKernelsLoaded = true;
+  active = null; // the next op sees them
+  return null;
+}
+
+let active: { backend: tf.KernelBackend; ops: NativeOps; fused: FusedKernels | null } | null = null;
 
 /** The native ops of the active backend when it is tfjs-node's, else null. */
 function native(): NativeOps | null {
+  return activeNative()?.ops ?? null;
+}
+
+function activeNative() {
   if (tf.getBackend() !== 'tensorflow') return null;
   const backend = tf.backend();
-  if (active?.backend !== backend) active = { backend, ops: new NativeOps(backend as unknown as TensorflowBackend) };
-  return active.ops;
+  if (active?.backend !== backend) {
+    const ops = new NativeOps(backend as unknown as TensorflowBackend);
+    active = { backend, ops, fused: fusedKernelsLoaded ? new FusedKernels(ops) : null };
+  }
+  return active;
+}
+
+/** The fused kernels on the TensorFlow engine once loadFusedKernels has registered them, else null. */
+export function fusedKernels(): FusedKernels | null {
+  return activeNative()?.fused ?? null;
 }
 
 export function mul<R extends tf.Tensor>(a: R, b: tf.Tensor | number): R {

@@ -29,7 +29,7 @@ import {
 import type { HeadLogits } from './loss.ts';
 import type { ParamSpec, TrainContext } from './model.ts';
 import { ParamTable } from './param-table.ts';
-import { add, matMul, mul, reshape, softmax, sub, sumLastAxis, transpose } from './tensorflow-ops.ts';
+import { add, fusedKernels, matMul, mul, reshape, softmax, sub, sumLastAxis, transpose } from './tensorflow-ops.ts';
 import { tensorsIn, tidyKeeping } from './scope.ts';
 
 export interface VitConfig {
@@ -159,14 +159,17 @@ function batchMatMul(a: tf.Tensor3D, b: tf.Tensor3D, transposeA = false, transpo
   return tf.transpose(tf.reshape(out, [J, C, I]), [1, 2, 0]);
 }
 
-/** softmax(scale * scores) over the last axis: one row kernel on webgpu (webgpu/softmax.ts), tfjs ops elsewhere. */
+/** softmax(scale * scores) over the last axis: one row kernel on webgpu (webgpu/softmax.ts) and with the fused TensorFlow kernels, tfjs ops elsewhere. */
 function attentionSoftmax(scores: tf.Tensor3D, scale: number): tf.Tensor3D {
-  return tf.getBackend() === 'webgpu' ? scaledSoftmax(scores, scale) : softmax(mul(scores, scale));
+  if (tf.getBackend() === 'webgpu') return scaledSoftmax(scores, scale);
+  return fusedKernels()?.scaledSoftmax(scores, scale) ?? softmax(mul(scores, scale));
 }
 
 /** Softmax backward, row-wise: dS = att * (dAtt - sum(dAtt * att)), times the scale. */
 function attentionSoftmaxBackward(att: tf.Tensor3D, dAtt: tf.Tensor3D, scale: number): tf.Tensor3D {
   if (tf.getBackend() === 'webgpu') return scaledSoftmaxGrad(att, dAtt, scale);
+  const fused = fusedKernels()?.scaledSoftmaxBackward(att, dAtt, scale);
+  if (fused) return fused;
   return mul(mul(att, sub(dAtt, sumLastAxis(mul(dAtt, att)))), scale);
 }
 

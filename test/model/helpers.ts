@@ -32,6 +32,23 @@ export function randomBatch(config: ModelConfig, n: number, seed: number): { ima
   return { images, labels };
 }
 
+/** erf in float64 to ~1e-15, for checking kernels' approximations: Maclaurin series for |x| < 3, the continued fraction of erfc beyond (where erf is 1 to 2e-5). */
+export function erf(x: number): number {
+  if (Math.abs(x) >= 3) {
+    let fraction = 0;
+    for (let n = 60; n >= 1; n--) fraction = n / 2 / (Math.abs(x) + fraction);
+    const erfc = Math.exp(-x * x) / Math.sqrt(Math.PI) / (Math.abs(x) + fraction);
+    return Math.sign(x) * (1 - erfc);
+  }
+  let term = x;
+  let sum = x;
+  for (let n = 1; n < 200; n++) {
+    term *= (-x * x) / n;
+    sum += term / (2 * n + 1);
+  }
+  return (2 / Math.sqrt(Math.PI)) * sum;
+}
+
 /** Parameters far from the init so every term of the gradient matters (norm affine, biases). */
 export function scrambledParams(model: ImageClassifier, seed: number): Float32Array {
   const rand = lcg(seed);

@@ -4,22 +4,10 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { geluCdf, geluGrad } from '../../src/model/webgpu/gelu.ts';
-import { lcg } from '../model/helpers.ts';
+import { erf, lcg } from '../model/helpers.ts';
 import { skipWithoutWebGPU } from './helpers.ts';
 
 const skip = await skipWithoutWebGPU();
-
-/** erf to ~1e-12 (Abramowitz and Stegun 7.1.26 is the kernel's, good to 1.5e-7; this checks it). */
-function erf(x: number): number {
-  // Maclaurin series: converges to float64 precision for the inputs' |x| / sqrt 2 < 1.8.
-  let term = x;
-  let sum = x;
-  for (let n = 1; n < 200; n++) {
-    term *= (-x * x) / n;
-    sum += term / (2 * n + 1);
-  }
-  return (2 / Math.sqrt(Math.PI)) * sum;
-}
 
 for (const size of [1001, 128 * 65535 + 77]) {
   test(`GELU's CDF and gradient kernels match float64 formulas on ${size} values`, { skip }, async () => {
