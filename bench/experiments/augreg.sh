@@ -4,14 +4,15 @@
 # schedule, and big_vision's augmentation levels none, light1, medium1 (configs/vit_i1k.py: every
 # level crops (inception_crop) and flips; light1 adds randaug(2,0), medium1 randaug(2,15) and mixup
 # p 0.2; dropout and stochastic depth 0). The schedules are counted in images seen, the same for
-# both data sizes: short SHORT_STEPS steps of 512 (10 epochs of 10%, 1 epoch of 100%), long LONG_STEPS.
+# both data sizes: short SHORT_STEPS steps of 512 images (5 epochs of 10%, half an epoch of 100%),
+# long LONG_STEPS (4x: 20 and 2 epochs); the warmup is the main job's share of its run (60 of 702 steps).
 #   bash bench/experiments/augreg.sh            rerunnable: finished runs are skipped
-# Knobs (environment): SHORT_STEPS (117), LONG_STEPS (351), LEVELS ("none light1 medium1"; also "plain":
+# Knobs (environment): SHORT_STEPS (59), LONG_STEPS (234), LEVELS ("none light1 medium1"; also "plain":
 # no augmentation at all, the main job's pipeline), SEED (0), OUT (runs/experiments/augreg),
 # RESULTS_DIR (docs/experiments/results).
 source "$(dirname "$0")/lib.sh"
-SHORT_STEPS=${SHORT_STEPS:-117}
-LONG_STEPS=${LONG_STEPS:-351}
+SHORT_STEPS=${SHORT_STEPS:-59}
+LONG_STEPS=${LONG_STEPS:-234}
 LEVELS=${LEVELS:-none light1 medium1}
 SEED=${SEED:-0}
 OUT=${OUT:-$REPO/runs/experiments/augreg}
@@ -45,7 +46,8 @@ for steps in "$SHORT_STEPS" "$LONG_STEPS"; do
     [[ $data == 10 ]] && path=$TENTH
     for level in $LEVELS; do
       read -r -a args <<<"$(level_args "$level")"
-      train "$OUT/data$data-steps$steps-$level" --recipe fmnist-vit-tiny --data "$path" --steps "$steps" --seed "$SEED" "${args[@]}"
+      train "$OUT/data$data-steps$steps-$level" --recipe fmnist-vit-tiny --data "$path" --steps "$steps" --seed "$SEED" \
+        --set schedule.warmupSteps=$(((steps * 60 + 351) / 702)) "${args[@]}"
     done
   done
 done

@@ -22,12 +22,12 @@ DATA5=$OUT/fmnist-5-classes
 train "$OUT/pretrain" --recipe fmnist-vit-tiny --data "$DATA5" --epochs "$PRETRAIN_EPOCHS"
 PRETRAINED=$OUT/pretrain.safetensors
 [[ -e $PRETRAINED ]] || node bin/vit-dist.js export --checkpoint "$OUT/pretrain" --out "$PRETRAINED"
-# The pre-trained model on the 10-class splits the soups are judged on (it has seen 5 of the classes).
-for split in holdout val; do
-  [[ -e $OUT/pretrain-$split.json ]] ||
-    nice -n 15 node bin/vit-dist.js eval --weights "$PRETRAINED" --data /usr/share/datasets/fashion-mnist --holdout 0.1 \
-      --holdout-seed 0 --split "$split" --json | tail -1 >"$OUT/pretrain-$split.json"
-done
+# The pre-trained model on the 10-class test split the soups are judged on (it has seen 5 of the
+# classes). Not on the held-out split: eval refuses it, rightly in general, since the export records
+# no held-out images (the subset excluded them from its files instead).
+[[ -e $OUT/pretrain-val.json ]] ||
+  nice -n 15 node bin/vit-dist.js eval --weights "$PRETRAINED" --data /usr/share/datasets/fashion-mnist --split val --json |
+  tail -1 >"$OUT/pretrain-val.json"
 
 # name|overrides of fmnist-vit-tiny-finetune (SGD momentum 0.9, holdout 0.1); 0.5 epochs unless said.
 RANDAUG=flip_lr'|'randaug

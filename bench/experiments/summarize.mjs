@@ -1,12 +1,13 @@
 // Tables of the experiments of docs/experiments.md from their run directories: reads each finished
 // run's metrics.jsonl (its last evaluation) and the soup's soup.json, writes RESULTS_DIR/NAME.json and
-// RESULTS_DIR/NAME.md. Runs that have not finished (no .done marker) are listed as not run.
-//   node bench/experiments/summarize.mjs distillation|soups|augreg OUT_DIR RESULTS_DIR
+// RESULTS_DIR/NAME.md, NAME the OUT_DIR's folder name (runs/experiments/distillation -> distillation).
+// Runs that have not finished (no .done marker) are listed as not run.
+//   node bench/experiments/summarize.mjs distillation|teachers|soups|augreg OUT_DIR RESULTS_DIR
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 
 const [experiment, outDir, resultsDir] = process.argv.slice(2);
-if (!experiment || !outDir || !resultsDir) throw new Error('usage: summarize.mjs distillation|soups|augreg OUT_DIR RESULTS_DIR');
+if (!experiment || !outDir || !resultsDir) throw new Error('usage: summarize.mjs distillation|teachers|soups|augreg OUT_DIR RESULTS_DIR');
 
 const readJson = (file) => JSON.parse(readFileSync(file, 'utf8'));
 const pct = (x) => (x === undefined || x === null ? 'n/a' : `${(100 * x).toFixed(2)}`);
@@ -45,7 +46,8 @@ function stats(values) {
 }
 const showStats = (s) => (s ? `${pct(s.mean)} ± ${pct(s.sd)} (${pct(s.min)}–${pct(s.max)})` : 'not run');
 
-function write(name, json, markdown) {
+function write(json, markdown) {
+  const name = basename(outDir);
   writeFileSync(join(resultsDir, `${name}.json`), `${JSON.stringify(json, null, 2)}\n`);
   writeFileSync(join(resultsDir, `${name}.md`), `${markdown.join('\n')}\n`);
   console.log(markdown.join('\n'));
@@ -80,7 +82,7 @@ function distillation() {
     ),
     `- teacher: ${teacher ? pct(teacher.testAccuracy) : 'not run'}; ${teacher?.wallSeconds ?? '?'} s`,
   ];
-  write('distillation', { teacher, modes }, md);
+  write({ teacher, modes }, md);
 }
 
 function soups() {
@@ -119,7 +121,7 @@ function soups() {
         ]
       : []),
   ];
-  write('soups', { report, pretrain, interpolation, bestHeldOut: name(bestHeld.name), bestTest: name(bestTest.name) }, md);
+  write({ report, pretrain, interpolation, bestHeldOut: name(bestHeld.name), bestTest: name(bestTest.name) }, md);
 }
 
 function augreg() {
@@ -152,13 +154,35 @@ function augreg() {
         .map((r) => `${r.data}%/${r.steps}/${r.level} ${r.wallSeconds ?? '?'}`)
         .join(', '),
   ];
-  write('augreg', { runs }, md);
+  write({ runs }, md);
+}
+
+function teachers() {
+  const teacherOf = Object.fromEntries(['convnet', 'vit'].map((t) => [t, finalEval(join(outDir, `teacher-${t}`))]));
+  const students = Object.fromEntries(
+    ['convnet', 'vit'].map((t) => {
+      const runs = readdirSync(outDir)
+        .filter((n) => n.startsWith(`hard-${t}-seed`) && !n.endsWith('.log') && existsSync(join(outDir, n, '.done')))
+        .map((n) => ({ run: n, ...finalEval(join(outDir, n)) }));
+      const pick = (key) => (runs.length ? stats(runs.map((r) => r[key])) : null);
+      return [t, { runs, joint: pick('testAccuracy'), classHead: pick('testAccuracyClassHead'), distHead: pick('testAccuracyDistHead') }];
+    }),
+  );
+  const md = [
+    '| teacher | teacher top-1 % | seeds | student joint (mean ± sd, min–max) | class head | distillation head |',
+    '|---|---|---|---|---|---|',
+    ...Object.entries(students).map(
+      ([t, m]) =>
+        `| ${t} | ${teacherOf[t] ? pct(teacherOf[t].testAccuracy) : 'not run'} | ${m.runs.map((r) => r.run.replace(`hard-${t}-seed`, '')).join(', ') || '-'} | ${showStats(m.joint)} | ${showStats(m.classHead)} | ${showStats(m.distHead)} |`,
+    ),
+  ];
+  write({ teachers: teacherOf, students }, md);
 }
 
 function readdirNames() {
   return readdirSync(outDir).filter((n) => /^data\d+-steps\d+-/.test(n) && !n.endsWith('.log'));
 }
 
-const experiments = { distillation, soups, augreg };
+const experiments = { distillation, teachers, soups, augreg };
 if (!(experiment in experiments)) throw new Error(`unknown experiment "${experiment}" (one of ${Object.keys(experiments).join(', ')})`);
 experiments[experiment]();
