@@ -8,13 +8,15 @@
 # long LONG_STEPS (4x: 20 and 2 epochs); the warmup is the main job's share of its run (60 of 702 steps).
 #   bash bench/experiments/augreg.sh            rerunnable: finished runs are skipped
 # Knobs (environment): SHORT_STEPS (59), LONG_STEPS (234), LEVELS ("none light1 medium1"; also "plain":
-# no augmentation at all, the main job's pipeline), SEED (0), OUT (runs/experiments/augreg),
+# no augmentation at all, the main job's pipeline), LONG_DATA ("10 100": the data sizes that get the long
+# schedule), SEED (0), OUT (runs/experiments/augreg),
 # RESULTS_DIR (docs/experiments/results).
 source "$(dirname "$0")/lib.sh"
 SHORT_STEPS=${SHORT_STEPS:-59}
 LONG_STEPS=${LONG_STEPS:-234}
 LEVELS=${LEVELS:-none light1 medium1}
 SEED=${SEED:-0}
+LONG_DATA=${LONG_DATA:-10 100}
 OUT=${OUT:-$REPO/runs/experiments/augreg}
 RESULTS_DIR=${RESULTS_DIR:-$REPO/docs/experiments/results}
 mkdir -p "$OUT" "$RESULTS_DIR"
@@ -41,7 +43,9 @@ level_args() {
 
 # Short schedules first (the whole short column), then the long ones.
 for steps in "$SHORT_STEPS" "$LONG_STEPS"; do
-  for data in 10 100; do
+  sizes="10 100"
+  [[ $steps == "$LONG_STEPS" ]] && sizes=$LONG_DATA
+  for data in $sizes; do
     path=$FULL
     [[ $data == 10 ]] && path=$TENTH
     for level in $LEVELS; do

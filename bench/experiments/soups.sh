@@ -67,4 +67,10 @@ if [[ ! -e $OUT/interpolation.json ]]; then
     for (const i of [...r.ingredients].sort((a, b) => b.heldOut.top1 - a.heldOut.top1).slice(0, 2)) console.log(i.name);' "$OUT/soup/soup.json")
   nice -n 15 node --import tsx bench/experiments/interpolate.ts "${best[0]}" "${best[1]}" "$OUT/interpolation.json"
 fi
+# The midpoints (2-ingredient soups) of two pairs of peers: same lr, 0.5 epochs, one other difference.
+for pair in "lr=0.1|lr=0.1,smoothing=0.1" "lr=0.03|lr=0.03,seed=1"; do
+  a=${pair%%|*}
+  file=$OUT/interpolation-peers-${a//=/}.json
+  [[ -e $file ]] || nice -n 15 node --import tsx bench/experiments/interpolate.ts "$OUT/ingredients/$a" "$OUT/ingredients/${pair#*|}" "$file" 0.5
+done
 node bench/experiments/summarize.mjs soups "$OUT" "$RESULTS_DIR"

@@ -121,7 +121,17 @@ function soups() {
         ]
       : []),
   ];
-  write({ report, pretrain, interpolation, bestHeldOut: name(bestHeld.name), bestTest: name(bestTest.name) }, md);
+  const peers = readdirSync(outDir)
+    .filter((n) => n.startsWith('interpolation-peers-'))
+    .map((n) => readJson(join(outDir, n)));
+  for (const pair of peers) {
+    const mid = pair.points.find((p) => p.t === 0.5);
+    md.push(
+      '',
+      `Peers: the soup of ${name(pair.a)} and ${name(pair.b)} (t = 0.5): held-out ${pct(mid.heldOutTop1)}, test ${pct(mid.testTop1)}`,
+    );
+  }
+  write({ report, pretrain, interpolation, peers, bestHeldOut: name(bestHeld.name), bestTest: name(bestTest.name) }, md);
 }
 
 function augreg() {
