@@ -2,12 +2,12 @@
 // run's metrics.jsonl (its last evaluation) and the soup's soup.json, writes RESULTS_DIR/NAME.json and
 // RESULTS_DIR/NAME.md, NAME the OUT_DIR's folder name (runs/experiments/distillation -> distillation).
 // Runs that have not finished (no .done marker) are listed as not run.
-//   node bench/experiments/summarize.mjs distillation|teachers|soups|augreg OUT_DIR RESULTS_DIR
+//   node bench/experiments/summarize.mjs distillation|soups|augreg OUT_DIR RESULTS_DIR
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 
 const [experiment, outDir, resultsDir] = process.argv.slice(2);
-if (!experiment || !outDir || !resultsDir) throw new Error('usage: summarize.mjs distillation|teachers|soups|augreg OUT_DIR RESULTS_DIR');
+if (!experiment || !outDir || !resultsDir) throw new Error('usage: summarize.mjs distillation|soups|augreg OUT_DIR RESULTS_DIR');
 
 const readJson = (file) => JSON.parse(readFileSync(file, 'utf8'));
 const pct = (x) => (x === undefined || x === null ? 'n/a' : `${(100 * x).toFixed(2)}`);
@@ -167,32 +167,10 @@ function augreg() {
   write({ runs }, md);
 }
 
-function teachers() {
-  const teacherOf = Object.fromEntries(['convnet', 'vit'].map((t) => [t, finalEval(join(outDir, `teacher-${t}`))]));
-  const students = Object.fromEntries(
-    ['convnet', 'vit'].map((t) => {
-      const runs = readdirSync(outDir)
-        .filter((n) => n.startsWith(`hard-${t}-seed`) && !n.endsWith('.log') && existsSync(join(outDir, n, '.done')))
-        .map((n) => ({ run: n, ...finalEval(join(outDir, n)) }));
-      const pick = (key) => (runs.length ? stats(runs.map((r) => r[key])) : null);
-      return [t, { runs, joint: pick('testAccuracy'), classHead: pick('testAccuracyClassHead'), distHead: pick('testAccuracyDistHead') }];
-    }),
-  );
-  const md = [
-    '| teacher | teacher top-1 % | seeds | student joint (mean ± sd, min–max) | class head | distillation head |',
-    '|---|---|---|---|---|---|',
-    ...Object.entries(students).map(
-      ([t, m]) =>
-        `| ${t} | ${teacherOf[t] ? pct(teacherOf[t].testAccuracy) : 'not run'} | ${m.runs.map((r) => r.run.replace(`hard-${t}-seed`, '')).join(', ') || '-'} | ${showStats(m.joint)} | ${showStats(m.classHead)} | ${showStats(m.distHead)} |`,
-    ),
-  ];
-  write({ teachers: teacherOf, students }, md);
-}
-
 function readdirNames() {
   return readdirSync(outDir).filter((n) => /^data\d+-steps\d+-/.test(n) && !n.endsWith('.log'));
 }
 
-const experiments = { distillation, teachers, soups, augreg };
+const experiments = { distillation, soups, augreg };
 if (!(experiment in experiments)) throw new Error(`unknown experiment "${experiment}" (one of ${Object.keys(experiments).join(', ')})`);
 experiments[experiment]();
