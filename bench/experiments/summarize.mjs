@@ -1,0 +1,176 @@
+// Tables of the experiments of docs/experiments.md from their run directories: reads each finished
+// run's metrics.jsonl (its last evaluation) and the soup's soup.json, writes RESULTS_DIR/NAME.json and
+// RESULTS_DIR/NAME.md, NAME the OUT_DIR's folder name (runs/experiments/distillation -> distillation).
+// Runs that have not finished (no .done marker) are listed as not run.
+//   node bench/experiments/summarize.mjs distillation|soups|augreg OUT_DIR RESULTS_DIR
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+
+const [experiment, outDir, resultsDir] = process.argv.slice(2);
+if (!experiment || !outDir || !resultsDir) throw new Error('usage: summarize.mjs distillation|soups|augreg OUT_DIR RESULTS_DIR');
+
+const readJson = (file) => JSON.parse(readFileSync(file, 'utf8'));
+const pct = (x) => (x === undefined || x === null ? 'n/a' : `${(100 * x).toFixed(2)}`);
+
+/** Wall seconds of each run as the scripts recorded them (the last record of a run wins). */
+function wallTimes() {
+  const file = join(resultsDir, 'walltimes.jsonl');
+  const times = new Map();
+  if (!existsSync(file)) return times;
+  for (const line of readFileSync(file, 'utf8').trim().split('\n')) {
+    const record = JSON.parse(line);
+    times.set(record.run, record.wallSeconds);
+  }
+  return times;
+}
+const walls = wallTimes();
+
+/** A finished run's last evaluation and its run length, or null when the run has not finished. */
+function finalEval(dir) {
+  if (!existsSync(join(dir, '.done'))) return null;
+  const records = readFileSync(join(dir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  const evals = records.filter((r) => r.kind === 'eval');
+  const last = evals.at(-1);
+  return { ...last, curve: evals.map((e) => ({ step: e.step, testAccuracy: e.testAccuracy })), wallSeconds: walls.get(dir) ?? null };
+}
+
+/** Mean, sample standard deviation, min and max. */
+function stats(values) {
+  const n = values.length;
+  const mean = values.reduce((a, b) => a + b, 0) / n;
+  const sd = n > 1 ? Math.sqrt(values.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1)) : 0;
+  return { n, mean, sd, min: Math.min(...values), max: Math.max(...values) };
+}
+const showStats = (s) => (s ? `${pct(s.mean)} ± ${pct(s.sd)} (${pct(s.min)}–${pct(s.max)})` : 'not run');
+
+function write(json, markdown) {
+  const name = basename(outDir);
+  writeFileSync(join(resultsDir, `${name}.json`), `${JSON.stringify(json, null, 2)}\n`);
+  writeFileSync(join(resultsDir, `${name}.md`), `${markdown.join('\n')}\n`);
+  console.log(markdown.join('\n'));
+}
+
+function distillation() {
+  const teacher = finalEval(join(outDir, 'teacher'));
+  const modes = {};
+  const seedDirs = (mode) =>
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map((s) => join(outDir, `${mode}-seed${s}`)).filter((d) => existsSync(join(d, '.done')));
+  for (const mode of ['none', 'soft', 'hard']) {
+    const runs = seedDirs(mode).map((dir) => ({ run: basename(dir), ...finalEval(dir) }));
+    const pick = (key) => (runs.length ? stats(runs.map((r) => r[key])) : null);
+    modes[mode] = { runs, joint: pick('testAccuracy'), classHead: pick('testAccuracyClassHead'), distHead: pick('testAccuracyDistHead') };
+  }
+  const md = [
+    '| student objective | seeds | joint (mean ± sd, min–max) | class head | distillation head |',
+    '|---|---|---|---|---|',
+    ...Object.entries(modes).map(
+      ([mode, m]) =>
+        `| ${mode} | ${m.runs.map((r) => r.run.replace(`${mode}-seed`, '')).join(', ') || '-'} | ${showStats(m.joint)} | ${showStats(m.classHead)} | ${showStats(m.distHead)} |`,
+    ),
+    `| the convnet teacher alone | 0 | ${teacher ? pct(teacher.testAccuracy) : 'not run'} | | |`,
+    '',
+    'Per seed (test top-1 %, joint / class head / distillation head; wall s under load):',
+    '',
+    ...Object.values(modes).flatMap((m) =>
+      m.runs.map(
+        (r) =>
+          `- ${r.run}: ${pct(r.testAccuracy)} / ${pct(r.testAccuracyClassHead)} / ${pct(r.testAccuracyDistHead)}; ${r.wallSeconds ?? '?'} s`,
+      ),
+    ),
+    `- teacher: ${teacher ? pct(teacher.testAccuracy) : 'not run'}; ${teacher?.wallSeconds ?? '?'} s`,
+  ];
+  write({ teacher, modes }, md);
+}
+
+function soups() {
+  const report = readJson(join(outDir, 'soup', 'soup.json'));
+  const pretrain = Object.fromEntries(
+    ['holdout', 'val']
+      .filter((s) => existsSync(join(outDir, `pretrain-${s}.json`)))
+      .map((s) => [s, readJson(join(outDir, `pretrain-${s}.json`))]),
+  );
+  const interpolation = existsSync(join(outDir, 'interpolation.json')) ? readJson(join(outDir, 'interpolation.json')) : null;
+  const name = (path) => basename(path);
+  const kept = new Set(report.greedy.ingredients);
+  const bestHeld = [...report.ingredients].sort((a, b) => b.heldOut.top1 - a.heldOut.top1)[0];
+  const bestTest = [...report.ingredients].sort((a, b) => b.test.top1 - a.test.top1)[0];
+  const md = [
+    '| model | held-out top-1 % | test top-1 % |',
+    '|---|---|---|',
+    ...report.ingredients.map(
+      (i) => `| ${kept.has(i.name) ? '**greedy** ' : ''}${name(i.name)} | ${pct(i.heldOut.top1)} | ${pct(i.test.top1)} |`,
+    ),
+    `| uniform soup (${report.ingredients.length}) | ${pct(report.uniform.heldOut.top1)} | ${pct(report.uniform.test.top1)} |`,
+    `| greedy soup (${report.greedy.ingredients.length}) | ${pct(report.greedy.heldOut.top1)} | ${pct(report.greedy.test.top1)} |`,
+    `| best ingredient on held-out (${name(bestHeld.name)}) | ${pct(bestHeld.heldOut.top1)} | ${pct(bestHeld.test.top1)} |`,
+    `| best ingredient on test (${name(bestTest.name)}, chosen with the test split: not a fair choice) | ${pct(bestTest.heldOut.top1)} | ${pct(bestTest.test.top1)} |`,
+    ...(pretrain.val
+      ? [`| the pre-trained model (5 classes), no fine-tuning | ${pct(pretrain.holdout?.top1)} | ${pct(pretrain.val.top1)} |`]
+      : []),
+    '',
+    ...(interpolation
+      ? [
+          `Interpolation (1 - t) * ${name(interpolation.a)} + t * ${name(interpolation.b)}:`,
+          '',
+          '| t | held-out top-1 % | test top-1 % |',
+          '|---|---|---|',
+          ...interpolation.points.map((p) => `| ${p.t} | ${pct(p.heldOutTop1)} | ${pct(p.testTop1)} |`),
+        ]
+      : []),
+  ];
+  const peers = readdirSync(outDir)
+    .filter((n) => n.startsWith('interpolation-peers-'))
+    .map((n) => readJson(join(outDir, n)));
+  for (const pair of peers) {
+    const mid = pair.points.find((p) => p.t === 0.5);
+    md.push(
+      '',
+      `Peers: the soup of ${name(pair.a)} and ${name(pair.b)} (t = 0.5): held-out ${pct(mid.heldOutTop1)}, test ${pct(mid.testTop1)}`,
+    );
+  }
+  write({ report, pretrain, interpolation, peers, bestHeldOut: name(bestHeld.name), bestTest: name(bestTest.name) }, md);
+}
+
+function augreg() {
+  const runs = [];
+  for (const data of [10, 100])
+    for (const steps of [...new Set(readdirNames().map((n) => Number(n.match(/steps(\d+)/)[1])))].sort((a, b) => a - b))
+      for (const level of ['plain', 'none', 'light1', 'medium1']) {
+        const dir = join(outDir, `data${data}-steps${steps}-${level}`);
+        if (!existsSync(dir)) continue;
+        runs.push({ data, steps, level, ...(finalEval(dir) ?? { notFinished: true }) });
+      }
+  const levels = ['plain', 'none', 'light1', 'medium1'].filter((l) => runs.some((r) => r.level === l));
+  const rows = [...new Set(runs.map((r) => `${r.data}|${r.steps}`))];
+  const md = [
+    `| data | steps (images seen) | epochs | ${levels.join(' | ')} |`,
+    `|---|---|---|${levels.map(() => '---').join('|')}|`,
+    ...rows.map((key) => {
+      const [data, steps] = key.split('|').map(Number);
+      const cells = levels.map((l) => runs.find((r) => r.data === data && r.steps === steps && r.level === l));
+      const best = Math.max(...cells.filter((c) => c && !c.notFinished).map((c) => c.testAccuracy));
+      const epochs = ((steps * 512) / (data === 10 ? 6000 : 60000)).toFixed(1);
+      const show = (c) =>
+        !c ? 'not run' : c.notFinished ? 'not finished' : c.testAccuracy === best ? `**${pct(c.testAccuracy)}**` : pct(c.testAccuracy);
+      return `| ${data}% | ${steps} (${((steps * 512) / 1000).toFixed(0)}k) | ${epochs} | ${cells.map(show).join(' | ')} |`;
+    }),
+    '',
+    'Wall seconds per run (under load): ' +
+      runs
+        .filter((r) => !r.notFinished)
+        .map((r) => `${r.data}%/${r.steps}/${r.level} ${r.wallSeconds ?? '?'}`)
+        .join(', '),
+  ];
+  write({ runs }, md);
+}
+
+function readdirNames() {
+  return readdirSync(outDir).filter((n) => /^data\d+-steps\d+-/.test(n) && !n.endsWith('.log'));
+}
+
+const experiments = { distillation, soups, augreg };
+if (!(experiment in experiments)) throw new Error(`unknown experiment "${experiment}" (one of ${Object.keys(experiments).join(', ')})`);
+experiments[experiment]();
