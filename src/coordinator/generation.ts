@@ -253,14 +253,15 @@ export class Generation {
   /**
    * DiLoCo: round after round. A round's step orders go out together (inner steps need nothing from
    * the other workers, so none waits for the slowest between them, nor for the coordinator's round
-   * trip); the coordinator collects the reports step by step, then orders the outer step. A member
+   * trip); the coordinator collects each member's reports as they come, records a step once every
+   * member still in the round has reported it, then orders the outer step. A member
    * lost during a round leaves it (its slot's slices go untrained) and the round closes with the
    * rest, if at least --min-workers; when members left or workers wait to join, the outer step runs
    * in a new generation of the stayers and the joiners (RoundRegroup) instead of a restart from the
    * checkpoint.
    */
   private async runRounds(loop: TrainingLoop): Promise<RunSummary> {
-    const { recipe, logger, stepTimeoutMs, progress, minWorkers, roundDeadlineMs } = this.context;
+    const { recipe, logger, progress, minWorkers } = this.context;
     const sync = recipe.sync!;
     const { generation, slots, slotCount } = this;
     const { sampler, steps, schedule } = loop;
@@ -307,40 +308,38 @@ export class Generation {
           link.send({ type: 'step', generation, step: s, lr, indices, repeats: recipe.data.repeats > 1 ? repeats : null, offset, epoch });
         });
       }
-      const left: WorkerLink[] = [];
       let record: StepRecord | null = null;
-      for (let s = step; s < roundEnd; s++) {
-        const started = performance.now();
+      let started = performance.now();
+      const round = await this.gatherRound(active, step, roundEnd, (s, replies) => {
         const completed = s + 1;
-        const final = completed === roundEnd;
-        const answered = await this.gatherSurvivors(active, 'stepDone', stepTimeoutMs, final ? roundDeadlineMs : null);
-        active = answered.members;
-        left.push(...answered.left);
-        if (answered.left.length > 0) {
-          const names = answered.left.map((link) => link.name).join(', ');
-          logger.warn({ step: completed, left: names, stay: active.length }, 'workers left the round');
-          progress.note(`${names} left at step ${completed}; the round goes on with ${active.length}`);
-        }
-        if (active.length < minWorkers) throw answered.cause!;
         rounds.digest = checkDigests(
-          answered.replies.map((r) => r.paramDigest),
+          replies.map((r) => r.paramDigest),
           completed,
         );
         rounds.optimizerStep += 1;
-        record = stepRecord(answered.replies, {
+        record = stepRecord(replies, {
           step: completed,
           epoch: sampler.epochOf(s),
           lr: lrs[s - step]!,
-          imagesExpected: localBatch * active.length,
+          imagesExpected: localBatch * replies.length,
           started,
         });
+        started = performance.now();
         rounds.evaluationDue ||= completed % sampler.stepsPerEpoch === 0 || completed === steps;
         rounds.checkpointDue ||= completed % recipe.checkpointEvery === 0 || completed === steps || this.context.stopRequested();
-        if (final) break;
+        if (completed === roundEnd) return;
         this.context.metrics.append(record);
         logger.debug(record, 'step');
         progress.step(record);
+      });
+      active = round.members;
+      const { left } = round;
+      if (left.length > 0) {
+        const names = left.map((link) => link.name).join(', ');
+        logger.warn({ step: roundEnd, left: names, stay: active.length }, 'workers left the round');
+        progress.note(`${names} left the round ending at step ${roundEnd}; it closes with ${active.length}`);
       }
+      if (active.length < minWorkers) throw round.cause!;
       step = roundEnd;
       const last = step === steps;
       const joining = !last && this.context.waitingJoiners() > 0 && active.length < this.context.workers;
@@ -367,49 +366,72 @@ export class Generation {
   }
 
   /**
-   * Each member's reply of `type`; a member whose connection ended leaves (`left`), any other
-   * failure fails the generation. With `deadlineMs`, once the first reply is in the others have
-   * that long (--round-deadline), then the late ones are dropped: they leave, and may join again.
+   * The reports of steps [first, end) from every member, each at its own pace; `onStep` gets each
+   * step's replies (rank order) once every member still in the round has sent its own. A member
+   * whose connection ends leaves the round (`left`); any other failure fails the generation once
+   * the others are done. With --round-deadline, once the first member has reported the round's
+   * last step the others have that long, then the late ones are dropped: they leave, and may join
+   * again as new workers.
    */
-  private async gatherSurvivors<T extends WorkerMessage['type']>(
+  private async gatherRound(
     members: WorkerLink[],
-    type: T,
-    timeoutMs: number,
-    deadlineMs: number | null,
-  ): Promise<{ members: WorkerLink[]; replies: Reply<T>[]; left: WorkerLink[]; cause: Error | null }> {
-    const answered = members.map(() => false);
-    let deadline: NodeJS.Timeout | null = null;
-    const firstIn = (): void => {
-      if (deadlineMs === null || deadline) return;
-      deadline = setTimeout(() => {
-        members.forEach((link, i) => {
-          if (!answered[i])
-            link.drop(`did not finish the round within ${Math.round(deadlineMs / 1000)} s of the first worker (--round-deadline)`);
-        });
-      }, deadlineMs);
+    first: number,
+    end: number,
+    onStep: (step: number, replies: Reply<'stepDone'>[]) => void,
+  ): Promise<{ members: WorkerLink[]; left: WorkerLink[]; cause: Error | null }> {
+    const { stepTimeoutMs, roundDeadlineMs } = this.context;
+    const reports: Reply<'stepDone'>[][] = members.map(() => []);
+    let active = [...members];
+    const left: WorkerLink[] = [];
+    const finished = new Set<WorkerLink>();
+    let cause: Error | null = null;
+    let failure: Error | null = null;
+    let next = first;
+    const flush = (): void => {
+      while (!failure && active.length > 0 && next < end && active.every((link) => reports[members.indexOf(link)]!.length > next - first)) {
+        const replies = active.map((link) => reports[members.indexOf(link)]![next - first]!);
+        try {
+          onStep(next, replies);
+        } catch (err) {
+          failure = err as Error;
+          return;
+        }
+        next += 1;
+      }
     };
-    const results = await Promise.allSettled(
-      members.map((link, i) =>
-        link.expect(type, timeoutMs).then((reply) => {
-          answered[i] = true;
-          firstIn();
-          return reply;
-        }),
-      ),
+    let deadline: NodeJS.Timeout | null = null;
+    const roundDone = (link: WorkerLink): void => {
+      finished.add(link);
+      if (roundDeadlineMs === null || deadline) return;
+      deadline = setTimeout(() => {
+        for (const late of active)
+          if (!finished.has(late))
+            late.drop(`did not finish the round within ${Math.round(roundDeadlineMs / 1000)} s of the first worker (--round-deadline)`);
+      }, roundDeadlineMs);
+    };
+    await Promise.all(
+      members.map(async (link, i) => {
+        try {
+          for (let s = first; s < end; s++) {
+            reports[i]!.push(await link.expect('stepDone', stepTimeoutMs));
+            flush();
+          }
+          roundDone(link);
+        } catch (err) {
+          if (link.alive) {
+            failure ??= err as Error;
+            return;
+          }
+          active = active.filter((other) => other !== link);
+          left.push(link);
+          cause ??= err as Error;
+          flush();
+        }
+      }),
     );
     if (deadline) clearTimeout(deadline);
-    const out = { members: [] as WorkerLink[], replies: [] as Reply<T>[], left: [] as WorkerLink[], cause: null as Error | null };
-    results.forEach((result, i) => {
-      const link = members[i]!;
-      if (result.status === 'fulfilled') {
-        out.members.push(link);
-        out.replies.push(result.value);
-      } else if (!link.alive) {
-        out.left.push(link);
-        out.cause ??= result.reason as Error;
-      } else throw result.reason;
-    });
-    return out;
+    if (failure) throw failure;
+    return { members: active, left, cause };
   }
 
   /**

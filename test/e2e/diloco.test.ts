@@ -5,7 +5,7 @@
 // worker leaves and another joins between outer steps without a restart from the checkpoint.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MetricsRecord, StepRecord } from '../../src/coordinator/metrics.ts';
 import { readCheckpoint, latestCheckpoint } from '../../src/train/checkpoint.ts';
@@ -192,6 +192,60 @@ test('a worker leaves mid-round and another joins at a round end: no restart fro
     const checkpoint = readCheckpoint(latestCheckpoint(out)!);
     assert.equal(checkpoint.meta.step, steps);
     assert.equal(checkpoint.meta.paramDigest, records.at(-1)!.paramDigest);
+  } finally {
+    for (const p of [coordinator, ...processes]) p.child.kill('SIGKILL');
+    await Promise.all([coordinator, ...processes].map((p) => p.finished));
+  }
+});
+
+test('--round-deadline: a stopped worker is dropped once the others have finished the round, which closes with them', {
+  skip: needsData,
+  timeout: 300_000,
+}, async () => {
+  const steps = 60;
+  const out = tempRunDir('diloco-deadline');
+  const port = pickPort();
+  const timeoutMs = 240_000;
+  // The heartbeat would notice a stopped worker after 60 s: the 2-second round deadline must come first.
+  const coordinator = start(
+    ['coordinator', '--workers', '3', '--min-workers', '2', '--round-deadline', '2', '--heartbeat-timeout', '60']
+      .concat(['--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, '--recipe', MICRO_RECIPE, '--global-batch', '48'])
+      .concat(['--steps', String(steps), '--checkpoint-every', '1000', '--out', out, '--sync', 'diloco', '--inner-steps', '5']),
+    { timeoutMs },
+  );
+  await coordinator.waitFor(/listening on/, 30_000);
+  const processes = [0, 1, 2].map(() =>
+    start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'auto', '--heartbeat-timeout', '60'], {
+      timeoutMs,
+      env: { VIT_DIST_TOKEN: TOKEN },
+    }),
+  );
+  const logged = (): MetricsRecord[] => (existsSync(join(out, 'metrics.jsonl')) ? readMetrics(out) : []);
+  try {
+    await waitUntil(() => logged().some((r) => r.kind === 'step' && r.step >= 7), timeoutMs, 'step 7');
+    processes[2]!.child.kill('SIGSTOP');
+    await waitUntil(() => logged().some((r) => r.kind === 'regroup'), timeoutMs, 'the regroup');
+    // Dropped and fenced; gone for good, so that the survivors' old ring closes at once.
+    processes[2]!.child.kill('SIGKILL');
+    const result = await coordinator.finished;
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    const records = stepRecords(out);
+    assert.deepEqual(
+      records.map((s) => s.step),
+      Array.from({ length: steps }, (_, i) => i + 1),
+    );
+    assert.deepEqual(restartRecords(out), [], 'no restart from a checkpoint');
+    const regroups = readMetrics(out).filter((r) => r.kind === 'regroup');
+    assert.equal(regroups.length, 1, JSON.stringify(regroups));
+    const [drop] = regroups as Extract<MetricsRecord, { kind: 'regroup' }>[];
+    assert.deepEqual([drop!.left, drop!.joined, drop!.workers], [1, 0, 2]);
+    assert.equal(drop!.step % 5, 0);
+    assert.ok(records.filter((s) => s.step > drop!.step).every((s) => s.workers === 2));
+    // The coordinator's log names why the worker was dropped.
+    assert.match(
+      readFileSync(join(out, 'logs', 'coordinator.log'), 'utf8'),
+      /did not finish the round within 2 s of the first worker \(--round-deadline\)/,
+    );
   } finally {
     for (const p of [coordinator, ...processes]) p.child.kill('SIGKILL');
     await Promise.all([coordinator, ...processes].map((p) => p.finished));
