@@ -2,7 +2,9 @@
 //   node bench/run-summary.mjs RUN_DIR NAME WALL_SECONDS   one JSON line: bytes every rank's ring
 //       sockets sent (metrics.jsonl, all steps), wall time, compute utilisation (each rank's compute
 //       time over the training loop's wall time from the end of step 1 to the end of the last step,
-//       the mean over ranks), the final and per-evaluation test accuracy
+//       the mean over ranks, and that loop wall time), the final and per-evaluation test accuracy
+//       With STEPS after WALL_SECONDS: the same over the first STEPS steps and the evaluations up
+//       to them, for a run still going or cut short (WALL_SECONDS then 0: not known)
 //   node bench/run-summary.mjs --table RESULTS.jsonl       a Markdown table of such lines, the first one
 //       (lockstep) the reference for the byte ratio and the accuracy difference
 import { readFileSync } from 'node:fs';
@@ -27,8 +29,9 @@ if (process.argv[2] === '--table') {
     );
   }
 } else {
-  const [runDir, name, seconds] = process.argv.slice(2);
-  const records = lines(join(runDir, 'metrics.jsonl'));
+  const [runDir, name, seconds, limit] = process.argv.slice(2);
+  const last = limit ? Number(limit) : Number.POSITIVE_INFINITY;
+  const records = lines(join(runDir, 'metrics.jsonl')).filter((r) => r.step <= last);
   const steps = records.filter((r) => r.kind === 'step');
   const evals = records.filter((r) => r.kind === 'eval');
   const ranks = steps[0].ranks.length;
@@ -40,8 +43,9 @@ if (process.argv[2] === '--table') {
       steps: steps.length,
       bytesSent: steps.reduce((a, s) => a + s.ranks.reduce((b, r) => b + r.bytesSent, 0), 0),
       wallSeconds: Number(Number(seconds).toFixed(1)),
+      loopSeconds: Number(loopSeconds.toFixed(1)),
       computeUtilisation: computeSeconds / loopSeconds,
-      testAccuracy: evals.at(-1).testAccuracy,
+      testAccuracy: evals.at(-1)?.testAccuracy ?? null,
       perEpoch: evals.map((e) => e.testAccuracy),
     }),
   );

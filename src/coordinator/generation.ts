@@ -171,8 +171,9 @@ export class Generation {
     return this.start.regroup?.slots ?? this.members.map((_, rank) => rank);
   }
 
+  /** DiLoCo: one slot per worker asked for, so a ring short of workers leaves slots for joiners and the local batch never changes. */
   private get slotCount(): number {
-    return this.start.regroup?.slotCount ?? this.worldSize;
+    return this.start.regroup?.slotCount ?? this.context.workers;
   }
 
   /** One reply of `type` from every rank, failing fast on the first worker that fails. */
