@@ -60,7 +60,13 @@ for i in $(seq 0 "$WORKERS"); do
   ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$RATE" burst 32kbit latency 400ms
   ip netns exec "$HUB" tc qdisc add dev "${PREFIX}b$i" root tbf rate "$RATE" burst 32kbit latency 400ms
 done
-in_ns() { local i=$1; shift; ip netns exec "${PREFIX}n$i" "$@"; }
+# Always started in the background: exec makes $! the command's own pid (ip netns exec execs it
+# too), so the clean-up's kill reaches the node processes, not a subshell that leaves them running.
+in_ns() {
+  local i=$1
+  shift
+  exec ip netns exec "${PREFIX}n$i" "$@"
+}
 
 in_ns 0 node bench/delay-proxy.mjs "$(address 0)" $((CONTROL_PORT + 1)) "$CONTROL_PORT" "$DELAY_MS" &
 pids+=($!)
