@@ -137,6 +137,17 @@ test('kill -9 after a checkpoint and resume: the digest of a straight DiLoCo run
   assertCompleteRun(crashed, 16, expected);
 });
 
+/** What a running coordinator has logged so far: nothing before its first line, and a line being appended is not there yet. */
+function loggedSoFar<T>(out: string, read: (runDir: string) => T[]): T[] {
+  if (!existsSync(join(out, 'metrics.jsonl'))) return [];
+  try {
+    return read(out);
+  } catch (err) {
+    if (err instanceof SyntaxError) return [];
+    throw err;
+  }
+}
+
 /**
  * Waits for a run whose membership changed at round ends: it must end cleanly with every step
  * logged once, in order (nothing replayed), and no restart from a checkpoint. Its step and regroup records.
@@ -180,7 +191,7 @@ test('a worker leaves mid-round and another joins at a round end: no restart fro
       env: { VIT_DIST_TOKEN: TOKEN },
     });
   const processes = [worker(), worker()];
-  const logged = (): StepRecord[] => (existsSync(join(out, 'metrics.jsonl')) ? stepRecords(out) : []);
+  const logged = (): StepRecord[] => loggedSoFar(out, stepRecords);
   try {
     await waitUntil(() => logged().some((s) => s.step >= 12), timeoutMs, 'step 12');
     processes[1]!.child.kill('SIGKILL');
@@ -228,7 +239,7 @@ test('--round-deadline: a stopped worker is dropped once the others have finishe
       env: { VIT_DIST_TOKEN: TOKEN },
     }),
   );
-  const logged = (): MetricsRecord[] => (existsSync(join(out, 'metrics.jsonl')) ? readMetrics(out) : []);
+  const logged = (): MetricsRecord[] => loggedSoFar(out, readMetrics);
   try {
     await waitUntil(() => logged().some((r) => r.kind === 'step' && r.step >= 7), timeoutMs, 'step 7');
     processes[2]!.child.kill('SIGSTOP');
