@@ -181,7 +181,7 @@ test('a worker leaves mid-round and another joins at a round end: no restart fro
   const coordinator = start(
     ['coordinator', '--workers', '2', '--min-workers', '1', '--rejoin-timeout', '1', '--host', '127.0.0.1', '--port', String(port)]
       .concat(['--token', TOKEN, '--recipe', MICRO_RECIPE, '--steps', String(steps), '--checkpoint-every', '1000', '--out', out], fast)
-      .concat(['--sync', 'diloco', '--inner-steps', '5', '--wire', 'int8']),
+      .concat(['--sync', 'diloco', '--inner-steps', '20', '--wire', 'int8']),
     { timeoutMs },
   );
   await coordinator.waitFor(/listening on/, 60_000);
@@ -193,7 +193,9 @@ test('a worker leaves mid-round and another joins at a round end: no restart fro
   const processes = [worker(), worker()];
   const logged = (): StepRecord[] => loggedSoFar(out, stepRecords);
   try {
-    await waitUntil(() => logged().some((s) => s.step >= 12), timeoutMs, 'step 12');
+    // Step 20's record comes after its outer step: the kill lands in the next round's inner steps,
+    // not in an outer exchange (a failure there restarts from the checkpoint).
+    await waitUntil(() => logged().some((s) => s.step >= 20), timeoutMs, 'the first round end');
     processes[1]!.child.kill('SIGKILL');
     await waitUntil(() => logged().some((s) => s.workers === 1), timeoutMs, 'a step with one worker');
     processes.push(worker());
@@ -202,7 +204,7 @@ test('a worker leaves mid-round and another joins at a round end: no restart fro
     const [leave, join] = regroups;
     assert.deepEqual([leave!.left, leave!.joined, leave!.workers], [1, 0, 1]);
     assert.deepEqual([join!.left, join!.joined, join!.workers], [0, 1, 2]);
-    for (const change of regroups) assert.equal(change.step % 5, 0, `regrouped at step ${change.step}, not a round end`);
+    for (const change of regroups) assert.equal(change.step % 20, 0, `regrouped at step ${change.step}, not a round end`);
     // The round the leaver left: its later steps have one worker's images, and the round closes on the survivor.
     const counts = records.map((s) => s.workers);
     assert.ok(counts[0] === 2 && counts.includes(1) && counts.at(-1) === 2, `workers per step: ${[...new Set(counts)].join(', ')}`);
@@ -229,7 +231,7 @@ test('--round-deadline: a stopped worker is dropped once the others have finishe
   const coordinator = start(
     ['coordinator', '--workers', '3', '--min-workers', '2', '--round-deadline', '2', '--heartbeat-timeout', '60']
       .concat(['--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, '--recipe', MICRO_RECIPE, '--global-batch', '48'])
-      .concat(['--steps', String(steps), '--checkpoint-every', '1000', '--out', out, '--sync', 'diloco', '--inner-steps', '5']),
+      .concat(['--steps', String(steps), '--checkpoint-every', '1000', '--out', out, '--sync', 'diloco', '--inner-steps', '10']),
     { timeoutMs },
   );
   await coordinator.waitFor(/listening on/, 60_000);
@@ -241,7 +243,8 @@ test('--round-deadline: a stopped worker is dropped once the others have finishe
   );
   const logged = (): MetricsRecord[] => loggedSoFar(out, readMetrics);
   try {
-    await waitUntil(() => logged().some((r) => r.kind === 'step' && r.step >= 7), timeoutMs, 'step 7');
+    // After the first round's end (its record follows its outer step): the stop lands in inner steps.
+    await waitUntil(() => logged().some((r) => r.kind === 'step' && r.step >= 10), timeoutMs, 'the first round end');
     processes[2]!.child.kill('SIGSTOP');
     await waitUntil(() => logged().some((r) => r.kind === 'regroup'), timeoutMs, 'the regroup');
     // Dropped and fenced; gone for good, so that the survivors' old ring closes at once.
@@ -250,7 +253,7 @@ test('--round-deadline: a stopped worker is dropped once the others have finishe
     assert.equal(regroups.length, 1, JSON.stringify(regroups));
     const [drop] = regroups;
     assert.deepEqual([drop!.left, drop!.joined, drop!.workers], [1, 0, 2]);
-    assert.equal(drop!.step % 5, 0);
+    assert.equal(drop!.step % 10, 0);
     assert.ok(records.filter((s) => s.step > drop!.step).every((s) => s.workers === 2));
     // The coordinator's log names why the worker was dropped.
     assert.match(
