@@ -2,7 +2,10 @@
 //   node bench/run-summary.mjs RUN_DIR NAME WALL_SECONDS   one JSON line: bytes every rank's ring
 //       sockets sent (metrics.jsonl, all steps), wall time, compute utilisation (each rank's compute
 //       time over the training loop's wall time from the end of step 1 to the end of the last step,
-//       the mean over ranks), the final and per-evaluation test accuracy
+//       the mean over ranks, and that loop wall time; and the same without the evaluations' time,
+//       which both modes spend alike), the final and per-evaluation test accuracy
+//       With STEPS after WALL_SECONDS: the same over the first STEPS steps and the evaluations up
+//       to them, for a run still going or cut short (WALL_SECONDS then 0: not known)
 //   node bench/run-summary.mjs --table RESULTS.jsonl       a Markdown table of such lines, the first one
 //       (lockstep) the reference for the byte ratio and the accuracy difference
 import { readFileSync } from 'node:fs';
@@ -17,22 +20,28 @@ const lines = (file) =>
 if (process.argv[2] === '--table') {
   const rows = lines(process.argv[3]);
   const reference = rows[0];
-  console.log('| run | bytes sent | lockstep / run | wall s | compute utilisation | test accuracy | vs lockstep (points) |');
-  console.log('|---|---|---|---|---|---|---|');
+  console.log(
+    '| run | bytes sent | lockstep / run | wall s | compute utilisation | without evaluations | test accuracy | vs lockstep (points) |',
+  );
+  console.log('|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
     const ratio = (reference.bytesSent / r.bytesSent).toFixed(1);
     const points = (100 * (r.testAccuracy - reference.testAccuracy)).toFixed(2);
     console.log(
-      `| ${r.name} | ${r.bytesSent} | ${ratio} | ${r.wallSeconds} | ${(100 * r.computeUtilisation).toFixed(1)}% | ${(100 * r.testAccuracy).toFixed(2)}% | ${points} |`,
+      `| ${r.name} | ${r.bytesSent} | ${ratio} | ${r.wallSeconds} | ${(100 * r.computeUtilisation).toFixed(1)}% | ${(100 * r.trainingUtilisation).toFixed(1)}% | ${(100 * r.testAccuracy).toFixed(2)}% | ${points} |`,
     );
   }
 } else {
-  const [runDir, name, seconds] = process.argv.slice(2);
-  const records = lines(join(runDir, 'metrics.jsonl'));
+  const [runDir, name, seconds, limit] = process.argv.slice(2);
+  const last = limit ? Number(limit) : Number.POSITIVE_INFINITY;
+  const records = lines(join(runDir, 'metrics.jsonl')).filter((r) => r.step <= last);
   const steps = records.filter((r) => r.kind === 'step');
   const evals = records.filter((r) => r.kind === 'eval');
   const ranks = steps[0].ranks.length;
   const loopSeconds = (Date.parse(steps.at(-1).time) - Date.parse(steps[0].time)) / 1000;
+  // An evaluation's time: from the record before it (its round's or step's end) to its own.
+  const evalSeconds =
+    records.reduce((a, r, i) => (r.kind === 'eval' && i > 0 ? a + Date.parse(r.time) - Date.parse(records[i - 1].time) : a), 0) / 1000;
   const computeSeconds = steps.slice(1).reduce((a, s) => a + s.ranks.reduce((b, r) => b + r.computeMs, 0), 0) / ranks / 1000;
   console.log(
     JSON.stringify({
@@ -40,8 +49,11 @@ if (process.argv[2] === '--table') {
       steps: steps.length,
       bytesSent: steps.reduce((a, s) => a + s.ranks.reduce((b, r) => b + r.bytesSent, 0), 0),
       wallSeconds: Number(Number(seconds).toFixed(1)),
+      loopSeconds: Number(loopSeconds.toFixed(1)),
       computeUtilisation: computeSeconds / loopSeconds,
-      testAccuracy: evals.at(-1).testAccuracy,
+      evalSeconds: Number(evalSeconds.toFixed(1)),
+      trainingUtilisation: computeSeconds / (loopSeconds - evalSeconds),
+      testAccuracy: evals.at(-1)?.testAccuracy ?? null,
       perEpoch: evals.map((e) => e.testAccuracy),
     }),
   );

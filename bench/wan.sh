@@ -10,6 +10,8 @@
 # Traffic stays inside the namespaces this script makes (10.231.0.0/24); everything it starts
 # and makes is removed on exit. Needs root, iproute2 (ip, tc) and the data set.
 #   RECIPE=fmnist-vit-tiny WORKERS=4 RATE=20mbit DELAY_MS=25 INNER_STEPS=50 WIRE=bf16 EXTRA="--steps 40"
+#   OUTER_MOMENTUM=0.5 (default: DiLoCo's 0.9); RUNS="lockstep diloco" (either alone: two invocations
+#   in parallel measure both in the same window; each makes namespaces of its own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECIPE=${RECIPE:-fmnist-vit-tiny}
@@ -18,6 +20,8 @@ RATE=${RATE:-20mbit}
 DELAY_MS=${DELAY_MS:-25}
 INNER_STEPS=${INNER_STEPS:-50}
 WIRE=${WIRE:-bf16}
+OUTER_MOMENTUM=${OUTER_MOMENTUM:-}
+RUNS=${RUNS:-lockstep diloco}
 EXTRA=${EXTRA:-}
 RUN_TIMEOUT=${RUN_TIMEOUT:-7200}
 PREFIX=vdwan$$
@@ -56,7 +60,13 @@ for i in $(seq 0 "$WORKERS"); do
   ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$RATE" burst 32kbit latency 400ms
   ip netns exec "$HUB" tc qdisc add dev "${PREFIX}b$i" root tbf rate "$RATE" burst 32kbit latency 400ms
 done
-in_ns() { local i=$1; shift; ip netns exec "${PREFIX}n$i" "$@"; }
+# Always started in the background: exec makes $! the command's own pid (ip netns exec execs it
+# too), so the clean-up's kill reaches the node processes, not a subshell that leaves them running.
+in_ns() {
+  local i=$1
+  shift
+  exec ip netns exec "${PREFIX}n$i" "$@"
+}
 
 in_ns 0 node bench/delay-proxy.mjs "$(address 0)" $((CONTROL_PORT + 1)) "$CONTROL_PORT" "$DELAY_MS" &
 pids+=($!)
@@ -91,7 +101,12 @@ train() { # name, flags...
 }
 
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); $WORKERS workers, $RATE links, ${DELAY_MS} ms proxy delay per hop"
-train lockstep
-train "diloco-h$INNER_STEPS-$WIRE" --sync diloco --inner-steps "$INNER_STEPS" --wire "$WIRE"
+case " $RUNS " in *" lockstep "*) train lockstep ;; esac
+echo "load average between the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+case " $RUNS " in *" diloco "*)
+  train "diloco-h$INNER_STEPS-$WIRE${OUTER_MOMENTUM:+-m$OUTER_MOMENTUM}" --sync diloco --inner-steps "$INNER_STEPS" --wire "$WIRE" \
+    ${OUTER_MOMENTUM:+--outer-momentum "$OUTER_MOMENTUM"}
+  ;;
+esac
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 node bench/run-summary.mjs --table "$OUT/results.jsonl"

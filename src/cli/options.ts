@@ -150,6 +150,11 @@ export function addRunOptions(command: Command): Command {
       positiveInt,
     )
     .option(
+      '--round-deadline <seconds>',
+      'DiLoCo: once the first worker has finished a round, how long the others have; later ones leave the round, which closes with at least --min-workers (default: --step-timeout)',
+      positiveNumber,
+    )
+    .option(
       '--rejoin-timeout <seconds>',
       'after a failure, how long to wait for replacement workers',
       positiveNumber,
@@ -205,6 +210,7 @@ export interface RunFlags {
   /** Hot spares beyond --workers (0 when absent). */
   spares?: number;
   rejoinTimeout: number;
+  roundDeadline?: number;
   heartbeatTimeout: number;
   maxRestarts: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';

@@ -139,6 +139,7 @@ function prepareRun(
     port,
     joinTimeoutMs: flags.joinTimeout * 1000,
     rejoinTimeoutMs: flags.rejoinTimeout * 1000,
+    roundDeadlineMs: flags.roundDeadline === undefined ? null : flags.roundDeadline * 1000,
     stepTimeoutMs: flags.stepTimeout * 1000,
     heartbeatTimeoutMs: flags.heartbeatTimeout * 1000,
     maxRestarts: flags.maxRestarts,

@@ -6,7 +6,7 @@ import { RecoverableError } from '../common/errors.ts';
 import { authContext } from './auth.ts';
 
 /** Bumped whenever a message changes shape; both sides refuse a peer that speaks another version. */
-export const CONTROL_PROTOCOL_VERSION = 5;
+export const CONTROL_PROTOCOL_VERSION = 6;
 /** Largest control message accepted; snapshots of large models are the biggest (a shard's params, optimizer state and EMA). */
 export const MAX_CONTROL_MESSAGE_BYTES = 2 ** 30;
 /** WebSocket close codes in the private range (4000-4999), so a peer can tell why it was dropped. */
@@ -81,6 +81,36 @@ export interface ShardSnapshot {
   optimizerStep: number;
 }
 
+/**
+ * A DiLoCo worker's place: it trains data slot `slot` of `slots` (each slot's slice of every global
+ * batch, globalBatch / slots images); `carry` keeps the trainer of the previous generation (its
+ * outer and inner state), for a member that stays when the membership changes at a round's end.
+ */
+export interface DilocoPlace {
+  slot: number;
+  slots: number;
+  carry: boolean;
+}
+
+/**
+ * The outer step of a round: `reporters` workers finished its inner steps and contribute their
+ * pseudo-gradients (`contributes`: false for a joiner, which sends zeros); with `broadcastFrom`
+ * set, the ring first copies that rank's outer weights and outer momentum to every rank (joiners).
+ */
+export interface DilocoOuterOrder {
+  reporters: number;
+  contributes: boolean;
+  broadcastFrom: number | null;
+}
+
+/** A worker's outer step: the outer weights' digest afterwards, its time and its ring traffic. */
+export interface OuterReport {
+  paramDigest: string;
+  commMs: number;
+  bytesSent: number;
+  bytesReceived: number;
+}
+
 // Every order and reply after `assign` carries the ring generation it belongs to: after a failure
 // the coordinator starts a new generation, and replies of an older one are dropped.
 export type CoordinatorMessage =
@@ -97,6 +127,8 @@ export type CoordinatorMessage =
       startStep: number;
       resume: ResumeState | null;
       init: Float32Array | null;
+      /** DiLoCo only (null in lockstep): this worker's data slot and how many there are, and whether it keeps its trainer (a member regrouped at a round's end). */
+      diloco: DilocoPlace | null;
     }
   | { type: 'ringPeers'; generation: number; peers: Address[] }
   /** The rank's samples: data-set indices, their repeat numbers (null: none), the slice's offset in the global batch, and the epoch. */
@@ -111,6 +143,8 @@ export type CoordinatorMessage =
       epoch: number;
     }
   | { type: 'eval'; generation: number; step: number; start: number; end: number }
+  /** DiLoCo: the outer step closing the round that ended after `step` steps (see DilocoOuterOrder). */
+  | ({ type: 'outer'; generation: number; step: number } & DilocoOuterOrder)
   | { type: 'snapshot'; generation: number; step: number }
   /** Abandon the generation: drop the step in flight and the ring, wait for a new `assign`. */
   | { type: 'abort'; generation: number; reason: string }
@@ -125,6 +159,7 @@ export type WorkerMessage =
   | { type: 'ready'; generation: number; rank: number; paramDigest: string; numParams: number; trainSize: number; testSize: number }
   | ({ type: 'stepDone'; generation: number; step: number } & StepReport)
   | ({ type: 'evalDone'; generation: number; step: number } & EvalCounts)
+  | ({ type: 'outerDone'; generation: number; step: number } & OuterReport)
   | ({ type: 'snapshotData'; generation: number; step: number; rank: number } & ShardSnapshot)
   /**
    * The worker could not carry out an order of `generation`; it stays connected for the next one.
@@ -132,8 +167,8 @@ export type WorkerMessage =
    */
   | { type: 'failed'; generation: number; message: string; fatal: boolean };
 
-const COORDINATOR_TYPES = new Set(['challenge', 'welcome', 'assign', 'ringPeers', 'step', 'eval', 'snapshot', 'abort', 'stop']);
-const WORKER_TYPES = new Set(['hello', 'aborted', 'ringListening', 'ready', 'stepDone', 'evalDone', 'snapshotData', 'failed']);
+const COORDINATOR_TYPES = new Set(['challenge', 'welcome', 'assign', 'ringPeers', 'step', 'eval', 'outer', 'snapshot', 'abort', 'stop']);
+const WORKER_TYPES = new Set(['hello', 'aborted', 'ringListening', 'ready', 'stepDone', 'evalDone', 'outerDone', 'snapshotData', 'failed']);
 
 // One Packr per process: typed arrays round-trip as their own types (msgpackr's extension).
 const packr = new Packr({ useRecords: false, moreTypes: true });

@@ -209,4 +209,4 @@ export class RingThread extends EventEmitter {
  * What the trainers use of a ring: a RingThread, or a RingPeer of one rank (whose collectives
  * return at once, so it too accepts a collective before the previous one has settled).
  */
-export type GradientRing = Pick<RingThread, 'reduceScatter' | 'allGather' | 'allReduceScalars' | 'traffic'>;
+export type GradientRing = Pick<RingThread, 'reduceScatter' | 'allGather' | 'allReduce' | 'allReduceScalars' | 'traffic'>;

@@ -24,7 +24,7 @@ import type { Recipe } from '../train/recipe.ts';
 import { FatalError, VitDistError } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import type { LoadedCheckpoint } from '../train/checkpoint.ts';
-import { Generation, MembershipChange, type RunContext, type RunSummary, type StartState } from './generation.ts';
+import { Generation, MembershipChange, RoundRegroup, type RunContext, type RunSummary, type StartState } from './generation.ts';
 import { MetricsLog, type RecordListener } from './metrics.ts';
 import { ProgressPrinter } from './progress.ts';
 import { RunStatus, stragglerNote } from './run-status.ts';
@@ -43,6 +43,8 @@ export interface CoordinatorOptions {
   spares: number;
   /** The fewest workers a generation may run with after a failure; `workers` by default. */
   minWorkers: number;
+  /** DiLoCo: how long after the first worker finishes a round's inner steps the others have; null: --step-timeout. */
+  roundDeadlineMs: number | null;
   recipe: Recipe;
   outDir: string;
   token: string;
@@ -123,6 +125,8 @@ export class Coordinator {
       runId: this.runId,
       recipe: options.recipe,
       workers: options.workers,
+      minWorkers: options.minWorkers,
+      roundDeadlineMs: options.roundDeadlineMs,
       stepTimeoutMs: options.stepTimeoutMs,
       checkpointDir: join(options.outDir, 'checkpoints'),
       logger: options.logger,
@@ -336,6 +340,13 @@ export class Coordinator {
       try {
         return await new Generation(context, members, generation, start).run();
       } catch (err) {
+        if (err instanceof RoundRegroup) {
+          generation += 1;
+          const regrouped = this.regroup(err, generation);
+          members = regrouped.members;
+          start = regrouped.start;
+          continue;
+        }
         // Any error not of ours is a bug: it stops the run.
         const recoverable = err instanceof VitDistError && err.kind === 'recoverable';
         if (!(err instanceof MembershipChange) && !recoverable) throw err;
@@ -401,12 +412,50 @@ export class Coordinator {
     );
   }
 
+  /**
+   * DiLoCo's membership change at a round's end, without a restart from the checkpoint: the
+   * stayers keep their state and data slots, waiting workers join (up to --workers) in the lowest
+   * free slots, and the new generation starts with the round's outer step.
+   */
+  private regroup(change: RoundRegroup, generation: number): { members: WorkerLink[]; start: StartState } {
+    const { stayers, pending, slotCount } = change;
+    const joiners = this.links.filter((link) => link.alive && !stayers.includes(link)).slice(0, this.options.workers - stayers.length);
+    const slots = [...change.slots];
+    for (let slot = 0; slots.length < stayers.length + joiners.length; slot++) if (!slots.includes(slot)) slots.push(slot);
+    const members = [...stayers, ...joiners];
+    this.options.logger.warn(
+      { step: pending.step, generation, left: change.left, joined: joiners.length, workers: members.length },
+      'DiLoCo membership changed at a round end: regrouping without a restart',
+    );
+    this.context.progress.note(
+      `step ${pending.step}: ${change.left} left, ${joiners.length} joined; ${members.length} workers go on from the round's end (no restart)`,
+    );
+    this.context.metrics.append({
+      kind: 'regroup',
+      step: pending.step,
+      generation,
+      left: change.left,
+      joined: joiners.length,
+      workers: members.length,
+      time: new Date().toISOString(),
+    });
+    return {
+      members,
+      start: {
+        step: pending.step,
+        checkpoint: null,
+        initialParams: null,
+        regroup: { pending, stayers: stayers.length, slots, slotCount },
+      },
+    };
+  }
+
   private startFromLastCheckpoint(): StartState {
     const last = this.context.lastCheckpoint;
     // Until the first checkpoint, every (re)start begins at step 0 from the same initial weights.
     return last
-      ? { step: last.meta.step, checkpoint: last, initialParams: null }
-      : { step: 0, checkpoint: null, initialParams: this.options.initialParams };
+      ? { step: last.meta.step, checkpoint: last, initialParams: null, regroup: null }
+      : { step: 0, checkpoint: null, initialParams: this.options.initialParams, regroup: null };
   }
 
   async close(): Promise<void> {

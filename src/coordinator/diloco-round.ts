@@ -1,11 +1,9 @@
-// The coordinator's part of DiLoCo (src/worker/diloco-trainer.ts): which steps end a round, and
-// how a checkpoint holds a DiLoCo run. Between rounds every worker holds the outer weights; within
-// a round each holds its own local weights, so evaluations, checkpoints and a requested stop wait
-// for the round's end.
+// The coordinator's part of DiLoCo (src/worker/diloco-trainer.ts) beside its round loop
+// (generation.ts, runRounds): how a checkpoint holds a DiLoCo run.
 //
 // A DiLoCo checkpoint holds, beside the outer weights (`params`), the outer optimizer's state
-// gathered whole from every rank's shard (`outer.momentum`, `outer.feedback` on a packed wire),
-// and each rank's own inner state whole under `rank<R>.` (the inner optimizer's tensors,
+// gathered whole from every rank's shard (`outer.momentum`, replicated on the ranks, and
+// `outer.feedback` on a packed wire), and each rank's own inner state whole under `rank<R>.` (the inner optimizer's tensors,
 // `rank<R>.inner.m` ..., and its pseudo-gradient's error feedback), with `innerSteps` holding
 // each rank's inner optimizer step count at element R (every checkpoint tensor is as long as the
 // model). A resume with more workers starts the extra ranks' inner state fresh.
@@ -13,13 +11,14 @@ import type { ResumeState, WorkerMessage } from '../comm/control.ts';
 import { FatalError } from '../common/errors.ts';
 import { shardRange } from '../common/shard.ts';
 import type { CheckpointMeta, CheckpointState } from '../train/checkpoint.ts';
-import { isRoundEnd } from '../train/outer-optimizer.ts';
 import type { Recipe } from '../train/recipe.ts';
 
 type Snapshot = Extract<WorkerMessage, { type: 'snapshotData' }>;
 
 const INNER_STEPS = 'innerSteps';
 const OUTER = 'outer.';
+/** Replicated on every rank (the worker's DILOCO_STATE.outerMomentum): a resume hands it whole. */
+const OUTER_MOMENTUM = 'outer.momentum';
 
 function rankPrefix(rank: number): string {
   return `rank${rank}.`;
@@ -28,15 +27,6 @@ function rankPrefix(rank: number): string {
 /** True when the recipe trains with DiLoCo rather than lockstep. */
 export function isDiloco(recipe: Recipe): boolean {
   return recipe.sync?.mode === 'diloco';
-}
-
-/**
- * Do the workers hold the same weights after `completed` steps: always in lockstep; in DiLoCo at
- * the end of each round of innerSteps and at the run's end.
- */
-export function weightsAgreeAt(recipe: Recipe, completed: number, totalSteps: number): boolean {
-  const { sync } = recipe;
-  return sync?.mode !== 'diloco' || isRoundEnd(sync, completed, totalSteps);
 }
 
 /** The DiLoCo checkpoint state from every rank's snapshot (rank order), checked against the shard layout. */
@@ -74,7 +64,7 @@ export function assembleDilocoState(shards: Snapshot[], numParams: number): Chec
   return { params, optimizerState, ema: null };
 }
 
-/** What rank `rank` of `worldSize` resumes from: all outer weights, its shard of the outer state, and the inner state of the checkpoint's rank of that number, if any. */
+/** What rank `rank` of `worldSize` resumes from: all outer weights and outer momentum, its shard of the outer feedback, and the inner state of the checkpoint's rank of that number, if any. */
 export function dilocoResumeShard(
   checkpoint: { meta: CheckpointMeta; state: CheckpointState },
   worldSize: number,
@@ -88,7 +78,8 @@ export function dilocoResumeShard(
   const optimizerState: Record<string, Float32Array> = {};
   const own = rankPrefix(rank);
   for (const [name, tensor] of Object.entries(state.optimizerState)) {
-    if (name.startsWith(OUTER)) optimizerState[name] = tensor.slice(start, end);
+    if (name === OUTER_MOMENTUM) optimizerState[name] = tensor;
+    else if (name.startsWith(OUTER)) optimizerState[name] = tensor.slice(start, end);
     else if (name.startsWith(own)) optimizerState[name.slice(own.length)] = tensor;
   }
   const hasInner = rank < meta.worldSize;

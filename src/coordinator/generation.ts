@@ -1,6 +1,7 @@
 // One generation of the ring: a fixed set of workers trained in lockstep from a start state until
 // the run ends, a worker fails (the caller starts the next generation from the last checkpoint),
-// or new workers wait to join at a checkpoint boundary.
+// or new workers wait to join at a checkpoint boundary. With DiLoCo, a member lost during a round
+// leaves it and workers join at a round's end without a checkpoint (runRounds, RoundRegroup).
 //
 // Each step the coordinator sends every rank its slice of the global batch and the learning rate,
 // waits for every report, checks that all ranks hold the same parameter digest, records metrics,
@@ -10,12 +11,13 @@ import type { ResumeState, WorkerMessage } from '../comm/control.ts';
 import { EpochSampler } from '../data/sampler.ts';
 import { paramDigest } from '../train/digest.ts';
 import { totalSteps, type Recipe } from '../train/recipe.ts';
-import { learningRate, recipeSchedule } from '../train/schedule.ts';
+import { learningRate, recipeSchedule, type ScheduleConfig } from '../train/schedule.ts';
 import { FatalError } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import type { CheckpointMeta, CheckpointState } from '../train/checkpoint.ts';
 import { writeCheckpoint } from './checkpoint.ts';
-import { assembleDilocoState, dilocoResumeShard, isDiloco, weightsAgreeAt } from './diloco-round.ts';
+import { assembleDilocoState, dilocoResumeShard, isDiloco } from './diloco-round.ts';
+import { isRoundEnd } from '../train/outer-optimizer.ts';
 import type { EvalRecord, MetricsLog, StepRecord } from './metrics.ts';
 import type { ProgressPrinter } from './progress.ts';
 import type { GenerationStart } from './run-status.ts';
@@ -32,6 +34,70 @@ export interface StartState {
   checkpoint: { meta: CheckpointMeta; state: CheckpointState } | null;
   /** Parameters for step 0 with a fresh optimizer; null: the seed's initialization. Only without a checkpoint. */
   initialParams: Float32Array | null;
+  /** DiLoCo: the membership changed at the round's end at `step`; the workers keep or receive the state (no checkpoint). */
+  regroup: DilocoRegroup | null;
+}
+
+/** A DiLoCo round whose inner steps are done and whose outer step the next generation runs. */
+export interface PendingRound {
+  /** Steps completed: the round's end. */
+  step: number;
+  /** Workers that finished the round's inner steps: the outer step divides by them. */
+  reporters: number;
+  /** The round's last step, appended once the outer step has added its bytes and digest. */
+  record: StepRecord;
+  evaluationDue: boolean;
+  checkpointDue: boolean;
+  optimizerStep: number;
+}
+
+/** How a regrouped generation starts: its first `stayers` members keep their trainers, the rest join. */
+export interface DilocoRegroup {
+  pending: PendingRound;
+  stayers: number;
+  /** Each member's data slot (member order), and the number of slots (the local batch is globalBatch / slotCount). */
+  slots: number[];
+  slotCount: number;
+}
+
+/**
+ * Thrown at a DiLoCo round's end when members left during the round or workers wait to join: the
+ * caller forms a new generation of `stayers` (who keep their state) and joiners, which runs the
+ * round's outer step. Stayers keep their data slots; a joiner takes the lowest free slot.
+ */
+export class RoundRegroup extends Error {
+  constructor(
+    readonly pending: PendingRound,
+    readonly stayers: WorkerLink[],
+    readonly slots: number[],
+    readonly slotCount: number,
+    readonly left: number,
+  ) {
+    super(
+      `${left > 0 ? `${left} worker${left === 1 ? '' : 's'} left` : 'workers wait to join'}: the ring regroups at the round's end after step ${pending.step}`,
+    );
+    this.name = 'RoundRegroup';
+  }
+}
+
+/** What both training loops share: the sampler, the run's length and schedule, the model and test sizes, the starting digest. */
+interface TrainingLoop {
+  sampler: EpochSampler;
+  steps: number;
+  schedule: ScheduleConfig;
+  numParams: number;
+  testSize: number;
+  digest: string;
+}
+
+/** DiLoCo's state across rounds in one generation. */
+interface RoundState {
+  digest: string;
+  testAccuracy: number | null;
+  optimizerStep: number;
+  /** An epoch's end or a checkpoint due while the workers hold different weights waits for the round's end. */
+  evaluationDue: boolean;
+  checkpointDue: boolean;
 }
 
 export interface RunSummary {
@@ -71,6 +137,9 @@ export interface RunContext {
   recipe: Recipe;
   /** The worker count asked for; a generation may run with fewer (--min-workers). */
   workers: number;
+  minWorkers: number;
+  /** DiLoCo: how long after the first worker finishes a round the others have (--round-deadline); null: --step-timeout. */
+  roundDeadlineMs: number | null;
   stepTimeoutMs: number;
   checkpointDir: string;
   logger: Logger;
@@ -97,17 +166,26 @@ export class Generation {
     return this.members.length;
   }
 
+  /** DiLoCo: each member's data slot; without a regroup, its rank. */
+  private get slots(): number[] {
+    return this.start.regroup?.slots ?? this.members.map((_, rank) => rank);
+  }
+
+  /** DiLoCo: one slot per worker asked for, so a ring short of workers leaves slots for joiners and the local batch never changes. */
+  private get slotCount(): number {
+    return this.start.regroup?.slotCount ?? this.context.workers;
+  }
+
   /** One reply of `type` from every rank, failing fast on the first worker that fails. */
   private gather<T extends WorkerMessage['type']>(type: T, timeoutMs: number): Promise<Reply<T>[]> {
     return Promise.all(this.members.map((link) => link.expect(type, timeoutMs)));
   }
 
   async run(): Promise<RunSummary> {
-    const { recipe, logger, stepTimeoutMs, progress } = this.context;
-    const { generation, worldSize } = this;
+    const { recipe, progress } = this.context;
+    const { generation } = this;
     const ready = await this.formRing();
     const { numParams, trainSize, testSize } = ready;
-    let digest = ready.paramDigest;
 
     const sampler = new EpochSampler(trainSize, recipe.globalBatch, recipe.seed, recipe.data.repeats);
     const steps = totalSteps(recipe, sampler.stepsPerEpoch);
@@ -125,16 +203,17 @@ export class Generation {
       totalSteps: steps,
       members: this.members.map((link) => ({ rank: link.rank, ...link.info })),
     });
+    const loop: TrainingLoop = { sampler, steps, schedule, numParams, testSize, digest: ready.paramDigest };
+    return isDiloco(recipe) ? this.runRounds(loop) : this.runLockstep(loop);
+  }
+
+  private async runLockstep(loop: TrainingLoop): Promise<RunSummary> {
+    const { recipe, logger, stepTimeoutMs, progress } = this.context;
+    const { generation, worldSize } = this;
+    const { sampler, steps, schedule, numParams, testSize } = loop;
+    let digest = loop.digest;
     let testAccuracy: number | null = null;
     let optimizerStep = this.start.checkpoint?.meta.optimizerStep ?? 0;
-    if (isDiloco(recipe) && recipe.globalBatch % worldSize !== 0)
-      throw new FatalError(
-        'DILOCO_BATCH',
-        `DiLoCo splits the global batch of ${recipe.globalBatch} evenly: ${worldSize} workers do not divide it`,
-      );
-    // An epoch's end or a checkpoint due while DiLoCo's workers hold different weights waits for the round's end.
-    let evaluationDue = false;
-    let checkpointDue = false;
 
     for (let step = this.start.step; step < steps; step++) {
       const started = performance.now();
@@ -152,59 +231,15 @@ export class Generation {
         completed,
       );
       optimizerStep += 1;
-      const count = reports.reduce((a, r) => a + r.count, 0);
-      if (count !== recipe.globalBatch)
-        throw new FatalError(
-          'SAMPLE_COUNT_MISMATCH',
-          `step ${completed}: workers processed ${count} samples, the global batch is ${recipe.globalBatch}`,
-        );
-      const distilled = reports[0]!.distillationLossSum !== undefined;
-      const skippedImages = reports.reduce((a, r) => a + r.skipped.length, 0);
-      const record: StepRecord = {
-        kind: 'step',
-        step: completed,
-        epoch,
-        loss: reports.reduce((a, r) => a + r.lossSum, 0) / count,
-        ...(distilled ? { distillationLoss: reports.reduce((a, r) => a + r.distillationLossSum!, 0) / count } : {}),
-        ...(skippedImages > 0 ? { skippedImages } : {}),
-        accuracy: reports.reduce((a, r) => a + r.correct, 0) / count,
-        lr,
-        gradNorm: reports[0]!.gradNorm,
-        paramDigest: digest,
-        workers: worldSize,
-        imagesPerSec: count / ((performance.now() - started) / 1000),
-        computeMs: Math.max(...reports.map((r) => r.computeMs)),
-        copyMs: Math.max(...reports.map((r) => r.copyMs)),
-        commMs: Math.max(...reports.map((r) => r.commMs)),
-        exposedCommMs: Math.max(...reports.map((r) => r.exposedCommMs)),
-        dataWaitMs: Math.max(...reports.map((r) => r.dataWaitMs)),
-        ranks: reports.map(({ computeMs, copyMs, commMs, exposedCommMs, dataWaitMs, bytesSent, bytesReceived }, rank) => ({
-          rank,
-          computeMs,
-          copyMs,
-          commMs,
-          exposedCommMs,
-          dataWaitMs,
-          bytesSent,
-          bytesReceived,
-        })),
-        time: new Date().toISOString(),
-      };
+      const record = stepRecord(reports, { step: completed, epoch, lr, imagesExpected: recipe.globalBatch, started });
       this.context.metrics.append(record);
       logger.debug(record, 'step');
       progress.step(record);
 
       const last = completed === steps;
       const stopping = this.context.stopRequested();
-      evaluationDue ||= completed % sampler.stepsPerEpoch === 0 || last;
-      checkpointDue ||= completed % recipe.checkpointEvery === 0 || last || stopping;
-      if (!weightsAgreeAt(recipe, completed, steps)) continue;
-      if (evaluationDue) {
-        evaluationDue = false;
-        testAccuracy = await this.evaluate(completed, sampler.epochOf(step), testSize);
-      }
-      if (checkpointDue) {
-        checkpointDue = false;
+      if (completed % sampler.stepsPerEpoch === 0 || last) testAccuracy = await this.evaluate(completed, epoch, testSize);
+      if (completed % recipe.checkpointEvery === 0 || last || stopping) {
         await this.saveCheckpoint(completed, numParams, optimizerStep, digest);
         if (stopping && !last) {
           logger.info({ step: completed }, 'stopping on request after a checkpoint');
@@ -214,6 +249,260 @@ export class Generation {
       }
     }
     return this.summary(steps, steps, testAccuracy, digest, false);
+  }
+
+  /**
+   * DiLoCo: round after round. A round's step orders go out together (inner steps need nothing from
+   * the other workers, so none waits for the slowest between them, nor for the coordinator's round
+   * trip); the coordinator collects each member's reports as they come, records a step once every
+   * member still in the round has reported it, then orders the outer step. A member
+   * lost during a round leaves it (its slot's slices go untrained) and the round closes with the
+   * rest, if at least --min-workers; when members left or workers wait to join, the outer step runs
+   * in a new generation of the stayers and the joiners (RoundRegroup) instead of a restart from the
+   * checkpoint.
+   */
+  private async runRounds(loop: TrainingLoop): Promise<RunSummary> {
+    const { recipe, logger, progress, minWorkers } = this.context;
+    const sync = recipe.sync!;
+    const { generation, slots, slotCount } = this;
+    const { sampler, steps, schedule } = loop;
+    if (recipe.globalBatch % slotCount !== 0)
+      throw new FatalError(
+        'DILOCO_BATCH',
+        `DiLoCo splits the global batch of ${recipe.globalBatch} evenly: ${slotCount} workers do not divide it`,
+      );
+    const localBatch = recipe.globalBatch / slotCount;
+    const rounds: RoundState = {
+      digest: loop.digest,
+      testAccuracy: null,
+      optimizerStep: this.start.checkpoint?.meta.optimizerStep ?? this.start.regroup?.pending.optimizerStep ?? 0,
+      evaluationDue: false,
+      checkpointDue: false,
+    };
+    let step = this.start.step;
+    const regroup = this.start.regroup;
+    if (regroup) {
+      const { pending, stayers } = regroup;
+      const joiners = this.worldSize - stayers;
+      rounds.digest = await this.closeRound(this.members, pending.record, {
+        reporters: pending.reporters,
+        stayers,
+        broadcastFrom: joiners > 0 ? 0 : null,
+      });
+      rounds.evaluationDue = pending.evaluationDue;
+      rounds.checkpointDue = pending.checkpointDue;
+      const stopped = await this.afterRound(step, loop, rounds);
+      if (stopped) return stopped;
+    }
+    let active = [...this.members];
+    while (step < steps) {
+      let roundEnd = step + 1;
+      while (!isRoundEnd(sync, roundEnd, steps)) roundEnd += 1;
+      const lrs: number[] = [];
+      for (let s = step; s < roundEnd; s++) {
+        const lr = learningRate(schedule, s);
+        const epoch = sampler.epochOf(s);
+        lrs.push(lr);
+        this.members.forEach((link, rank) => {
+          if (!active.includes(link)) return;
+          const { indices, repeats, offset } = sampler.slice(s, slots[rank]!, slotCount);
+          link.send({ type: 'step', generation, step: s, lr, indices, repeats: recipe.data.repeats > 1 ? repeats : null, offset, epoch });
+        });
+      }
+      let record: StepRecord | null = null;
+      let started = performance.now();
+      const round = await this.gatherRound(active, step, roundEnd, (s, replies) => {
+        const completed = s + 1;
+        rounds.digest = checkDigests(
+          replies.map((r) => r.paramDigest),
+          completed,
+        );
+        rounds.optimizerStep += 1;
+        record = stepRecord(replies, {
+          step: completed,
+          epoch: sampler.epochOf(s),
+          lr: lrs[s - step]!,
+          imagesExpected: localBatch * replies.length,
+          started,
+        });
+        started = performance.now();
+        rounds.evaluationDue ||= completed % sampler.stepsPerEpoch === 0 || completed === steps;
+        rounds.checkpointDue ||= completed % recipe.checkpointEvery === 0 || completed === steps || this.context.stopRequested();
+        if (completed === roundEnd) return;
+        this.context.metrics.append(record);
+        logger.debug(record, 'step');
+        progress.step(record);
+      });
+      active = round.members;
+      const { left } = round;
+      if (left.length > 0) {
+        const names = left.map((link) => link.name).join(', ');
+        logger.warn({ step: roundEnd, left: names, stay: active.length }, 'workers left the round');
+        progress.note(`${names} left the round ending at step ${roundEnd}; it closes with ${active.length}`);
+      }
+      if (active.length < minWorkers) throw round.cause!;
+      step = roundEnd;
+      const last = step === steps;
+      const joining = !last && this.context.waitingJoiners() > 0 && active.length < this.context.workers;
+      if (left.length > 0 || joining)
+        throw new RoundRegroup(
+          {
+            step,
+            reporters: active.length,
+            record: record!,
+            evaluationDue: rounds.evaluationDue,
+            checkpointDue: rounds.checkpointDue,
+            optimizerStep: rounds.optimizerStep,
+          },
+          active,
+          active.map((link) => slots[this.members.indexOf(link)]!),
+          slotCount,
+          left.length,
+        );
+      rounds.digest = await this.closeRound(active, record!, { reporters: active.length, stayers: active.length, broadcastFrom: null });
+      const stopped = await this.afterRound(step, loop, rounds);
+      if (stopped) return stopped;
+    }
+    return this.summary(steps, steps, rounds.testAccuracy, rounds.digest, false);
+  }
+
+  /**
+   * The reports of steps [first, end) from every member, each at its own pace; `onStep` gets each
+   * step's replies (rank order) once every member still in the round has sent its own. A member
+   * whose connection ends leaves the round (`left`); any other failure fails the generation once
+   * the others are done. With --round-deadline, once the first member has reported the round's
+   * last step the others have that long, then the late ones are dropped: they leave, and may join
+   * again as new workers.
+   */
+  private async gatherRound(
+    members: WorkerLink[],
+    first: number,
+    end: number,
+    onStep: (step: number, replies: Reply<'stepDone'>[]) => void,
+  ): Promise<{ members: WorkerLink[]; left: WorkerLink[]; cause: Error | null }> {
+    const { stepTimeoutMs, roundDeadlineMs } = this.context;
+    const reports: Reply<'stepDone'>[][] = members.map(() => []);
+    let active = [...members];
+    const left: WorkerLink[] = [];
+    const finished = new Set<WorkerLink>();
+    let cause: Error | null = null;
+    let failure: Error | null = null;
+    let next = first;
+    const flush = (): void => {
+      while (!failure && active.length > 0 && next < end && active.every((link) => reports[members.indexOf(link)]!.length > next - first)) {
+        const replies = active.map((link) => reports[members.indexOf(link)]![next - first]!);
+        try {
+          onStep(next, replies);
+        } catch (err) {
+          failure = err as Error;
+          return;
+        }
+        next += 1;
+      }
+    };
+    let deadline: NodeJS.Timeout | null = null;
+    const roundDone = (link: WorkerLink): void => {
+      finished.add(link);
+      if (roundDeadlineMs === null || deadline) return;
+      deadline = setTimeout(() => {
+        for (const late of active)
+          if (!finished.has(late))
+            late.drop(`did not finish the round within ${Math.round(roundDeadlineMs / 1000)} s of the first worker (--round-deadline)`);
+      }, roundDeadlineMs);
+    };
+    await Promise.all(
+      members.map(async (link, i) => {
+        try {
+          for (let s = first; s < end; s++) {
+            reports[i]!.push(await link.expect('stepDone', stepTimeoutMs));
+            flush();
+          }
+          roundDone(link);
+        } catch (err) {
+          if (link.alive) {
+            failure ??= err as Error;
+            return;
+          }
+          active = active.filter((other) => other !== link);
+          left.push(link);
+          cause ??= err as Error;
+          flush();
+        }
+      }),
+    );
+    if (deadline) clearTimeout(deadline);
+    if (failure) throw failure;
+    return { members: active, left, cause };
+  }
+
+  /**
+   * The outer step of the round that `record` (its last step) ends: `members` (this generation's
+   * ranks) exchange pseudo-gradients, the first `stayers` contributing theirs; `reporters` of them
+   * finished the round. The record gets the exchange's time, bytes and the new digest.
+   */
+  private async closeRound(
+    members: WorkerLink[],
+    record: StepRecord,
+    order: { reporters: number; stayers: number; broadcastFrom: number | null },
+  ): Promise<string> {
+    const { generation } = this;
+    const step = record.step;
+    members.forEach((link, rank) => {
+      link.send({
+        type: 'outer',
+        generation,
+        step,
+        reporters: order.reporters,
+        contributes: rank < order.stayers,
+        broadcastFrom: order.broadcastFrom,
+      });
+    });
+    const done = await Promise.all(members.map((link) => link.expect('outerDone', this.context.stepTimeoutMs)));
+    const digest = checkDigests(
+      done.map((d) => d.paramDigest),
+      step,
+    );
+    done.forEach((outer, rank) => {
+      const figures = (record.ranks[rank] ??= {
+        rank,
+        computeMs: 0,
+        copyMs: 0,
+        commMs: 0,
+        exposedCommMs: 0,
+        dataWaitMs: 0,
+        bytesSent: 0,
+        bytesReceived: 0,
+      });
+      figures.commMs += outer.commMs;
+      figures.exposedCommMs += outer.commMs;
+      figures.bytesSent += outer.bytesSent;
+      figures.bytesReceived += outer.bytesReceived;
+    });
+    record.commMs = Math.max(...record.ranks.map((r) => r.commMs));
+    record.exposedCommMs = Math.max(...record.ranks.map((r) => r.exposedCommMs));
+    record.paramDigest = digest;
+    this.context.metrics.append(record);
+    this.context.logger.debug(record, 'step');
+    this.context.progress.step(record);
+    return digest;
+  }
+
+  /** At a round's end, where every worker holds the outer weights: evaluations and checkpoints due, a requested stop. */
+  private async afterRound(completed: number, loop: TrainingLoop, rounds: RoundState): Promise<RunSummary | null> {
+    const { steps, sampler, numParams, testSize } = loop;
+    const last = completed === steps;
+    if (rounds.evaluationDue) {
+      rounds.evaluationDue = false;
+      rounds.testAccuracy = await this.evaluate(completed, sampler.epochOf(completed - 1), testSize);
+    }
+    if (!rounds.checkpointDue) return null;
+    rounds.checkpointDue = false;
+    await this.saveCheckpoint(completed, numParams, rounds.optimizerStep, rounds.digest);
+    if (this.context.stopRequested() && !last) {
+      this.context.logger.info({ step: completed }, 'stopping on request after a checkpoint');
+      return this.summary(completed, steps, rounds.testAccuracy, rounds.digest, true);
+    }
+    return null;
   }
 
   private summary(steps: number, total: number, testAccuracy: number | null, digest: string, stopped: boolean): RunSummary {
@@ -237,7 +526,9 @@ export class Generation {
    */
   private async formRing(): Promise<Reply<'ready'>> {
     const { recipe, logger } = this.context;
-    const { generation, worldSize, start } = this;
+    const { generation, worldSize, start, slots, slotCount } = this;
+    const diloco = isDiloco(recipe);
+    const stayers = start.regroup?.stayers ?? 0;
     this.members.forEach((link, rank) => {
       link.enterGeneration(generation, rank);
       link.send({
@@ -247,8 +538,9 @@ export class Generation {
         generation,
         recipe,
         startStep: start.step,
-        resume: start.checkpoint ? (isDiloco(recipe) ? dilocoResumeShard : resumeShard)(start.checkpoint, worldSize, rank) : null,
+        resume: start.checkpoint ? (diloco ? dilocoResumeShard : resumeShard)(start.checkpoint, worldSize, rank) : null,
         init: start.initialParams,
+        diloco: diloco ? { slot: slots[rank]!, slots: slotCount, carry: rank < stayers } : null,
       });
     });
     const peers = (await this.gather('ringListening', SETUP_TIMEOUT_MS)).map((r) => r.ring);
@@ -263,8 +555,9 @@ export class Generation {
         );
       }
     }
+    // After a regroup only the stayers hold the outer weights; the joiners get them in the outer step, whose digests are checked.
     const digest = checkDigests(
-      ready.map((r) => r.paramDigest),
+      (start.regroup ? ready.slice(0, stayers) : ready).map((r) => r.paramDigest),
       start.step,
     );
     if (start.checkpoint) {
@@ -395,6 +688,48 @@ function assembleShardedState(shards: Reply<'snapshotData'>[], numParams: number
     if (shard.ema) state.ema!.set(shard.ema, start);
   });
   return state;
+}
+
+/** The step's record from the reports of the workers that trained it (rank order). */
+function stepRecord(
+  reports: Reply<'stepDone'>[],
+  at: { step: number; epoch: number; lr: number; imagesExpected: number; started: number },
+): StepRecord {
+  const count = reports.reduce((a, r) => a + r.count, 0);
+  if (count !== at.imagesExpected)
+    throw new FatalError('SAMPLE_COUNT_MISMATCH', `step ${at.step}: workers processed ${count} samples, expected ${at.imagesExpected}`);
+  const distilled = reports[0]!.distillationLossSum !== undefined;
+  const skippedImages = reports.reduce((a, r) => a + r.skipped.length, 0);
+  return {
+    kind: 'step',
+    step: at.step,
+    epoch: at.epoch,
+    loss: reports.reduce((a, r) => a + r.lossSum, 0) / count,
+    ...(distilled ? { distillationLoss: reports.reduce((a, r) => a + r.distillationLossSum!, 0) / count } : {}),
+    ...(skippedImages > 0 ? { skippedImages } : {}),
+    accuracy: reports.reduce((a, r) => a + r.correct, 0) / count,
+    lr: at.lr,
+    gradNorm: reports[0]!.gradNorm,
+    paramDigest: reports[0]!.paramDigest,
+    workers: reports.length,
+    imagesPerSec: count / ((performance.now() - at.started) / 1000),
+    computeMs: Math.max(...reports.map((r) => r.computeMs)),
+    copyMs: Math.max(...reports.map((r) => r.copyMs)),
+    commMs: Math.max(...reports.map((r) => r.commMs)),
+    exposedCommMs: Math.max(...reports.map((r) => r.exposedCommMs)),
+    dataWaitMs: Math.max(...reports.map((r) => r.dataWaitMs)),
+    ranks: reports.map(({ computeMs, copyMs, commMs, exposedCommMs, dataWaitMs, bytesSent, bytesReceived }, rank) => ({
+      rank,
+      computeMs,
+      copyMs,
+      commMs,
+      exposedCommMs,
+      dataWaitMs,
+      bytesSent,
+      bytesReceived,
+    })),
+    time: new Date().toISOString(),
+  };
 }
 
 /** All ranks must report the same digest; otherwise the run stops with an error naming the ranks. */

@@ -62,7 +62,18 @@ export interface RestartRecord {
   time: string;
 }
 
-export type MetricsRecord = StepRecord | EvalRecord | RestartRecord;
+/** DiLoCo: the membership changed at the round's end at `step`, and the ring went on from there without a restart. */
+export interface RegroupRecord {
+  kind: 'regroup';
+  step: number;
+  generation: number;
+  left: number;
+  joined: number;
+  workers: number;
+  time: string;
+}
+
+export type MetricsRecord = StepRecord | EvalRecord | RestartRecord | RegroupRecord;
 
 /** Hears each record once it is on disk (the status page, Prometheus, TensorBoard). */
 export type RecordListener = (record: MetricsRecord) => void;

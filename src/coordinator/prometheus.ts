@@ -87,7 +87,7 @@ export class PrometheusExporter {
   observe(record: MetricsRecord): void {
     if (record.kind === 'step') this.observeStep(record);
     else if (record.kind === 'eval') this.observeEval(record);
-    else this.observeRestart(record);
+    else if (record.kind === 'restart') this.observeRestart(record);
   }
 
   /** GET /metrics for a request carrying one of `acceptedTokens` as a bearer token; 401 otherwise. */

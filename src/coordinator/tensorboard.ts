@@ -74,7 +74,7 @@ export class TensorBoardScalars {
   observe(record: MetricsRecord): void {
     if (record.kind === 'step') this.writeStep(record);
     else if (record.kind === 'eval') this.writeEval(record);
-    else this.writeRestart(record);
+    else if (record.kind === 'restart') this.writeRestart(record);
   }
 
   /** Writes what is buffered to disk (at the end of a run; evaluations flush by themselves). */

@@ -1,21 +1,23 @@
 // One rank of DiLoCo (Douillard et al. 2023, "DiLoCo: Distributed Low-Communication Training of
-// Language Models"). A round is H inner steps and one outer step:
-//   inner: the recipe's step on this rank's slice of each global batch (global batch / workers),
-//          with this rank's own optimizer state and no communication: a ShardedTrainer over a
-//          ring of one;
+// Language Models"). A round is H inner steps (step orders) and one outer step (an `outer` order):
+//   inner: the recipe's step on this worker's slice of each global batch (globalBatch / slots:
+//          its data slot's), with its own optimizer state and no communication: a ShardedTrainer
+//          over a ring of one;
 //   outer: pseudo-gradient = outer weights - local weights -> ring reduce-scatter (each rank gets
-//          the sum of its shard) -> mean over the workers -> Nesterov SGD on this rank's shard
-//          (ZeRO-1: the outer momentum of shard r lives on rank r) -> ring all-gather -> every rank
-//          starts the next round from the same outer weights, bit for bit.
+//          the sum of its shard) -> ring all-gather of those sums -> every rank divides by the
+//          workers that reported and steps the whole outer weights with Nesterov SGD. The outer
+//          optimizer's state is replicated (as in OpenDiLoCo), so a worker that leaves takes
+//          nothing with it and any member can hand the outer state to a joiner; every rank steps
+//          the same bits from the same sums, so all start the next round from the same weights.
 // With --wire bf16 the reduce-scatter sends bf16 chunks (the ring's own bf16 wire, rounded to
 // nearest even, summed in float32). With int8 each rank packs its pseudo-gradient's shards for the
 // other ranks (pseudo-gradient-wire.ts) into one all-gather, which copies bits, and keeps what the
-// packing lost for its next round (error feedback). With either, the all-gather of the new outer
-// weights carries each owner's packed weight update instead, which every rank (the owner too) adds
-// to the previous outer weights; the owner keeps what packing lost for the next round.
+// packing lost for its next round (error feedback). With either, the all-gather of the summed
+// pseudo-gradient carries each owner's shard packed; every rank, the owner too, decodes the same
+// words, and the owner keeps what packing lost for the next round.
 // The digest reported after every step is the outer weights', so the coordinator's check holds
 // on every step and proves the workers start every round from the same bits.
-import type { EvalCounts, ResumeState, ShardSnapshot, StepReport } from '../comm/control.ts';
+import type { DilocoOuterOrder, EvalCounts, OuterReport, ResumeState, ShardSnapshot, StepReport } from '../comm/control.ts';
 import { packedWords, packInPlace, unpack, type PseudoGradientWire } from '../comm/pseudo-gradient-wire.ts';
 import { RingPeer } from '../comm/ring.ts';
 import { type GradientRing, sharedFloat32Array } from '../comm/ring-thread.ts';
@@ -24,15 +26,15 @@ import { shardRange, type ElementRange } from '../common/shard.ts';
 import type { BatchLoader } from '../data/loader.ts';
 import type { ImageClassifier } from '../model/model.ts';
 import { paramDigest } from '../train/digest.ts';
-import { isRoundEnd, OuterOptimizer, pseudoGradient } from '../train/outer-optimizer.ts';
+import { OuterOptimizer, pseudoGradient } from '../train/outer-optimizer.ts';
 import type { SyncSettings } from '../train/recipe.ts';
 import { ShardedTrainer, type StepSamples, type TrainerOptions } from './trainer.ts';
 
 /** Checkpoint names of the state a DiLoCo rank keeps beside the outer weights. */
 export const DILOCO_STATE = {
-  /** Nesterov momentum of the outer optimizer (this rank's shard). */
+  /** Nesterov momentum of the outer optimizer (replicated; a snapshot holds this rank's shard). */
   outerMomentum: 'outer.momentum',
-  /** What packing this rank's shard of the outer update lost (bf16, int8; this rank's shard). */
+  /** What packing this rank's shard of the summed pseudo-gradient lost (bf16, int8; this rank's shard). */
   outerFeedback: 'outer.feedback',
   /** Prefix of the inner optimizer's state tensors (whole: each rank has its own). */
   innerPrefix: 'inner.',
@@ -43,35 +45,34 @@ export const DILOCO_STATE = {
 export class DilocoTrainer {
   /** The outer weights: identical on every rank; the local weights return to them after every round. */
   private readonly outer: Float32Array;
-  private readonly shard: ElementRange;
   private readonly outerOptimizer: OuterOptimizer;
   /** The pseudo-gradient, reduced in place. */
   private readonly pseudo: Float32Array;
-  /** Error feedback of the packed pseudo-gradient (whole; int8) and of the packed outer update (this shard; bf16, int8); null when not packed. */
+  /** Error feedback of the packed pseudo-gradient (whole; int8): null when not packed. */
   private readonly innerFeedback: Float32Array | null;
-  private readonly outerFeedback: Float32Array | null;
+  /** Error feedback of this rank's packed shard of the summed pseudo-gradient (bf16, int8); null when not packed. */
+  private outerFeedback: Float32Array | null = null;
+  private shard: ElementRange = { start: 0, end: 0 };
+  private ring!: GradientRing;
+  private options!: TrainerOptions;
   private outerDigest: string;
 
   private constructor(
     private readonly model: ImageClassifier,
-    private readonly ring: GradientRing,
+    ring: GradientRing,
     private readonly inner: ShardedTrainer,
-    private readonly options: TrainerOptions,
+    options: TrainerOptions,
     private readonly sync: SyncSettings,
-    private readonly totalSteps: number,
     resume: ResumeState | null,
   ) {
     const n = model.numParams;
     // What the ring reads and writes is in shared memory, for the ring thread.
     this.outer = sharedFloat32Array(n);
     this.outer.set(inner.params);
-    this.shard = shardRange(n, options.worldSize, options.rank);
-    const shardLength = this.shard.end - this.shard.start;
-    this.outerOptimizer = new OuterOptimizer(sync, shardLength);
+    this.outerOptimizer = new OuterOptimizer(sync, n);
     this.pseudo = sharedFloat32Array(n);
-    const packed = sync.wire !== 'fp32';
     this.innerFeedback = sync.wire === 'int8' ? new Float32Array(n) : null;
-    this.outerFeedback = packed ? new Float32Array(shardLength) : null;
+    this.rebind(ring, options);
     if (resume) {
       const state = resume.optimizerState;
       const momentum = state[DILOCO_STATE.outerMomentum];
@@ -88,8 +89,9 @@ export class DilocoTrainer {
   }
 
   /**
-   * The rank's trainer: `resume` carries the outer weights, this rank's shard of the outer state
-   * and, when the checkpoint had a rank of this number, its inner optimizer state (else it starts fresh).
+   * The rank's trainer: `resume` carries the outer weights, the outer state (its momentum whole,
+   * this rank's shard of the feedback) and, when the checkpoint had a rank of this number, its
+   * inner optimizer state (else it starts fresh). Its inner steps take globalBatch / `slots` images.
    */
   static async create(
     model: ImageClassifier,
@@ -97,17 +99,17 @@ export class DilocoTrainer {
     train: BatchLoader,
     options: TrainerOptions,
     sync: SyncSettings,
-    totalSteps: number,
+    slots: number,
     generation: number,
     initialParams: Float32Array,
     resume: ResumeState | null,
   ): Promise<DilocoTrainer> {
-    const { globalBatch, worldSize } = options;
+    const { globalBatch } = options;
     if (options.ema) throw new FatalError('DILOCO_EMA', "DiLoCo keeps no weights' EMA: set the recipe's ema to null");
-    if (globalBatch % worldSize !== 0)
+    if (globalBatch % slots !== 0)
       throw new FatalError(
         'DILOCO_BATCH',
-        `DiLoCo splits the global batch of ${globalBatch} evenly over the workers: ${worldSize} workers do not divide it`,
+        `DiLoCo splits the global batch of ${globalBatch} evenly over the workers: ${slots} workers do not divide it`,
       );
     // The inner steps need no ring: a ring of one opens no socket and its collectives return at once.
     const solo = await RingPeer.listen({ rank: 0, worldSize: 1, generation, token: 'local' });
@@ -116,56 +118,81 @@ export class DilocoTrainer {
       model,
       solo,
       train,
-      { ...options, rank: 0, worldSize: 1, globalBatch: globalBatch / worldSize },
+      { ...options, rank: 0, worldSize: 1, globalBatch: globalBatch / slots },
       resume ? resume.params : initialParams,
       innerState,
     );
-    return new DilocoTrainer(model, ring, inner, options, sync, totalSteps, resume);
+    return new DilocoTrainer(model, ring, inner, options, sync, resume);
+  }
+
+  /**
+   * Joins the ring of a new generation at a round's end, keeping the outer and inner state. The
+   * shard layout changes with the ring, so the outer feedback (per shard) starts again at zero.
+   */
+  rebind(ring: GradientRing, options: TrainerOptions): void {
+    this.ring = ring;
+    this.options = options;
+    this.shard = shardRange(this.model.numParams, options.worldSize, options.rank);
+    this.outerFeedback = this.sync.wire === 'fp32' ? null : new Float32Array(this.shard.end - this.shard.start);
   }
 
   digest(): string {
     return this.outerDigest;
   }
 
-  /** One inner step; at a round's end, the outer step too. */
+  /** One inner step: the outer weights, and so the digest, stay as they are until the round's outer step. */
   async step(step: number, samples: StepSamples, lr: number): Promise<StepReport> {
-    const trafficBefore = this.ring.traffic();
     const report = await this.inner.step(step, samples, lr);
-    let outerMs = 0;
-    if (isRoundEnd(this.sync, step + 1, this.totalSteps)) {
-      const start = performance.now();
-      await this.outerStep(step);
-      outerMs = performance.now() - start;
+    return { ...report, paramDigest: this.outerDigest, bytesSent: 0, bytesReceived: 0 };
+  }
+
+  /** The outer step closing the round that ended after `step` steps. */
+  async outerStep(step: number, order: DilocoOuterOrder): Promise<OuterReport> {
+    const started = performance.now();
+    const trafficBefore = this.ring.traffic();
+    const { worldSize } = this.options;
+    const { pseudo, outer, innerFeedback } = this;
+    const local = this.inner.params;
+    if (order.broadcastFrom !== null) await this.broadcastOuterState(step, order.broadcastFrom);
+    if (order.contributes) pseudoGradient(outer, local, innerFeedback, pseudo);
+    else pseudo.fill(0);
+    const { wire } = this.sync;
+    if (worldSize > 1) {
+      if (wire === 'int8') await this.reducePacked(step);
+      else await this.ring.reduceScatter(pseudo, step, { wire: wire === 'bf16' ? 'bf16' : 'fp32' });
+      if (wire === 'fp32') await this.ring.allGather(pseudo, step);
+      else await this.gatherPackedSums(step);
     }
+    this.outerOptimizer.step(outer, pseudo, order.reporters);
+    local.set(outer);
+    this.model.setParams(local);
+    this.outerDigest = paramDigest(outer);
     const traffic = this.ring.traffic();
     return {
-      ...report,
       paramDigest: this.outerDigest,
-      commMs: report.commMs + outerMs,
-      exposedCommMs: report.exposedCommMs + outerMs,
+      commMs: performance.now() - started,
       bytesSent: traffic.sent - trafficBefore.sent,
       bytesReceived: traffic.received - trafficBefore.received,
     };
   }
 
-  private async outerStep(step: number): Promise<void> {
-    const { worldSize } = this.options;
-    const local = this.inner.params;
-    const { pseudo, outer, innerFeedback } = this;
-    pseudoGradient(outer, local, innerFeedback, pseudo);
-    const { wire } = this.sync;
-    const packed = wire !== 'fp32' && worldSize > 1;
-    if (wire === 'int8' && worldSize > 1) await this.reducePacked(step);
-    else await this.ring.reduceScatter(pseudo, step, { wire: wire === 'bf16' ? 'bf16' : 'fp32' });
-    const { start, end } = this.shard;
-    const shardOuter = outer.subarray(start, end);
-    const previous = packed ? shardOuter.slice() : null;
-    this.outerOptimizer.step(shardOuter, pseudo.subarray(start, end), worldSize);
-    if (previous) await this.gatherPackedUpdates(step, previous);
-    else await this.ring.allGather(outer, step);
-    local.set(outer);
-    this.model.setParams(local);
-    this.outerDigest = paramDigest(outer);
+  /**
+   * Copies rank `source`'s outer weights and outer momentum to every rank: an all-reduce to which
+   * only the source contributes (x + 0 is x; a -0 becomes +0, the same on every rank). A joiner
+   * also sets its local weights to the outer weights, so its inner steps start from them.
+   */
+  private async broadcastOuterState(step: number, source: number): Promise<void> {
+    const n = this.outer.length;
+    const state = sharedFloat32Array(2 * n);
+    const momentum = this.outerOptimizer.momentum;
+    if (this.options.rank === source) {
+      state.set(this.outer, 0);
+      state.set(momentum, n);
+    }
+    await this.ring.allReduce(state, step);
+    this.outer.set(state.subarray(0, n));
+    momentum.set(state.subarray(n));
+    this.outerDigest = paramDigest(this.outer);
   }
 
   /** Words one packed shard takes (the largest shard's, so every slot has the same size). */
@@ -209,28 +236,26 @@ export class DilocoTrainer {
   }
 
   /**
-   * The owner packs its shard's outer update (with its error feedback) into its region; every rank,
-   * the owner too, adds each region's decoded update to the previous outer weights of that shard.
+   * The owner packs its shard of the summed pseudo-gradient (with its error feedback) into its
+   * region; every rank, the owner too, decodes every region into the pseudo-gradient, so all
+   * step the outer weights from the same bits.
    */
-  private async gatherPackedUpdates(step: number, previous: Float32Array): Promise<void> {
+  private async gatherPackedSums(step: number): Promise<void> {
     const { worldSize, rank } = this.options;
     const { wire } = this.sync;
     const slot = this.slotWords(wire);
     const words = sharedWords(worldSize * slot);
-    const { start, end } = this.shard;
-    const shardOuter = this.outer.subarray(start, end);
+    const own = this.pseudo.subarray(this.shard.start, this.shard.end);
     const feedback = this.outerFeedback!;
-    const update = new Float32Array(shardOuter.length);
-    for (let i = 0; i < update.length; i++) update[i] = shardOuter[i]! - previous[i]! + feedback[i]!;
-    feedback.set(update);
-    packInPlace(wire, update, words.subarray(rank * slot, rank * slot + packedWords(wire, update.length)));
-    for (let i = 0; i < update.length; i++) feedback[i] = feedback[i]! - update[i]!;
-    shardOuter.set(previous);
+    for (let i = 0; i < own.length; i++) own[i] = own[i]! + feedback[i]!;
+    feedback.set(own);
+    packInPlace(wire, own, words.subarray(rank * slot, rank * slot + packedWords(wire, own.length)));
+    for (let i = 0; i < own.length; i++) feedback[i] = feedback[i]! - own[i]!;
     await this.ring.allGather(new Float32Array(words.buffer, words.byteOffset, words.length), step);
     for (let q = 0; q < worldSize; q++) {
-      const range = shardRange(this.outer.length, worldSize, q);
-      const target = this.outer.subarray(range.start, range.end);
-      unpack(wire, words.subarray(q * slot, q * slot + packedWords(wire, target.length)), target, true);
+      const range = shardRange(this.pseudo.length, worldSize, q);
+      const target = this.pseudo.subarray(range.start, range.end);
+      unpack(wire, words.subarray(q * slot, q * slot + packedWords(wire, target.length)), target, false);
     }
   }
 
@@ -243,7 +268,7 @@ export class DilocoTrainer {
     const { start, end } = this.shard;
     const inner = this.inner.snapshot();
     const optimizerState: Record<string, Float32Array> = {
-      [DILOCO_STATE.outerMomentum]: this.outerOptimizer.momentum.slice(),
+      [DILOCO_STATE.outerMomentum]: this.outerOptimizer.momentum.slice(start, end),
     };
     for (const [name, tensor] of Object.entries(inner.optimizerState)) optimizerState[DILOCO_STATE.innerPrefix + name] = tensor;
     if (this.outerFeedback) optimizerState[DILOCO_STATE.outerFeedback] = this.outerFeedback.slice();

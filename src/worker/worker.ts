@@ -14,6 +14,7 @@ import {
   decodeCoordinatorMessage,
   encodeMessage,
   type CoordinatorMessage,
+  type DilocoPlace,
   type ResumeState,
   type WorkerMessage,
 } from '../comm/control.ts';
@@ -30,8 +31,7 @@ import { initialParams } from '../model/init.ts';
 import { FatalError, RecoverableError, errorKind } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
 import { optimizerConfigOf } from '../train/optimizer.ts';
-import { totalSteps, validateRecipe, type Recipe } from '../train/recipe.ts';
-import { EpochSampler } from '../data/sampler.ts';
+import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { DilocoTrainer } from './diloco-trainer.ts';
 import { commOptionsOf, ShardedTrainer, type Teacher, type TrainerOptions } from './trainer.ts';
 import { LoopStallWatch, OrderProgress, serveHealth, type TrackedOrder } from './liveness.ts';
@@ -186,7 +186,13 @@ class WorkerSession {
   private trainer: ShardedTrainer | DilocoTrainer | null = null;
   private worldSize = 0;
   /** Where an `assign` starts (a checkpoint's state or --init weights), used once the ring is connected. */
-  private pendingStart: { resume: ResumeState | null; init: Float32Array | null } | null = null;
+  private pendingStart: {
+    resume: ResumeState | null;
+    init: Float32Array | null;
+    diloco: DilocoPlace | null;
+    /** The DiLoCo trainer a regrouped member keeps. */
+    carried: DilocoTrainer | null;
+  } | null = null;
   private readonly heartbeat: Heartbeat;
   wasAdmitted = false;
   /** Set once the session is over: an order still running must not leave anything open behind it. */
@@ -329,6 +335,16 @@ class WorkerSession {
         if (message.recipe !== undefined) await this.prepare(message.recipe);
         return;
       case 'assign': {
+        // A DiLoCo member that stays at a round's end keeps its trainer (outer and inner state) for the new ring.
+        let carried: DilocoTrainer | null = null;
+        if (message.diloco?.carry) {
+          if (!(this.trainer instanceof DilocoTrainer))
+            throw new RecoverableError(
+              'DILOCO_NOTHING_TO_CARRY',
+              'the coordinator asked to keep a DiLoCo trainer this worker does not have',
+            );
+          carried = this.trainer;
+        }
         await this.dropGeneration();
         this.generation = message.generation;
         this.rank = message.rank;
@@ -373,7 +389,7 @@ class WorkerSession {
           return;
         }
         this.ring = ring;
-        this.pendingStart = { resume: message.resume, init: message.init };
+        this.pendingStart = { resume: message.resume, init: message.init, diloco: message.diloco, carried };
         this.send({
           type: 'ringListening',
           generation: message.generation,
@@ -387,7 +403,7 @@ class WorkerSession {
         const bench = this.state.workbench!;
         await ring.connect(message.peers);
         logger.info({ rank: this.rank, worldSize: this.worldSize, generation: this.generation }, 'ring connected');
-        const { resume, init } = this.pendingStart ?? { resume: null, init: null };
+        const { resume, init, diloco, carried } = this.pendingStart ?? { resume: null, init: null, diloco: null, carried: null };
         this.pendingStart = null;
         const { recipe, model, teacher, train, test } = bench;
         const trainerOptions: TrainerOptions = {
@@ -410,20 +426,24 @@ class WorkerSession {
         };
         const startParams = resume ? resume.params : (init ?? initialParams(model, recipe));
         const { sync } = recipe;
-        this.trainer =
-          sync?.mode === 'diloco'
-            ? await DilocoTrainer.create(
-                model,
-                ring,
-                train,
-                trainerOptions,
-                sync,
-                totalSteps(recipe, new EpochSampler(train.size, recipe.globalBatch, recipe.seed, recipe.data.repeats).stepsPerEpoch),
-                this.generation,
-                startParams,
-                resume,
-              )
-            : new ShardedTrainer(model, ring, train, trainerOptions, startParams, resume);
+        if (carried) {
+          carried.rebind(ring, trainerOptions);
+          this.trainer = carried;
+        } else
+          this.trainer =
+            sync?.mode === 'diloco'
+              ? await DilocoTrainer.create(
+                  model,
+                  ring,
+                  train,
+                  trainerOptions,
+                  sync,
+                  diloco?.slots ?? this.worldSize,
+                  this.generation,
+                  startParams,
+                  resume,
+                )
+              : new ShardedTrainer(model, ring, train, trainerOptions, startParams, resume);
         this.send({
           type: 'ready',
           generation: this.generation,
@@ -450,6 +470,17 @@ class WorkerSession {
           this.requireTrainer().evaluate(this.state.workbench!.test, message.start, message.end),
         );
         this.send({ type: 'evalDone', generation: message.generation, step: message.step, ...result });
+        return;
+      }
+      case 'outer': {
+        const trainer = this.requireTrainer();
+        if (!(trainer instanceof DilocoTrainer))
+          throw new RecoverableError('ORDER_OUT_OF_SEQUENCE', 'the coordinator sent an outer step to a lockstep trainer');
+        const { reporters, contributes, broadcastFrom } = message;
+        const result = await this.tracked('step', message.step, () =>
+          trainer.outerStep(message.step, { reporters, contributes, broadcastFrom }),
+        );
+        this.send({ type: 'outerDone', generation: message.generation, step: message.step, ...result });
         return;
       }
       case 'snapshot':

@@ -1,9 +1,13 @@
 // DiLoCo (issue #17) end to end on the micro recipe: one worker with H = 1, outer lr 1 and no
 // momentum trains as lockstep does; 1, 2 and 4 workers start every round from the same bits (the
 // coordinator checks the outer weights' digest after every step and fails the run otherwise);
-// only round ends move bytes; a kill -9 and a resume end with the digest of a straight run.
+// only round ends move bytes; a kill -9 and a resume end with the digest of a straight run; a
+// worker leaves and another joins between outer steps without a restart from the checkpoint.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { MetricsRecord, RegroupRecord, StepRecord } from '../../src/coordinator/metrics.ts';
 import { readCheckpoint, latestCheckpoint } from '../../src/train/checkpoint.ts';
 import {
   MICRO_RECIPE,
@@ -14,6 +18,7 @@ import {
   killGroup,
   needsData,
   pickPort,
+  readMetrics,
   restartRecords,
   run,
   start,
@@ -132,47 +137,129 @@ test('kill -9 after a checkpoint and resume: the digest of a straight DiLoCo run
   assertCompleteRun(crashed, 16, expected);
 });
 
-test('a worker leaves mid-round: the round restarts from the last round end with one worker (its inner state kept), and a late worker joins at a checkpoint with fresh inner state', {
+/** What a running coordinator has logged so far: nothing before its first line, and a line being appended is not there yet. */
+function loggedSoFar<T>(out: string, read: (runDir: string) => T[]): T[] {
+  if (!existsSync(join(out, 'metrics.jsonl'))) return [];
+  try {
+    return read(out);
+  } catch (err) {
+    if (err instanceof SyntaxError) return [];
+    throw err;
+  }
+}
+
+/**
+ * Waits for a run whose membership changed at round ends: it must end cleanly with every step
+ * logged once, in order (nothing replayed), and no restart from a checkpoint. Its step and regroup records.
+ */
+async function regroupedRun(
+  coordinator: Running,
+  out: string,
+  steps: number,
+): Promise<{ records: StepRecord[]; regroups: RegroupRecord[] }> {
+  const result = await coordinator.finished;
+  assert.equal(result.code, 0, result.stdout + result.stderr);
+  const records = stepRecords(out);
+  // The final checkpoint holds the last step's outer weights.
+  assertCompleteRun(out, steps, records.at(-1)!.paramDigest);
+  assert.deepEqual(restartRecords(out), [], 'no restart from a checkpoint');
+  const regroups = readMetrics(out).filter((r): r is RegroupRecord => r.kind === 'regroup');
+  return { records, regroups };
+}
+
+test('a worker leaves mid-round and another joins at a round end: no restart from a checkpoint, one digest after the join', {
   skip: needsData,
-  timeout: 500_000,
+  timeout: 300_000,
 }, async () => {
-  const steps = 300;
+  const steps = 240;
   const out = tempRunDir('diloco-churn');
   const port = pickPort();
-  const timeoutMs = 400_000;
-  const fast = ['--heartbeat-timeout', '10'];
+  const timeoutMs = 240_000;
+  // A kill -9 closes the connections at once; the heartbeat only has to outlast a loaded machine's stalls.
+  const fast = ['--heartbeat-timeout', '30'];
+  // No checkpoint before the end: a restart would have to go back to step 0 and log steps twice.
   const coordinator = start(
     ['coordinator', '--workers', '2', '--min-workers', '1', '--rejoin-timeout', '1', '--host', '127.0.0.1', '--port', String(port)]
-      .concat(['--token', TOKEN, '--recipe', MICRO_RECIPE, '--steps', String(steps), '--checkpoint-every', '10', '--out', out], fast)
-      .concat(['--sync', 'diloco', '--inner-steps', '5', '--wire', 'int8']),
+      .concat(['--token', TOKEN, '--recipe', MICRO_RECIPE, '--steps', String(steps), '--checkpoint-every', '1000', '--out', out], fast)
+      .concat(['--sync', 'diloco', '--inner-steps', '20', '--wire', 'int8']),
     { timeoutMs },
   );
-  await coordinator.waitFor(/listening on/, 30_000);
+  await coordinator.waitFor(/listening on/, 60_000);
   const worker = (): Running =>
     start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'auto', ...fast], {
       timeoutMs,
       env: { VIT_DIST_TOKEN: TOKEN },
     });
   const processes = [worker(), worker()];
+  const logged = (): StepRecord[] => loggedSoFar(out, stepRecords);
   try {
-    await waitUntil(checkpointAt(out, 10), timeoutMs, 'the checkpoint at step 10');
+    // Step 20's record comes after its outer step: the kill lands in the next round's inner steps,
+    // not in an outer exchange (a failure there restarts from the checkpoint).
+    await waitUntil(() => logged().some((s) => s.step >= 20), timeoutMs, 'the first round end');
     processes[1]!.child.kill('SIGKILL');
-    await waitUntil(() => stepRecords(out).some((s) => s.workers === 1), timeoutMs, 'a step with one worker');
+    await waitUntil(() => logged().some((s) => s.workers === 1), timeoutMs, 'a step with one worker');
     processes.push(worker());
-    const result = await coordinator.finished;
-    assert.equal(result.code, 0, result.stdout + result.stderr);
-    const records = stepRecords(out);
-    assert.deepEqual(
-      records.map((s) => s.step),
-      Array.from({ length: steps }, (_, i) => i + 1),
-    );
+    const { records, regroups } = await regroupedRun(coordinator, out, steps);
+    assert.equal(regroups.length, 2, JSON.stringify(regroups));
+    const [leave, join] = regroups;
+    assert.deepEqual([leave!.left, leave!.joined, leave!.workers], [1, 0, 1]);
+    assert.deepEqual([join!.left, join!.joined, join!.workers], [0, 1, 2]);
+    for (const change of regroups) assert.equal(change.step % 20, 0, `regrouped at step ${change.step}, not a round end`);
+    // The round the leaver left: its later steps have one worker's images, and the round closes on the survivor.
     const counts = records.map((s) => s.workers);
     assert.ok(counts[0] === 2 && counts.includes(1) && counts.at(-1) === 2, `workers per step: ${[...new Set(counts)].join(', ')}`);
-    // Membership changes only where the weights agree: the restarts resume at round ends.
-    assert.ok(restartRecords(out).every((r) => r.step % 5 === 0));
-    const checkpoint = readCheckpoint(latestCheckpoint(out)!);
-    assert.equal(checkpoint.meta.worldSize, 2);
-    assert.equal(checkpoint.meta.paramDigest, records.at(-1)!.paramDigest);
+    // The coordinator checked every step's digests; after the join both workers reported the same outer weights.
+    const afterJoin = records.filter((s) => s.step > join!.step);
+    assert.ok(afterJoin.length > 0 && afterJoin.every((s) => s.workers === 2));
+    const joinRound = records.find((s) => s.step === join!.step)!;
+    assert.ok(joinRound.ranks.length === 2 && joinRound.ranks[1]!.bytesReceived > 0, 'the joiner received the outer state');
+  } finally {
+    for (const p of [coordinator, ...processes]) p.child.kill('SIGKILL');
+    await Promise.all([coordinator, ...processes].map((p) => p.finished));
+  }
+});
+
+test('--round-deadline: a stopped worker is dropped once the others have finished the round, which closes with them', {
+  skip: needsData,
+  timeout: 300_000,
+}, async () => {
+  const steps = 60;
+  const out = tempRunDir('diloco-deadline');
+  const port = pickPort();
+  const timeoutMs = 240_000;
+  // The heartbeat would notice a stopped worker after 60 s: the 2-second round deadline must come first.
+  const coordinator = start(
+    ['coordinator', '--workers', '3', '--min-workers', '2', '--round-deadline', '2', '--heartbeat-timeout', '60']
+      .concat(['--host', '127.0.0.1', '--port', String(port), '--token', TOKEN, '--recipe', MICRO_RECIPE, '--global-batch', '48'])
+      .concat(['--steps', String(steps), '--checkpoint-every', '1000', '--out', out, '--sync', 'diloco', '--inner-steps', '10']),
+    { timeoutMs },
+  );
+  await coordinator.waitFor(/listening on/, 60_000);
+  const processes = [0, 1, 2].map(() =>
+    start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'auto', '--heartbeat-timeout', '60'], {
+      timeoutMs,
+      env: { VIT_DIST_TOKEN: TOKEN },
+    }),
+  );
+  const logged = (): MetricsRecord[] => loggedSoFar(out, readMetrics);
+  try {
+    // After the first round's end (its record follows its outer step): the stop lands in inner steps.
+    await waitUntil(() => logged().some((r) => r.kind === 'step' && r.step >= 10), timeoutMs, 'the first round end');
+    processes[2]!.child.kill('SIGSTOP');
+    await waitUntil(() => logged().some((r) => r.kind === 'regroup'), timeoutMs, 'the regroup');
+    // Dropped and fenced; gone for good, so that the survivors' old ring closes at once.
+    processes[2]!.child.kill('SIGKILL');
+    const { records, regroups } = await regroupedRun(coordinator, out, steps);
+    assert.equal(regroups.length, 1, JSON.stringify(regroups));
+    const [drop] = regroups;
+    assert.deepEqual([drop!.left, drop!.joined, drop!.workers], [1, 0, 2]);
+    assert.equal(drop!.step % 10, 0);
+    assert.ok(records.filter((s) => s.step > drop!.step).every((s) => s.workers === 2));
+    // The coordinator's log names why the worker was dropped.
+    assert.match(
+      readFileSync(join(out, 'logs', 'coordinator.log'), 'utf8'),
+      /did not finish the round within 2 s of the first worker \(--round-deadline\)/,
+    );
   } finally {
     for (const p of [coordinator, ...processes]) p.child.kill('SIGKILL');
     await Promise.all([coordinator, ...processes].map((p) => p.finished));
