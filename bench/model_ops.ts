@@ -13,6 +13,7 @@ import { DeviceGradientSum } from '../src/model/gradient-sum.ts';
 import { selectBackend } from '../src/model/backend.ts';
 import { createModel } from '../src/model/model.ts';
 import { createModelConfig } from '../src/model/registry.ts';
+import { syntheticBatch } from './synthetic-batch.ts';
 
 const { values } = parseArgs({
   options: {
@@ -54,9 +55,7 @@ backend.binding = counting;
 const config = createModelConfig(values.model!);
 const model = createModel(config);
 model.setParams(model.initParams(0));
-const pixels = config.imageSize * config.imageSize * config.inChannels;
-const images = Float32Array.from({ length: batch * pixels }, (_, i) => Math.sin(i * 0.37));
-const labels = Int32Array.from({ length: batch }, (_, i) => i % config.numClasses);
+const { images, labels } = syntheticBatch(config, batch);
 const gradientSum = new DeviceGradientSum(model.numParams);
 // The first pass uploads the constants that later passes reuse: count the second.
 await model.accumulateGradient(images, labels, batch, gradientSum);

@@ -15,6 +15,7 @@ import { checkMicroBatchFits } from '../src/model/memory.ts';
 import { createModelConfig } from '../src/model/registry.ts';
 import { createModel } from '../src/model/model.ts';
 import { DeviceGradientSum } from '../src/model/gradient-sum.ts';
+import { syntheticBatch } from './synthetic-batch.ts';
 
 /** Untimed passes first: the first calls compile kernels and grow the wasm heap. */
 const WARMUP_ITERATIONS = 2;
@@ -48,10 +49,7 @@ try {
 const model = createModel(config);
 model.setParams(model.initParams(SEED));
 
-// Random inputs: the speed does not depend on the values.
-const pixels = config.imageSize * config.imageSize * config.inChannels;
-const images = Float32Array.from({ length: batch * pixels }, (_, i) => Math.sin(i * 0.37));
-const labels = Int32Array.from({ length: batch }, (_, i) => i % config.numClasses);
+const { images, labels } = syntheticBatch(config, batch);
 const grad = new Float32Array(model.numParams);
 
 // The pass ends when its loss has been read, which waits for the backward pass recorded before it.

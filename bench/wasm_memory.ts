@@ -12,6 +12,7 @@ import { selectBackend } from '../src/model/backend.ts';
 import { createModelConfig } from '../src/model/registry.ts';
 import { createModel, type ModelArgs } from '../src/model/model.ts';
 import { watchWasmHeap } from '../src/model/memory.ts';
+import { syntheticBatch } from './synthetic-batch.ts';
 
 const { values } = parseArgs({
   options: {
@@ -30,9 +31,7 @@ const modelArgs = JSON.parse(values.args!) as ModelArgs;
 const config = createModelConfig(values.model!, modelArgs);
 const model = createModel(config);
 model.setParams(model.initParams(0));
-const pixels = config.imageSize * config.imageSize * config.inChannels;
-const images = Float32Array.from({ length: batch * pixels }, (_, i) => Math.sin(i * 0.37));
-const labels = Int32Array.from({ length: batch }, (_, i) => i % config.numClasses);
+const { images, labels } = syntheticBatch(config, batch);
 const start = performance.now();
 model.lossAndGrad(images, labels, batch, new Float32Array(model.numParams));
 const seconds = (performance.now() - start) / 1000;

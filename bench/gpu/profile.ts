@@ -11,6 +11,7 @@ import { createModel } from '../../src/model/model.ts';
 import { createModelConfig } from '../../src/model/registry.ts';
 import { activateWebGPU } from '../../src/model/webgpu/device.ts';
 import { profileKernels, summarizeKernelTimes, timestampQueryAvailable } from '../../src/model/webgpu/profile.ts';
+import { syntheticBatch } from '../synthetic-batch.ts';
 
 const { values } = parseArgs({
   options: {
@@ -35,9 +36,7 @@ if (!timestampQueryAvailable()) {
 const config = createModelConfig(values.model!);
 const model = createModel(config);
 model.setParams(model.initParams(0));
-const pixels = config.imageSize * config.imageSize * config.inChannels;
-const images = Float32Array.from({ length: batch * pixels }, (_, i) => Math.sin(i * 0.37));
-const labels = Int32Array.from({ length: batch }, (_, i) => i % config.numClasses);
+const { images, labels } = syntheticBatch(config, batch);
 const sum = new DeviceGradientSum(model.numParams);
 await model.accumulateGradient(images, labels, batch, sum); // compiles every pipeline first
 
