@@ -98,6 +98,18 @@ function stage(headDim: number, first: [string, string], second: [string, string
       }`;
 }
 
+/** The query-row kernels' workgroup tiles of this head's keys and values. */
+function keyValueTiles(headDim: number): string {
+  const floats = stagedRows(headDim) * headDim;
+  return `var<workgroup> kTile : array<f32, ${floats}>;
+  var<workgroup> vTile : array<f32, ${floats}>;`;
+}
+
+/** Stages this head's keys and values of rows [t0, t0 + count) into keyValueTiles. */
+function stageKeyValues(headDim: number): string {
+  return stage(headDim, ['kTile', 'QKV[head0 + r * 3 * D + D + c]'], ['vTile', 'QKV[head0 + r * 3 * D + 2 * D + c]']);
+}
+
 function program(shaderKey: string, outputShape: number[], dims: AttentionDims, variableNames: string[], code: string): WebGPUProgram {
   return {
     outputShape,
@@ -116,8 +128,7 @@ function forwardProgram(d: AttentionDims): WebGPUProgram {
   const hd = d.headDim;
   const staged = stagedRows(hd);
   const code = `
-  var<workgroup> kTile : array<f32, ${staged * hd}>;
-  var<workgroup> vTile : array<f32, ${staged * hd}>;
+  ${keyValueTiles(hd)}
   fn main() {
     ${prelude(hd)}
     var q : array<f32, ${hd}>;
@@ -130,7 +141,7 @@ function forwardProgram(d: AttentionDims): WebGPUProgram {
     var runningSum = 0.0;
     for (var t0 = 0; t0 < T; t0 = t0 + ${staged}) {
       let count = min(${staged}, T - t0);
-      ${stage(hd, ['kTile', 'QKV[head0 + r * 3 * D + D + c]'], ['vTile', 'QKV[head0 + r * 3 * D + 2 * D + c]'])}
+      ${stageKeyValues(hd)}
       workgroupBarrier();
       var s : array<f32, ${staged}>;
       var tileMax = runningMax;
@@ -250,8 +261,7 @@ function queryGradProgram(d: AttentionDims): WebGPUProgram {
   const hd = d.headDim;
   const staged = stagedRows(hd);
   const code = `
-  var<workgroup> kTile : array<f32, ${staged * hd}>;
-  var<workgroup> vTile : array<f32, ${staged * hd}>;
+  ${keyValueTiles(hd)}
   fn main() {
     ${prelude(hd)}
     var q : array<f32, ${hd}>;
@@ -266,7 +276,7 @@ function queryGradProgram(d: AttentionDims): WebGPUProgram {
     let delta = DELTA[pair * T + ownRow];
     for (var t0 = 0; t0 < T; t0 = t0 + ${staged}) {
       let count = min(${staged}, T - t0);
-      ${stage(hd, ['kTile', 'QKV[head0 + r * 3 * D + D + c]'], ['vTile', 'QKV[head0 + r * 3 * D + 2 * D + c]'])}
+      ${stageKeyValues(hd)}
       workgroupBarrier();
       for (var j = 0; j < count; j++) {
         var s = 0.0;
