@@ -11,7 +11,8 @@
 # and makes is removed on exit. Needs root, iproute2 (ip, tc) and the data set.
 #   RECIPE=fmnist-vit-tiny WORKERS=4 RATE=20mbit DELAY_MS=25 INNER_STEPS=50 WIRE=bf16 EXTRA="--steps 40"
 #   OUTER_MOMENTUM=0.5 (default: DiLoCo's 0.9); RUNS="lockstep diloco" (either alone: two invocations
-#   in parallel measure both in the same window; each makes namespaces of its own)
+#   in parallel measure both in the same window; each makes namespaces of its own); KEEP=DIR keeps
+#   the run directories and logs there (else they are removed with the rest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECIPE=${RECIPE:-fmnist-vit-tiny}
@@ -24,6 +25,7 @@ OUTER_MOMENTUM=${OUTER_MOMENTUM:-}
 RUNS=${RUNS:-lockstep diloco}
 EXTRA=${EXTRA:-}
 RUN_TIMEOUT=${RUN_TIMEOUT:-7200}
+KEEP=${KEEP:-}
 PREFIX=vdwan$$
 HUB=${PREFIX}hub
 OUT=$(mktemp -d -t vit-dist-wan-XXXXXX)
@@ -37,6 +39,7 @@ cleanup() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   for i in $(seq 0 "$WORKERS"); do ip netns delete "${PREFIX}n$i" 2>/dev/null || true; done
   ip netns delete "$HUB" 2>/dev/null || true
+  if [[ -n $KEEP ]]; then mkdir -p "$KEEP" && cp -r "$OUT"/. "$KEEP"/; fi
   rm -rf "$OUT"
 }
 trap cleanup EXIT
