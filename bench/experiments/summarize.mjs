@@ -54,12 +54,15 @@ function write(json, markdown) {
 }
 
 function distillation() {
-  const teacher = finalEval(join(outDir, 'teacher'));
+  const teachers = { convnet: finalEval(join(outDir, 'teacher')), vit: finalEval(join(outDir, 'teacher-vit')) };
+  // hard-vit: hard distillation from the ViT teacher (DeiT's Table 2); the others from the convnet.
+  const labels = { none: 'none', soft: 'soft (convnet teacher)', hard: 'hard (convnet teacher)', 'hard-vit': 'hard (ViT teacher)' };
   const modes = {};
   const seedDirs = (mode) =>
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map((s) => join(outDir, `${mode}-seed${s}`)).filter((d) => existsSync(join(d, '.done')));
-  for (const mode of ['none', 'soft', 'hard']) {
+  for (const mode of Object.keys(labels)) {
     const runs = seedDirs(mode).map((dir) => ({ run: basename(dir), ...finalEval(dir) }));
+    if (mode === 'hard-vit' && runs.length === 0) continue;
     const pick = (key) => (runs.length ? stats(runs.map((r) => r[key])) : null);
     modes[mode] = { runs, joint: pick('testAccuracy'), classHead: pick('testAccuracyClassHead'), distHead: pick('testAccuracyDistHead') };
   }
@@ -68,11 +71,12 @@ function distillation() {
     '|---|---|---|---|---|',
     ...Object.entries(modes).map(
       ([mode, m]) =>
-        `| ${mode} | ${m.runs.map((r) => r.run.replace(`${mode}-seed`, '')).join(', ') || '-'} | ${showStats(m.joint)} | ${showStats(m.classHead)} | ${showStats(m.distHead)} |`,
+        `| ${labels[mode]} | ${m.runs.map((r) => r.run.replace(`${mode}-seed`, '')).join(', ') || '-'} | ${showStats(m.joint)} | ${showStats(m.classHead)} | ${showStats(m.distHead)} |`,
     ),
-    `| the convnet teacher alone | 0 | ${teacher ? pct(teacher.testAccuracy) : 'not run'} | | |`,
+    `| the convnet teacher alone | 0 | ${teachers.convnet ? pct(teachers.convnet.testAccuracy) : 'not run'} | | |`,
+    ...(teachers.vit ? [`| the ViT teacher alone | 0 | ${pct(teachers.vit.testAccuracy)} | | |`] : []),
     '',
-    'Per seed (test top-1 %, joint / class head / distillation head; wall s under load):',
+    'Per seed (test top-1 %, joint / class head / distillation head; wall s):',
     '',
     ...Object.values(modes).flatMap((m) =>
       m.runs.map(
@@ -80,9 +84,11 @@ function distillation() {
           `- ${r.run}: ${pct(r.testAccuracy)} / ${pct(r.testAccuracyClassHead)} / ${pct(r.testAccuracyDistHead)}; ${r.wallSeconds ?? '?'} s`,
       ),
     ),
-    `- teacher: ${teacher ? pct(teacher.testAccuracy) : 'not run'}; ${teacher?.wallSeconds ?? '?'} s`,
+    ...Object.entries(teachers)
+      .filter(([, t]) => t)
+      .map(([kind, t]) => `- ${kind} teacher: ${pct(t.testAccuracy)}; ${t.wallSeconds ?? '?'} s`),
   ];
-  write({ teacher, modes }, md);
+  write({ teachers, modes }, md);
 }
 
 function soups() {
