@@ -208,7 +208,7 @@ export class Generation {
   }
 
   private async runLockstep(loop: TrainingLoop): Promise<RunSummary> {
-    const { recipe, logger, stepTimeoutMs, progress } = this.context;
+    const { recipe, logger, stepTimeoutMs } = this.context;
     const { generation, worldSize } = this;
     const { sampler, steps, schedule, numParams, testSize } = loop;
     let digest = loop.digest;
@@ -232,9 +232,7 @@ export class Generation {
       );
       optimizerStep += 1;
       const record = stepRecord(reports, { step: completed, epoch, lr, imagesExpected: recipe.globalBatch, started });
-      this.context.metrics.append(record);
-      logger.debug(record, 'step');
-      progress.step(record);
+      this.publishStep(record);
 
       const last = completed === steps;
       const stopping = this.context.stopRequested();
@@ -329,9 +327,7 @@ export class Generation {
         rounds.evaluationDue ||= completed % sampler.stepsPerEpoch === 0 || completed === steps;
         rounds.checkpointDue ||= completed % recipe.checkpointEvery === 0 || completed === steps || this.context.stopRequested();
         if (completed === roundEnd) return;
-        this.context.metrics.append(record);
-        logger.debug(record, 'step');
-        progress.step(record);
+        this.publishStep(record);
       });
       active = round.members;
       const { left } = round;
@@ -481,10 +477,15 @@ export class Generation {
     record.commMs = Math.max(...record.ranks.map((r) => r.commMs));
     record.exposedCommMs = Math.max(...record.ranks.map((r) => r.exposedCommMs));
     record.paramDigest = digest;
+    this.publishStep(record);
+    return digest;
+  }
+
+  /** A step's record to metrics.jsonl (and its listeners), the debug log and the console. */
+  private publishStep(record: StepRecord): void {
     this.context.metrics.append(record);
     this.context.logger.debug(record, 'step');
     this.context.progress.step(record);
-    return digest;
   }
 
   /** At a round's end, where every worker holds the outer weights: evaluations and checkpoints due, a requested stop. */
