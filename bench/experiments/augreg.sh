@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
 # AugReg's trade-off at small scale (docs/experiments.md, "AugReg"): vit_fmnist_tiny (the main job's
 # recipe, fmnist-vit-tiny) on 10% and 100% of Fashion-MNIST's training images, a short and a long
-# schedule, and big_vision's augmentation levels none, light1, medium1 (configs/vit_i1k.py: every
-# level crops (inception_crop) and flips; light1 adds randaug(2,0), medium1 randaug(2,15) and mixup
-# p 0.2; dropout and stochastic depth 0). The schedules are counted in images seen, the same for
-# both data sizes: short SHORT_STEPS steps of 512 images (5 epochs of 10%, half an epoch of 100%),
-# long LONG_STEPS (4x: 20 and 2 epochs); the warmup is the main job's share of its run (60 of 702 steps).
+# schedule counted in epochs of each data size (issue 16: 6 epochs, and 30 epochs on 10%), and
+# big_vision's augmentation levels none, light1, medium1 (configs/vit_i1k.py: every level crops
+# (inception_crop) and flips; light1 adds randaug(2,0), medium1 randaug(2,15) and mixup p 0.2;
+# dropout and stochastic depth 0), each over SEEDS. The warmup is the main job's share of its run
+# (60 of 702 steps). An epoch is floor(images / 512) steps: 11 on 10%, 117 on 100%.
 #   bash bench/experiments/augreg.sh            rerunnable: finished runs are skipped
-# Knobs (environment): SHORT_STEPS (59), LONG_STEPS (234), LEVELS ("none light1 medium1"; also "plain":
-# no augmentation at all, the main job's pipeline), LONG_DATA ("10 100": the data sizes that get the long
-# schedule), SEED (0), OUT (runs/experiments/augreg),
-# RESULTS_DIR (docs/experiments/results).
+# Knobs (environment): SHORT_EPOCHS (6), LONG_EPOCHS (30), LONG_DATA ("10": the data sizes that get the
+# long schedule), LEVELS ("plain none light1 medium1"; plain, outside AugReg's levels: no augmentation at all, the
+# main job's pipeline), SEEDS ("0 1 2"), OUT (runs/experiments/augreg-epochs), RESULTS_DIR (docs/experiments/results).
 source "$(dirname "$0")/lib.sh"
-SHORT_STEPS=${SHORT_STEPS:-59}
-LONG_STEPS=${LONG_STEPS:-234}
-LEVELS=${LEVELS:-none light1 medium1}
-SEED=${SEED:-0}
-LONG_DATA=${LONG_DATA:-10 100}
-OUT=${OUT:-$REPO/runs/experiments/augreg}
+SHORT_EPOCHS=${SHORT_EPOCHS:-6}
+LONG_EPOCHS=${LONG_EPOCHS:-30}
+LONG_DATA=${LONG_DATA:-10}
+LEVELS=${LEVELS:-plain none light1 medium1}
+SEEDS=${SEEDS:-0 1 2}
+OUT=${OUT:-$REPO/runs/experiments/augreg-epochs}
 RESULTS_DIR=${RESULTS_DIR:-$REPO/docs/experiments/results}
 mkdir -p "$OUT" "$RESULTS_DIR"
 cd "$REPO"
@@ -41,17 +40,20 @@ level_args() {
   esac
 }
 
-# Short schedules first (the whole short column), then the long ones.
-for steps in "$SHORT_STEPS" "$LONG_STEPS"; do
-  sizes="10 100"
-  [[ $steps == "$LONG_STEPS" ]] && sizes=$LONG_DATA
-  for data in $sizes; do
-    path=$FULL
-    [[ $data == 10 ]] && path=$TENTH
-    for level in $LEVELS; do
-      read -r -a args <<<"$(level_args "$level")"
-      train "$OUT/data$data-steps$steps-$level" --recipe fmnist-vit-tiny --data "$path" --steps "$steps" --seed "$SEED" \
-        --set schedule.warmupSteps=$(((steps * 60 + 351) / 702)) "${args[@]}"
+# Seed by seed, so that a cut-short run leaves whole grids; in each, the short schedules first.
+for seed in $SEEDS; do
+  for epochs in "$SHORT_EPOCHS" "$LONG_EPOCHS"; do
+    sizes="10 100"
+    [[ $epochs == "$LONG_EPOCHS" ]] && sizes=$LONG_DATA
+    for data in $sizes; do
+      path=$FULL
+      [[ $data == 10 ]] && path=$TENTH
+      steps=$((epochs * ((data == 10 ? 6000 : 60000) / 512)))
+      for level in $LEVELS; do
+        read -r -a args <<<"$(level_args "$level")"
+        train "$OUT/data$data-epochs$epochs-$level-seed$seed" --recipe fmnist-vit-tiny --data "$path" --epochs "$epochs" \
+          --seed "$seed" --set schedule.warmupSteps=$(((steps * 60 + 351) / 702)) "${args[@]}"
+      done
     done
   done
 done

@@ -6,9 +6,14 @@
 # held-out split (10% of the training files, holdoutSeed 0) and the test split, and accuracy along
 # the line between the two best ingredients.
 #   bash bench/experiments/soups.sh            rerunnable: finished runs are skipped
-# Knobs (environment): PRETRAIN_EPOCHS (3), OUT (runs/experiments/soups), RESULTS_DIR (docs/experiments/results).
+# Knobs (environment): PRETRAIN_EPOCHS (3), FINETUNE_EPOCHS (0.5: each fine-tune's epochs; the two
+# ingredients that vary the length take twice and half as many), OUT (runs/experiments/soups),
+# RESULTS_DIR (docs/experiments/results).
 source "$(dirname "$0")/lib.sh"
 PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-3}
+FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-0.5}
+LONGER=$(awk "BEGIN { print 2 * $FINETUNE_EPOCHS }")
+SHORTER=$(awk "BEGIN { print $FINETUNE_EPOCHS / 2 }")
 OUT=${OUT:-$REPO/runs/experiments/soups}
 RESULTS_DIR=${RESULTS_DIR:-$REPO/docs/experiments/results}
 mkdir -p "$OUT/ingredients" "$RESULTS_DIR"
@@ -29,7 +34,7 @@ PRETRAINED=$OUT/pretrain.safetensors
   nice -n 15 node bin/vit-dist.js eval --weights "$PRETRAINED" --data /usr/share/datasets/fashion-mnist --split val --json |
   tail -1 >"$OUT/pretrain-val.json"
 
-# name|overrides of fmnist-vit-tiny-finetune (SGD momentum 0.9, holdout 0.1); 0.5 epochs unless said.
+# name|overrides of fmnist-vit-tiny-finetune (SGD momentum 0.9, holdout 0.1); FINETUNE_EPOCHS unless said.
 RANDAUG=flip_lr'|'randaug
 INGREDIENTS=(
   "lr=0.01|--set optimizer.lr=0.01"
@@ -42,14 +47,14 @@ INGREDIENTS=(
   "lr=0.1,mixup=0.5|--set optimizer.lr=0.1 --set data.mixup={\"kind\":\"big_vision\",\"p\":0.5}"
   "lr=0.03,randaug=2x5|--set optimizer.lr=0.03 --set data.trainPipeline=${RANDAUG}(2,5,12.5,5)|normalize(fashion-mnist)"
   "lr=0.1,randaug=2x10|--set optimizer.lr=0.1 --set data.trainPipeline=${RANDAUG}(2,10,12.5,5)|normalize(fashion-mnist)"
-  "lr=0.03,epochs=1|--set optimizer.lr=0.03 --epochs 1"
-  "lr=0.1,epochs=0.25,seed=2|--set optimizer.lr=0.1 --epochs 0.25 --seed 2"
+  "lr=0.03,epochs=$LONGER|--set optimizer.lr=0.03 --epochs $LONGER"
+  "lr=0.1,epochs=$SHORTER,seed=2|--set optimizer.lr=0.1 --epochs $SHORTER --seed 2"
 )
 dirs=()
 for entry in "${INGREDIENTS[@]}"; do
   name=${entry%%|*}
   read -r -a overrides <<<"${entry#*|}"
-  train "$OUT/ingredients/$name" --recipe fmnist-vit-tiny-finetune --init "$PRETRAINED" --epochs 0.5 "${overrides[@]}"
+  train "$OUT/ingredients/$name" --recipe fmnist-vit-tiny-finetune --init "$PRETRAINED" --epochs "$FINETUNE_EPOCHS" "${overrides[@]}"
   dirs+=("$OUT/ingredients/$name")
 done
 
@@ -67,7 +72,7 @@ if [[ ! -e $OUT/interpolation.json ]]; then
     for (const i of [...r.ingredients].sort((a, b) => b.heldOut.top1 - a.heldOut.top1).slice(0, 2)) console.log(i.name);' "$OUT/soup/soup.json")
   nice -n 15 node --import tsx bench/experiments/interpolate.ts "${best[0]}" "${best[1]}" "$OUT/interpolation.json"
 fi
-# The midpoints (2-ingredient soups) of two pairs of peers: same lr, 0.5 epochs, one other difference.
+# The midpoints (2-ingredient soups) of two pairs of peers: same lr and epochs, one other difference.
 for pair in "lr=0.1|lr=0.1,smoothing=0.1" "lr=0.03|lr=0.03,seed=1"; do
   a=${pair%%|*}
   file=$OUT/interpolation-peers-${a//=/}.json

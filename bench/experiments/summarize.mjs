@@ -140,41 +140,52 @@ function soups() {
   write({ report, pretrain, interpolation, peers, bestHeldOut: name(bestHeld.name), bestTest: name(bestTest.name) }, md);
 }
 
+/** AugReg's grid: one row per data size and schedule (epochs), one column per level, mean ± sd over seeds. */
 function augreg() {
-  const runs = [];
-  for (const data of [10, 100])
-    for (const steps of [...new Set(readdirNames().map((n) => Number(n.match(/steps(\d+)/)[1])))].sort((a, b) => a - b))
-      for (const level of ['plain', 'none', 'light1', 'medium1']) {
-        const dir = join(outDir, `data${data}-steps${steps}-${level}`);
-        if (!existsSync(dir)) continue;
-        runs.push({ data, steps, level, ...(finalEval(dir) ?? { notFinished: true }) });
-      }
-  const levels = ['plain', 'none', 'light1', 'medium1'].filter((l) => runs.some((r) => r.level === l));
-  const rows = [...new Set(runs.map((r) => `${r.data}|${r.steps}`))];
+  const levelOrder = ['plain', 'none', 'light1', 'medium1'];
+  const runs = readdirSync(outDir)
+    .map((n) => n.match(/^data(\d+)-epochs(\d+)-(\w+)-seed(\d+)$/))
+    .filter(Boolean)
+    .map(([name, data, epochs, level, seed]) => ({
+      data: Number(data),
+      epochs: Number(epochs),
+      level,
+      seed: Number(seed),
+      ...(finalEval(join(outDir, name)) ?? { notFinished: true }),
+    }));
+  const levels = levelOrder.filter((l) => runs.some((r) => r.level === l));
+  const rows = [...new Set(runs.map((r) => `${r.data}|${r.epochs}`))]
+    .map((key) => key.split('|').map(Number))
+    .sort(([d1, e1], [d2, e2]) => d1 - d2 || e1 - e2);
+  const cell = (data, epochs, level) => {
+    const done = runs.filter((r) => r.data === data && r.epochs === epochs && r.level === level && !r.notFinished);
+    return done.length ? { ...stats(done.map((r) => r.testAccuracy)), seeds: done.map((r) => r.seed) } : null;
+  };
+  const table = rows.map(([data, epochs]) => ({ data, epochs, cells: Object.fromEntries(levels.map((l) => [l, cell(data, epochs, l)])) }));
   const md = [
-    `| data | steps (images seen) | epochs | ${levels.join(' | ')} |`,
-    `|---|---|---|${levels.map(() => '---').join('|')}|`,
-    ...rows.map((key) => {
-      const [data, steps] = key.split('|').map(Number);
-      const cells = levels.map((l) => runs.find((r) => r.data === data && r.steps === steps && r.level === l));
-      const best = Math.max(...cells.filter((c) => c && !c.notFinished).map((c) => c.testAccuracy));
-      const epochs = ((steps * 512) / (data === 10 ? 6000 : 60000)).toFixed(1);
+    `| data | epochs (steps) | ${levels.join(' | ')} |`,
+    `|---|---|${levels.map(() => '---').join('|')}|`,
+    ...table.map(({ data, epochs, cells }) => {
+      const steps = epochs * Math.floor((data === 10 ? 6000 : 60000) / 512);
+      const best = Math.max(
+        ...Object.values(cells)
+          .filter(Boolean)
+          .map((c) => c.mean),
+      );
       const show = (c) =>
-        !c ? 'not run' : c.notFinished ? 'not finished' : c.testAccuracy === best ? `**${pct(c.testAccuracy)}**` : pct(c.testAccuracy);
-      return `| ${data}% | ${steps} (${((steps * 512) / 1000).toFixed(0)}k) | ${epochs} | ${cells.map(show).join(' | ')} |`;
+        (!c ? 'not run' : c.mean === best ? `**${showStats(c)}**` : showStats(c)) + (c && c.n < 3 ? ` [${c.n} seed]` : '');
+      return `| ${data}% | ${epochs} (${steps}) | ${levels.map((l) => show(cells[l])).join(' | ')} |`;
     }),
     '',
-    'Wall seconds per run (under load): ' +
+    'Test top-1 %, mean ± sample standard deviation (min–max) over the seeds.',
+    '',
+    'Wall seconds per run: ' +
       runs
         .filter((r) => !r.notFinished)
-        .map((r) => `${r.data}%/${r.steps}/${r.level} ${r.wallSeconds ?? '?'}`)
+        .map((r) => `${r.data}%/${r.epochs}ep/${r.level}/s${r.seed} ${r.wallSeconds ?? '?'}`)
         .join(', '),
   ];
-  write({ runs }, md);
-}
-
-function readdirNames() {
-  return readdirSync(outDir).filter((n) => /^data\d+-steps\d+-/.test(n) && !n.endsWith('.log'));
+  write({ runs, table }, md);
 }
 
 const experiments = { distillation, soups, augreg };

@@ -98,6 +98,20 @@ interface RoundState {
   /** An epoch's end or a checkpoint due while the workers hold different weights waits for the round's end. */
   evaluationDue: boolean;
   checkpointDue: boolean;
+  /**
+   * A checkpoint whose snapshots were ordered at a round's end and travel while the next round
+   * runs: each worker sends its snapshot before that round's step reports, and the checkpoint is
+   * written once the last arrives. Null when none is in flight.
+   */
+  snapshotsInFlight: CheckpointPoint | null;
+}
+
+/** The step a checkpoint is taken at, with what the coordinator knows of it. */
+interface CheckpointPoint {
+  step: number;
+  numParams: number;
+  optimizerStep: number;
+  digest: string;
 }
 
 export interface RunSummary {
@@ -238,7 +252,7 @@ export class Generation {
       const stopping = this.context.stopRequested();
       if (completed % sampler.stepsPerEpoch === 0 || last) testAccuracy = await this.evaluate(completed, epoch, testSize);
       if (completed % recipe.checkpointEvery === 0 || last || stopping) {
-        await this.saveCheckpoint(completed, numParams, optimizerStep, digest);
+        await this.saveCheckpoint({ step: completed, numParams, optimizerStep, digest });
         if (stopping && !last) {
           logger.info({ step: completed }, 'stopping on request after a checkpoint');
           return this.summary(completed, steps, testAccuracy, digest, true);
@@ -276,6 +290,7 @@ export class Generation {
       optimizerStep: this.start.checkpoint?.meta.optimizerStep ?? this.start.regroup?.pending.optimizerStep ?? 0,
       evaluationDue: false,
       checkpointDue: false,
+      snapshotsInFlight: null,
     };
     let step = this.start.step;
     const regroup = this.start.regroup;
@@ -309,7 +324,7 @@ export class Generation {
       }
       let record: StepRecord | null = null;
       let started = performance.now();
-      const round = await this.gatherRound(active, step, roundEnd, (s, replies) => {
+      const round = await this.gatherRound(active, step, roundEnd, rounds, (s, replies) => {
         const completed = s + 1;
         rounds.digest = checkDigests(
           replies.map((r) => r.paramDigest),
@@ -374,10 +389,15 @@ export class Generation {
     members: WorkerLink[],
     first: number,
     end: number,
+    rounds: RoundState,
     onStep: (step: number, replies: Reply<'stepDone'>[]) => void,
   ): Promise<{ members: WorkerLink[]; left: WorkerLink[]; cause: Error | null }> {
-    const { stepTimeoutMs, roundDeadlineMs } = this.context;
+    const { stepTimeoutMs, roundDeadlineMs, logger } = this.context;
     const reports: Reply<'stepDone'>[][] = members.map(() => []);
+    // The snapshots of the checkpoint in flight come first on each link, before the round's reports.
+    const checkpoint = rounds.snapshotsInFlight;
+    rounds.snapshotsInFlight = null;
+    const shards: Reply<'snapshotData'>[] = [];
     let active = [...members];
     const left: WorkerLink[] = [];
     const finished = new Set<WorkerLink>();
@@ -409,6 +429,10 @@ export class Generation {
     await Promise.all(
       members.map(async (link, i) => {
         try {
+          if (checkpoint) {
+            shards[i] = await link.expect('snapshotData', stepTimeoutMs);
+            if (shards.filter(Boolean).length === members.length) this.writeSnapshots(shards, checkpoint);
+          }
           for (let s = first; s < end; s++) {
             reports[i]!.push(await link.expect('stepDone', stepTimeoutMs));
             flush();
@@ -428,6 +452,11 @@ export class Generation {
     );
     if (deadline) clearTimeout(deadline);
     if (failure) throw failure;
+    if (checkpoint && shards.filter(Boolean).length < members.length)
+      logger.warn(
+        { step: checkpoint.step, left: left.map((link) => link.name).join(', ') },
+        'checkpoint not written: workers left before their snapshots arrived; the last one written stands',
+      );
     return { members: active, left, cause };
   }
 
@@ -488,7 +517,12 @@ export class Generation {
     this.context.progress.step(record);
   }
 
-  /** At a round's end, where every worker holds the outer weights: evaluations and checkpoints due, a requested stop. */
+  /**
+   * At a round's end, where every worker holds the outer weights: evaluations and checkpoints due,
+   * a requested stop. A checkpoint before the run's last round, with no stop requested, is taken
+   * without waiting: over a slow link the snapshots take seconds to reach the coordinator, and the
+   * next round's inner steps need nothing from them (gatherRound collects them and writes it).
+   */
   private async afterRound(completed: number, loop: TrainingLoop, rounds: RoundState): Promise<RunSummary | null> {
     const { steps, sampler, numParams, testSize } = loop;
     const last = completed === steps;
@@ -498,7 +532,13 @@ export class Generation {
     }
     if (!rounds.checkpointDue) return null;
     rounds.checkpointDue = false;
-    await this.saveCheckpoint(completed, numParams, rounds.optimizerStep, rounds.digest);
+    const point = { step: completed, numParams, optimizerStep: rounds.optimizerStep, digest: rounds.digest };
+    this.requestSnapshots(completed);
+    if (!last && !this.context.stopRequested()) {
+      rounds.snapshotsInFlight = point;
+      return null;
+    }
+    this.writeSnapshots(await this.gather('snapshotData', this.context.stepTimeoutMs), point);
     if (this.context.stopRequested() && !last) {
       this.context.logger.info({ step: completed }, 'stopping on request after a checkpoint');
       return this.summary(completed, steps, rounds.testAccuracy, rounds.digest, true);
@@ -630,10 +670,19 @@ export class Generation {
   }
 
   /** Collects every rank's shard of parameters and optimizer state and writes one checkpoint. */
-  private async saveCheckpoint(completed: number, numParams: number, optimizerStep: number, digest: string): Promise<void> {
-    const { generation, worldSize } = this;
+  private async saveCheckpoint(point: CheckpointPoint): Promise<void> {
+    this.requestSnapshots(point.step);
+    this.writeSnapshots(await this.gather('snapshotData', this.context.stepTimeoutMs), point);
+  }
+
+  private requestSnapshots(completed: number): void {
+    const { generation } = this;
     for (const link of this.members) link.send({ type: 'snapshot', generation, step: completed });
-    const shards = await this.gather('snapshotData', this.context.stepTimeoutMs);
+  }
+
+  /** Assembles every rank's snapshot (rank order) into one checkpoint, checks its digest and writes it. */
+  private writeSnapshots(shards: Reply<'snapshotData'>[], { step: completed, numParams, optimizerStep, digest }: CheckpointPoint): void {
+    const { worldSize } = this;
     const state = isDiloco(this.context.recipe) ? assembleDilocoState(shards, numParams) : assembleShardedState(shards, numParams);
     const assembled = paramDigest(state.params);
     if (assembled !== digest)
