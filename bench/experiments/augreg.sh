@@ -9,7 +9,8 @@
 #   bash bench/experiments/augreg.sh            rerunnable: finished runs are skipped
 # Knobs (environment): SHORT_EPOCHS (6), LONG_EPOCHS (30), LONG_DATA ("10": the data sizes that get the
 # long schedule), LEVELS ("plain none light1 medium1"; plain, outside AugReg's levels: no augmentation at all, the
-# main job's pipeline), SEEDS ("0 1 2"), OUT (runs/experiments/augreg-epochs), RESULTS_DIR (docs/experiments/results).
+# main job's pipeline; padcrop, also outside them: the usual light augmentation of small images, a
+# 28-pixel crop of the image padded by 2 pixels, and a flip), SEEDS ("0 1 2"), OUT (runs/experiments/augreg-epochs), RESULTS_DIR (docs/experiments/results).
 source "$(dirname "$0")/lib.sh"
 SHORT_EPOCHS=${SHORT_EPOCHS:-6}
 LONG_EPOCHS=${LONG_EPOCHS:-30}
@@ -33,6 +34,7 @@ NORM='normalize(fashion-mnist)'
 level_args() {
   case $1 in
     plain) echo "--set data.trainPipeline=$NORM" ;;
+    padcrop) echo "--set data.trainPipeline=pad_random_crop(28,2)|flip_lr|$NORM" ;;
     none) echo "--set data.trainPipeline=$CROP|$NORM" ;;
     light1) echo "--set data.trainPipeline=$CROP|randaug(2,0,12.5,5)|$NORM" ;;
     medium1) echo "--set data.trainPipeline=$CROP|randaug(2,15,12.5,5)|$NORM --set data.mixup={\"kind\":\"big_vision\",\"p\":0.2}" ;;

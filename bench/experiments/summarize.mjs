@@ -142,7 +142,7 @@ function soups() {
 
 /** AugReg's grid: one row per data size and schedule (epochs), one column per level, mean ± sd over seeds. */
 function augreg() {
-  const levelOrder = ['plain', 'none', 'light1', 'medium1'];
+  const levelOrder = ['plain', 'padcrop', 'none', 'light1', 'medium1'];
   const runs = readdirSync(outDir)
     .map((n) => n.match(/^data(\d+)-epochs(\d+)-(\w+)-seed(\d+)$/))
     .filter(Boolean)
