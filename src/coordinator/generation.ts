@@ -324,7 +324,9 @@ export class Generation {
       }
       let record: StepRecord | null = null;
       let started = performance.now();
-      const round = await this.gatherRound(active, step, roundEnd, rounds, (s, replies) => {
+      const checkpoint = rounds.snapshotsInFlight;
+      rounds.snapshotsInFlight = null;
+      const round = await this.gatherRound(active, step, roundEnd, checkpoint, (s, replies) => {
         const completed = s + 1;
         rounds.digest = checkDigests(
           replies.map((r) => r.paramDigest),
@@ -383,21 +385,21 @@ export class Generation {
    * whose connection ends leaves the round (`left`); any other failure fails the generation once
    * the others are done. With --round-deadline, once the first member has reported the round's
    * last step the others have that long, then the late ones are dropped: they leave, and may join
-   * again as new workers.
+   * again as new workers. With a `checkpoint` in flight, each member's snapshot comes first, and the
+   * checkpoint is written once every member's has arrived.
    */
   private async gatherRound(
     members: WorkerLink[],
     first: number,
     end: number,
-    rounds: RoundState,
+    checkpoint: CheckpointPoint | null,
     onStep: (step: number, replies: Reply<'stepDone'>[]) => void,
   ): Promise<{ members: WorkerLink[]; left: WorkerLink[]; cause: Error | null }> {
     const { stepTimeoutMs, roundDeadlineMs, logger } = this.context;
     const reports: Reply<'stepDone'>[][] = members.map(() => []);
     // The snapshots of the checkpoint in flight come first on each link, before the round's reports.
-    const checkpoint = rounds.snapshotsInFlight;
-    rounds.snapshotsInFlight = null;
     const shards: Reply<'snapshotData'>[] = [];
+    let snapshotsArrived = 0;
     let active = [...members];
     const left: WorkerLink[] = [];
     const finished = new Set<WorkerLink>();
@@ -431,7 +433,8 @@ export class Generation {
         try {
           if (checkpoint) {
             shards[i] = await link.expect('snapshotData', stepTimeoutMs);
-            if (shards.filter(Boolean).length === members.length) this.writeSnapshots(shards, checkpoint);
+            snapshotsArrived += 1;
+            if (snapshotsArrived === members.length) this.writeSnapshots(shards, checkpoint);
           }
           for (let s = first; s < end; s++) {
             reports[i]!.push(await link.expect('stepDone', stepTimeoutMs));
@@ -452,7 +455,7 @@ export class Generation {
     );
     if (deadline) clearTimeout(deadline);
     if (failure) throw failure;
-    if (checkpoint && shards.filter(Boolean).length < members.length)
+    if (checkpoint && snapshotsArrived < members.length)
       logger.warn(
         { step: checkpoint.step, left: left.map((link) => link.name).join(', ') },
         'checkpoint not written: workers left before their snapshots arrived; the last one written stands',
@@ -533,12 +536,12 @@ export class Generation {
     if (!rounds.checkpointDue) return null;
     rounds.checkpointDue = false;
     const point = { step: completed, numParams, optimizerStep: rounds.optimizerStep, digest: rounds.digest };
-    this.requestSnapshots(completed);
     if (!last && !this.context.stopRequested()) {
+      this.requestSnapshots(completed);
       rounds.snapshotsInFlight = point;
       return null;
     }
-    this.writeSnapshots(await this.gather('snapshotData', this.context.stepTimeoutMs), point);
+    await this.saveCheckpoint(point);
     if (this.context.stopRequested() && !last) {
       this.context.logger.info({ step: completed }, 'stopping on request after a checkpoint');
       return this.summary(completed, steps, rounds.testAccuracy, rounds.digest, true);
