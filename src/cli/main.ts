@@ -26,6 +26,7 @@ import {
 } from './options.ts';
 import { listRecipes, loadRecipe } from '../train/recipe.ts';
 import { WIRE_FORMATS, type WireFormat } from '../common/wire.ts';
+import { RING_TRANSPORTS, type RingTransport } from '../comm/local-socket.ts';
 import { listModels } from '../model/registry.ts';
 import { quietTensorflowByDefault } from '../model/tensorflow-env.ts';
 
@@ -46,6 +47,11 @@ addRunOptions(
     .option('--tls-key <file>', 'PEM private key for --tls-cert'),
 ).action(runCoordinatorCommand);
 
+/** `--ring-transport` of `worker` and `launch` (src/comm/local-socket.ts). */
+function ringTransportOption(description: string): Option {
+  return new Option('--ring-transport <kind>', description).choices(RING_TRANSPORTS).default('auto');
+}
+
 program
   .command('worker')
   .description('join a coordinator as one worker (one per GPU)')
@@ -64,6 +70,11 @@ program
   .option(
     '--advertise <host[:port]>',
     'address ring neighbours use to reach this worker (default: --ring-host, or the host name when --ring-host is 0.0.0.0 or ::, and the bound port); a port here is for NAT or a proxy in front of --ring-port',
+  )
+  .addOption(
+    ringTransportOption(
+      'auto: ring neighbours on this machine (same network namespace) connect over a Unix socket, others over TCP, unless --advertise names a port; tcp: always TCP',
+    ),
   )
   .option('--data <dir>', "dataset directory on this host (overrides the recipe's data.path)")
   .option(
@@ -112,7 +123,8 @@ addRunOptions(
       DEFAULT_DATA_THREADS,
     )
     .addOption(new Option('--backend <name>', 'compute backend of the workers').choices(BACKENDS).default('auto'))
-    .option('--threads <n>', "each worker's TensorFlow intra-op threads (default: the cores divided among the workers)", positiveInt),
+    .option('--threads <n>', "each worker's TensorFlow intra-op threads (default: the cores divided among the workers)", positiveInt)
+    .addOption(ringTransportOption("auto: the workers' ring links go over Unix sockets; tcp: over loopback TCP")),
 ).action(runLaunchCommand);
 
 program
@@ -175,19 +187,35 @@ program
   .command('bench')
   .description('benchmarks')
   .command('allreduce')
-  .description('time the ring all-reduce alone over loopback, N worker processes')
+  .description('time the ring all-reduce alone on this machine, N worker processes')
   .option('--workers <n>', 'ring size', positiveInt, 2)
   .option('--floats <s>', 'float32 elements per all-reduce', positiveInt, 5_000_000)
   .option('--iterations <k>', 'timed all-reduces', positiveInt, 10)
   .addOption(
     new Option('--wire <format>', 'reduce-scatter payloads: fp32, or bf16 added into fp32 sums').choices(WIRE_FORMATS).default('fp32'),
   )
+  .addOption(ringTransportOption('auto: the ranks link over Unix sockets, as workers on one machine do; tcp: over loopback TCP'))
   .option('--json', 'print one JSON line')
-  .action(async (opts: { workers: number; floats: number; iterations: number; wire: WireFormat; json?: boolean }) => {
-    const { benchAllreduce, formatResult } = await import('../comm/bench-allreduce.ts');
-    const result = await benchAllreduce({ workers: opts.workers, floats: opts.floats, iterations: opts.iterations, wire: opts.wire });
-    console.log(opts.json ? JSON.stringify(result) : formatResult(result));
-  });
+  .action(
+    async (opts: {
+      workers: number;
+      floats: number;
+      iterations: number;
+      wire: WireFormat;
+      ringTransport: RingTransport;
+      json?: boolean;
+    }) => {
+      const { benchAllreduce, formatResult } = await import('../comm/bench-allreduce.ts');
+      const result = await benchAllreduce({
+        workers: opts.workers,
+        floats: opts.floats,
+        iterations: opts.iterations,
+        wire: opts.wire,
+        transport: opts.ringTransport,
+      });
+      console.log(opts.json ? JSON.stringify(result) : formatResult(result));
+    },
+  );
 
 registerDataCommands(program);
 registerSoupCommands(program);

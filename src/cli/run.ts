@@ -20,6 +20,7 @@ import { importTimmState } from '../model/weights.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { createLogger } from './logging.ts';
 import { defaultOutDir, resolveRecipe, resolveResume, resolveToken, tlsFiles, TOKEN_ENV, type RunFlags } from './options.ts';
+import type { RingTransport } from '../comm/local-socket.ts';
 
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'vit-dist.js');
 /** How long `launch` gives its workers to exit on their own after the run before killing them. */
@@ -43,6 +44,8 @@ interface LaunchFlags extends RunFlags {
   backend: string;
   threads?: number;
   dataThreads: number;
+  /** Unset (`sweep`): the workers' default, auto. */
+  ringTransport?: RingTransport;
 }
 
 /**
@@ -235,6 +238,7 @@ export async function runLaunchCommand(flags: LaunchFlags): Promise<void> {
         String(flags.heartbeatTimeout),
         '--data-threads',
         String(flags.dataThreads),
+        ...(flags.ringTransport ? ['--ring-transport', flags.ringTransport] : []),
         '--log-dir',
         logDir,
         '--log-name',

@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import { createLogger, type LogLevel } from './logging.ts';
 import { resolveToken } from './options.ts';
 import type { BackendChoice } from '../model/backend.ts';
+import type { RingTransport } from '../comm/local-socket.ts';
 
 export interface WorkerFlags {
   coordinator: string;
@@ -15,6 +16,7 @@ export interface WorkerFlags {
   ringHost: string;
   ringPort: number;
   advertise?: string;
+  ringTransport: RingTransport;
   data?: string;
   dataThreads: number;
   reconnectTimeout: number;
@@ -72,6 +74,7 @@ export async function runWorkerCommand(flags: WorkerFlags): Promise<void> {
     ringHost: flags.ringHost,
     ringPort: flags.ringPort,
     ...parseAdvertise(flags.advertise ?? defaultAdvertise(flags.ringHost)),
+    ringTransport: flags.ringTransport,
     dataPath: flags.data ?? null,
     dataThreads: flags.dataThreads,
     reconnectTimeoutMs: flags.reconnectTimeout * 1000,

@@ -5,6 +5,7 @@
  * Child -> parent: {type:'address', address}, then {type:'result', millis} or {type:'error', message}.
  */
 import type { WireFormat } from '../common/wire.ts';
+import type { RingTransport } from './local-socket.ts';
 import type { PeerAddress } from './ring.ts';
 import { RingThread, sharedFloat32Array } from './ring-thread.ts';
 
@@ -19,6 +20,8 @@ export interface RankJob {
   generation: number;
   /** Reduce-scatter payloads in float32 or bf16 (the all-gather is float32 either way). */
   wire: WireFormat;
+  /** auto: links over Unix sockets (all ranks are on this machine); tcp: loopback TCP. */
+  transport: RingTransport;
 }
 
 export type ParentMessage = ({ type: 'start' } & RankJob) | { type: 'peers'; peers: PeerAddress[] };
@@ -68,6 +71,7 @@ async function runRank(job: RankJob): Promise<number[]> {
     token: job.token,
     generation: job.generation,
     chunkBytes: job.chunkBytes,
+    localSocket: job.transport === 'auto',
     // Making and checking 86M-float buffers blocks a rank's event loop for long on a loaded machine.
     heartbeatTimeoutMs: BENCH_HEARTBEAT_TIMEOUT_MS,
   });

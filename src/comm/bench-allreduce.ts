@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { ChildMessage, ParentMessage, RankJob } from './bench-allreduce-rank.ts';
 import type { WireFormat } from '../common/wire.ts';
+import { RING_TRANSPORTS, type RingTransport } from './local-socket.ts';
 import type { PeerAddress } from './ring.ts';
 import { DEFAULT_CHUNK_BYTES } from './ring.ts';
 
@@ -25,6 +26,8 @@ export interface BenchAllreduceOptions {
   chunkBytes?: number;
   /** Reduce-scatter payloads, default 'fp32'. */
   wire?: WireFormat;
+  /** Default 'auto': the ranks' links go over Unix sockets (local-socket.ts); 'tcp': loopback TCP. */
+  transport?: RingTransport;
   /** Also print the result as one JSON line on stdout. */
   json?: boolean;
 }
@@ -33,6 +36,7 @@ export interface BenchAllreduceResult {
   workers: number;
   floats: number;
   wire: WireFormat;
+  transport: RingTransport;
   msPerAllreduce: number;
   busGBps: number;
 }
@@ -70,7 +74,10 @@ export async function benchAllreduce(opts: BenchAllreduceOptions): Promise<Bench
     token: randomBytes(16).toString('hex'),
     generation: 1,
     wire: opts.wire ?? 'fp32',
+    transport: opts.transport ?? 'auto',
   };
+  if (!RING_TRANSPORTS.includes(base.transport))
+    throw new RangeError(`ring transport must be one of ${RING_TRANSPORTS.join(', ')}, got ${base.transport}`);
   // Children load TypeScript through the same tsx this process was started with.
   const execArgv = ['--import', import.meta.resolve('tsx')];
   const children: ChildProcess[] = [];
@@ -114,7 +121,14 @@ export async function benchAllreduce(opts: BenchAllreduceOptions): Promise<Bench
     const slowest = perRank[0]!.map((_, iteration) => Math.max(...perRank.map((millis) => millis[iteration]!)));
     const msPerAllreduce = median(slowest);
     const busBytes = workers === 1 ? 0 : ((2 * (workers - 1)) / workers) * 4 * floats;
-    const result = { workers, floats, wire: base.wire, msPerAllreduce, busGBps: busBytes / (msPerAllreduce / 1000) / 1e9 };
+    const result = {
+      workers,
+      floats,
+      wire: base.wire,
+      transport: base.transport,
+      msPerAllreduce,
+      busGBps: busBytes / (msPerAllreduce / 1000) / 1e9,
+    };
     if (opts.json) console.log(JSON.stringify(result));
     return result;
   } finally {
@@ -140,7 +154,7 @@ async function stopChildren(children: ChildProcess[]): Promise<void> {
 }
 
 export function formatResult(result: BenchAllreduceResult): string {
-  return `workers ${result.workers}, ${result.floats} floats, ${result.wire} wire: ${result.msPerAllreduce.toFixed(1)} ms per all-reduce (median), bus ${result.busGBps.toFixed(3)} GB/s`;
+  return `workers ${result.workers}, ${result.floats} floats, ${result.wire} wire, ${result.transport === 'tcp' ? 'TCP' : 'Unix socket'} links: ${result.msPerAllreduce.toFixed(1)} ms per all-reduce (median), bus ${result.busGBps.toFixed(3)} GB/s`;
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
@@ -152,6 +166,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
       warmup: { type: 'string' },
       'chunk-bytes': { type: 'string' },
       wire: { type: 'string', default: 'fp32' },
+      'ring-transport': { type: 'string', default: 'auto' },
       json: { type: 'boolean', default: false },
     },
   });
@@ -163,6 +178,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     warmup: numberOrUndefined(values.warmup),
     chunkBytes: numberOrUndefined(values['chunk-bytes']),
     wire: values.wire as WireFormat,
+    transport: values['ring-transport'] as RingTransport,
     json: values.json,
   });
   if (!values.json) console.log(formatResult(result));

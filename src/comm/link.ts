@@ -28,6 +28,7 @@ import type net from 'node:net';
 import { VitDistError } from '../common/errors.ts';
 import { authContext } from './auth.ts';
 import { Heartbeat, seconds } from './heartbeat.ts';
+import type { LocalEndpoint } from './local-socket.ts';
 import { CloseCode, decodeClosePayload, encodeClosePayload, encodeFrame, LinkError, type MessageSink, Opcode } from './websocket.ts';
 
 export const RING_PATH = '/vit-dist/ring';
@@ -37,6 +38,16 @@ export const MAX_AUTH_MESSAGE_BYTES = 4096;
 /** After sending a close frame, how long to wait for the peer to close before destroying. */
 const CLOSE_GRACE_MS = 1000;
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * Where a ring server listens: its TCP address, and on Linux also a Unix socket that neighbours on
+ * the same machine and network namespace dial instead (local-socket.ts).
+ */
+export interface PeerAddress {
+  host: string;
+  port: number;
+  local?: LocalEndpoint;
+}
 
 /** What both ends of a link must agree on. */
 export interface LinkConfig {

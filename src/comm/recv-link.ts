@@ -14,11 +14,13 @@ import {
   type LinkConfig,
   LinkEnd,
   MAX_AUTH_MESSAGE_BYTES,
+  type PeerAddress,
   predecessorOf,
   RING_PATH,
   RING_PROTOCOL_VERSION,
   welcomeContext,
 } from './link.ts';
+import { reachableLocalPath } from './local-socket.ts';
 import type { DataSink } from './receiver.ts';
 import { WASM_INPUT_BYTES, wasmInput } from './simd-add.ts';
 import {
@@ -72,7 +74,7 @@ export class RecvLink extends LinkEnd {
    * `heartbeatTimeoutMs`.
    */
   static async dial(
-    address: { host: string; port: number },
+    address: PeerAddress,
     config: LinkConfig,
     dataSink: DataSink,
     timeoutMs: number,
@@ -97,14 +99,15 @@ export class RecvLink extends LinkEnd {
     }
   }
 
-  private open(address: { host: string; port: number }, dataSink: DataSink, receiveBuffer: Buffer, deadline: number): Promise<void> {
+  private open(address: PeerAddress, dataSink: DataSink, receiveBuffer: Buffer, deadline: number): Promise<void> {
     const authenticated = this.untilAuthenticated(
       Math.max(0, deadline - Date.now()),
       () => new LinkError('RING_CONNECT_TIMEOUT', `timed out connecting to ${this.peerName} at ${address.host}:${address.port}`),
     );
+    // A predecessor on this machine is dialled on its Unix socket (local-socket.ts), others over TCP.
+    const localPath = reachableLocalPath(address.local);
     this.socket = net.connect({
-      host: address.host,
-      port: address.port,
+      ...(localPath === null ? { host: address.host, port: address.port } : { path: localPath }),
       noDelay: true,
       onread: {
         // Asked before each read: all-gather payloads are read straight into place.

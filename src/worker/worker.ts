@@ -20,6 +20,7 @@ import {
 } from '../comm/control.ts';
 import { seconds, watchWebSocket, type Heartbeat } from '../comm/heartbeat.ts';
 import { RingThread } from '../comm/ring-thread.ts';
+import type { RingTransport } from '../comm/local-socket.ts';
 import { BatchLoader } from '../data/loader.ts';
 import { mixConfigOf } from '../data/mixup.ts';
 import { selectBackend, type BackendChoice } from '../model/backend.ts';
@@ -53,6 +54,8 @@ export interface WorkerOptions {
   /** What the ring neighbour is told to connect to; the bound port when advertisePort is null. */
   advertiseHost: string;
   advertisePort: number | null;
+  /** auto: neighbours on this machine dial the ring's Unix socket (src/comm/local-socket.ts); tcp: never. */
+  ringTransport: RingTransport;
   /** Overrides the recipe's data path on this host. */
   dataPath: string | null;
   /** Threads that decode and augment images ahead of the model; 0 does it on the main thread. */
@@ -379,6 +382,8 @@ class WorkerSession {
           token: this.options.token,
           host: this.options.ringHost,
           port: this.options.ringPort,
+          // An advertised port is a proxy or NAT in front of the ring: neighbours must go through it.
+          localSocket: this.options.ringTransport === 'auto' && this.options.advertisePort === null,
           heartbeatTimeoutMs: this.options.heartbeatTimeoutMs,
           logger,
         });
@@ -394,7 +399,7 @@ class WorkerSession {
           type: 'ringListening',
           generation: message.generation,
           rank: message.rank,
-          ring: { host: this.options.advertiseHost, port: this.options.advertisePort ?? this.ring.address.port },
+          ring: { ...this.ring.address, host: this.options.advertiseHost, port: this.options.advertisePort ?? this.ring.address.port },
         });
         return;
       }
