@@ -56,7 +56,10 @@ for n in $WORKERS; do
     extra=()
     for column in bf16 tcp; do
       if [[ " $ALSO " == *" $column "* ]]; then
-        ms=$([[ $column == bf16 ]] && ring "$n" "$s" bf16 auto || ring "$n" "$s" fp32 tcp)
+        case $column in
+          bf16) ms=$(ring "$n" "$s" bf16 auto) ;;
+          tcp) ms=$(ring "$n" "$s" fp32 tcp) ;;
+        esac
         extra+=("$(printf '%12.1f %9s | %10s' "$ms" "$(bus "$n" "$s" "$ms")" "$(ratio "$ms" "$gloo_ms")")")
       else
         extra+=("$(printf '%12s %9s | %10s' - - -)")

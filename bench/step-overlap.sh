@@ -11,8 +11,9 @@
 # the rank whose backward pass ended last, for what the ring had left once every gradient
 # existed. The longest of them (the step record's `exposedCommMs`) is printed too: the rank that
 # finished computing first waits for the others' backward passes as well as for the ring (on this
-# machine the workers share 2 cores, so their compute times differ by hundreds of ms). Each run is stopped once its last step is recorded (the final evaluation of a model
-# this size on 10,000 test images is not what is measured).
+# machine the workers share 2 cores, so their compute times differ by hundreds of ms). Each run is
+# stopped once its last step is recorded (the final evaluation of a model this size on 10,000 test
+# images is not what is measured).
 #   WORKERS="2 4" STEPS=4 GLOBAL_BATCH=16 MICRO_BATCH=4 BACKEND=tensorflow bench/step-overlap.sh
 # WIRES="fp32" BUCKETS="0 25" narrow the grid (default both wires, overlap off and 25 MB);
 # TRANSPORTS="auto tcp" adds the ring over loopback TCP (default auto: Unix sockets between the

@@ -4,6 +4,7 @@
 import { Packr } from 'msgpackr';
 import { RecoverableError } from '../common/errors.ts';
 import { authContext } from './auth.ts';
+import type { PeerAddress } from './link.ts';
 
 /** Bumped whenever a message changes shape; both sides refuse a peer that speaks another version. */
 export const CONTROL_PROTOCOL_VERSION = 6;
@@ -18,11 +19,6 @@ export const CLOSE_CODES = {
   runComplete: 4005,
   runFull: 4006,
 } as const;
-
-export interface Address {
-  host: string;
-  port: number;
-}
 
 /** State a worker starts from: absent for a fresh run (every worker initializes from the seed). */
 export interface ResumeState {
@@ -130,7 +126,7 @@ export type CoordinatorMessage =
       /** DiLoCo only (null in lockstep): this worker's data slot and how many there are, and whether it keeps its trainer (a member regrouped at a round's end). */
       diloco: DilocoPlace | null;
     }
-  | { type: 'ringPeers'; generation: number; peers: Address[] }
+  | { type: 'ringPeers'; generation: number; peers: PeerAddress[] }
   /** The rank's samples: data-set indices, their repeat numbers (null: none), the slice's offset in the global batch, and the epoch. */
   | {
       type: 'step';
@@ -155,7 +151,7 @@ export type WorkerMessage =
   | { type: 'hello'; protocol: number; proof: Uint8Array; backend: string; host: string; pid: number; gpu?: number | null }
   /** The worker dropped the abandoned generation's ring and waits for a new `assign`. */
   | { type: 'aborted'; generation: number }
-  | { type: 'ringListening'; generation: number; rank: number; ring: Address }
+  | { type: 'ringListening'; generation: number; rank: number; ring: PeerAddress }
   | { type: 'ready'; generation: number; rank: number; paramDigest: string; numParams: number; trainSize: number; testSize: number }
   | ({ type: 'stepDone'; generation: number; step: number } & StepReport)
   | ({ type: 'evalDone'; generation: number; step: number } & EvalCounts)
