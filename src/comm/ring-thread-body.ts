@@ -55,6 +55,8 @@ async function perform(request: RingRequest): Promise<Float64Array | undefined> 
       return void (await peer.reduceScatter(view(request.buf), request.step, { range: request.range, wire: request.wire }));
     case 'allGather':
       return void (await peer.allGather(view(request.buf), request.step));
+    case 'allReduce':
+      return void (await peer.allReduce(view(request.buf), request.step, { wire: request.wire }));
     case 'allReduceScalars':
       return peer.allReduceScalars(request.values, request.step);
     case 'close':

@@ -30,6 +30,7 @@ export type RingRequest =
   | { id: number; type: 'connect'; peers: PeerAddress[] }
   | { id: number; type: 'reduceScatter'; buf: SharedView; step: number; range: ElementRange; wire: WireFormat }
   | { id: number; type: 'allGather'; buf: SharedView; step: number }
+  | { id: number; type: 'allReduce'; buf: SharedView; step: number; wire: WireFormat }
   | { id: number; type: 'allReduceScalars'; values: Float64Array; step: number }
   | { id: number; type: 'close' };
 

@@ -15,7 +15,7 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { InputError, RecoverableError } from '../common/errors.ts';
 import type { WireTraffic } from './link.ts';
-import type { PeerAddress, ReduceScatterOptions, RingOptions } from './ring.ts';
+import type { AllReduceOptions, PeerAddress, ReduceScatterOptions, RingOptions } from './ring.ts';
 import { KERNEL_MEMORY_DATA_AT, kernelMemory } from './simd-add.ts';
 import {
   deserializeError,
@@ -138,9 +138,12 @@ export class RingThread extends EventEmitter {
     await this.request({ id: this.nextId++, type: 'allGather', buf: this.shared(buf), step });
   }
 
-  async allReduce(buf: Float32Array, step: number): Promise<void> {
-    await this.reduceScatter(buf, step);
-    await this.allGather(buf, step);
+  /**
+   * RingPeer.allReduce in one request: the thread starts the all-gather as the reduce-scatter
+   * ends, without a round trip through this thread between them.
+   */
+  async allReduce(buf: Float32Array, step: number, opts: AllReduceOptions = {}): Promise<void> {
+    await this.request({ id: this.nextId++, type: 'allReduce', buf: this.shared(buf), step, wire: opts.wire ?? 'fp32' });
   }
 
   /** Element-wise sum of `values` over all ranks, the same bits on every rank (RingPeer.allReduceScalars). */

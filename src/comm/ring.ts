@@ -41,9 +41,9 @@
  * Wire layout (see link.ts): rank r listens; r+1 connects to it. r sends to r+1 over the socket
  * accepted on its server (unmasked server frames, send-link.ts) and receives from r-1 over the
  * socket it opened (recv-link.ts). Received data runs socket, FrameParser, DataReceiver, then the
- * Collective (collective.ts), which forwards it. Each shard travels in chunks of `chunkBytes`,
- * one binary frame each (frame.ts). Chunks are pipelined: a chunk is forwarded as soon as it has
- * been added, so all hops overlap.
+ * Collective (collective.ts), which forwards it. Each shard travels in the fewest chunks of at
+ * most `chunkBytes`, of near-equal sizes (chunkRanges), one binary frame each (frame.ts). Chunks
+ * are pipelined: a chunk is forwarded as soon as it has been added, so all hops overlap.
  *
  * Reduce-scatter, rank r, hop h = 0..N-2: receives shard (r-h-2) mod N and adds it in, forwards
  * it at hop h+1 if h < N-2; at hop 0 it sends shard (r-1). After the last hop shard r holds the
@@ -123,6 +123,9 @@ export interface ReduceScatterOptions {
   /** Default 'fp32'. */
   wire?: WireFormat;
 }
+
+/** The whole buffer is reduced; the wire applies to the reduce-scatter (the all-gather is float32). */
+export type AllReduceOptions = Pick<ReduceScatterOptions, 'wire'>;
 
 export type { PeerAddress } from './link.ts';
 
@@ -366,8 +369,9 @@ export class RingPeer extends EventEmitter {
     await this.runGradientPhase(Phase.AllGather, buf, step, whole, rank, (hop) => (rank - hop - 1 + worldSize) % worldSize);
   }
 
-  async allReduce(buf: Float32Array, step: number): Promise<void> {
-    await this.reduceScatter(buf, step);
+  /** reduceScatter (in `opts.wire`) then allGather (in float32) of the whole buffer. */
+  async allReduce(buf: Float32Array, step: number, opts: AllReduceOptions = {}): Promise<void> {
+    await this.reduceScatter(buf, step, opts);
     await this.allGather(buf, step);
   }
 

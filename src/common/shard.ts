@@ -35,14 +35,17 @@ export function shardRange(length: number, worldSize: number, rank: number): Ele
 }
 
 /**
- * Cuts [range.start, range.end) into consecutive chunks of at most `chunkElements` elements.
- * An empty range has no chunks (nothing is sent for it).
+ * Cuts [range.start, range.end) into the fewest consecutive chunks of at most `chunkElements`
+ * elements, of near-equal sizes (they differ by at most one element): a shard of 1.2 chunks
+ * travels as two frames of 0.6, not as a full one and a runt, so the next hop's forwarding starts
+ * halfway through. An empty range has no chunks (nothing is sent for it).
  */
 export function chunkRanges(range: ElementRange, chunkElements: number): ElementRange[] {
   assertCount('chunkElements', chunkElements, 1);
-  const chunks: ElementRange[] = [];
-  for (let start = range.start; start < range.end; start += chunkElements) {
-    chunks.push({ start, end: Math.min(start + chunkElements, range.end) });
-  }
-  return chunks;
+  const length = range.end - range.start;
+  const count = Math.ceil(length / chunkElements);
+  return Array.from({ length: count }, (_, chunk) => {
+    const part = shardRange(length, count, chunk);
+    return { start: range.start + part.start, end: range.start + part.end };
+  });
 }

@@ -1,5 +1,5 @@
 // The ring in a worker thread (ring-thread.ts): the same bits as RingPeer on the main thread, with
-// buckets requested before the previous one settled; progress while the main thread is blocked;
+// buckets requested before the previous one settled, and an all-reduce in one request; progress while the main thread is blocked;
 // errors of the same kind with their cause; buffers outside shared memory refused.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -69,31 +69,39 @@ async function onMainThread(worldSize: number, length: number, wire: WireFormat)
 
 describe('the ring in a worker thread', () => {
   for (const worldSize of [2, 3, 4]) {
-    test(`N=${worldSize}: buckets requested at once, then an all-gather, give RingPeer's bits, fp32 and bf16`, TIMEOUT, async () => {
-      const length = 10_007;
-      const rings = await makeRing(worldSize, (rank) => RingThread.listen(options(rank, worldSize)));
-      try {
-        for (const wire of ['fp32', 'bf16'] as const) {
-          const expected = await onMainThread(worldSize, length, wire);
-          const buffers = rings.map((_, rank) => rankData(rank, length, true));
-          await Promise.all(
-            rings.map((ring, rank) => {
-              // Not awaited one by one: the thread queues them in order.
-              const requested = buckets(length, 5).map((range) => ring.reduceScatter(buffers[rank]!, 2, { wire, range }));
-              requested.push(ring.allGather(buffers[rank]!, 2));
-              return Promise.all(requested);
-            }),
-          );
-          for (const [rank, buf] of buffers.entries()) assert.ok(sameBits(buf, expected[rank]!), `${wire}: rank ${rank} differs`);
+    test(
+      `N=${worldSize}: buckets requested at once, then an all-gather, or an all-reduce in one request, give RingPeer's bits, fp32 and bf16`,
+      TIMEOUT,
+      async () => {
+        const length = 10_007;
+        const rings = await makeRing(worldSize, (rank) => RingThread.listen(options(rank, worldSize)));
+        try {
+          for (const wire of ['fp32', 'bf16'] as const) {
+            const expected = await onMainThread(worldSize, length, wire);
+            const buffers = rings.map((_, rank) => rankData(rank, length, true));
+            await Promise.all(
+              rings.map((ring, rank) => {
+                // Not awaited one by one: the thread queues them in order.
+                const requested = buckets(length, 5).map((range) => ring.reduceScatter(buffers[rank]!, 2, { wire, range }));
+                requested.push(ring.allGather(buffers[rank]!, 2));
+                return Promise.all(requested);
+              }),
+            );
+            for (const [rank, buf] of buffers.entries()) assert.ok(sameBits(buf, expected[rank]!), `${wire}: rank ${rank} differs`);
+            const whole = rings.map((_, rank) => rankData(rank, length, true));
+            await Promise.all(rings.map((ring, rank) => ring.allReduce(whole[rank]!, 2, { wire })));
+            for (const [rank, buf] of whole.entries())
+              assert.ok(sameBits(buf, expected[rank]!), `${wire} all-reduce: rank ${rank} differs`);
+          }
+          const sums = await Promise.all(rings.map((ring, rank) => ring.allReduceScalars(Float64Array.of(rank, 0.1), 3)));
+          for (const sum of sums) assert.deepEqual([...sum], [...sums[0]!]);
+          const traffic = rings[0]!.traffic();
+          assert.ok(traffic.sent > 4 * length && traffic.received > 4 * length, JSON.stringify(traffic));
+        } finally {
+          await Promise.all(rings.map((ring) => ring.close()));
         }
-        const sums = await Promise.all(rings.map((ring, rank) => ring.allReduceScalars(Float64Array.of(rank, 0.1), 3)));
-        for (const sum of sums) assert.deepEqual([...sum], [...sums[0]!]);
-        const traffic = rings[0]!.traffic();
-        assert.ok(traffic.sent > 4 * length && traffic.received > 4 * length, JSON.stringify(traffic));
-      } finally {
-        await Promise.all(rings.map((ring) => ring.close()));
-      }
-    });
+      },
+    );
   }
 
   test('a reduce-scatter moves while the main thread is blocked', TIMEOUT, async () => {

@@ -38,12 +38,18 @@ test('shardRange rejects bad arguments', () => {
   assert.throws(() => shardRange(1.5, 2, 0), RangeError);
 });
 
-test('chunkRanges cuts a range into bounded consecutive chunks', () => {
+test('chunkRanges cuts a range into the fewest bounded consecutive chunks, of near-equal sizes', () => {
   assert.deepEqual(chunkRanges({ start: 10, end: 25 }, 6), [
-    { start: 10, end: 16 },
-    { start: 16, end: 22 },
-    { start: 22, end: 25 },
+    { start: 10, end: 15 },
+    { start: 15, end: 20 },
+    { start: 20, end: 25 },
   ]);
+  assert.deepEqual(chunkRanges({ start: 0, end: 10 }, 4), [
+    { start: 0, end: 4 },
+    { start: 4, end: 7 },
+    { start: 7, end: 10 },
+  ]);
+  assert.deepEqual(chunkRanges({ start: 3, end: 9 }, 6), [{ start: 3, end: 9 }]);
   assert.deepEqual(chunkRanges({ start: 5, end: 5 }, 4), []);
   assert.throws(() => chunkRanges({ start: 0, end: 4 }, 0), RangeError);
 });
