@@ -5,19 +5,20 @@
 # float32 payload, so that it compares with the others at equal work), and the ring over loopback
 # TCP. The ring's links go over Unix sockets, as a worker's do between ranks on one machine
 # (src/comm/local-socket.ts); gloo has only TCP. Each cell runs them back to back; the load
-# average at the start and end says how busy the machine was. REPEATS=K runs the ring and gloo
-# alternately K times per cell and reports the median of each (and every run's ratio): where the
-# ranks share the cores a single run's ratio moves by 10-20%. ALSO="" leaves out the bf16 and TCP
-# columns (default ALSO="bf16 tcp").
-#   WORKERS="2 4 8" FLOATS="5000000 22000000 86000000" ITERATIONS=10 REPEATS=3 bench/allreduce-vs-gloo.sh
+# average at the start and end says how busy the machine was. REPEATS=K (default 3) runs the ring
+# and gloo alternately K times per cell and reports the median of each (and every run's ratio),
+# each run the median of ITERATIONS (default 30) all-reduces: where the ranks share the cores, a
+# run of 5 all-reduces moved a cell's ratio by 10-20%. ALSO="" leaves out the bf16 and TCP columns
+# (default ALSO="bf16 tcp"). The whole grid takes about half an hour on 2 cores.
+#   WORKERS="2 4 8" FLOATS="5000000 22000000 86000000" ITERATIONS=30 REPEATS=3 bench/allreduce-vs-gloo.sh
 # PYTHON= picks another torch (default: bench/torch-venv.sh's PyTorch 2.13 CPU venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORKERS=${WORKERS:-"2 4 8"}
 FLOATS=${FLOATS:-"5000000 22000000 86000000"}
-ITERATIONS=${ITERATIONS:-10}
-REPEATS=${REPEATS:-1}
+ITERATIONS=${ITERATIONS:-30}
+REPEATS=${REPEATS:-3}
 ALSO=${ALSO-"bf16 tcp"}
 PYTHON=${PYTHON:-$(bench/torch-venv.sh)}
 

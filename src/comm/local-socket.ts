@@ -21,6 +21,9 @@ import { readFileSync, readlinkSync } from 'node:fs';
 export const RING_TRANSPORTS = ['auto', 'tcp'] as const;
 export type RingTransport = (typeof RING_TRANSPORTS)[number];
 
+/** Where a ring server's log says a connection over its Unix socket came from. */
+export const LOCAL_SOCKET_ORIGIN = 'this machine (Unix socket)';
+
 /** A ring server's Unix socket, and the machine and network namespace it can be reached from. */
 export interface LocalEndpoint {
   /** This boot of this machine and this network namespace (`localScope()`). */

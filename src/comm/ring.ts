@@ -61,7 +61,7 @@ import { roundToBf16 } from './bf16.ts';
 import { Collective, type CollectivePlan } from './collective.ts';
 import { elementBytes, FRAME_HEADER_BYTES, type FrameHeader, MAX_CHUNK_BYTES, MAX_U32, Phase } from './frame.ts';
 import { type LinkConfig, type PeerAddress, predecessorOf, successorOf, type WireTraffic } from './link.ts';
-import { newLocalEndpoint } from './local-socket.ts';
+import { LOCAL_SOCKET_ORIGIN, newLocalEndpoint } from './local-socket.ts';
 import { DataReceiver } from './receiver.ts';
 import { RecvLink } from './recv-link.ts';
 import { SendLink } from './send-link.ts';
@@ -250,7 +250,7 @@ export class RingPeer extends EventEmitter {
   }
 
   private onUpgrade(request: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
-    const from = socket.remoteAddress === undefined ? 'this machine (Unix socket)' : `${socket.remoteAddress}:${socket.remotePort}`;
+    const from = socket.remoteAddress === undefined ? LOCAL_SOCKET_ORIGIN : `${socket.remoteAddress}:${socket.remotePort}`;
     SendLink.accept(request, socket, head, this.config, this.connectTimeoutMs, this.heartbeatTimeoutMs).then(
       (link) => {
         if (this.sendLink || this.closed || this.failure) {

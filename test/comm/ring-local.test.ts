@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { describe, test } from 'node:test';
-import { localScope } from '../../src/comm/local-socket.ts';
+import { LOCAL_SOCKET_ORIGIN, localScope } from '../../src/comm/local-socket.ts';
 import { type PeerAddress, RingPeer, type RingLogger, type RingOptions } from '../../src/comm/ring.ts';
 import { Mulberry32 } from '../../src/common/random.ts';
 
@@ -57,7 +57,6 @@ async function allReduce(peers: RingPeer[], addresses: PeerAddress[]): Promise<F
   return buffers[0]!;
 }
 
-const UNIX = 'this machine (Unix socket)';
 const overTcp = (origin: string) => /^127\.0\.0\.1:\d+$/.test(origin);
 
 describe('ring links on one machine', {
@@ -73,7 +72,7 @@ describe('ring links on one machine', {
     }
     assert.equal(new Set(addresses.map((address) => address.local?.path)).size, WORLD, 'one name per server');
     const overUnix = await allReduce(unixPeers, addresses);
-    assert.deepEqual(unixOrigins, [UNIX, UNIX, UNIX]);
+    assert.deepEqual(unixOrigins, [LOCAL_SOCKET_ORIGIN, LOCAL_SOCKET_ORIGIN, LOCAL_SOCKET_ORIGIN]);
 
     const tcpOrigins: Origins = [];
     const tcpPeers = await listenAll(tcpOrigins, { localSocket: false });

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { localScope } from '../../src/comm/local-socket.ts';
+import { LOCAL_SOCKET_ORIGIN, localScope } from '../../src/comm/local-socket.ts';
 import { MICRO_RECIPE, needsData, run, stepRecords, tempRunDir } from './cluster.ts';
 
 const STEPS = 4;
@@ -35,7 +35,7 @@ test('launch links the ring over Unix sockets, or over TCP with --ring-transport
   timeout: 2 * TIMEOUT_MS,
 }, async () => {
   const unix = await launch([]);
-  assert.deepEqual(unix.origins, ['this machine (Unix socket)', 'this machine (Unix socket)']);
+  assert.deepEqual(unix.origins, [LOCAL_SOCKET_ORIGIN, LOCAL_SOCKET_ORIGIN]);
   const tcp = await launch(['--ring-transport', 'tcp']);
   assert.equal(tcp.origins.length, 2);
   for (const origin of tcp.origins) assert.match(origin, /^127\.0\.0\.1:\d+$/);
