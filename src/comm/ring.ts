@@ -19,7 +19,8 @@
  *   peer.allGather(buf: Float32Array, step: number): Promise<void>
  *       each rank's own shard is authoritative before; afterwards every rank holds every shard,
  *       bit for bit equal to its owner's.
- *   peer.allReduce(buf: Float32Array, step: number): Promise<void>   reduceScatter + allGather
+ *   peer.allReduce(buf: Float32Array, step: number, opts?: { wire? }): Promise<void>
+ *       reduceScatter (in `wire`) + allGather (float32) of the whole buffer.
  *   peer.allReduceScalars(values: Float64Array, step: number): Promise<Float64Array>
  *       sum of a small vector, added in rank order 0..N-1 so every rank gets the same bits.
  *   peer.close(): Promise<void>
