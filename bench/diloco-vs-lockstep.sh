@@ -4,13 +4,15 @@
 # (all ranks, all steps, from metrics.jsonl), the wall time, compute utilisation and the final
 # test accuracy, and the ratio of lockstep's bytes to each DiLoCo run's (bench/run-summary.mjs).
 #   WORKERS=2 (default)   DILOCO="50:bf16 50:int8" (inner steps:wire per DiLoCo run)
-#   OUTER_LR, OUTER_MOMENTUM: DiLoCo's outer optimizer (defaults 0.7 and 0.9); EXTRA: more flags for every run
+#   OUTER_LR, OUTER_MOMENTUM: DiLoCo's outer optimizer (defaults 0.7 and 0.9); OUTER_OVERLAP: its
+#   --outer-overlap (default 0: the exchange at the round's end); EXTRA: more flags for every run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKERS=${WORKERS:-2}
 DILOCO=${DILOCO:-"50:bf16 50:int8"}
 OUTER_LR=${OUTER_LR:-0.7}
 OUTER_MOMENTUM=${OUTER_MOMENTUM:-0.9}
+OUTER_OVERLAP=${OUTER_OVERLAP:-0}
 EXTRA=${EXTRA:-}
 OUT=$(mktemp -d -t vit-dist-diloco-XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
@@ -32,7 +34,8 @@ train lockstep
 for run in $DILOCO; do
   h=${run%%:*}
   wire=${run##*:}
-  train "diloco-h$h-$wire" --sync diloco --inner-steps "$h" --wire "$wire" --outer-lr "$OUTER_LR" --outer-momentum "$OUTER_MOMENTUM"
+  train "diloco-h$h-$wire" --sync diloco --inner-steps "$h" --wire "$wire" --outer-lr "$OUTER_LR" --outer-momentum "$OUTER_MOMENTUM" \
+    --outer-overlap "$OUTER_OVERLAP"
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 node bench/run-summary.mjs --table "$OUT/results.jsonl"

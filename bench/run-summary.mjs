@@ -44,9 +44,11 @@ if (process.argv[2] === '--table') {
   const evals = records.filter((r) => r.kind === 'eval');
   const ranks = steps[0].ranks.length;
   const loopSeconds = (Date.parse(steps.at(-1).time) - Date.parse(steps[0].time)) / 1000;
-  // An evaluation's time: from the record before it (its round's or step's end) to its own.
+  // An evaluation's time: how long the ranks evaluated (the mean over ranks); in runs from before
+  // that was recorded, from the record before it (its round's or step's end) to its own.
   const evalSeconds =
-    records.reduce((a, r, i) => (r.kind === 'eval' && i > 0 ? a + Date.parse(r.time) - Date.parse(records[i - 1].time) : a), 0) / 1000;
+    records.reduce((a, r, i) => (r.kind === 'eval' && i > 0 ? a + (r.ms ?? Date.parse(r.time) - Date.parse(records[i - 1].time)) : a), 0) /
+    1000;
   const perRank = (figure) => steps.slice(1).reduce((a, s) => a + s.ranks.reduce((b, r) => b + figure(r), 0), 0) / ranks / 1000;
   const passesSeconds = perRank((r) => r.computeMs - r.dataWaitMs);
   const computeSeconds = passesSeconds + perRank((r) => r.commMs - r.exposedCommMs + r.copyMs);

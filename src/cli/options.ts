@@ -134,6 +134,11 @@ export function addRunOptions(command: Command): Command {
       `DiLoCo: the outer SGD's Nesterov momentum (default ${DEFAULT_DILOCO.outerMomentum}; sets sync.outerMomentum)`,
       nonNegativeNumber,
     )
+    .option(
+      '--outer-overlap <k>',
+      `DiLoCo: run each outer exchange while the next round's first K inner steps do, and merge its result after them (default ${DEFAULT_DILOCO.overlapSteps}: at the round's end; sets sync.overlapSteps)`,
+      nonNegativeInt,
+    )
     .option('--set <key=value>', 'override any recipe value by its dotted key (repeatable), e.g. --set optimizer.lr=0.002', keyValue, {})
     .option('--resume <dir>', 'continue from the newest checkpoint in this run directory (or from this checkpoint file)')
     .option(
@@ -199,6 +204,7 @@ export interface RunFlags {
   innerSteps?: number;
   outerLr?: number;
   outerMomentum?: number;
+  outerOverlap?: number;
   set: Record<string, string>;
   resume?: string;
   init?: string;
@@ -269,14 +275,19 @@ export function resolveRecipe(flags: RunFlags, resumeRecipe: Recipe | null, work
 
 /** The recipe's sync section after --sync and the DiLoCo flags, or null when none is given; DiLoCo's knobs need DiLoCo. */
 function syncOverride(flags: RunFlags, base: SyncSettings | undefined): SyncSettings | null {
-  const knobs = { innerSteps: flags.innerSteps, outerLr: flags.outerLr, outerMomentum: flags.outerMomentum };
+  const knobs = {
+    innerSteps: flags.innerSteps,
+    outerLr: flags.outerLr,
+    outerMomentum: flags.outerMomentum,
+    overlapSteps: flags.outerOverlap,
+  };
   const given: Partial<SyncSettings> = Object.fromEntries(Object.entries(knobs).filter(([, value]) => value !== undefined));
   const mode = flags.sync ?? base?.mode ?? 'lockstep';
   // --wire is DiLoCo's pseudo-gradient format under --sync diloco, the lockstep ring's otherwise.
   if (mode === 'diloco' && flags.wire !== undefined) given.wire = flags.wire;
   if (flags.sync === undefined && Object.keys(given).length === 0) return null;
   if (mode !== 'diloco' && Object.keys(given).length > 0)
-    throw new InputError('USAGE', `--inner-steps, --outer-lr and --outer-momentum set DiLoCo's knobs: add --sync diloco`);
+    throw new InputError('USAGE', `--inner-steps, --outer-lr, --outer-momentum and --outer-overlap set DiLoCo's knobs: add --sync diloco`);
   if (flags.outerMomentum !== undefined && flags.outerMomentum >= 1)
     throw new InputError('USAGE', `--outer-momentum must be below 1, got ${flags.outerMomentum}`);
   return { ...DEFAULT_DILOCO, ...base, ...given, mode };

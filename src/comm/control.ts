@@ -97,11 +97,26 @@ export interface DilocoOuterOrder {
   reporters: number;
   contributes: boolean;
   broadcastFrom: number | null;
+  /**
+   * 0: the outer step runs now, and the reply follows it. K > 0 (--outer-overlap): the exchange
+   * starts now and runs while the next round's first K inner steps do; its result is merged in
+   * after the K-th, whose report the reply follows.
+   */
+  mergeAfter: number;
+  /** With mergeAfter > 0: the evaluation due at the round's end, of these test samples, of the merged outer weights; its reply follows the outer step's. */
+  evaluate: { start: number; end: number } | null;
+  /** With mergeAfter > 0: a checkpoint is due at the merge; the rank's snapshot follows the replies. */
+  snapshot: boolean;
 }
 
 /** A worker's outer step: the outer weights' digest afterwards, its time and its ring traffic. */
 export interface OuterReport {
   paramDigest: string;
+  /**
+   * The rank's time on it, away from inner steps: at a round's end the whole outer step; with an
+   * overlap, the wait for the summed pseudo-gradient at the merge and the merge itself (the
+   * exchange before that ran during the inner steps).
+   */
   commMs: number;
   bytesSent: number;
   bytesReceived: number;
@@ -154,7 +169,8 @@ export type WorkerMessage =
   | { type: 'ringListening'; generation: number; rank: number; ring: PeerAddress }
   | { type: 'ready'; generation: number; rank: number; paramDigest: string; numParams: number; trainSize: number; testSize: number }
   | ({ type: 'stepDone'; generation: number; step: number } & StepReport)
-  | ({ type: 'evalDone'; generation: number; step: number } & EvalCounts)
+  /** `ms`: how long the rank evaluated. */
+  | ({ type: 'evalDone'; generation: number; step: number; ms: number } & EvalCounts)
   | ({ type: 'outerDone'; generation: number; step: number } & OuterReport)
   | ({ type: 'snapshotData'; generation: number; step: number; rank: number } & ShardSnapshot)
   /**

@@ -106,6 +106,21 @@ interface RoundState {
   snapshotsInFlight: CheckpointPoint | null;
 }
 
+/**
+ * A DiLoCo outer step whose exchange runs while the next round's first `mergeAfter` inner steps do
+ * (--outer-overlap): each member replies after that many of them, then sends its evaluation and
+ * snapshot when the round's end was due one (both of the merged outer weights).
+ */
+interface OverlappedRound {
+  /** The round's end. */
+  step: number;
+  mergeAfter: number;
+  /** The evaluation due at the round's end (its epoch, and the test split's size). */
+  evaluation: { epoch: number; testSize: number } | null;
+  /** The checkpoint due at the round's end, taken at the merge: its digest is the merged outer weights'. */
+  checkpoint: Omit<CheckpointPoint, 'digest'> | null;
+}
+
 /** The step a checkpoint is taken at, with what the coordinator knows of it. */
 interface CheckpointPoint {
   step: number;
@@ -271,13 +286,16 @@ export class Generation {
    * lost during a round leaves it (its slot's slices go untrained) and the round closes with the
    * rest, if at least --min-workers; when members left or workers wait to join, the outer step runs
    * in a new generation of the stayers and the joiners (RoundRegroup) instead of a restart from the
-   * checkpoint.
+   * checkpoint. With --outer-overlap K the outer order and the next round's orders go out together
+   * (except at the run's end, on a requested stop and at a regroup): the exchange runs during that
+   * round's first K inner steps, and an evaluation or checkpoint due comes at the merge after them.
+   * A member lost before its exchange ended breaks the ring, and the run restarts from the checkpoint.
    */
   private async runRounds(loop: TrainingLoop): Promise<RunSummary> {
     const { recipe, logger, progress, minWorkers } = this.context;
     const sync = recipe.sync!;
     const { generation, slots, slotCount } = this;
-    const { sampler, steps, schedule } = loop;
+    const { sampler, steps, schedule, numParams, testSize } = loop;
     if (recipe.globalBatch % slotCount !== 0)
       throw new FatalError(
         'DILOCO_BATCH',
@@ -308,9 +326,15 @@ export class Generation {
       if (stopped) return stopped;
     }
     let active = [...this.members];
+    const roundEndAfter = (from: number): number => {
+      let end = from + 1;
+      while (!isRoundEnd(sync, end, steps)) end += 1;
+      return end;
+    };
+    // The outer step of the round before, when it runs during this one (--outer-overlap).
+    let overlapped: OverlappedRound | null = null;
     while (step < steps) {
-      let roundEnd = step + 1;
-      while (!isRoundEnd(sync, roundEnd, steps)) roundEnd += 1;
+      const roundEnd = roundEndAfter(step);
       const lrs: number[] = [];
       for (let s = step; s < roundEnd; s++) {
         const lr = learningRate(schedule, s);
@@ -326,7 +350,7 @@ export class Generation {
       let started = performance.now();
       const checkpoint = rounds.snapshotsInFlight;
       rounds.snapshotsInFlight = null;
-      const round = await this.gatherRound(active, step, roundEnd, checkpoint, (s, replies) => {
+      const round = await this.gatherRound(active, step, roundEnd, checkpoint, overlapped, (s, replies) => {
         const completed = s + 1;
         rounds.digest = checkDigests(
           replies.map((r) => r.paramDigest),
@@ -348,6 +372,9 @@ export class Generation {
       });
       active = round.members;
       const { left } = round;
+      // The overlapped exchange ran during this round: its time and bytes go to the round's last step.
+      if (overlapped) addOuterFigures(record!, round.merged);
+      if (round.testAccuracy !== null) rounds.testAccuracy = round.testAccuracy;
       if (left.length > 0) {
         const names = left.map((link) => link.name).join(', ');
         logger.warn({ step: roundEnd, left: names, stay: active.length }, 'workers left the round');
@@ -372,6 +399,39 @@ export class Generation {
           slotCount,
           left.length,
         );
+      if (sync.overlapSteps > 0 && !last && !this.context.stopRequested()) {
+        // Evaluations and checkpoints due at this round's end come at the merge, of the merged outer weights.
+        const mergeAfter = Math.min(sync.overlapSteps, roundEndAfter(step) - step);
+        overlapped = {
+          step,
+          mergeAfter,
+          evaluation: rounds.evaluationDue ? { epoch: sampler.epochOf(step - 1), testSize } : null,
+          // A merge at the run's last step is followed by its final checkpoint.
+          checkpoint:
+            rounds.checkpointDue && step + mergeAfter < steps
+              ? { step: step + mergeAfter, numParams, optimizerStep: rounds.optimizerStep + mergeAfter }
+              : null,
+        };
+        rounds.evaluationDue = false;
+        rounds.checkpointDue = false;
+        const { evaluation } = overlapped;
+        this.members.forEach((link, rank) => {
+          link.send({
+            type: 'outer',
+            generation,
+            step,
+            reporters: this.worldSize,
+            contributes: true,
+            broadcastFrom: null,
+            mergeAfter,
+            evaluate: evaluation ? shardRange(testSize, this.worldSize, rank) : null,
+            snapshot: overlapped!.checkpoint !== null,
+          });
+        });
+        this.publishStep(record!);
+        continue;
+      }
+      overlapped = null;
       rounds.digest = await this.closeRound(active, record!, { reporters: active.length, stayers: active.length, broadcastFrom: null });
       const stopped = await this.afterRound(step, loop, rounds);
       if (stopped) return stopped;
@@ -386,17 +446,49 @@ export class Generation {
    * the others are done. With --round-deadline, once the first member has reported the round's
    * last step the others have that long, then the late ones are dropped: they leave, and may join
    * again as new workers. With a `checkpoint` in flight, each member's snapshot comes first, and the
-   * checkpoint is written once every member's has arrived.
+   * checkpoint is written once every member's has arrived. With the round before's outer step
+   * `overlapped`, each member's reply to it follows its report of the merge's step, then its
+   * evaluation and snapshot when due: the evaluation is recorded and the checkpoint written once
+   * every member's has arrived.
    */
   private async gatherRound(
     members: WorkerLink[],
     first: number,
     end: number,
     checkpoint: CheckpointPoint | null,
+    overlapped: OverlappedRound | null,
     onStep: (step: number, replies: Reply<'stepDone'>[]) => void,
-  ): Promise<{ members: WorkerLink[]; left: WorkerLink[]; cause: Error | null }> {
+  ): Promise<{
+    members: WorkerLink[];
+    left: WorkerLink[];
+    cause: Error | null;
+    merged: Reply<'outerDone'>[];
+    testAccuracy: number | null;
+  }> {
     const { stepTimeoutMs, roundDeadlineMs, logger } = this.context;
     const reports: Reply<'stepDone'>[][] = members.map(() => []);
+    const merged: Reply<'outerDone'>[] = [];
+    const evaluations: Reply<'evalDone'>[] = [];
+    const mergedShards: Reply<'snapshotData'>[] = [];
+    let testAccuracy: number | null = null;
+    // Each member's replies after the merge's step: the outer step's, then the evaluation and snapshot due.
+    const afterMerge = async (link: WorkerLink, i: number, round: OverlappedRound): Promise<void> => {
+      merged[i] = await link.expect('outerDone', stepTimeoutMs);
+      const digest = (): string =>
+        checkDigests(
+          merged.map((d) => d.paramDigest),
+          round.step,
+        );
+      if (round.evaluation) {
+        evaluations[i] = await link.expect('evalDone', stepTimeoutMs);
+        if (count(evaluations) === members.length)
+          testAccuracy = this.recordEvaluation(evaluations, round.step, round.evaluation.epoch, round.evaluation.testSize);
+      }
+      if (round.checkpoint) {
+        mergedShards[i] = await link.expect('snapshotData', stepTimeoutMs);
+        if (count(mergedShards) === members.length) this.writeSnapshots(mergedShards, { ...round.checkpoint, digest: digest() });
+      }
+    };
     // The snapshots of the checkpoint in flight come first on each link, before the round's reports.
     const shards: Reply<'snapshotData'>[] = [];
     let snapshotsArrived = 0;
@@ -439,6 +531,7 @@ export class Generation {
           for (let s = first; s < end; s++) {
             reports[i]!.push(await link.expect('stepDone', stepTimeoutMs));
             flush();
+            if (overlapped && s + 1 === overlapped.step + overlapped.mergeAfter) await afterMerge(link, i, overlapped);
           }
           roundDone(link);
         } catch (err) {
@@ -455,12 +548,18 @@ export class Generation {
     );
     if (deadline) clearTimeout(deadline);
     if (failure) throw failure;
-    if (checkpoint && snapshotsArrived < members.length)
-      logger.warn(
-        { step: checkpoint.step, left: left.map((link) => link.name).join(', ') },
-        'checkpoint not written: workers left before their snapshots arrived; the last one written stands',
+    const lost = (what: string, step: number): void =>
+      logger.warn({ step, left: left.map((link) => link.name).join(', ') }, `${what}: workers left before theirs arrived`);
+    if (checkpoint && snapshotsArrived < members.length) lost('checkpoint not written (the last one written stands)', checkpoint.step);
+    if (overlapped?.checkpoint && count(mergedShards) < members.length)
+      lost('checkpoint not written (the last one written stands)', overlapped.checkpoint.step);
+    if (overlapped?.evaluation && count(evaluations) < members.length) lost('evaluation not recorded', overlapped.step);
+    if (overlapped && count(merged) === members.length)
+      checkDigests(
+        merged.map((d) => d.paramDigest),
+        overlapped.step,
       );
-    return { members: active, left, cause };
+    return { members: active, left, cause, merged, testAccuracy };
   }
 
   /**
@@ -483,6 +582,9 @@ export class Generation {
         reporters: order.reporters,
         contributes: rank < order.stayers,
         broadcastFrom: order.broadcastFrom,
+        mergeAfter: 0,
+        evaluate: null,
+        snapshot: false,
       });
     });
     const done = await Promise.all(members.map((link) => link.expect('outerDone', this.context.stepTimeoutMs)));
@@ -490,24 +592,7 @@ export class Generation {
       done.map((d) => d.paramDigest),
       step,
     );
-    done.forEach((outer, rank) => {
-      const figures = (record.ranks[rank] ??= {
-        rank,
-        computeMs: 0,
-        copyMs: 0,
-        commMs: 0,
-        exposedCommMs: 0,
-        dataWaitMs: 0,
-        bytesSent: 0,
-        bytesReceived: 0,
-      });
-      figures.commMs += outer.commMs;
-      figures.exposedCommMs += outer.commMs;
-      figures.bytesSent += outer.bytesSent;
-      figures.bytesReceived += outer.bytesReceived;
-    });
-    record.commMs = Math.max(...record.ranks.map((r) => r.commMs));
-    record.exposedCommMs = Math.max(...record.ranks.map((r) => r.exposedCommMs));
+    addOuterFigures(record, done);
     record.paramDigest = digest;
     this.publishStep(record);
     return digest;
@@ -646,7 +731,11 @@ export class Generation {
     this.members.forEach((link, rank) => {
       link.send({ type: 'eval', generation, step: completed, ...shardRange(testSize, worldSize, rank) });
     });
-    const results = await this.gather('evalDone', this.context.stepTimeoutMs);
+    return this.recordEvaluation(await this.gather('evalDone', this.context.stepTimeoutMs), completed, epoch, testSize);
+  }
+
+  /** The evaluation record from every rank's counts (rank order): metrics, log and console; its test accuracy. */
+  private recordEvaluation(results: Reply<'evalDone'>[], completed: number, epoch: number, testSize: number): number {
     const samples = results.reduce((a, r) => a + r.count, 0);
     if (samples !== testSize)
       throw new FatalError('EVAL_COUNT_MISMATCH', `evaluation covered ${samples} samples, the test split has ${testSize}`);
@@ -663,6 +752,7 @@ export class Generation {
         : {}),
       testLoss: results.reduce((a, r) => a + r.lossSum, 0) / samples,
       samples,
+      ms: results.reduce((a, r) => a + r.ms, 0) / results.length,
       time: new Date().toISOString(),
     };
     this.context.metrics.append(record);
@@ -708,6 +798,36 @@ export class Generation {
     this.context.lastCheckpoint = { meta, state, path };
     this.context.logger.info({ step: completed, path }, 'checkpoint written');
   }
+}
+
+/** The replies that arrived (a sparse array's filled places). */
+function count(replies: unknown[]): number {
+  return replies.filter((reply) => reply !== undefined).length;
+}
+
+/**
+ * Adds each rank's outer step (time, its waits, bytes; `done` in rank order, without the ranks that
+ * left before replying) to the figures of the step `record` closes or ran it during.
+ */
+function addOuterFigures(record: StepRecord, done: Reply<'outerDone'>[]): void {
+  done.forEach((outer, rank) => {
+    const figures = (record.ranks[rank] ??= {
+      rank,
+      computeMs: 0,
+      copyMs: 0,
+      commMs: 0,
+      exposedCommMs: 0,
+      dataWaitMs: 0,
+      bytesSent: 0,
+      bytesReceived: 0,
+    });
+    figures.commMs += outer.commMs;
+    figures.exposedCommMs += outer.commMs;
+    figures.bytesSent += outer.bytesSent;
+    figures.bytesReceived += outer.bytesReceived;
+  });
+  record.commMs = Math.max(...record.ranks.map((r) => r.commMs));
+  record.exposedCommMs = Math.max(...record.ranks.map((r) => r.exposedCommMs));
 }
 
 /** The checkpoint state of a lockstep run from every rank's snapshot (rank order): each tensor assembled whole from its shards. */

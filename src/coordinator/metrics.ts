@@ -47,6 +47,8 @@ export interface EvalRecord {
   testAccuracyDistHead?: number;
   testLoss: number;
   samples: number;
+  /** How long the ranks evaluated, the mean over ranks (ms). */
+  ms: number;
   time: string;
 }
 

@@ -82,10 +82,24 @@ export interface SyncSettings {
   outerLr: number;
   outerMomentum: number;
   wire: PseudoGradientWire;
+  /**
+   * 0: each round's outer step runs at its end, and the next round starts from its result. K > 0
+   * (Douillard et al. 2025, "Streaming DiLoCo with overlapping communication", its delay tau):
+   * the exchange runs while the next round's first K inner steps do, and its result is merged in
+   * after them, their progress kept.
+   */
+  overlapSteps: number;
 }
 
 /** OpenDiLoCo's (Prime Intellect, 2024) outer optimizer: SGD, lr 0.7, Nesterov momentum 0.9. */
-export const DEFAULT_DILOCO: SyncSettings = { mode: 'diloco', innerSteps: 50, outerLr: 0.7, outerMomentum: 0.9, wire: 'fp32' };
+export const DEFAULT_DILOCO: SyncSettings = {
+  mode: 'diloco',
+  innerSteps: 50,
+  outerLr: 0.7,
+  outerMomentum: 0.9,
+  wire: 'fp32',
+  overlapSteps: 0,
+};
 
 export const LOSS_NAMES = ['softmax_xent', 'sigmoid_xent'] as const;
 /** DDP's default bucket_cap_mb. */
@@ -235,6 +249,7 @@ export const RECIPE_SCHEMA: Schema = {
       outerLr: { kind: 'number', min: 0 },
       outerMomentum: rate,
       wire: { kind: 'string', oneOf: PSEUDO_GRADIENT_WIRES },
+      overlapSteps: { kind: 'number', integer: true, min: 0, optional: true },
     },
   },
   sources: { kind: 'stringMap' },
@@ -333,6 +348,15 @@ export function validateRecipe(value: unknown, where: string): Recipe {
       'RECIPE_INCONSISTENT',
       `${where}: set exactly one of "schedule.warmupSteps" and "schedule.warmupEpochs" (the other null), got ${warmupSteps} and ${warmupEpochs}`,
     );
+  }
+  if (recipe.sync) {
+    // A recipe written before the overlap existed runs its outer steps at round ends.
+    recipe.sync.overlapSteps ??= 0;
+    if (recipe.sync.overlapSteps >= recipe.sync.innerSteps)
+      throw new InputError(
+        'RECIPE_INCONSISTENT',
+        `${where}: "sync.overlapSteps" (${recipe.sync.overlapSteps}) must be below "sync.innerSteps" (${recipe.sync.innerSteps}): the exchange overlaps the next round's first inner steps`,
+      );
   }
   const { mode, teacher } = recipe.distillation;
   if ((mode === 'none') !== (teacher === null)) {

@@ -17,11 +17,19 @@
 // words, and the owner keeps what packing lost for the next round.
 // The digest reported after every step is the outer weights', so the coordinator's check holds
 // on every step and proves the workers start every round from the same bits.
+// With --outer-overlap K (Douillard et al. 2025, "Streaming DiLoCo with overlapping
+// communication"), the exchange starts at the round's end and the next round's first K inner steps
+// run from the local weights meanwhile (the ring thread moves the bytes); after the K-th, the
+// outer step applies the summed pseudo-gradient and the local weights become the new outer weights
+// plus what those K steps changed. The outer weights stay bit-identical on every rank; what
+// differs from a round-end outer step is where those K steps start: from the old outer weights plus
+// the round's own progress.
 import type { DilocoOuterOrder, EvalCounts, OuterReport, ResumeState, ShardSnapshot, StepReport } from '../comm/control.ts';
 import { packedWords, packInPlace, unpack, type PseudoGradientWire } from '../comm/pseudo-gradient-wire.ts';
 import { RingPeer } from '../comm/ring.ts';
 import { type GradientRing, sharedFloat32Array } from '../comm/ring-thread.ts';
-import { FatalError } from '../common/errors.ts';
+import type { WireTraffic } from '../comm/link.ts';
+import { FatalError, RecoverableError } from '../common/errors.ts';
 import { shardRange, type ElementRange } from '../common/shard.ts';
 import type { BatchLoader } from '../data/loader.ts';
 import type { ImageClassifier } from '../model/model.ts';
@@ -36,11 +44,36 @@ export const DILOCO_STATE = {
   outerMomentum: 'outer.momentum',
   /** What packing this rank's shard of the summed pseudo-gradient lost (bf16, int8; this rank's shard). */
   outerFeedback: 'outer.feedback',
+  /** The local weights, when a checkpoint falls where they are not the outer weights (after an overlapped merge; whole). */
+  localParams: 'local.params',
   /** Prefix of the inner optimizer's state tensors (whole: each rank has its own). */
   innerPrefix: 'inner.',
   /** What packing this rank's pseudo-gradient lost (bf16, int8; whole). */
   innerFeedback: 'inner.feedback',
 } as const;
+
+/** An outer step whose exchange runs while the next round's first inner steps do (--outer-overlap). */
+interface OverlappedOuter {
+  /** The round's end (steps completed). */
+  step: number;
+  reporters: number;
+  /** Inner steps to run before the merge. */
+  stepsLeft: number;
+  evaluate: { start: number; end: number } | null;
+  snapshot: boolean;
+  /** The summed pseudo-gradient lands in `pseudo`. */
+  exchange: Promise<void>;
+  trafficBefore: WireTraffic;
+}
+
+/** An overlapped outer step merged after an inner step: its report, and whether a snapshot follows it. */
+export interface MergedOuter {
+  step: number;
+  report: OuterReport;
+  /** The evaluation due at the round's end (test samples [start, end)), now of the merged outer weights. */
+  evaluate: { start: number; end: number } | null;
+  snapshot: boolean;
+}
 
 export class DilocoTrainer {
   /** The outer weights: identical on every rank; the local weights return to them after every round. */
@@ -56,6 +89,11 @@ export class DilocoTrainer {
   private ring!: GradientRing;
   private options!: TrainerOptions;
   private outerDigest: string;
+  /** False while the local weights hold inner steps' progress (between the first inner step and the outer step's merge). */
+  private localIsOuter: boolean;
+  private overlapped: OverlappedOuter | null = null;
+  /** The local weights at an overlapped round's end: what the inner steps since then changed is kept at the merge (null without --outer-overlap). */
+  private readonly anchor: Float32Array | null;
 
   private constructor(
     private readonly model: ImageClassifier,
@@ -63,15 +101,18 @@ export class DilocoTrainer {
     private readonly inner: ShardedTrainer,
     options: TrainerOptions,
     private readonly sync: SyncSettings,
+    outerParams: Float32Array,
     resume: ResumeState | null,
   ) {
     const n = model.numParams;
     // What the ring reads and writes is in shared memory, for the ring thread.
     this.outer = sharedFloat32Array(n);
-    this.outer.set(inner.params);
+    this.outer.set(outerParams);
+    this.localIsOuter = resume?.optimizerState[DILOCO_STATE.localParams] === undefined;
     this.outerOptimizer = new OuterOptimizer(sync, n);
     this.pseudo = sharedFloat32Array(n);
     this.innerFeedback = sync.wire === 'int8' ? new Float32Array(n) : null;
+    this.anchor = sync.overlapSteps > 0 ? new Float32Array(n) : null;
     this.rebind(ring, options);
     if (resume) {
       const state = resume.optimizerState;
@@ -122,7 +163,7 @@ export class DilocoTrainer {
       resume ? resume.params : initialParams,
       innerState,
     );
-    return new DilocoTrainer(model, ring, inner, options, sync, resume);
+    return new DilocoTrainer(model, ring, inner, options, sync, resume ? resume.params : initialParams, resume);
   }
 
   /**
@@ -140,37 +181,98 @@ export class DilocoTrainer {
     return this.outerDigest;
   }
 
-  /** One inner step: the outer weights, and so the digest, stay as they are until the round's outer step. */
+  /** One inner step: the outer weights, and so the digest, stay as they are until the round's outer step (or its merge). */
   async step(step: number, samples: StepSamples, lr: number): Promise<StepReport> {
     const report = await this.inner.step(step, samples, lr);
+    this.localIsOuter = false;
+    if (this.overlapped) this.overlapped.stepsLeft -= 1;
     return { ...report, paramDigest: this.outerDigest, bytesSent: 0, bytesReceived: 0 };
   }
 
-  /** The outer step closing the round that ended after `step` steps. */
-  async outerStep(step: number, order: DilocoOuterOrder): Promise<OuterReport> {
+  /**
+   * The outer step closing the round that ended after `step` steps. With `order.mergeAfter` 0 it
+   * runs now and the next round starts from its result; otherwise its exchange starts now and
+   * `mergeIfDue` finishes it after that many inner steps (null here).
+   */
+  async outerStep(step: number, order: DilocoOuterOrder): Promise<OuterReport | null> {
+    if (this.overlapped)
+      throw new RecoverableError(
+        'ORDER_OUT_OF_SEQUENCE',
+        `the outer step after step ${step} came before the merge of the one after step ${this.overlapped.step}`,
+      );
     const started = performance.now();
     const trafficBefore = this.ring.traffic();
+    if (order.mergeAfter > 0) {
+      if (!this.anchor || order.broadcastFrom !== null || !order.contributes)
+        throw new RecoverableError(
+          'ORDER_OUT_OF_SEQUENCE',
+          'an overlapped outer step needs --outer-overlap, and cannot take in joiners: the ring regroups at round ends',
+        );
+      this.anchor.set(this.inner.params);
+      // exchange() computes the pseudo-gradient before its first await, so before the next inner step.
+      const exchange = this.exchange(step, true);
+      // A failure surfaces at the merge; until then it must not count as unhandled.
+      exchange.catch(() => {});
+      const { reporters, mergeAfter, evaluate, snapshot } = order;
+      this.overlapped = { step, reporters, stepsLeft: mergeAfter, evaluate, snapshot, exchange, trafficBefore };
+      return null;
+    }
+    if (order.broadcastFrom !== null) await this.broadcastOuterState(step, order.broadcastFrom);
+    await this.exchange(step, order.contributes);
+    this.applyOuterStep(order.reporters, null);
+    return this.outerReport(performance.now() - started, trafficBefore);
+  }
+
+  /** After an inner step: the overlapped outer step's merge, when its inner steps have run (else null). */
+  async mergeIfDue(): Promise<MergedOuter | null> {
+    const pending = this.overlapped;
+    if (!pending || pending.stepsLeft > 0) return null;
+    const waitStarted = performance.now();
+    await pending.exchange;
+    this.overlapped = null;
+    this.applyOuterStep(pending.reporters, this.anchor);
+    const report = this.outerReport(performance.now() - waitStarted, pending.trafficBefore);
+    return { step: pending.step, report, evaluate: pending.evaluate, snapshot: pending.snapshot };
+  }
+
+  /**
+   * The ring's part of an outer step: this rank's pseudo-gradient (zeros for a joiner), computed
+   * before the first await, then summed over the ranks into `pseudo`.
+   */
+  private async exchange(step: number, contributes: boolean): Promise<void> {
     const { worldSize } = this.options;
     const { pseudo, outer, innerFeedback } = this;
-    const local = this.inner.params;
-    if (order.broadcastFrom !== null) await this.broadcastOuterState(step, order.broadcastFrom);
-    if (order.contributes) pseudoGradient(outer, local, innerFeedback, pseudo);
+    if (contributes) pseudoGradient(outer, this.inner.params, innerFeedback, pseudo);
     else pseudo.fill(0);
+    if (worldSize === 1) return;
     const { wire } = this.sync;
-    if (worldSize > 1) {
-      if (wire === 'int8') await this.reducePacked(step);
-      else await this.ring.reduceScatter(pseudo, step, { wire: wire === 'bf16' ? 'bf16' : 'fp32' });
-      if (wire === 'fp32') await this.ring.allGather(pseudo, step);
-      else await this.gatherPackedSums(step);
-    }
-    this.outerOptimizer.step(outer, pseudo, order.reporters);
-    local.set(outer);
+    if (wire === 'int8') await this.reducePacked(step);
+    else await this.ring.reduceScatter(pseudo, step, { wire: wire === 'bf16' ? 'bf16' : 'fp32' });
+    if (wire === 'fp32') await this.ring.allGather(pseudo, step);
+    else await this.gatherPackedSums(step);
+  }
+
+  /**
+   * Steps the outer weights with the summed pseudo-gradient. The local weights become the new
+   * outer weights; after an overlap, plus what the inner steps since `anchor` (the local weights
+   * at the round's end) changed.
+   */
+  private applyOuterStep(reporters: number, anchor: Float32Array | null): void {
+    const { outer } = this;
+    const local = this.inner.params;
+    this.outerOptimizer.step(outer, this.pseudo, reporters);
+    if (anchor) for (let i = 0; i < local.length; i++) local[i] = outer[i]! + (local[i]! - anchor[i]!);
+    else local.set(outer);
+    this.localIsOuter = anchor === null;
     this.model.setParams(local);
     this.outerDigest = paramDigest(outer);
+  }
+
+  private outerReport(commMs: number, trafficBefore: WireTraffic): OuterReport {
     const traffic = this.ring.traffic();
     return {
       paramDigest: this.outerDigest,
-      commMs: performance.now() - started,
+      commMs,
       bytesSent: traffic.sent - trafficBefore.sent,
       bytesReceived: traffic.received - trafficBefore.received,
     };
@@ -259,8 +361,15 @@ export class DilocoTrainer {
     }
   }
 
-  evaluate(data: BatchLoader, start: number, end: number): Promise<EvalCounts> {
-    return this.inner.evaluate(data, start, end);
+  /** The outer weights' loss and hits; mid-round (after an overlapped merge) the model holds them for the evaluation only. */
+  async evaluate(data: BatchLoader, start: number, end: number): Promise<EvalCounts> {
+    if (this.localIsOuter) return this.inner.evaluate(data, start, end);
+    this.model.setParams(this.outer);
+    try {
+      return await this.inner.evaluate(data, start, end);
+    } finally {
+      this.model.setParams(this.inner.params);
+    }
   }
 
   /** This rank's shard of the outer weights and outer state, and its whole inner state (its own). */
@@ -273,6 +382,7 @@ export class DilocoTrainer {
     for (const [name, tensor] of Object.entries(inner.optimizerState)) optimizerState[DILOCO_STATE.innerPrefix + name] = tensor;
     if (this.outerFeedback) optimizerState[DILOCO_STATE.outerFeedback] = this.outerFeedback.slice();
     if (this.innerFeedback) optimizerState[DILOCO_STATE.innerFeedback] = this.innerFeedback.slice();
+    if (!this.localIsOuter) optimizerState[DILOCO_STATE.localParams] = this.inner.params.slice();
     return { start, end, params: this.outer.slice(start, end), optimizerState, ema: null, optimizerStep: inner.optimizerStep };
   }
 }
@@ -284,7 +394,9 @@ function innerResume(resume: ResumeState): ResumeState | null {
   );
   if (entries.length === 0) return null;
   const optimizerState = Object.fromEntries(entries.map(([name, tensor]) => [name.slice(DILOCO_STATE.innerPrefix.length), tensor]));
-  return { params: resume.params, optimizerState, ema: null, optimizerStep: resume.optimizerStep };
+  // A checkpoint taken at an overlapped merge holds the rank's local weights beside the outer ones.
+  const params = resume.optimizerState[DILOCO_STATE.localParams] ?? resume.params;
+  return { params, optimizerState, ema: null, optimizerStep: resume.optimizerStep };
 }
 
 /** u32 words in shared memory, for the ring thread to all-gather in place. */

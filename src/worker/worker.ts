@@ -468,34 +468,30 @@ class WorkerSession {
         for (const name of result.skipped)
           logger.warn({ image: name, step: message.step }, 'corrupt image skipped (data.skipCorrupt): its successor took its place');
         this.send({ type: 'stepDone', generation: message.generation, step: message.step, ...result });
+        const trainer = this.requireTrainer();
+        if (!(trainer instanceof DilocoTrainer)) return;
+        // An overlapped outer step merges after its K-th inner step: its reply (and a snapshot due) follow that step's.
+        const merged = await this.tracked('step', message.step, () => trainer.mergeIfDue());
+        if (!merged) return;
+        this.send({ type: 'outerDone', generation: message.generation, step: merged.step, ...merged.report });
+        if (merged.evaluate) await this.evaluate(message.generation, merged.step, merged.evaluate);
+        if (merged.snapshot) this.sendSnapshot(message.generation, message.step + 1);
         return;
       }
-      case 'eval': {
-        const result = await this.tracked('eval', message.step, () =>
-          this.requireTrainer().evaluate(this.state.workbench!.test, message.start, message.end),
-        );
-        this.send({ type: 'evalDone', generation: message.generation, step: message.step, ...result });
+      case 'eval':
+        await this.evaluate(message.generation, message.step, message);
         return;
-      }
       case 'outer': {
         const trainer = this.requireTrainer();
         if (!(trainer instanceof DilocoTrainer))
           throw new RecoverableError('ORDER_OUT_OF_SEQUENCE', 'the coordinator sent an outer step to a lockstep trainer');
-        const { reporters, contributes, broadcastFrom } = message;
-        const result = await this.tracked('step', message.step, () =>
-          trainer.outerStep(message.step, { reporters, contributes, broadcastFrom }),
-        );
-        this.send({ type: 'outerDone', generation: message.generation, step: message.step, ...result });
+        const result = await this.tracked('step', message.step, () => trainer.outerStep(message.step, message));
+        // An overlapped one replies after its merge (see 'step').
+        if (result) this.send({ type: 'outerDone', generation: message.generation, step: message.step, ...result });
         return;
       }
       case 'snapshot':
-        this.send({
-          type: 'snapshotData',
-          generation: message.generation,
-          step: message.step,
-          rank: this.rank,
-          ...this.requireTrainer().snapshot(),
-        });
+        this.sendSnapshot(message.generation, message.step);
         return;
       case 'stop':
         logger.info({ reason: message.reason }, 'stopping');
@@ -601,6 +597,18 @@ class WorkerSession {
     if (!this.ring)
       throw new RecoverableError('ORDER_OUT_OF_SEQUENCE', "the coordinator sent the ring's addresses before assigning a rank");
     return this.ring;
+  }
+
+  /** This rank's share of the test split, [start, end), evaluated after `step` steps. */
+  private async evaluate(generation: number, step: number, { start, end }: { start: number; end: number }): Promise<void> {
+    const started = performance.now();
+    const result = await this.tracked('eval', step, () => this.requireTrainer().evaluate(this.state.workbench!.test, start, end));
+    this.send({ type: 'evalDone', generation, step, ms: performance.now() - started, ...result });
+  }
+
+  /** This rank's snapshot for the checkpoint after `step` steps. */
+  private sendSnapshot(generation: number, step: number): void {
+    this.send({ type: 'snapshotData', generation, step, rank: this.rank, ...this.requireTrainer().snapshot() });
   }
 
   private requireTrainer(): ShardedTrainer | DilocoTrainer {

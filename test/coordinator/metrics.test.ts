@@ -29,8 +29,8 @@ test('truncateAfter keeps the history up to the resumed checkpoint', () => {
       time,
     });
   }
-  log.append({ kind: 'eval', step: 3, epoch: 0, testAccuracy: 0.5, testLoss: 1, samples: 10, time });
-  log.append({ kind: 'eval', step: 5, epoch: 0, testAccuracy: 0.5, testLoss: 1, samples: 10, time });
+  log.append({ kind: 'eval', step: 3, epoch: 0, testAccuracy: 0.5, testLoss: 1, samples: 10, ms: 5, time });
+  log.append({ kind: 'eval', step: 5, epoch: 0, testAccuracy: 0.5, testLoss: 1, samples: 10, ms: 5, time });
   log.truncateAfter(3);
   assert.deepEqual(
     log.read().map((r) => `${r.kind}${r.step}`),
@@ -44,7 +44,7 @@ test('truncateAfter on a history logged in step order cuts its end, and appendin
   const restart = (log: MetricsLog, step: number) =>
     log.append({ kind: 'restart', step, generation: 1, restarts: 1, cause: 'a test', workers: 2, time });
   const evaluation = (log: MetricsLog, step: number) =>
-    log.append({ kind: 'eval', step, epoch: 0, testAccuracy: 0.5, testLoss: 1, samples: 10, time });
+    log.append({ kind: 'eval', step, epoch: 0, testAccuracy: 0.5, testLoss: 1, samples: 10, ms: 5, time });
   const history = (log: MetricsLog) => log.read().map((r) => `${r.kind}${r.step}`);
 
   const first = new MetricsLog(path);

@@ -74,7 +74,7 @@ test('restarts count recovered failures only; a smaller ring leaves no stale per
     { kind: 'restart', step: 0, generation: 1, restarts: 1, cause: 'worker 2 lost', workers: 2, time: '' },
     { kind: 'restart', step: 0, generation: 2, restarts: 1, cause: 'workers joined', workers: 3, time: '' },
     step(1, 2.5, [rank(0, 100, 1), rank(1, 100, 1)]),
-    { kind: 'eval', step: 1, epoch: 0, testAccuracy: 0.75, testLoss: 0.5, samples: 10, time: '' },
+    { kind: 'eval', step: 1, epoch: 0, testAccuracy: 0.75, testLoss: 0.5, samples: 10, ms: 5, time: '' },
   ]).registry.metrics();
   assert.equal(sample(text, 'vit_dist_restarts_total'), 1);
   assert.equal(sample(text, 'vit_dist_generation'), 2);

@@ -2,7 +2,10 @@
 // momentum trains as lockstep does; 1, 2 and 4 workers start every round from the same bits (the
 // coordinator checks the outer weights' digest after every step and fails the run otherwise);
 // only round ends move bytes; a kill -9 and a resume end with the digest of a straight run; a
-// worker leaves and another joins between outer steps without a restart from the checkpoint.
+// worker leaves and another joins between outer steps without a restart from the checkpoint. With
+// --outer-overlap the merge keeps the inner steps (one worker: plain training again), the outer
+// weights move K steps into the next round on every rank alike, and a resume from a checkpoint
+// taken at a merge is exact.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
@@ -42,33 +45,48 @@ function relative(a: number, b: number): number {
   return Math.abs(a - b) / Math.max(Math.abs(a), Math.abs(b));
 }
 
-test('1 worker, H = 1, outer lr 1, no momentum: the losses of plain training within 1e-6', {
-  skip: needsData,
-  timeout: 400_000,
-}, async () => {
-  const plain = await launch(['--workers', '1', '--steps', '8']);
+/** One worker's DiLoCo run with outer lr 1 and no momentum against plain training: the same losses within 1e-6; its step records. */
+async function assertPlainTraining(steps: number, dilocoFlags: string[]): Promise<StepRecord[]> {
+  const plain = await launch(['--workers', '1', '--steps', String(steps)]);
   const diloco = await launch([
     '--workers',
     '1',
     '--steps',
-    '8',
+    String(steps),
     '--sync',
     'diloco',
-    '--inner-steps',
-    '1',
     '--outer-lr',
     '1',
     '--outer-momentum',
     '0',
+    ...dilocoFlags,
   ]);
   const [a, b] = [stepRecords(plain), stepRecords(diloco)];
-  assert.equal(a.length, 8);
-  assert.equal(b.length, 8);
+  assert.equal(a.length, steps);
+  assert.equal(b.length, steps);
   a.forEach((record, i) => {
     assert.ok(relative(record.loss, b[i]!.loss) <= 1e-6, `step ${record.step}: ${record.loss} vs ${b[i]!.loss}`);
   });
   const [ea, eb] = [evalRecords(plain).at(-1)!, evalRecords(diloco).at(-1)!];
   assert.ok(relative(ea.testLoss, eb.testLoss) <= 1e-6, `test loss ${ea.testLoss} vs ${eb.testLoss}`);
+  return b;
+}
+
+test('1 worker, H = 1, outer lr 1, no momentum: the losses of plain training within 1e-6', {
+  skip: needsData,
+  timeout: 400_000,
+}, async () => {
+  await assertPlainTraining(8, ['--inner-steps', '1']);
+});
+
+test('1 worker, H = 4, --outer-overlap 2, outer lr 1, no momentum: the merge keeps the inner steps, plain training within 1e-6', {
+  skip: needsData,
+  timeout: 400_000,
+}, async () => {
+  const records = await assertPlainTraining(10, ['--inner-steps', '4', '--outer-overlap', '2']);
+  // The outer weights moved at the merge after step 6 only, then at the last round's end.
+  assert.notEqual(records[5]!.paramDigest, records[6]!.paramDigest);
+  assert.equal(records[6]!.paramDigest, records[8]!.paramDigest);
 });
 
 for (const [workers, wire] of [
@@ -106,36 +124,95 @@ for (const [workers, wire] of [
   });
 }
 
-test('kill -9 after a checkpoint and resume: the digest of a straight DiLoCo run (int8 error feedback included)', {
+test('--outer-overlap 2: the exchange runs during the next round, every rank merges the same outer weights 2 steps in, a checkpoint comes at the merge', {
   skip: needsData,
-  timeout: 500_000,
+  timeout: 400_000,
 }, async () => {
-  const args = [
+  const out = await launch([
     '--workers',
-    '2',
-    ...base,
+    '4',
     '--steps',
-    '16',
+    '10',
     '--checkpoint-every',
-    '8',
+    '4',
     '--sync',
     'diloco',
     '--inner-steps',
     '4',
+    '--outer-overlap',
+    '2',
     '--wire',
-    'int8',
-  ];
-  const expected = await uninterruptedDigest(args, 180_000);
-  const crashed = tempRunDir('diloco-crashed');
-  const b = start(['launch', ...args, '--out', crashed], { timeoutMs: 180_000, detached: true });
-  await waitUntil(checkpointAt(crashed, 8), 170_000, 'the checkpoint at step 8');
-  killGroup(b.child);
-  await b.finished;
-  assert.ok(stepRecords(crashed).at(-1)!.step < 16, 'the run was killed before its end');
-  const resumed = await run(['launch', '--workers', '2', '--backend', 'auto', '--resume', crashed], { timeoutMs: 180_000 });
-  assert.equal(resumed.code, 0, resumed.stdout + resumed.stderr);
-  assertCompleteRun(crashed, 16, expected);
+    'bf16',
+  ]);
+  const records = stepRecords(out);
+  assert.deepEqual(
+    records.map((r) => r.step),
+    Array.from({ length: 10 }, (_, i) => i + 1),
+  );
+  // Rounds end after steps 4, 8 and 10. Round 4's outer step is merged after step 6, so step 7 is the
+  // first to report its weights; round 8's after step 10 (the run's last round is 2 steps long),
+  // where the run's last outer step follows it at once.
+  const changes = new Set([7, 10]);
+  for (let i = 1; i < records.length; i++) {
+    const changed = records[i]!.paramDigest !== records[i - 1]!.paramDigest;
+    assert.equal(changed, changes.has(records[i]!.step), `step ${records[i]!.step}: digest changed ${changed}`);
+  }
+  // Round 4's exchange counts in the round it ran during (ending at step 8); step 10 carries round 8's and round 10's.
+  for (const record of records) {
+    const sent = record.ranks.reduce((a, r) => a + r.bytesSent, 0);
+    if (record.step === 8 || record.step === 10) assert.ok(sent > 3000, `step ${record.step} sent ${sent} bytes`);
+    else assert.ok(sent < 500, `step ${record.step} sent ${sent} bytes mid-round`);
+  }
+  // The checkpoint due at step 4 is taken at the merge, after step 6: the merged outer weights, and
+  // each rank's local weights, which hold steps 5 and 6 beside them.
+  const merged = readCheckpoint(join(out, 'checkpoints', 'step-000000006.ckpt'));
+  assert.equal(merged.meta.paramDigest, records[6]!.paramDigest);
+  const names = Object.keys(merged.state.optimizerState);
+  for (let rank = 0; rank < 4; rank++) assert.ok(names.includes(`rank${rank}.local.params`), `rank ${rank}'s local weights in ${names}`);
+  const final = readCheckpoint(latestCheckpoint(out)!);
+  assert.equal(final.meta.step, 10);
+  assert.equal(final.meta.paramDigest, records.at(-1)!.paramDigest);
+  const local = Object.keys(final.state.optimizerState).filter((name) => name.endsWith('.local.params'));
+  assert.deepEqual(local, [], "at the run's end the local weights are the outer ones");
 });
+
+for (const [overlap, checkpointStep] of [
+  [[], 8],
+  [['--outer-overlap', '2'], 10],
+] as const) {
+  const variant = overlap.length > 0 ? '; --outer-overlap 2, the checkpoint at a merge' : '';
+  test(`kill -9 after a checkpoint and resume: the digest of a straight DiLoCo run (int8 error feedback included${variant})`, {
+    skip: needsData,
+    timeout: 500_000,
+  }, async () => {
+    const args = [
+      '--workers',
+      '2',
+      ...base,
+      '--steps',
+      '16',
+      '--checkpoint-every',
+      '8',
+      '--sync',
+      'diloco',
+      '--inner-steps',
+      '4',
+      ...overlap,
+      '--wire',
+      'int8',
+    ];
+    const expected = await uninterruptedDigest(args, 180_000);
+    const crashed = tempRunDir('diloco-crashed');
+    const b = start(['launch', ...args, '--out', crashed], { timeoutMs: 180_000, detached: true });
+    await waitUntil(checkpointAt(crashed, checkpointStep), 170_000, `the checkpoint at step ${checkpointStep}`);
+    killGroup(b.child);
+    await b.finished;
+    assert.ok(stepRecords(crashed).at(-1)!.step < 16, 'the run was killed before its end');
+    const resumed = await run(['launch', '--workers', '2', '--backend', 'auto', '--resume', crashed], { timeoutMs: 180_000 });
+    assert.equal(resumed.code, 0, resumed.stdout + resumed.stderr);
+    assertCompleteRun(crashed, 16, expected);
+  });
+}
 
 /** What a running coordinator has logged so far: nothing before its first line, and a line being appended is not there yet. */
 function loggedSoFar<T>(out: string, read: (runDir: string) => T[]): T[] {
@@ -167,57 +244,66 @@ async function regroupedRun(
   return { records, regroups };
 }
 
-test('a worker leaves mid-round and another joins at a round end: no restart from a checkpoint, one digest after the join', {
-  skip: needsData,
-  timeout: 300_000,
-}, async () => {
-  const steps = 240;
-  const out = tempRunDir('diloco-churn');
-  const port = pickPort();
-  const timeoutMs = 240_000;
-  // A kill -9 closes the connections at once; the heartbeat only has to outlast a loaded machine's stalls.
-  const fast = ['--heartbeat-timeout', '30'];
-  // No checkpoint before the end: a restart would have to go back to step 0 and log steps twice.
-  const coordinator = start(
-    ['coordinator', '--workers', '2', '--min-workers', '1', '--rejoin-timeout', '1', '--host', '127.0.0.1', '--port', String(port)]
-      .concat(['--token', TOKEN, '--recipe', MICRO_RECIPE, '--steps', String(steps), '--checkpoint-every', '1000', '--out', out], fast)
-      .concat(['--sync', 'diloco', '--inner-steps', '20', '--wire', 'int8']),
-    { timeoutMs },
-  );
-  await coordinator.waitFor(/listening on/, 60_000);
-  const worker = (): Running =>
-    start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'auto', ...fast], {
-      timeoutMs,
-      env: { VIT_DIST_TOKEN: TOKEN },
-    });
-  const processes = [worker(), worker()];
-  const logged = (): StepRecord[] => loggedSoFar(out, stepRecords);
-  try {
-    // Step 20's record comes after its outer step: the kill lands in the next round's inner steps,
-    // not in an outer exchange (a failure there restarts from the checkpoint).
-    await waitUntil(() => logged().some((s) => s.step >= 20), timeoutMs, 'the first round end');
-    processes[1]!.child.kill('SIGKILL');
-    await waitUntil(() => logged().some((s) => s.workers === 1), timeoutMs, 'a step with one worker');
-    processes.push(worker());
-    const { records, regroups } = await regroupedRun(coordinator, out, steps);
-    assert.equal(regroups.length, 2, JSON.stringify(regroups));
-    const [leave, join] = regroups;
-    assert.deepEqual([leave!.left, leave!.joined, leave!.workers], [1, 0, 1]);
-    assert.deepEqual([join!.left, join!.joined, join!.workers], [0, 1, 2]);
-    for (const change of regroups) assert.equal(change.step % 20, 0, `regrouped at step ${change.step}, not a round end`);
-    // The round the leaver left: its later steps have one worker's images, and the round closes on the survivor.
-    const counts = records.map((s) => s.workers);
-    assert.ok(counts[0] === 2 && counts.includes(1) && counts.at(-1) === 2, `workers per step: ${[...new Set(counts)].join(', ')}`);
-    // The coordinator checked every step's digests; after the join both workers reported the same outer weights.
-    const afterJoin = records.filter((s) => s.step > join!.step);
-    assert.ok(afterJoin.length > 0 && afterJoin.every((s) => s.workers === 2));
-    const joinRound = records.find((s) => s.step === join!.step)!;
-    assert.ok(joinRound.ranks.length === 2 && joinRound.ranks[1]!.bytesReceived > 0, 'the joiner received the outer state');
-  } finally {
-    for (const p of [coordinator, ...processes]) p.child.kill('SIGKILL');
-    await Promise.all([coordinator, ...processes].map((p) => p.finished));
-  }
-});
+// With --outer-overlap 2 the kill waits for step 23: every worker has then merged round 20's
+// outer step (after its step 22), whose exchange a kill would break (a restart from the checkpoint).
+for (const [overlap, killAfter] of [
+  [[], 20],
+  [['--outer-overlap', '2'], 23],
+] as const) {
+  const variant = overlap.length > 0 ? ' (--outer-overlap 2, after the merge)' : '';
+  test(`a worker leaves mid-round and another joins at a round end${variant}: no restart from a checkpoint, one digest after the join`, {
+    skip: needsData,
+    timeout: 300_000,
+  }, async () => {
+    const steps = 240;
+    const out = tempRunDir('diloco-churn');
+    const port = pickPort();
+    const timeoutMs = 240_000;
+    // A kill -9 closes the connections at once; the heartbeat only has to outlast a loaded machine's stalls.
+    const fast = ['--heartbeat-timeout', '30'];
+    // No checkpoint before the end: a restart would have to go back to step 0 and log steps twice.
+    const coordinator = start(
+      ['coordinator', '--workers', '2', '--min-workers', '1', '--rejoin-timeout', '1', '--host', '127.0.0.1', '--port', String(port)]
+        .concat(['--token', TOKEN, '--recipe', MICRO_RECIPE, '--steps', String(steps), '--checkpoint-every', '1000', '--out', out], fast)
+        .concat(['--sync', 'diloco', '--inner-steps', '20', '--wire', 'int8', ...overlap]),
+      { timeoutMs },
+    );
+    await coordinator.waitFor(/listening on/, 60_000);
+    const worker = (): Running =>
+      start(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'auto', ...fast], {
+        timeoutMs,
+        env: { VIT_DIST_TOKEN: TOKEN },
+      });
+    const processes = [worker(), worker()];
+    const logged = (): StepRecord[] => loggedSoFar(out, stepRecords);
+    try {
+      // Step 20's record comes after its outer step (with the overlap, step 23's after every merge):
+      // the kill lands in the next round's inner steps, not in an outer exchange (a failure there
+      // restarts from the checkpoint).
+      await waitUntil(() => logged().some((s) => s.step >= killAfter), timeoutMs, `step ${killAfter}`);
+      processes[1]!.child.kill('SIGKILL');
+      await waitUntil(() => logged().some((s) => s.workers === 1), timeoutMs, 'a step with one worker');
+      processes.push(worker());
+      const { records, regroups } = await regroupedRun(coordinator, out, steps);
+      assert.equal(regroups.length, 2, JSON.stringify(regroups));
+      const [leave, join] = regroups;
+      assert.deepEqual([leave!.left, leave!.joined, leave!.workers], [1, 0, 1]);
+      assert.deepEqual([join!.left, join!.joined, join!.workers], [0, 1, 2]);
+      for (const change of regroups) assert.equal(change.step % 20, 0, `regrouped at step ${change.step}, not a round end`);
+      // The round the leaver left: its later steps have one worker's images, and the round closes on the survivor.
+      const counts = records.map((s) => s.workers);
+      assert.ok(counts[0] === 2 && counts.includes(1) && counts.at(-1) === 2, `workers per step: ${[...new Set(counts)].join(', ')}`);
+      // The coordinator checked every step's digests; after the join both workers reported the same outer weights.
+      const afterJoin = records.filter((s) => s.step > join!.step);
+      assert.ok(afterJoin.length > 0 && afterJoin.every((s) => s.workers === 2));
+      const joinRound = records.find((s) => s.step === join!.step)!;
+      assert.ok(joinRound.ranks.length === 2 && joinRound.ranks[1]!.bytesReceived > 0, 'the joiner received the outer state');
+    } finally {
+      for (const p of [coordinator, ...processes]) p.child.kill('SIGKILL');
+      await Promise.all([coordinator, ...processes].map((p) => p.finished));
+    }
+  });
+}
 
 test('--round-deadline: a stopped worker is dropped once the others have finished the round, which closes with them', {
   skip: needsData,
@@ -269,7 +355,7 @@ test('--round-deadline: a stopped worker is dropped once the others have finishe
 test('DiLoCo knobs without --sync diloco are refused, naming the flag', async () => {
   const result = await run(['launch', '--workers', '1', ...base, '--inner-steps', '5'], { timeoutMs: 30_000 });
   assert.equal(result.code, 1);
-  assert.match(result.stderr, /--inner-steps, --outer-lr and --outer-momentum set DiLoCo's knobs: add --sync diloco/);
+  assert.match(result.stderr, /--inner-steps, --outer-lr, --outer-momentum and --outer-overlap set DiLoCo's knobs: add --sync diloco/);
 });
 
 test('--wire int8 is refused on the lockstep ring, which sends fp32 or bf16', async () => {
