@@ -182,8 +182,8 @@ export class DilocoTrainer {
   }
 
   /** One inner step: the outer weights, and so the digest, stay as they are until the round's outer step (or its merge). */
-  async step(step: number, samples: StepSamples, lr: number): Promise<StepReport> {
-    const report = await this.inner.step(step, samples, lr);
+  async step(step: number, samples: StepSamples, lr: number, upcoming: StepSamples | null = null): Promise<StepReport> {
+    const report = await this.inner.step(step, samples, lr, upcoming);
     this.localIsOuter = false;
     if (this.overlapped) this.overlapped.stepsLeft -= 1;
     return { ...report, paramDigest: this.outerDigest, bytesSent: 0, bytesReceived: 0 };

@@ -99,6 +99,14 @@ export class ShardedTrainer {
   private readonly shardDecayMask: Uint8Array;
   /** Two micro-batch buffers: the loader fills one while the model reads the other. */
   private readonly buffers: [MicroBatch, MicroBatch];
+  /**
+   * The next step's first micro-batch, loaded while this step computes when its order is already
+   * here (DiLoCo's inner steps; a lockstep order comes after the step before). Two buffers taken
+   * in turn, made on the first prefetch: one for the step computing, one for the step after.
+   */
+  private prefetchBuffers: [MicroBatch, MicroBatch] | null = null;
+  private prefetches = 0;
+  private prefetched: { indices: Uint32Array; batch: Promise<MicroBatch> } | null = null;
   private readonly imageSize: number;
   /** This step's time blocked on the loader (computeMicroBatches adds to it). */
   private dataWaitMs = 0;
@@ -126,15 +134,15 @@ export class ShardedTrainer {
     this.ema = options.ema ? new ShardEma(options.ema.decay, this.emaStart(resume)) : null;
     this.shardDecayMask = decayMask(model.params, model.numParams).subarray(this.shard.start, this.shard.end);
     this.imageSize = train.sampleSize;
-    const buffer = (): MicroBatch => ({
-      images: new Float32Array(options.microBatch * this.imageSize),
-      labels: new Int32Array(options.microBatch),
-      skipped: [],
-    });
-    this.buffers = [buffer(), buffer()];
+    this.buffers = [this.microBatchBuffer(), this.microBatchBuffer()];
     const { bucketElements } = options.comm;
     this.buckets = bucketElements === null ? null : planGradientBuckets(model.params, bucketElements);
     model.setParams(this.params);
+  }
+
+  private microBatchBuffer(): MicroBatch {
+    const { microBatch } = this.options;
+    return { images: new Float32Array(microBatch * this.imageSize), labels: new Int32Array(microBatch), skipped: [] };
   }
 
   /** Where the average starts: the checkpoint's, or (fresh run, or EMA switched on at resume) the weights. */
@@ -152,8 +160,11 @@ export class ShardedTrainer {
     return paramDigest(this.params);
   }
 
-  /** Runs one optimizer step on this rank's slice of the global batch. */
-  async step(step: number, samples: StepSamples, lr: number): Promise<StepReport> {
+  /**
+   * Runs one optimizer step on this rank's slice of the global batch. `upcoming`: the next step's
+   * samples when its order is already here; its first micro-batch loads while this step computes.
+   */
+  async step(step: number, samples: StepSamples, lr: number, upcoming: StepSamples | null = null): Promise<StepReport> {
     const { globalBatch, clipNorm } = this.options;
     const { indices } = samples;
     const computeStart = performance.now();
@@ -171,7 +182,7 @@ export class ShardedTrainer {
     // A rank without samples this step has no backward pass to hand buckets over: it takes the plain path.
     const bucketed = this.buckets && indices.length > 0 ? new BucketedReduceScatter(this.ring, this.grad, step, this.buckets, wire) : null;
     try {
-      await this.computeMicroBatches(step, samples, gradient, results, skipped, bucketed);
+      await this.computeMicroBatches(step, samples, upcoming, gradient, results, skipped, bucketed);
       for (const result of await Promise.all(results)) {
         lossSum += result.lossSum;
         correct += result.correct;
@@ -249,6 +260,7 @@ export class ShardedTrainer {
   private async computeMicroBatches(
     step: number,
     samples: StepSamples,
+    upcoming: StepSamples | null,
     gradient: DeviceGradientSum,
     results: Promise<LossResult>[],
     skipped: string[],
@@ -257,13 +269,17 @@ export class ShardedTrainer {
     const { microBatch } = this.options;
     const { indices } = samples;
     const count = Math.ceil(indices.length / microBatch);
-    let next = this.loadMicroBatch(samples, 0);
+    const waitStart = performance.now();
+    let next = (await this.takePrefetched(samples)) ?? this.loadMicroBatch(samples, 0);
+    this.dataWaitMs += performance.now() - waitStart;
     for (let m = 0; m < count; m++) {
       const waitStart = performance.now();
       const loaded = await next;
       this.dataWaitMs += performance.now() - waitStart;
-      // Start on the next micro-batch now: loader threads make it while the model computes this one.
+      // Start on the next micro-batch now: loader threads make it while the model computes this one
+      // (after the last, the next step's first, when its order is here).
       if (m + 1 < count) next = this.loadMicroBatch(samples, m + 1);
+      else if (upcoming) this.prefetch(upcoming);
       const from = m * microBatch;
       const n = Math.min(microBatch, indices.length - from);
       const images = loaded.images.subarray(0, n * this.imageSize);
@@ -281,12 +297,38 @@ export class ShardedTrainer {
     }
   }
 
+  /** Starts loading the first micro-batch of `samples` (the next step's) into the prefetch buffer no step is reading. */
+  private prefetch(samples: StepSamples): void {
+    this.prefetchBuffers ??= [this.microBatchBuffer(), this.microBatchBuffer()];
+    const buffer = this.prefetchBuffers[this.prefetches++ % 2]!;
+    const batch = this.loadInto(buffer, samples, 0);
+    batch.catch(() => {}); // a failure surfaces in the step that takes it
+    this.prefetched = { indices: samples.indices, batch };
+  }
+
+  /**
+   * The prefetched first micro-batch when it is `samples`' (null otherwise). One prefetched for
+   * another step (the order was abandoned) is waited out, so that no load still writes a buffer.
+   */
+  private async takePrefetched(samples: StepSamples): Promise<Promise<MicroBatch> | null> {
+    const prefetched = this.prefetched;
+    this.prefetched = null;
+    if (!prefetched) return null;
+    if (prefetched.indices === samples.indices) return prefetched.batch;
+    await prefetched.batch.catch(() => {});
+    return null;
+  }
+
   /** Micro-batch `m` of `samples` into the buffer the model is not reading. */
-  private async loadMicroBatch(samples: StepSamples, m: number): Promise<MicroBatch> {
+  private loadMicroBatch(samples: StepSamples, m: number): Promise<MicroBatch> {
+    return this.loadInto(this.buffers[m % 2]!, samples, m);
+  }
+
+  /** Micro-batch `m` of `samples` into `buffer`. */
+  private async loadInto(buffer: MicroBatch, samples: StepSamples, m: number): Promise<MicroBatch> {
     const { microBatch } = this.options;
     const from = m * microBatch;
     const to = Math.min(from + microBatch, samples.indices.length);
-    const buffer = this.buffers[m % 2]!;
     const request = {
       indices: samples.indices.subarray(from, to),
       repeats: samples.repeats?.subarray(from, to) ?? null,

@@ -34,7 +34,7 @@ import type { Logger } from '../common/logger.ts';
 import { optimizerConfigOf } from '../train/optimizer.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { DilocoTrainer } from './diloco-trainer.ts';
-import { commOptionsOf, ShardedTrainer, type Teacher, type TrainerOptions } from './trainer.ts';
+import { commOptionsOf, ShardedTrainer, type StepSamples, type Teacher, type TrainerOptions } from './trainer.ts';
 import { LoopStallWatch, OrderProgress, serveHealth, type TrackedOrder } from './liveness.ts';
 import { ReconnectSchedule } from './reconnect.ts';
 
@@ -69,6 +69,13 @@ export interface WorkerOptions {
   /** A step, evaluation or snapshot in flight for longer than this means the training loop is stuck. */
   stallTimeoutMs: number;
   logger: Logger;
+}
+
+type StepOrder = Extract<CoordinatorMessage, { type: 'step' }>;
+
+/** The samples a step order names: this rank's slice of the step's global batch. */
+function samplesOf({ indices, repeats, offset, epoch }: StepOrder): StepSamples {
+  return { indices, repeats, offset, epoch };
 }
 
 /** The model must take the pipelines' output and predict the data's classes. */
@@ -183,6 +190,8 @@ class WorkerSession {
   private readonly socket: WebSocket;
   /** Orders are handled strictly one after another, in arrival order. */
   private queue: Promise<void> = Promise.resolve();
+  /** Step orders received and not yet handled, in order: a step may load the next one's first micro-batch. */
+  private readonly queuedSteps: StepOrder[] = [];
   private generation = -1;
   private rank = -1;
   private ring: RingThread | null = null;
@@ -288,6 +297,7 @@ class WorkerSession {
       return;
     }
     const generation = 'generation' in message ? message.generation : this.generation;
+    if (message.type === 'step') this.queuedSteps.push(message);
     this.queue = this.queue
       .then(() => this.handle(message))
       .catch((err: Error) => {
@@ -461,9 +471,12 @@ class WorkerSession {
         return;
       }
       case 'step': {
-        const { indices, repeats, offset, epoch } = message;
+        // Every step order is queued on arrival, so it is the first here.
+        this.queuedSteps.shift();
+        const upcoming = this.queuedSteps[0];
+        const next = upcoming?.generation === message.generation ? samplesOf(upcoming) : null;
         const result = await this.tracked('step', message.step, () =>
-          this.requireTrainer().step(message.step, { indices, repeats, offset, epoch }, message.lr),
+          this.requireTrainer().step(message.step, samplesOf(message), message.lr, next),
         );
         for (const name of result.skipped)
           logger.warn({ image: name, step: message.step }, 'corrupt image skipped (data.skipCorrupt): its successor took its place');
