@@ -83,6 +83,8 @@ test('1 worker, H = 4, --outer-overlap 2, outer lr 1, no momentum: the merge kee
   skip: needsData,
   timeout: 400_000,
 }, async () => {
+  // Plain training's step orders come one at a time; a round's come together, so each inner step
+  // loads the next one's first micro-batch while it computes: the losses check those loads too.
   const records = await assertPlainTraining(10, ['--inner-steps', '4', '--outer-overlap', '2']);
   // The outer weights moved at the merge after step 6 only, then at the last round's end.
   assert.notEqual(records[5]!.paramDigest, records[6]!.paramDigest);
