@@ -10,8 +10,8 @@
 # Traffic stays inside the namespaces this script makes (10.231.0.0/24); everything it starts
 # and makes is removed on exit. Needs root, iproute2 (ip, tc) and the data set.
 #   RECIPE=fmnist-vit-tiny WORKERS=4 RATE=20mbit DELAY_MS=25 INNER_STEPS=50 WIRE=bf16 EXTRA="--steps 40"
-#   OUTER_MOMENTUM=0.5 (default: DiLoCo's 0.9); OUTER_OVERLAP=K (--outer-overlap; default: none, the
-#   exchange at the round's end); RUNS="lockstep diloco" (either alone: two invocations
+#   OUTER_MOMENTUM=0.5 (default: DiLoCo's 0.9); OUTER_OVERLAP=5 (default: --outer-overlap 5, each
+#   exchange during the next round's first 5 inner steps; 0: at the round's end); RUNS="lockstep diloco" (either alone: two invocations
 #   in parallel measure both in the same window; each makes namespaces of its own); KEEP=DIR keeps
 #   the run directories and logs there (else they are removed with the rest)
 set -euo pipefail
@@ -23,7 +23,7 @@ DELAY_MS=${DELAY_MS:-25}
 INNER_STEPS=${INNER_STEPS:-50}
 WIRE=${WIRE:-bf16}
 OUTER_MOMENTUM=${OUTER_MOMENTUM:-}
-OUTER_OVERLAP=${OUTER_OVERLAP:-}
+OUTER_OVERLAP=${OUTER_OVERLAP:-5}
 RUNS=${RUNS:-lockstep diloco}
 EXTRA=${EXTRA:-}
 RUN_TIMEOUT=${RUN_TIMEOUT:-7200}
@@ -109,9 +109,8 @@ echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); $WORKERS workers,
 case " $RUNS " in *" lockstep "*) train lockstep ;; esac
 echo "load average between the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 case " $RUNS " in *" diloco "*)
-  train "diloco-h$INNER_STEPS-$WIRE${OUTER_MOMENTUM:+-m$OUTER_MOMENTUM}${OUTER_OVERLAP:+-k$OUTER_OVERLAP}" --sync diloco \
-    --inner-steps "$INNER_STEPS" --wire "$WIRE" ${OUTER_MOMENTUM:+--outer-momentum "$OUTER_MOMENTUM"} \
-    ${OUTER_OVERLAP:+--outer-overlap "$OUTER_OVERLAP"}
+  train "diloco-h$INNER_STEPS-$WIRE${OUTER_MOMENTUM:+-m$OUTER_MOMENTUM}-k$OUTER_OVERLAP" --sync diloco \
+    --inner-steps "$INNER_STEPS" --wire "$WIRE" ${OUTER_MOMENTUM:+--outer-momentum "$OUTER_MOMENTUM"} --outer-overlap "$OUTER_OVERLAP"
   ;;
 esac
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
