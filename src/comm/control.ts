@@ -3,6 +3,7 @@
 // only orders, per-step reports, and the model state at start-up and checkpoints.
 import { Packr } from 'msgpackr';
 import { RecoverableError } from '../common/errors.ts';
+import type { ElementRange } from '../common/shard.ts';
 import { authContext } from './auth.ts';
 import type { PeerAddress } from './link.ts';
 
@@ -104,7 +105,7 @@ export interface DilocoOuterOrder {
    */
   mergeAfter: number;
   /** With mergeAfter > 0: the evaluation due at the round's end, of these test samples, of the merged outer weights; its reply follows the outer step's. */
-  evaluate: { start: number; end: number } | null;
+  evaluate: ElementRange | null;
   /** With mergeAfter > 0: a checkpoint is due at the merge; the rank's snapshot follows the replies. */
   snapshot: boolean;
 }

@@ -471,11 +471,13 @@ export class Generation {
     const evaluations: Reply<'evalDone'>[] = [];
     const mergedShards: Reply<'snapshotData'>[] = [];
     let testAccuracy: number | null = null;
+    // Checked once every member's reply to the overlapped outer step is in.
+    let mergedDigest: string | null = null;
     // Each member's replies after the merge's step: the outer step's, then the evaluation and snapshot due.
     const afterMerge = async (link: WorkerLink, i: number, round: OverlappedRound): Promise<void> => {
       merged[i] = await link.expect('outerDone', stepTimeoutMs);
-      const digest = (): string =>
-        checkDigests(
+      if (count(merged) === members.length)
+        mergedDigest = checkDigests(
           merged.map((d) => d.paramDigest),
           round.step,
         );
@@ -486,7 +488,8 @@ export class Generation {
       }
       if (round.checkpoint) {
         mergedShards[i] = await link.expect('snapshotData', stepTimeoutMs);
-        if (count(mergedShards) === members.length) this.writeSnapshots(mergedShards, { ...round.checkpoint, digest: digest() });
+        // Each member replied to the outer step before it sent its snapshot, so the digest is checked.
+        if (count(mergedShards) === members.length) this.writeSnapshots(mergedShards, { ...round.checkpoint, digest: mergedDigest! });
       }
     };
     // The snapshots of the checkpoint in flight come first on each link, before the round's reports.
@@ -554,11 +557,6 @@ export class Generation {
     if (overlapped?.checkpoint && count(mergedShards) < members.length)
       lost('checkpoint not written (the last one written stands)', overlapped.checkpoint.step);
     if (overlapped?.evaluation && count(evaluations) < members.length) lost('evaluation not recorded', overlapped.step);
-    if (overlapped && count(merged) === members.length)
-      checkDigests(
-        merged.map((d) => d.paramDigest),
-        overlapped.step,
-      );
     return { members: active, left, cause, merged, testAccuracy };
   }
 

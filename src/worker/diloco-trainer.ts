@@ -59,21 +59,16 @@ interface OverlappedOuter {
   reporters: number;
   /** Inner steps to run before the merge. */
   stepsLeft: number;
-  evaluate: { start: number; end: number } | null;
+  /** The evaluation due at the round's end (test samples [start, end)), of the merged outer weights. */
+  evaluate: ElementRange | null;
   snapshot: boolean;
   /** The summed pseudo-gradient lands in `pseudo`. */
   exchange: Promise<void>;
   trafficBefore: WireTraffic;
 }
 
-/** An overlapped outer step merged after an inner step: its report, and whether a snapshot follows it. */
-export interface MergedOuter {
-  step: number;
-  report: OuterReport;
-  /** The evaluation due at the round's end (test samples [start, end)), now of the merged outer weights. */
-  evaluate: { start: number; end: number } | null;
-  snapshot: boolean;
-}
+/** An overlapped outer step merged after an inner step: its report, and the evaluation and snapshot that follow it. */
+export type MergedOuter = Pick<OverlappedOuter, 'step' | 'evaluate' | 'snapshot'> & { report: OuterReport };
 
 export class DilocoTrainer {
   /** The outer weights: identical on every rank; the local weights return to them after every round. */

@@ -31,6 +31,7 @@ import { createModel, type ImageClassifier } from '../model/model.ts';
 import { initialParams } from '../model/init.ts';
 import { FatalError, RecoverableError, errorKind } from '../common/errors.ts';
 import type { Logger } from '../common/logger.ts';
+import type { ElementRange } from '../common/shard.ts';
 import { optimizerConfigOf } from '../train/optimizer.ts';
 import { validateRecipe, type Recipe } from '../train/recipe.ts';
 import { DilocoTrainer } from './diloco-trainer.ts';
@@ -613,7 +614,7 @@ class WorkerSession {
   }
 
   /** This rank's share of the test split, [start, end), evaluated after `step` steps. */
-  private async evaluate(generation: number, step: number, { start, end }: { start: number; end: number }): Promise<void> {
+  private async evaluate(generation: number, step: number, { start, end }: ElementRange): Promise<void> {
     const started = performance.now();
     const result = await this.tracked('eval', step, () => this.requireTrainer().evaluate(this.state.workbench!.test, start, end));
     this.send({ type: 'evalDone', generation, step, ms: performance.now() - started, ...result });
